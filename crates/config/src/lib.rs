@@ -1,0 +1,452 @@
+//! `pgdr.toml`: where every pgdr command learns the topology it works on.
+//!
+//! Loading is two passes: [`raw`] is what serde reads (unknown keys rejected),
+//! [`validate`] checks everything at once and builds the types below. A failed
+//! load returns a [`ConfigError`] listing every problem with the file, the key
+//! (`clusters[0].nodes[1].region`), its line, and what was expected.
+//!
+//! Config describes what should exist; what is true now (primary, epoch,
+//! health) lives in the state store, never here. This crate depends only on
+//! `pgdr-model`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use pgdr_model::{ClusterName, NodeName, RegionName, ReplicationMode, TierName};
+
+pub mod raw;
+mod spans;
+mod validate;
+
+/// The environment variable that names the config when `--config` is absent.
+pub const CONFIG_ENV: &str = "PGDR_CONFIG";
+/// The file used when neither `--config` nor `PGDR_CONFIG` is given.
+pub const DEFAULT_FILE: &str = "pgdr.toml";
+
+/// Where a command finds its config: `--config F`, else `PGDR_CONFIG`, else
+/// `./pgdr.toml`. The caller passes the environment value in, so this stays
+/// free of process-global state.
+pub fn locate(flag: Option<&Path>, env: Option<&str>) -> PathBuf {
+    match (flag, env) {
+        (Some(p), _) => p.to_owned(),
+        (None, Some(e)) if !e.is_empty() => PathBuf::from(e),
+        _ => PathBuf::from(DEFAULT_FILE),
+    }
+}
+
+/// One problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted path of the key, like `clusters[0].nodes[1].region`; empty for
+    /// the whole file.
+    pub key: String,
+    /// 1-based line of the key in the file, when known.
+    pub line: Option<usize>,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+/// Everything wrong with a config file, or why it could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read config file: {source}", file.display())]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", render_problems(file, problems))]
+    Invalid { file: PathBuf, problems: Vec<Problem> },
+}
+
+impl ConfigError {
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            ConfigError::Read { .. } => &[],
+            ConfigError::Invalid { problems, .. } => problems,
+        }
+    }
+}
+
+fn render_problems(file: &Path, problems: &[Problem]) -> String {
+    let mut out = String::new();
+    for (i, p) in problems.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&file.display().to_string());
+        if let Some(line) = p.line {
+            out.push_str(&format!(":{line}"));
+        }
+        if !p.key.is_empty() {
+            out.push_str(&format!(": key `{}`", p.key));
+        }
+        out.push_str(": ");
+        out.push_str(&p.message);
+    }
+    out
+}
+
+/// A secret: inline in the file (discouraged outside sandboxes), from an
+/// environment variable, or from a file (relative paths are relative to the
+/// config file).
+#[derive(Clone, PartialEq, Eq)]
+pub enum Secret {
+    Inline(String),
+    Env(String),
+    File(PathBuf),
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Secret::Inline(_) => f.write_str("Secret::Inline(<redacted>)"),
+            Secret::Env(v) => write!(f, "Secret::Env({v})"),
+            Secret::File(p) => write!(f, "Secret::File({})", p.display()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("environment variable {0} is not set")]
+    MissingEnv(String),
+    #[error("cannot read secret file {}: {source}", path.display())]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Secret {
+    /// Reads the secret now; file contents lose one trailing newline.
+    pub fn resolve(&self) -> Result<String, SecretError> {
+        match self {
+            Secret::Inline(v) => Ok(v.clone()),
+            Secret::Env(name) => std::env::var(name).map_err(|_| SecretError::MissingEnv(name.clone())),
+            Secret::File(path) => std::fs::read_to_string(path)
+                .map(|s| s.strip_suffix('\n').unwrap_or(&s).to_owned())
+                .map_err(|source| SecretError::File { path: path.clone(), source }),
+        }
+    }
+}
+
+/// A validated config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was loaded from.
+    pub file: PathBuf,
+    /// The folder relative paths in the file are resolved against.
+    pub base_dir: PathBuf,
+    pub controller: Controller,
+    pub agents: Agents,
+    pub timing: Timing,
+    pub regions: Vec<Region>,
+    pub tiers: Vec<Tier>,
+    pub clusters: Vec<Cluster>,
+    pub proxies: Vec<Proxy>,
+    pub destinations: Vec<Destination>,
+    pub notify: Vec<Notify>,
+    /// Set when this config describes a sandbox made by `pgdr sandbox up`:
+    /// drills may inject faults without `--live`.
+    pub sandbox: Option<SandboxInfo>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Controller {
+    /// HTTP API, `/metrics` and the status page.
+    pub listen: SocketAddr,
+    /// The controller's own region: one of the probe vantage points.
+    pub region: Option<RegionName>,
+    /// Where the embedded state store and local files live.
+    pub state_dir: PathBuf,
+    pub store: StoreKind,
+    pub token: Option<Secret>,
+    pub readiness_interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    /// One redb file in `state_dir`: a single controller.
+    Embedded,
+    /// etcd at these endpoints: controllers in several regions.
+    Etcd { endpoints: Vec<String> },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Agents {
+    /// Bearer token every agent requires; `None` disables authentication
+    /// (only sensible on loopback).
+    pub token: Option<Secret>,
+}
+
+/// Failure detection and fencing timings. `validate` checks the inequalities
+/// between them (see [`Timing::check`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timing {
+    pub probe_interval: Duration,
+    pub probe_timeout: Duration,
+    /// Consecutive failed probes before a vantage point reports an outage.
+    pub failure_threshold: u32,
+    /// Vantage points that must agree; 0 means a majority of those configured.
+    pub probe_quorum: u32,
+    pub lease_ttl: Duration,
+    pub lease_renew: Duration,
+    /// Extra wait past `lease_ttl` before a lost primary is presumed fenced,
+    /// covering clock-rate differences and the agent's own fencing time.
+    pub lease_margin: Duration,
+    /// How long an in-place restart of a crashed primary may take before
+    /// failing over instead.
+    pub restart_deadline: Duration,
+    pub promote_timeout: Duration,
+    pub drain_timeout: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            probe_interval: Duration::from_secs(1),
+            probe_timeout: Duration::from_millis(800),
+            failure_threshold: 3,
+            probe_quorum: 0,
+            lease_ttl: Duration::from_secs(6),
+            lease_renew: Duration::from_secs(1),
+            lease_margin: Duration::from_secs(2),
+            restart_deadline: Duration::from_secs(10),
+            promote_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Timing {
+    /// The inequalities the timings must obey, each as (key, message) when
+    /// broken. Documented in the README's failover math.
+    pub fn check(&self) -> Vec<(&'static str, String)> {
+        let mut bad = Vec::new();
+        if self.probe_timeout >= self.probe_interval {
+            bad.push((
+                "timing.probe_timeout",
+                format!(
+                    "must be shorter than timing.probe_interval ({}), or probes overlap",
+                    pgdr_model::format_duration(self.probe_interval)
+                ),
+            ));
+        }
+        if self.failure_threshold == 0 {
+            bad.push(("timing.failure_threshold", "must be at least 1".to_owned()));
+        }
+        if self.lease_ttl < self.lease_renew * 3 {
+            bad.push((
+                "timing.lease_ttl",
+                format!(
+                    "must be at least 3 × timing.lease_renew ({}), so two lost renewals do not fence a healthy primary",
+                    pgdr_model::format_duration(self.lease_renew)
+                ),
+            ));
+        }
+        if self.lease_renew.is_zero() {
+            bad.push(("timing.lease_renew", "must be more than 0".to_owned()));
+        }
+        bad
+    }
+
+    /// Time for a vantage point to call an outage once the primary stops
+    /// answering: the failures needed, each a full probe period at worst.
+    pub fn detection_window(&self) -> Duration {
+        self.probe_interval * self.failure_threshold + self.probe_timeout
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Region {
+    pub name: RegionName,
+    pub parent: Option<RegionName>,
+    pub kind: RegionKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegionKind {
+    Region,
+    Zone,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tier {
+    pub name: TierName,
+    pub rpo: Duration,
+    pub rto: Duration,
+    pub backup: Option<TierBackup>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TierBackup {
+    /// Cron expression (5 or 6 fields), checked by the backup scheduler.
+    pub schedule: String,
+    pub retain_count: Option<u32>,
+    pub retain_age: Option<Duration>,
+    /// The destination a backup is taken to.
+    pub destination: String,
+    /// Destinations the backup is then copied to.
+    pub copies: Vec<String>,
+    pub compression_level: i32,
+}
+
+/// What to do when only the primary's postmaster died and its host answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnCrash {
+    /// Restart in place first (crash recovery loses nothing), fail over if it
+    /// is not back within `timing.restart_deadline`.
+    RestartFirst,
+    /// Fail over at once.
+    Failover,
+}
+
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub name: ClusterName,
+    pub tier: TierName,
+    pub replication: ReplicationMode,
+    /// Database used by agents, probes and checks.
+    pub database: String,
+    /// Role pgdr connects as (a superuser in sandboxes).
+    pub user: String,
+    pub password: Option<Secret>,
+    pub replication_user: String,
+    pub tags: Vec<String>,
+    /// Regions to prefer for a new primary, most preferred first.
+    pub region_preference: Vec<RegionName>,
+    pub on_crash: OnCrash,
+    /// Fail over to a replica past the tier's RPO without an operator.
+    pub availability_over_rpo: bool,
+    /// Operator command run while fencing an old primary.
+    pub fence_hook: Option<String>,
+    pub nodes: Vec<Node>,
+}
+
+impl Cluster {
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name.as_str() == name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub name: NodeName,
+    pub region: RegionName,
+    /// The agent's HTTP address (`host:port`).
+    pub agent: String,
+    /// How clients and other nodes reach PostgreSQL.
+    pub host: String,
+    pub port: u16,
+    /// Known when the agent runs on this machine.
+    pub data_dir: Option<PathBuf>,
+    pub bin_dir: Option<PathBuf>,
+    /// Unprivileged user PostgreSQL runs as when the agent runs as root.
+    pub os_user: Option<String>,
+    pub settings: Vec<(String, String)>,
+}
+
+/// How the proxy authenticates clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyAuth {
+    /// The backend authenticates; the proxy relays the exchange.
+    Passthrough,
+    /// The proxy checks SCRAM-SHA-256 or md5 against verifiers in a file.
+    Users { file: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    pub name: String,
+    pub cluster: ClusterName,
+    pub region: RegionName,
+    pub writer: SocketAddr,
+    pub reader: Option<SocketAddr>,
+    /// Admin HTTP: pause/resume, metrics.
+    pub api: Option<SocketAddr>,
+    pub max_pause: Duration,
+    pub max_queue: u32,
+    pub drain_timeout: Duration,
+    /// Send readers to the primary when no replica is healthy.
+    pub reader_fallback: bool,
+    pub connect_timeout: Duration,
+    pub tcp_user_timeout: Duration,
+    pub auth: ProxyAuth,
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Destination {
+    pub name: String,
+    /// `file:///path`, `s3://bucket/prefix`, `gs://…`, `az://…`.
+    pub url: String,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub allow_http: bool,
+    pub access_key_id: Option<Secret>,
+    pub secret_access_key: Option<Secret>,
+    /// Encryption key (32 bytes, hex or base64) for new objects.
+    pub key: Option<Secret>,
+    pub key_id: String,
+    /// Earlier keys, kept to read older objects after a rotation.
+    pub old_keys: Vec<(String, Secret)>,
+    /// Write-once: pgdr never deletes or overwrites here.
+    pub immutable: bool,
+    /// Parallel transfers allowed to this destination.
+    pub concurrency: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Notify {
+    pub webhook: String,
+    pub token: Option<Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SandboxInfo {
+    pub dir: PathBuf,
+    pub wan_delay: Option<Duration>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: path.to_owned(), source })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates config text as if read from `path` (used for errors and for
+    /// resolving relative paths).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        validate::parse(path, text).map_err(|problems| ConfigError::Invalid { file: path.to_owned(), problems })
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<&Cluster> {
+        self.clusters.iter().find(|c| c.name.as_str() == name)
+    }
+
+    pub fn tier(&self, name: &str) -> Option<&Tier> {
+        self.tiers.iter().find(|t| t.name.as_str() == name)
+    }
+
+    pub fn region(&self, name: &str) -> Option<&Region> {
+        self.regions.iter().find(|r| r.name.as_str() == name)
+    }
+
+    pub fn destination(&self, name: &str) -> Option<&Destination> {
+        self.destinations.iter().find(|d| d.name == name)
+    }
+
+    /// Finds a node by name in any cluster.
+    pub fn node(&self, name: &str) -> Option<(&Cluster, &Node)> {
+        self.clusters.iter().find_map(|c| c.node(name).map(|n| (c, n)))
+    }
+
+    pub fn proxies_of<'a>(&'a self, cluster: &'a str) -> impl Iterator<Item = &'a Proxy> + 'a {
+        self.proxies.iter().filter(move |p| p.cluster.as_str() == cluster)
+    }
+}

@@ -1,0 +1,201 @@
+//! The file as written: serde structs with `deny_unknown_fields`, every
+//! duration and name still a string. [`crate::validate`] turns these into the
+//! validated types of [`crate`]; nothing else reads them.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub controller: RawController,
+    #[serde(default)]
+    pub agents: RawAgents,
+    #[serde(default)]
+    pub timing: RawTiming,
+    #[serde(default)]
+    pub regions: Vec<RawRegion>,
+    #[serde(default)]
+    pub tiers: Vec<RawTier>,
+    #[serde(default)]
+    pub clusters: Vec<RawCluster>,
+    #[serde(default)]
+    pub proxies: Vec<RawProxy>,
+    #[serde(default)]
+    pub destinations: Vec<RawDestination>,
+    #[serde(default)]
+    pub notify: Vec<RawNotify>,
+    pub sandbox: Option<RawSandbox>,
+}
+
+/// A secret given inline, from an environment variable, or from a file.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecret {
+    pub value: Option<String>,
+    pub env: Option<String>,
+    pub file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawController {
+    pub listen: Option<String>,
+    pub region: Option<String>,
+    pub state_dir: Option<String>,
+    pub store: Option<String>,
+    #[serde(default)]
+    pub etcd_endpoints: Vec<String>,
+    pub token: Option<RawSecret>,
+    pub readiness_interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgents {
+    pub token: Option<RawSecret>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTiming {
+    pub probe_interval: Option<String>,
+    pub probe_timeout: Option<String>,
+    pub failure_threshold: Option<u32>,
+    pub probe_quorum: Option<u32>,
+    pub lease_ttl: Option<String>,
+    pub lease_renew: Option<String>,
+    pub lease_margin: Option<String>,
+    pub restart_deadline: Option<String>,
+    pub promote_timeout: Option<String>,
+    pub drain_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRegion {
+    pub name: String,
+    pub parent: Option<String>,
+    pub kind: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTier {
+    pub name: String,
+    pub rpo: String,
+    pub rto: String,
+    pub backup: Option<RawTierBackup>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTierBackup {
+    pub schedule: String,
+    pub retain_count: Option<u32>,
+    pub retain_age: Option<String>,
+    pub destination: String,
+    #[serde(default)]
+    pub copies: Vec<String>,
+    pub compression_level: Option<i32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub name: String,
+    pub tier: String,
+    pub replication: Option<String>,
+    pub sync_quorum: Option<u32>,
+    pub database: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<RawSecret>,
+    pub replication_user: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub region_preference: Vec<String>,
+    pub on_crash: Option<String>,
+    pub availability_over_rpo: Option<bool>,
+    pub fence_hook: Option<String>,
+    #[serde(default)]
+    pub nodes: Vec<RawNode>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    pub name: String,
+    pub region: String,
+    pub agent: String,
+    pub host: String,
+    pub port: u16,
+    pub data_dir: Option<String>,
+    pub bin_dir: Option<String>,
+    pub os_user: Option<String>,
+    /// PostgreSQL settings this node adds to its `postgresql.conf` on start.
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxy {
+    pub name: Option<String>,
+    pub cluster: String,
+    pub region: String,
+    pub writer: String,
+    pub reader: Option<String>,
+    pub api: Option<String>,
+    pub max_pause: Option<String>,
+    pub max_queue: Option<u32>,
+    pub drain_timeout: Option<String>,
+    pub reader_fallback: Option<bool>,
+    pub connect_timeout: Option<String>,
+    pub tcp_user_timeout: Option<String>,
+    pub auth: Option<String>,
+    pub users_file: Option<String>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDestination {
+    pub name: String,
+    pub url: String,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub allow_http: Option<bool>,
+    pub access_key_id: Option<RawSecret>,
+    pub secret_access_key: Option<RawSecret>,
+    pub key: Option<RawSecret>,
+    pub key_id: Option<String>,
+    #[serde(default)]
+    pub old_keys: Vec<RawOldKey>,
+    pub immutable: Option<bool>,
+    pub concurrency: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOldKey {
+    pub id: String,
+    pub key: RawSecret,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    pub webhook: String,
+    pub token: Option<RawSecret>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSandbox {
+    pub dir: String,
+    pub wan_delay: Option<String>,
+}

@@ -1,0 +1,484 @@
+//! The one validation pass: raw types in, validated types or every problem out.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pgdr_model::{ClusterName, NodeName, RegionName, ReplicationMode, TierName, check_name, parse_duration};
+
+use crate::raw::*;
+use crate::spans::SpanIndex;
+use crate::*;
+
+struct Checker {
+    spans: SpanIndex,
+    problems: Vec<Problem>,
+    base_dir: PathBuf,
+}
+
+impl Checker {
+    fn bad(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        let key = key.into();
+        let line = self.spans.line_of_key(&key);
+        self.problems.push(Problem { key, line, message: message.into() });
+    }
+
+    fn name(&mut self, key: String, value: &str, what: &str) {
+        if let Err(expected) = check_name(value) {
+            self.bad(key, format!("{what} name {value:?} is not valid: expected {expected}"));
+        }
+    }
+
+    fn duration(&mut self, key: String, value: Option<&str>, default: Duration) -> Duration {
+        match value {
+            None => default,
+            Some(s) => match parse_duration(s) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.bad(key, format!("expected a duration like \"500ms\", \"5s\" or \"2m\": {e}"));
+                    default
+                }
+            },
+        }
+    }
+
+    fn addr(&mut self, key: String, value: &str) -> Option<SocketAddr> {
+        match value.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.bad(key, format!("expected an address like \"127.0.0.1:6432\", got {value:?}"));
+                None
+            }
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() { p.to_owned() } else { self.base_dir.join(p) }
+    }
+
+    fn secret(&mut self, key: String, raw: &Option<RawSecret>) -> Option<Secret> {
+        let raw = raw.as_ref()?;
+        let given = [raw.value.is_some(), raw.env.is_some(), raw.file.is_some()].iter().filter(|b| **b).count();
+        if given != 1 {
+            self.bad(key, "expected exactly one of `value`, `env` or `file`");
+            return None;
+        }
+        if let Some(v) = &raw.value {
+            Some(Secret::Inline(v.clone()))
+        } else if let Some(e) = &raw.env {
+            Some(Secret::Env(e.clone()))
+        } else {
+            raw.file.as_deref().map(|f| Secret::File(self.path(f)))
+        }
+    }
+
+    fn unique<'a>(&mut self, list: impl Iterator<Item = (String, &'a str)>, what: &str) {
+        let mut seen = BTreeMap::new();
+        for (key, name) in list {
+            if let Some(first) = seen.insert(name.to_owned(), key.clone()) {
+                self.bad(key, format!("duplicate {what} name {name:?} (first declared at `{first}`)"));
+            }
+        }
+    }
+}
+
+pub(crate) fn parse(path: &Path, text: &str) -> Result<Config, Vec<Problem>> {
+    let spans = SpanIndex::new(text);
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let offset = e.span().map(|s| s.start);
+            let key = offset.and_then(|o| spans.key_at(o)).unwrap_or_default().to_owned();
+            let line = offset.map(|o| spans.line_of(o));
+            return Err(vec![Problem { key, line, message: e.message().trim().to_owned() }]);
+        }
+    };
+    let base_dir = path.parent().map(Path::to_owned).unwrap_or_default();
+    let base_dir = if base_dir.as_os_str().is_empty() { PathBuf::from(".") } else { base_dir };
+    let mut c = Checker { spans, problems: Vec::new(), base_dir };
+    let config = build(&mut c, raw, path);
+    if c.problems.is_empty() { Ok(config) } else { Err(c.problems) }
+}
+
+fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
+    // Regions.
+    c.unique(raw.regions.iter().enumerate().map(|(i, r)| (format!("regions[{i}].name"), r.name.as_str())), "region");
+    let region_names: BTreeSet<&str> = raw.regions.iter().map(|r| r.name.as_str()).collect();
+    let mut regions = Vec::new();
+    for (i, r) in raw.regions.iter().enumerate() {
+        c.name(format!("regions[{i}].name"), &r.name, "region");
+        let kind = match r.kind.as_deref() {
+            None | Some("region") => RegionKind::Region,
+            Some("zone") => RegionKind::Zone,
+            Some(other) => {
+                c.bad(format!("regions[{i}].kind"), format!("expected \"region\" or \"zone\", got {other:?}"));
+                RegionKind::Region
+            }
+        };
+        if let Some(p) = &r.parent {
+            if !region_names.contains(p.as_str()) {
+                c.bad(format!("regions[{i}].parent"), format!("region {p:?} is not declared under [[regions]]"));
+            } else if p == &r.name {
+                c.bad(format!("regions[{i}].parent"), "a region cannot be its own parent");
+            }
+        }
+        if kind == RegionKind::Zone && r.parent.is_none() {
+            c.bad(format!("regions[{i}].parent"), "a zone needs a `parent` region");
+        }
+        regions.push(Region { name: RegionName::new(&r.name), parent: r.parent.as_deref().map(RegionName::from), kind });
+    }
+    let region_ok = |name: &str| region_names.contains(name);
+
+    // Destinations (before tiers, which name them).
+    c.unique(
+        raw.destinations.iter().enumerate().map(|(i, d)| (format!("destinations[{i}].name"), d.name.as_str())),
+        "destination",
+    );
+    let mut destinations = Vec::new();
+    for (i, d) in raw.destinations.iter().enumerate() {
+        let k = |f: &str| format!("destinations[{i}].{f}");
+        c.name(k("name"), &d.name, "destination");
+        let scheme_ok = ["file://", "s3://", "gs://", "az://", "azure://", "memory://"].iter().any(|s| d.url.starts_with(s));
+        if !scheme_ok {
+            c.bad(k("url"), format!("expected a URL starting with file://, s3://, gs:// or az://, got {:?}", d.url));
+        }
+        let url = match d.url.strip_prefix("file://") {
+            Some(rest) if !rest.starts_with('/') => format!("file://{}", c.path(rest).display()),
+            _ => d.url.clone(),
+        };
+        if d.concurrency == Some(0) {
+            c.bad(k("concurrency"), "expected at least 1");
+        }
+        let key = c.secret(k("key"), &d.key);
+        let access_key_id = c.secret(k("access_key_id"), &d.access_key_id);
+        let secret_access_key = c.secret(k("secret_access_key"), &d.secret_access_key);
+        let mut old_keys = Vec::new();
+        for (j, ok) in d.old_keys.iter().enumerate() {
+            if let Some(s) = c.secret(format!("destinations[{i}].old_keys[{j}].key"), &Some(ok.key.clone())) {
+                old_keys.push((ok.id.clone(), s));
+            }
+        }
+        destinations.push(Destination {
+            name: d.name.clone(),
+            url,
+            region: d.region.clone(),
+            endpoint: d.endpoint.clone(),
+            allow_http: d.allow_http.unwrap_or(false),
+            access_key_id,
+            secret_access_key,
+            key,
+            key_id: d.key_id.clone().unwrap_or_else(|| "k1".to_owned()),
+            old_keys,
+            immutable: d.immutable.unwrap_or(false),
+            concurrency: d.concurrency.unwrap_or(4),
+        });
+    }
+    let dest_names: BTreeSet<&str> = raw.destinations.iter().map(|d| d.name.as_str()).collect();
+
+    // Tiers.
+    c.unique(raw.tiers.iter().enumerate().map(|(i, t)| (format!("tiers[{i}].name"), t.name.as_str())), "tier");
+    let mut tiers = Vec::new();
+    for (i, t) in raw.tiers.iter().enumerate() {
+        let k = |f: &str| format!("tiers[{i}].{f}");
+        c.name(k("name"), &t.name, "tier");
+        let rpo = c.duration(k("rpo"), Some(&t.rpo), Duration::ZERO);
+        let rto = c.duration(k("rto"), Some(&t.rto), Duration::ZERO);
+        let backup = t.backup.as_ref().map(|b| {
+            let fields = b.schedule.split_whitespace().count();
+            if !(5..=6).contains(&fields) {
+                c.bad(
+                    k("backup.schedule"),
+                    format!("expected a cron expression of 5 or 6 fields like \"0 */6 * * *\", got {:?}", b.schedule),
+                );
+            }
+            for (key, name) in std::iter::once((k("backup.destination"), &b.destination))
+                .chain(b.copies.iter().enumerate().map(|(j, n)| (format!("tiers[{i}].backup.copies[{j}]"), n)))
+            {
+                if !dest_names.contains(name.as_str()) {
+                    c.bad(key, format!("destination {name:?} is not declared under [[destinations]]"));
+                }
+            }
+            if let Some(level) = b.compression_level {
+                if !(1..=19).contains(&level) {
+                    c.bad(k("backup.compression_level"), format!("expected a zstd level from 1 to 19, got {level}"));
+                }
+            }
+            TierBackup {
+                schedule: b.schedule.clone(),
+                retain_count: b.retain_count,
+                retain_age: b.retain_age.as_deref().map(|a| c.duration(k("backup.retain_age"), Some(a), Duration::ZERO)),
+                destination: b.destination.clone(),
+                copies: b.copies.clone(),
+                compression_level: b.compression_level.unwrap_or(3),
+            }
+        });
+        tiers.push(Tier { name: TierName::new(&t.name), rpo, rto, backup });
+    }
+    let tier_names: BTreeSet<&str> = raw.tiers.iter().map(|t| t.name.as_str()).collect();
+
+    // Clusters and nodes.
+    c.unique(raw.clusters.iter().enumerate().map(|(i, cl)| (format!("clusters[{i}].name"), cl.name.as_str())), "cluster");
+    c.unique(
+        raw.clusters
+            .iter()
+            .enumerate()
+            .flat_map(|(i, cl)| cl.nodes.iter().enumerate().map(move |(j, n)| (format!("clusters[{i}].nodes[{j}].name"), n.name.as_str()))),
+        "node",
+    );
+    let mut clusters = Vec::new();
+    let mut agent_addrs: BTreeMap<String, String> = BTreeMap::new();
+    let mut pg_addrs: BTreeMap<(String, u16), String> = BTreeMap::new();
+    for (i, cl) in raw.clusters.iter().enumerate() {
+        let k = |f: &str| format!("clusters[{i}].{f}");
+        c.name(k("name"), &cl.name, "cluster");
+        if !tier_names.contains(cl.tier.as_str()) {
+            c.bad(k("tier"), format!("tier {:?} is not declared under [[tiers]]", cl.tier));
+        }
+        if cl.nodes.is_empty() {
+            c.bad(k("nodes"), format!("cluster {:?} has no node: expected at least one [[clusters.nodes]]", cl.name));
+        }
+        let replication = match (cl.replication.as_deref(), cl.sync_quorum) {
+            (None | Some("async"), None) => ReplicationMode::Async,
+            (None | Some("async"), Some(_)) => {
+                c.bad(k("sync_quorum"), "only allowed with replication = \"sync\"");
+                ReplicationMode::Async
+            }
+            (Some("sync"), q) => {
+                let quorum = q.unwrap_or(1);
+                let replicas = cl.nodes.len().saturating_sub(1) as u32;
+                if quorum == 0 || quorum > replicas.max(1) {
+                    c.bad(
+                        k("sync_quorum"),
+                        format!("expected a quorum from 1 to the number of replicas ({replicas}), got {quorum}"),
+                    );
+                }
+                ReplicationMode::Sync { quorum }
+            }
+            (Some(other), _) => {
+                c.bad(k("replication"), format!("expected \"async\" or \"sync\", got {other:?}"));
+                ReplicationMode::Async
+            }
+        };
+        let on_crash = match cl.on_crash.as_deref() {
+            None | Some("restart-first") => OnCrash::RestartFirst,
+            Some("failover") => OnCrash::Failover,
+            Some(other) => {
+                c.bad(k("on_crash"), format!("expected \"restart-first\" or \"failover\", got {other:?}"));
+                OnCrash::RestartFirst
+            }
+        };
+        let mut region_preference = Vec::new();
+        for (j, r) in cl.region_preference.iter().enumerate() {
+            if !region_ok(r) {
+                c.bad(format!("clusters[{i}].region_preference[{j}]"), format!("region {r:?} is not declared under [[regions]]"));
+            }
+            region_preference.push(RegionName::new(r));
+        }
+        let password = c.secret(k("password"), &cl.password);
+        let mut nodes = Vec::new();
+        for (j, n) in cl.nodes.iter().enumerate() {
+            let k = |f: &str| format!("clusters[{i}].nodes[{j}].{f}");
+            c.name(k("name"), &n.name, "node");
+            if !region_ok(&n.region) {
+                c.bad(k("region"), format!("region {:?} is not declared under [[regions]]", n.region));
+            }
+            if n.agent.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                c.bad(k("agent"), format!("expected the agent's address as host:port, got {:?}", n.agent));
+            } else if let Some(first) = agent_addrs.insert(n.agent.clone(), k("agent")) {
+                c.bad(k("agent"), format!("address {} is already used by `{first}`", n.agent));
+            }
+            if n.port == 0 {
+                c.bad(k("port"), "expected a port from 1 to 65535");
+            } else if let Some(first) = pg_addrs.insert((n.host.clone(), n.port), k("port")) {
+                c.bad(k("port"), format!("{}:{} is already used by `{first}`", n.host, n.port));
+            }
+            nodes.push(Node {
+                name: NodeName::new(&n.name),
+                region: RegionName::new(&n.region),
+                agent: n.agent.clone(),
+                host: n.host.clone(),
+                port: n.port,
+                data_dir: n.data_dir.as_deref().map(|d| c.path(d)),
+                bin_dir: n.bin_dir.as_deref().map(|d| c.path(d)),
+                os_user: n.os_user.clone(),
+                settings: n.settings.iter().map(|(a, b)| (a.clone(), b.clone())).collect(),
+            });
+        }
+        let user = cl.user.clone().unwrap_or_else(|| "postgres".to_owned());
+        clusters.push(Cluster {
+            name: ClusterName::new(&cl.name),
+            tier: TierName::new(&cl.tier),
+            replication,
+            database: cl.database.clone().unwrap_or_else(|| "postgres".to_owned()),
+            replication_user: cl.replication_user.clone().unwrap_or_else(|| user.clone()),
+            user,
+            password,
+            tags: cl.tags.clone(),
+            region_preference,
+            on_crash,
+            availability_over_rpo: cl.availability_over_rpo.unwrap_or(false),
+            fence_hook: cl.fence_hook.clone(),
+            nodes,
+        });
+    }
+    let cluster_names: BTreeSet<&str> = raw.clusters.iter().map(|cl| cl.name.as_str()).collect();
+
+    // Proxies.
+    let mut proxies = Vec::new();
+    let mut listen_addrs: BTreeMap<SocketAddr, String> = BTreeMap::new();
+    for (i, p) in raw.proxies.iter().enumerate() {
+        let k = |f: &str| format!("proxies[{i}].{f}");
+        if !cluster_names.contains(p.cluster.as_str()) {
+            c.bad(k("cluster"), format!("cluster {:?} is not declared under [[clusters]]", p.cluster));
+        }
+        if !region_ok(&p.region) {
+            c.bad(k("region"), format!("region {:?} is not declared under [[regions]]", p.region));
+        }
+        let mut listen = |c: &mut Checker, key: String, v: &str| {
+            let a = c.addr(key.clone(), v)?;
+            if let Some(first) = listen_addrs.insert(a, key.clone()) {
+                if a.port() != 0 {
+                    c.bad(key, format!("address {a} is already used by `{first}`"));
+                }
+            }
+            Some(a)
+        };
+        let writer = listen(c, k("writer"), &p.writer);
+        let reader = p.reader.as_deref().and_then(|r| listen(c, k("reader"), r));
+        let api = p.api.as_deref().and_then(|r| listen(c, k("api"), r));
+        let auth = match (p.auth.as_deref(), &p.users_file) {
+            (None | Some("passthrough"), None) => ProxyAuth::Passthrough,
+            (Some("users") | None, Some(f)) => ProxyAuth::Users { file: c.path(f) },
+            (Some("users"), None) => {
+                c.bad(k("users_file"), "auth = \"users\" needs a users_file with SCRAM verifiers");
+                ProxyAuth::Passthrough
+            }
+            (Some("passthrough"), Some(_)) => {
+                c.bad(k("users_file"), "only used with auth = \"users\"");
+                ProxyAuth::Passthrough
+            }
+            (Some(other), _) => {
+                c.bad(k("auth"), format!("expected \"passthrough\" or \"users\", got {other:?}"));
+                ProxyAuth::Passthrough
+            }
+        };
+        let tls = match (&p.tls_cert, &p.tls_key) {
+            (Some(cert), Some(key)) => Some((c.path(cert), c.path(key))),
+            (None, None) => None,
+            _ => {
+                c.bad(k("tls_cert"), "tls_cert and tls_key go together");
+                None
+            }
+        };
+        let defaults = Timing::default();
+        let proxy = Proxy {
+            name: p.name.clone().unwrap_or_else(|| format!("{}-{}", p.cluster, p.region)),
+            cluster: ClusterName::new(&p.cluster),
+            region: RegionName::new(&p.region),
+            writer: writer.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+            reader,
+            api,
+            max_pause: c.duration(k("max_pause"), p.max_pause.as_deref(), Duration::from_secs(30)),
+            max_queue: p.max_queue.unwrap_or(10_000),
+            drain_timeout: c.duration(k("drain_timeout"), p.drain_timeout.as_deref(), defaults.drain_timeout),
+            reader_fallback: p.reader_fallback.unwrap_or(true),
+            connect_timeout: c.duration(k("connect_timeout"), p.connect_timeout.as_deref(), Duration::from_secs(2)),
+            tcp_user_timeout: c.duration(k("tcp_user_timeout"), p.tcp_user_timeout.as_deref(), Duration::from_secs(2)),
+            auth,
+            tls,
+        };
+        proxies.push(proxy);
+    }
+
+    // Controller, agents, timing.
+    let rc = &raw.controller;
+    let listen = rc
+        .listen
+        .as_deref()
+        .map(|l| c.addr("controller.listen".into(), l))
+        .unwrap_or_else(|| Some(SocketAddr::from(([127, 0, 0, 1], 7400))))
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7400)));
+    if let Some(r) = &rc.region {
+        if !region_ok(r) {
+            c.bad("controller.region", format!("region {r:?} is not declared under [[regions]]"));
+        }
+    }
+    let store = match rc.store.as_deref() {
+        None | Some("embedded") => {
+            if !rc.etcd_endpoints.is_empty() {
+                c.bad("controller.etcd_endpoints", "only used with store = \"etcd\"");
+            }
+            StoreKind::Embedded
+        }
+        Some("etcd") => {
+            if rc.etcd_endpoints.is_empty() {
+                c.bad("controller.etcd_endpoints", "store = \"etcd\" needs at least one endpoint");
+            }
+            StoreKind::Etcd { endpoints: rc.etcd_endpoints.clone() }
+        }
+        Some(other) => {
+            c.bad("controller.store", format!("expected \"embedded\" or \"etcd\", got {other:?}"));
+            StoreKind::Embedded
+        }
+    };
+    let controller = Controller {
+        listen,
+        region: rc.region.as_deref().map(RegionName::from),
+        state_dir: rc.state_dir.as_deref().map(|d| c.path(d)).unwrap_or_else(|| c.path("pgdr-state")),
+        store,
+        token: c.secret("controller.token".into(), &rc.token),
+        readiness_interval: c.duration(
+            "controller.readiness_interval".into(),
+            rc.readiness_interval.as_deref(),
+            Duration::from_secs(30 * 60),
+        ),
+    };
+    let agents = Agents { token: c.secret("agents.token".into(), &raw.agents.token) };
+
+    let d = Timing::default();
+    let rt = &raw.timing;
+    let timing = Timing {
+        probe_interval: c.duration("timing.probe_interval".into(), rt.probe_interval.as_deref(), d.probe_interval),
+        probe_timeout: c.duration("timing.probe_timeout".into(), rt.probe_timeout.as_deref(), d.probe_timeout),
+        failure_threshold: rt.failure_threshold.unwrap_or(d.failure_threshold),
+        probe_quorum: rt.probe_quorum.unwrap_or(d.probe_quorum),
+        lease_ttl: c.duration("timing.lease_ttl".into(), rt.lease_ttl.as_deref(), d.lease_ttl),
+        lease_renew: c.duration("timing.lease_renew".into(), rt.lease_renew.as_deref(), d.lease_renew),
+        lease_margin: c.duration("timing.lease_margin".into(), rt.lease_margin.as_deref(), d.lease_margin),
+        restart_deadline: c.duration("timing.restart_deadline".into(), rt.restart_deadline.as_deref(), d.restart_deadline),
+        promote_timeout: c.duration("timing.promote_timeout".into(), rt.promote_timeout.as_deref(), d.promote_timeout),
+        drain_timeout: c.duration("timing.drain_timeout".into(), rt.drain_timeout.as_deref(), d.drain_timeout),
+    };
+    for (key, msg) in timing.check() {
+        c.bad(key, msg);
+    }
+
+    let notify = raw
+        .notify
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Notify { webhook: n.webhook.clone(), token: c.secret(format!("notify[{i}].token"), &n.token) })
+        .collect();
+
+    let sandbox = raw.sandbox.as_ref().map(|s| SandboxInfo {
+        dir: c.path(&s.dir),
+        wan_delay: s.wan_delay.as_deref().map(|w| c.duration("sandbox.wan_delay".into(), Some(w), Duration::ZERO)),
+    });
+
+    Config {
+        file: path.to_owned(),
+        base_dir: c.base_dir.clone(),
+        controller,
+        agents,
+        timing,
+        regions,
+        tiers,
+        clusters,
+        proxies,
+        destinations,
+        notify,
+        sandbox,
+    }
+}
