@@ -1,0 +1,32 @@
+//! One module per subcommand family.
+
+use std::path::PathBuf;
+
+use pgdr_config::Config;
+
+pub mod config;
+
+/// Flags every command shares.
+#[derive(Debug, Clone)]
+pub struct Global {
+    pub config_flag: Option<PathBuf>,
+    pub config_env: Option<String>,
+}
+
+impl Global {
+    pub fn new(config_flag: Option<PathBuf>) -> Global {
+        Global { config_flag, config_env: std::env::var(pgdr_config::CONFIG_ENV).ok() }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        pgdr_config::locate(self.config_flag.as_deref(), self.config_env.as_deref())
+    }
+
+    /// Loads and validates the config; its errors exit with code 2.
+    pub fn load_config(&self) -> anyhow::Result<Config> {
+        let path = self.config_path();
+        // The ConfigError's message leads with file, key and line; the edge
+        // maps it to exit code 2.
+        Ok(Config::load(&path)?)
+    }
+}

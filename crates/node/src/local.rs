@@ -1,0 +1,272 @@
+//! One PostgreSQL server on this host: initdb, configure, start, stop, and a
+//! client connection. The agent and the sandbox are built on this.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::process::Command;
+
+use crate::bin::PgBinaries;
+use crate::os::{OsError, RunAs};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error(transparent)]
+    Os(#[from] OsError),
+    #[error("cannot run {program}: {source}")]
+    Spawn { program: String, source: std::io::Error },
+    #[error("{program} failed ({status}): {output}")]
+    Failed { program: String, status: String, output: String },
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot connect to PostgreSQL at {addr}: {source}")]
+    Connect { addr: String, source: tokio_postgres::Error },
+    #[error("query failed on {addr}: {source}")]
+    Query { addr: String, source: tokio_postgres::Error },
+}
+
+impl PgError {
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PgError + '_ {
+        move |source| PgError::Io { path: path.to_owned(), source }
+    }
+}
+
+/// How `stop` shuts the server down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// Roll back running transactions, checkpoint, exit.
+    Fast,
+    /// Exit without a checkpoint: crash recovery on next start.
+    Immediate,
+}
+
+impl StopMode {
+    fn as_arg(self) -> &'static str {
+        match self {
+            StopMode::Fast => "fast",
+            StopMode::Immediate => "immediate",
+        }
+    }
+}
+
+/// A local PostgreSQL server: its binaries, data directory, port and the
+/// user it runs as.
+#[derive(Debug, Clone)]
+pub struct LocalPg {
+    pub bin: PgBinaries,
+    pub data_dir: PathBuf,
+    pub host: String,
+    pub port: u16,
+    pub run_as: RunAs,
+}
+
+/// Credentials pgdr connects with.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub user: String,
+    pub password: Option<String>,
+    pub database: String,
+}
+
+impl LocalPg {
+    pub fn new(bin: PgBinaries, data_dir: PathBuf, host: impl Into<String>, port: u16, run_as: RunAs) -> LocalPg {
+        LocalPg { bin, data_dir, host: host.into(), port, run_as }
+    }
+
+    /// The server log file, beside the data directory.
+    pub fn log_file(&self) -> PathBuf {
+        let mut name = self.data_dir.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        name.push(".log");
+        self.data_dir.with_file_name(name)
+    }
+
+    /// Folder for the server's Unix socket, beside the data directory.
+    pub fn socket_dir(&self) -> PathBuf {
+        let mut name = self.data_dir.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        name.push(".run");
+        self.data_dir.with_file_name(name)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(self.bin.path(program));
+        self.run_as.apply(&mut cmd);
+        // The unprivileged user may not be able to read our working folder.
+        if let Some(parent) = self.data_dir.parent() {
+            cmd.current_dir(parent);
+        }
+        cmd.env_remove("PGDATA").env("LC_ALL", "C.UTF-8").kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs a server program to completion, returning its stdout.
+    pub async fn run(&self, program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<String, PgError> {
+        let mut cmd = self.command(program);
+        cmd.args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().await.map_err(|source| PgError::Spawn { program: program.to_owned(), source })?;
+        if !out.status.success() {
+            let mut output = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+            if output.is_empty() {
+                output = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            }
+            return Err(PgError::Failed { program: program.to_owned(), status: out.status.to_string(), output });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Creates the folders the server needs, owned by its user.
+    pub fn prepare_dirs(&self) -> Result<(), PgError> {
+        if let Some(parent) = self.data_dir.parent() {
+            self.run_as.check_reachable(parent)?;
+        }
+        for dir in [self.data_dir.clone(), self.socket_dir()] {
+            std::fs::create_dir_all(&dir).map_err(PgError::io(&dir))?;
+            self.run_as.give(&dir)?;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&self.data_dir, std::fs::Permissions::from_mode(0o700)).map_err(PgError::io(&self.data_dir))?;
+        Ok(())
+    }
+
+    /// `initdb` with a superuser and password (SCRAM for TCP, trust on the
+    /// server's own Unix socket), checksums on (so `pg_rewind` works), no
+    /// fsync (the caller decides durability through `configure`).
+    pub async fn initdb(&self, superuser: &str, password: &str) -> Result<(), PgError> {
+        self.prepare_dirs()?;
+        let pwfile = self.data_dir.with_extension("pw");
+        std::fs::write(&pwfile, password).map_err(PgError::io(&pwfile))?;
+        self.run_as.give(&pwfile)?;
+        let data = self.data_dir.display().to_string();
+        let pw = pwfile.display().to_string();
+        let res = self
+            .run(
+                "initdb",
+                &[
+                    "-D",
+                    &data,
+                    "-U",
+                    superuser,
+                    "--pwfile",
+                    &pw,
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                    "--data-checksums",
+                ],
+                &[],
+            )
+            .await;
+        let _ = std::fs::remove_file(&pwfile);
+        res.map(|_| ())
+    }
+
+    /// Writes pgdr's settings to `pgdr.conf` in the data directory and makes
+    /// `postgresql.conf` include it. Idempotent.
+    pub fn configure(&self, settings: &[(String, String)]) -> Result<(), PgError> {
+        let conf = self.data_dir.join("postgresql.conf");
+        let text = std::fs::read_to_string(&conf).map_err(PgError::io(&conf))?;
+        let include = "include_if_exists = 'pgdr.conf'";
+        if !text.contains(include) {
+            std::fs::write(&conf, format!("{text}\n{include}\n")).map_err(PgError::io(&conf))?;
+        }
+        let mut body = String::from("# Written by pgdr; changes here are overwritten.\n");
+        let mut all: Vec<(String, String)> = vec![
+            ("listen_addresses".into(), quote(&self.host)),
+            ("port".into(), self.port.to_string()),
+            ("unix_socket_directories".into(), quote(&self.socket_dir().display().to_string())),
+        ];
+        all.extend(settings.iter().cloned());
+        for (k, v) in all {
+            body.push_str(&format!("{k} = {v}\n"));
+        }
+        let path = self.data_dir.join("pgdr.conf");
+        std::fs::write(&path, body).map_err(PgError::io(&path))?;
+        self.run_as.give(&path)?;
+        Ok(())
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    pub async fn start(&self, wait: Duration) -> Result<(), PgError> {
+        if self.postmaster_pid().is_some() && self.is_running().await {
+            return Ok(());
+        }
+        let data = self.data_dir.display().to_string();
+        let log = self.log_file().display().to_string();
+        if !self.log_file().exists() {
+            std::fs::write(self.log_file(), "").map_err(PgError::io(&self.log_file()))?;
+            self.run_as.give(&self.log_file())?;
+        }
+        let secs = wait.as_secs().max(1).to_string();
+        self.run("pg_ctl", &["-D", &data, "-l", &log, "-w", "-t", &secs, "start"], &[]).await.map(|_| ())
+    }
+
+    /// Stops the server; a server that is not running is a success.
+    pub async fn stop(&self, mode: StopMode, wait: Duration) -> Result<(), PgError> {
+        if !self.is_running().await {
+            return Ok(());
+        }
+        let data = self.data_dir.display().to_string();
+        let secs = wait.as_secs().max(1).to_string();
+        match self.run("pg_ctl", &["-D", &data, "-m", mode.as_arg(), "-w", "-t", &secs, "stop"], &[]).await {
+            Ok(_) => Ok(()),
+            Err(_) if !self.is_running().await => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The postmaster's PID from `postmaster.pid`, if the file is there.
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
+    /// Whether a postmaster is alive for this data directory.
+    pub async fn is_running(&self) -> bool {
+        match self.postmaster_pid() {
+            Some(pid) => nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok(),
+            None => false,
+        }
+    }
+
+    /// A connection string for this server.
+    pub fn conninfo(&self, login: &Login) -> String {
+        let mut s = format!(
+            "host={} port={} user={} dbname={} connect_timeout=5",
+            self.host, self.port, login.user, login.database
+        );
+        if let Some(p) = &login.password {
+            s.push_str(&format!(" password={}", conn_quote(p)));
+        }
+        s
+    }
+
+    /// Connects with tokio-postgres over TCP; the connection task is spawned.
+    pub async fn connect(&self, login: &Login) -> Result<tokio_postgres::Client, PgError> {
+        connect(&self.conninfo(login), &format!("{}:{}", self.host, self.port)).await
+    }
+}
+
+/// Connects to `conninfo`, spawning the connection's task.
+pub async fn connect(conninfo: &str, addr: &str) -> Result<tokio_postgres::Client, PgError> {
+    let (client, conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
+        .await
+        .map_err(|source| PgError::Connect { addr: addr.to_owned(), source })?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// Quotes a value for postgresql.conf.
+pub fn quote(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "''"))
+}
+
+/// Quotes a value for a libpq connection string.
+pub fn conn_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+}

@@ -1,0 +1,3 @@
+//! Integration tests of the host layer against real PostgreSQL.
+
+mod local;
