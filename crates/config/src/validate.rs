@@ -127,7 +127,11 @@ fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
         if kind == RegionKind::Zone && r.parent.is_none() {
             c.bad(format!("regions[{i}].parent"), "a zone needs a `parent` region");
         }
-        regions.push(Region { name: RegionName::new(&r.name), parent: r.parent.as_deref().map(RegionName::from), kind });
+        regions.push(Region {
+            name: RegionName::new(&r.name),
+            parent: r.parent.as_deref().map(RegionName::from),
+            kind,
+        });
     }
     let region_ok = |name: &str| region_names.contains(name);
 
@@ -140,7 +144,8 @@ fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
     for (i, d) in raw.destinations.iter().enumerate() {
         let k = |f: &str| format!("destinations[{i}].{f}");
         c.name(k("name"), &d.name, "destination");
-        let scheme_ok = ["file://", "s3://", "gs://", "az://", "azure://", "memory://"].iter().any(|s| d.url.starts_with(s));
+        let scheme_ok =
+            ["file://", "s3://", "gs://", "az://", "azure://", "memory://"].iter().any(|s| d.url.starts_with(s));
         if !scheme_ok {
             c.bad(k("url"), format!("expected a URL starting with file://, s3://, gs:// or az://, got {:?}", d.url));
         }
@@ -208,7 +213,10 @@ fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
             TierBackup {
                 schedule: b.schedule.clone(),
                 retain_count: b.retain_count,
-                retain_age: b.retain_age.as_deref().map(|a| c.duration(k("backup.retain_age"), Some(a), Duration::ZERO)),
+                retain_age: b
+                    .retain_age
+                    .as_deref()
+                    .map(|a| c.duration(k("backup.retain_age"), Some(a), Duration::ZERO)),
                 destination: b.destination.clone(),
                 copies: b.copies.clone(),
                 compression_level: b.compression_level.unwrap_or(3),
@@ -219,12 +227,14 @@ fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
     let tier_names: BTreeSet<&str> = raw.tiers.iter().map(|t| t.name.as_str()).collect();
 
     // Clusters and nodes.
-    c.unique(raw.clusters.iter().enumerate().map(|(i, cl)| (format!("clusters[{i}].name"), cl.name.as_str())), "cluster");
     c.unique(
-        raw.clusters
-            .iter()
-            .enumerate()
-            .flat_map(|(i, cl)| cl.nodes.iter().enumerate().map(move |(j, n)| (format!("clusters[{i}].nodes[{j}].name"), n.name.as_str()))),
+        raw.clusters.iter().enumerate().map(|(i, cl)| (format!("clusters[{i}].name"), cl.name.as_str())),
+        "cluster",
+    );
+    c.unique(
+        raw.clusters.iter().enumerate().flat_map(|(i, cl)| {
+            cl.nodes.iter().enumerate().map(move |(j, n)| (format!("clusters[{i}].nodes[{j}].name"), n.name.as_str()))
+        }),
         "node",
     );
     let mut clusters = Vec::new();
@@ -272,7 +282,10 @@ fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
         let mut region_preference = Vec::new();
         for (j, r) in cl.region_preference.iter().enumerate() {
             if !region_ok(r) {
-                c.bad(format!("clusters[{i}].region_preference[{j}]"), format!("region {r:?} is not declared under [[regions]]"));
+                c.bad(
+                    format!("clusters[{i}].region_preference[{j}]"),
+                    format!("region {r:?} is not declared under [[regions]]"),
+                );
             }
             region_preference.push(RegionName::new(r));
         }
@@ -447,7 +460,11 @@ fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
         lease_ttl: c.duration("timing.lease_ttl".into(), rt.lease_ttl.as_deref(), d.lease_ttl),
         lease_renew: c.duration("timing.lease_renew".into(), rt.lease_renew.as_deref(), d.lease_renew),
         lease_margin: c.duration("timing.lease_margin".into(), rt.lease_margin.as_deref(), d.lease_margin),
-        restart_deadline: c.duration("timing.restart_deadline".into(), rt.restart_deadline.as_deref(), d.restart_deadline),
+        restart_deadline: c.duration(
+            "timing.restart_deadline".into(),
+            rt.restart_deadline.as_deref(),
+            d.restart_deadline,
+        ),
         promote_timeout: c.duration("timing.promote_timeout".into(), rt.promote_timeout.as_deref(), d.promote_timeout),
         drain_timeout: c.duration("timing.drain_timeout".into(), rt.drain_timeout.as_deref(), d.drain_timeout),
     };

@@ -238,7 +238,8 @@ mod tests {
     #[test]
     fn role_serde() {
         assert_eq!(serde_json::to_string(&Role::Primary).ok().as_deref(), Some("\"primary\""));
-        let m: ReplicationMode = serde_json::from_str(r#"{"mode":"sync","quorum":1}"#).unwrap_or(ReplicationMode::Async);
+        let m: ReplicationMode =
+            serde_json::from_str(r#"{"mode":"sync","quorum":1}"#).unwrap_or(ReplicationMode::Async);
         assert_eq!(m, ReplicationMode::Sync { quorum: 1 });
     }
 }

@@ -55,7 +55,8 @@ impl PgBinaries {
             .output()
             .map_err(|e| BinError::Version { path: path.clone(), detail: e.to_string() })?;
         let text = String::from_utf8_lossy(&out.stdout);
-        let major = parse_major(&text).ok_or_else(|| BinError::Version { path: path.clone(), detail: text.trim().to_owned() })?;
+        let major = parse_major(&text)
+            .ok_or_else(|| BinError::Version { path: path.clone(), detail: text.trim().to_owned() })?;
         Ok(PgBinaries { dir: dir.to_owned(), major })
     }
 

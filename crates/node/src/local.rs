@@ -126,7 +126,8 @@ impl LocalPg {
             self.run_as.give(&dir)?;
         }
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&self.data_dir, std::fs::Permissions::from_mode(0o700)).map_err(PgError::io(&self.data_dir))?;
+        std::fs::set_permissions(&self.data_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(PgError::io(&self.data_dir))?;
         Ok(())
     }
 

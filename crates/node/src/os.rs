@@ -66,8 +66,11 @@ impl RunAs {
     /// Hands a path we created to the user (no-op when running as ourselves).
     pub fn give(&self, path: &Path) -> Result<(), OsError> {
         if let Some((name, uid, gid)) = &self.user {
-            chown(path, Some(Uid::from_raw(*uid)), Some(Gid::from_raw(*gid)))
-                .map_err(|source| OsError::Chown { path: path.to_owned(), user: name.clone(), source })?;
+            chown(path, Some(Uid::from_raw(*uid)), Some(Gid::from_raw(*gid))).map_err(|source| OsError::Chown {
+                path: path.to_owned(),
+                user: name.clone(),
+                source,
+            })?;
         }
         Ok(())
     }
@@ -77,7 +80,9 @@ impl RunAs {
     /// with a confusing message.
     pub fn check_reachable(&self, path: &Path) -> Result<(), OsError> {
         use std::os::unix::fs::MetadataExt;
-        let Some((name, uid, gid)) = &self.user else { return Ok(()) };
+        let Some((name, uid, gid)) = &self.user else {
+            return Ok(());
+        };
         let mut p = path.to_path_buf();
         let mut ancestors = Vec::new();
         while let Some(parent) = p.parent() {

@@ -76,12 +76,30 @@ fn good_config_loads() {
 /// the line the error must point at, words the message must contain)
 const BAD: &[(&str, &str, &str, &str, &str)] = &[
     // unknown key
-    ("name = \"main\"\ntier = \"gold\"", "name = \"main\"\ntier = \"gold\"\ncolour = \"blue\"", "clusters[0].colour", "colour =", "unknown field `colour`"),
+    (
+        "name = \"main\"\ntier = \"gold\"",
+        "name = \"main\"\ntier = \"gold\"\ncolour = \"blue\"",
+        "clusters[0].colour",
+        "colour =",
+        "unknown field `colour`",
+    ),
     // duplicate names
-    ("name = \"n2\"", "name = \"n1\"", "clusters[0].nodes[1].name", "name = \"n1\"\nregion = \"west", "duplicate node name \"n1\""),
+    (
+        "name = \"n2\"",
+        "name = \"n1\"",
+        "clusters[0].nodes[1].name",
+        "name = \"n1\"\nregion = \"west",
+        "duplicate node name \"n1\"",
+    ),
     ("name = \"west\"", "name = \"east\"", "regions[2].name", "name = \"east\"\n\n[[tiers", "duplicate region name"),
     // a node in an undeclared region
-    ("region = \"west\"\nagent", "region = \"mars\"\nagent", "clusters[0].nodes[1].region", "mars", "region \"mars\" is not declared"),
+    (
+        "region = \"west\"\nagent",
+        "region = \"mars\"\nagent",
+        "clusters[0].nodes[1].region",
+        "mars",
+        "region \"mars\" is not declared",
+    ),
     // bad durations
     ("rpo = \"5s\"", "rpo = \"5 parsecs\"", "tiers[0].rpo", "parsecs", "expected a duration"),
     ("rto = \"30s\"", "rto = \"30\"", "tiers[0].rto", "rto =", "has no unit"),
@@ -89,19 +107,61 @@ const BAD: &[(&str, &str, &str, &str, &str)] = &[
     // wrong types and values
     ("port = 5433", "port = \"5433\"", "clusters[0].nodes[1].port", "\"5433\"", "invalid type: string"),
     ("port = 5433", "port = 99999", "clusters[0].nodes[1].port", "99999", ""),
-    ("replication = \"sync\"", "replication = \"eventual\"", "clusters[0].replication", "eventual", "expected \"async\" or \"sync\""),
-    ("sync_quorum = 1", "sync_quorum = 3", "clusters[0].sync_quorum", "sync_quorum", "quorum from 1 to the number of replicas (1)"),
+    (
+        "replication = \"sync\"",
+        "replication = \"eventual\"",
+        "clusters[0].replication",
+        "eventual",
+        "expected \"async\" or \"sync\"",
+    ),
+    (
+        "sync_quorum = 1",
+        "sync_quorum = 3",
+        "clusters[0].sync_quorum",
+        "sync_quorum",
+        "quorum from 1 to the number of replicas (1)",
+    ),
     ("tier = \"gold\"", "tier = \"platinum\"", "clusters[0].tier", "platinum", "tier \"platinum\" is not declared"),
     ("writer = \"127.0.0.1:6432\"", "writer = \"localhost\"", "proxies[0].writer", "localhost", "expected an address"),
-    ("reader = \"127.0.0.1:6433\"", "reader = \"127.0.0.1:6432\"", "proxies[0].reader", "reader =", "already used by `proxies[0].writer`"),
+    (
+        "reader = \"127.0.0.1:6433\"",
+        "reader = \"127.0.0.1:6432\"",
+        "proxies[0].reader",
+        "reader =",
+        "already used by `proxies[0].writer`",
+    ),
     ("port = 5433", "port = 5432", "clusters[0].nodes[1].port", "port = 5432\n\n[[proxies", "already used"),
     ("agent = \"127.0.0.1:7402\"", "agent = \"nowhere\"", "clusters[0].nodes[1].agent", "nowhere", "host:port"),
-    ("kind = \"zone\"\nparent = \"east\"", "kind = \"zone\"", "regions[1].parent", "[[regions]]\nname = \"east-a\"", "needs a `parent`"),
+    (
+        "kind = \"zone\"\nparent = \"east\"",
+        "kind = \"zone\"",
+        "regions[1].parent",
+        "[[regions]]\nname = \"east-a\"",
+        "needs a `parent`",
+    ),
     ("name = \"east-a\"", "name = \"1east\"", "regions[1].name", "1east", "starting with a letter"),
-    ("password = { env = \"PGDR_TEST_PASSWORD\" }", "password = { env = \"X\", file = \"y\" }", "clusters[0].password", "password =", "exactly one of"),
+    (
+        "password = { env = \"PGDR_TEST_PASSWORD\" }",
+        "password = { env = \"X\", file = \"y\" }",
+        "clusters[0].password",
+        "password =",
+        "exactly one of",
+    ),
     // timing inequalities
-    ("probe_timeout = \"500ms\"", "probe_timeout = \"2s\"", "timing.probe_timeout", "probe_timeout", "shorter than timing.probe_interval"),
-    ("probe_timeout = \"500ms\"", "probe_timeout = \"500ms\"\nlease_ttl = \"2s\"", "timing.lease_ttl", "lease_ttl", "3 × timing.lease_renew"),
+    (
+        "probe_timeout = \"500ms\"",
+        "probe_timeout = \"2s\"",
+        "timing.probe_timeout",
+        "probe_timeout",
+        "shorter than timing.probe_interval",
+    ),
+    (
+        "probe_timeout = \"500ms\"",
+        "probe_timeout = \"500ms\"\nlease_ttl = \"2s\"",
+        "timing.lease_ttl",
+        "lease_ttl",
+        "3 × timing.lease_renew",
+    ),
     // syntax error
     ("[controller]", "[controller", "", "[controller", ""),
 ];
@@ -119,7 +179,11 @@ fn bad_config_table() {
         };
         let shown = err.to_string();
         assert!(shown.starts_with("/etc/pgdr/pgdr.toml"), "error must name the file: {shown}");
-        let p = err.problems().iter().find(|p| p.key == *key).unwrap_or_else(|| panic!("no problem for key {key:?} in:\n{shown}"));
+        let p = err
+            .problems()
+            .iter()
+            .find(|p| p.key == *key)
+            .unwrap_or_else(|| panic!("no problem for key {key:?} in:\n{shown}"));
         assert_eq!(p.line, line, "line of {key:?} in:\n{shown}");
         assert!(p.message.contains(words), "message for {key:?} must contain {words:?}:\n{shown}");
         if !key.is_empty() {
