@@ -1,0 +1,268 @@
+//! Destinations: object storage (local filesystem, S3 and S3-compatible) with
+//! the destination's keys, its write-once flag and its concurrency limit.
+//!
+//! Every write is create-if-absent: pgdr never overwrites an object anywhere,
+//! and never deletes on an immutable destination. Every transfer holds one
+//! permit of the destination's semaphore, so `concurrency` bounds the parallel
+//! requests to it whatever the caller does; [`DestStats`] counts them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use tokio::sync::Semaphore;
+
+use crate::keys::{KeyError, Keyring};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DestError {
+    #[error("destination {dest:?}: cannot {op} {key}: {source}")]
+    Store { dest: String, op: &'static str, key: String, source: object_store::Error },
+    #[error("destination {dest:?}: {detail}")]
+    Config { dest: String, detail: String },
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("destination {dest:?} is immutable (write-once): pgdr never deletes or overwrites there; {key} was kept")]
+    Immutable { dest: String, key: String },
+}
+
+impl DestError {
+    /// Whether the object was simply not there.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, DestError::Store { source: object_store::Error::NotFound { .. }, .. })
+    }
+}
+
+/// Counters of one destination's transfers.
+#[derive(Debug, Default)]
+pub struct DestStats {
+    pub in_flight: AtomicUsize,
+    /// Highest number of transfers seen at once (tests check it against the limit).
+    pub max_in_flight: AtomicUsize,
+    pub bytes_written: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub puts: AtomicU64,
+    pub gets: AtomicU64,
+}
+
+/// Result of a create-if-absent write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Put {
+    Created,
+    AlreadyThere,
+}
+
+/// An object listed at a destination.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    /// Key relative to the destination's prefix.
+    pub key: String,
+    pub size: u64,
+    pub modified: chrono::DateTime<chrono::Utc>,
+}
+
+/// One open destination.
+#[derive(Clone)]
+pub struct Dest {
+    pub name: String,
+    pub url: String,
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    pub keys: Keyring,
+    pub immutable: bool,
+    pub concurrency: usize,
+    limit: Arc<Semaphore>,
+    pub stats: Arc<DestStats>,
+}
+
+impl std::fmt::Debug for Dest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Dest({} {})", self.name, self.url)
+    }
+}
+
+struct Permit<'a> {
+    _p: Option<tokio::sync::SemaphorePermit<'a>>,
+    stats: &'a DestStats,
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Dest {
+    /// Opens a configured destination: builds the store client and resolves
+    /// the keys (a missing or malformed key is an error here, before any work).
+    pub fn open(d: &pgdr_config::Destination) -> Result<Dest, DestError> {
+        let keys = Keyring::from_config(d)?;
+        let cfg = |detail: String| DestError::Config { dest: d.name.clone(), detail };
+        let (store, prefix): (Arc<dyn ObjectStore>, String) = if let Some(path) = d.url.strip_prefix("file://") {
+            std::fs::create_dir_all(path).map_err(|e| cfg(format!("cannot create folder {path}: {e}")))?;
+            let fs = object_store::local::LocalFileSystem::new_with_prefix(path)
+                .map_err(|e| cfg(format!("cannot open folder {path}: {e}")))?;
+            (Arc::new(fs), String::new())
+        } else if let Some(rest) = d.url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(cfg(format!("expected s3://BUCKET[/PREFIX], got {:?}", d.url)));
+            }
+            let mut b = object_store::aws::AmazonS3Builder::new()
+                .with_bucket_name(bucket)
+                .with_region(d.region.clone().unwrap_or_else(|| "us-east-1".to_owned()))
+                .with_allow_http(d.allow_http)
+                .with_client_options(
+                    object_store::ClientOptions::new()
+                        .with_connect_timeout(Duration::from_secs(5))
+                        .with_timeout(Duration::from_secs(120))
+                        .with_allow_http(d.allow_http),
+                )
+                .with_retry(object_store::RetryConfig {
+                    backoff: object_store::BackoffConfig::default(),
+                    max_retries: 3,
+                    retry_timeout: Duration::from_secs(30),
+                });
+            if let Some(e) = &d.endpoint {
+                b = b.with_endpoint(e);
+            }
+            if let Some(s) = &d.access_key_id {
+                b = b.with_access_key_id(s.resolve().map_err(|e| cfg(format!("access_key_id: {e}")))?);
+            }
+            if let Some(s) = &d.secret_access_key {
+                b = b.with_secret_access_key(s.resolve().map_err(|e| cfg(format!("secret_access_key: {e}")))?);
+            }
+            let s3 = b.build().map_err(|e| cfg(format!("cannot configure S3 client: {e}")))?;
+            (Arc::new(s3), prefix.trim_matches('/').to_owned())
+        } else {
+            return Err(cfg(format!(
+                "{:?}: this build of pgdr supports file:// and s3:// destinations (gs:// and az:// are not built in yet)",
+                d.url
+            )));
+        };
+        let concurrency = d.concurrency.max(1) as usize;
+        Ok(Dest {
+            name: d.name.clone(),
+            url: d.url.clone(),
+            store,
+            prefix,
+            keys,
+            immutable: d.immutable,
+            concurrency,
+            limit: Arc::new(Semaphore::new(concurrency)),
+            stats: Arc::new(DestStats::default()),
+        })
+    }
+
+    /// Opens the destination named `name` in `config`.
+    pub fn open_named(config: &pgdr_config::Config, name: &str) -> Result<Dest, DestError> {
+        let d = config.destination(name).ok_or_else(|| DestError::Config {
+            dest: name.to_owned(),
+            detail: format!(
+                "not declared under [[destinations]] in {} (declared: {})",
+                config.file.display(),
+                config.destinations.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        })?;
+        Dest::open(d)
+    }
+
+    fn path(&self, key: &str) -> ObjPath {
+        if self.prefix.is_empty() { ObjPath::from(key) } else { ObjPath::from(format!("{}/{key}", self.prefix)) }
+    }
+
+    fn err(&self, op: &'static str, key: &str) -> impl FnOnce(object_store::Error) -> DestError + '_ {
+        let key = key.to_owned();
+        move |source| DestError::Store { dest: self.name.clone(), op, key, source }
+    }
+
+    async fn permit(&self) -> Permit<'_> {
+        // The semaphore is never closed, so `acquire` cannot fail.
+        let p = self.limit.acquire().await.ok();
+        let now = self.stats.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.stats.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        Permit { _p: p, stats: &self.stats }
+    }
+
+    /// Writes `data` at `key` unless an object is already there.
+    pub async fn put_new(&self, key: &str, data: Bytes) -> Result<Put, DestError> {
+        let _p = self.permit().await;
+        let len = data.len() as u64;
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.store.put_opts(&self.path(key), PutPayload::from_bytes(data), opts).await {
+            Ok(_) => {
+                self.stats.bytes_written.fetch_add(len, Ordering::Relaxed);
+                self.stats.puts.fetch_add(1, Ordering::Relaxed);
+                Ok(Put::Created)
+            }
+            Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => {
+                Ok(Put::AlreadyThere)
+            }
+            Err(e) => Err(self.err("write", key)(e)),
+        }
+    }
+
+    /// Reads a whole object.
+    pub async fn get(&self, key: &str) -> Result<Bytes, DestError> {
+        let _p = self.permit().await;
+        let res = self.store.get(&self.path(key)).await.map_err(self.err("read", key))?;
+        let bytes = res.bytes().await.map_err(self.err("read", key))?;
+        self.stats.bytes_read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.stats.gets.fetch_add(1, Ordering::Relaxed);
+        Ok(bytes)
+    }
+
+    /// Reads an object, `None` when it is absent.
+    pub async fn get_opt(&self, key: &str) -> Result<Option<Bytes>, DestError> {
+        match self.get(key).await {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Size of an object, `None` when absent.
+    pub async fn size(&self, key: &str) -> Result<Option<u64>, DestError> {
+        let _p = self.permit().await;
+        match self.store.head(&self.path(key)).await {
+            Ok(m) => Ok(Some(m.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err("inspect", key)(e)),
+        }
+    }
+
+    /// Lists objects under `prefix` (relative keys).
+    pub async fn list(&self, prefix: &str) -> Result<Vec<Listed>, DestError> {
+        let _p = self.permit().await;
+        let p = self.path(prefix.trim_end_matches('/'));
+        let strip = if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };
+        let metas: Vec<object_store::ObjectMeta> =
+            self.store.list(Some(&p)).try_collect().await.map_err(self.err("list", prefix))?;
+        let mut out: Vec<Listed> = metas
+            .into_iter()
+            .map(|m| {
+                let full = m.location.to_string();
+                let key = full.strip_prefix(&strip).unwrap_or(&full).to_owned();
+                Listed { key, size: m.size, modified: m.last_modified }
+            })
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    /// Deletes an object; refused on an immutable destination.
+    pub async fn delete(&self, key: &str) -> Result<(), DestError> {
+        if self.immutable {
+            return Err(DestError::Immutable { dest: self.name.clone(), key: key.to_owned() });
+        }
+        let _p = self.permit().await;
+        match self.store.delete(&self.path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err("delete", key)(e)),
+        }
+    }
+}
