@@ -26,6 +26,19 @@ fn check(global: &Global, json: bool) -> anyhow::Result<ExitCode> {
     let path = global.config_path();
     match pgdr_config::Config::load(&path) {
         Ok(cfg) => {
+            let math = pgdr_controller::math::Math::of(&cfg);
+            if !math.violations.is_empty() {
+                let lines: Vec<String> =
+                    math.violations.iter().map(|(k, m)| format!("{}: key `{k}`: {m}", path.display())).collect();
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"file": path.display().to_string(), "valid": false, "error": lines.join("\n")})
+                    );
+                    return Ok(ExitCode::from(2));
+                }
+                return Err(crate::exit::Usage(lines.join("\n")).into());
+            }
             let nodes: usize = cfg.clusters.iter().map(|c| c.nodes.len()).sum();
             if json {
                 println!(
@@ -37,6 +50,7 @@ fn check(global: &Global, json: bool) -> anyhow::Result<ExitCode> {
                         "nodes": nodes,
                         "regions": cfg.regions.len(),
                         "proxies": cfg.proxies.len(),
+                        "failover_math": math,
                     })
                 );
             } else {
@@ -48,6 +62,7 @@ fn check(global: &Global, json: bool) -> anyhow::Result<ExitCode> {
                     cfg.regions.len(),
                     cfg.proxies.len()
                 );
+                print_math(&math);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -67,5 +82,23 @@ fn check(global: &Global, json: bool) -> anyhow::Result<ExitCode> {
                 Err(err.into())
             }
         }
+    }
+}
+
+/// The derived failover timings (docs/failover-math.md).
+fn print_math(math: &pgdr_controller::math::Math) {
+    println!(
+        "detection: {:.1}s when refused, {:.1}s when silent; blips up to {:.1}s never fail over; lease wait {:.1}s",
+        math.detection_refused_seconds,
+        math.detection_silent_seconds,
+        math.tolerated_blip_seconds,
+        math.lease_wait_seconds
+    );
+    println!("worst-case RTO per failure class (decision / with promote_timeout):");
+    for c in &math.classes {
+        println!("  {:<16} {:>6.1}s / {:>6.1}s  = {}", c.class, c.decision_seconds, c.worst_rto_seconds, c.formula);
+    }
+    for w in &math.warnings {
+        println!("warning: {w}");
     }
 }

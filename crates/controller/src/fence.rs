@@ -1,0 +1,150 @@
+//! The fencing rule, without IO: a new primary may be promoted only once the
+//! old one certainly takes no writes.
+//!
+//! Either its agent answered and confirmed PostgreSQL is stopped or fenced
+//! (the fast path, when only the postmaster died), or its lease has certainly
+//! expired: `lease_ttl + lease_margin` since the last renewal this controller
+//! granted. A controller that does not know when the last renewal was (it has
+//! just started) counts from its own start, which is never earlier than the
+//! real last renewal.
+//!
+//! An agent whose lease lapsed keeps its primary writable only while a
+//! majority of its cluster's agents (itself included) still support it, so a
+//! control-plane outage alone never demotes a healthy primary. Before relying
+//! on the lease, the controller therefore asks every agent it reaches to
+//! withdraw its support; the lease path is open only once enough agents
+//! withdrew that the old primary cannot assemble a majority, and one renewal
+//! interval plus the margin has passed since, so its next support check
+//! failed and it fenced.
+
+use serde::Serialize;
+use tokio::time::{Duration, Instant};
+
+/// What the old primary's agent said when asked to fence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentFence {
+    /// PostgreSQL is stopped, or read-only with client backends terminated.
+    Confirmed(String),
+    /// The agent did not answer, or could not fence.
+    NotConfirmed(String),
+}
+
+/// Why promoting is safe now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "by", content = "detail")]
+pub enum FenceEvidence {
+    AgentConfirmed(String),
+    LeaseExpired(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FenceDecision {
+    Fenced(FenceEvidence),
+    /// Not yet safe; ask again at this instant.
+    WaitUntil(Instant),
+    /// Not enough agents withdrew their support: the old primary may still
+    /// count a majority and keep writing, so the lease proves nothing.
+    NoQuorum,
+}
+
+/// When the old primary's lease has certainly expired.
+pub fn lease_expiry(last_grant: Instant, ttl: Duration, margin: Duration) -> Instant {
+    last_grant + ttl + margin
+}
+
+/// A majority of `n` agents.
+pub fn majority(n: usize) -> usize {
+    n / 2 + 1
+}
+
+/// Agents (besides the old primary's) that must withdraw their support so
+/// that the old primary cannot count a majority of `n` agents.
+pub fn withdrawals_needed(n: usize) -> usize {
+    (n + 1).saturating_sub(majority(n)).max(1)
+}
+
+/// What the controller knows about the old primary's lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseView {
+    /// The last renewal this controller granted the old primary, or the
+    /// controller's start when it has granted none since it started.
+    pub last_grant: Instant,
+    /// When the last needed agent acknowledged withdrawing its support, if
+    /// enough have (see [`withdrawals_needed`]).
+    pub support_withdrawn_at: Option<Instant>,
+    pub ttl: Duration,
+    pub renew: Duration,
+    pub margin: Duration,
+}
+
+/// Decides whether the old primary is fenced.
+pub fn decide(agent: &AgentFence, lease: &LeaseView, now: Instant) -> FenceDecision {
+    if let AgentFence::Confirmed(how) = agent {
+        return FenceDecision::Fenced(FenceEvidence::AgentConfirmed(how.clone()));
+    }
+    let Some(withdrawn) = lease.support_withdrawn_at else {
+        return FenceDecision::NoQuorum;
+    };
+    let (last_grant, ttl, margin) = (lease.last_grant, lease.ttl, lease.margin);
+    let expiry = lease_expiry(last_grant, ttl, margin).max(withdrawn + lease.renew + margin);
+    if now >= expiry {
+        FenceDecision::Fenced(FenceEvidence::LeaseExpired(format!(
+            "no renewal for {:.1}s (lease {} + margin {})",
+            (now - last_grant).as_secs_f64(),
+            pgdr_model::format_duration(ttl),
+            pgdr_model::format_duration(margin)
+        )))
+    } else {
+        FenceDecision::WaitUntil(expiry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(granted: Instant, withdrawn: Option<Instant>) -> LeaseView {
+        LeaseView {
+            last_grant: granted,
+            support_withdrawn_at: withdrawn,
+            ttl: Duration::from_secs(6),
+            renew: Duration::from_secs(1),
+            margin: Duration::from_secs(2),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn agent_confirmation_is_the_fast_path() {
+        let now = Instant::now();
+        let d = decide(&AgentFence::Confirmed("stopped".into()), &view(now, None), now);
+        assert_eq!(d, FenceDecision::Fenced(FenceEvidence::AgentConfirmed("stopped".into())));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_primary_waits_for_lease_plus_margin() {
+        let granted = Instant::now();
+        let silent = AgentFence::NotConfirmed("timed out".into());
+        let v = view(granted, Some(granted));
+        tokio::time::advance(Duration::from_secs(7)).await;
+        assert_eq!(decide(&silent, &v, Instant::now()), FenceDecision::WaitUntil(granted + Duration::from_secs(8)));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(matches!(decide(&silent, &v, Instant::now()), FenceDecision::Fenced(FenceEvidence::LeaseExpired(_))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn late_withdrawal_extends_the_wait_and_none_blocks() {
+        let granted = Instant::now();
+        let silent = AgentFence::NotConfirmed("timed out".into());
+        assert_eq!(decide(&silent, &view(granted, None), granted + Duration::from_secs(60)), FenceDecision::NoQuorum);
+        let w = granted + Duration::from_secs(10);
+        assert_eq!(decide(&silent, &view(granted, Some(w)), w), FenceDecision::WaitUntil(w + Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn withdrawals() {
+        assert_eq!(withdrawals_needed(3), 2);
+        assert_eq!(withdrawals_needed(2), 1);
+        assert_eq!(withdrawals_needed(4), 2);
+        assert_eq!(withdrawals_needed(5), 3);
+    }
+}

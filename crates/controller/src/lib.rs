@@ -1,0 +1,13 @@
+//! The controller: it watches every cluster, decides, and runs the workflows
+//! that change roles.
+//!
+//! The decision core is pure and generic over time ([`detect`], [`candidate`],
+//! [`fence`], [`math`]): no IO, unit-tested with paused tokio time. Probes,
+//! leases, workflows, the HTTP API and metrics build on it. This crate may
+//! depend on the store, the workflow engine, the API types and the proxy's
+//! routing types; nothing depends on it except the binary.
+
+pub mod candidate;
+pub mod detect;
+pub mod fence;
+pub mod math;
