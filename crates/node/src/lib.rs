@@ -2,11 +2,15 @@
 //!
 //! [`bin`] finds the server binaries, [`os`] runs them as an unprivileged user
 //! when pgdr runs as root, [`local`] drives one local server (initdb, start,
-//! stop, queries). This crate must not depend on the controller or the proxy.
+//! stop, queries), [`replica`] makes a node a replica (slots, base backup,
+//! `pg_rewind`, standby config), [`agent`] is the HTTP agent on top. This
+//! crate must not depend on the controller or the proxy.
 
+pub mod agent;
 pub mod bin;
 pub mod local;
 pub mod os;
+pub mod replica;
 
 pub use bin::{BinError, PgBinaries};
 pub use local::{LocalPg, PgError};

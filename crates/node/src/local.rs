@@ -23,10 +23,19 @@ pub enum PgError {
     Connect { addr: String, source: tokio_postgres::Error },
     #[error("query failed on {addr}: {source}")]
     Query { addr: String, source: tokio_postgres::Error },
+    /// `pg_rewind` could not bring the data directory in line with the
+    /// source (different systems, missing WAL, no checksums or
+    /// `wal_log_hints`): rebuild from a base backup instead.
+    #[error("pg_rewind cannot rewind this node (rebuild it from a base backup instead): {0}")]
+    RewindImpossible(String),
+    #[error("timed out after {secs}s waiting for {what}")]
+    Timeout { what: String, secs: u64 },
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl PgError {
-    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PgError + '_ {
+    pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PgError + '_ {
         move |source| PgError::Io { path: path.to_owned(), source }
     }
 }

@@ -1,0 +1,352 @@
+//! The mutating actions. Each checks the epoch first, then runs alone (one
+//! action at a time per agent), is idempotent (asking for the state the node
+//! is already in succeeds with `changed: false`) and reports its steps.
+
+use std::time::{Duration, Instant};
+
+use pgdr_api::agent::{
+    Action, EpochOnly, FenceMode, FenceRequest, PromoteRequest, RebuildRequest, RewindRequest, StopMode, StopRequest,
+    UpstreamRequest, slot_name,
+};
+use tokio_postgres::Client;
+
+use super::{AgentError, AgentState, parse_body};
+use crate::local::{self, PgError};
+use crate::replica::{self, ReplicaPlan, Upstream};
+
+/// What an action did.
+pub(crate) struct Done {
+    pub changed: bool,
+    pub message: String,
+    pub steps: Vec<String>,
+}
+
+impl Done {
+    fn new(changed: bool, message: impl Into<String>, steps: Vec<String>) -> Done {
+        Done { changed, message: message.into(), steps }
+    }
+}
+
+enum Request {
+    Start,
+    Stop(StopMode),
+    Promote(Option<u64>),
+    Fence(FenceMode),
+    Unfence,
+    Rebuild(RebuildRequest),
+    Rewind(RewindRequest),
+    Upstream(UpstreamRequest),
+}
+
+pub(crate) async fn run(state: &AgentState, action: Action, body: &[u8]) -> Result<Done, AgentError> {
+    let (epoch, req) = match action {
+        Action::Start => (parse_body::<EpochOnly>(body)?.epoch, Request::Start),
+        Action::Unfence => (parse_body::<EpochOnly>(body)?.epoch, Request::Unfence),
+        Action::Stop => {
+            let r: StopRequest = parse_body(body)?;
+            (r.epoch, Request::Stop(r.mode))
+        }
+        Action::Promote => {
+            let r: PromoteRequest = parse_body(body)?;
+            (r.epoch, Request::Promote(r.timeout_ms))
+        }
+        Action::Fence => {
+            let r: FenceRequest = parse_body(body)?;
+            (r.epoch, Request::Fence(r.mode))
+        }
+        Action::Rebuild => {
+            let r: RebuildRequest = parse_body(body)?;
+            (r.epoch, Request::Rebuild(r))
+        }
+        Action::Rewind => {
+            let r: RewindRequest = parse_body(body)?;
+            (r.epoch, Request::Rewind(r))
+        }
+        Action::Upstream => {
+            let r: UpstreamRequest = parse_body(body)?;
+            (r.epoch, Request::Upstream(r))
+        }
+    };
+    state.epoch.check(epoch).await?;
+    let _one_at_a_time = state.actions.lock().await;
+    tracing::info!(node = %state.cfg.node, %action, %epoch, "action requested");
+    match req {
+        Request::Start => start(state).await,
+        Request::Stop(mode) => stop(state, mode).await,
+        Request::Promote(timeout_ms) => promote(state, timeout_ms).await,
+        Request::Fence(mode) => fence(state, mode).await,
+        Request::Unfence => unfence(state).await,
+        Request::Rebuild(r) => rebuild(state, r).await,
+        Request::Rewind(r) => rewind(state, r).await,
+        Request::Upstream(r) => upstream(state, r).await,
+    }
+}
+
+async fn connect(state: &AgentState) -> Result<Client, AgentError> {
+    let cfg = &state.cfg;
+    if !cfg.pg.is_running().await {
+        return Err(AgentError::Down { node: cfg.node.to_string(), detail: "no postmaster is running".to_owned() });
+    }
+    match tokio::time::timeout(Duration::from_secs(5), cfg.pg.connect(&cfg.login)).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(AgentError::Down { node: cfg.node.to_string(), detail: e.to_string() }),
+        Err(_) => Err(AgentError::Down { node: cfg.node.to_string(), detail: "no answer within 5s".to_owned() }),
+    }
+}
+
+fn query_err(state: &AgentState) -> impl FnOnce(tokio_postgres::Error) -> AgentError + '_ {
+    move |source| {
+        AgentError::Pg(PgError::Query { addr: format!("{}:{}", state.cfg.pg.host, state.cfg.pg.port), source })
+    }
+}
+
+/// Whether the server is in recovery, and whether pgdr fenced it.
+async fn role(state: &AgentState, client: &Client) -> Result<(bool, bool), AgentError> {
+    let row = client
+        .query_one(
+            "select pg_is_in_recovery(), setting = 'on' and coalesce(sourcefile like '%postgresql.auto.conf', false) \
+             from pg_settings where name = 'default_transaction_read_only'",
+            &[],
+        )
+        .await
+        .map_err(query_err(state))?;
+    Ok((row.get(0), row.get(1)))
+}
+
+async fn start(state: &AgentState) -> Result<Done, AgentError> {
+    let pg = &state.cfg.pg;
+    let was_running = pg.is_running().await;
+    pg.start(state.cfg.pg_wait).await?;
+    wait_until(state.cfg.pg_wait, "PostgreSQL to accept connections", || async { connect(state).await.is_ok() })
+        .await?;
+    if was_running {
+        Ok(Done::new(false, "PostgreSQL was already running", vec![]))
+    } else {
+        Ok(Done::new(true, "started PostgreSQL", vec!["pg_ctl start".to_owned()]))
+    }
+}
+
+async fn stop(state: &AgentState, mode: StopMode) -> Result<Done, AgentError> {
+    let pg = &state.cfg.pg;
+    if !pg.is_running().await {
+        return Ok(Done::new(false, "PostgreSQL was already stopped", vec![]));
+    }
+    let m = match mode {
+        StopMode::Fast => local::StopMode::Fast,
+        StopMode::Immediate => local::StopMode::Immediate,
+    };
+    pg.stop(m, state.cfg.pg_wait).await?;
+    let how = if mode == StopMode::Fast { "fast" } else { "immediate" };
+    Ok(Done::new(true, format!("stopped PostgreSQL ({how})"), vec![format!("pg_ctl stop -m {how}")]))
+}
+
+async fn promote(state: &AgentState, timeout_ms: Option<u64>) -> Result<Done, AgentError> {
+    let timeout = timeout_ms.map(Duration::from_millis).unwrap_or(state.cfg.promote_timeout);
+    let deadline = Instant::now() + timeout;
+    let client = connect(state).await?;
+    let (in_recovery, fenced) = role(state, &client).await?;
+    let mut steps = Vec::new();
+    if in_recovery {
+        let secs = timeout.as_secs().clamp(1, i32::MAX as u64) as i32;
+        let promoted: bool =
+            client.query_one("select pg_promote(true, $1)", &[&secs]).await.map_err(query_err(state))?.get(0);
+        steps.push(format!("pg_promote (done within the wait: {promoted})"));
+    }
+    if fenced {
+        unfence_sql(state, &client).await?;
+        steps.push("lifted the read-only fence (ALTER SYSTEM RESET default_transaction_read_only)".to_owned());
+    }
+    // Writable: out of recovery, and a transaction that takes an xid commits.
+    let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+    wait_until(remaining, "the promoted node to take writes", || async {
+        match connect(state).await {
+            Ok(c) => c.batch_execute("begin read write; select txid_current(); commit").await.is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await?;
+    steps.push("checked a write commits".to_owned());
+    if in_recovery {
+        Ok(Done::new(true, "promoted to primary; it takes writes", steps))
+    } else if fenced {
+        Ok(Done::new(true, "already primary; lifted its read-only fence", steps))
+    } else {
+        Ok(Done::new(false, "already primary and taking writes", steps))
+    }
+}
+
+async fn unfence_sql(state: &AgentState, client: &Client) -> Result<(), AgentError> {
+    client
+        .batch_execute("alter system reset default_transaction_read_only; select pg_reload_conf()")
+        .await
+        .map_err(query_err(state))?;
+    wait_setting(state, "off").await
+}
+
+/// Waits until a new session sees `default_transaction_read_only = value`
+/// (the reload is asynchronous).
+async fn wait_setting(state: &AgentState, value: &str) -> Result<(), AgentError> {
+    wait_until(Duration::from_secs(10), "the configuration reload", || async {
+        match connect(state).await {
+            Ok(c) => c
+                .query_one("select current_setting('default_transaction_read_only')", &[])
+                .await
+                .map(|r| r.get::<_, String>(0) == value)
+                .unwrap_or(false),
+            Err(_) => false,
+        }
+    })
+    .await
+}
+
+async fn fence(state: &AgentState, mode: FenceMode) -> Result<Done, AgentError> {
+    if mode == FenceMode::Stop {
+        let done = stop(state, StopMode::Fast).await?;
+        let msg =
+            if done.changed { "fenced by stopping PostgreSQL (fast)" } else { "already fenced: PostgreSQL is stopped" };
+        return Ok(Done::new(done.changed, msg, done.steps));
+    }
+    let client = connect(state).await?;
+    let (_, was_fenced) = role(state, &client).await?;
+    let mut steps = Vec::new();
+    if !was_fenced {
+        client
+            .batch_execute("alter system set default_transaction_read_only = on; select pg_reload_conf()")
+            .await
+            .map_err(query_err(state))?;
+        wait_setting(state, "on").await?;
+        steps.push("ALTER SYSTEM SET default_transaction_read_only = on; reloaded".to_owned());
+    }
+    // Sessions opened before the reload may be inside a writing transaction.
+    let ended: i64 = client
+        .query_one(
+            "select count(pg_terminate_backend(pid)) from pg_stat_activity \
+             where backend_type = 'client backend' and pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map_err(query_err(state))?
+        .get(0);
+    steps.push(format!("terminated {ended} client sessions"));
+    let msg = if was_fenced { "already fenced read-only; client sessions ended" } else { "fenced read-only" };
+    Ok(Done::new(!was_fenced, msg, steps))
+}
+
+async fn unfence(state: &AgentState) -> Result<Done, AgentError> {
+    let client = connect(state).await?;
+    let (_, fenced) = role(state, &client).await?;
+    if !fenced {
+        return Ok(Done::new(false, "not fenced", vec![]));
+    }
+    unfence_sql(state, &client).await?;
+    Ok(Done::new(
+        true,
+        "lifted the read-only fence",
+        vec!["ALTER SYSTEM RESET default_transaction_read_only; reloaded".to_owned()],
+    ))
+}
+
+fn plan(state: &AgentState, host: &str, port: u16, slot: Option<String>) -> Result<ReplicaPlan, AgentError> {
+    let cfg = &state.cfg;
+    if host.is_empty() || port == 0 {
+        return Err(AgentError::BadRequest("the upstream needs a host and a port".to_owned()));
+    }
+    if port == cfg.pg.port && (host == cfg.pg.host || host == "localhost") {
+        return Err(AgentError::BadRequest(format!("{host}:{port} is this node itself")));
+    }
+    let slot = slot.unwrap_or_else(|| slot_name(cfg.node.as_str()));
+    if slot.is_empty()
+        || slot.len() > 63
+        || !slot.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err(AgentError::BadRequest(format!("slot name {slot:?}: expected 1 to 63 of a-z, 0-9 and _")));
+    }
+    Ok(ReplicaPlan {
+        upstream: Upstream { host: host.to_owned(), port, slot: Some(slot) },
+        login: cfg.login.clone(),
+        replication_user: cfg.replication_user.clone(),
+        application_name: cfg.node.to_string(),
+        settings: cfg.settings.clone(),
+        wait: cfg.pg_wait,
+    })
+}
+
+/// Rebuild and rewind destroy this node's history: refuse while it is a
+/// primary that could still be taking writes.
+async fn refuse_writable_primary(state: &AgentState, what: &str) -> Result<(), AgentError> {
+    if let Ok(client) = connect(state).await {
+        let (in_recovery, fenced) = role(state, &client).await?;
+        if !in_recovery && !fenced {
+            return Err(AgentError::Pg(PgError::Invalid(format!(
+                "node {} is a writable primary: fence or stop it before {what} it",
+                state.cfg.node
+            ))));
+        }
+    }
+    Ok(())
+}
+
+async fn rebuild(state: &AgentState, r: RebuildRequest) -> Result<Done, AgentError> {
+    let plan = plan(state, &r.from.host, r.from.port, r.slot)?;
+    refuse_writable_primary(state, "rebuilding").await?;
+    let steps = replica::rebuild(&state.cfg.pg, &plan).await?;
+    Ok(Done::new(true, format!("rebuilt as a replica of {}:{}", r.from.host, r.from.port), steps))
+}
+
+async fn rewind(state: &AgentState, r: RewindRequest) -> Result<Done, AgentError> {
+    let plan = plan(state, &r.from.host, r.from.port, r.slot)?;
+    refuse_writable_primary(state, "rewinding").await?;
+    let steps = replica::rewind(&state.cfg.pg, &plan).await?;
+    Ok(Done::new(true, format!("rewound to follow {}:{}", r.from.host, r.from.port), steps))
+}
+
+async fn upstream(state: &AgentState, r: UpstreamRequest) -> Result<Done, AgentError> {
+    let plan = plan(state, &r.host, r.port, r.slot)?;
+    let client = connect(state).await?;
+    let (in_recovery, _) = role(state, &client).await?;
+    if !in_recovery {
+        return Err(AgentError::Pg(PgError::Invalid(format!(
+            "node {} is a primary: rewind or rebuild it to make it a replica",
+            state.cfg.node
+        ))));
+    }
+    let pg = &state.cfg.pg;
+    let conf = pg.data_dir.join(replica::UPSTREAM_CONF);
+    let before = std::fs::read_to_string(&conf).unwrap_or_default();
+    let mut steps = Vec::new();
+    if replica::ensure_slot(&plan.upstream, &plan.login).await? {
+        steps.push(format!(
+            "created replication slot {} on {}:{}",
+            plan.upstream.slot.as_deref().unwrap_or(""),
+            r.host,
+            r.port
+        ));
+    }
+    pg.write_passfile(plan.login.password.as_deref())?;
+    pg.write_standby_config(&plan.upstream, &plan.replication_user, &plan.application_name)?;
+    let after = std::fs::read_to_string(&conf).unwrap_or_default();
+    if before == after {
+        return Ok(Done::new(!steps.is_empty(), format!("already streaming from {}:{}", r.host, r.port), steps));
+    }
+    client.batch_execute("select pg_reload_conf()").await.map_err(query_err(state))?;
+    steps.push(format!("primary_conninfo → {}:{}; reloaded", r.host, r.port));
+    Ok(Done::new(true, format!("now streaming from {}:{}", r.host, r.port), steps))
+}
+
+/// Polls `check` every 100 ms until it holds or `timeout` passes.
+async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<(), AgentError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(AgentError::Pg(PgError::Timeout { what: what.to_owned(), secs: timeout.as_secs() }));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,252 @@
+//! The node agent: an HTTP server (axum) on each PostgreSQL host that reports
+//! the server's status and performs host-level actions for the controller
+//! and the CLI. The wire types live in `pgdr_api::agent`.
+//!
+//! Every mutating call carries the cluster epoch, checked against the
+//! durable highest-seen epoch ([`epoch`]) before anything is done; actions
+//! run one at a time and are idempotent. [`serve`] takes a listener and a
+//! cancellation token so tests run the agent in-process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use pgdr_api::agent::{Action, ActionResponse, Health, Status};
+use pgdr_api::error::ErrorBody;
+use pgdr_config::Config;
+use pgdr_model::{ClusterName, NodeName, RegionName};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::bin::{BinError, PgBinaries};
+use crate::local::{LocalPg, Login, PgError};
+use crate::os::{OsError, RunAs};
+
+mod actions;
+pub mod epoch;
+mod status;
+
+pub use epoch::{EpochError, EpochStore};
+
+/// Why the agent cannot start, or why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Setup(String),
+    #[error(transparent)]
+    Bin(#[from] BinError),
+    #[error(transparent)]
+    Os(#[from] OsError),
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error(transparent)]
+    Epoch(#[from] EpochError),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// PostgreSQL must be up for this action and is not.
+    #[error("PostgreSQL on node {node} is not up ({detail}); start it first")]
+    Down { node: String, detail: String },
+    #[error(transparent)]
+    Pg(#[from] PgError),
+}
+
+impl AgentError {
+    /// The stable `kind` of the error body.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AgentError::Unauthorized => "unauthorized",
+            AgentError::Epoch(EpochError::Stale { .. }) => "stale_epoch",
+            AgentError::BadRequest(_) => "bad_request",
+            AgentError::Down { .. } => "postgres_down",
+            AgentError::Pg(PgError::RewindImpossible(_)) => "rewind_impossible",
+            AgentError::Pg(PgError::Timeout { .. }) => "timeout",
+            _ => "failed",
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            AgentError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AgentError::Epoch(EpochError::Stale { .. }) => StatusCode::CONFLICT,
+            AgentError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AgentError::Down { .. } | AgentError::Pg(PgError::RewindImpossible(_) | PgError::Invalid(_)) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            AgentError::Pg(PgError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for AgentError {
+    fn into_response(self) -> Response {
+        let seen_epoch = match &self {
+            AgentError::Epoch(EpochError::Stale { seen, .. }) => Some(*seen),
+            _ => None,
+        };
+        let body = ErrorBody { error: self.to_string(), kind: self.kind().to_owned(), seen_epoch };
+        (self.status(), axum::Json(body)).into_response()
+    }
+}
+
+/// What one agent manages, resolved from the config.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node: NodeName,
+    pub cluster: ClusterName,
+    pub region: RegionName,
+    pub pg: LocalPg,
+    /// The superuser login the agent queries and administers with.
+    pub login: Login,
+    pub replication_user: String,
+    /// The node's PostgreSQL settings, written on every rebuild and rewind.
+    pub settings: Vec<(String, String)>,
+    /// Bearer token required on everything but `/v1/health`.
+    pub token: Option<String>,
+    pub promote_timeout: Duration,
+    /// How long start and stop may take.
+    pub pg_wait: Duration,
+}
+
+impl AgentConfig {
+    /// The agent of node `name` in `cfg`.
+    pub fn from_config(cfg: &Config, name: &str) -> Result<AgentConfig, AgentError> {
+        let (cluster, node) = cfg.node(name).ok_or_else(|| {
+            let known: Vec<String> =
+                cfg.clusters.iter().flat_map(|c| c.nodes.iter().map(|n| n.name.to_string())).collect();
+            AgentError::Setup(format!("{}: no node named {name:?} (nodes: {})", cfg.file.display(), known.join(", ")))
+        })?;
+        let data_dir = node.data_dir.clone().ok_or_else(|| {
+            AgentError::Setup(format!("{}: node {name:?} has no data_dir; its agent needs one", cfg.file.display()))
+        })?;
+        let bin = PgBinaries::find(node.bin_dir.as_deref())?;
+        let run_as = RunAs::for_node(node.os_user.as_deref())?;
+        let password = match &cluster.password {
+            Some(s) => {
+                Some(s.resolve().map_err(|e| AgentError::Setup(format!("cluster {} password: {e}", cluster.name)))?)
+            }
+            None => None,
+        };
+        let token = match &cfg.agents.token {
+            Some(s) => Some(s.resolve().map_err(|e| AgentError::Setup(format!("agents.token: {e}")))?),
+            None => None,
+        };
+        Ok(AgentConfig {
+            node: node.name.clone(),
+            cluster: cluster.name.clone(),
+            region: node.region.clone(),
+            pg: LocalPg::new(bin, data_dir, node.host.clone(), node.port, run_as),
+            login: Login { user: cluster.user.clone(), password, database: cluster.database.clone() },
+            replication_user: cluster.replication_user.clone(),
+            settings: node.settings.clone(),
+            token,
+            promote_timeout: cfg.timing.promote_timeout,
+            pg_wait: Duration::from_secs(60),
+        })
+    }
+}
+
+/// The agent's shared state.
+#[derive(Debug)]
+pub struct AgentState {
+    pub cfg: AgentConfig,
+    pub epoch: EpochStore,
+    /// Mutating actions run one at a time.
+    actions: tokio::sync::Mutex<()>,
+}
+
+impl AgentState {
+    pub fn new(cfg: AgentConfig) -> Result<Arc<AgentState>, AgentError> {
+        let epoch = EpochStore::open(crate::replica::sibling(&cfg.pg.data_dir, ".epoch"))?;
+        Ok(Arc::new(AgentState { cfg, epoch, actions: tokio::sync::Mutex::new(()) }))
+    }
+
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), AgentError> {
+        let Some(token) = &self.cfg.token else { return Ok(()) };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if constant_time_eq(given.as_bytes(), token.as_bytes()) { Ok(()) } else { Err(AgentError::Unauthorized) }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The agent's routes.
+pub fn router(state: Arc<AgentState>) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/status", get(get_status))
+        .route("/v1/actions/{action}", post(run_action))
+        .with_state(state)
+}
+
+/// Serves the agent on `listener` until `cancel` fires.
+pub async fn serve(listener: TcpListener, state: Arc<AgentState>, cancel: CancellationToken) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!(node = %state.cfg.node, %addr, epoch = %state.epoch.current(), "agent listening");
+    axum::serve(listener, router(state)).with_graceful_shutdown(cancel.cancelled_owned()).await
+}
+
+async fn health(State(state): State<Arc<AgentState>>) -> axum::Json<Health> {
+    axum::Json(Health { ok: true, node: state.cfg.node.clone(), version: env!("CARGO_PKG_VERSION").to_owned() })
+}
+
+async fn get_status(
+    State(state): State<Arc<AgentState>>,
+    headers: HeaderMap,
+) -> Result<axum::Json<Status>, AgentError> {
+    state.authorize(&headers)?;
+    Ok(axum::Json(status::collect(&state).await))
+}
+
+async fn run_action(
+    State(state): State<Arc<AgentState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<axum::Json<ActionResponse>, AgentError> {
+    state.authorize(&headers)?;
+    let action = Action::ALL
+        .into_iter()
+        .find(|a| a.as_str() == name)
+        .ok_or_else(|| AgentError::BadRequest(format!("no action {name:?}")))?;
+    let started = std::time::Instant::now();
+    let result = actions::run(&state, action, &body).await;
+    let took_ms = started.elapsed().as_millis() as u64;
+    match result {
+        Ok(done) => {
+            tracing::info!(node = %state.cfg.node, %action, changed = done.changed, took_ms, "{}", done.message);
+            Ok(axum::Json(ActionResponse {
+                node: state.cfg.node.clone(),
+                action,
+                changed: done.changed,
+                message: done.message,
+                steps: done.steps,
+                took_ms,
+                epoch: state.epoch.current(),
+            }))
+        }
+        Err(e) => {
+            tracing::warn!(node = %state.cfg.node, %action, took_ms, kind = e.kind(), "action failed: {e}");
+            Err(e)
+        }
+    }
+}
+
+/// Parses an action body, a 400 with the reason when it does not fit.
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AgentError> {
+    serde_json::from_slice(body).map_err(|e| AgentError::BadRequest(format!("invalid JSON body: {e}")))
+}

@@ -1,0 +1,324 @@
+//! Making a node a replica of another: physical replication slots on the
+//! upstream, base backups, `pg_rewind`, and the standby configuration
+//! (`standby.signal`, `primary_conninfo`, `primary_slot_name`).
+//!
+//! The agent's `rebuild`, `rewind` and `upstream` actions and the sandbox
+//! are built on these functions, so a sandbox replica is made exactly the
+//! way a re-established node is.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::local::{LocalPg, Login, PgError, StopMode, conn_quote, connect, quote};
+
+/// The file pgdr keeps the standby settings in, included from
+/// `postgresql.conf` after `pgdr.conf`.
+pub const UPSTREAM_CONF: &str = "pgdr-upstream.conf";
+
+/// Where a replica streams from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+    /// Physical replication slot on the upstream.
+    pub slot: Option<String>,
+}
+
+/// Everything a rebuild or rewind needs besides the node itself.
+#[derive(Debug, Clone)]
+pub struct ReplicaPlan {
+    pub upstream: Upstream,
+    /// A superuser login, used to create the slot and as `pg_rewind`'s source.
+    pub login: Login,
+    /// The role replicas stream as (`pg_basebackup`, `primary_conninfo`).
+    pub replication_user: String,
+    /// Shown on the upstream as `application_name`: the node's name.
+    pub application_name: String,
+    /// The node's own PostgreSQL settings (`LocalPg::configure`).
+    pub settings: Vec<(String, String)>,
+    /// How long starting and stopping may take.
+    pub wait: Duration,
+}
+
+impl ReplicaPlan {
+    /// `--no-sync` for pg_basebackup and pg_rewind when the node runs with
+    /// `fsync = off` (a sandbox): durability is not asked for anyway.
+    fn no_sync(&self) -> bool {
+        self.settings.iter().any(|(k, v)| k == "fsync" && matches!(v.as_str(), "off" | "false" | "0"))
+    }
+}
+
+impl LocalPg {
+    /// The libpq password file beside the data directory, readable only by
+    /// the server's user. pgdr's programs and the WAL receiver read the
+    /// password from it, so it never appears on a command line or in a log.
+    pub fn passfile(&self) -> PathBuf {
+        sibling(&self.data_dir, ".pgpass")
+    }
+
+    /// Writes the password file (mode 600, owned by the server's user).
+    pub fn write_passfile(&self, password: Option<&str>) -> Result<PathBuf, PgError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.passfile();
+        let mut line = String::new();
+        if let Some(p) = password {
+            line = format!("*:*:*:*:{}\n", passfile_escape(p));
+        }
+        let _ = std::fs::remove_file(&path);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(PgError::io(&path))?;
+        f.write_all(line.as_bytes()).map_err(PgError::io(&path))?;
+        self.run_as.give(&path)?;
+        Ok(path)
+    }
+
+    /// Writes `standby.signal` and the upstream settings, and makes
+    /// `postgresql.conf` include them. Takes effect on start, or on reload
+    /// for a running replica (PostgreSQL 13+).
+    pub fn write_standby_config(&self, upstream: &Upstream, user: &str, application_name: &str) -> Result<(), PgError> {
+        let signal = self.data_dir.join("standby.signal");
+        std::fs::write(&signal, "").map_err(PgError::io(&signal))?;
+        self.run_as.give(&signal)?;
+        let mut conninfo = format!(
+            "host={} port={} user={} application_name={} passfile={} connect_timeout=2 keepalives=1 keepalives_idle=5 keepalives_interval=1 keepalives_count=3",
+            conn_quote(&upstream.host),
+            upstream.port,
+            conn_quote(user),
+            conn_quote(application_name),
+            conn_quote(&self.passfile().display().to_string()),
+        );
+        conninfo.push_str(" sslmode=disable");
+        let mut body = String::from("# Written by pgdr: where this replica streams from.\n");
+        body.push_str(&format!("primary_conninfo = {}\n", quote(&conninfo)));
+        body.push_str(&format!("primary_slot_name = {}\n", quote(upstream.slot.as_deref().unwrap_or(""))));
+        body.push_str("recovery_target_timeline = 'latest'\n");
+        let path = self.data_dir.join(UPSTREAM_CONF);
+        std::fs::write(&path, body).map_err(PgError::io(&path))?;
+        self.run_as.give(&path)?;
+        self.ensure_include(UPSTREAM_CONF)
+    }
+
+    /// Appends `include_if_exists = 'FILE'` to `postgresql.conf` once.
+    pub fn ensure_include(&self, file: &str) -> Result<(), PgError> {
+        let conf = self.data_dir.join("postgresql.conf");
+        let text = std::fs::read_to_string(&conf).map_err(PgError::io(&conf))?;
+        let include = format!("include_if_exists = '{file}'");
+        if !text.contains(&include) {
+            std::fs::write(&conf, format!("{text}\n{include}\n")).map_err(PgError::io(&conf))?;
+        }
+        Ok(())
+    }
+
+    /// Renames the data directory to `<data>.old-<timestamp>` and removes
+    /// older ones, so at most one aside is kept. Returns the new name, or
+    /// `None` when there was no data directory.
+    pub fn move_aside(&self) -> Result<Option<PathBuf>, PgError> {
+        if !self.data_dir.exists() {
+            return Ok(None);
+        }
+        let stamp =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        let aside = sibling(&self.data_dir, &format!(".old-{stamp}"));
+        std::fs::rename(&self.data_dir, &aside).map_err(PgError::io(&self.data_dir))?;
+        let prefix = format!("{}.old-", file_name(&self.data_dir));
+        if let Some(parent) = self.data_dir.parent() {
+            for entry in std::fs::read_dir(parent).map_err(PgError::io(parent))?.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&prefix) && entry.path() != aside {
+                    let p = entry.path();
+                    std::fs::remove_dir_all(&p).map_err(PgError::io(&p))?;
+                }
+            }
+        }
+        Ok(Some(aside))
+    }
+
+    /// Copies the upstream into an empty data directory with
+    /// `pg_basebackup -X stream -S slot`, as the replication user.
+    pub async fn base_backup(&self, plan: &ReplicaPlan) -> Result<(), PgError> {
+        self.prepare_dirs()?;
+        let data = self.data_dir.display().to_string();
+        let port = plan.upstream.port.to_string();
+        let passfile = self.passfile().display().to_string();
+        let mut args = vec![
+            "-D",
+            &data,
+            "-h",
+            &plan.upstream.host,
+            "-p",
+            &port,
+            "-U",
+            &plan.replication_user,
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "-w",
+        ];
+        if let Some(slot) = &plan.upstream.slot {
+            args.extend(["-S", slot.as_str()]);
+        }
+        if plan.no_sync() {
+            args.push("--no-sync");
+        }
+        self.run("pg_basebackup", &args, &[("PGPASSFILE", &passfile), ("PGAPPNAME", &plan.application_name)])
+            .await
+            .map(|_| ())
+    }
+
+    /// `pg_rewind` from the upstream. The server must be stopped; PostgreSQL
+    /// 13+'s pg_rewind itself runs a crashed target in single-user mode
+    /// first so it is cleanly shut down.
+    pub async fn pg_rewind(&self, plan: &ReplicaPlan) -> Result<(), PgError> {
+        let data = format!("--target-pgdata={}", self.data_dir.display());
+        let source = format!(
+            "--source-server=host={} port={} user={} dbname={} passfile={} connect_timeout=5 sslmode=disable",
+            conn_quote(&plan.upstream.host),
+            plan.upstream.port,
+            conn_quote(&plan.login.user),
+            conn_quote(&plan.login.database),
+            conn_quote(&self.passfile().display().to_string())
+        );
+        let mut args = vec![data.as_str(), source.as_str()];
+        if plan.no_sync() {
+            args.push("--no-sync");
+        }
+        match self.run("pg_rewind", &args, &[]).await {
+            Ok(_) => Ok(()),
+            Err(PgError::Failed { output, .. }) if is_transient_rewind_failure(&output) => {
+                Err(PgError::Invalid(format!("pg_rewind could not reach the source: {output}")))
+            }
+            Err(PgError::Failed { output, .. }) => Err(PgError::RewindImpossible(output)),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn is_transient_rewind_failure(output: &str) -> bool {
+    output.contains("could not connect") || output.contains("connection to server")
+}
+
+/// Creates the physical replication slot on the upstream unless it exists.
+/// Returns whether it was created.
+pub async fn ensure_slot(upstream: &Upstream, login: &Login) -> Result<bool, PgError> {
+    let Some(slot) = &upstream.slot else { return Ok(false) };
+    let addr = format!("{}:{}", upstream.host, upstream.port);
+    let mut conninfo = format!(
+        "host={} port={} user={} dbname={} connect_timeout=5",
+        conn_quote(&upstream.host),
+        upstream.port,
+        conn_quote(&login.user),
+        conn_quote(&login.database)
+    );
+    if let Some(p) = &login.password {
+        conninfo.push_str(&format!(" password={}", conn_quote(p)));
+    }
+    let client = connect(&conninfo, &addr).await?;
+    let rows = client
+        .query(
+            "select pg_create_physical_replication_slot($1::text::name, true) \
+             where not exists (select 1 from pg_replication_slots where slot_name = $1::text::name)",
+            &[slot],
+        )
+        .await
+        .map_err(|source| PgError::Query { addr, source })?;
+    Ok(!rows.is_empty())
+}
+
+/// Rebuilds `pg` as a replica of `plan.upstream`: stop, move the old data
+/// aside, make sure the slot exists, base backup, standby config, node
+/// settings, start. Returns the steps taken, for the caller to report.
+pub async fn rebuild(pg: &LocalPg, plan: &ReplicaPlan) -> Result<Vec<String>, PgError> {
+    let mut steps = Vec::new();
+    if pg.is_running().await {
+        pg.stop(StopMode::Fast, plan.wait).await?;
+        steps.push("stopped PostgreSQL (fast)".to_owned());
+    }
+    if let Some(aside) = pg.move_aside()? {
+        steps.push(format!("moved the old data directory to {}", aside.display()));
+    }
+    if ensure_slot(&plan.upstream, &plan.login).await? {
+        steps.push(format!(
+            "created replication slot {} on {}:{}",
+            plan.upstream.slot.as_deref().unwrap_or_default(),
+            plan.upstream.host,
+            plan.upstream.port
+        ));
+    }
+    pg.write_passfile(plan.login.password.as_deref())?;
+    pg.base_backup(plan).await?;
+    steps.push(format!("base backup from {}:{}", plan.upstream.host, plan.upstream.port));
+    finish_as_replica(pg, plan, &mut steps).await?;
+    Ok(steps)
+}
+
+/// Rewinds `pg` to follow `plan.upstream` (a new primary): stop, `pg_rewind`,
+/// slot, standby config, node settings, start.
+pub async fn rewind(pg: &LocalPg, plan: &ReplicaPlan) -> Result<Vec<String>, PgError> {
+    let mut steps = Vec::new();
+    if !pg.data_dir.join("PG_VERSION").is_file() {
+        return Err(PgError::RewindImpossible(format!("{} holds no data directory", pg.data_dir.display())));
+    }
+    if pg.is_running().await {
+        pg.stop(StopMode::Fast, plan.wait).await?;
+        steps.push("stopped PostgreSQL (fast)".to_owned());
+    }
+    pg.write_passfile(plan.login.password.as_deref())?;
+    pg.pg_rewind(plan).await?;
+    steps.push(format!("pg_rewind from {}:{}", plan.upstream.host, plan.upstream.port));
+    if ensure_slot(&plan.upstream, &plan.login).await? {
+        steps.push(format!(
+            "created replication slot {} on the upstream",
+            plan.upstream.slot.as_deref().unwrap_or_default()
+        ));
+    }
+    // pg_rewind copied the source's files; a stale pid file would stop start.
+    let _ = std::fs::remove_file(pg.data_dir.join("postmaster.pid"));
+    finish_as_replica(pg, plan, &mut steps).await?;
+    Ok(steps)
+}
+
+async fn finish_as_replica(pg: &LocalPg, plan: &ReplicaPlan, steps: &mut Vec<String>) -> Result<(), PgError> {
+    // The copy carries the source's pgdr.conf (its port): write ours.
+    pg.configure(&plan.settings)?;
+    pg.write_standby_config(&plan.upstream, &plan.replication_user, &plan.application_name)?;
+    steps.push(format!(
+        "standby config: primary {}:{} slot {}",
+        plan.upstream.host,
+        plan.upstream.port,
+        plan.upstream.slot.as_deref().unwrap_or("(none)")
+    ));
+    pg.start(plan.wait).await?;
+    steps.push("started PostgreSQL as a replica".to_owned());
+    Ok(())
+}
+
+fn file_name(p: &std::path::Path) -> String {
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// `/a/data` + `.x` → `/a/data.x`.
+pub(crate) fn sibling(p: &std::path::Path, suffix: &str) -> PathBuf {
+    p.with_file_name(format!("{}{suffix}", file_name(p)))
+}
+
+/// Escapes `:` and `\` for a libpq password file.
+fn passfile_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace(':', "\\:")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes() {
+        assert_eq!(passfile_escape(r"a:b\c"), r"a\:b\\c");
+        assert_eq!(sibling(std::path::Path::new("/x/data"), ".pgpass"), PathBuf::from("/x/data.pgpass"));
+    }
+}
