@@ -11,3 +11,4 @@ pub mod candidate;
 pub mod detect;
 pub mod fence;
 pub mod math;
+pub mod probe;

@@ -1,0 +1,191 @@
+//! Canary probes: a real write transaction (the heartbeat row in schema
+//! `pgdr`) directly to the primary and through the proxy's writer endpoint,
+//! and the replicated heartbeat read on each replica, which gives its lag in
+//! seconds.
+//!
+//! A [`Prober`] keeps one connection and reconnects after an error, so a
+//! healthy path costs one round trip per probe; a dead postmaster shows as a
+//! broken connection and then as refused connections, a silent host as a
+//! timeout at the probe's deadline.
+
+use std::time::Duration;
+
+use tokio_postgres::NoTls;
+
+use crate::detect::ProbeOutcome;
+
+/// The heartbeat table, created by the controller on the primary.
+pub const SCHEMA_SQL: &str = "CREATE SCHEMA IF NOT EXISTS pgdr; \
+     CREATE TABLE IF NOT EXISTS pgdr.heartbeat (id int PRIMARY KEY, counter bigint NOT NULL, at timestamptz NOT NULL, written_by text NOT NULL)";
+
+/// Heartbeat row ids: one per path, so paths never contend on one row.
+pub const ROW_DIRECT: i32 = 1;
+pub const ROW_PROXY: i32 = 2;
+
+const UPSERT: &str = "INSERT INTO pgdr.heartbeat AS h (id, counter, at, written_by) VALUES ($1, 1, now(), $2) \
+     ON CONFLICT (id) DO UPDATE SET counter = h.counter + 1, at = now(), written_by = excluded.written_by \
+     RETURNING extract(epoch from at)::float8";
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    pub database: String,
+}
+
+impl Target {
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    fn config(&self, timeout: Duration, app: &str) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host(&self.host)
+            .port(self.port)
+            .user(&self.user)
+            .dbname(&self.database)
+            .connect_timeout(timeout)
+            .application_name(app);
+        if let Some(p) = &self.password {
+            c.password(p);
+        }
+        c
+    }
+}
+
+/// Classifies a client error: refused, or an error with a message.
+pub fn classify(e: &tokio_postgres::Error) -> ProbeOutcome {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return ProbeOutcome::Refused;
+            }
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return ProbeOutcome::TimedOut;
+            }
+        }
+        src = s.source();
+    }
+    match e.as_db_error() {
+        Some(db) => ProbeOutcome::Failed(format!("{} ({})", db.message(), db.code().code())),
+        None => ProbeOutcome::Failed(e.to_string()),
+    }
+}
+
+/// Connects, bounded by `timeout`.
+pub async fn connect(target: &Target, timeout: Duration, app: &str) -> Result<tokio_postgres::Client, ProbeOutcome> {
+    let cfg = target.config(timeout, app);
+    match tokio::time::timeout(timeout, cfg.connect(NoTls)).await {
+        Err(_) => Err(ProbeOutcome::TimedOut),
+        Ok(Err(e)) => Err(classify(&e)),
+        Ok(Ok((client, conn))) => {
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(client)
+        }
+    }
+}
+
+/// One path's canary writer, keeping its connection between probes.
+#[derive(Debug)]
+pub struct Prober {
+    pub target: Target,
+    pub row: i32,
+    pub written_by: String,
+    client: Option<tokio_postgres::Client>,
+}
+
+/// A probe's result: the outcome, and on success the heartbeat time the
+/// primary wrote (seconds since the Unix epoch, the primary's clock).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeResult {
+    pub outcome: ProbeOutcome,
+    pub heartbeat_at: Option<f64>,
+    pub took: Duration,
+}
+
+impl Prober {
+    pub fn new(target: Target, row: i32, written_by: impl Into<String>) -> Prober {
+        Prober { target, row, written_by: written_by.into(), client: None }
+    }
+
+    /// Points the prober at another server (after a role change).
+    pub fn retarget(&mut self, target: Target) {
+        if target.addr() != self.target.addr() {
+            self.client = None;
+        }
+        self.target = target;
+    }
+
+    /// Drops the connection (the next probe reconnects).
+    pub fn disconnect(&mut self) {
+        self.client = None;
+    }
+
+    /// One heartbeat write, bounded by `timeout` as a whole.
+    pub async fn probe(&mut self, timeout: Duration) -> ProbeResult {
+        let start = tokio::time::Instant::now();
+        let res = tokio::time::timeout(timeout, self.write(timeout)).await;
+        let (outcome, at) = match res {
+            Err(_) => {
+                self.client = None;
+                (ProbeOutcome::TimedOut, None)
+            }
+            Ok(Ok(at)) => (ProbeOutcome::Ok, Some(at)),
+            Ok(Err(o)) => {
+                self.client = None;
+                (o, None)
+            }
+        };
+        ProbeResult { outcome, heartbeat_at: at, took: start.elapsed() }
+    }
+
+    async fn write(&mut self, timeout: Duration) -> Result<f64, ProbeOutcome> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            self.client = Some(connect(&self.target, timeout, "pgdr-probe").await?);
+        }
+        let Some(client) = self.client.as_ref() else { return Err(ProbeOutcome::Failed("no connection".into())) };
+        let row = match client.query_one(UPSERT, &[&self.row, &self.written_by]).await {
+            Ok(r) => r,
+            Err(e) if e.as_db_error().is_some_and(|d| d.code().code() == "42P01" || d.code().code() == "3F000") => {
+                // The table is missing (a new primary built without it, or
+                // first contact): create it, then write.
+                client.batch_execute(SCHEMA_SQL).await.map_err(|e| classify(&e))?;
+                client.query_one(UPSERT, &[&self.row, &self.written_by]).await.map_err(|e| classify(&e))?
+            }
+            Err(e) => return Err(classify(&e)),
+        };
+        row.try_get::<_, f64>(0).map_err(|e| ProbeOutcome::Failed(e.to_string()))
+    }
+}
+
+/// Reads the replicated heartbeat on a replica: the time of the last
+/// heartbeat it has replayed (seconds since the Unix epoch, primary's clock).
+pub async fn replicated_heartbeat(target: &Target, timeout: Duration) -> Result<Option<f64>, ProbeOutcome> {
+    let fut = async {
+        let client = connect(target, timeout, "pgdr-lag").await?;
+        let row = client
+            .query_opt("SELECT extract(epoch from at)::float8 FROM pgdr.heartbeat WHERE id = $1", &[&ROW_DIRECT])
+            .await;
+        match row {
+            Ok(Some(r)) => r.try_get::<_, f64>(0).map(Some).map_err(|e| ProbeOutcome::Failed(e.to_string())),
+            Ok(None) => Ok(None),
+            Err(e) if e.as_db_error().is_some_and(|d| d.code().code() == "42P01" || d.code().code() == "3F000") => {
+                Ok(None)
+            }
+            Err(e) => Err(classify(&e)),
+        }
+    };
+    tokio::time::timeout(timeout, fut).await.unwrap_or(Err(ProbeOutcome::TimedOut))
+}
+
+/// A replica's lag in seconds from the heartbeat: how far the heartbeat it
+/// replayed trails the last one the primary committed.
+pub fn heartbeat_lag(primary_at: f64, replica_at: f64) -> f64 {
+    (primary_at - replica_at).max(0.0)
+}
