@@ -1,0 +1,308 @@
+//! pgdr's PostgreSQL wire-protocol proxy: applications connect here instead
+//! of to PostgreSQL, and role changes are hidden from them.
+//!
+//! - [`protocol`]: framing and the few decoded messages (pure, no IO).
+//! - [`scram`], [`auth`]: SCRAM-SHA-256 both sides, user verifier sources.
+//! - [`backend`]: connections to PostgreSQL with dead-peer detection.
+//! - [`gate`]: pause, bounded FIFO queue, drain, resume.
+//! - `session`: one client session: relay, transaction state from
+//!   ReadyForQuery, statement tracking, transparent move to a new primary.
+//! - [`server`]: accept loops, TLS, cancel requests; [`api`]: admin HTTP.
+//! - [`discovery`]: standalone routing by polling the nodes (the controller
+//!   replaces it in `pgdr run`).
+//!
+//! The proxy learns where to route from a `watch::Receiver<Routing>` per
+//! cluster and is paused/resumed through [`ProxyHandle`]. It must not depend
+//! on the controller or the state store.
+//!
+//! Sessions are "session mode" (one backend connection per client). The
+//! session keeps everything a backend-independent client session needs
+//! (startup parameters, a reusable credential, tracked SETs and named
+//! statements, transaction state from ReadyForQuery), which is also what a
+//! transaction pooling mode needs to hand a client to a pooled backend at a
+//! transaction boundary.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pgdr_model::ClusterName;
+use serde::Serialize;
+use tokio::sync::watch;
+
+pub mod api;
+pub mod auth;
+pub mod backend;
+pub mod discovery;
+pub mod gate;
+pub mod metrics;
+pub mod protocol;
+pub mod routing;
+pub mod scram;
+pub mod server;
+mod session;
+
+pub use auth::{AdminLogin, AuthConfig};
+pub use backend::TcpSettings;
+pub use gate::PauseOutcome;
+pub use routing::{Backend, Routing};
+pub use server::{ClusterListeners, Listeners};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("cluster {0} is not served by this proxy")]
+    UnknownCluster(String),
+    #[error("cannot load TLS certificate or key: {0}")]
+    Tls(String),
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+    #[error("cannot bind {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("admin API failed: {0}")]
+    Api(std::io::Error),
+}
+
+/// Settings of one cluster's endpoints (from `[[proxies]]`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub max_pause: Duration,
+    pub max_queue: usize,
+    pub drain_timeout: Duration,
+    pub reader_fallback: bool,
+    pub tcp: TcpSettings,
+}
+
+impl Settings {
+    pub fn from_config(p: &pgdr_config::Proxy) -> Settings {
+        Settings {
+            max_pause: p.max_pause,
+            max_queue: p.max_queue as usize,
+            drain_timeout: p.drain_timeout,
+            reader_fallback: p.reader_fallback,
+            tcp: TcpSettings { connect_timeout: p.connect_timeout, user_timeout: p.tcp_user_timeout },
+        }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_pause: Duration::from_secs(30),
+            max_queue: 10_000,
+            drain_timeout: Duration::from_secs(5),
+            reader_fallback: true,
+            tcp: TcpSettings { connect_timeout: Duration::from_secs(2), user_timeout: Duration::from_secs(2) },
+        }
+    }
+}
+
+/// One cluster the proxy serves.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    pub name: ClusterName,
+    pub routing: watch::Receiver<Routing>,
+    pub settings: Settings,
+    pub auth: AuthConfig,
+}
+
+/// Everything a proxy serves.
+#[derive(Debug, Clone, Default)]
+pub struct ProxySpec {
+    pub clusters: Vec<ClusterSpec>,
+    /// PEM certificate chain and key for client TLS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+/// Per-cluster live state shared by its sessions.
+#[derive(Debug)]
+pub(crate) struct ClusterState {
+    pub name: ClusterName,
+    pub routing: watch::Receiver<Routing>,
+    pub gate: gate::Gate,
+    pub settings: Settings,
+    pub auth: AuthConfig,
+    pub users: auth::UserStore,
+    pub metrics: metrics::ClusterMetrics,
+    /// Backends (`host:port`) that reported themselves read-only, with the
+    /// epoch at which they did: writer sessions avoid them until the epoch
+    /// changes.
+    pub read_only: Mutex<HashMap<String, pgdr_model::Epoch>>,
+    pub sessions: AtomicUsize,
+    pub reader_rr: AtomicUsize,
+}
+
+impl ClusterState {
+    pub fn mark_read_only(&self, b: &Backend, epoch: pgdr_model::Epoch) {
+        if let Ok(mut m) = self.read_only.lock() {
+            m.insert(b.addr(), epoch);
+        }
+    }
+
+    pub fn is_marked_read_only(&self, b: &Backend, epoch: pgdr_model::Epoch) -> bool {
+        self.read_only.lock().map(|m| m.get(&b.addr()) == Some(&epoch)).unwrap_or(false)
+    }
+}
+
+/// The real backend behind a proxy-issued cancel key.
+#[derive(Debug, Clone)]
+pub(crate) struct CancelTarget {
+    pub secret: i32,
+    pub backend: Option<(Backend, (i32, i32))>,
+}
+
+pub(crate) struct Inner {
+    pub clusters: HashMap<String, Arc<ClusterState>>,
+    pub cancel: Mutex<HashMap<i32, CancelTarget>>,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub metrics: metrics::Metrics,
+    pub tcp: TcpSettings,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner").field("clusters", &self.clusters.keys()).field("tls", &self.tls.is_some()).finish()
+    }
+}
+
+/// The proxy as the rest of pgdr sees it: serve, pause, resume, status.
+#[derive(Debug, Clone)]
+pub struct ProxyHandle {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// What `resume` did.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ResumeOutcome {
+    pub paused_ms: Option<u64>,
+    pub released: usize,
+}
+
+/// One cluster's state for `status()` and `GET /v1/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterStatus {
+    pub cluster: String,
+    pub routing: Routing,
+    pub paused: bool,
+    pub paused_ms: Option<u64>,
+    pub queued: usize,
+    pub active_transactions: usize,
+    pub sessions: usize,
+    pub known_users: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProxyStatus {
+    pub clusters: Vec<ClusterStatus>,
+}
+
+impl ProxyHandle {
+    pub fn new(spec: ProxySpec) -> Result<ProxyHandle, ProxyError> {
+        let metrics = metrics::Metrics::default();
+        let mut clusters = HashMap::new();
+        let mut tcp = Settings::default().tcp;
+        for c in spec.clusters {
+            let users = auth::UserStore::default();
+            if let AuthConfig::UsersFile(path) = &c.auth {
+                users.replace(auth::load_users_file(path)?);
+            }
+            tcp = c.settings.tcp;
+            let state = ClusterState {
+                metrics: metrics.cluster(c.name.as_str()),
+                name: c.name.clone(),
+                routing: c.routing,
+                gate: gate::Gate::default(),
+                settings: c.settings,
+                auth: c.auth,
+                users,
+                read_only: Mutex::new(HashMap::new()),
+                sessions: AtomicUsize::new(0),
+                reader_rr: AtomicUsize::new(0),
+            };
+            clusters.insert(c.name.as_str().to_owned(), Arc::new(state));
+        }
+        let tls = match &spec.tls {
+            Some((cert, key)) => Some(server::tls_acceptor(cert, key)?),
+            None => None,
+        };
+        Ok(ProxyHandle { inner: Arc::new(Inner { clusters, cancel: Mutex::new(HashMap::new()), tls, metrics, tcp }) })
+    }
+
+    fn cluster(&self, name: &str) -> Result<&Arc<ClusterState>, ProxyError> {
+        self.inner.clusters.get(name).ok_or_else(|| ProxyError::UnknownCluster(name.to_owned()))
+    }
+
+    /// Pauses the cluster's writer endpoint: new connections and new
+    /// transactions queue; returns once running transactions finished or
+    /// the drain timeout passed.
+    pub async fn pause(&self, cluster: &str) -> Result<PauseOutcome, ProxyError> {
+        let c = self.cluster(cluster)?;
+        let out = c.gate.pause(c.settings.drain_timeout).await;
+        tracing::info!(
+            cluster,
+            drained = out.drained,
+            active = out.active,
+            waited_ms = out.waited_ms,
+            "writer endpoint paused"
+        );
+        Ok(out)
+    }
+
+    /// Resumes: queued clients run (against the routing now published).
+    pub fn resume(&self, cluster: &str) -> Result<ResumeOutcome, ProxyError> {
+        let c = self.cluster(cluster)?;
+        let (paused_for, released) = c.gate.resume();
+        if let Some(d) = paused_for {
+            c.metrics.pause_duration.observe(d.as_secs_f64());
+        }
+        tracing::info!(
+            cluster,
+            released,
+            paused_ms = paused_for.map(|d| d.as_millis() as u64),
+            "writer endpoint resumed"
+        );
+        Ok(ResumeOutcome { paused_ms: paused_for.map(|d| d.as_millis() as u64), released })
+    }
+
+    pub fn status(&self) -> ProxyStatus {
+        let mut clusters: Vec<ClusterStatus> = self
+            .inner
+            .clusters
+            .values()
+            .map(|c| ClusterStatus {
+                cluster: c.name.to_string(),
+                routing: c.routing.borrow().clone(),
+                paused: c.gate.is_paused(),
+                paused_ms: c.gate.paused_for().map(|d| d.as_millis() as u64),
+                queued: c.gate.queued(),
+                active_transactions: c.gate.active(),
+                sessions: c.sessions.load(Ordering::Relaxed),
+                known_users: c.users.len(),
+            })
+            .collect();
+        clusters.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+        ProxyStatus { clusters }
+    }
+
+    /// Prometheus text exposition.
+    pub fn metrics_text(&self) -> String {
+        let m = &self.inner.metrics;
+        for c in self.inner.clusters.values() {
+            let l = metrics::ClusterLabel { cluster: c.name.to_string() };
+            m.queue_depth.get_or_create(&l).set(c.gate.queued() as i64);
+            m.paused.get_or_create(&l).set(c.gate.is_paused() as i64);
+            m.active_transactions.get_or_create(&l).set(c.gate.active() as i64);
+        }
+        m.encode()
+    }
+
+    /// Serves the endpoints and the admin API until `token` is cancelled.
+    pub async fn serve(
+        &self,
+        listeners: Listeners,
+        token: tokio_util::sync::CancellationToken,
+    ) -> Result<(), ProxyError> {
+        server::serve(self.clone(), listeners, token).await
+    }
+}

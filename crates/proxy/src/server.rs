@@ -1,0 +1,252 @@
+//! Accept loops: per cluster a writer and an optional reader listener, the
+//! startup negotiation (SSLRequest answered `S` with rustls when a
+//! certificate is configured, else `N`; GSSENCRequest answered `N`), cancel
+//! requests routed to the real backend, and the admin API.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::protocol::{self, ProtocolError, Startup, StartupPacket};
+use crate::{ClusterState, Inner, ProxyError, ProxyHandle};
+
+/// A cluster's bound endpoints.
+#[derive(Debug)]
+pub struct ClusterListeners {
+    pub cluster: String,
+    pub writer: TcpListener,
+    pub reader: Option<TcpListener>,
+}
+
+/// Everything `serve` listens on.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    pub clusters: Vec<ClusterListeners>,
+    pub api: Option<TcpListener>,
+}
+
+/// Which endpoint a client came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Writer,
+    Reader,
+}
+
+impl Endpoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Writer => "writer",
+            Endpoint::Reader => "reader",
+        }
+    }
+}
+
+pub(crate) fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, ProxyError> {
+    let bad = |what: &Path, e: &dyn std::fmt::Display| ProxyError::Tls(format!("{}: {e}", what.display()));
+    let certs: Vec<_> =
+        rustls_pemfile::certs(&mut std::io::BufReader::new(std::fs::File::open(cert).map_err(|e| bad(cert, &e))?))
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(cert, &e))?;
+    let key_der =
+        rustls_pemfile::private_key(&mut std::io::BufReader::new(std::fs::File::open(key).map_err(|e| bad(key, &e))?))
+            .map_err(|e| bad(key, &e))?
+            .ok_or_else(|| bad(key, &"no private key found"))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ProxyError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map_err(|e| ProxyError::Tls(e.to_string()))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+pub(crate) async fn serve(
+    handle: ProxyHandle,
+    listeners: Listeners,
+    token: CancellationToken,
+) -> Result<(), ProxyError> {
+    let tracker = TaskTracker::new();
+    for cl in listeners.clusters {
+        let state = handle
+            .inner
+            .clusters
+            .get(&cl.cluster)
+            .cloned()
+            .ok_or_else(|| ProxyError::UnknownCluster(cl.cluster.clone()))?;
+        if let crate::AuthConfig::Auto(_) = &state.auth {
+            tracker.spawn(crate::session::refresh_users(state.clone(), token.clone()));
+        }
+        let eps = [(Some(cl.writer), Endpoint::Writer), (cl.reader, Endpoint::Reader)];
+        for (l, ep) in eps {
+            if let Some(l) = l {
+                tracker.spawn(accept_loop(handle.inner.clone(), state.clone(), ep, l, token.clone(), tracker.clone()));
+            }
+        }
+    }
+    if let Some(api) = listeners.api {
+        tracker.spawn(crate::api::serve(handle.clone(), api, token.clone()));
+    }
+    token.cancelled().await;
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
+        tracing::warn!(tasks = tracker.len(), "proxy tasks still running after 5 s of shutdown");
+    }
+    Ok(())
+}
+
+async fn accept_loop(
+    inner: Arc<Inner>,
+    state: Arc<ClusterState>,
+    endpoint: Endpoint,
+    listener: TcpListener,
+    token: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = token.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let (inner, state, token) = (inner.clone(), state.clone(), token.clone());
+                tracker.spawn(async move {
+                    if let Err(e) = handle_client(inner, state.clone(), endpoint, stream, token).await {
+                        state.metrics.error(e.kind());
+                        tracing::debug!(%peer, error = %e, "client session ended with an error");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Why a client's session ended early.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ClientError {
+    #[error("client IO: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("client protocol violation: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("client sent no startup packet in time")]
+    StartupTimeout,
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+    #[error("{0}")]
+    Closed(String),
+}
+
+impl ClientError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientError::Io(_) => "client_io",
+            ClientError::Protocol(_) => "client_protocol",
+            ClientError::StartupTimeout => "client_startup_timeout",
+            ClientError::Tls(_) => "client_tls",
+            ClientError::Closed(_) => "session_closed",
+        }
+    }
+}
+
+enum Next {
+    Startup(Startup),
+    Tls,
+    Done,
+}
+
+/// Reads startup packets until a StartupMessage (answering SSL/GSS
+/// requests, handling a cancel).
+async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
+    inner: &Inner,
+    s: &mut S,
+    buf: &mut BytesMut,
+    tls_allowed: bool,
+) -> Result<Next, ClientError> {
+    loop {
+        let pkt = loop {
+            match protocol::split_startup(buf) {
+                Ok(Some(p)) => break p,
+                Ok(None) => {}
+                Err(e) => {
+                    let mut out = BytesMut::new();
+                    protocol::put_error(&mut out, "FATAL", "08P01", &format!("invalid startup packet: {e}"));
+                    let _ = s.write_all(&out).await;
+                    return Err(e.into());
+                }
+            }
+            if s.read_buf(buf).await? == 0 {
+                return Ok(Next::Done);
+            }
+        };
+        match pkt {
+            StartupPacket::Ssl if tls_allowed && inner.tls.is_some() => {
+                if !buf.is_empty() {
+                    // Bytes after SSLRequest before the handshake would be
+                    // read as if encrypted (CVE-2021-23214): refuse.
+                    return Err(ProtocolError::Malformed("data after SSLRequest").into());
+                }
+                s.write_all(b"S").await?;
+                return Ok(Next::Tls);
+            }
+            StartupPacket::Ssl | StartupPacket::GssEnc => s.write_all(b"N").await?,
+            StartupPacket::Cancel { pid, secret } => {
+                cancel(inner, pid, secret).await;
+                return Ok(Next::Done);
+            }
+            StartupPacket::Startup(st) => return Ok(Next::Startup(st)),
+        }
+    }
+}
+
+async fn cancel(inner: &Inner, pid: i32, secret: i32) {
+    let target = inner.cancel.lock().ok().and_then(|m| m.get(&pid).cloned());
+    match target {
+        Some(t) if t.secret == secret => {
+            if let Some((b, key)) = t.backend {
+                if let Err(e) = crate::backend::send_cancel(&b, key, inner.tcp).await {
+                    tracing::debug!(error = %e, "cancel request not delivered");
+                }
+            }
+        }
+        _ => tracing::debug!(pid, "cancel request with an unknown key ignored"),
+    }
+}
+
+async fn handle_client(
+    inner: Arc<Inner>,
+    state: Arc<ClusterState>,
+    endpoint: Endpoint,
+    mut stream: TcpStream,
+    token: CancellationToken,
+) -> Result<(), ClientError> {
+    stream.set_nodelay(true)?;
+    let mut buf = BytesMut::with_capacity(crate::backend::BUF_SIZE);
+    let first = tokio::time::timeout(Duration::from_secs(10), negotiate(&inner, &mut stream, &mut buf, true))
+        .await
+        .map_err(|_| ClientError::StartupTimeout)??;
+    match first {
+        Next::Done => Ok(()),
+        Next::Startup(st) => crate::session::run(inner, state, endpoint, stream, buf, st, token).await,
+        Next::Tls => {
+            let Some(acceptor) = inner.tls.clone() else { return Ok(()) };
+            let mut tls = acceptor.accept(stream).await.map_err(ClientError::Tls)?;
+            let next = tokio::time::timeout(Duration::from_secs(10), negotiate(&inner, &mut tls, &mut buf, false))
+                .await
+                .map_err(|_| ClientError::StartupTimeout)??;
+            match next {
+                Next::Startup(st) => crate::session::run(inner, state, endpoint, tls, buf, st, token).await,
+                _ => Ok(()),
+            }
+        }
+    }
+}
