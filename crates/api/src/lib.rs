@@ -7,6 +7,8 @@
 //! not depend on any server crate.
 
 pub mod agent;
+pub mod controller;
+pub mod peer;
 pub mod error;
 
 pub use error::{ApiError, Unreachable};

@@ -1,0 +1,259 @@
+//! The controller's HTTP API: clusters, role changes, workflows, events, the
+//! primary lease agents renew, and [`ControllerClient`].
+//!
+//! | method | path | body → answer |
+//! | --- | --- | --- |
+//! | GET | `/v1/clusters` | → `Vec<ClusterView>` |
+//! | GET | `/v1/clusters/{c}` | → [`ClusterView`] |
+//! | POST | `/v1/clusters/{c}/switchover` | [`RoleChangeRequest`] → [`WorkflowStarted`] |
+//! | POST | `/v1/clusters/{c}/failover` | [`RoleChangeRequest`] → [`WorkflowStarted`] |
+//! | POST | `/v1/clusters/{c}/failback` | [`RoleChangeRequest`] → [`WorkflowStarted`] |
+//! | POST | `/v1/clusters/{c}/lease` | [`LeaseRequest`] → [`LeaseReply`] (409 when refused) |
+//! | GET | `/v1/workflows` | → `Vec<WorkflowView>` |
+//! | GET | `/v1/workflows/{id}` | → [`WorkflowView`] with steps |
+//! | POST | `/v1/workflows/{id}/approve` | [`ApproveRequest`] → [`WorkflowView`] |
+//! | GET | `/v1/events?after=N` | → `Vec<serde_json::Value>` (the store's events) |
+//! | GET | `/metrics` | Prometheus text |
+
+use std::time::Duration;
+
+use pgdr_model::{ClusterName, Epoch, Lsn, NodeName, RegionName, Role};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ApiError, ErrorBody};
+
+/// `POST /v1/clusters/{c}/lease`: the primary's agent renews its lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    pub node: NodeName,
+    pub epoch: Epoch,
+}
+
+/// The answer to a lease renewal. Refused renewals (HTTP 409) carry
+/// `granted: false` and the reason: the agent must fence at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseReply {
+    pub granted: bool,
+    pub node: NodeName,
+    pub epoch: Epoch,
+    pub ttl_ms: u64,
+    pub message: String,
+}
+
+/// One node as the controller sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub name: NodeName,
+    pub region: RegionName,
+    pub role: Role,
+    pub reachable: bool,
+    pub fenced: bool,
+    pub lsn: Option<Lsn>,
+    /// Lag behind the primary from the replicated heartbeat.
+    pub lag_seconds: Option<f64>,
+    pub error: Option<String>,
+}
+
+/// `GET /v1/clusters/{c}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub name: ClusterName,
+    pub epoch: Epoch,
+    pub primary: Option<NodeName>,
+    pub tier: String,
+    pub rpo_seconds: f64,
+    /// `async`, or `sync` with its quorum.
+    pub replication: String,
+    /// Sync mode without enough healthy replicas for its quorum.
+    pub degraded: bool,
+    pub nodes: Vec<NodeView>,
+    /// The detector's judgement: `healthy`, `suspect`, `outage`.
+    pub detection: String,
+    /// The role-changing workflow running now, if any.
+    pub workflow: Option<String>,
+}
+
+/// Body of `switchover`, `failover` and `failback`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleChangeRequest {
+    /// A node or a region name.
+    #[serde(default)]
+    pub to: Option<String>,
+    /// Plan only: the steps and checks, nothing changes.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Allow promoting a replica lagging past the tier's RPO (journalled).
+    #[serde(default)]
+    pub allow_data_loss: bool,
+    /// Stop at an approval gate before acting.
+    #[serde(default)]
+    pub require_approval: bool,
+    /// Who asked (journalled).
+    #[serde(default)]
+    pub requested_by: Option<String>,
+}
+
+/// What a role-change request did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowStarted {
+    /// `None` for a dry run.
+    pub id: Option<String>,
+    pub kind: String,
+    pub cluster: ClusterName,
+    /// The steps it takes (or would take) and the checks made.
+    pub plan: Vec<String>,
+    pub dry_run: bool,
+}
+
+/// One step of a workflow's journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepView {
+    pub name: String,
+    pub state: String,
+    pub attempts: u32,
+    pub duration_ms: Option<u64>,
+    pub output: Option<serde_json::Value>,
+    pub error: Option<String>,
+}
+
+/// `GET /v1/workflows/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowView {
+    pub id: String,
+    pub kind: String,
+    pub cluster: ClusterName,
+    pub state: String,
+    pub created_at: Option<String>,
+    pub duration_ms: Option<u64>,
+    pub params: serde_json::Value,
+    pub steps: Vec<StepView>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApproveRequest {
+    #[serde(default)]
+    pub by: Option<String>,
+}
+
+/// A typed client of the controller. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ControllerClient {
+    http: reqwest::Client,
+    addr: String,
+    token: Option<String>,
+    timeout: Duration,
+}
+
+impl ControllerClient {
+    pub fn new(addr: &str, token: Option<String>) -> Result<ControllerClient, ApiError> {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .map_err(|e| ApiError::Client(e.to_string()))?;
+        Ok(ControllerClient { http, addr: addr.to_owned(), token, timeout: Duration::from_secs(30) })
+    }
+
+    /// The same client with another whole-call limit.
+    pub fn with_timeout(mut self, timeout: Duration) -> ControllerClient {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn renew_lease(&self, cluster: &str, req: &LeaseRequest) -> Result<LeaseReply, ApiError> {
+        self.post(&format!("/v1/clusters/{cluster}/lease"), req).await
+    }
+
+    pub async fn clusters(&self) -> Result<Vec<ClusterView>, ApiError> {
+        self.get("/v1/clusters").await
+    }
+
+    pub async fn cluster(&self, name: &str) -> Result<ClusterView, ApiError> {
+        self.get(&format!("/v1/clusters/{name}")).await
+    }
+
+    /// `kind` is `switchover`, `failover` or `failback`.
+    pub async fn role_change(
+        &self,
+        cluster: &str,
+        kind: &str,
+        req: &RoleChangeRequest,
+    ) -> Result<WorkflowStarted, ApiError> {
+        self.post(&format!("/v1/clusters/{cluster}/{kind}"), req).await
+    }
+
+    pub async fn workflows(&self) -> Result<Vec<WorkflowView>, ApiError> {
+        self.get("/v1/workflows").await
+    }
+
+    pub async fn workflow(&self, id: &str) -> Result<WorkflowView, ApiError> {
+        self.get(&format!("/v1/workflows/{id}")).await
+    }
+
+    pub async fn approve(&self, id: &str, req: &ApproveRequest) -> Result<WorkflowView, ApiError> {
+        self.post(&format!("/v1/workflows/{id}/approve"), req).await
+    }
+
+    pub async fn events(&self, after: Option<u64>) -> Result<Vec<serde_json::Value>, ApiError> {
+        match after {
+            Some(a) => self.get(&format!("/v1/events?after={a}")).await,
+            None => self.get("/v1/events").await,
+        }
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiError> {
+        let req = self.auth(self.http.get(self.url(path))).timeout(self.timeout);
+        self.send(req).await
+    }
+
+    async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ApiError> {
+        let req = self.auth(self.http.post(self.url(path))).json(body).timeout(self.timeout);
+        self.send(req).await
+    }
+
+    fn auth(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T, ApiError> {
+        let resp = req.send().await.map_err(|e| ApiError::transport(&self.addr, e))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| ApiError::transport(&self.addr, e))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| ApiError::Protocol { addr: self.addr.clone(), detail: e.to_string() });
+        }
+        let body: Option<ErrorBody> = serde_json::from_slice(&bytes).ok();
+        let message =
+            body.as_ref().map(|b| b.error.clone()).unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_owned());
+        Err(match status.as_u16() {
+            401 | 403 => ApiError::Unauthorized { addr: self.addr.clone() },
+            code => ApiError::Failed {
+                addr: self.addr.clone(),
+                status: code,
+                kind: body.map(|b| b.kind).unwrap_or_else(|| "failed".to_owned()),
+                message,
+            },
+        })
+    }
+}
+
+/// The error body the controller sends, as [`ErrorBody`] with its kinds:
+/// `not_found`, `bad_request`, `conflict` (another workflow runs, a refused
+/// lease), `failed`.
+pub fn error_body(kind: &str, error: impl Into<String>) -> ErrorBody {
+    ErrorBody { error: error.into(), kind: kind.to_owned(), seen_epoch: None }
+}

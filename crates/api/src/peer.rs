@@ -1,0 +1,93 @@
+//! Agent-to-agent support for a primary whose lease lapsed, and how the
+//! controller withdraws it (see `docs/failover-math.md`).
+//!
+//! | method | path | body → answer |
+//! | --- | --- | --- |
+//! | POST | `/v1/peer/support` | [`SupportRequest`] → [`SupportReply`] |
+//! | POST | `/v1/peer/withdraw` | [`WithdrawRequest`] → [`SupportReply`] |
+//!
+//! A primary's agent that cannot renew its lease keeps PostgreSQL writable
+//! only while a majority of its cluster's agents (itself included) answer
+//! `support: true`. The controller, before relying on the old primary's
+//! lease having expired, asks every agent it reaches to withdraw.
+
+use std::time::Duration;
+
+use pgdr_model::{ClusterName, Epoch, NodeName};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SupportRequest {
+    pub cluster: ClusterName,
+    pub primary: NodeName,
+    pub epoch: Epoch,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WithdrawRequest {
+    pub cluster: ClusterName,
+    /// The primary losing support.
+    pub primary: NodeName,
+    /// Support is withdrawn from `primary` at this epoch and older.
+    pub epoch: Epoch,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SupportReply {
+    pub node: NodeName,
+    pub support: bool,
+    pub message: String,
+}
+
+/// Calls the peer endpoints of one agent.
+#[derive(Debug, Clone)]
+pub struct PeerClient {
+    http: reqwest::Client,
+    addr: String,
+    token: Option<String>,
+    timeout: Duration,
+}
+
+impl PeerClient {
+    pub fn new(addr: &str, token: Option<String>, timeout: Duration) -> Result<PeerClient, ApiError> {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(timeout)
+            .build()
+            .map_err(|e| ApiError::Client(e.to_string()))?;
+        Ok(PeerClient { http, addr: addr.to_owned(), token, timeout })
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub async fn support(&self, req: &SupportRequest) -> Result<SupportReply, ApiError> {
+        self.post("/v1/peer/support", req).await
+    }
+
+    pub async fn withdraw(&self, req: &WithdrawRequest) -> Result<SupportReply, ApiError> {
+        self.post("/v1/peer/withdraw", req).await
+    }
+
+    async fn post<B: Serialize>(&self, path: &str, body: &B) -> Result<SupportReply, ApiError> {
+        let mut req = self.http.post(format!("http://{}{}", self.addr, path)).json(body).timeout(self.timeout);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| ApiError::transport(&self.addr, e))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| ApiError::transport(&self.addr, e))?;
+        if !status.is_success() {
+            return Err(ApiError::Failed {
+                addr: self.addr.clone(),
+                status: status.as_u16(),
+                kind: "failed".into(),
+                message: String::from_utf8_lossy(&bytes).trim().to_owned(),
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::Protocol { addr: self.addr.clone(), detail: e.to_string() })
+    }
+}
