@@ -1,0 +1,61 @@
+//! The redb store survives a restart: values, revisions and leases.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgdr_store::{EmbeddedStore, StateStore, TokioClock};
+use time::macros::datetime;
+use tokio::time::advance;
+
+#[tokio::test(start_paused = true)]
+async fn values_and_revisions_survive_reopen() {
+    let dir = crate::tempdir();
+    let path = dir.path().join("state.redb");
+    let rev = {
+        let s = EmbeddedStore::open(&path).await.expect("open");
+        s.put("/p/a", b"kept".to_vec(), None).await.expect("put");
+        s.put("/p/b", b"kept too".to_vec(), None).await.expect("put")
+    };
+    let s = EmbeddedStore::open(&path).await.expect("reopen");
+    assert_eq!(s.revision().await.expect("rev"), rev);
+    assert_eq!(s.get("/p/a").await.expect("get").expect("a").value, b"kept");
+    assert_eq!(s.list("/p/").await.expect("list").len(), 2);
+    assert!(s.put("/p/c", vec![], None).await.expect("put") > rev, "revisions continue after a restart");
+}
+
+#[tokio::test(start_paused = true)]
+async fn second_open_of_the_same_file_is_a_clear_error() {
+    let dir = crate::tempdir();
+    let path = dir.path().join("state.redb");
+    let _s = EmbeddedStore::open(&path).await.expect("open");
+    let err = EmbeddedStore::open(&path).await.expect_err("file is in use");
+    assert!(err.to_string().contains("state.redb"), "names the file: {err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn leases_keep_their_remaining_ttl_across_reopen() {
+    let dir = crate::tempdir();
+    let path = dir.path().join("state.redb");
+    // A wall clock that follows paused tokio time, so "time passing while
+    // the store is closed" is deterministic.
+    let clock = Arc::new(TokioClock::starting_at(datetime!(2026-01-01 00:00 UTC)));
+    let (short, long) = {
+        let s = EmbeddedStore::open_with_clock(&path, clock.clone()).await.expect("open");
+        let short = s.grant_lease(Duration::from_secs(10)).await.expect("grant");
+        let long = s.grant_lease(Duration::from_secs(60)).await.expect("grant");
+        s.put("/l/short", vec![], Some(short)).await.expect("put");
+        s.put("/l/long", vec![], Some(long)).await.expect("put");
+        (short, long)
+    };
+    // 20 s pass with nobody holding the file.
+    advance(Duration::from_secs(20)).await;
+    let s = EmbeddedStore::open_with_clock(&path, clock.clone()).await.expect("reopen");
+    assert_eq!(s.get("/l/short").await.expect("get"), None, "expired while the store was closed");
+    assert_eq!(s.lease_remaining(short).await.expect("remaining"), None);
+    assert_eq!(s.lease_remaining(long).await.expect("remaining"), Some(Duration::from_secs(40)));
+    s.keep_alive(long).await.expect("the long lease is still alive");
+    let next = s.grant_lease(Duration::from_secs(1)).await.expect("grant");
+    assert!(next.0 > long.0, "lease ids are not reused after a restart");
+    advance(Duration::from_secs(61)).await;
+    assert_eq!(s.get("/l/long").await.expect("get"), None);
+}
