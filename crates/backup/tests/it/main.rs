@@ -1,0 +1,6 @@
+//! Integration tests of backups against real PostgreSQL and a real
+//! S3-compatible server.
+
+mod harness;
+mod local;
+mod s3;
