@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod bin;
+pub mod lease;
 pub mod local;
 pub mod os;
 pub mod replica;
