@@ -413,7 +413,7 @@ mod tests {
         let port =
             std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(1);
         let client = AgentClient::new(&format!("127.0.0.1:{port}"), None).expect("client");
-        let err = client.health().await.err().expect("nothing listens");
+        let err = client.health().await.expect_err("nothing listens");
         assert!(err.is_refused(), "{err:?}");
         assert!(!err.is_timeout());
     }
@@ -425,7 +425,7 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let client =
             AgentClient::new(&addr.to_string(), None).expect("client").with_timeout(Duration::from_millis(300));
-        let err = client.status().await.err().expect("no answer");
+        let err = client.status().await.expect_err("no answer");
         assert!(err.is_timeout(), "{err:?}");
         drop(listener);
     }

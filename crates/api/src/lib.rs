@@ -8,7 +8,7 @@
 
 pub mod agent;
 pub mod controller;
-pub mod peer;
 pub mod error;
+pub mod peer;
 
 pub use error::{ApiError, Unreachable};

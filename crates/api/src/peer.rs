@@ -88,6 +88,7 @@ impl PeerClient {
                 message: String::from_utf8_lossy(&bytes).trim().to_owned(),
             });
         }
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::Protocol { addr: self.addr.clone(), detail: e.to_string() })
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::Protocol { addr: self.addr.clone(), detail: e.to_string() })
     }
 }

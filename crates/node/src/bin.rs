@@ -33,10 +33,11 @@ impl PgBinaries {
         let mut searched = Vec::new();
         for candidate in candidates() {
             searched.push(candidate.display().to_string());
-            if candidate.join("initdb").is_file() && candidate.join("pg_ctl").is_file() {
-                if let Ok(b) = Self::at(&candidate) {
-                    return Ok(b);
-                }
+            if candidate.join("initdb").is_file()
+                && candidate.join("pg_ctl").is_file()
+                && let Ok(b) = Self::at(&candidate)
+            {
+                return Ok(b);
             }
         }
         Err(BinError::NotFound { searched: searched.join(", ") })
@@ -73,12 +74,12 @@ fn parse_major(text: &str) -> Option<u32> {
 
 fn candidates() -> Vec<PathBuf> {
     let mut out = Vec::new();
-    if let Ok(o) = Command::new("pg_config").arg("--bindir").output() {
-        if o.status.success() {
-            let dir = String::from_utf8_lossy(&o.stdout).trim().to_owned();
-            if !dir.is_empty() {
-                out.push(PathBuf::from(dir));
-            }
+    if let Ok(o) = Command::new("pg_config").arg("--bindir").output()
+        && o.status.success()
+    {
+        let dir = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+        if !dir.is_empty() {
+            out.push(PathBuf::from(dir));
         }
     }
     // Debian's layout, newest major first.
@@ -91,7 +92,7 @@ fn candidates() -> Vec<PathBuf> {
             Some((v, e.path().join("bin")))
         })
         .collect();
-    versions.sort_by(|a, b| b.0.cmp(&a.0));
+    versions.sort_by_key(|v| std::cmp::Reverse(v.0));
     let debian: Vec<PathBuf> = versions.into_iter().map(|(_, p)| p).collect();
     // Debian's pg_config --bindir names /usr/bin, whose initdb is missing:
     // prefer the versioned folders over it.

@@ -113,7 +113,10 @@ async fn support(State(app): State<PeerApp>, axum::Json(req): axum::Json<Support
     })
 }
 
-async fn withdraw(State(app): State<PeerApp>, axum::Json(req): axum::Json<WithdrawRequest>) -> axum::Json<SupportReply> {
+async fn withdraw(
+    State(app): State<PeerApp>,
+    axum::Json(req): axum::Json<WithdrawRequest>,
+) -> axum::Json<SupportReply> {
     tracing::warn!(node = %app.agent.cfg.node, primary = %req.primary, epoch = %req.epoch, "controller withdrew support for the primary");
     app.peers.withdraw(req.primary, req.epoch);
     axum::Json(SupportReply { node: app.agent.cfg.node.clone(), support: false, message: "support withdrawn".into() })

@@ -19,9 +19,9 @@ pub enum PgError {
     Failed { program: String, status: String, output: String },
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("cannot connect to PostgreSQL at {addr}: {source}")]
+    #[error("cannot connect to PostgreSQL at {addr}: {}", pg_detail(source))]
     Connect { addr: String, source: tokio_postgres::Error },
-    #[error("query failed on {addr}: {source}")]
+    #[error("query failed on {addr}: {}", pg_detail(source))]
     Query { addr: String, source: tokio_postgres::Error },
     /// `pg_rewind` could not bring the data directory in line with the
     /// source (different systems, missing WAL, no checksums or
@@ -269,6 +269,25 @@ pub async fn connect(conninfo: &str, addr: &str) -> Result<tokio_postgres::Clien
         let _ = conn.await;
     });
     Ok(client)
+}
+
+/// A client error with the server's message (tokio-postgres's own Display
+/// says only "db error").
+pub fn pg_detail(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut s = format!("{}: {}", db.severity(), db.message());
+        if let Some(d) = db.detail() {
+            s.push_str(&format!(" ({d})"));
+        }
+        return s;
+    }
+    let mut s = e.to_string();
+    let mut cur = std::error::Error::source(e);
+    while let Some(c) = cur {
+        s.push_str(&format!(": {c}"));
+        cur = c.source();
+    }
+    s
 }
 
 /// Quotes a value for postgresql.conf.

@@ -176,10 +176,9 @@ async fn promote(state: &AgentState, timeout_ms: Option<u64>) -> Result<Done, Ag
 }
 
 async fn unfence_sql(state: &AgentState, client: &Client) -> Result<(), AgentError> {
-    client
-        .batch_execute("alter system reset default_transaction_read_only; select pg_reload_conf()")
-        .await
-        .map_err(query_err(state))?;
+    // ALTER SYSTEM cannot run in the implicit transaction of a batch.
+    client.batch_execute("alter system reset default_transaction_read_only").await.map_err(query_err(state))?;
+    client.batch_execute("select pg_reload_conf()").await.map_err(query_err(state))?;
     wait_setting(state, "off").await
 }
 
@@ -210,10 +209,8 @@ async fn fence(state: &AgentState, mode: FenceMode) -> Result<Done, AgentError> 
     let (_, was_fenced) = role(state, &client).await?;
     let mut steps = Vec::new();
     if !was_fenced {
-        client
-            .batch_execute("alter system set default_transaction_read_only = on; select pg_reload_conf()")
-            .await
-            .map_err(query_err(state))?;
+        client.batch_execute("alter system set default_transaction_read_only = on").await.map_err(query_err(state))?;
+        client.batch_execute("select pg_reload_conf()").await.map_err(query_err(state))?;
         wait_setting(state, "on").await?;
         steps.push("ALTER SYSTEM SET default_transaction_read_only = on; reloaded".to_owned());
     }

@@ -40,7 +40,7 @@ pub(crate) async fn collect(state: &AgentState) -> Status {
     };
     let res = tokio::time::timeout(QUERY_TIMEOUT, async {
         let client = cfg.pg.connect(&cfg.login).await.map_err(|e| e.to_string())?;
-        query(&client, &mut s).await.map_err(|e| e.to_string())
+        query(&client, &mut s).await.map_err(|e| crate::local::pg_detail(&e))
     })
     .await;
     match res {

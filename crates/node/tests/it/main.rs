@@ -1,3 +1,4 @@
-//! Integration tests of the host layer against real PostgreSQL.
+//! Integration tests of the host layer and the agent against real PostgreSQL.
 
+mod agent;
 mod local;

@@ -1,0 +1,162 @@
+//! The agent in-process against a real PostgreSQL: auth, status, idempotent
+//! actions, fencing, an action on a stopped server, and epoch refusal that
+//! survives an agent restart.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgdr_api::ApiError;
+use pgdr_api::agent::{AgentClient, FenceMode, FenceRequest, PromoteRequest, StopMode, StopRequest};
+use pgdr_model::{Epoch, Role};
+use pgdr_node::agent::{AgentConfig, AgentState, serve};
+use pgdr_node::local::Login;
+use pgdr_node::{LocalPg, PgBinaries, RunAs};
+use tokio_util::sync::CancellationToken;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+/// Stops the server by PID when the test ends, passed or failed.
+struct PgGuard(LocalPg);
+
+impl Drop for PgGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.postmaster_pid() {
+            // SIGQUIT: immediate shutdown.
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGQUIT);
+        }
+    }
+}
+
+struct Agent {
+    client: AgentClient,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Agent {
+    async fn start(cfg: AgentConfig) -> Agent {
+        let token = cfg.token.clone();
+        let state = AgentState::new(cfg).expect("agent state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(serve(listener, Arc::clone(&state), cancel.clone()));
+        let client = AgentClient::new(&addr.to_string(), token).expect("client").with_timeout(Duration::from_secs(10));
+        Agent { client, cancel, task }
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
+    }
+}
+
+#[tokio::test]
+async fn agent_actions_on_one_server() {
+    let bin = PgBinaries::find(None).expect("PostgreSQL binaries");
+    let dir = tempfile::Builder::new().prefix("pgdr-agent-").tempdir_in("/tmp").expect("tempdir");
+    std::process::Command::new("chmod").arg("755").arg(dir.path()).status().expect("chmod");
+    let run_as = RunAs::for_node(None).expect("run as");
+    let pg = LocalPg::new(bin, dir.path().join("data"), "127.0.0.1", free_port(), run_as);
+    let _guard = PgGuard(pg.clone());
+    pg.initdb("postgres", "secret").await.expect("initdb");
+    let settings = vec![("fsync".to_owned(), "off".to_owned())];
+    pg.configure(&settings).expect("configure");
+    pg.start(Duration::from_secs(30)).await.expect("start");
+    let login = Login { user: "postgres".into(), password: Some("secret".into()), database: "postgres".into() };
+    let cfg = AgentConfig {
+        node: "n1".into(),
+        cluster: "main".into(),
+        region: "east".into(),
+        pg: pg.clone(),
+        login: login.clone(),
+        replication_user: "postgres".into(),
+        settings,
+        token: Some("tok".into()),
+        promote_timeout: Duration::from_secs(30),
+        pg_wait: Duration::from_secs(30),
+    };
+    let agent = Agent::start(cfg.clone()).await;
+    let c = &agent.client;
+
+    // Health needs no token; everything else does.
+    let anon = AgentClient::new(c.addr(), None).expect("client");
+    assert!(anon.health().await.expect("health").ok);
+    assert!(
+        matches!(anon.status().await, Err(ApiError::Unauthorized { .. })),
+        "status without a token must be refused"
+    );
+    let wrong = AgentClient::new(c.addr(), Some("nope".into())).expect("client");
+    assert!(matches!(wrong.start(Epoch(1)).await, Err(ApiError::Unauthorized { .. })));
+
+    let s = c.status().await.expect("status");
+    assert_eq!(s.role, Role::Primary);
+    assert!(s.up && s.running);
+    assert_eq!(s.pid, pg.postmaster_pid());
+    assert_eq!(s.timeline.map(|t| t.0), Some(1));
+    assert!(s.current_lsn.is_some());
+    assert!(!s.fenced);
+
+    // Idempotent: promote on a primary and start on a running server succeed.
+    let r = c.promote(&PromoteRequest { epoch: Epoch(2), timeout_ms: None }).await.expect("promote a primary");
+    assert!(!r.changed, "{r:?}");
+    assert_eq!(r.epoch, Epoch(2));
+    assert!(!c.start(Epoch(2)).await.expect("start a running server").changed);
+
+    // A stale epoch is refused with 409.
+    match c.start(Epoch(1)).await {
+        Err(ApiError::StaleEpoch { seen, .. }) => assert_eq!(seen, Epoch(2)),
+        other => panic!("expected a stale-epoch refusal, got {other:?}"),
+    }
+
+    // Fence read-only: an open session is ended, new writes fail.
+    let session = pg.connect(&login).await.expect("connect");
+    session.batch_execute("create table t (x int)").await.expect("create");
+    let f = c.fence(&FenceRequest { epoch: Epoch(2), mode: FenceMode::ReadOnly }).await.expect("fence");
+    assert!(f.changed, "{f:?}");
+    assert!(session.batch_execute("select 1").await.is_err(), "the fenced server must end open sessions");
+    let fresh = pg.connect(&login).await.expect("connect");
+    let err = fresh.batch_execute("insert into t values (1)").await.expect_err("a fenced server must refuse writes");
+    let msg = pgdr_node::local::pg_detail(&err);
+    assert!(msg.contains("read-only"), "{msg}");
+    let s = c.status().await.expect("status");
+    assert!(s.fenced && s.read_only);
+    assert!(!c.fence(&FenceRequest { epoch: Epoch(2), mode: FenceMode::ReadOnly }).await.expect("fence again").changed);
+    assert!(c.unfence(Epoch(2)).await.expect("unfence").changed);
+    let fresh = pg.connect(&login).await.expect("connect");
+    fresh.batch_execute("insert into t values (1)").await.expect("writes work after unfence");
+
+    // Stop, twice; status and actions on a stopped server.
+    assert!(c.stop(&StopRequest { epoch: Epoch(2), mode: StopMode::Fast }).await.expect("stop").changed);
+    assert!(!c.stop(&StopRequest { epoch: Epoch(2), mode: StopMode::Immediate }).await.expect("stop again").changed);
+    let s = c.status().await.expect("status of a stopped server");
+    assert_eq!(s.role, Role::Down);
+    assert!(!s.up && !s.running);
+    assert!(s.error.is_some());
+    match c.promote(&PromoteRequest { epoch: Epoch(2), timeout_ms: None }).await {
+        Err(ApiError::Failed { kind, message, .. }) => {
+            assert_eq!(kind, "postgres_down");
+            assert!(message.contains("not up"), "{message}");
+        }
+        other => panic!("expected postgres_down, got {other:?}"),
+    }
+    assert!(c.start(Epoch(3)).await.expect("start").changed);
+    assert_eq!(c.status().await.expect("status").role, Role::Primary);
+
+    // A bad body is a 400, not a panic.
+    match c.action(pgdr_api::agent::Action::Stop, &serde_json::json!({"mode": "fast"})).await {
+        Err(ApiError::Failed { status: 400, kind, .. }) => assert_eq!(kind, "bad_request"),
+        other => panic!("expected a 400, got {other:?}"),
+    }
+
+    // The epoch survives an agent restart.
+    agent.stop().await;
+    let agent = Agent::start(cfg).await;
+    assert_eq!(agent.client.status().await.expect("status").epoch, Epoch(3));
+    assert!(matches!(agent.client.start(Epoch(2)).await, Err(ApiError::StaleEpoch { .. })));
+    assert!(agent.client.start(Epoch(3)).await.is_ok());
+    agent.stop().await;
+    pg.stop(pgdr_node::local::StopMode::Fast, Duration::from_secs(30)).await.expect("stop");
+}
