@@ -102,10 +102,8 @@ pub async fn choose_source(cluster: &Cluster, only: Option<&str>) -> Result<Sour
                 if in_recovery && streaming {
                     return Ok(s);
                 }
-                if !in_recovery || fallback.is_none() {
-                    if !in_recovery || only.is_some() {
-                        fallback = Some(s);
-                    }
+                if !in_recovery || only.is_some() {
+                    fallback = Some(s);
                 }
             }
             Err(e) => errors.push(format!("{}: {e}", node.name.as_str())),

@@ -21,7 +21,7 @@ use crate::keys::{KeyError, Keyring};
 #[derive(Debug, thiserror::Error)]
 pub enum DestError {
     #[error("destination {dest:?}: cannot {op} {key}: {source}")]
-    Store { dest: String, op: &'static str, key: String, source: object_store::Error },
+    Store { dest: String, op: &'static str, key: String, source: Box<object_store::Error> },
     #[error("destination {dest:?}: {detail}")]
     Config { dest: String, detail: String },
     #[error(transparent)]
@@ -33,7 +33,7 @@ pub enum DestError {
 impl DestError {
     /// Whether the object was simply not there.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, DestError::Store { source: object_store::Error::NotFound { .. }, .. })
+        matches!(self, DestError::Store { source, .. } if matches!(**source, object_store::Error::NotFound { .. }))
     }
 }
 
@@ -177,7 +177,7 @@ impl Dest {
 
     fn err(&self, op: &'static str, key: &str) -> impl FnOnce(object_store::Error) -> DestError + '_ {
         let key = key.to_owned();
-        move |source| DestError::Store { dest: self.name.clone(), op, key, source }
+        move |source| DestError::Store { dest: self.name.clone(), op, key, source: Box::new(source) }
     }
 
     async fn permit(&self) -> Permit<'_> {

@@ -81,7 +81,7 @@ impl BackupError {
     pub fn is_retryable(&self) -> bool {
         match self {
             BackupError::Dest(DestError::Store { source, .. }) => !matches!(
-                source,
+                **source,
                 object_store::Error::NotFound { .. }
                     | object_store::Error::AlreadyExists { .. }
                     | object_store::Error::Precondition { .. }

@@ -250,12 +250,11 @@ pub async fn start_and_wait(opts: &RestoreOptions, login: &Login, wait: Duration
     })?;
     let deadline = Instant::now() + wait;
     loop {
-        if let Ok(c) = pg.connect(login).await {
-            if let Ok(row) = c.query_one("select pg_is_in_recovery()", &[]).await {
-                if !row.get::<_, bool>(0) {
-                    return Ok(pg);
-                }
-            }
+        if let Ok(c) = pg.connect(login).await
+            && let Ok(row) = c.query_one("select pg_is_in_recovery()", &[]).await
+            && !row.get::<_, bool>(0)
+        {
+            return Ok(pg);
         }
         if !pg.is_running().await {
             let log = std::fs::read_to_string(pg.log_file()).unwrap_or_default();

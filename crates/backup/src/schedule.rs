@@ -66,10 +66,10 @@ pub fn due(
         match last.get(c.name.as_str()) {
             None => out.push(Due { cluster: c.name.as_str().to_owned(), scheduled: None }),
             Some(at) => {
-                if let Ok(next) = cron.find_next_occurrence(at, false) {
-                    if next <= now {
-                        out.push(Due { cluster: c.name.as_str().to_owned(), scheduled: Some(next) });
-                    }
+                if let Ok(next) = cron.find_next_occurrence(at, false)
+                    && next <= now
+                {
+                    out.push(Due { cluster: c.name.as_str().to_owned(), scheduled: Some(next) });
                 }
             }
         }
@@ -84,10 +84,10 @@ pub async fn last_backups(config: &Config, sel: &Selector) -> crate::Result<BTre
     for c in config.clusters.iter().filter(|c| sel.matches(c)) {
         let Some(policy) = config.tier(c.tier.as_str()).and_then(|t| t.backup.as_ref()) else { continue };
         let dest = crate::Dest::open_named(config, &policy.destination)?;
-        if let Some(m) = crate::base::list_backups(&dest, c.name.as_str()).await?.pop() {
-            if let Some(at) = m.created() {
-                out.insert(c.name.as_str().to_owned(), at);
-            }
+        if let Some(m) = crate::base::list_backups(&dest, c.name.as_str()).await?.pop()
+            && let Some(at) = m.created()
+        {
+            out.insert(c.name.as_str().to_owned(), at);
         }
     }
     Ok(out)

@@ -125,7 +125,7 @@ async fn backup_restore_pitr_copy_verify_prune() {
     assert_eq!(report.resumed + report.copied, m1.objects.len(), "{report:?}");
     assert!(report.wal_copied > 0);
     let max = copy_dest.stats.max_in_flight.load(Ordering::SeqCst);
-    assert!(max <= 2 && max >= 1, "copy destination allows 2 transfers at once, saw {max}");
+    assert!((1..=2).contains(&max), "copy destination allows 2 transfers at once, saw {max}");
     let copied = base::find_backup(&copy_dest, "c1", Some(&m1.id)).await.expect("copied manifest");
     assert_eq!(copied.key_id, "copy-1", "copies are sealed with the copy destination's key");
     assert!(base::verify_backup(&copy_dest, &copied, true).await.expect("verify copy").is_empty());
