@@ -1,0 +1,427 @@
+//! The drill loop: per run, start the workload, inject the fault, wait for
+//! writes to come back, let throughput settle, stop, check the ledger on the
+//! primary, read what the controller did, restore the topology.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use pgdr_config::{Cluster, Config, Tier};
+
+use crate::DrillError;
+use crate::checker;
+use crate::observer::{DrillObserver, Marker, MarkerKind, Topology, connect_node};
+use crate::report::{DrillReport, Objectives, RunReport, StepReport, TimelineMarker};
+use crate::scenario::{self, Hosts, Scenario};
+use crate::timeline;
+use crate::workload::{Workload, WorkloadSpec, prepare};
+
+/// How a drill runs.
+#[derive(Debug, Clone)]
+pub struct DrillSpec {
+    pub scenario: Scenario,
+    pub runs: u32,
+    /// Workload before the fault (the throughput baseline).
+    pub warmup: Duration,
+    /// Workload after writes came back (throughput recovery).
+    pub settle: Duration,
+    /// Longest wait for writes to come back.
+    pub recovery_timeout: Duration,
+    /// Longest wait for the topology to be whole again after a run.
+    pub restore_timeout: Duration,
+    pub writers: usize,
+    pub readers: usize,
+}
+
+impl DrillSpec {
+    pub fn new(scenario: Scenario, tier: &Tier) -> DrillSpec {
+        DrillSpec {
+            scenario,
+            runs: 1,
+            warmup: Duration::from_secs(3),
+            settle: Duration::from_secs(3),
+            recovery_timeout: (tier.rto * 4).max(Duration::from_secs(45)),
+            restore_timeout: Duration::from_secs(90),
+            writers: 4,
+            readers: 1,
+        }
+    }
+}
+
+/// Where the workload connects: the proxy in the primary's region when
+/// there is one, else straight to the primary (then a failover is not
+/// hidden from clients, and the report says so).
+pub fn endpoints(
+    cfg: &Config,
+    cluster: &Cluster,
+    primary: &str,
+) -> Result<(String, Option<String>, String), DrillError> {
+    let region = cluster.node(primary).map(|n| n.region.clone());
+    let proxies: Vec<_> = cfg.proxies_of(cluster.name.as_str()).collect();
+    let proxy = proxies.iter().find(|p| Some(&p.region) == region.as_ref()).or(proxies.first());
+    let auth = |host: String, port: u16| -> Result<String, DrillError> {
+        let mut s = format!(
+            "host={host} port={port} user={} dbname={} connect_timeout=10 application_name=pgdr-drill",
+            pgdr_node::local::conn_quote(&cluster.user),
+            pgdr_node::local::conn_quote(&cluster.database)
+        );
+        if let Some(p) = &cluster.password {
+            s.push_str(&format!(" password={}", pgdr_node::local::conn_quote(&p.resolve()?)));
+        }
+        Ok(s)
+    };
+    match proxy {
+        Some(p) => {
+            let w = auth(p.writer.ip().to_string(), p.writer.port())?;
+            let r = match p.reader {
+                Some(r) => Some(auth(r.ip().to_string(), r.port())?),
+                None => None,
+            };
+            Ok((
+                w,
+                r,
+                format!(
+                    "proxy {} (writer {}{})",
+                    p.name,
+                    p.writer,
+                    p.reader.map(|r| format!(", reader {r}")).unwrap_or_default()
+                ),
+            ))
+        }
+        None => {
+            let n = cluster.node(primary).ok_or_else(|| DrillError::Topology(format!("no node {primary}")))?;
+            Ok((
+                auth(n.host.clone(), n.port)?,
+                None,
+                format!("node {primary} directly (the cluster has no proxy: clients see the role change)"),
+            ))
+        }
+    }
+}
+
+/// Progress lines for the caller to show.
+pub trait Progress: Send + Sync {
+    fn say(&self, line: &str);
+}
+
+impl<F: Fn(&str) + Send + Sync> Progress for F {
+    fn say(&self, line: &str) {
+        self(line)
+    }
+}
+
+/// Everything a drill needs.
+pub struct Drill<'a> {
+    pub config: &'a Config,
+    pub cluster: &'a Cluster,
+    pub tier: &'a Tier,
+    pub observer: &'a dyn DrillObserver,
+    pub hosts: &'a dyn Hosts,
+    pub progress: &'a dyn Progress,
+}
+
+impl Drill<'_> {
+    /// Runs every run of a scenario and summarises.
+    pub async fn run(&self, spec: &DrillSpec) -> DrillReport {
+        let mut runs = Vec::new();
+        let mut failed = Vec::new();
+        for i in 1..=spec.runs {
+            self.progress.say(&format!("{} run {i}/{}: starting", spec.scenario, spec.runs));
+            match self.one(spec, i).await {
+                Ok(r) => {
+                    self.progress.say(&format!(
+                        "{} run {i}: RTO {}, detection {}, client errors {}, lost commits {}",
+                        spec.scenario,
+                        r.rto_seconds.map_or("none (writes did not come back)".into(), |x| format!("{x:.2} s")),
+                        r.detection_seconds.map_or("not observed".into(), |x| format!("{x:.2} s")),
+                        r.client_errors,
+                        r.lost_commits
+                    ));
+                    runs.push(r);
+                }
+                Err(e) => {
+                    self.progress.say(&format!("{} run {i} failed: {e}", spec.scenario));
+                    failed.push(format!("run {i}: {e}"));
+                    // A topology we could not restore makes further runs meaningless.
+                    break;
+                }
+            }
+        }
+        DrillReport::summarize(spec.scenario.as_str(), spec.scenario.describe(), runs, failed)
+    }
+
+    async fn topology(&self) -> Result<Topology, DrillError> {
+        self.observer.topology().await
+    }
+
+    async fn one(&self, spec: &DrillSpec, run: u32) -> Result<RunReport, DrillError> {
+        let mut notes = Vec::new();
+        let mut before = self.topology().await?;
+        let original = before
+            .primary
+            .clone()
+            .ok_or_else(|| DrillError::Topology(format!("cluster {} has no single primary", self.cluster.name)))?;
+        if spec.scenario == Scenario::Failback {
+            // A failback needs the primary away from home first (untimed).
+            let home = self.cluster.node(&original).map(|n| n.region.to_string()).unwrap_or_default();
+            let away = self.cluster.nodes.iter().find(|n| n.region.as_str() != home).map(|n| n.name.to_string());
+            self.progress
+                .say(&format!("failback: switching over to {} first (not measured)", away.as_deref().unwrap_or("?")));
+            self.observer.switchover(away.as_deref()).await?;
+            before = self.wait_primary(spec.restore_timeout).await?;
+        }
+        let primary = before.primary.clone().unwrap_or_else(|| original.clone());
+        let pnode = self
+            .cluster
+            .node(&primary)
+            .ok_or_else(|| DrillError::Topology(format!("primary {primary} is not in the config")))?;
+        let direct = connect_node(self.cluster, pnode, Duration::from_secs(5)).await?;
+        prepare(&direct).await?;
+        drop(direct);
+
+        let (writer, reader, endpoint) = endpoints(self.config, self.cluster, &primary)?;
+        notes.push(format!("workload through {endpoint}, {} writers, {} readers", spec.writers, spec.readers));
+        let mut wspec = WorkloadSpec::new(writer);
+        wspec.reader = reader;
+        wspec.writers = spec.writers;
+        wspec.readers = spec.readers;
+        let started_at = SystemTime::now();
+        let workload = Workload::start(wspec);
+        tokio::time::sleep(spec.warmup).await;
+
+        let fault_ms = workload.now_ms();
+        let fault_unix = crate::unix_ms(SystemTime::now());
+        self.progress.say(&format!("{}: injecting: {}", spec.scenario, spec.scenario.describe()));
+        let injected = match spec.scenario {
+            Scenario::Switchover | Scenario::Failback => {
+                let target = if spec.scenario == Scenario::Failback { Some(original.as_str()) } else { None };
+                let r = if spec.scenario == Scenario::Failback && target.is_none() {
+                    self.observer.failback().await
+                } else {
+                    self.observer.switchover(target).await
+                };
+                if let Err(e) = r {
+                    let _ = workload.stop().await;
+                    return Err(e);
+                }
+                scenario::Injected { description: spec.scenario.describe().to_owned(), undo: Vec::new() }
+            }
+            s => match scenario::inject(s, self.cluster, &before, self.hosts) {
+                Ok(i) => i,
+                Err(e) => {
+                    let _ = workload.stop().await;
+                    return Err(e);
+                }
+            },
+        };
+
+        // Writes back?
+        let t0 = Instant::now();
+        let mut recovered = false;
+        while t0.elapsed() < spec.recovery_timeout {
+            if workload.recovered_since(fault_ms) {
+                recovered = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if recovered {
+            self.progress.say(&format!("{}: writes are back; settling", spec.scenario));
+            tokio::time::sleep(spec.settle).await;
+        } else {
+            notes.push(format!("writes did not come back within {:.0} s", spec.recovery_timeout.as_secs_f64()));
+            self.progress
+                .say(&format!("{}: writes did not come back within {:?}", spec.scenario, spec.recovery_timeout));
+        }
+        let record = workload.stop().await;
+
+        // What happened, and on which primary to check.
+        let after = self.topology().await.unwrap_or_default();
+        let mut restored = Vec::new();
+        let mut check_on = after.primary.clone();
+        if check_on.is_none() {
+            // Nothing took over (no controller, or it failed): restore first,
+            // then check the ledger on whatever primary that leaves.
+            restored.extend(self.restore(&injected, &after).await);
+            check_on = self.wait_primary(spec.restore_timeout).await.ok().and_then(|t| t.primary);
+        }
+        let check_node =
+            check_on.clone().ok_or_else(|| DrillError::Topology("no primary to check the ledger on".into()))?;
+        let cnode =
+            self.cluster.node(&check_node).ok_or_else(|| DrillError::Topology(format!("no node {check_node}")))?;
+        let client = connect_node(self.cluster, cnode, Duration::from_secs(10)).await?;
+        let loss = checker::check_ledger(&client, &record, Some(fault_ms)).await?;
+        drop(client);
+        if loss.lost_commits() > 0 {
+            self.progress.say(&format!(
+                "{}: {} acknowledged commits are missing on {check_node}",
+                spec.scenario,
+                loss.lost_commits()
+            ));
+        }
+
+        let observed = self.observer.observed_since(fault_unix - 1000.0).await.unwrap_or_default();
+        if !self.observer.sees_workflows() {
+            notes.push(format!("observed through {}", self.observer.describe()));
+        }
+        let detection = observed.detection_after(fault_unix).map(|d| (d - fault_unix) / 1000.0);
+        let mut markers =
+            vec![Marker { kind: MarkerKind::Fault, at_unix_ms: fault_unix, label: injected.description.clone() }];
+        markers.extend(observed.markers.iter().cloned());
+        for st in &observed.steps {
+            let k = MarkerKind::of_step(&st.step);
+            if k != MarkerKind::Other {
+                markers.push(Marker {
+                    kind: k,
+                    at_unix_ms: st.started_unix_ms,
+                    label: format!("{}: {}", st.workflow, st.step),
+                });
+            }
+        }
+        let rto = checker::rto_first_write(&record, fault_ms);
+        if let Some(r) = rto {
+            markers.push(Marker {
+                kind: MarkerKind::Resume,
+                at_unix_ms: fault_unix + r * 1000.0,
+                label: "first acknowledged write after the fault".into(),
+            });
+        }
+        let buckets = timeline::buckets(&record);
+        let (baseline, rto90) = checker::rto_throughput(&buckets, fault_ms, rto.map(|r| fault_ms + r * 1000.0));
+        let (wkinds, rkinds) = checker::errors_by_kind(&record);
+        let client_errors = record.write_failures().count() as u64;
+
+        if !after.primaries().is_empty() && after.primaries().len() > 1 {
+            notes.push(format!(
+                "SPLIT BRAIN: {} nodes answered as writable primaries after the fault: {}",
+                after.primaries().len(),
+                after.primaries().iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")
+            ));
+        }
+
+        // Restore so the next run starts from the same topology.
+        if check_on == after.primary {
+            restored.extend(self.restore(&injected, &after).await);
+        }
+        restored.extend(self.back_home(&original, spec).await);
+
+        let rto_s = self.tier.rto.as_secs_f64();
+        let rpo_s = self.tier.rpo.as_secs_f64();
+        let rto_met = rto.is_some_and(|r| r <= rto_s);
+        let rpo_met = loss.rpo_seconds <= rpo_s;
+        Ok(RunReport {
+            scenario: spec.scenario.as_str().to_owned(),
+            run,
+            started_at: crate::rfc3339(crate::unix_ms(started_at)),
+            fault: injected.description,
+            fault_at: crate::rfc3339(fault_unix),
+            old_primary: Some(primary),
+            new_primary: check_on,
+            epoch_before: before.epoch,
+            epoch_after: after.epoch,
+            rto_seconds: rto,
+            rto_throughput_seconds: rto90,
+            baseline_commits_per_second: baseline,
+            detection_seconds: detection,
+            steps: observed.steps.iter().map(|s| StepReport::from_timing(s, fault_unix)).collect(),
+            recovery_path: observed.path.clone(),
+            client_errors,
+            write_errors_by_kind: wkinds,
+            read_errors_by_kind: rkinds,
+            reads: record.reads.len() as u64,
+            acknowledged_commits: loss.acknowledged_commits,
+            lost_commits: loss.lost_commits(),
+            lost_span_seconds: loss.lost_span_seconds,
+            rpo_seconds: loss.rpo_seconds,
+            lost: loss.lost.clone(),
+            unknown_outcome_writes: loss.unknown_outcome,
+            unknown_outcome_committed: loss.unknown_committed,
+            failed_but_present: loss.failed_but_present.clone(),
+            objectives: Objectives {
+                tier: self.tier.name.to_string(),
+                rto_seconds: rto_s,
+                rpo_seconds: rpo_s,
+                rto_met,
+                rpo_met,
+                passed: rto_met && rpo_met,
+            },
+            restored,
+            notes,
+            workload_started_unix_ms: record.started_unix_ms,
+            fault_ms,
+            timeline: buckets,
+            markers: markers.iter().map(|m| TimelineMarker::from_marker(m, record.started_unix_ms)).collect(),
+        })
+    }
+
+    async fn restore(&self, injected: &scenario::Injected, topology: &Topology) -> Vec<String> {
+        let mut done = Vec::new();
+        for step in &injected.undo {
+            match scenario::undo(step, self.cluster, self.hosts, topology).await {
+                Ok(Some(what)) => done.push(what),
+                Ok(None) => {}
+                Err(e) => done.push(format!("could not undo {step:?}: {e}")),
+            }
+        }
+        done
+    }
+
+    /// Waits until exactly one node is primary.
+    async fn wait_primary(&self, timeout: Duration) -> Result<Topology, DrillError> {
+        let t0 = Instant::now();
+        loop {
+            let t = self.topology().await?;
+            if t.primary.is_some() {
+                return Ok(t);
+            }
+            if t0.elapsed() > timeout {
+                return Err(DrillError::Timeout { what: "a single primary".into(), seconds: timeout.as_secs_f64() });
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Waits for every node to be back (primary or replica), then brings the
+    /// primary back to the original node if it moved.
+    async fn back_home(&self, original: &str, spec: &DrillSpec) -> Vec<String> {
+        let mut done = Vec::new();
+        let t0 = Instant::now();
+        let mut last = Topology::default();
+        while t0.elapsed() < spec.restore_timeout {
+            match self.topology().await {
+                Ok(t) => {
+                    let whole = t.primary.is_some()
+                        && t.nodes
+                            .iter()
+                            .all(|n| matches!(n.role, pgdr_model::Role::Primary | pgdr_model::Role::Replica));
+                    last = t;
+                    if whole {
+                        break;
+                    }
+                }
+                Err(e) => done.push(format!("topology unknown: {e}")),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let down: Vec<&str> = last
+            .nodes
+            .iter()
+            .filter(|n| !matches!(n.role, pgdr_model::Role::Primary | pgdr_model::Role::Replica))
+            .map(|n| n.name.as_str())
+            .collect();
+        if !down.is_empty() {
+            done.push(format!(
+                "after {:.0} s these nodes are still not back: {}",
+                t0.elapsed().as_secs_f64(),
+                down.join(", ")
+            ));
+        } else {
+            done.push(format!("every node back after {:.1} s", t0.elapsed().as_secs_f64()));
+        }
+        if last.primary.as_deref().is_some_and(|p| p != original) && down.is_empty() {
+            match self.observer.switchover(Some(original)).await {
+                Ok(()) => done.push(format!("switched back to {original}")),
+                Err(e) => done.push(format!("could not switch back to {original}: {e}")),
+            }
+        }
+        done
+    }
+}
