@@ -26,6 +26,15 @@ pub enum Command {
     /// Check a config file.
     #[command(subcommand)]
     Config(cmd::config::ConfigCmd),
+    /// Base backups: run, list, verify, prune, copy, pull, enable archiving.
+    #[command(subcommand)]
+    Backup(cmd::backup::BackupCmd),
+    /// archive_command: archive one WAL file (%p).
+    WalPush(cmd::backup::WalPushArgs),
+    /// restore_command: fetch one WAL file (%f %p); exit 1 when absent.
+    WalFetch(cmd::backup::WalFetchArgs),
+    /// Restore a backup, optionally to a point in time, and start or verify it.
+    Restore(cmd::backup::RestoreArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +42,10 @@ fn main() -> ExitCode {
     let global = cmd::Global::new(cli.config.clone());
     let result = match cli.command {
         Command::Config(c) => cmd::config::run(&global, c),
+        Command::Backup(c) => cmd::backup::run(&global, c),
+        Command::WalPush(a) => cmd::backup::wal_push(&global, a),
+        Command::WalFetch(a) => cmd::backup::wal_fetch(&global, a),
+        Command::Restore(a) => cmd::backup::restore(&global, a),
     };
     exit::report(result)
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use pgdr_config::Config;
 
+pub mod backup;
 pub mod config;
 
 /// Flags every command shares.
