@@ -448,3 +448,32 @@ async fn bad_definitions_are_refused(store: Arc<dyn StateStore>) {
     assert!(store.get(&keys::cluster_lock("main")).await.expect("get").is_none());
 }
 both!(bad_definitions_are_refused_, bad_definitions_are_refused);
+
+/// The controller process dies mid-step: the redb file is closed, reopened
+/// by a new process (same controller name) and the workflow finishes.
+#[tokio::test(start_paused = true)]
+async fn resume_after_restart_from_the_redb_file() {
+    let dir = tempfile::Builder::new().prefix("pgdr-workflow-").tempdir_in("/tmp").expect("tempdir");
+    let path = dir.path().join("state.redb");
+    let (ones, twos, entered) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)), Arc::new(Notify::new()));
+    let registry = || Registry::new().register(crash_def(ones.clone(), twos.clone(), entered.clone()));
+    {
+        let store: Arc<dyn StateStore> = Arc::new(pgdr_store::EmbeddedStore::open(&path).await.expect("open"));
+        let e = engine(&store, "ctl-a", registry()).await;
+        let _h = e.start("failover", &main_cluster(), Value::Null).await.expect("start");
+        entered.notified().await;
+        drop(e);
+        // Let the dropped engine's tasks end so the file is released.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let store: Arc<dyn StateStore> = Arc::new(pgdr_store::EmbeddedStore::open(&path).await.expect("reopen"));
+    let e = engine(&store, "ctl-a", registry()).await;
+    let handles = e.resume_all().await.expect("resume");
+    assert_eq!(handles.len(), 1);
+    let rec = handles.into_iter().next().expect("handle").wait().await.expect("wait");
+    assert_eq!(rec.state, WorkflowState::Succeeded, "error: {:?}", rec.error);
+    assert_eq!((ones.load(Ordering::SeqCst), twos.load(Ordering::SeqCst)), (1, 2));
+    let events = e.event_log().list(None, 100).await.expect("events");
+    let states: Vec<&str> = events.iter().map(|ev| ev.state.as_str()).collect();
+    assert!(states.contains(&"resumed"), "the event log survived the restart: {states:?}");
+}
