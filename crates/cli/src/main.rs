@@ -26,6 +26,13 @@ pub enum Command {
     /// Check a config file.
     #[command(subcommand)]
     Config(cmd::config::ConfigCmd),
+    /// Run one node's agent (HTTP API for status and host actions).
+    Agent(cmd::agent::AgentArgs),
+    /// A local sandbox of real PostgreSQL: up, down.
+    #[command(subcommand)]
+    Sandbox(cmd::sandbox::SandboxCmd),
+    /// Every cluster's nodes, roles, LSNs and lag, from the agents.
+    Status(cmd::status::StatusArgs),
     /// Base backups: run, list, verify, prune, copy, pull, enable archiving.
     #[command(subcommand)]
     Backup(cmd::backup::BackupCmd),
@@ -42,6 +49,9 @@ fn main() -> ExitCode {
     let global = cmd::Global::new(cli.config.clone());
     let result = match cli.command {
         Command::Config(c) => cmd::config::run(&global, c),
+        Command::Agent(a) => cmd::agent::run(&global, a),
+        Command::Sandbox(c) => cmd::sandbox::run(&global, c),
+        Command::Status(a) => cmd::status::run(&global, a),
         Command::Backup(c) => cmd::backup::run(&global, c),
         Command::WalPush(a) => cmd::backup::wal_push(&global, a),
         Command::WalFetch(a) => cmd::backup::wal_fetch(&global, a),

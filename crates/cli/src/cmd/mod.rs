@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use pgdr_config::Config;
 
 pub mod backup;
+pub mod agent;
 pub mod config;
+pub mod sandbox;
+pub mod status;
 
 /// Flags every command shares.
 #[derive(Debug, Clone)]

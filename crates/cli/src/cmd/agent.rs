@@ -1,0 +1,71 @@
+//! `pgdr agent --node NAME`: runs one node's agent until SIGTERM or SIGINT.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use pgdr_node::agent::{AgentConfig, AgentError, AgentState, serve};
+use tokio_util::sync::CancellationToken;
+
+use super::Global;
+use crate::exit::Usage;
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The node (by name in the config) this agent manages.
+    #[arg(long)]
+    pub node: String,
+    /// Address to listen on; defaults to the node's `agent` address.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+}
+
+pub fn run(global: &Global, args: AgentArgs) -> anyhow::Result<ExitCode> {
+    init_logs();
+    let cfg = global.load_config()?;
+    let acfg = AgentConfig::from_config(&cfg, &args.node).map_err(|e| match e {
+        AgentError::Setup(_) | AgentError::Bin(_) | AgentError::Os(_) => anyhow::Error::new(Usage(e.to_string())),
+        other => anyhow::Error::new(other),
+    })?;
+    let listen = match args.listen {
+        Some(l) => l,
+        None => cfg.node(&args.node).map(|(_, n)| n.agent.clone()).unwrap_or_default(),
+    };
+    let state = AgentState::new(acfg)?;
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let listener =
+            tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let cancel = CancellationToken::new();
+        let on_signal = cancel.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("signal received; stopping the agent");
+            on_signal.cancel();
+        });
+        serve(listener, state, cancel).await.context("agent server failed")?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

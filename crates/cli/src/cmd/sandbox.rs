@@ -1,0 +1,156 @@
+//! `pgdr sandbox up/down`: a local topology of real PostgreSQL with agents,
+//! for trying pgdr and for drills (see the `pgdr-sandbox` crate).
+
+/// `println!` that ends quietly when stdout is closed (`| head`).
+macro_rules! outln {
+    () => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout().lock());
+    }};
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Subcommand;
+use pgdr_sandbox::{Sandbox, SandboxError};
+
+use super::Global;
+use crate::exit::Usage;
+
+#[derive(Debug, Subcommand)]
+pub enum SandboxCmd {
+    /// Start a primary, replicas and standbys with their agents in DIR and write DIR/pgdr.toml.
+    Up {
+        /// Folder for the sandbox (created; must be empty).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Regions, the first holding the primary.
+        #[arg(long, value_delimiter = ',', default_value = "east,west")]
+        regions: Vec<String>,
+        /// Replicas in the primary's region, and standbys in each other region.
+        #[arg(long, default_value_t = 1)]
+        replicas_per_region: usize,
+        /// First port to use; 0 picks free ports.
+        #[arg(long, default_value_t = 0)]
+        base_port: u16,
+        /// Print the nodes as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop every process the sandbox in DIR started; a folder without a running sandbox is a no-op.
+    Down {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Also remove the folder (default: keep it, so logs and data can be looked at).
+        #[arg(long, conflicts_with = "keep_data")]
+        purge: bool,
+        /// Keep the folder (the default).
+        #[arg(long)]
+        keep_data: bool,
+        /// Print what was done as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(_global: &Global, cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        SandboxCmd::Up { dir, regions, replicas_per_region, base_port, json } => {
+            up(dir, regions, replicas_per_region, base_port, json)
+        }
+        SandboxCmd::Down { dir, purge, keep_data: _, json } => down(dir, purge, json),
+    }
+}
+
+fn classify(e: SandboxError) -> anyhow::Error {
+    if e.is_usage() { anyhow::Error::new(Usage(e.to_string())) } else { anyhow::Error::new(e) }
+}
+
+fn up(dir: PathBuf, regions: Vec<String>, replicas: usize, base_port: u16, json: bool) -> anyhow::Result<ExitCode> {
+    let pgdr = std::env::current_exe().context("cannot find the pgdr binary itself")?;
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    let started = Instant::now();
+    let sb = rt
+        .block_on(
+            Sandbox::builder()
+                .dir(&dir)
+                .regions(regions)
+                .replicas_per_region(replicas)
+                .base_port(base_port)
+                .start(&pgdr),
+        )
+        .map_err(classify)?;
+    let took = started.elapsed();
+    let config = sb.config.display().to_string();
+    if json {
+        let nodes: Vec<_> = sb
+            .nodes()
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "name": n.name,
+                    "region": n.region,
+                    "role": n.role.to_string(),
+                    "host": n.host,
+                    "port": n.port,
+                    "uri": sb.uri(n),
+                    "data_dir": n.data_dir.display().to_string(),
+                    "agent": n.agent,
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "dir": sb.dir.display().to_string(),
+            "config": config,
+            "status_command": format!("pgdr status --config {config}"),
+            "down_command": format!("pgdr sandbox down --dir {}", sb.dir.display()),
+            "took_seconds": took.as_secs_f64(),
+            "nodes": nodes,
+        });
+        outln!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        outln!("sandbox up in {} ({} nodes, {:.1}s)\n", sb.dir.display(), sb.nodes().len(), took.as_secs_f64());
+        for n in sb.nodes() {
+            outln!("  {:<10} {:<8} {:<8} psql \"{}\"", n.name, n.role.to_string(), n.region, sb.uri(n));
+        }
+        outln!("\nconfig:  {config}");
+        outln!("status:  pgdr status --config {config}");
+        outln!("stop:    pgdr sandbox down --dir {}", sb.dir.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn down(dir: PathBuf, purge: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let report = pgdr_sandbox::down(&dir, purge).map_err(classify)?;
+    if json {
+        let out = serde_json::json!({
+            "dir": dir.display().to_string(),
+            "was_up": report.was_up,
+            "agents_stopped": report.agents_stopped,
+            "servers_stopped": report.servers_stopped,
+            "purged": report.purged,
+        });
+        outln!("{out}");
+    } else if report.was_up {
+        outln!(
+            "sandbox in {} stopped ({} agents, {} PostgreSQL servers){}",
+            dir.display(),
+            report.agents_stopped,
+            report.servers_stopped,
+            if report.purged { "; folder removed" } else { "; folder kept (remove it with --purge)" }
+        );
+    } else if report.purged {
+        outln!("no running sandbox in {}; folder removed", dir.display());
+    } else {
+        outln!("no running sandbox in {}: nothing to do", dir.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,174 @@
+//! Tearing a sandbox down, synchronously (so a guard's `Drop` can do it):
+//! agents by recorded PID (SIGTERM, then SIGKILL of their process group
+//! after a grace period), PostgreSQL with `pg_ctl stop -m fast`, then
+//! immediate, then SIGKILL of the postmaster; then a check that no recorded
+//! PID is alive and no recorded port listens.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::wait::{WaitPidFlag, waitpid};
+use nix::unistd::Pid;
+use pgdr_node::RunAs;
+
+use crate::SandboxError;
+use crate::record::{Record, RecordState};
+
+/// What `down` did.
+#[derive(Debug, Default, Clone)]
+pub struct DownReport {
+    /// There was a running sandbox (false: nothing to do).
+    pub was_up: bool,
+    pub agents_stopped: usize,
+    pub servers_stopped: usize,
+    pub purged: bool,
+}
+
+const AGENT_GRACE: Duration = Duration::from_secs(5);
+const PG_WAIT_SECS: &str = "15";
+
+/// Stops the sandbox in `dir`; with `purge`, removes the folder. A folder
+/// without a sandbox, or one already down, is a no-op success (`purge` then
+/// removes it only when it holds a sandbox record).
+pub fn down(dir: &Path, purge: bool) -> Result<DownReport, SandboxError> {
+    let mut report = DownReport::default();
+    if !dir.exists() {
+        return Ok(report);
+    }
+    let Some(mut record) = Record::load(dir)? else {
+        return Ok(report);
+    };
+    if record.state == RecordState::Up {
+        report.was_up = true;
+        stop_record(&record, &mut report)?;
+        record.state = RecordState::Down;
+        record.save()?;
+    }
+    if purge {
+        std::fs::remove_dir_all(dir).map_err(SandboxError::io(dir))?;
+        report.purged = true;
+    }
+    Ok(report)
+}
+
+/// Stops everything `record` names and checks nothing is left.
+pub(crate) fn stop_record(record: &Record, report: &mut DownReport) -> Result<(), SandboxError> {
+    // Agents first, so none restarts its PostgreSQL meanwhile.
+    let agents: Vec<i32> = record
+        .nodes
+        .iter()
+        .filter_map(|n| n.agent_pid)
+        .filter(|pid| is_ours(*pid, &[&record.config.display().to_string(), "agent"]))
+        .collect();
+    for pid in &agents {
+        let _ = killpg(Pid::from_raw(*pid), Signal::SIGTERM).or_else(|_| kill(Pid::from_raw(*pid), Signal::SIGTERM));
+    }
+    let deadline = Instant::now() + AGENT_GRACE;
+    while agents.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for pid in &agents {
+        if alive(*pid) {
+            tracing::warn!(pid, "agent did not stop on SIGTERM; sending SIGKILL");
+            let _ =
+                killpg(Pid::from_raw(*pid), Signal::SIGKILL).or_else(|_| kill(Pid::from_raw(*pid), Signal::SIGKILL));
+        }
+    }
+    report.agents_stopped = agents.len();
+
+    let run_as = RunAs::for_node(record.os_user.as_deref()).unwrap_or_default();
+    let pg_ctl = record.bin_dir.join("pg_ctl");
+    let mut postmasters = Vec::new();
+    for n in &record.nodes {
+        let data = n.data_dir.display().to_string();
+        let mut pids: Vec<i32> = n.postmaster_pid.into_iter().collect();
+        pids.extend(postmaster_pid(&n.data_dir));
+        pids.retain(|p| is_ours(*p, &[&data]) || postmaster_pid(&n.data_dir) == Some(*p));
+        pids.dedup();
+        if pids.iter().any(|p| alive(*p)) {
+            report.servers_stopped += 1;
+            for mode in ["fast", "immediate"] {
+                let mut cmd = Command::new(&pg_ctl);
+                cmd.args(["-D", &data, "-m", mode, "-w", "-t", PG_WAIT_SECS, "stop"])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null());
+                if let Some(parent) = n.data_dir.parent() {
+                    cmd.current_dir(parent);
+                }
+                run_as.apply_std(&mut cmd);
+                let _ = cmd.status();
+                if !pids.iter().any(|p| alive(*p)) {
+                    break;
+                }
+            }
+            for p in &pids {
+                if alive(*p) {
+                    tracing::warn!(pid = p, "postmaster did not stop; sending SIGKILL");
+                    let _ = kill(Pid::from_raw(*p), Signal::SIGKILL);
+                }
+            }
+        }
+        postmasters.extend(pids);
+    }
+
+    // Verify: no PID alive, no port listening (a killed postmaster's
+    // children may hold the socket a moment longer).
+    let mut all: Vec<i32> = agents.clone();
+    all.extend(postmasters);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let alive_pids: Vec<i32> = all.iter().copied().filter(|p| alive(*p)).collect();
+        let ports: Vec<u16> = record.listening_ports().into_iter().filter(|p| listening(*p)).collect();
+        if alive_pids.is_empty() && ports.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(SandboxError::Leftover(format!("pids {alive_pids:?}, ports {ports:?}")));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Alive and not a zombie; reaps our own exited children on the way.
+pub(crate) fn alive(pid: i32) -> bool {
+    let p = Pid::from_raw(pid);
+    let _ = waitpid(p, Some(WaitPidFlag::WNOHANG));
+    if kill(p, None).is_err() {
+        return false;
+    }
+    // A zombie of someone else's still answers kill(0); its state says Z.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// The process's command line contains every one of `needles` (guards
+/// against a recorded PID reused by an unrelated process).
+fn is_ours(pid: i32, needles: &[&str]) -> bool {
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(bytes) => {
+            let cmdline = String::from_utf8_lossy(&bytes).replace('\0', " ");
+            needles.iter().all(|n| cmdline.contains(n))
+        }
+        Err(_) => false,
+    }
+}
+
+fn postmaster_pid(data_dir: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    text.lines().next()?.trim().parse().ok()
+}
+
+pub(crate) fn listening(port: u16) -> bool {
+    TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_ok()
+}
+
+/// Paths inside the sandbox, for callers that only have the folder.
+pub fn config_path(dir: &Path) -> PathBuf {
+    dir.join("pgdr.toml")
+}

@@ -1,0 +1,109 @@
+//! `sandbox.json`: what `up` started (every PID and port), so `down` stops
+//! exactly that. Written atomically after every phase of `up`, so even an
+//! `up` killed midway leaves enough behind for `down`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::SandboxError;
+
+pub const RECORD_FILE: &str = "sandbox.json";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordState {
+    /// `up` ran (or is running): processes may be alive.
+    Up,
+    /// `down` finished: nothing of this sandbox runs.
+    Down,
+}
+
+/// What a node was made as by `up` (the agents report what it is now).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxRole {
+    Primary,
+    /// A replica in the primary's region.
+    Replica,
+    /// A replica in another region, kept warm for DR.
+    Standby,
+}
+
+impl std::fmt::Display for SandboxRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SandboxRole::Primary => "primary",
+            SandboxRole::Replica => "replica",
+            SandboxRole::Standby => "standby",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub name: String,
+    pub region: String,
+    pub role: SandboxRole,
+    pub host: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    /// The agent's address, `127.0.0.1:port`.
+    pub agent: String,
+    pub agent_port: u16,
+    pub agent_pid: Option<i32>,
+    /// The postmaster `up` started; an agent may have restarted it since, so
+    /// `down` also reads the data directory's `postmaster.pid`.
+    pub postmaster_pid: Option<i32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub version: u32,
+    pub state: RecordState,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub bin_dir: PathBuf,
+    /// The user PostgreSQL runs as, when pgdr runs as root.
+    pub os_user: Option<String>,
+    pub nodes: Vec<NodeRecord>,
+    /// Ports given to the controller and proxies in `pgdr.toml` (nothing of
+    /// the sandbox listens there until those are started).
+    pub reserved_ports: Vec<u16>,
+}
+
+impl Record {
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join(RECORD_FILE)
+    }
+
+    /// Reads `dir/sandbox.json`; `None` when absent.
+    pub fn load(dir: &Path) -> Result<Option<Record>, SandboxError> {
+        let path = Self::path(dir);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(SandboxError::Io { path, source }),
+        };
+        serde_json::from_str(&text).map(Some).map_err(|e| SandboxError::Record { path, detail: e.to_string() })
+    }
+
+    /// Replaces `dir/sandbox.json` atomically.
+    pub fn save(&self) -> Result<(), SandboxError> {
+        let path = Self::path(&self.dir);
+        let tmp = self.dir.join(format!("{RECORD_FILE}.tmp"));
+        let text = serde_json::to_string_pretty(self)
+            .map_err(|e| SandboxError::Record { path: path.clone(), detail: e.to_string() })?;
+        std::fs::write(&tmp, text + "\n").map_err(SandboxError::io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(SandboxError::io(&path))
+    }
+
+    /// Ports something of the sandbox listens on while it is up.
+    pub fn listening_ports(&self) -> Vec<u16> {
+        self.nodes.iter().flat_map(|n| [n.port, n.agent_port]).collect()
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeRecord> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+}

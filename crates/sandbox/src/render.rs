@@ -1,0 +1,102 @@
+//! The sandbox's `pgdr.toml`, as text (comments included, so a person reading
+//! it learns the format).
+
+use std::fmt::Write;
+use std::net::SocketAddr;
+
+use crate::record::NodeRecord;
+
+/// PostgreSQL settings suited to a sandbox: fast (no fsync), replication on,
+/// `wal_log_hints` for `pg_rewind`. Archive settings are the backup engine's.
+pub fn sandbox_settings() -> Vec<(String, String)> {
+    [
+        ("fsync", "off"),
+        ("wal_level", "replica"),
+        ("max_wal_senders", "10"),
+        ("max_replication_slots", "10"),
+        ("hot_standby", "on"),
+        ("wal_log_hints", "on"),
+        ("hot_standby_feedback", "on"),
+        ("shared_buffers", "32MB"),
+        ("wal_keep_size", "256MB"),
+        ("max_connections", "100"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+pub struct ProxyPorts {
+    pub region: String,
+    pub writer: SocketAddr,
+    pub reader: SocketAddr,
+    pub api: SocketAddr,
+}
+
+pub struct ConfigText<'a> {
+    pub regions: &'a [String],
+    pub controller: SocketAddr,
+    pub nodes: &'a [NodeRecord],
+    pub os_user: Option<&'a str>,
+    pub proxies: &'a [ProxyPorts],
+}
+
+fn q(s: &str) -> String {
+    // TOML basic string.
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+pub fn render(c: &ConfigText<'_>) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "# Written by `pgdr sandbox up`: a local sandbox of real PostgreSQL.");
+    let _ = writeln!(t, "# Relative paths are relative to this file. Stop it with `pgdr sandbox down --dir .`.\n");
+    let _ = writeln!(t, "[sandbox]\ndir = \".\"\n");
+    let region = c.regions.get(1).or(c.regions.first()).map(String::as_str).unwrap_or("east");
+    let _ = writeln!(
+        t,
+        "[controller]\nlisten = {}\nregion = {}\nstate_dir = \"state\"\n",
+        q(&c.controller.to_string()),
+        q(region)
+    );
+    let _ = writeln!(t, "[agents]\ntoken = {{ file = \"secrets/agent.token\" }}\n");
+    for r in c.regions {
+        let _ = writeln!(t, "[[regions]]\nname = {}\n", q(r));
+    }
+    let _ = writeln!(
+        t,
+        "[[destinations]]\nname = \"local\"\nurl = \"file://backups\"\nkey = {{ file = \"secrets/backup-local.key\" }}\n"
+    );
+    let _ = writeln!(
+        t,
+        "[[tiers]]\nname = \"gold\"\nrpo = \"5s\"\nrto = \"30s\"\n\n[tiers.backup]\nschedule = \"0 */6 * * *\"\ndestination = \"local\"\nretain_count = 7\n"
+    );
+    let _ = writeln!(
+        t,
+        "[[clusters]]\nname = \"main\"\ntier = \"gold\"\npassword = {{ file = \"secrets/postgres.password\" }}\n"
+    );
+    let settings: Vec<String> = sandbox_settings().iter().map(|(k, v)| format!("{k} = {}", q(v))).collect();
+    for n in c.nodes {
+        let _ = writeln!(t, "[[clusters.nodes]]");
+        let _ = writeln!(t, "name = {}", q(&n.name));
+        let _ = writeln!(t, "region = {}", q(&n.region));
+        let _ = writeln!(t, "agent = {}", q(&n.agent));
+        let _ = writeln!(t, "host = {}", q(&n.host));
+        let _ = writeln!(t, "port = {}", n.port);
+        let _ = writeln!(t, "data_dir = {}", q(&format!("{}/data", n.name)));
+        if let Some(u) = c.os_user {
+            let _ = writeln!(t, "os_user = {}", q(u));
+        }
+        let _ = writeln!(t, "settings = {{ {} }}\n", settings.join(", "));
+    }
+    for p in c.proxies {
+        let _ = writeln!(t, "[[proxies]]\ncluster = \"main\"\nregion = {}", q(&p.region));
+        let _ = writeln!(
+            t,
+            "writer = {}\nreader = {}\napi = {}\n",
+            q(&p.writer.to_string()),
+            q(&p.reader.to_string()),
+            q(&p.api.to_string())
+        );
+    }
+    t
+}

@@ -1,0 +1,495 @@
+//! Bringing a sandbox up: one `initdb` (the primary), parallel base backups
+//! with slots for every other node (the node layer's rebuild), `pgdr.toml`,
+//! one detached agent process per node, then a wait until every agent
+//! answers and every replica streams.
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pgdr_api::agent::{AgentClient, slot_name};
+use pgdr_node::local::Login;
+use pgdr_node::replica::{self, ReplicaPlan, Upstream};
+use pgdr_node::{LocalPg, PgBinaries, RunAs};
+
+use crate::SandboxError;
+use crate::down::{DownReport, stop_record};
+use crate::record::{NodeRecord, Record, RecordState, SandboxRole};
+use crate::render::{self, ConfigText, ProxyPorts};
+
+const PG_WAIT: Duration = Duration::from_secs(60);
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How to build a sandbox; see [`Sandbox::builder`].
+#[derive(Debug, Clone)]
+pub struct SandboxBuilder {
+    dir: Option<PathBuf>,
+    regions: Vec<String>,
+    replicas_per_region: usize,
+    base_port: u16,
+}
+
+/// A running sandbox.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub record: Record,
+    password: String,
+    token: String,
+}
+
+impl Sandbox {
+    /// Default: regions `east` (primary + 1 replica) and `west` (1 standby),
+    /// free ports.
+    pub fn builder() -> SandboxBuilder {
+        SandboxBuilder { dir: None, regions: vec!["east".into(), "west".into()], replicas_per_region: 1, base_port: 0 }
+    }
+
+    /// Opens the sandbox recorded in `dir` (for `pgdr` commands run later).
+    pub fn open(dir: &Path) -> Result<Option<Sandbox>, SandboxError> {
+        let Some(record) = Record::load(dir)? else { return Ok(None) };
+        let read = |f: &str| {
+            let p = dir.join("secrets").join(f);
+            std::fs::read_to_string(&p).map(|s| s.trim().to_owned()).map_err(SandboxError::io(&p))
+        };
+        Ok(Some(Sandbox {
+            dir: record.dir.clone(),
+            config: record.config.clone(),
+            password: read("postgres.password")?,
+            token: read("agent.token")?,
+            record,
+        }))
+    }
+
+    pub fn nodes(&self) -> &[NodeRecord] {
+        &self.record.nodes
+    }
+
+    pub fn node(&self, name: &str) -> Result<&NodeRecord, SandboxError> {
+        self.record.node(name).ok_or_else(|| SandboxError::NoSuchNode(name.to_owned()))
+    }
+
+    /// The node `up` made primary.
+    pub fn primary(&self) -> &NodeRecord {
+        self.record.nodes.iter().find(|n| n.role == SandboxRole::Primary).unwrap_or(&self.record.nodes[0])
+    }
+
+    /// The `postgres` superuser's password.
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    /// The agents' bearer token.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// `postgresql://postgres:PASSWORD@127.0.0.1:PORT/postgres`.
+    pub fn uri(&self, node: &NodeRecord) -> String {
+        format!("postgresql://postgres:{}@{}:{}/postgres", self.password, node.host, node.port)
+    }
+
+    pub fn login(&self) -> Login {
+        Login { user: "postgres".into(), password: Some(self.password.clone()), database: "postgres".into() }
+    }
+
+    /// A client of a node's agent, with the sandbox's token.
+    pub fn agent(&self, node: &str) -> Result<AgentClient, SandboxError> {
+        let n = self.node(node)?;
+        AgentClient::new(&n.agent, Some(self.token.clone()))
+            .map_err(|e| SandboxError::Agent { node: node.to_owned(), detail: e.to_string() })
+    }
+
+    /// Runs SQL on a node (simple protocol) and returns the rows as text.
+    pub async fn sql(&self, node: &str, query: &str) -> Result<Vec<Vec<Option<String>>>, SandboxError> {
+        let n = self.node(node)?;
+        let err = |detail: String| SandboxError::Query { node: node.to_owned(), detail };
+        let conninfo = format!(
+            "host={} port={} user=postgres dbname=postgres password={} connect_timeout=5",
+            n.host,
+            n.port,
+            pgdr_node::local::conn_quote(&self.password)
+        );
+        let client = pgdr_node::local::connect(&conninfo, &format!("{}:{}", n.host, n.port))
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let msgs = client.simple_query(query).await.map_err(|e| err(pgdr_node::local::pg_detail(&e)))?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Stops everything (see [`crate::down()`]).
+    pub fn down(&self, purge: bool) -> Result<DownReport, SandboxError> {
+        crate::down(&self.dir, purge)
+    }
+}
+
+impl SandboxBuilder {
+    pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dir = Some(dir.into());
+        self
+    }
+
+    pub fn regions<I, S>(mut self, regions: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.regions = regions.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// N replicas in the primary's region and N standbys in each other one.
+    pub fn replicas_per_region(mut self, n: usize) -> Self {
+        self.replicas_per_region = n;
+        self
+    }
+
+    /// First port to use (nodes, then agents, controller, proxies); 0 picks
+    /// free ports.
+    pub fn base_port(mut self, port: u16) -> Self {
+        self.base_port = port;
+        self
+    }
+
+    /// Builds and starts the sandbox; `pgdr` is the binary the agents run as.
+    /// On failure everything started is stopped again.
+    pub async fn start(self, pgdr: &Path) -> Result<Sandbox, SandboxError> {
+        let dir = self.dir.clone().ok_or_else(|| SandboxError::Topology("no folder given".into()))?;
+        let regions = self.check_topology()?;
+        std::fs::create_dir_all(&dir).map_err(SandboxError::io(&dir))?;
+        let dir = dir.canonicalize().map_err(SandboxError::io(&dir))?;
+        match Record::load(&dir)? {
+            Some(r) if r.state == RecordState::Up => return Err(SandboxError::AlreadyUp(dir)),
+            Some(_) => return Err(SandboxError::Stopped(dir)),
+            None => {}
+        }
+        if std::fs::read_dir(&dir).map_err(SandboxError::io(&dir))?.next().is_some() {
+            return Err(SandboxError::NotEmpty(dir));
+        }
+        let run_as = RunAs::for_node(None)?;
+        if run_as.name().is_some() {
+            set_mode(&dir, 0o755)?;
+            // The server's user must reach the folder (and its parents).
+            run_as.check_reachable(&dir.join("x"))?;
+        }
+        let bin = PgBinaries::find(None)?;
+        let pgdr = pgdr.canonicalize().map_err(SandboxError::io(pgdr))?;
+
+        // Topology and ports.
+        let mut layout: Vec<(String, String, SandboxRole)> = Vec::new();
+        let primary_region = &regions[0];
+        layout.push((format!("{primary_region}-1"), primary_region.clone(), SandboxRole::Primary));
+        for i in 0..self.replicas_per_region {
+            layout.push((format!("{primary_region}-{}", i + 2), primary_region.clone(), SandboxRole::Replica));
+        }
+        for r in &regions[1..] {
+            for i in 0..self.replicas_per_region {
+                layout.push((format!("{r}-{}", i + 1), r.clone(), SandboxRole::Standby));
+            }
+        }
+        let n = layout.len();
+        let ports = allocate_ports(self.base_port, 2 * n + 1 + 3 * regions.len())?;
+        let nodes: Vec<NodeRecord> = layout
+            .iter()
+            .enumerate()
+            .map(|(i, (name, region, role))| NodeRecord {
+                name: name.clone(),
+                region: region.clone(),
+                role: *role,
+                host: "127.0.0.1".into(),
+                port: ports[i],
+                data_dir: dir.join(name).join("data"),
+                agent: format!("127.0.0.1:{}", ports[n + i]),
+                agent_port: ports[n + i],
+                agent_pid: None,
+                postmaster_pid: None,
+            })
+            .collect();
+        let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        let controller = addr(ports[2 * n]);
+        let proxies: Vec<ProxyPorts> = regions
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let b = 2 * n + 1 + 3 * i;
+                ProxyPorts {
+                    region: r.clone(),
+                    writer: addr(ports[b]),
+                    reader: addr(ports[b + 1]),
+                    api: addr(ports[b + 2]),
+                }
+            })
+            .collect();
+        let mut record = Record {
+            version: 1,
+            state: RecordState::Up,
+            dir: dir.clone(),
+            config: dir.join("pgdr.toml"),
+            bin_dir: bin.dir.clone(),
+            os_user: run_as.name().map(str::to_owned),
+            nodes,
+            reserved_ports: ports[2 * n..].to_vec(),
+        };
+        record.save()?;
+
+        // Secrets.
+        let secrets = dir.join("secrets");
+        std::fs::create_dir_all(&secrets).map_err(SandboxError::io(&secrets))?;
+        set_mode(&secrets, 0o700)?;
+        let password = random_alnum(24);
+        let token = random_hex(32);
+        write_secret(&secrets.join("postgres.password"), &password)?;
+        write_secret(&secrets.join("agent.token"), &token)?;
+        write_secret(&secrets.join("backup-local.key"), &random_hex(32))?;
+        for d in ["logs", "state", "backups"] {
+            let p = dir.join(d);
+            std::fs::create_dir_all(&p).map_err(SandboxError::io(&p))?;
+        }
+        let config_text = render::render(&ConfigText {
+            regions: &regions,
+            controller,
+            nodes: &record.nodes,
+            os_user: run_as.name(),
+            proxies: &proxies,
+        });
+        std::fs::write(&record.config, config_text).map_err(SandboxError::io(&record.config))?;
+        pgdr_config::Config::load(&record.config).map_err(|e| SandboxError::Config(e.to_string()))?;
+
+        let sandbox =
+            Sandbox { dir: dir.clone(), config: record.config.clone(), record: record.clone(), password, token };
+        match bring_up(&sandbox, &mut record, &bin, &run_as, &pgdr).await {
+            Ok(()) => Ok(Sandbox { record, ..sandbox }),
+            Err(e) => {
+                tracing::warn!("sandbox up failed, stopping what it started: {e}");
+                let mut r = record.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    let mut report = DownReport::default();
+                    let res = stop_record(&r, &mut report);
+                    r.state = RecordState::Down;
+                    let _ = r.save();
+                    res
+                })
+                .await;
+                Err(e)
+            }
+        }
+    }
+
+    fn check_topology(&self) -> Result<Vec<String>, SandboxError> {
+        if self.regions.is_empty() {
+            return Err(SandboxError::Topology("at least one region is needed".into()));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for r in &self.regions {
+            pgdr_model::check_name(r).map_err(|e| SandboxError::Topology(format!("region {r:?}: expected {e}")))?;
+            if !seen.insert(r.as_str()) {
+                return Err(SandboxError::Topology(format!("region {r:?} given twice")));
+            }
+        }
+        if self.replicas_per_region > 20 {
+            return Err(SandboxError::Topology("at most 20 replicas per region".into()));
+        }
+        Ok(self.regions.clone())
+    }
+}
+
+async fn bring_up(
+    sb: &Sandbox,
+    record: &mut Record,
+    bin: &PgBinaries,
+    run_as: &RunAs,
+    pgdr: &Path,
+) -> Result<(), SandboxError> {
+    let settings = render::sandbox_settings();
+    let local = |n: &NodeRecord| LocalPg::new(bin.clone(), n.data_dir.clone(), n.host.clone(), n.port, run_as.clone());
+    for n in &record.nodes {
+        let d = sb.dir.join(&n.name);
+        std::fs::create_dir_all(&d).map_err(SandboxError::io(&d))?;
+        set_mode(&d, 0o755)?;
+    }
+
+    // The primary: the only initdb.
+    let primary = record
+        .nodes
+        .iter()
+        .find(|n| n.role == SandboxRole::Primary)
+        .cloned()
+        .ok_or_else(|| SandboxError::Topology("no primary".into()))?;
+    let ppg = local(&primary);
+    ppg.initdb("postgres", &sb.password).await?;
+    ppg.configure(&settings)?;
+    ppg.start(PG_WAIT).await?;
+    set_postmaster(record, &primary.name, ppg.postmaster_pid());
+    record.save()?;
+
+    // Every other node: a base backup with its slot, in parallel.
+    let plans: Vec<(NodeRecord, LocalPg, ReplicaPlan)> = record
+        .nodes
+        .iter()
+        .filter(|n| n.role != SandboxRole::Primary)
+        .map(|n| {
+            let plan = ReplicaPlan {
+                upstream: Upstream { host: primary.host.clone(), port: primary.port, slot: Some(slot_name(&n.name)) },
+                login: sb.login(),
+                replication_user: "postgres".into(),
+                application_name: n.name.clone(),
+                settings: settings.clone(),
+                wait: PG_WAIT,
+            };
+            (n.clone(), local(n), plan)
+        })
+        .collect();
+    let results = futures::future::join_all(plans.iter().map(|(_, pg, plan)| replica::rebuild(pg, plan))).await;
+    for ((n, pg, _), res) in plans.iter().zip(results) {
+        // Record what started even when a sibling failed.
+        set_postmaster(record, &n.name, pg.postmaster_pid());
+        res.map_err(|e| SandboxError::Agent { node: n.name.clone(), detail: format!("base backup: {e}") })?;
+    }
+    record.save()?;
+
+    // Agents.
+    for i in 0..record.nodes.len() {
+        let name = record.nodes[i].name.clone();
+        let log_path = sb.dir.join("logs").join(format!("agent-{name}.log"));
+        let log = std::fs::File::create(&log_path).map_err(SandboxError::io(&log_path))?;
+        let err_log = log.try_clone().map_err(SandboxError::io(&log_path))?;
+        let child = Command::new(pgdr)
+            .arg("agent")
+            .arg("--config")
+            .arg(&record.config)
+            .arg("--node")
+            .arg(&name)
+            .current_dir(&sb.dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err_log)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| SandboxError::Agent {
+                node: name.clone(),
+                detail: format!("cannot run {}: {e}", pgdr.display()),
+            })?;
+        record.nodes[i].agent_pid = Some(child.id() as i32);
+        record.save()?;
+    }
+
+    // Ready: every agent answers, every replica streams.
+    let deadline = Instant::now() + READY_TIMEOUT;
+    for n in &record.nodes {
+        let client = sb.agent(&n.name)?.with_timeout(Duration::from_millis(500));
+        loop {
+            match client.health().await {
+                Ok(_) => break,
+                Err(e) => {
+                    if let Some(pid) = n.agent_pid
+                        && !crate::down::alive(pid)
+                    {
+                        return Err(SandboxError::Agent {
+                            node: n.name.clone(),
+                            detail: format!(
+                                "the agent exited; see {}",
+                                sb.dir.join("logs").join(format!("agent-{}.log", n.name)).display()
+                            ),
+                        });
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(SandboxError::Agent {
+                            node: n.name.clone(),
+                            detail: format!("no answer on /v1/health: {e}"),
+                        });
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let want: Vec<&str> =
+        record.nodes.iter().filter(|n| n.role != SandboxRole::Primary).map(|n| n.name.as_str()).collect();
+    loop {
+        let rows =
+            sb.sql(&primary.name, "select application_name from pg_stat_replication where state = 'streaming'").await?;
+        let streaming: Vec<String> = rows.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect();
+        if want.iter().all(|w| streaming.iter().any(|s| s == w)) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(SandboxError::Timeout(format!(
+                "replicas to stream (streaming: {streaming:?}, expected: {want:?})"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    record.save()?;
+    Ok(())
+}
+
+fn set_postmaster(record: &mut Record, name: &str, pid: Option<i32>) {
+    if let Some(n) = record.nodes.iter_mut().find(|n| n.name == name) {
+        n.postmaster_pid = pid;
+    }
+}
+
+/// `count` ports: free ones (all bound at once so they differ) when `base`
+/// is 0, else `base..base+count`, each checked free.
+fn allocate_ports(base: u16, count: usize) -> Result<Vec<u16>, SandboxError> {
+    if base == 0 {
+        let listeners: Vec<TcpListener> = (0..count)
+            .map(|_| TcpListener::bind("127.0.0.1:0"))
+            .collect::<Result<_, _>>()
+            .map_err(SandboxError::io(Path::new("127.0.0.1:0")))?;
+        return listeners
+            .iter()
+            .map(|l| l.local_addr().map(|a| a.port()).map_err(SandboxError::io(Path::new("127.0.0.1:0"))))
+            .collect();
+    }
+    let mut out = Vec::new();
+    for i in 0..count {
+        let port = u16::try_from(usize::from(base) + i)
+            .map_err(|_| SandboxError::Topology(format!("--base-port {base} leaves no room for {count} ports")))?;
+        if TcpListener::bind(("127.0.0.1", port)).is_err() {
+            return Err(SandboxError::PortInUse(port));
+        }
+        out.push(port);
+    }
+    Ok(out)
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), SandboxError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(SandboxError::io(path))
+}
+
+fn write_secret(path: &Path, value: &str) -> Result<(), SandboxError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(SandboxError::io(path))?;
+    f.write_all(format!("{value}\n").as_bytes()).map_err(SandboxError::io(path))
+}
+
+fn random_alnum(n: usize) -> String {
+    use rand::Rng;
+    rand::rng().sample_iter(rand::distr::Alphanumeric).take(n).map(char::from).collect()
+}
+
+fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut b = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
