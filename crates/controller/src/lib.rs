@@ -12,3 +12,13 @@ pub mod detect;
 pub mod fence;
 pub mod math;
 pub mod probe;
+pub mod metrics;
+pub mod runtime;
+pub mod webhook;
+pub mod sync;
+pub mod workflows;
+pub mod api;
+pub mod controller;
+pub mod monitor;
+
+pub use controller::{Controller, ControllerError};

@@ -1,0 +1,298 @@
+//! The per-cluster watch loop: every `timing.probe_interval` it probes the
+//! primary (a heartbeat write directly, and through each proxy writer
+//! endpoint for the metrics), asks every agent for its status, reads the
+//! replicated heartbeat on replicas (lag against the tier's RPO), publishes
+//! the routing, keeps synchronous mode's standby list, declares outages and
+//! starts failovers, and starts re-establish for old primaries that answer
+//! again.
+//!
+//! Vantage points today: the controller's own probe and the primary's agent
+//! (its status says whether PostgreSQL answers on the host). Probes from the
+//! agents of other regions are not built yet (see docs/failover-math.md).
+
+use std::sync::Arc;
+
+use pgdr_api::agent::Status;
+use pgdr_api::ApiError;
+use pgdr_config::Cluster;
+use pgdr_model::{NodeName, ReplicationMode, Role};
+use pgdr_store::ClusterState;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::controller::Controller;
+use crate::detect::{Detector, ProbeOutcome, Verdict};
+use crate::probe::{self, Prober};
+use crate::runtime::RouteInfo;
+use crate::workflows::{self, Params};
+
+pub const VANTAGE_CONTROLLER: &str = "controller";
+pub const VANTAGE_AGENT: &str = "primary-agent";
+
+fn agent_outcome(status: Option<&Result<Status, ApiError>>) -> ProbeOutcome {
+    match status {
+        Some(Ok(s)) if s.up && s.role == Role::Primary => ProbeOutcome::Ok,
+        Some(Ok(s)) if s.up => ProbeOutcome::Failed(format!("PostgreSQL is {}", s.role)),
+        Some(Ok(s)) => ProbeOutcome::Failed(format!("PostgreSQL does not answer on its host: {}", s.error.as_deref().unwrap_or("down"))),
+        Some(Err(e)) if e.is_refused() => ProbeOutcome::Refused,
+        Some(Err(e)) if e.is_timeout() => ProbeOutcome::TimedOut,
+        Some(Err(e)) => ProbeOutcome::Failed(e.to_string()),
+        None => ProbeOutcome::Failed("no status".into()),
+    }
+}
+
+/// Records the cluster's first state: the one node that is primary.
+async fn bootstrap(ctl: &Controller, cluster: &Cluster) -> Option<ClusterState> {
+    let statuses = ctl.sh.observe(cluster).await;
+    let primaries: Vec<&NodeName> = statuses
+        .iter()
+        .filter(|(_, s)| matches!(s, Ok(s) if s.up && s.role == Role::Primary))
+        .map(|(n, _)| n)
+        .collect();
+    if primaries.len() != 1 {
+        tracing::warn!(cluster = %cluster.name, "cannot record the cluster's first state: {} nodes are primary", primaries.len());
+        return None;
+    }
+    let epoch = statuses.values().filter_map(|s| s.as_ref().ok()).map(|s| s.epoch).max().unwrap_or_default().next();
+    ctl.sh.clusters.init(&cluster.name, epoch, Some(primaries[0].clone()), "bootstrap").await.ok()
+}
+
+/// Watches one cluster until `cancel` fires.
+pub async fn run(ctl: Controller, cluster: Cluster, cancel: CancellationToken) {
+    let sh = ctl.sh.clone();
+    let timing = sh.config.timing.clone();
+    let mut det = Detector::new(
+        timing.failure_threshold,
+        timing.probe_quorum,
+        [VANTAGE_CONTROLLER.to_owned(), VANTAGE_AGENT.to_owned()],
+    );
+    let mut direct: Option<Prober> = None;
+    let mut via_proxy: Vec<Prober> = Vec::new();
+    let mut published: Option<RouteInfo> = None;
+    let mut breached: std::collections::HashSet<NodeName> = Default::default();
+    let mut tick = tokio::time::interval(timing.probe_interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        n += 1;
+        let state = match sh.clusters.state(&cluster.name).await {
+            Ok(Some(s)) => s,
+            Ok(None) => match bootstrap(&ctl, &cluster).await {
+                Some(s) => s,
+                None => continue,
+            },
+            Err(e) => {
+                tracing::warn!(cluster = %cluster.name, "state store: {e}");
+                continue;
+            }
+        };
+        let busy = ctl.busy(&cluster.name).await;
+        let Some(primary) = state.primary.clone() else { continue };
+        let Some(pnode) = cluster.node(primary.as_str()) else { continue };
+        // Probe and observe together.
+        let target = sh.target(&cluster, pnode);
+        let prober = direct.get_or_insert_with(|| Prober::new(target.clone(), probe::ROW_DIRECT, "pgdr-controller"));
+        prober.retarget(target.clone());
+        let t0 = Instant::now();
+        det.probe_started(VANTAGE_CONTROLLER, t0 + timing.probe_timeout);
+        let (res, statuses) = tokio::join!(prober.probe(timing.probe_timeout), sh.observe(&cluster));
+        let now = Instant::now();
+        sh.metrics
+            .probes
+            .get_or_create(&crate::metrics::ProbeLabel {
+                cluster: cluster.name.to_string(),
+                path: "direct".into(),
+                outcome: res.outcome.kind().into(),
+            })
+            .inc();
+        let agent_seen = agent_outcome(statuses.get(&primary));
+        // Through the proxies (metrics only: a paused proxy is not an outage).
+        if !busy {
+            if via_proxy.is_empty() {
+                for p in sh.config.proxies_of(cluster.name.as_str()) {
+                    let mut t = target.clone();
+                    t.host = p.writer.ip().to_string();
+                    t.port = p.writer.port();
+                    via_proxy.push(Prober::new(t, probe::ROW_PROXY, "pgdr-controller-via-proxy"));
+                }
+            }
+            for pp in &mut via_proxy {
+                let r = pp.probe(timing.probe_timeout).await;
+                sh.metrics
+                    .probes
+                    .get_or_create(&crate::metrics::ProbeLabel {
+                        cluster: cluster.name.to_string(),
+                        path: "proxy".into(),
+                        outcome: r.outcome.kind().into(),
+                    })
+                    .inc();
+            }
+        }
+        // Lag from the replicated heartbeat.
+        let mut lag = std::collections::BTreeMap::new();
+        let prev = sh.observed.lock().ok().and_then(|o| o.get(&cluster.name).cloned()).unwrap_or_default();
+        let primary_hb = res.heartbeat_at.or(prev.heartbeat_at);
+        if res.outcome.is_ok() {
+            if let Some(hb) = primary_hb {
+                for node in cluster.nodes.iter().filter(|n| n.name != primary) {
+                    if !matches!(statuses.get(&node.name), Some(Ok(s)) if s.up) {
+                        continue;
+                    }
+                    if let Ok(Some(r)) = probe::replicated_heartbeat(&sh.target(&cluster, node), timing.probe_timeout).await {
+                        let l = probe::heartbeat_lag(hb, r);
+                        lag.insert(node.name.clone(), l);
+                        sh.metrics
+                            .lag_seconds
+                            .get_or_create(&crate::metrics::NodeLabel { cluster: cluster.name.to_string(), node: node.name.to_string() })
+                            .set(l);
+                        if let Some(tier) = sh.tier(&cluster) {
+                            let over = l > tier.rpo.as_secs_f64();
+                            if over && breached.insert(node.name.clone()) {
+                                sh.metrics
+                                    .rpo_breaches
+                                    .get_or_create(&crate::metrics::NodeLabel { cluster: cluster.name.to_string(), node: node.name.to_string() })
+                                    .inc();
+                                sh.emit(sh.event(&cluster.name, "rpo_breached", format!(
+                                    "{} lags {l:.1}s, past the tier's RPO of {}", node.name, pgdr_model::format_duration(tier.rpo)
+                                ))).await;
+                            } else if !over {
+                                breached.remove(&node.name);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Record what we saw.
+        {
+            let primary_lsn = match statuses.get(&primary) {
+                Some(Ok(s)) if s.up => s.current_lsn.or(prev.primary_lsn),
+                _ => prev.primary_lsn,
+            };
+            let mut merged_lag = prev.lag.clone();
+            merged_lag.extend(lag);
+            if let Ok(mut o) = sh.observed.lock() {
+                let e = o.entry(cluster.name.clone()).or_default();
+                e.statuses = statuses.iter().map(|(k, v)| (k.clone(), v.as_ref().map(|s| s.clone()).map_err(|e| e.to_string()))).collect();
+                e.lag = merged_lag;
+                e.primary_lsn = primary_lsn;
+                e.heartbeat_at = primary_hb;
+            }
+        }
+        if busy {
+            det.reset();
+            if let Ok(mut o) = sh.observed.lock() {
+                o.entry(cluster.name.clone()).or_default().detection = "workflow running".into();
+            }
+            continue;
+        }
+        // Routing, and sync mode's standby list.
+        let route = sh.route(&cluster, &state);
+        if published.as_ref() != Some(&route) {
+            sh.proxies.publish(&cluster.name, &route);
+            published = Some(route);
+        }
+        if let ReplicationMode::Sync { quorum } = cluster.replication {
+            if res.outcome.is_ok() && n % 3 == 1 {
+                match crate::sync::apply(&sh, &cluster, &primary, quorum).await {
+                    Ok(degraded) => {
+                        let was = sh.observed.lock().ok().and_then(|o| o.get(&cluster.name).map(|o| o.degraded)).unwrap_or(false);
+                        if degraded != was {
+                            sh.emit(sh.event(&cluster.name, if degraded { "sync_degraded" } else { "sync_restored" },
+                                format!("fewer than {quorum} healthy replicas: commits wait"))).await;
+                        }
+                        if let Ok(mut o) = sh.observed.lock() {
+                            o.entry(cluster.name.clone()).or_default().degraded = degraded;
+                        }
+                    }
+                    Err(e) => tracing::warn!(cluster = %cluster.name, "cannot set synchronous_standby_names: {e}"),
+                }
+            }
+        }
+        // Detection.
+        det.record(VANTAGE_CONTROLLER, res.outcome.clone(), now);
+        det.record(VANTAGE_AGENT, agent_seen.clone(), now);
+        let verdict = det.verdict();
+        if let Ok(mut o) = sh.observed.lock() {
+            o.entry(cluster.name.clone()).or_default().detection = match &verdict {
+                Verdict::Healthy => "healthy".into(),
+                Verdict::Suspect { agreeing, needed } => format!("suspect ({agreeing} of {needed} vantage points)"),
+                Verdict::Outage { .. } => "outage".into(),
+            };
+        }
+        if let Verdict::Outage { since, agreeing } = verdict {
+            let detection = now.duration_since(since);
+            sh.metrics
+                .detection_seconds
+                .get_or_create(&crate::metrics::ClusterLabel { cluster: cluster.name.to_string() })
+                .observe(detection.as_secs_f64());
+            let crash = matches!(statuses.get(&primary), Some(Ok(s)) if !s.up);
+            let old_lsn = sh.observed.lock().ok().and_then(|o| o.get(&cluster.name).and_then(|o| o.primary_lsn));
+            let mut ev = sh.event(&cluster.name, "outage_declared", format!(
+                "primary {primary} is out (agreed by {}; first failure {:.1}s ago; direct probe: {:?}; agent: {:?})",
+                agreeing.join(", "), detection.as_secs_f64(), res.outcome, agent_seen
+            ));
+            ev.epoch = Some(state.epoch);
+            sh.emit(ev).await;
+            let params = Params {
+                cluster: cluster.name.clone(),
+                reason: format!("outage of {primary} detected in {:.1}s", detection.as_secs_f64()),
+                to: None,
+                allow_data_loss: false,
+                require_approval: false,
+                requested_by: Some("detector".into()),
+                old_primary: Some(primary.clone()),
+                old_epoch: state.epoch,
+                old_lsn,
+                crash,
+                node: None,
+                keep_tail: true,
+            };
+            match ctl.start_params(workflows::FAILOVER, params).await {
+                Ok(id) => tracing::warn!(cluster = %cluster.name, workflow = %id, "failover started"),
+                Err(e) => tracing::warn!(cluster = %cluster.name, "cannot start a failover: {e}"),
+            }
+            det.reset();
+            continue;
+        }
+        // Re-establish old primaries that answer again.
+        for node in cluster.nodes.iter().filter(|n| n.name != primary) {
+            let flagged = sh.needs_rejoin.lock().map(|r| r.contains(&(cluster.name.clone(), node.name.clone()))).unwrap_or(false);
+            let stale_primary = matches!(statuses.get(&node.name), Some(Ok(s)) if s.up && s.role == Role::Primary);
+            let answers = matches!(statuses.get(&node.name), Some(Ok(_)));
+            if answers && (flagged || stale_primary) {
+                let params = Params {
+                    cluster: cluster.name.clone(),
+                    reason: format!("{} answers again after a failover", node.name),
+                    to: None,
+                    allow_data_loss: false,
+                    require_approval: false,
+                    requested_by: Some("controller".into()),
+                    old_primary: Some(primary.clone()),
+                    old_epoch: state.epoch,
+                    old_lsn: None,
+                    crash: false,
+                    node: Some(node.name.clone()),
+                    keep_tail: true,
+                };
+                match ctl.start_params(workflows::REESTABLISH, params).await {
+                    Ok(id) => tracing::info!(cluster = %cluster.name, node = %node.name, workflow = %id, "re-establish started"),
+                    Err(e) => tracing::debug!(cluster = %cluster.name, "re-establish not started: {e}"),
+                }
+                break;
+            }
+        }
+    }
+}
+
+/// Exposed for tests: the agent vantage point's reading of a status.
+pub fn agent_vantage(status: Option<&Result<Status, ApiError>>) -> ProbeOutcome {
+    agent_outcome(status)
+}
+
+/// Shared handle type used by the monitor.
+pub type Handle = Arc<crate::runtime::Shared>;

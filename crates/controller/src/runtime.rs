@@ -1,0 +1,334 @@
+//! What every part of the controller shares: the config, the store, agent
+//! clients, the proxy control, the lease book and the latest observations of
+//! each cluster. Everything here is cheap to clone behind an `Arc`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pgdr_api::ApiError;
+use pgdr_api::agent::{AgentClient, Endpoint, Status};
+use pgdr_config::{Cluster, Config, Node, Tier};
+use pgdr_model::{ClusterName, Epoch, Lsn, NodeName, Role};
+use pgdr_store::{ClusterState, ClusterStore, Event, EventLog, HeldLease, StateStore};
+use tokio::time::Instant;
+
+use crate::metrics::Metrics;
+use crate::probe::Target;
+
+/// Where the proxy should send one cluster's sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteInfo {
+    pub epoch: Epoch,
+    /// (node, host, port) of the primary the epoch names.
+    pub primary: Option<(NodeName, String, u16)>,
+    pub replicas: Vec<(NodeName, String, u16)>,
+}
+
+/// How the controller drives the proxies of a cluster: in-process in
+/// `pgdr run`, over their admin API otherwise.
+#[async_trait]
+pub trait ProxyControl: Send + Sync + std::fmt::Debug {
+    /// Pauses the writer endpoint and drains running transactions.
+    async fn pause(&self, cluster: &ClusterName) -> Result<(), String>;
+    async fn resume(&self, cluster: &ClusterName) -> Result<(), String>;
+    /// Publishes the routing (a no-op for proxies that discover it).
+    fn publish(&self, cluster: &ClusterName, route: &RouteInfo);
+}
+
+/// Proxies driven through their admin HTTP API (`POST /v1/clusters/{c}/pause`).
+#[derive(Debug, Clone)]
+pub struct HttpProxies {
+    http: reqwest::Client,
+    /// Admin API addresses per cluster.
+    apis: HashMap<ClusterName, Vec<String>>,
+}
+
+impl HttpProxies {
+    pub fn from_config(config: &Config) -> HttpProxies {
+        let mut apis: HashMap<ClusterName, Vec<String>> = HashMap::new();
+        for p in &config.proxies {
+            if let Some(a) = p.api {
+                apis.entry(p.cluster.clone()).or_default().push(a.to_string());
+            }
+        }
+        let http = reqwest::Client::builder().no_proxy().build().unwrap_or_default();
+        HttpProxies { http, apis }
+    }
+
+    async fn call(&self, cluster: &ClusterName, what: &str) -> Result<(), String> {
+        let mut errors = Vec::new();
+        for api in self.apis.get(cluster).into_iter().flatten() {
+            let url = format!("http://{api}/v1/clusters/{cluster}/{what}");
+            match self.http.post(&url).timeout(Duration::from_secs(60)).send().await {
+                Ok(r) if r.status().is_success() => {}
+                Ok(r) => errors.push(format!("{api}: HTTP {}", r.status())),
+                Err(e) => errors.push(format!("{api}: {e}")),
+            }
+        }
+        if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+    }
+}
+
+#[async_trait]
+impl ProxyControl for HttpProxies {
+    async fn pause(&self, cluster: &ClusterName) -> Result<(), String> {
+        self.call(cluster, "pause").await
+    }
+    async fn resume(&self, cluster: &ClusterName) -> Result<(), String> {
+        self.call(cluster, "resume").await
+    }
+    fn publish(&self, _cluster: &ClusterName, _route: &RouteInfo) {}
+}
+
+/// What the controller last saw of a cluster.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub statuses: BTreeMap<NodeName, Result<Status, String>>,
+    /// Last known heartbeat lag per replica, seconds.
+    pub lag: BTreeMap<NodeName, f64>,
+    /// The primary's last known WAL position (before an outage).
+    pub primary_lsn: Option<Lsn>,
+    /// The last heartbeat the primary committed (seconds since the epoch).
+    pub heartbeat_at: Option<f64>,
+    pub detection: String,
+    /// Sync mode without enough healthy replicas.
+    pub degraded: bool,
+}
+
+/// A lease granted to a primary's agent.
+#[derive(Debug, Clone)]
+struct Grant {
+    node: NodeName,
+    epoch: Epoch,
+    held: HeldLease,
+    at: Instant,
+}
+
+/// The controller's side of the primary leases.
+#[derive(Debug)]
+pub struct LeaseBook {
+    started: Instant,
+    grants: Mutex<HashMap<ClusterName, Grant>>,
+    /// Clusters whose renewals are refused (a failover has begun).
+    blocked: Mutex<HashSet<ClusterName>>,
+}
+
+/// Why a renewal was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseRefused {
+    /// The node must fence: it is not (or no longer) the primary.
+    #[error("{0}")]
+    Refused(String),
+    /// The controller cannot answer now; the agent treats it as unreachable.
+    #[error("{0}")]
+    NotReady(String),
+}
+
+impl LeaseBook {
+    pub fn new() -> LeaseBook {
+        LeaseBook { started: Instant::now(), grants: Mutex::new(HashMap::new()), blocked: Mutex::new(HashSet::new()) }
+    }
+
+    /// The last renewal granted to `node` of `cluster`, or the controller's
+    /// start when there was none since.
+    pub fn last_grant(&self, cluster: &ClusterName, node: &NodeName) -> Instant {
+        self.grants
+            .lock()
+            .ok()
+            .and_then(|g| g.get(cluster).filter(|g| g.node == *node).map(|g| g.at))
+            .unwrap_or(self.started)
+    }
+
+    pub fn block(&self, cluster: &ClusterName) {
+        if let Ok(mut b) = self.blocked.lock() {
+            b.insert(cluster.clone());
+        }
+    }
+
+    pub fn unblock(&self, cluster: &ClusterName) {
+        if let Ok(mut b) = self.blocked.lock() {
+            b.remove(cluster);
+        }
+    }
+
+    fn is_blocked(&self, cluster: &ClusterName) -> bool {
+        self.blocked.lock().map(|b| b.contains(cluster)).unwrap_or(true)
+    }
+
+    /// Grants or renews `node`'s lease if the store names it primary.
+    pub async fn renew(
+        &self,
+        store: &ClusterStore,
+        cluster: &ClusterName,
+        node: &NodeName,
+        ttl: Duration,
+    ) -> Result<Epoch, LeaseRefused> {
+        if self.is_blocked(cluster) {
+            return Err(LeaseRefused::Refused(format!("a failover of cluster {cluster} is under way")));
+        }
+        let state = store
+            .state(cluster)
+            .await
+            .map_err(|e| LeaseRefused::NotReady(format!("state store: {e}")))?
+            .ok_or_else(|| LeaseRefused::NotReady(format!("cluster {cluster} has no state yet")))?;
+        if state.primary.as_ref() != Some(node) {
+            return Err(LeaseRefused::Refused(format!(
+                "{node} is not the primary of cluster {cluster} at epoch {} (the primary is {})",
+                state.epoch,
+                state.primary.as_ref().map(|p| p.as_str()).unwrap_or("none")
+            )));
+        }
+        let existing = self.grants.lock().ok().and_then(|g| g.get(cluster).cloned());
+        let now = Instant::now();
+        if let Some(g) = existing.filter(|g| g.node == *node && g.epoch == state.epoch) {
+            if store.renew(&g.held).await.is_ok() {
+                if let Ok(mut m) = self.grants.lock() {
+                    m.insert(cluster.clone(), Grant { at: now, ..g });
+                }
+                return Ok(state.epoch);
+            }
+        }
+        let held = match store.acquire_primary_lease(cluster, node, state.epoch, ttl).await {
+            Ok(h) => h,
+            Err(pgdr_store::ClusterError::LeaseHeld { .. }) => {
+                // A lease from before a controller restart: take it over.
+                let _ = store.break_primary_lease(cluster).await;
+                store
+                    .acquire_primary_lease(cluster, node, state.epoch, ttl)
+                    .await
+                    .map_err(|e| LeaseRefused::NotReady(e.to_string()))?
+            }
+            Err(e @ pgdr_store::ClusterError::NotPrimary { .. }) => return Err(LeaseRefused::Refused(e.to_string())),
+            Err(e) => return Err(LeaseRefused::NotReady(e.to_string())),
+        };
+        if let Ok(mut m) = self.grants.lock() {
+            m.insert(cluster.clone(), Grant { node: node.clone(), epoch: state.epoch, held, at: now });
+        }
+        Ok(state.epoch)
+    }
+}
+
+impl Default for LeaseBook {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The shared state of one controller.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    pub store: Arc<dyn StateStore>,
+    pub clusters: ClusterStore,
+    pub events: EventLog,
+    pub proxies: Arc<dyn ProxyControl>,
+    pub leases: LeaseBook,
+    pub observed: Mutex<HashMap<ClusterName, Observed>>,
+    /// Old primaries to bring back as replicas once their host answers.
+    pub needs_rejoin: Mutex<HashSet<(ClusterName, NodeName)>>,
+    pub metrics: Metrics,
+    pub agent_token: Option<String>,
+    pub webhooks: crate::webhook::Webhooks,
+}
+
+impl Shared {
+    pub fn cluster(&self, name: &str) -> Option<&Cluster> {
+        self.config.cluster(name)
+    }
+
+    pub fn tier(&self, cluster: &Cluster) -> Option<&Tier> {
+        self.config.tier(cluster.tier.as_str())
+    }
+
+    pub fn agent(&self, node: &Node) -> Result<AgentClient, ApiError> {
+        Ok(AgentClient::new(&node.agent, self.agent_token.clone())?
+            .with_timeout(self.config.timing.probe_timeout.max(Duration::from_millis(500))))
+    }
+
+    /// A login to `node` as the cluster's pgdr user.
+    pub fn target(&self, cluster: &Cluster, node: &Node) -> Target {
+        Target {
+            host: node.host.clone(),
+            port: node.port,
+            user: cluster.user.clone(),
+            password: cluster.password.as_ref().and_then(|s| s.resolve().ok()),
+            database: cluster.database.clone(),
+        }
+    }
+
+    pub fn endpoint(node: &Node) -> Endpoint {
+        Endpoint { host: node.host.clone(), port: node.port }
+    }
+
+    /// Every node's agent status, asked concurrently.
+    pub async fn observe(&self, cluster: &Cluster) -> BTreeMap<NodeName, Result<Status, ApiError>> {
+        let mut set = tokio::task::JoinSet::new();
+        for node in &cluster.nodes {
+            let name = node.name.clone();
+            let client = self.agent(node);
+            set.spawn(async move {
+                let r = match client {
+                    Ok(c) => c.status().await,
+                    Err(e) => Err(e),
+                };
+                (name, r)
+            });
+        }
+        let mut out = BTreeMap::new();
+        while let Some(r) = set.join_next().await {
+            if let Ok((name, status)) = r {
+                out.insert(name, status);
+            }
+        }
+        out
+    }
+
+    /// The routing for a cluster state: the named primary, and replicas
+    /// whose agents report them up and in recovery.
+    pub fn route(&self, cluster: &Cluster, state: &ClusterState) -> RouteInfo {
+        let observed = self.observed.lock().ok().and_then(|o| o.get(&cluster.name).cloned()).unwrap_or_default();
+        let primary = state
+            .primary
+            .as_ref()
+            .and_then(|p| cluster.node(p.as_str()))
+            .map(|n| (n.name.clone(), n.host.clone(), n.port));
+        let replicas = cluster
+            .nodes
+            .iter()
+            .filter(|n| Some(&n.name) != state.primary.as_ref())
+            .filter(|n| {
+                matches!(observed.statuses.get(&n.name), Some(Ok(s)) if s.up && s.role == Role::Replica)
+            })
+            .map(|n| (n.name.clone(), n.host.clone(), n.port))
+            .collect();
+        RouteInfo { epoch: state.epoch, primary, replicas }
+    }
+
+    /// Appends an event to the store's log, logs it, and queues it for
+    /// webhooks.
+    pub async fn emit(&self, mut event: Event) {
+        match self.events.append(&event).await {
+            Ok(seq) => event.seq = Some(seq),
+            Err(e) => tracing::warn!("cannot record event {}: {e}", event.state),
+        }
+        tracing::info!(
+            cluster = %event.cluster,
+            workflow = event.workflow.as_deref().unwrap_or(""),
+            step = event.step.as_deref().unwrap_or(""),
+            epoch = event.epoch.map(|e| e.0),
+            "event {}: {}",
+            event.state,
+            event.message.as_deref().unwrap_or("")
+        );
+        self.webhooks.send(&event);
+    }
+
+    /// A new event for `cluster` at the current time.
+    pub fn event(&self, cluster: &ClusterName, state: &str, message: impl Into<String>) -> Event {
+        let mut e = Event::new(cluster.clone(), state, time::OffsetDateTime::now_utc());
+        e.message = Some(message.into());
+        e
+    }
+}

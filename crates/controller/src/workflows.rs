@@ -1,0 +1,654 @@
+//! The role-changing workflows, as step lists for the engine
+//! (`pgdr-workflow`): failover (with the crash path), switchover, failback
+//! (a switchover back to the original primary region) and re-establish.
+//!
+//! Every step is idempotent (the engine re-runs a step a crash interrupted)
+//! and journals what it did and saw as JSON; dynamic choices (the candidate,
+//! the new epoch) are made inside steps and read back by later ones through
+//! their journalled outputs, so a resumed workflow continues with the same
+//! choices.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgdr_api::agent::{FenceMode, FenceRequest, PromoteRequest, RebuildRequest, RewindRequest, StopMode, StopRequest, UpstreamRequest};
+use pgdr_api::peer::{PeerClient, WithdrawRequest};
+use pgdr_config::{Cluster, Node, OnCrash};
+use pgdr_model::{ClusterName, Epoch, Lsn, NodeName, RegionName, ReplicationMode, Role};
+use pgdr_workflow::{RetryPolicy, Stage, Step, StepContext, StepError, StepOutput, WorkflowDef};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::candidate::{self, CandidateInfo, Policy, Target};
+use crate::fence::{self, AgentFence, FenceDecision, LeaseView};
+use crate::runtime::Shared;
+
+pub const FAILOVER: &str = "failover";
+pub const SWITCHOVER: &str = "switchover";
+pub const FAILBACK: &str = "failback";
+pub const REESTABLISH: &str = "reestablish";
+
+/// The parameters of every workflow here, fixed when it starts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Params {
+    pub cluster: ClusterName,
+    /// Why it runs (an outage verdict, an operator).
+    pub reason: String,
+    /// Switchover/failback target: a node or region name.
+    #[serde(default)]
+    pub to: Option<String>,
+    #[serde(default)]
+    pub allow_data_loss: bool,
+    #[serde(default)]
+    pub require_approval: bool,
+    #[serde(default)]
+    pub requested_by: Option<String>,
+    /// The primary being replaced and the epoch it held.
+    #[serde(default)]
+    pub old_primary: Option<NodeName>,
+    #[serde(default)]
+    pub old_epoch: Epoch,
+    /// The old primary's last known WAL position.
+    #[serde(default)]
+    pub old_lsn: Option<Lsn>,
+    /// Only the postmaster died and the host answers.
+    #[serde(default)]
+    pub crash: bool,
+    /// Re-establish: the node to bring back.
+    #[serde(default)]
+    pub node: Option<NodeName>,
+    /// Re-establish: keep the node's data directory aside (rebuild) rather
+    /// than rewinding it, because it may hold transactions nobody else has.
+    #[serde(default)]
+    pub keep_tail: bool,
+}
+
+fn fatal(e: impl std::fmt::Display) -> StepError {
+    StepError::fatal(e.to_string())
+}
+
+fn retry(e: impl std::fmt::Display) -> StepError {
+    StepError::retryable(e.to_string())
+}
+
+struct Ctx {
+    sh: Arc<Shared>,
+    p: Params,
+}
+
+impl Ctx {
+    fn cluster(&self) -> Result<&Cluster, StepError> {
+        self.sh.cluster(self.p.cluster.as_str()).ok_or_else(|| fatal(format!("no cluster {} in the config", self.p.cluster)))
+    }
+
+    fn node(&self, name: &NodeName) -> Result<&Node, StepError> {
+        self.cluster()?.node(name.as_str()).ok_or_else(|| fatal(format!("no node {name} in cluster {}", self.p.cluster)))
+    }
+
+    fn old_primary(&self) -> Result<&NodeName, StepError> {
+        self.p.old_primary.as_ref().ok_or_else(|| fatal("the workflow names no old primary"))
+    }
+}
+
+/// Builds a step whose body gets the shared state and the params.
+fn step<F, Fut>(sh: &Arc<Shared>, p: &Params, name: &str, description: &str, f: F) -> Step
+where
+    F: Fn(Arc<Ctx>, StepContext) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<StepOutput, StepError>> + Send + 'static,
+{
+    let ctx = Arc::new(Ctx { sh: sh.clone(), p: p.clone() });
+    let kind_step = name.to_owned();
+    let f = Arc::new(f);
+    Step::from_fn(name, description, move |sc: StepContext| {
+        let (ctx, f, kind_step) = (ctx.clone(), f.clone(), kind_step.clone());
+        async move {
+            let started = Instant::now();
+            let kind = sc.kind.clone();
+            let out = f(ctx.clone(), sc).await;
+            ctx.sh
+                .metrics
+                .step_seconds
+                .get_or_create(&crate::metrics::StepLabel { kind, step: kind_step })
+                .observe(started.elapsed().as_secs_f64());
+            out
+        }
+    })
+}
+
+fn skipped(ctx: &StepContext) -> bool {
+    ctx.output("restart_in_place").and_then(|v| v.get("restarted")).and_then(Value::as_bool) == Some(true)
+}
+
+fn chosen(ctx: &StepContext) -> Result<NodeName, StepError> {
+    for name in ["choose_candidate", "check_target"] {
+        if let Some(n) = ctx.output(name).and_then(|v| v.get("node")).and_then(Value::as_str) {
+            return Ok(NodeName::new(n));
+        }
+    }
+    Err(fatal("no candidate was chosen"))
+}
+
+fn new_epoch(ctx: &StepContext) -> Result<Epoch, StepError> {
+    ctx.output("raise_epoch")
+        .and_then(|v| v.get("epoch"))
+        .and_then(Value::as_u64)
+        .map(Epoch)
+        .ok_or_else(|| fatal("the epoch was not raised"))
+}
+
+// ---------------------------------------------------------------- steps
+
+async fn restart_in_place(c: Arc<Ctx>, _sc: StepContext) -> Result<StepOutput, StepError> {
+    let cluster = c.cluster()?;
+    if !c.p.crash || cluster.on_crash != OnCrash::RestartFirst {
+        return Ok(StepOutput::json(json!({"path": "failover", "restarted": false,
+            "why": if c.p.crash { "on_crash = failover" } else { "the host does not answer" }})));
+    }
+    let node = c.node(c.old_primary()?)?;
+    let deadline = c.sh.config.timing.restart_deadline;
+    let started = Instant::now();
+    let agent = c.sh.agent(node).map_err(fatal)?.with_action_timeout(deadline);
+    let res = tokio::time::timeout(deadline, agent.start(c.p.old_epoch)).await;
+    let error = match res {
+        Ok(Ok(_)) => {
+            // Crash recovery done: check a write commits.
+            let mut prober = crate::probe::Prober::new(c.sh.target(cluster, node), crate::probe::ROW_DIRECT, "pgdr-controller");
+            let left = deadline.saturating_sub(started.elapsed()).max(Duration::from_millis(500));
+            let r = prober.probe(left).await;
+            if r.outcome.is_ok() {
+                return Ok(StepOutput::json(json!({"path": "restart-in-place", "restarted": true,
+                    "took_ms": started.elapsed().as_millis() as u64})));
+            }
+            format!("restarted but a write did not commit: {:?}", r.outcome)
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("not back within restart_deadline ({})", pgdr_model::format_duration(deadline)),
+    };
+    Ok(StepOutput::json(json!({"path": "failover", "restarted": false, "restart_error": error})))
+}
+
+async fn pause_proxy(c: Arc<Ctx>, sc: StepContext, unroute_primary: bool) -> Result<StepOutput, StepError> {
+    if skipped(&sc) {
+        return Ok(StepOutput::json(json!({"skipped": "restarted in place"})));
+    }
+    let cluster = c.cluster()?;
+    if unroute_primary {
+        c.sh.leases.block(&cluster.name);
+        if let Ok(Some(state)) = c.sh.clusters.state(&cluster.name).await {
+            let mut route = c.sh.route(cluster, &state);
+            route.primary = None;
+            c.sh.proxies.publish(&cluster.name, &route);
+        }
+    }
+    let started = Instant::now();
+    let res = c.sh.proxies.pause(&cluster.name).await;
+    Ok(StepOutput::json(json!({"paused": res.is_ok(), "error": res.err(), "took_ms": started.elapsed().as_millis() as u64})))
+}
+
+async fn fence_old_primary(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepError> {
+    if skipped(&sc) {
+        return Ok(StepOutput::json(json!({"skipped": "restarted in place"})));
+    }
+    let cluster = c.cluster()?;
+    let old = c.old_primary()?.clone();
+    let node = c.node(&old)?;
+    let timing = &c.sh.config.timing;
+    let started = Instant::now();
+    // 1. Ask its agent (fast path).
+    let agent = c.sh.agent(node).map_err(fatal)?.with_action_timeout(timing.drain_timeout.max(Duration::from_secs(2)));
+    let agent_fence = match agent.fence(&FenceRequest { epoch: c.p.old_epoch, mode: FenceMode::Stop }).await {
+        Ok(r) => AgentFence::Confirmed(r.message),
+        Err(e) => AgentFence::NotConfirmed(e.to_string()),
+    };
+    // 2. The operator's hook.
+    let hook = match &cluster.fence_hook {
+        Some(cmd) => Some(run_hook(cmd, cluster, node).await),
+        None => None,
+    };
+    // 3. Withdraw the other agents' support, so a partitioned old primary
+    //    cannot count a majority and fences itself when its lease lapses.
+    let mut withdrawn = Vec::new();
+    if !matches!(agent_fence, AgentFence::Confirmed(_)) {
+        let req = WithdrawRequest { cluster: cluster.name.clone(), primary: old.clone(), epoch: c.p.old_epoch };
+        let mut set = tokio::task::JoinSet::new();
+        for n in cluster.nodes.iter().filter(|n| n.name != old) {
+            let (req, addr, token, name) = (req.clone(), n.agent.clone(), c.sh.agent_token.clone(), n.name.clone());
+            set.spawn(async move {
+                let ok = match PeerClient::new(&addr, token, Duration::from_secs(2)) {
+                    Ok(p) => p.withdraw(&req).await.is_ok(),
+                    Err(_) => false,
+                };
+                (name, ok)
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            if let Ok((name, true)) = r {
+                withdrawn.push(name);
+            }
+        }
+    }
+    let withdrawn_at =
+        (withdrawn.len() >= fence::withdrawals_needed(cluster.nodes.len())).then_some(Instant::now());
+    let view = LeaseView {
+        last_grant: c.sh.leases.last_grant(&cluster.name, &old),
+        support_withdrawn_at: withdrawn_at,
+        ttl: timing.lease_ttl,
+        renew: timing.lease_renew,
+        margin: timing.lease_margin,
+    };
+    // 4. Wait until it is certainly fenced.
+    let evidence = loop {
+        match fence::decide(&agent_fence, &view, Instant::now()) {
+            FenceDecision::Fenced(e) => break e,
+            FenceDecision::WaitUntil(t) => {
+                tokio::select! {
+                    _ = sc.cancel.cancelled() => return Err(retry("cancelled while waiting for the old primary's lease")),
+                    _ = tokio::time::sleep_until(t) => {}
+                }
+            }
+            FenceDecision::NoQuorum => {
+                return Err(retry(format!(
+                    "cannot prove {old} is fenced: its agent does not confirm ({}) and only {} of the {} other agents withdrew their support",
+                    match &agent_fence { AgentFence::NotConfirmed(e) => e.as_str(), AgentFence::Confirmed(_) => "" },
+                    withdrawn.len(),
+                    cluster.nodes.len() - 1
+                )));
+            }
+        }
+    };
+    let _ = c.sh.clusters.break_primary_lease(&cluster.name).await;
+    Ok(StepOutput::json(json!({
+        "node": old,
+        "evidence": evidence,
+        "agent": match &agent_fence { AgentFence::Confirmed(m) => json!({"confirmed": m}), AgentFence::NotConfirmed(e) => json!({"not_confirmed": e}) },
+        "hook": hook,
+        "support_withdrawn_by": withdrawn,
+        "took_ms": started.elapsed().as_millis() as u64,
+    })))
+}
+
+async fn run_hook(cmd: &str, cluster: &Cluster, node: &Node) -> Value {
+    let mut c = tokio::process::Command::new("sh");
+    c.arg("-c")
+        .arg(cmd)
+        .env("PGDR_CLUSTER", cluster.name.as_str())
+        .env("PGDR_NODE", node.name.as_str())
+        .env("PGDR_HOST", &node.host)
+        .env("PGDR_PORT", node.port.to_string())
+        .kill_on_drop(true);
+    match tokio::time::timeout(Duration::from_secs(30), c.output()).await {
+        Ok(Ok(out)) => json!({"command": cmd, "status": out.status.code(), "stderr": String::from_utf8_lossy(&out.stderr).trim()}),
+        Ok(Err(e)) => json!({"command": cmd, "error": e.to_string()}),
+        Err(_) => json!({"command": cmd, "error": "timed out after 30s"}),
+    }
+}
+
+/// What the controller knows of each node, as candidate input.
+async fn candidates(c: &Ctx, cluster: &Cluster) -> Vec<CandidateInfo> {
+    let statuses = c.sh.observe(cluster).await;
+    let lag = c.sh.observed.lock().ok().and_then(|o| o.get(&cluster.name).map(|o| o.lag.clone())).unwrap_or_default();
+    cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            let st = statuses.get(&n.name).and_then(|s| s.as_ref().ok());
+            CandidateInfo {
+                node: n.name.clone(),
+                region: n.region.clone(),
+                reachable: st.is_some_and(|s| s.up),
+                role: st.map(|s| s.role).unwrap_or(Role::Unknown),
+                lsn: st.and_then(|s| s.receive_lsn.max(s.replay_lsn)),
+                lag_seconds: lag.get(&n.name).copied(),
+            }
+        })
+        .collect()
+}
+
+fn policy(c: &Ctx, cluster: &Cluster, old: &NodeName, target: Option<Target>, allow_data_loss: bool) -> Result<Policy, StepError> {
+    let tier = c.sh.tier(cluster).ok_or_else(|| fatal(format!("tier {} is not in the config", cluster.tier)))?;
+    Ok(Policy {
+        old_primary: old.clone(),
+        primary_region: c.node(old)?.region.clone(),
+        region_preference: cluster.region_preference.clone(),
+        rpo: tier.rpo,
+        availability_over_rpo: cluster.availability_over_rpo,
+        allow_data_loss,
+        target,
+    })
+}
+
+fn parse_target(cluster: &Cluster, to: &str) -> Result<Target, StepError> {
+    if cluster.node(to).is_some() {
+        Ok(Target::Node(NodeName::new(to)))
+    } else if cluster.nodes.iter().any(|n| n.region.as_str() == to) {
+        Ok(Target::Region(RegionName::new(to)))
+    } else {
+        Err(fatal(format!("{to:?} is neither a node nor a region of cluster {}", cluster.name)))
+    }
+}
+
+async fn choose_candidate(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepError> {
+    if skipped(&sc) {
+        return Ok(StepOutput::json(json!({"skipped": "restarted in place"})));
+    }
+    let cluster = c.cluster()?;
+    let old = c.old_primary()?.clone();
+    let target = c.p.to.as_deref().map(|t| parse_target(cluster, t)).transpose()?;
+    let infos = candidates(&c, cluster).await;
+    let pol = policy(&c, cluster, &old, target, c.p.allow_data_loss)?;
+    let choice = candidate::choose(&infos, &pol).map_err(retry)?;
+    if choice.past_rpo {
+        c.sh.emit(c.sh.event(&cluster.name, "rpo_overridden", format!(
+            "promoting {} although it lags past the RPO ({})",
+            choice.node,
+            if c.p.allow_data_loss { "--allow-data-loss" } else { "availability_over_rpo" }
+        ))).await;
+    }
+    Ok(StepOutput::json(serde_json::to_value(&choice).map_err(fatal)?))
+}
+
+async fn raise_epoch(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepError> {
+    if skipped(&sc) {
+        return Ok(StepOutput::json(json!({"skipped": "restarted in place"})));
+    }
+    let cluster = c.cluster()?;
+    let node = chosen(&sc)?;
+    let state = c.sh.clusters.state(&cluster.name).await.map_err(retry)?;
+    if let Some(s) = &state {
+        if s.epoch == c.p.old_epoch.next() && s.primary.as_ref() == Some(&node) {
+            return Ok(StepOutput::json(json!({"epoch": s.epoch, "primary": node, "already": true})).with_epoch(s.epoch));
+        }
+    }
+    let reason = format!("{} {}", sc.kind, sc.workflow.as_str());
+    let s = c.sh.clusters.raise_epoch(&cluster.name, c.p.old_epoch, Some(node.clone()), &reason).await.map_err(|e| {
+        if e.is_retryable() { retry(e) } else { fatal(e) }
+    })?;
+    c.sh.metrics.epoch.get_or_create(&crate::metrics::ClusterLabel { cluster: cluster.name.to_string() }).set(s.epoch.0 as i64);
+    Ok(StepOutput::json(json!({"epoch": s.epoch, "primary": node})).with_epoch(s.epoch))
+}
+
+async fn promote(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepError> {
+    if skipped(&sc) {
+        return Ok(StepOutput::json(json!({"skipped": "restarted in place"})));
+    }
+    let node = c.node(&chosen(&sc)?)?;
+    let epoch = new_epoch(&sc)?;
+    let timeout = c.sh.config.timing.promote_timeout;
+    let agent = c.sh.agent(node).map_err(fatal)?.with_action_timeout(timeout + Duration::from_secs(5));
+    let r = agent
+        .promote(&PromoteRequest { epoch, timeout_ms: Some(timeout.as_millis() as u64) })
+        .await
+        .map_err(retry)?;
+    let lsn = agent.status().await.ok().and_then(|s| s.current_lsn);
+    Ok(StepOutput::json(json!({"node": node.name, "message": r.message, "agent_ms": r.took_ms, "lsn": lsn})).with_epoch(epoch))
+}
+
+async fn repoint_replicas(c: Arc<Ctx>, sc: StepContext, skip_old: bool) -> Result<StepOutput, StepError> {
+    if skipped(&sc) {
+        return Ok(StepOutput::json(json!({"skipped": "restarted in place"})));
+    }
+    let cluster = c.cluster()?;
+    let new = c.node(&chosen(&sc)?)?;
+    let epoch = new_epoch(&sc)?;
+    let old = c.old_primary()?.clone();
+    let mut done = serde_json::Map::new();
+    for n in cluster.nodes.iter().filter(|n| n.name != new.name && !(skip_old && n.name == old)) {
+        let res = match c.sh.agent(n) {
+            Ok(a) => a
+                .with_action_timeout(Duration::from_secs(30))
+                .upstream(&UpstreamRequest { epoch, host: new.host.clone(), port: new.port, slot: None })
+                .await
+                .map(|r| r.message)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        done.insert(n.name.to_string(), match res {
+            Ok(m) => json!({"ok": m}),
+            Err(e) => json!({"error": e}),
+        });
+    }
+    Ok(StepOutput::json(Value::Object(done)))
+}
+
+async fn resume_proxy(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepError> {
+    let cluster = c.cluster()?;
+    c.sh.leases.unblock(&cluster.name);
+    if skipped(&sc) {
+        return Ok(StepOutput::json(json!({"skipped": "restarted in place"})));
+    }
+    let state = c.sh.clusters.state(&cluster.name).await.map_err(retry)?.ok_or_else(|| fatal("the cluster has no state"))?;
+    let route = c.sh.route(cluster, &state);
+    c.sh.proxies.publish(&cluster.name, &route);
+    let res = c.sh.proxies.resume(&cluster.name).await;
+    if let ReplicationMode::Sync { quorum } = cluster.replication {
+        if let Some(p) = &state.primary {
+            let _ = crate::sync::apply(&c.sh, cluster, p, quorum).await;
+        }
+    }
+    Ok(StepOutput::json(json!({"epoch": state.epoch, "primary": state.primary, "resumed": res.is_ok(), "error": res.err()}))
+        .with_epoch(state.epoch))
+}
+
+async fn report(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepError> {
+    let cluster = c.cluster()?;
+    let old = c.old_primary()?.clone();
+    if skipped(&sc) {
+        c.sh.emit(c.sh.event(&cluster.name, "restarted_in_place", format!("{old} restarted in place; nothing promoted"))).await;
+        return Ok(StepOutput::json(json!({"path": "restart-in-place", "lost_bytes": 0})));
+    }
+    let promoted_lsn = sc
+        .output("choose_candidate")
+        .and_then(|v| v.get("lsn"))
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse::<Lsn>().ok());
+    let lost = match (c.p.old_lsn, promoted_lsn) {
+        (Some(o), Some(p)) => Some(o.bytes_since(p)),
+        _ => None,
+    };
+    if let Ok(mut r) = c.sh.needs_rejoin.lock() {
+        r.insert((cluster.name.clone(), old.clone()));
+    }
+    let msg = format!(
+        "failover done: {} promoted; old primary {old} last known at {}, promoted at {}: {} bytes possibly lost; {old} rejoins as a replica (its data directory is kept aside) when its host answers",
+        chosen(&sc)?,
+        c.p.old_lsn.map(|l| l.to_string()).unwrap_or_else(|| "unknown".into()),
+        promoted_lsn.map(|l| l.to_string()).unwrap_or_else(|| "unknown".into()),
+        lost.map(|l| l.to_string()).unwrap_or_else(|| "unknown".into())
+    );
+    let mut ev = c.sh.event(&cluster.name, "failover_report", msg);
+    ev.workflow = Some(sc.workflow.as_str().to_owned());
+    ev.kind = Some(sc.kind.clone());
+    c.sh.emit(ev).await;
+    Ok(StepOutput::json(json!({
+        "path": "failover",
+        "old_primary": old,
+        "old_lsn": c.p.old_lsn,
+        "promoted": chosen(&sc)?,
+        "promoted_lsn": promoted_lsn,
+        "lost_bytes": lost,
+    })))
+}
+
+async fn check_target(c: Arc<Ctx>, _sc: StepContext) -> Result<StepOutput, StepError> {
+    let cluster = c.cluster()?;
+    let old = c.old_primary()?.clone();
+    let target = c.p.to.as_deref().map(|t| parse_target(cluster, t)).transpose()?;
+    let infos = candidates(&c, cluster).await;
+    match infos.iter().find(|i| i.node == old) {
+        Some(i) if i.reachable && i.role == Role::Primary => {}
+        _ => return Err(fatal(format!("the primary {old} is not up: a switchover needs it (use failover)"))),
+    }
+    let pol = policy(&c, cluster, &old, target, false)?;
+    let choice = candidate::choose(&infos, &pol).map_err(fatal)?;
+    Ok(StepOutput::json(serde_json::to_value(&choice).map_err(fatal)?))
+}
+
+async fn fence_read_only(c: Arc<Ctx>, _sc: StepContext) -> Result<StepOutput, StepError> {
+    let old = c.node(c.old_primary()?)?;
+    let agent = c.sh.agent(old).map_err(fatal)?.with_action_timeout(Duration::from_secs(30));
+    let r = agent.fence(&FenceRequest { epoch: c.p.old_epoch, mode: FenceMode::ReadOnly }).await.map_err(retry)?;
+    let st = agent.status().await.map_err(retry)?;
+    let final_lsn = st.current_lsn.ok_or_else(|| retry("the old primary reports no WAL position"))?;
+    Ok(StepOutput::json(json!({"message": r.message, "steps": r.steps, "final_lsn": final_lsn})))
+}
+
+async fn wait_replay(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepError> {
+    let final_lsn: Lsn = sc
+        .output("fence_old_primary")
+        .and_then(|v| v.get("final_lsn"))
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| fatal("no final LSN journalled"))?;
+    let node = c.node(&chosen(&sc)?)?;
+    let agent = c.sh.agent(node).map_err(fatal)?;
+    let started = Instant::now();
+    let limit = c.sh.config.timing.drain_timeout + c.sh.config.timing.promote_timeout;
+    loop {
+        if let Ok(s) = agent.status().await {
+            if s.replay_lsn.is_some_and(|l| l >= final_lsn) {
+                return Ok(StepOutput::json(json!({"final_lsn": final_lsn, "replayed": s.replay_lsn,
+                    "waited_ms": started.elapsed().as_millis() as u64})));
+            }
+        }
+        if started.elapsed() > limit {
+            return Err(retry(format!("{} has not replayed {final_lsn} yet", node.name)));
+        }
+        tokio::select! {
+            _ = sc.cancel.cancelled() => return Err(retry("cancelled")),
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+}
+
+async fn stop_old_primary(c: Arc<Ctx>, _sc: StepContext) -> Result<StepOutput, StepError> {
+    let old = c.node(c.old_primary()?)?;
+    let agent = c.sh.agent(old).map_err(fatal)?.with_action_timeout(Duration::from_secs(60));
+    let r = agent.stop(&StopRequest { epoch: c.p.old_epoch, mode: StopMode::Fast }).await.map_err(retry)?;
+    Ok(StepOutput::json(json!({"message": r.message})))
+}
+
+/// Brings `node` back as a replica of `primary`: `pg_rewind`, falling back to
+/// a fresh base backup; with `keep_tail`, straight to the base backup, which
+/// keeps the old data directory aside.
+pub async fn rejoin(sh: &Shared, node: &Node, primary: &Node, epoch: Epoch, keep_tail: bool) -> Result<Value, StepError> {
+    let agent = sh.agent(node).map_err(retry)?.with_action_timeout(Duration::from_secs(600));
+    let from = Shared::endpoint(primary);
+    let mut notes = Vec::new();
+    if !keep_tail {
+        match agent.rewind(&RewindRequest { epoch, from: from.clone(), slot: None }).await {
+            Ok(r) => return Ok(json!({"how": "pg_rewind", "steps": r.steps})),
+            Err(e) if e.is_unreachable() => return Err(retry(e)),
+            Err(e) => notes.push(format!("pg_rewind failed ({e}); rebuilding from a base backup")),
+        }
+    }
+    let r = agent.rebuild(&RebuildRequest { epoch, from, slot: None }).await.map_err(retry)?;
+    let kept = r.steps.iter().find_map(|s| s.strip_prefix("moved the old data directory to ").map(str::to_owned));
+    Ok(json!({"how": "base backup", "steps": r.steps, "old_data_kept_at": kept, "notes": notes}))
+}
+
+async fn rejoin_old_primary(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepError> {
+    let old = c.node(c.old_primary()?)?;
+    let new = c.node(&chosen(&sc)?)?;
+    let epoch = new_epoch(&sc)?;
+    Ok(StepOutput::json(rejoin(&c.sh, old, new, epoch, false).await?))
+}
+
+async fn reestablish(c: Arc<Ctx>, _sc: StepContext) -> Result<StepOutput, StepError> {
+    let cluster = c.cluster()?;
+    let name = c.p.node.clone().ok_or_else(|| fatal("no node to re-establish"))?;
+    let node = c.node(&name)?;
+    let state = c.sh.clusters.state(&cluster.name).await.map_err(retry)?.ok_or_else(|| fatal("no cluster state"))?;
+    let primary = state.primary.clone().ok_or_else(|| retry("the cluster has no primary now"))?;
+    if primary == name {
+        return Ok(StepOutput::json(json!({"skipped": "it is the primary"})));
+    }
+    let out = rejoin(&c.sh, node, c.node(&primary)?, state.epoch, c.p.keep_tail).await?;
+    if let Ok(mut r) = c.sh.needs_rejoin.lock() {
+        r.remove(&(cluster.name.clone(), name.clone()));
+    }
+    Ok(StepOutput::json(out).with_epoch(state.epoch))
+}
+
+// ---------------------------------------------------------------- definitions
+
+/// The workflows this controller runs, for the engine's registry.
+pub fn registry(sh: &Arc<Shared>) -> pgdr_workflow::Registry {
+    pgdr_workflow::Registry::new()
+        .register(Def { kind: FAILOVER, sh: sh.clone() })
+        .register(Def { kind: SWITCHOVER, sh: sh.clone() })
+        .register(Def { kind: FAILBACK, sh: sh.clone() })
+        .register(Def { kind: REESTABLISH, sh: sh.clone() })
+}
+
+struct Def {
+    kind: &'static str,
+    sh: Arc<Shared>,
+}
+
+fn gate(p: &Params, stages: &mut Vec<Stage>) {
+    if p.require_approval {
+        stages.push(Step::approval("approve", "wait for an operator: pgdr approve <id>").into());
+    }
+}
+
+impl WorkflowDef for Def {
+    fn kind(&self) -> &str {
+        self.kind
+    }
+
+    fn build(&self, params: &Value) -> Result<Vec<Stage>, String> {
+        let p: Params = serde_json::from_value(params.clone()).map_err(|e| format!("bad params: {e}"))?;
+        let sh = &self.sh;
+        let mut s: Vec<Stage> = Vec::new();
+        let quick = RetryPolicy { max_attempts: 5, initial: Duration::from_millis(200), factor: 2.0, max: Duration::from_secs(2) };
+        match self.kind {
+            FAILOVER => {
+                gate(&p, &mut s);
+                s.push(step(sh, &p, "restart_in_place", "crash path: restart the old primary in place within timing.restart_deadline (on_crash = restart-first)", restart_in_place)
+                    .retry(RetryPolicy::once())
+                    .check("only when the postmaster died and its host answers")
+                    .into());
+                s.push(step(sh, &p, "pause_proxy", "stop routing to the old primary; queue new transactions", |c, sc| pause_proxy(c, sc, true)).retry(quick).into());
+                s.push(step(sh, &p, "fence_old_primary", "fence the old primary: its agent stops it, the fence hook runs, or its lease certainly expired", fence_old_primary)
+                    .retry(RetryPolicy { max_attempts: 20, initial: Duration::from_millis(500), factor: 1.5, max: Duration::from_secs(5) })
+                    .check("the old primary's agent confirms it stopped, or lease_ttl + lease_margin passed since its last renewal and a majority of agents withdrew their support")
+                    .into());
+                s.push(step(sh, &p, "choose_candidate", "choose the most advanced healthy replica within the tier's RPO", choose_candidate)
+                    .retry(quick)
+                    .check("a reachable replica in recovery, lagging less than the tier's RPO (unless --allow-data-loss or availability_over_rpo)")
+                    .into());
+                s.push(step(sh, &p, "raise_epoch", "raise the cluster epoch (compare-and-set) naming the candidate", raise_epoch).retry(quick).into());
+                s.push(step(sh, &p, "promote", "promote the candidate and check a write commits", promote).retry(quick).into());
+                s.push(step(sh, &p, "repoint_replicas", "point the other replicas at the new primary", |c, sc| repoint_replicas(c, sc, true)).retry(quick).into());
+                s.push(step(sh, &p, "resume_proxy", "publish the new routing and resume the proxy", resume_proxy).retry(quick).into());
+                s.push(step(sh, &p, "report", "record the data-loss window and schedule the old primary's rejoin", report).retry(quick).into());
+            }
+            SWITCHOVER | FAILBACK => {
+                gate(&p, &mut s);
+                s.push(step(sh, &p, "check_target", "check the primary is up and choose the target", check_target)
+                    .retry(RetryPolicy::once())
+                    .check("the primary is up; the target is a healthy replica within the RPO")
+                    .into());
+                s.push(step(sh, &p, "pause_proxy", "pause the proxy and drain running transactions", |c, sc| pause_proxy(c, sc, false)).retry(quick).into());
+                s.push(step(sh, &p, "fence_old_primary", "make the old primary read-only and end its sessions; read its final WAL position", fence_read_only).retry(quick).into());
+                s.push(step(sh, &p, "wait_replay", "wait until the target has replayed the old primary's final WAL position", wait_replay).retry(quick).into());
+                s.push(step(sh, &p, "stop_old_primary", "stop the old primary (fast)", stop_old_primary).retry(quick).into());
+                s.push(step(sh, &p, "raise_epoch", "raise the cluster epoch naming the target", raise_epoch).retry(quick).into());
+                s.push(step(sh, &p, "promote", "promote the target", promote).retry(quick).into());
+                s.push(step(sh, &p, "repoint_replicas", "point the other replicas at the new primary", |c, sc| repoint_replicas(c, sc, true)).retry(quick).into());
+                s.push(step(sh, &p, "resume_proxy", "publish the new routing and resume the proxy", resume_proxy).retry(quick).into());
+                s.push(step(sh, &p, "rejoin_old_primary", "bring the old primary back as a replica (pg_rewind, else base backup)", rejoin_old_primary)
+                    .retry(RetryPolicy { max_attempts: 3, initial: Duration::from_secs(1), factor: 2.0, max: Duration::from_secs(10) })
+                    .into());
+            }
+            REESTABLISH => {
+                s.push(step(sh, &p, "rejoin", "bring the node back as a replica of the current primary", reestablish)
+                    .retry(RetryPolicy { max_attempts: 5, initial: Duration::from_secs(1), factor: 2.0, max: Duration::from_secs(10) })
+                    .into());
+            }
+            other => return Err(format!("unknown workflow kind {other}")),
+        }
+        Ok(s)
+    }
+}
