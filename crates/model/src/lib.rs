@@ -197,11 +197,11 @@ fn humanize_parse(s: &str) -> Result<std::time::Duration, String> {
 /// Formats a duration the way [`parse_duration`] reads it back.
 pub fn format_duration(d: std::time::Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 != 0 || ms == 0 {
+    if !ms.is_multiple_of(1000) || ms == 0 {
         format!("{ms}ms")
-    } else if ms % 60_000 != 0 {
+    } else if !ms.is_multiple_of(60_000) {
         format!("{}s", ms / 1000)
-    } else if ms % 3_600_000 != 0 {
+    } else if !ms.is_multiple_of(3_600_000) {
         format!("{}m", ms / 60_000)
     } else {
         format!("{}h", ms / 3_600_000)
