@@ -202,7 +202,7 @@ fn cluster_without_nodes() {
 #[test]
 fn every_problem_is_reported_at_once() {
     let text = GOOD.replace("rpo = \"5s\"", "rpo = \"soon\"").replace("tier = \"gold\"", "tier = \"lead\"");
-    let err = parse(&text).err().expect("invalid");
+    let err = parse(&text).expect_err("invalid");
     assert!(err.problems().len() >= 2, "{err}");
 }
 
