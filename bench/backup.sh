@@ -44,14 +44,15 @@ elapsed() { python3 -c "print(f'{$2 - $1:.2f}')"; }
 
 # --- source database -------------------------------------------------------
 echo "creating pgbench scale $SCALE on port $PORT..." >&2
-mkdir -p "$SRC" && chown postgres: "$SRC" && chmod 700 "$SRC"
+mkdir -p "$SRC" "$WORK/run" && chown postgres: "$SRC" "$WORK/run" && chmod 700 "$SRC"
+touch "$WORK/src.log" && chown postgres: "$WORK/src.log"
 echo secret > "$WORK/pw" && chown postgres: "$WORK/pw"
 "${RUN[@]}" "$PGBIN/initdb" -D "$SRC" -U postgres --pwfile="$WORK/pw" --auth-local=trust --auth-host=scram-sha-256 \
   --data-checksums --no-sync >/dev/null
 cat >> "$SRC/postgresql.conf" <<EOF
 listen_addresses = '127.0.0.1'
 port = $PORT
-unix_socket_directories = '$WORK'
+unix_socket_directories = '$WORK/run'
 fsync = off
 max_wal_senders = 5
 wal_level = replica
@@ -118,7 +119,7 @@ log-level-file=off
 [bench]
 pg1-path=$SRC
 pg1-port=$PORT
-pg1-socket-path=$WORK
+pg1-socket-path=$WORK/run
 pg1-user=postgres
 EOF
 chmod 644 "$WORK/pgbackrest.conf"

@@ -131,7 +131,7 @@ impl Measured {
 
 /// The `archive_command` and related settings that make PostgreSQL archive a
 /// cluster's WAL through `pgdr wal-push`. `archive_mode` only takes effect
-/// after a restart.
+/// after a restart. Values are quoted for postgresql.conf and ALTER SYSTEM.
 pub fn archive_settings(config_path: &Path, cluster: &str) -> Vec<(String, String)> {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("pgdr"));
     archive_settings_with(&exe, config_path, cluster)
@@ -147,11 +147,11 @@ pub fn archive_settings_with(exe: &Path, config_path: &Path, cluster: &str) -> V
         shell_quote(cluster)
     );
     vec![
-        ("wal_level".to_owned(), "replica".to_owned()),
-        ("archive_mode".to_owned(), "on".to_owned()),
+        ("wal_level".to_owned(), "'replica'".to_owned()),
+        ("archive_mode".to_owned(), "'on'".to_owned()),
         ("archive_command".to_owned(), pgdr_node::local::quote(&cmd)),
         // Bound how long a quiet cluster's last writes stay unarchived.
-        ("archive_timeout".to_owned(), "60s".to_owned()),
+        ("archive_timeout".to_owned(), "'60s'".to_owned()),
     ]
 }
 
