@@ -42,6 +42,14 @@ pub enum Command {
     WalFetch(cmd::backup::WalFetchArgs),
     /// Restore a backup, optionally to a point in time, and start or verify it.
     Restore(cmd::backup::RestoreArgs),
+    /// Inject a real fault under a write workload and report RTO, RPO and client errors.
+    Drill(cmd::drill::DrillArgs),
+    /// Readiness: would a failover work right now? Exit 1 on an error finding.
+    Check(cmd::check::CheckArgs),
+    /// Print the cluster's run book (Markdown).
+    Runbook(cmd::runbook::RunbookArgs),
+    /// The whole story in two minutes: sandbox, controller, drills, report, teardown.
+    Demo(cmd::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +64,10 @@ fn main() -> ExitCode {
         Command::WalPush(a) => cmd::backup::wal_push(&global, a),
         Command::WalFetch(a) => cmd::backup::wal_fetch(&global, a),
         Command::Restore(a) => cmd::backup::restore(&global, a),
+        Command::Drill(a) => cmd::drill::run(&global, a),
+        Command::Check(a) => cmd::check::run(&global, a),
+        Command::Runbook(a) => cmd::runbook::run(&global, a),
+        Command::Demo(a) => cmd::demo::run(&global, a),
     };
     exit::report(result)
 }

@@ -185,6 +185,11 @@ impl Drop for Moto {
 /// `copy` (file, concurrency 2), `vault` (file, immutable) and, when a moto
 /// port is given, `s3`.
 pub fn write_config(dir: &Path, pg_port: u16, data_dir: &Path, s3_port: Option<u16>, primary: &str) -> PathBuf {
+    write_config_nodes(dir, &[(pg_port, data_dir)], s3_port, primary)
+}
+
+/// Same, with several nodes (`n1`, `n2`, …) in the cluster.
+pub fn write_config_nodes(dir: &Path, nodes: &[(u16, &Path)], s3_port: Option<u16>, primary: &str) -> PathBuf {
     let mut s3 = String::new();
     if let Some(p) = s3_port {
         s3 = format!(
@@ -238,12 +243,21 @@ backup = {{ schedule = "0 * * * *", destination = "{primary}", copies = ["copy"]
 name = "c1"
 tier = "gold"
 password = {{ value = "{PASSWORD}" }}
-nodes = [{{ name = "n1", region = "r1", agent = "127.0.0.1:1", host = "127.0.0.1", port = {pg_port}, data_dir = "{data}" }}]
+nodes = [{nodes}]
 "#,
         local = dir.join("dest-local").display(),
         copy = dir.join("dest-copy").display(),
         vault = dir.join("dest-vault").display(),
-        data = data_dir.display(),
+        nodes = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, (port, data))| format!(
+                r#"{{ name = "n{n}", region = "r1", agent = "127.0.0.1:{n}", host = "127.0.0.1", port = {port}, data_dir = "{d}" }}"#,
+                n = i + 1,
+                d = data.display()
+            ))
+            .collect::<Vec<_>>()
+            .join(", "),
     );
     for d in ["dest-local", "dest-copy", "dest-vault"] {
         shared_dir(&dir.join(d));

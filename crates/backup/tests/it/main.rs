@@ -3,4 +3,5 @@
 
 mod harness;
 mod local;
+mod replica;
 mod s3;

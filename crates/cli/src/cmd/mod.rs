@@ -9,6 +9,10 @@ pub mod agent;
 pub mod config;
 pub mod sandbox;
 pub mod status;
+pub mod check;
+pub mod demo;
+pub mod drill;
+pub mod runbook;
 
 /// Flags every command shares.
 #[derive(Debug, Clone)]
