@@ -22,6 +22,8 @@
 //! would; it must not depend on the controller or the proxy.
 
 pub mod checker;
+pub mod controller_observer;
+pub mod hosts;
 pub mod observer;
 pub mod readiness;
 pub mod report;

@@ -49,13 +49,21 @@ impl DrillSpec {
 /// Where the workload connects: the proxy in the primary's region when
 /// there is one, else straight to the primary (then a failover is not
 /// hidden from clients, and the report says so).
-pub fn endpoints(
+pub async fn endpoints(
     cfg: &Config,
     cluster: &Cluster,
     primary: &str,
 ) -> Result<(String, Option<String>, String), DrillError> {
     let region = cluster.node(primary).map(|n| n.region.clone());
-    let proxies: Vec<_> = cfg.proxies_of(cluster.name.as_str()).collect();
+    let mut proxies = Vec::new();
+    let mut silent = Vec::new();
+    for p in cfg.proxies_of(cluster.name.as_str()) {
+        // A configured proxy that is not running is no endpoint.
+        match tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(p.writer)).await {
+            Ok(Ok(_)) => proxies.push(p),
+            _ => silent.push(p.writer.to_string()),
+        }
+    }
     let proxy = proxies.iter().find(|p| Some(&p.region) == region.as_ref()).or(proxies.first());
     let auth = |host: String, port: u16| -> Result<String, DrillError> {
         let mut s = format!(
@@ -91,7 +99,14 @@ pub fn endpoints(
             Ok((
                 auth(n.host.clone(), n.port)?,
                 None,
-                format!("node {primary} directly (the cluster has no proxy: clients see the role change)"),
+                if silent.is_empty() {
+                    format!("node {primary} directly (the cluster has no proxy: clients see the role change)")
+                } else {
+                    format!(
+                        "node {primary} directly, because no configured proxy answers ({}): clients see the role change",
+                        silent.join(", ")
+                    )
+                },
             ))
         }
     }
@@ -177,7 +192,7 @@ impl Drill<'_> {
         prepare(&direct).await?;
         drop(direct);
 
-        let (writer, reader, endpoint) = endpoints(self.config, self.cluster, &primary)?;
+        let (writer, reader, endpoint) = endpoints(self.config, self.cluster, &primary).await?;
         notes.push(format!("workload through {endpoint}, {} writers, {} readers", spec.writers, spec.readers));
         let mut wspec = WorkloadSpec::new(writer);
         wspec.reader = reader;
