@@ -203,11 +203,7 @@ fn is_transient_rewind_failure(output: &str) -> bool {
     output.contains("could not connect") || output.contains("connection to server")
 }
 
-/// Creates the physical replication slot on the upstream unless it exists.
-/// Returns whether it was created.
-pub async fn ensure_slot(upstream: &Upstream, login: &Login) -> Result<bool, PgError> {
-    let Some(slot) = &upstream.slot else { return Ok(false) };
-    let addr = format!("{}:{}", upstream.host, upstream.port);
+fn upstream_conninfo(upstream: &Upstream, login: &Login) -> String {
     let mut conninfo = format!(
         "host={} port={} user={} dbname={} connect_timeout=5",
         conn_quote(&upstream.host),
@@ -218,7 +214,22 @@ pub async fn ensure_slot(upstream: &Upstream, login: &Login) -> Result<bool, PgE
     if let Some(p) = &login.password {
         conninfo.push_str(&format!(" password={}", conn_quote(p)));
     }
-    let client = connect(&conninfo, &addr).await?;
+    conninfo
+}
+
+/// Runs `CHECKPOINT` on the upstream.
+pub async fn checkpoint(upstream: &Upstream, login: &Login) -> Result<(), PgError> {
+    let addr = format!("{}:{}", upstream.host, upstream.port);
+    let client = connect(&upstream_conninfo(upstream, login), &addr).await?;
+    client.batch_execute("checkpoint").await.map_err(|source| PgError::Query { addr, source })
+}
+
+/// Creates the physical replication slot on the upstream unless it exists.
+/// Returns whether it was created.
+pub async fn ensure_slot(upstream: &Upstream, login: &Login) -> Result<bool, PgError> {
+    let Some(slot) = &upstream.slot else { return Ok(false) };
+    let addr = format!("{}:{}", upstream.host, upstream.port);
+    let client = connect(&upstream_conninfo(upstream, login), &addr).await?;
     let rows = client
         .query(
             "select pg_create_physical_replication_slot($1::text::name, true) \
@@ -269,6 +280,10 @@ pub async fn rewind(pg: &LocalPg, plan: &ReplicaPlan) -> Result<Vec<String>, PgE
         steps.push("stopped PostgreSQL (fast)".to_owned());
     }
     pg.write_passfile(plan.login.password.as_deref())?;
+    // A just-promoted source records its new timeline in pg_control only at
+    // its next checkpoint; before that pg_rewind sees no divergence.
+    checkpoint(&plan.upstream, &plan.login).await?;
+    steps.push("CHECKPOINT on the source".to_owned());
     pg.pg_rewind(plan).await?;
     steps.push(format!("pg_rewind from {}:{}", plan.upstream.host, plan.upstream.port));
     if ensure_slot(&plan.upstream, &plan.login).await? {
