@@ -237,7 +237,7 @@ impl LocalPg {
     /// Whether a postmaster is alive for this data directory.
     pub async fn is_running(&self) -> bool {
         match self.postmaster_pid() {
-            Some(pid) => nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok(),
+            Some(pid) => pid_alive(pid),
             None => false,
         }
     }
@@ -298,4 +298,22 @@ pub fn quote(v: &str) -> String {
 /// Quotes a value for a libpq connection string.
 pub fn conn_quote(v: &str) -> String {
     format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// Whether a process is alive: it exists and is not a zombie. A postmaster
+/// killed with SIGKILL is reparented to PID 1 and may stay a zombie for a
+/// moment; treating it as alive would make `start` a no-op.
+pub fn pid_alive(pid: i32) -> bool {
+    if pid <= 0 || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name, which may itself
+        // contain spaces or parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_none_or(|state| state != "Z" && state != "X"),
+        Err(_) => true,
+    }
 }
