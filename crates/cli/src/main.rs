@@ -26,6 +26,20 @@ pub enum Command {
     /// Check a config file.
     #[command(subcommand)]
     Config(cmd::config::ConfigCmd),
+    /// Run the controller alone (proxies are driven over their admin API).
+    Controller(cmd::ops::ServeArgs),
+    /// Run the controller and the config's proxies in one process.
+    Run(cmd::ops::ServeArgs),
+    /// Unplanned role change: fence the primary, promote the best replica.
+    Failover(cmd::ops::RoleChangeArgs),
+    /// Planned role change to --to NODE|REGION: no lost commits, no client errors.
+    Switchover(cmd::ops::RoleChangeArgs),
+    /// Switchover back to the original primary region.
+    Failback(cmd::ops::RoleChangeArgs),
+    /// Let a workflow waiting at its approval gate go on.
+    Approve(cmd::ops::ApproveArgs),
+    /// List workflows, or show one with its step journal.
+    Workflows(cmd::ops::WorkflowsArgs),
     /// Run one node's agent (HTTP API for status and host actions).
     Agent(cmd::agent::AgentArgs),
     /// A local sandbox of real PostgreSQL: up, down.
@@ -57,6 +71,13 @@ fn main() -> ExitCode {
     let global = cmd::Global::new(cli.config.clone());
     let result = match cli.command {
         Command::Config(c) => cmd::config::run(&global, c),
+        Command::Controller(a) => cmd::ops::controller(&global, a),
+        Command::Run(a) => cmd::ops::run(&global, a),
+        Command::Failover(a) => cmd::ops::role_change(&global, "failover", a),
+        Command::Switchover(a) => cmd::ops::role_change(&global, "switchover", a),
+        Command::Failback(a) => cmd::ops::role_change(&global, "failback", a),
+        Command::Approve(a) => cmd::ops::approve(&global, a),
+        Command::Workflows(a) => cmd::ops::workflows(&global, a),
         Command::Agent(a) => cmd::agent::run(&global, a),
         Command::Sandbox(c) => cmd::sandbox::run(&global, c),
         Command::Status(a) => cmd::status::run(&global, a),

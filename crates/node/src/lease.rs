@@ -122,10 +122,19 @@ async fn withdraw(
     axum::Json(SupportReply { node: app.agent.cfg.node.clone(), support: false, message: "support withdrawn".into() })
 }
 
-/// Whether PostgreSQL here is a writable primary (not in recovery).
+/// Whether PostgreSQL here is a writable primary (not in recovery, not
+/// fenced read-only: a fenced node takes no writes and needs no lease).
 async fn is_primary(agent: &AgentState) -> bool {
     let Ok(client) = agent.cfg.pg.connect(&agent.cfg.login).await else { return false };
-    match tokio::time::timeout(Duration::from_secs(2), client.query_one("select not pg_is_in_recovery()", &[])).await {
+    match tokio::time::timeout(
+        Duration::from_secs(2),
+        client.query_one(
+            "select not pg_is_in_recovery() and current_setting('default_transaction_read_only') = 'off'",
+            &[],
+        ),
+    )
+    .await
+    {
         Ok(Ok(row)) => row.try_get::<_, bool>(0).unwrap_or(false),
         _ => false,
     }
@@ -212,7 +221,10 @@ pub async fn run(agent: Arc<AgentState>, settings: LeaseSettings, cancel: Cancel
                 continue;
             }
             Err(e) => {
-                tracing::warn!(node = %settings.node, "lease renewal failed: {e}");
+                // Once per lapse, not every renewal.
+                if sent.duration_since(last_ok) < settings.renew * 2 {
+                    tracing::warn!(node = %settings.node, "lease renewal failed: {e}");
+                }
             }
         }
         if sent.duration_since(last_ok) < settings.ttl {

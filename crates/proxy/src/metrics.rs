@@ -98,10 +98,15 @@ impl Metrics {
     pub fn cluster(&self, cluster: &str) -> ClusterMetrics {
         let c = ClusterLabel { cluster: cluster.to_owned() };
         let dir = |d: &str| DirectionLabel { cluster: cluster.to_owned(), direction: d.to_owned() };
+        // One statement per `get_or_create`: its read guard lives until the
+        // end of the statement, and a second call on the same family in the
+        // same statement deadlocks when it has to insert.
+        let bytes_in = self.bytes.get_or_create(&dir("client_to_server")).clone();
+        let bytes_out = self.bytes.get_or_create(&dir("server_to_client")).clone();
         ClusterMetrics {
             name: cluster.to_owned(),
-            bytes_in: self.bytes.get_or_create(&dir("client_to_server")).clone(),
-            bytes_out: self.bytes.get_or_create(&dir("server_to_client")).clone(),
+            bytes_in,
+            bytes_out,
             transactions: self.transactions.get_or_create(&c).clone(),
             moves: self.moves.get_or_create(&c).clone(),
             queue_wait: self.queue_wait.get_or_create(&c).clone(),

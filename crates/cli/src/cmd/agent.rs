@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use pgdr_node::agent::{AgentConfig, AgentError, AgentState, serve};
+use pgdr_node::agent::{AgentConfig, AgentError, AgentState};
 use tokio_util::sync::CancellationToken;
 
 use super::Global;
@@ -44,7 +44,9 @@ pub fn run(global: &Global, args: AgentArgs) -> anyhow::Result<ExitCode> {
             tracing::info!("signal received; stopping the agent");
             on_signal.cancel();
         });
-        serve(listener, state, cancel).await.context("agent server failed")?;
+        // With the lease loop and the peer endpoints (self-fencing).
+        let lease = pgdr_node::lease::LeaseSettings::from_config(&cfg, &args.node);
+        pgdr_node::lease::serve(listener, state, lease, cancel).await.context("agent server failed")?;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -7,6 +7,7 @@ use pgdr_config::Config;
 pub mod backup;
 pub mod agent;
 pub mod config;
+pub mod ops;
 pub mod sandbox;
 pub mod status;
 pub mod check;

@@ -1,0 +1,420 @@
+//! The controller's commands: `pgdr controller` (the controller alone),
+//! `pgdr run` (controller and the config's proxies in one process, the
+//! embedded default), and the operator's role changes through the
+//! controller's API: `pgdr failover|switchover|failback`, `pgdr approve`,
+//! `pgdr workflows`.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use clap::Args;
+use pgdr_api::controller::{ApproveRequest, ControllerClient, RoleChangeRequest, WorkflowView};
+use pgdr_config::{Config, ProxyAuth};
+use pgdr_controller::runtime::{HttpProxies, ProxyControl, RouteInfo};
+use pgdr_controller::{Controller, webhook::Webhooks};
+use pgdr_model::ClusterName;
+use pgdr_proxy::{AdminLogin, AuthConfig, Backend, ClusterListeners, ClusterSpec, Listeners, ProxyHandle, ProxySpec, Routing, Settings};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::Global;
+use crate::exit::Usage;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address for the controller's API; defaults to `controller.listen`.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RoleChangeArgs {
+    #[arg(long)]
+    pub cluster: String,
+    /// Target node or region (switchover; failover/failback may name one too).
+    #[arg(long, value_name = "NODE|REGION")]
+    pub to: Option<String>,
+    /// Print the steps and the checks against the live topology; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation (needed when not on a terminal).
+    #[arg(long)]
+    pub yes: bool,
+    /// Promote a replica lagging past the tier's RPO (journalled).
+    #[arg(long)]
+    pub allow_data_loss: bool,
+    /// Stop at an approval gate until `pgdr approve ID`.
+    #[arg(long)]
+    pub approval: bool,
+    /// Return once started instead of waiting for the end.
+    #[arg(long)]
+    pub no_wait: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    /// The workflow id.
+    pub id: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkflowsArgs {
+    /// One workflow, with its step journal and timings.
+    pub id: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+async fn signal(cancel: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    if let Ok(mut term) = signal(SignalKind::terminate()) {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    } else {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("signal received; stopping");
+    cancel.cancel();
+}
+
+async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn pgdr_store::StateStore>> {
+    if let pgdr_config::StoreKind::Etcd { .. } = cfg.controller.store {
+        return Err(Usage("controller.store = \"etcd\" is not supported by this build; use \"embedded\"".into()).into());
+    }
+    let dir = &cfg.controller.state_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let store = pgdr_store::EmbeddedStore::open(dir.join("pgdr.redb"))
+        .await
+        .with_context(|| format!("cannot open the state store in {}", dir.display()))?;
+    Ok(Arc::new(store))
+}
+
+fn webhooks(cfg: &Config, tracker: &TaskTracker, cancel: &CancellationToken) -> Webhooks {
+    let targets = cfg.notify.iter().map(|n| (n.webhook.clone(), n.token.as_ref().and_then(|t| t.resolve().ok()))).collect();
+    Webhooks::start(targets, tracker, cancel.clone())
+}
+
+fn owner(cfg: &Config) -> String {
+    format!("controller@{}", cfg.controller.listen)
+}
+
+/// `pgdr controller`: the controller alone; proxies are driven over their admin API.
+pub fn controller(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    init_logs();
+    let cfg = global.load_config()?;
+    let listen = args.listen.unwrap_or_else(|| cfg.controller.listen.to_string());
+    runtime()?.block_on(async move {
+        let cancel = CancellationToken::new();
+        tokio::spawn(signal(cancel.clone()));
+        let tracker = TaskTracker::new();
+        let store = open_store(&cfg).await?;
+        let proxies = Arc::new(HttpProxies::from_config(&cfg));
+        let hooks = webhooks(&cfg, &tracker, &cancel);
+        let name = owner(&cfg);
+        let ctl = Controller::new(cfg, store, proxies, &name, hooks).await?;
+        let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        ctl.run(listener, cancel).await?;
+        tracker.close();
+        tracker.wait().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// The proxies of `pgdr run`, driven in-process.
+#[derive(Debug)]
+struct InProcess {
+    routes: HashMap<ClusterName, watch::Sender<Routing>>,
+    handles: HashMap<ClusterName, Vec<ProxyHandle>>,
+}
+
+#[async_trait]
+impl ProxyControl for InProcess {
+    async fn pause(&self, cluster: &ClusterName) -> Result<(), String> {
+        for h in self.handles.get(cluster).into_iter().flatten() {
+            h.pause(cluster.as_str()).await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    async fn resume(&self, cluster: &ClusterName) -> Result<(), String> {
+        for h in self.handles.get(cluster).into_iter().flatten() {
+            h.resume(cluster.as_str()).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn publish(&self, cluster: &ClusterName, route: &RouteInfo) {
+        if let Some(tx) = self.routes.get(cluster) {
+            let routing = Routing {
+                epoch: route.epoch,
+                primary: route.primary.as_ref().map(|(n, h, p)| Backend::new(n.as_str(), h.clone(), *p)),
+                replicas: route.replicas.iter().map(|(n, h, p)| Backend::new(n.as_str(), h.clone(), *p)).collect(),
+            };
+            tx.send_if_modified(|cur| {
+                if *cur == routing {
+                    false
+                } else {
+                    *cur = routing;
+                    true
+                }
+            });
+        }
+    }
+}
+
+async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))
+}
+
+/// `pgdr run`: the controller and every proxy of the config in one process.
+pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    init_logs();
+    let cfg = global.load_config()?;
+    let listen = args.listen.unwrap_or_else(|| cfg.controller.listen.to_string());
+    runtime()?.block_on(async move {
+        let cancel = CancellationToken::new();
+        tokio::spawn(signal(cancel.clone()));
+        let tracker = TaskTracker::new();
+        let store = open_store(&cfg).await?;
+        let mut routes = HashMap::new();
+        let mut handles: HashMap<ClusterName, Vec<ProxyHandle>> = HashMap::new();
+        for p in &cfg.proxies {
+            let cluster = cfg.cluster(p.cluster.as_str()).context("proxy of an unknown cluster")?;
+            let tx = routes.entry(p.cluster.clone()).or_insert_with(|| watch::channel(Routing::default()).0);
+            let auth = match &p.auth {
+                ProxyAuth::Users { file } => AuthConfig::UsersFile(file.clone()),
+                ProxyAuth::Passthrough => match cluster.password.as_ref().and_then(|s| s.resolve().ok()) {
+                    // Verifiers read from the backend let sessions move to a new primary.
+                    Some(pw) => AuthConfig::Auto(AdminLogin {
+                        user: cluster.user.clone(),
+                        password: Some(pw),
+                        database: cluster.database.clone(),
+                    }),
+                    None => AuthConfig::Passthrough,
+                },
+            };
+            let spec = ProxySpec {
+                clusters: vec![ClusterSpec {
+                    name: p.cluster.clone(),
+                    routing: tx.subscribe(),
+                    settings: Settings::from_config(p),
+                    auth,
+                }],
+                tls: p.tls.clone(),
+            };
+            let handle = ProxyHandle::new(spec).with_context(|| format!("proxy {}", p.name))?;
+            let listeners = Listeners {
+                clusters: vec![ClusterListeners {
+                    cluster: p.cluster.to_string(),
+                    writer: bind(p.writer).await?,
+                    reader: match p.reader {
+                        Some(r) => Some(bind(r).await?),
+                        None => None,
+                    },
+                }],
+                api: match p.api {
+                    Some(a) => Some(bind(a).await?),
+                    None => None,
+                },
+            };
+            let (h, c, name) = (handle.clone(), cancel.clone(), p.name.clone());
+            tracker.spawn(async move {
+                if let Err(e) = h.serve(listeners, c).await {
+                    tracing::error!(proxy = name, "proxy stopped: {e}");
+                }
+            });
+            tracing::info!(proxy = p.name, writer = %p.writer, "proxy started");
+            handles.entry(p.cluster.clone()).or_default().push(handle);
+        }
+        let control = Arc::new(InProcess { routes, handles });
+        let hooks = webhooks(&cfg, &tracker, &cancel);
+        let name = owner(&cfg);
+        let ctl = Controller::new(cfg, store, control, &name, hooks).await?;
+        let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let res = ctl.run(listener, cancel.clone()).await;
+        cancel.cancel();
+        tracker.close();
+        tracker.wait().await;
+        res?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn client(cfg: &Config) -> anyhow::Result<ControllerClient> {
+    let token = cfg.controller.token.as_ref().and_then(|t| t.resolve().ok());
+    Ok(ControllerClient::new(&cfg.controller.listen.to_string(), token)?)
+}
+
+fn confirm(what: &str, yes: bool) -> anyhow::Result<()> {
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Usage(format!("{what} changes the cluster: pass --yes to confirm when not on a terminal")).into());
+    }
+    eprint!("{what}: proceed? [y/N] ");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    if matches!(line.trim(), "y" | "Y" | "yes") { Ok(()) } else { Err(Usage("not confirmed".into()).into()) }
+}
+
+fn api_err(e: pgdr_api::ApiError) -> anyhow::Error {
+    match &e {
+        pgdr_api::ApiError::Failed { kind, .. } if kind == "bad_request" || kind == "not_found" || kind == "conflict" => {
+            Usage(e.to_string()).into()
+        }
+        _ => e.into(),
+    }
+}
+
+/// `pgdr failover|switchover|failback`.
+pub fn role_change(global: &Global, kind: &str, args: RoleChangeArgs) -> anyhow::Result<ExitCode> {
+    let cfg = global.load_config()?;
+    if cfg.cluster(&args.cluster).is_none() {
+        return Err(Usage(format!("no cluster {:?} in {}", args.cluster, cfg.file.display())).into());
+    }
+    if !args.dry_run {
+        let target = args.to.as_deref().map(|t| format!(" to {t}")).unwrap_or_default();
+        confirm(&format!("{kind} of cluster {}{target}", args.cluster), args.yes)?;
+    }
+    let client = client(&cfg)?;
+    runtime()?.block_on(async move {
+        let req = RoleChangeRequest {
+            to: args.to.clone(),
+            dry_run: args.dry_run,
+            allow_data_loss: args.allow_data_loss,
+            require_approval: args.approval,
+            requested_by: Some(std::env::var("USER").unwrap_or_else(|_| "cli".into())),
+        };
+        let started = client.role_change(&args.cluster, kind, &req).await.map_err(api_err)?;
+        if args.dry_run || args.no_wait {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&started)?);
+            } else {
+                if args.dry_run {
+                    println!("{kind} of {} (dry run: nothing changes):", started.cluster);
+                } else {
+                    println!("{kind} of {} started: {}", started.cluster, started.id.as_deref().unwrap_or(""));
+                }
+                for l in &started.plan {
+                    println!("  {l}");
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        let id = started.id.clone().unwrap_or_default();
+        if !args.json {
+            eprintln!("{kind} {id} started; waiting for it to end (Ctrl-C leaves it running)");
+        }
+        let view = wait(&client, &id, args.json).await?;
+        print_workflow(&view, args.json)?;
+        Ok(if view.state == "succeeded" { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    })
+}
+
+async fn wait(client: &ControllerClient, id: &str, quiet: bool) -> anyhow::Result<WorkflowView> {
+    let mut announced = false;
+    loop {
+        let v = client.workflow(id).await?;
+        if matches!(v.state.as_str(), "succeeded" | "failed" | "cancelled") {
+            return Ok(v);
+        }
+        if v.state == "waiting_approval" && !announced && !quiet {
+            eprintln!("waiting for approval: pgdr approve {id}");
+            announced = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn print_workflow(v: &WorkflowView, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+        return Ok(());
+    }
+    println!(
+        "{} {} on {}: {}{}",
+        v.kind,
+        v.id,
+        v.cluster,
+        v.state,
+        v.duration_ms.map(|d| format!(" in {:.2}s", d as f64 / 1000.0)).unwrap_or_default()
+    );
+    for s in &v.steps {
+        println!(
+            "  {:<20} {:<17} {:>8} attempts={}{}",
+            s.name,
+            s.state,
+            s.duration_ms.map(|d| format!("{d}ms")).unwrap_or_default(),
+            s.attempts,
+            s.error.as_deref().map(|e| format!("  error: {e}")).unwrap_or_default()
+        );
+    }
+    if let Some(e) = &v.error {
+        println!("  error: {e}");
+    }
+    Ok(())
+}
+
+/// `pgdr approve ID`.
+pub fn approve(global: &Global, args: ApproveArgs) -> anyhow::Result<ExitCode> {
+    let cfg = global.load_config()?;
+    let client = client(&cfg)?;
+    runtime()?.block_on(async move {
+        let by = std::env::var("USER").ok();
+        let v = client.approve(&args.id, &ApproveRequest { by }).await.map_err(api_err)?;
+        print_workflow(&v, args.json)?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `pgdr workflows [ID]`.
+pub fn workflows(global: &Global, args: WorkflowsArgs) -> anyhow::Result<ExitCode> {
+    let cfg = global.load_config()?;
+    let client = client(&cfg)?;
+    runtime()?.block_on(async move {
+        if let Some(id) = &args.id {
+            let v = client.workflow(id).await.map_err(api_err)?;
+            print_workflow(&v, args.json)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        let list = client.workflows().await.map_err(api_err)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&list)?);
+        } else {
+            for v in &list {
+                println!(
+                    "{}  {:<12} {:<10} {:<18} {}",
+                    v.id,
+                    v.kind,
+                    v.cluster,
+                    v.state,
+                    v.created_at.as_deref().unwrap_or("")
+                );
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
