@@ -312,3 +312,25 @@ async fn promote_rewind_upstream_rebuild_through_agents() {
         assert_eq!(n["timeline"], 2, "{n}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_up_stops_what_it_started() {
+    let dir = Dir::new();
+    // An "agent" binary that exits at once: up fails after PostgreSQL started.
+    let err = Sandbox::builder().dir(dir.sandbox()).start(Path::new("/bin/false")).await.expect_err("up must fail");
+    assert!(err.to_string().contains("agent"), "{err}");
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.sandbox().join("sandbox.json")).expect("record"))
+            .expect("json");
+    assert_eq!(record["state"], "down");
+    for n in record["nodes"].as_array().expect("nodes") {
+        if let Some(pid) = n["postmaster_pid"].as_i64() {
+            assert!(!alive(pid), "postmaster {pid} left running");
+        }
+        assert!(!listening(n["port"].as_u64().expect("port")));
+    }
+    // The folder now holds a stopped sandbox: up again says so (exit 2).
+    let (code, _, err) = pgdr(&["sandbox", "up", "--dir", &dir.sandbox().display().to_string()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("stopped sandbox") && err.contains("--purge"), "{err}");
+}
