@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use pgdr_api::ApiError;
 use pgdr_api::agent::{
-    Endpoint, FenceMode, FenceRequest, PromoteRequest, RebuildRequest, RewindRequest, UpstreamRequest,
+    Endpoint, FenceMode, FenceRequest, PromoteRequest, RebuildRequest, RewindRequest, StopMode, StopRequest,
+    UpstreamRequest,
 };
 use pgdr_model::{Epoch, Role};
 use pgdr_sandbox::{Sandbox, SandboxGuard};
@@ -272,7 +273,8 @@ async fn promote_rewind_upstream_rebuild_through_agents() {
         }
         other => panic!("rewinding a writable primary must be refused, got {other:?}"),
     }
-    e1.fence(&FenceRequest { epoch, mode: FenceMode::Stop }).await.expect("fence");
+    // A crash-like stop: pg_rewind must first bring the target to a clean shutdown.
+    e1.stop(&StopRequest { epoch, mode: StopMode::Immediate }).await.expect("immediate stop");
     let r = e1.rewind(&RewindRequest { epoch, from: from_e2.clone(), slot: None }).await.expect("rewind");
     assert!(r.steps.iter().any(|s| s.starts_with("pg_rewind")), "{r:?}");
     let s = e1.status().await.expect("status");
