@@ -38,6 +38,7 @@ pub fn router(ctl: Controller) -> Router {
         .route("/v1/workflows/{id}/approve", post(approve))
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics))
+        .merge(crate::page::router(ctl.clone())) // the status page: `/`, `/status`, `/v1/snapshot`
         .with_state(ctl)
 }
 
@@ -61,15 +62,23 @@ async fn role_change(
     Ok(axum::Json(ctl.role_change(&name, &kind, req).await?).into_response())
 }
 
-async fn lease(State(ctl): State<Controller>, Path(name): Path<String>, axum::Json(req): axum::Json<LeaseRequest>) -> Response {
+async fn lease(
+    State(ctl): State<Controller>,
+    Path(name): Path<String>,
+    axum::Json(req): axum::Json<LeaseRequest>,
+) -> Response {
     let cluster = ClusterName::new(name);
     let ttl: Duration = ctl.sh.config.timing.lease_ttl;
     let ttl_ms = ttl.as_millis() as u64;
     match ctl.sh.leases.renew(&ctl.sh.clusters, &cluster, &req.node, ttl).await {
-        Ok(epoch) => axum::Json(LeaseReply { granted: true, node: req.node, epoch, ttl_ms, message: "granted".into() }).into_response(),
+        Ok(epoch) => axum::Json(LeaseReply { granted: true, node: req.node, epoch, ttl_ms, message: "granted".into() })
+            .into_response(),
         Err(LeaseRefused::Refused(m)) => {
             tracing::warn!(cluster = %cluster, node = %req.node, "lease refused: {m}");
-            (StatusCode::CONFLICT, axum::Json(LeaseReply { granted: false, node: req.node, epoch: req.epoch, ttl_ms, message: m }))
+            (
+                StatusCode::CONFLICT,
+                axum::Json(LeaseReply { granted: false, node: req.node, epoch: req.epoch, ttl_ms, message: m }),
+            )
                 .into_response()
         }
         Err(LeaseRefused::NotReady(m)) => {

@@ -161,24 +161,33 @@ impl Controller {
             .state(&c.name)
             .await?
             .ok_or_else(|| ControllerError::Conflict(format!("cluster {cluster} has no recorded state yet")))?;
-        let old = state.primary.clone().ok_or_else(|| ControllerError::Conflict(format!("cluster {cluster} has no primary now")))?;
+        let old = state
+            .primary
+            .clone()
+            .ok_or_else(|| ControllerError::Conflict(format!("cluster {cluster} has no primary now")))?;
         let to = match kind {
             workflows::FAILBACK => {
                 let home = c.region_preference.first().cloned().or_else(|| c.nodes.first().map(|n| n.region.clone()));
                 let home = home.ok_or_else(|| ControllerError::BadRequest("the cluster has no nodes".into()))?;
                 if c.node(old.as_str()).is_some_and(|n| n.region == home) {
-                    return Err(ControllerError::Conflict(format!("the primary {old} is already in the original primary region {home}")));
+                    return Err(ControllerError::Conflict(format!(
+                        "the primary {old} is already in the original primary region {home}"
+                    )));
                 }
                 Some(req.to.clone().unwrap_or_else(|| home.to_string()))
             }
-            workflows::SWITCHOVER => {
-                Some(req.to.clone().ok_or_else(|| ControllerError::BadRequest("a switchover needs --to NODE|REGION".into()))?)
-            }
+            workflows::SWITCHOVER => Some(
+                req.to
+                    .clone()
+                    .ok_or_else(|| ControllerError::BadRequest("a switchover needs --to NODE|REGION".into()))?,
+            ),
             _ => req.to.clone(),
         };
         if let Some(t) = &to {
             if c.node(t).is_none() && !c.nodes.iter().any(|n| n.region.as_str() == t) {
-                return Err(ControllerError::BadRequest(format!("{t:?} is neither a node nor a region of cluster {cluster}")));
+                return Err(ControllerError::BadRequest(format!(
+                    "{t:?} is neither a node nor a region of cluster {cluster}"
+                )));
             }
             if t == old.as_str() {
                 return Err(ControllerError::BadRequest(format!("{t} is already the primary")));
@@ -202,7 +211,12 @@ impl Controller {
     }
 
     /// An operator's switchover, failover or failback (or its plan).
-    pub async fn role_change(&self, cluster: &str, kind: &str, req: RoleChangeRequest) -> Result<WorkflowStarted, ControllerError> {
+    pub async fn role_change(
+        &self,
+        cluster: &str,
+        kind: &str,
+        req: RoleChangeRequest,
+    ) -> Result<WorkflowStarted, ControllerError> {
         if ![workflows::FAILOVER, workflows::SWITCHOVER, workflows::FAILBACK].contains(&kind) {
             return Err(ControllerError::BadRequest(format!("no role change {kind:?}")));
         }
@@ -223,10 +237,22 @@ impl Controller {
             lines.push(format!("blocked: {} workflow {} is running on the cluster", b.kind, b.workflow.as_str()));
         }
         if req.dry_run {
-            return Ok(WorkflowStarted { id: None, kind: kind.to_owned(), cluster: params.cluster, plan: lines, dry_run: true });
+            return Ok(WorkflowStarted {
+                id: None,
+                kind: kind.to_owned(),
+                cluster: params.cluster,
+                plan: lines,
+                dry_run: true,
+            });
         }
         let id = self.start_params(kind, params.clone()).await?;
-        Ok(WorkflowStarted { id: Some(id.as_str().to_owned()), kind: kind.to_owned(), cluster: params.cluster, plan: lines, dry_run: false })
+        Ok(WorkflowStarted {
+            id: Some(id.as_str().to_owned()),
+            kind: kind.to_owned(),
+            cluster: params.cluster,
+            plan: lines,
+            dry_run: false,
+        })
     }
 
     /// The candidate the live topology would give now, in words.
@@ -327,10 +353,15 @@ impl Controller {
     /// The API view of a workflow with its journal.
     pub async fn workflow_view(&self, id: &str) -> Result<WorkflowView, ControllerError> {
         let wid = WorkflowId::parse(id).map_err(ControllerError::BadRequest)?;
-        let rec = self.engine.get(&wid).await?.ok_or_else(|| ControllerError::Workflow(WorkflowError::NotFound(wid.clone())))?;
+        let rec = self
+            .engine
+            .get(&wid)
+            .await?
+            .ok_or_else(|| ControllerError::Workflow(WorkflowError::NotFound(wid.clone())))?;
         let journal = self.engine.journal(&wid).await?;
         let mut steps: Vec<StepView> = Vec::new();
-        let by_name: HashMap<String, pgdr_workflow::StepRecord> = journal.into_iter().map(|s| (s.name.clone(), s)).collect();
+        let by_name: HashMap<String, pgdr_workflow::StepRecord> =
+            journal.into_iter().map(|s| (s.name.clone(), s)).collect();
         for stage in &rec.plan {
             for ps in stage {
                 let s = by_name.get(&ps.name);

@@ -7,18 +7,19 @@
 //! depend on the store, the workflow engine, the API types and the proxy's
 //! routing types; nothing depends on it except the binary.
 
+pub mod api;
 pub mod candidate;
+pub mod controller;
 pub mod detect;
 pub mod fence;
 pub mod math;
-pub mod probe;
 pub mod metrics;
-pub mod runtime;
-pub mod webhook;
-pub mod sync;
-pub mod workflows;
-pub mod api;
-pub mod controller;
 pub mod monitor;
+pub mod page;
+pub mod probe;
+pub mod runtime;
+pub mod sync;
+pub mod webhook;
+pub mod workflows;
 
 pub use controller::{Controller, ControllerError};

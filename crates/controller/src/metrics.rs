@@ -68,14 +68,22 @@ impl Default for Metrics {
             registry: Registry::default(),
         };
         registry.register("pgdr_workflow_step_seconds", "Duration of workflow steps", m.step_seconds.clone());
-        registry.register("pgdr_workflows", "Workflows started, by kind (failover, switchover, ...)", m.workflows.clone());
+        registry.register(
+            "pgdr_workflows",
+            "Workflows started, by kind (failover, switchover, ...)",
+            m.workflows.clone(),
+        );
         registry.register(
             "pgdr_detection_seconds",
             "First failed probe to declared outage",
             m.detection_seconds.clone(),
         );
         registry.register("pgdr_probes", "Canary probes by path and outcome", m.probes.clone());
-        registry.register("pgdr_replica_lag_seconds", "Replica lag from the replicated heartbeat", m.lag_seconds.clone());
+        registry.register(
+            "pgdr_replica_lag_seconds",
+            "Replica lag from the replicated heartbeat",
+            m.lag_seconds.clone(),
+        );
         registry.register("pgdr_rpo_breaches", "Times a replica's lag passed the tier's RPO", m.rpo_breaches.clone());
         registry.register("pgdr_cluster_epoch", "The cluster's epoch", m.epoch.clone());
         Metrics { registry, ..m }

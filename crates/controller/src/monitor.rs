@@ -12,8 +12,8 @@
 
 use std::sync::Arc;
 
-use pgdr_api::agent::Status;
 use pgdr_api::ApiError;
+use pgdr_api::agent::Status;
 use pgdr_config::Cluster;
 use pgdr_model::{NodeName, ReplicationMode, Role};
 use pgdr_store::ClusterState;
@@ -33,7 +33,10 @@ fn agent_outcome(status: Option<&Result<Status, ApiError>>) -> ProbeOutcome {
     match status {
         Some(Ok(s)) if s.up && s.role == Role::Primary => ProbeOutcome::Ok,
         Some(Ok(s)) if s.up => ProbeOutcome::Failed(format!("PostgreSQL is {}", s.role)),
-        Some(Ok(s)) => ProbeOutcome::Failed(format!("PostgreSQL does not answer on its host: {}", s.error.as_deref().unwrap_or("down"))),
+        Some(Ok(s)) => ProbeOutcome::Failed(format!(
+            "PostgreSQL does not answer on its host: {}",
+            s.error.as_deref().unwrap_or("down")
+        )),
         Some(Err(e)) if e.is_refused() => ProbeOutcome::Refused,
         Some(Err(e)) if e.is_timeout() => ProbeOutcome::TimedOut,
         Some(Err(e)) => ProbeOutcome::Failed(e.to_string()),
@@ -142,23 +145,38 @@ pub async fn run(ctl: Controller, cluster: Cluster, cancel: CancellationToken) {
                     if !matches!(statuses.get(&node.name), Some(Ok(s)) if s.up) {
                         continue;
                     }
-                    if let Ok(Some(r)) = probe::replicated_heartbeat(&sh.target(&cluster, node), timing.probe_timeout).await {
+                    if let Ok(Some(r)) =
+                        probe::replicated_heartbeat(&sh.target(&cluster, node), timing.probe_timeout).await
+                    {
                         let l = probe::heartbeat_lag(hb, r);
                         lag.insert(node.name.clone(), l);
                         sh.metrics
                             .lag_seconds
-                            .get_or_create(&crate::metrics::NodeLabel { cluster: cluster.name.to_string(), node: node.name.to_string() })
+                            .get_or_create(&crate::metrics::NodeLabel {
+                                cluster: cluster.name.to_string(),
+                                node: node.name.to_string(),
+                            })
                             .set(l);
                         if let Some(tier) = sh.tier(&cluster) {
                             let over = l > tier.rpo.as_secs_f64();
                             if over && breached.insert(node.name.clone()) {
                                 sh.metrics
                                     .rpo_breaches
-                                    .get_or_create(&crate::metrics::NodeLabel { cluster: cluster.name.to_string(), node: node.name.to_string() })
+                                    .get_or_create(&crate::metrics::NodeLabel {
+                                        cluster: cluster.name.to_string(),
+                                        node: node.name.to_string(),
+                                    })
                                     .inc();
-                                sh.emit(sh.event(&cluster.name, "rpo_breached", format!(
-                                    "{} lags {l:.1}s, past the tier's RPO of {}", node.name, pgdr_model::format_duration(tier.rpo)
-                                ))).await;
+                                sh.emit(sh.event(
+                                    &cluster.name,
+                                    "rpo_breached",
+                                    format!(
+                                        "{} lags {l:.1}s, past the tier's RPO of {}",
+                                        node.name,
+                                        pgdr_model::format_duration(tier.rpo)
+                                    ),
+                                ))
+                                .await;
                             } else if !over {
                                 breached.remove(&node.name);
                             }
@@ -177,7 +195,10 @@ pub async fn run(ctl: Controller, cluster: Cluster, cancel: CancellationToken) {
             merged_lag.extend(lag);
             if let Ok(mut o) = sh.observed.lock() {
                 let e = o.entry(cluster.name.clone()).or_default();
-                e.statuses = statuses.iter().map(|(k, v)| (k.clone(), v.as_ref().map(|s| s.clone()).map_err(|e| e.to_string()))).collect();
+                e.statuses = statuses
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_ref().map(|s| s.clone()).map_err(|e| e.to_string())))
+                    .collect();
                 e.lag = merged_lag;
                 e.primary_lsn = primary_lsn;
                 e.heartbeat_at = primary_hb;
@@ -200,10 +221,19 @@ pub async fn run(ctl: Controller, cluster: Cluster, cancel: CancellationToken) {
             if res.outcome.is_ok() && n % 3 == 1 {
                 match crate::sync::apply(&sh, &cluster, &primary, quorum).await {
                     Ok(degraded) => {
-                        let was = sh.observed.lock().ok().and_then(|o| o.get(&cluster.name).map(|o| o.degraded)).unwrap_or(false);
+                        let was = sh
+                            .observed
+                            .lock()
+                            .ok()
+                            .and_then(|o| o.get(&cluster.name).map(|o| o.degraded))
+                            .unwrap_or(false);
                         if degraded != was {
-                            sh.emit(sh.event(&cluster.name, if degraded { "sync_degraded" } else { "sync_restored" },
-                                format!("fewer than {quorum} healthy replicas: commits wait"))).await;
+                            sh.emit(sh.event(
+                                &cluster.name,
+                                if degraded { "sync_degraded" } else { "sync_restored" },
+                                format!("fewer than {quorum} healthy replicas: commits wait"),
+                            ))
+                            .await;
                         }
                         if let Ok(mut o) = sh.observed.lock() {
                             o.entry(cluster.name.clone()).or_default().degraded = degraded;
@@ -261,7 +291,8 @@ pub async fn run(ctl: Controller, cluster: Cluster, cancel: CancellationToken) {
         }
         // Re-establish old primaries that answer again.
         for node in cluster.nodes.iter().filter(|n| n.name != primary) {
-            let flagged = sh.needs_rejoin.lock().map(|r| r.contains(&(cluster.name.clone(), node.name.clone()))).unwrap_or(false);
+            let flagged =
+                sh.needs_rejoin.lock().map(|r| r.contains(&(cluster.name.clone(), node.name.clone()))).unwrap_or(false);
             let stale_primary = matches!(statuses.get(&node.name), Some(Ok(s)) if s.up && s.role == Role::Primary);
             let answers = matches!(statuses.get(&node.name), Some(Ok(_)));
             if answers && (flagged || stale_primary) {
@@ -280,7 +311,9 @@ pub async fn run(ctl: Controller, cluster: Cluster, cancel: CancellationToken) {
                     keep_tail: true,
                 };
                 match ctl.start_params(workflows::REESTABLISH, params).await {
-                    Ok(id) => tracing::info!(cluster = %cluster.name, node = %node.name, workflow = %id, "re-establish started"),
+                    Ok(id) => {
+                        tracing::info!(cluster = %cluster.name, node = %node.name, workflow = %id, "re-establish started")
+                    }
                     Err(e) => tracing::debug!(cluster = %cluster.name, "re-establish not started: {e}"),
                 }
                 break;

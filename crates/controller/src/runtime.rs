@@ -111,8 +111,9 @@ struct Grant {
 pub struct LeaseBook {
     started: Instant,
     grants: Mutex<HashMap<ClusterName, Grant>>,
-    /// Clusters whose renewals are refused (a failover has begun).
-    blocked: Mutex<HashSet<ClusterName>>,
+    /// Old primaries whose renewals are refused (a failover of their
+    /// cluster has begun). Only the old primary: the new one must renew.
+    blocked: Mutex<HashSet<(ClusterName, NodeName)>>,
 }
 
 /// Why a renewal was refused.
@@ -141,20 +142,22 @@ impl LeaseBook {
             .unwrap_or(self.started)
     }
 
-    pub fn block(&self, cluster: &ClusterName) {
+    /// Refuses `old_primary`'s renewals from now on (a failover began).
+    pub fn block(&self, cluster: &ClusterName, old_primary: &NodeName) {
         if let Ok(mut b) = self.blocked.lock() {
-            b.insert(cluster.clone());
+            b.insert((cluster.clone(), old_primary.clone()));
         }
     }
 
+    /// Lifts every block of `cluster` (the failover ended).
     pub fn unblock(&self, cluster: &ClusterName) {
         if let Ok(mut b) = self.blocked.lock() {
-            b.remove(cluster);
+            b.retain(|(c, _)| c != cluster);
         }
     }
 
-    fn is_blocked(&self, cluster: &ClusterName) -> bool {
-        self.blocked.lock().map(|b| b.contains(cluster)).unwrap_or(true)
+    fn is_blocked(&self, cluster: &ClusterName, node: &NodeName) -> bool {
+        self.blocked.lock().map(|b| b.contains(&(cluster.clone(), node.clone()))).unwrap_or(true)
     }
 
     /// Grants or renews `node`'s lease if the store names it primary.
@@ -165,7 +168,7 @@ impl LeaseBook {
         node: &NodeName,
         ttl: Duration,
     ) -> Result<Epoch, LeaseRefused> {
-        if self.is_blocked(cluster) {
+        if self.is_blocked(cluster, node) {
             return Err(LeaseRefused::Refused(format!("a failover of cluster {cluster} is under way")));
         }
         let state = store
@@ -298,9 +301,7 @@ impl Shared {
             .nodes
             .iter()
             .filter(|n| Some(&n.name) != state.primary.as_ref())
-            .filter(|n| {
-                matches!(observed.statuses.get(&n.name), Some(Ok(s)) if s.up && s.role == Role::Replica)
-            })
+            .filter(|n| matches!(observed.statuses.get(&n.name), Some(Ok(s)) if s.up && s.role == Role::Replica))
             .map(|n| (n.name.clone(), n.host.clone(), n.port))
             .collect();
         RouteInfo { epoch: state.epoch, primary, replicas }

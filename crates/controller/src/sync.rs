@@ -27,7 +27,11 @@ pub fn healthy(statuses: &std::collections::BTreeMap<NodeName, Result<Status, St
     statuses
         .iter()
         .filter_map(|(n, s)| match s {
-            Ok(s) if s.up && s.role == Role::Replica && s.wal_receiver.as_ref().is_some_and(|w| w.status == "streaming") => {
+            Ok(s)
+                if s.up
+                    && s.role == Role::Replica
+                    && s.wal_receiver.as_ref().is_some_and(|w| w.status == "streaming") =>
+            {
                 Some(n.clone())
             }
             _ => None,

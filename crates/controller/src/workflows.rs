@@ -11,7 +11,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgdr_api::agent::{FenceMode, FenceRequest, PromoteRequest, RebuildRequest, RewindRequest, StopMode, StopRequest, UpstreamRequest};
+use pgdr_api::agent::{
+    FenceMode, FenceRequest, PromoteRequest, RebuildRequest, RewindRequest, StopMode, StopRequest, UpstreamRequest,
+};
 use pgdr_api::peer::{PeerClient, WithdrawRequest};
 use pgdr_config::{Cluster, Node, OnCrash};
 use pgdr_model::{ClusterName, Epoch, Lsn, NodeName, RegionName, ReplicationMode, Role};
@@ -79,11 +81,15 @@ struct Ctx {
 
 impl Ctx {
     fn cluster(&self) -> Result<&Cluster, StepError> {
-        self.sh.cluster(self.p.cluster.as_str()).ok_or_else(|| fatal(format!("no cluster {} in the config", self.p.cluster)))
+        self.sh
+            .cluster(self.p.cluster.as_str())
+            .ok_or_else(|| fatal(format!("no cluster {} in the config", self.p.cluster)))
     }
 
     fn node(&self, name: &NodeName) -> Result<&Node, StepError> {
-        self.cluster()?.node(name.as_str()).ok_or_else(|| fatal(format!("no node {name} in cluster {}", self.p.cluster)))
+        self.cluster()?
+            .node(name.as_str())
+            .ok_or_else(|| fatal(format!("no node {name} in cluster {}", self.p.cluster)))
     }
 
     fn old_primary(&self) -> Result<&NodeName, StepError> {
@@ -153,7 +159,8 @@ async fn restart_in_place(c: Arc<Ctx>, _sc: StepContext) -> Result<StepOutput, S
     let error = match res {
         Ok(Ok(_)) => {
             // Crash recovery done: check a write commits.
-            let mut prober = crate::probe::Prober::new(c.sh.target(cluster, node), crate::probe::ROW_DIRECT, "pgdr-controller");
+            let mut prober =
+                crate::probe::Prober::new(c.sh.target(cluster, node), crate::probe::ROW_DIRECT, "pgdr-controller");
             let left = deadline.saturating_sub(started.elapsed()).max(Duration::from_millis(500));
             let r = prober.probe(left).await;
             if r.outcome.is_ok() {
@@ -174,7 +181,7 @@ async fn pause_proxy(c: Arc<Ctx>, sc: StepContext, unroute_primary: bool) -> Res
     }
     let cluster = c.cluster()?;
     if unroute_primary {
-        c.sh.leases.block(&cluster.name);
+        c.sh.leases.block(&cluster.name, c.old_primary()?);
         if let Ok(Some(state)) = c.sh.clusters.state(&cluster.name).await {
             let mut route = c.sh.route(cluster, &state);
             route.primary = None;
@@ -183,7 +190,9 @@ async fn pause_proxy(c: Arc<Ctx>, sc: StepContext, unroute_primary: bool) -> Res
     }
     let started = Instant::now();
     let res = c.sh.proxies.pause(&cluster.name).await;
-    Ok(StepOutput::json(json!({"paused": res.is_ok(), "error": res.err(), "took_ms": started.elapsed().as_millis() as u64})))
+    Ok(StepOutput::json(
+        json!({"paused": res.is_ok(), "error": res.err(), "took_ms": started.elapsed().as_millis() as u64}),
+    ))
 }
 
 async fn fence_old_primary(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepError> {
@@ -228,8 +237,7 @@ async fn fence_old_primary(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, S
             }
         }
     }
-    let withdrawn_at =
-        (withdrawn.len() >= fence::withdrawals_needed(cluster.nodes.len())).then_some(Instant::now());
+    let withdrawn_at = (withdrawn.len() >= fence::withdrawals_needed(cluster.nodes.len())).then_some(Instant::now());
     let view = LeaseView {
         last_grant: c.sh.leases.last_grant(&cluster.name, &old),
         support_withdrawn_at: withdrawn_at,
@@ -250,7 +258,10 @@ async fn fence_old_primary(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, S
             FenceDecision::NoQuorum => {
                 return Err(retry(format!(
                     "cannot prove {old} is fenced: its agent does not confirm ({}) and only {} of the {} other agents withdrew their support",
-                    match &agent_fence { AgentFence::NotConfirmed(e) => e.as_str(), AgentFence::Confirmed(_) => "" },
+                    match &agent_fence {
+                        AgentFence::NotConfirmed(e) => e.as_str(),
+                        AgentFence::Confirmed(_) => "",
+                    },
                     withdrawn.len(),
                     cluster.nodes.len() - 1
                 )));
@@ -278,7 +289,9 @@ async fn run_hook(cmd: &str, cluster: &Cluster, node: &Node) -> Value {
         .env("PGDR_PORT", node.port.to_string())
         .kill_on_drop(true);
     match tokio::time::timeout(Duration::from_secs(30), c.output()).await {
-        Ok(Ok(out)) => json!({"command": cmd, "status": out.status.code(), "stderr": String::from_utf8_lossy(&out.stderr).trim()}),
+        Ok(Ok(out)) => {
+            json!({"command": cmd, "status": out.status.code(), "stderr": String::from_utf8_lossy(&out.stderr).trim()})
+        }
         Ok(Err(e)) => json!({"command": cmd, "error": e.to_string()}),
         Err(_) => json!({"command": cmd, "error": "timed out after 30s"}),
     }
@@ -305,7 +318,13 @@ async fn candidates(c: &Ctx, cluster: &Cluster) -> Vec<CandidateInfo> {
         .collect()
 }
 
-fn policy(c: &Ctx, cluster: &Cluster, old: &NodeName, target: Option<Target>, allow_data_loss: bool) -> Result<Policy, StepError> {
+fn policy(
+    c: &Ctx,
+    cluster: &Cluster,
+    old: &NodeName,
+    target: Option<Target>,
+    allow_data_loss: bool,
+) -> Result<Policy, StepError> {
     let tier = c.sh.tier(cluster).ok_or_else(|| fatal(format!("tier {} is not in the config", cluster.tier)))?;
     Ok(Policy {
         old_primary: old.clone(),
@@ -339,11 +358,16 @@ async fn choose_candidate(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, St
     let pol = policy(&c, cluster, &old, target, c.p.allow_data_loss)?;
     let choice = candidate::choose(&infos, &pol).map_err(retry)?;
     if choice.past_rpo {
-        c.sh.emit(c.sh.event(&cluster.name, "rpo_overridden", format!(
-            "promoting {} although it lags past the RPO ({})",
-            choice.node,
-            if c.p.allow_data_loss { "--allow-data-loss" } else { "availability_over_rpo" }
-        ))).await;
+        c.sh.emit(c.sh.event(
+            &cluster.name,
+            "rpo_overridden",
+            format!(
+                "promoting {} although it lags past the RPO ({})",
+                choice.node,
+                if c.p.allow_data_loss { "--allow-data-loss" } else { "availability_over_rpo" }
+            ),
+        ))
+        .await;
     }
     Ok(StepOutput::json(serde_json::to_value(&choice).map_err(fatal)?))
 }
@@ -357,14 +381,21 @@ async fn raise_epoch(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepErr
     let state = c.sh.clusters.state(&cluster.name).await.map_err(retry)?;
     if let Some(s) = &state {
         if s.epoch == c.p.old_epoch.next() && s.primary.as_ref() == Some(&node) {
-            return Ok(StepOutput::json(json!({"epoch": s.epoch, "primary": node, "already": true})).with_epoch(s.epoch));
+            return Ok(
+                StepOutput::json(json!({"epoch": s.epoch, "primary": node, "already": true})).with_epoch(s.epoch)
+            );
         }
     }
     let reason = format!("{} {}", sc.kind, sc.workflow.as_str());
-    let s = c.sh.clusters.raise_epoch(&cluster.name, c.p.old_epoch, Some(node.clone()), &reason).await.map_err(|e| {
-        if e.is_retryable() { retry(e) } else { fatal(e) }
-    })?;
-    c.sh.metrics.epoch.get_or_create(&crate::metrics::ClusterLabel { cluster: cluster.name.to_string() }).set(s.epoch.0 as i64);
+    let s =
+        c.sh.clusters
+            .raise_epoch(&cluster.name, c.p.old_epoch, Some(node.clone()), &reason)
+            .await
+            .map_err(|e| if e.is_retryable() { retry(e) } else { fatal(e) })?;
+    c.sh.metrics
+        .epoch
+        .get_or_create(&crate::metrics::ClusterLabel { cluster: cluster.name.to_string() })
+        .set(s.epoch.0 as i64);
     Ok(StepOutput::json(json!({"epoch": s.epoch, "primary": node})).with_epoch(s.epoch))
 }
 
@@ -376,12 +407,11 @@ async fn promote(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepError> 
     let epoch = new_epoch(&sc)?;
     let timeout = c.sh.config.timing.promote_timeout;
     let agent = c.sh.agent(node).map_err(fatal)?.with_action_timeout(timeout + Duration::from_secs(5));
-    let r = agent
-        .promote(&PromoteRequest { epoch, timeout_ms: Some(timeout.as_millis() as u64) })
-        .await
-        .map_err(retry)?;
+    let r =
+        agent.promote(&PromoteRequest { epoch, timeout_ms: Some(timeout.as_millis() as u64) }).await.map_err(retry)?;
     let lsn = agent.status().await.ok().and_then(|s| s.current_lsn);
-    Ok(StepOutput::json(json!({"node": node.name, "message": r.message, "agent_ms": r.took_ms, "lsn": lsn})).with_epoch(epoch))
+    Ok(StepOutput::json(json!({"node": node.name, "message": r.message, "agent_ms": r.took_ms, "lsn": lsn}))
+        .with_epoch(epoch))
 }
 
 async fn repoint_replicas(c: Arc<Ctx>, sc: StepContext, skip_old: bool) -> Result<StepOutput, StepError> {
@@ -403,10 +433,13 @@ async fn repoint_replicas(c: Arc<Ctx>, sc: StepContext, skip_old: bool) -> Resul
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
-        done.insert(n.name.to_string(), match res {
-            Ok(m) => json!({"ok": m}),
-            Err(e) => json!({"error": e}),
-        });
+        done.insert(
+            n.name.to_string(),
+            match res {
+                Ok(m) => json!({"ok": m}),
+                Err(e) => json!({"error": e}),
+            },
+        );
     }
     Ok(StepOutput::json(Value::Object(done)))
 }
@@ -417,7 +450,8 @@ async fn resume_proxy(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepEr
     if skipped(&sc) {
         return Ok(StepOutput::json(json!({"skipped": "restarted in place"})));
     }
-    let state = c.sh.clusters.state(&cluster.name).await.map_err(retry)?.ok_or_else(|| fatal("the cluster has no state"))?;
+    let state =
+        c.sh.clusters.state(&cluster.name).await.map_err(retry)?.ok_or_else(|| fatal("the cluster has no state"))?;
     let route = c.sh.route(cluster, &state);
     c.sh.proxies.publish(&cluster.name, &route);
     let res = c.sh.proxies.resume(&cluster.name).await;
@@ -426,15 +460,22 @@ async fn resume_proxy(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepEr
             let _ = crate::sync::apply(&c.sh, cluster, p, quorum).await;
         }
     }
-    Ok(StepOutput::json(json!({"epoch": state.epoch, "primary": state.primary, "resumed": res.is_ok(), "error": res.err()}))
-        .with_epoch(state.epoch))
+    Ok(StepOutput::json(
+        json!({"epoch": state.epoch, "primary": state.primary, "resumed": res.is_ok(), "error": res.err()}),
+    )
+    .with_epoch(state.epoch))
 }
 
 async fn report(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepError> {
     let cluster = c.cluster()?;
     let old = c.old_primary()?.clone();
     if skipped(&sc) {
-        c.sh.emit(c.sh.event(&cluster.name, "restarted_in_place", format!("{old} restarted in place; nothing promoted"))).await;
+        c.sh.emit(c.sh.event(
+            &cluster.name,
+            "restarted_in_place",
+            format!("{old} restarted in place; nothing promoted"),
+        ))
+        .await;
         return Ok(StepOutput::json(json!({"path": "restart-in-place", "lost_bytes": 0})));
     }
     let promoted_lsn = sc
@@ -531,7 +572,13 @@ async fn stop_old_primary(c: Arc<Ctx>, _sc: StepContext) -> Result<StepOutput, S
 /// Brings `node` back as a replica of `primary`: `pg_rewind`, falling back to
 /// a fresh base backup; with `keep_tail`, straight to the base backup, which
 /// keeps the old data directory aside.
-pub async fn rejoin(sh: &Shared, node: &Node, primary: &Node, epoch: Epoch, keep_tail: bool) -> Result<Value, StepError> {
+pub async fn rejoin(
+    sh: &Shared,
+    node: &Node,
+    primary: &Node,
+    epoch: Epoch,
+    keep_tail: bool,
+) -> Result<Value, StepError> {
     let agent = sh.agent(node).map_err(retry)?.with_action_timeout(Duration::from_secs(600));
     let from = Shared::endpoint(primary);
     let mut notes = Vec::new();
@@ -601,7 +648,12 @@ impl WorkflowDef for Def {
         let p: Params = serde_json::from_value(params.clone()).map_err(|e| format!("bad params: {e}"))?;
         let sh = &self.sh;
         let mut s: Vec<Stage> = Vec::new();
-        let quick = RetryPolicy { max_attempts: 5, initial: Duration::from_millis(200), factor: 2.0, max: Duration::from_secs(2) };
+        let quick = RetryPolicy {
+            max_attempts: 5,
+            initial: Duration::from_millis(200),
+            factor: 2.0,
+            max: Duration::from_secs(2),
+        };
         match self.kind {
             FAILOVER => {
                 gate(&p, &mut s);
@@ -609,7 +661,13 @@ impl WorkflowDef for Def {
                     .retry(RetryPolicy::once())
                     .check("only when the postmaster died and its host answers")
                     .into());
-                s.push(step(sh, &p, "pause_proxy", "stop routing to the old primary; queue new transactions", |c, sc| pause_proxy(c, sc, true)).retry(quick).into());
+                s.push(
+                    step(sh, &p, "pause_proxy", "stop routing to the old primary; queue new transactions", |c, sc| {
+                        pause_proxy(c, sc, true)
+                    })
+                    .retry(quick)
+                    .into(),
+                );
                 s.push(step(sh, &p, "fence_old_primary", "fence the old primary: its agent stops it, the fence hook runs, or its lease certainly expired", fence_old_primary)
                     .retry(RetryPolicy { max_attempts: 20, initial: Duration::from_millis(500), factor: 1.5, max: Duration::from_secs(5) })
                     .check("the old primary's agent confirms it stopped, or lease_ttl + lease_margin passed since its last renewal and a majority of agents withdrew their support")
@@ -618,34 +676,128 @@ impl WorkflowDef for Def {
                     .retry(quick)
                     .check("a reachable replica in recovery, lagging less than the tier's RPO (unless --allow-data-loss or availability_over_rpo)")
                     .into());
-                s.push(step(sh, &p, "raise_epoch", "raise the cluster epoch (compare-and-set) naming the candidate", raise_epoch).retry(quick).into());
-                s.push(step(sh, &p, "promote", "promote the candidate and check a write commits", promote).retry(quick).into());
-                s.push(step(sh, &p, "repoint_replicas", "point the other replicas at the new primary", |c, sc| repoint_replicas(c, sc, true)).retry(quick).into());
-                s.push(step(sh, &p, "resume_proxy", "publish the new routing and resume the proxy", resume_proxy).retry(quick).into());
-                s.push(step(sh, &p, "report", "record the data-loss window and schedule the old primary's rejoin", report).retry(quick).into());
+                s.push(
+                    step(
+                        sh,
+                        &p,
+                        "raise_epoch",
+                        "raise the cluster epoch (compare-and-set) naming the candidate",
+                        raise_epoch,
+                    )
+                    .retry(quick)
+                    .into(),
+                );
+                s.push(
+                    step(sh, &p, "promote", "promote the candidate and check a write commits", promote)
+                        .retry(quick)
+                        .into(),
+                );
+                s.push(
+                    step(sh, &p, "repoint_replicas", "point the other replicas at the new primary", |c, sc| {
+                        repoint_replicas(c, sc, true)
+                    })
+                    .retry(quick)
+                    .into(),
+                );
+                s.push(
+                    step(sh, &p, "resume_proxy", "publish the new routing and resume the proxy", resume_proxy)
+                        .retry(quick)
+                        .into(),
+                );
+                s.push(
+                    step(sh, &p, "report", "record the data-loss window and schedule the old primary's rejoin", report)
+                        .retry(quick)
+                        .into(),
+                );
             }
             SWITCHOVER | FAILBACK => {
                 gate(&p, &mut s);
-                s.push(step(sh, &p, "check_target", "check the primary is up and choose the target", check_target)
-                    .retry(RetryPolicy::once())
-                    .check("the primary is up; the target is a healthy replica within the RPO")
-                    .into());
-                s.push(step(sh, &p, "pause_proxy", "pause the proxy and drain running transactions", |c, sc| pause_proxy(c, sc, false)).retry(quick).into());
-                s.push(step(sh, &p, "fence_old_primary", "make the old primary read-only and end its sessions; read its final WAL position", fence_read_only).retry(quick).into());
-                s.push(step(sh, &p, "wait_replay", "wait until the target has replayed the old primary's final WAL position", wait_replay).retry(quick).into());
-                s.push(step(sh, &p, "stop_old_primary", "stop the old primary (fast)", stop_old_primary).retry(quick).into());
-                s.push(step(sh, &p, "raise_epoch", "raise the cluster epoch naming the target", raise_epoch).retry(quick).into());
+                s.push(
+                    step(sh, &p, "check_target", "check the primary is up and choose the target", check_target)
+                        .retry(RetryPolicy::once())
+                        .check("the primary is up; the target is a healthy replica within the RPO")
+                        .into(),
+                );
+                s.push(
+                    step(sh, &p, "pause_proxy", "pause the proxy and drain running transactions", |c, sc| {
+                        pause_proxy(c, sc, false)
+                    })
+                    .retry(quick)
+                    .into(),
+                );
+                s.push(
+                    step(
+                        sh,
+                        &p,
+                        "fence_old_primary",
+                        "make the old primary read-only and end its sessions; read its final WAL position",
+                        fence_read_only,
+                    )
+                    .retry(quick)
+                    .into(),
+                );
+                s.push(
+                    step(
+                        sh,
+                        &p,
+                        "wait_replay",
+                        "wait until the target has replayed the old primary's final WAL position",
+                        wait_replay,
+                    )
+                    .retry(quick)
+                    .into(),
+                );
+                s.push(
+                    step(sh, &p, "stop_old_primary", "stop the old primary (fast)", stop_old_primary)
+                        .retry(quick)
+                        .into(),
+                );
+                s.push(
+                    step(sh, &p, "raise_epoch", "raise the cluster epoch naming the target", raise_epoch)
+                        .retry(quick)
+                        .into(),
+                );
                 s.push(step(sh, &p, "promote", "promote the target", promote).retry(quick).into());
-                s.push(step(sh, &p, "repoint_replicas", "point the other replicas at the new primary", |c, sc| repoint_replicas(c, sc, true)).retry(quick).into());
-                s.push(step(sh, &p, "resume_proxy", "publish the new routing and resume the proxy", resume_proxy).retry(quick).into());
-                s.push(step(sh, &p, "rejoin_old_primary", "bring the old primary back as a replica (pg_rewind, else base backup)", rejoin_old_primary)
-                    .retry(RetryPolicy { max_attempts: 3, initial: Duration::from_secs(1), factor: 2.0, max: Duration::from_secs(10) })
-                    .into());
+                s.push(
+                    step(sh, &p, "repoint_replicas", "point the other replicas at the new primary", |c, sc| {
+                        repoint_replicas(c, sc, true)
+                    })
+                    .retry(quick)
+                    .into(),
+                );
+                s.push(
+                    step(sh, &p, "resume_proxy", "publish the new routing and resume the proxy", resume_proxy)
+                        .retry(quick)
+                        .into(),
+                );
+                s.push(
+                    step(
+                        sh,
+                        &p,
+                        "rejoin_old_primary",
+                        "bring the old primary back as a replica (pg_rewind, else base backup)",
+                        rejoin_old_primary,
+                    )
+                    .retry(RetryPolicy {
+                        max_attempts: 3,
+                        initial: Duration::from_secs(1),
+                        factor: 2.0,
+                        max: Duration::from_secs(10),
+                    })
+                    .into(),
+                );
             }
             REESTABLISH => {
-                s.push(step(sh, &p, "rejoin", "bring the node back as a replica of the current primary", reestablish)
-                    .retry(RetryPolicy { max_attempts: 5, initial: Duration::from_secs(1), factor: 2.0, max: Duration::from_secs(10) })
-                    .into());
+                s.push(
+                    step(sh, &p, "rejoin", "bring the node back as a replica of the current primary", reestablish)
+                        .retry(RetryPolicy {
+                            max_attempts: 5,
+                            initial: Duration::from_secs(1),
+                            factor: 2.0,
+                            max: Duration::from_secs(10),
+                        })
+                        .into(),
+                );
             }
             other => return Err(format!("unknown workflow kind {other}")),
         }
