@@ -40,6 +40,8 @@ pub enum Command {
     Approve(cmd::ops::ApproveArgs),
     /// List workflows, or show one with its step journal.
     Workflows(cmd::ops::WorkflowsArgs),
+    /// Run the config's proxies standalone (routing by polling the nodes), or pause|resume|status a running one.
+    Proxy(cmd::proxy::ProxyArgs),
     /// Run one node's agent (HTTP API for status and host actions).
     Agent(cmd::agent::AgentArgs),
     /// A local sandbox of real PostgreSQL: up, down.
@@ -78,6 +80,7 @@ fn main() -> ExitCode {
         Command::Failback(a) => cmd::ops::role_change(&global, "failback", a),
         Command::Approve(a) => cmd::ops::approve(&global, a),
         Command::Workflows(a) => cmd::ops::workflows(&global, a),
+        Command::Proxy(a) => cmd::proxy::run(&global, a),
         Command::Agent(a) => cmd::agent::run(&global, a),
         Command::Sandbox(c) => cmd::sandbox::run(&global, c),
         Command::Status(a) => cmd::status::run(&global, a),

@@ -239,6 +239,12 @@ impl ScramClient {
         (ScramClient { key, server_key, client_first_bare, auth_message: None }, first)
     }
 
+    /// Replaces the key (a password client learns salt and iterations only
+    /// from the server-first-message).
+    pub fn set_key(&mut self, key: ClientKey) {
+        self.key = key;
+    }
+
     /// Takes the server-first-message; returns the client-final-message.
     pub fn respond(&mut self, server_first: &str) -> Result<String, ScramError> {
         let nonce = server_first.split(',').find_map(|p| attr(p, 'r')).ok_or(ScramError::Malformed("server-first"))?;

@@ -912,16 +912,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             fwd += h.total;
         }
-        if fwd > 0 {
-            self.client.write_all(&be.buf[..fwd]).await?;
-            be.buf.advance(fwd);
-        }
-        if end_tx && self.is_idle() {
+        // Account the transaction's end before the client can see it.
+        if end_tx && self.pending == 0 && !self.unsynced && self.status == b'I' {
             if self.busy {
                 self.busy = false;
                 self.state.gate.end();
             }
             self.state.metrics.transactions.inc();
+        }
+        if fwd > 0 {
+            self.client.write_all(&be.buf[..fwd]).await?;
+            be.buf.advance(fwd);
         }
         if lost {
             self.backend_lost().await?;

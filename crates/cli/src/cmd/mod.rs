@@ -8,6 +8,7 @@ pub mod backup;
 pub mod agent;
 pub mod config;
 pub mod ops;
+pub mod proxy;
 pub mod sandbox;
 pub mod status;
 pub mod check;

@@ -1,0 +1,108 @@
+//! A switch of primary while pgbench (prepared mode) runs through the
+//! writer endpoint: pause (drain), let the replica catch up, promote it,
+//! publish the new routing with a raised epoch, stop the old primary,
+//! resume. pgbench must finish without a failed transaction or a client
+//! restart, no acknowledged commit may be lost, and idle sessions
+//! (including a prepared statement and a SET) continue on the new primary.
+
+use std::time::Duration;
+
+use pgdr_model::Epoch;
+use pgdr_node::local::StopMode;
+use pgdr_proxy::{Routing, Settings};
+
+use crate::harness::{Proxy, Servers, auto_auth, client_program};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_and_idle_sessions_survive_a_primary_switch() {
+    let servers = Servers::start(true).await;
+    let replica = servers.replica.clone().expect("replica");
+    let proxy = Proxy::start(servers.routing(), auto_auth(), Settings::default()).await;
+    let port = proxy.writer.port();
+    let (ok, _, err) = client_program("pgbench", port, &["-i", "-s", "1", "-q", "postgres"], None).await;
+    assert!(ok, "pgbench -i: {err}");
+
+    // Idle sessions with state that moves: a prepared statement, a SET.
+    let idle = proxy.connect().await;
+    let stmt = idle.prepare("SELECT count(*) FROM pgbench_branches WHERE bid = $1").await.expect("prepare");
+    assert_eq!(idle.query_one(&stmt, &[&1i32]).await.expect("prepared").get::<_, i64>(0), 1);
+    idle.batch_execute("SET application_name = 'survivor'").await.expect("set");
+    let idle2 = proxy.connect().await;
+    idle2.simple_query("SELECT 1").await.expect("query");
+    // A session holding a temporary table cannot move: it must be closed
+    // with a clear error rather than silently lose the table.
+    let pinned = proxy.connect().await;
+    pinned.batch_execute("CREATE TEMP TABLE mine(a int)").await.expect("temp table");
+
+    let bench = tokio::spawn(async move {
+        client_program("pgbench", port, &["-M", "prepared", "-c", "4", "-j", "2", "-T", "8", "postgres"], None).await
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // The switchover, as the controller will do it.
+    let out = proxy.handle.pause("main").await.expect("pause");
+    assert!(out.drained, "{out:?}");
+    let old = Servers::admin(&servers.primary).await;
+    let target: String = old.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.expect("lsn").get(0);
+    let new = Servers::admin(&replica).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let caught: bool = new
+            .query_one("SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", &[&target])
+            .await
+            .expect("replay lsn")
+            .get(0);
+        if caught {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "replica did not catch up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(old);
+    let promoted: bool = new.query_one("SELECT pg_promote(true, 30)", &[]).await.expect("promote").get(0);
+    assert!(promoted);
+    proxy.routing.send_replace(Routing {
+        epoch: Epoch(2),
+        primary: Some(Servers::backend(&replica, "n2")),
+        replicas: vec![],
+    });
+    servers.primary.stop(StopMode::Fast, Duration::from_secs(30)).await.expect("stop old primary");
+    let resumed = proxy.handle.resume("main").expect("resume");
+    eprintln!("pause: {out:?}, resume: {resumed:?}");
+
+    let (ok, stdout, stderr) = bench.await.expect("pgbench task");
+    eprintln!("{stdout}");
+    assert!(ok, "pgbench failed across the switch: {stderr}\n{stdout}");
+    assert!(stdout.contains("number of failed transactions: 0"), "{stdout}");
+    let processed: i64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|v| v.split('/').next())
+        .and_then(|v| v.trim().parse().ok())
+        .expect("processed count");
+    // Every acknowledged pgbench transaction is on the new primary.
+    let history: i64 = match new.query_one("SELECT count(*) FROM pgbench_history", &[]).await {
+        Ok(r) => r.get(0),
+        Err(e) => panic!("history: {e:?}"),
+    };
+    assert_eq!(history, processed, "acknowledged commits lost or duplicated");
+
+    // Idle sessions continue on the new primary, prepared statement included.
+    assert_eq!(idle.query_one(&stmt, &[&1i32]).await.expect("prepared after the switch").get::<_, i64>(0), 1);
+    let row = idle
+        .query_one("SELECT pg_is_in_recovery(), inet_server_port(), current_setting('application_name')", &[])
+        .await
+        .expect("where am I");
+    assert!(!row.get::<_, bool>(0));
+    assert_eq!(row.get::<_, i32>(1), replica.port as i32);
+    assert_eq!(row.get::<_, String>(2), "survivor");
+    idle2
+        .execute("INSERT INTO pgbench_history(tid, bid, aid, delta) VALUES (1, 1, 1, 0)", &[])
+        .await
+        .expect("write after the switch");
+    let e = pinned.simple_query("SELECT * FROM mine").await.expect_err("the pinned session is closed");
+    let msg = e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_else(|| format!("{e:?}"));
+    assert!(msg.contains("temporary table"), "{msg}");
+    let status = proxy.handle.status();
+    assert_eq!(status.clusters[0].routing.epoch, Epoch(2));
+}
