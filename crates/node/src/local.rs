@@ -211,7 +211,24 @@ impl LocalPg {
             self.run_as.give(&self.log_file())?;
         }
         let secs = wait.as_secs().max(1).to_string();
-        self.run("pg_ctl", &["-D", &data, "-l", &log, "-w", "-t", &secs, "start"], &[]).await.map(|_| ())
+        match self.run("pg_ctl", &["-D", &data, "-l", &log, "-w", "-t", &secs, "start"], &[]).await {
+            Ok(_) => Ok(()),
+            Err(PgError::Failed { program, status, output }) => {
+                // pg_ctl only says "examine the log output": bring the log's end.
+                let tail = self.log_tail(8);
+                let output =
+                    if tail.is_empty() { output } else { format!("{output}\n{}:\n{tail}", self.log_file().display()) };
+                Err(PgError::Failed { program, status, output })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The last `n` lines of the server log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(self.log_file()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
     /// Stops the server; a server that is not running is a success.

@@ -6,14 +6,21 @@ use std::net::SocketAddr;
 
 use crate::record::NodeRecord;
 
+/// How many base backups `up` runs at once (each holds two WAL senders).
+pub const PARALLEL_BACKUPS: usize = 4;
+
 /// PostgreSQL settings suited to a sandbox: fast (no fsync), replication on,
 /// `wal_log_hints` for `pg_rewind`. Archive settings are the backup engine's.
-pub fn sandbox_settings() -> Vec<(String, String)> {
+/// WAL senders and slots: 10, more when `replicas` streaming replicas plus
+/// the base backups in flight need more.
+pub fn sandbox_settings(replicas: usize) -> Vec<(String, String)> {
+    let senders = (replicas + 2 * PARALLEL_BACKUPS + 2).max(10).to_string();
+    let slots = (replicas + 2).max(10).to_string();
     [
         ("fsync", "off"),
         ("wal_level", "replica"),
-        ("max_wal_senders", "10"),
-        ("max_replication_slots", "10"),
+        ("max_wal_senders", senders.as_str()),
+        ("max_replication_slots", slots.as_str()),
         ("hot_standby", "on"),
         ("wal_log_hints", "on"),
         ("hot_standby_feedback", "on"),
@@ -74,7 +81,8 @@ pub fn render(c: &ConfigText<'_>) -> String {
         t,
         "[[clusters]]\nname = \"main\"\ntier = \"gold\"\npassword = {{ file = \"secrets/postgres.password\" }}\n"
     );
-    let settings: Vec<String> = sandbox_settings().iter().map(|(k, v)| format!("{k} = {}", q(v))).collect();
+    let replicas = c.nodes.len().saturating_sub(1);
+    let settings: Vec<String> = sandbox_settings(replicas).iter().map(|(k, v)| format!("{k} = {}", q(v))).collect();
     for n in c.nodes {
         let _ = writeln!(t, "[[clusters.nodes]]");
         let _ = writeln!(t, "name = {}", q(&n.name));

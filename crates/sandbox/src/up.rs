@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use pgdr_api::agent::{AgentClient, slot_name};
 use pgdr_node::local::Login;
 use pgdr_node::replica::{self, ReplicaPlan, Upstream};
@@ -167,6 +168,11 @@ impl SandboxBuilder {
     pub async fn start(self, pgdr: &Path) -> Result<Sandbox, SandboxError> {
         let dir = self.dir.clone().ok_or_else(|| SandboxError::Topology("no folder given".into()))?;
         let regions = self.check_topology()?;
+        let run_as = RunAs::for_node(None)?;
+        let dir =
+            if dir.is_absolute() { dir } else { std::env::current_dir().map_err(SandboxError::io(&dir))?.join(dir) };
+        // The server's user must reach the folder (we open the folder itself).
+        run_as.check_reachable(&dir)?;
         std::fs::create_dir_all(&dir).map_err(SandboxError::io(&dir))?;
         let dir = dir.canonicalize().map_err(SandboxError::io(&dir))?;
         match Record::load(&dir)? {
@@ -177,11 +183,8 @@ impl SandboxBuilder {
         if std::fs::read_dir(&dir).map_err(SandboxError::io(&dir))?.next().is_some() {
             return Err(SandboxError::NotEmpty(dir));
         }
-        let run_as = RunAs::for_node(None)?;
         if run_as.name().is_some() {
             set_mode(&dir, 0o755)?;
-            // The server's user must reach the folder (and its parents).
-            run_as.check_reachable(&dir.join("x"))?;
         }
         let bin = PgBinaries::find(None)?;
         let pgdr = pgdr.canonicalize().map_err(SandboxError::io(pgdr))?;
@@ -297,6 +300,12 @@ impl SandboxBuilder {
                 return Err(SandboxError::Topology(format!("region {r:?} given twice")));
             }
         }
+        if self.base_port != 0 && self.base_port < 1024 {
+            return Err(SandboxError::Topology(format!(
+                "--base-port {}: PostgreSQL runs unprivileged and cannot listen below 1024",
+                self.base_port
+            )));
+        }
         if self.replicas_per_region > 20 {
             return Err(SandboxError::Topology("at most 20 replicas per region".into()));
         }
@@ -311,7 +320,7 @@ async fn bring_up(
     run_as: &RunAs,
     pgdr: &Path,
 ) -> Result<(), SandboxError> {
-    let settings = render::sandbox_settings();
+    let settings = render::sandbox_settings(record.nodes.len().saturating_sub(1));
     let local = |n: &NodeRecord| LocalPg::new(bin.clone(), n.data_dir.clone(), n.host.clone(), n.port, run_as.clone());
     for n in &record.nodes {
         let d = sb.dir.join(&n.name);
@@ -350,8 +359,13 @@ async fn bring_up(
             (n.clone(), local(n), plan)
         })
         .collect();
-    let results = futures::future::join_all(plans.iter().map(|(_, pg, plan)| replica::rebuild(pg, plan))).await;
-    for ((n, pg, _), res) in plans.iter().zip(results) {
+    let results: Vec<_> = futures::stream::iter(
+        plans.iter().map(|(n, pg, plan)| async move { (n, pg, replica::rebuild(pg, plan).await) }),
+    )
+    .buffer_unordered(render::PARALLEL_BACKUPS)
+    .collect()
+    .await;
+    for (n, pg, res) in results {
         // Record what started even when a sibling failed.
         set_postmaster(record, &n.name, pg.postmaster_pid());
         res.map_err(|e| SandboxError::Agent { node: n.name.clone(), detail: format!("base backup: {e}") })?;
