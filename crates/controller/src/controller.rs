@@ -114,10 +114,8 @@ impl Controller {
                     _ = c2.cancelled() => return,
                     ev = rx.recv() => match ev {
                         Ok(ev) => {
-                            if ev.state == "started" && ev.step.is_none() {
-                                if let Some(kind) = &ev.kind {
-                                    sh.metrics.workflows.get_or_create(&crate::metrics::KindLabel { cluster: ev.cluster.to_string(), kind: kind.clone() }).inc();
-                                }
+                            if ev.state == "started" && ev.step.is_none() && let Some(kind) = &ev.kind {
+                                sh.metrics.workflows.get_or_create(&crate::metrics::KindLabel { cluster: ev.cluster.to_string(), kind: kind.clone() }).inc();
                             }
                             hooks.send(&ev)
                         }

@@ -139,47 +139,46 @@ pub async fn run(ctl: Controller, cluster: Cluster, cancel: CancellationToken) {
         let mut lag = std::collections::BTreeMap::new();
         let prev = sh.observed.lock().ok().and_then(|o| o.get(&cluster.name).cloned()).unwrap_or_default();
         let primary_hb = res.heartbeat_at.or(prev.heartbeat_at);
-        if res.outcome.is_ok() {
-            if let Some(hb) = primary_hb {
-                for node in cluster.nodes.iter().filter(|n| n.name != primary) {
-                    if !matches!(statuses.get(&node.name), Some(Ok(s)) if s.up) {
-                        continue;
-                    }
-                    if let Ok(Some(r)) =
-                        probe::replicated_heartbeat(&sh.target(&cluster, node), timing.probe_timeout).await
-                    {
-                        let l = probe::heartbeat_lag(hb, r);
-                        lag.insert(node.name.clone(), l);
-                        sh.metrics
-                            .lag_seconds
-                            .get_or_create(&crate::metrics::NodeLabel {
-                                cluster: cluster.name.to_string(),
-                                node: node.name.to_string(),
-                            })
-                            .set(l);
-                        if let Some(tier) = sh.tier(&cluster) {
-                            let over = l > tier.rpo.as_secs_f64();
-                            if over && breached.insert(node.name.clone()) {
-                                sh.metrics
-                                    .rpo_breaches
-                                    .get_or_create(&crate::metrics::NodeLabel {
-                                        cluster: cluster.name.to_string(),
-                                        node: node.name.to_string(),
-                                    })
-                                    .inc();
-                                sh.emit(sh.event(
-                                    &cluster.name,
-                                    "rpo_breached",
-                                    format!(
-                                        "{} lags {l:.1}s, past the tier's RPO of {}",
-                                        node.name,
-                                        pgdr_model::format_duration(tier.rpo)
-                                    ),
-                                ))
-                                .await;
-                            } else if !over {
-                                breached.remove(&node.name);
-                            }
+        if res.outcome.is_ok()
+            && let Some(hb) = primary_hb
+        {
+            for node in cluster.nodes.iter().filter(|n| n.name != primary) {
+                if !matches!(statuses.get(&node.name), Some(Ok(s)) if s.up) {
+                    continue;
+                }
+                if let Ok(Some(r)) = probe::replicated_heartbeat(&sh.target(&cluster, node), timing.probe_timeout).await
+                {
+                    let l = probe::heartbeat_lag(hb, r);
+                    lag.insert(node.name.clone(), l);
+                    sh.metrics
+                        .lag_seconds
+                        .get_or_create(&crate::metrics::NodeLabel {
+                            cluster: cluster.name.to_string(),
+                            node: node.name.to_string(),
+                        })
+                        .set(l);
+                    if let Some(tier) = sh.tier(&cluster) {
+                        let over = l > tier.rpo.as_secs_f64();
+                        if over && breached.insert(node.name.clone()) {
+                            sh.metrics
+                                .rpo_breaches
+                                .get_or_create(&crate::metrics::NodeLabel {
+                                    cluster: cluster.name.to_string(),
+                                    node: node.name.to_string(),
+                                })
+                                .inc();
+                            sh.emit(sh.event(
+                                &cluster.name,
+                                "rpo_breached",
+                                format!(
+                                    "{} lags {l:.1}s, past the tier's RPO of {}",
+                                    node.name,
+                                    pgdr_model::format_duration(tier.rpo)
+                                ),
+                            ))
+                            .await;
+                        } else if !over {
+                            breached.remove(&node.name);
                         }
                     }
                 }
@@ -197,7 +196,13 @@ pub async fn run(ctl: Controller, cluster: Cluster, cancel: CancellationToken) {
                 let e = o.entry(cluster.name.clone()).or_default();
                 e.statuses = statuses
                     .iter()
-                    .map(|(k, v)| (k.clone(), v.as_ref().map(|s| s.clone()).map_err(|e| e.to_string())))
+                    .map(|(k, v)| {
+                        let v = match v {
+                            Ok(s) => Ok(s.clone()),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        (k.clone(), v)
+                    })
                     .collect();
                 e.lag = merged_lag;
                 e.primary_lsn = primary_lsn;
@@ -217,30 +222,27 @@ pub async fn run(ctl: Controller, cluster: Cluster, cancel: CancellationToken) {
             sh.proxies.publish(&cluster.name, &route);
             published = Some(route);
         }
-        if let ReplicationMode::Sync { quorum } = cluster.replication {
-            if res.outcome.is_ok() && n % 3 == 1 {
-                match crate::sync::apply(&sh, &cluster, &primary, quorum).await {
-                    Ok(degraded) => {
-                        let was = sh
-                            .observed
-                            .lock()
-                            .ok()
-                            .and_then(|o| o.get(&cluster.name).map(|o| o.degraded))
-                            .unwrap_or(false);
-                        if degraded != was {
-                            sh.emit(sh.event(
-                                &cluster.name,
-                                if degraded { "sync_degraded" } else { "sync_restored" },
-                                format!("fewer than {quorum} healthy replicas: commits wait"),
-                            ))
-                            .await;
-                        }
-                        if let Ok(mut o) = sh.observed.lock() {
-                            o.entry(cluster.name.clone()).or_default().degraded = degraded;
-                        }
+        if let ReplicationMode::Sync { quorum } = cluster.replication
+            && res.outcome.is_ok()
+            && n % 3 == 1
+        {
+            match crate::sync::apply(&sh, &cluster, &primary, quorum).await {
+                Ok(degraded) => {
+                    let was =
+                        sh.observed.lock().ok().and_then(|o| o.get(&cluster.name).map(|o| o.degraded)).unwrap_or(false);
+                    if degraded != was {
+                        sh.emit(sh.event(
+                            &cluster.name,
+                            if degraded { "sync_degraded" } else { "sync_restored" },
+                            format!("fewer than {quorum} healthy replicas: commits wait"),
+                        ))
+                        .await;
                     }
-                    Err(e) => tracing::warn!(cluster = %cluster.name, "cannot set synchronous_standby_names: {e}"),
+                    if let Ok(mut o) = sh.observed.lock() {
+                        o.entry(cluster.name.clone()).or_default().degraded = degraded;
+                    }
                 }
+                Err(e) => tracing::warn!(cluster = %cluster.name, "cannot set synchronous_standby_names: {e}"),
             }
         }
         // Detection.

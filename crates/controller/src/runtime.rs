@@ -185,13 +185,13 @@ impl LeaseBook {
         }
         let existing = self.grants.lock().ok().and_then(|g| g.get(cluster).cloned());
         let now = Instant::now();
-        if let Some(g) = existing.filter(|g| g.node == *node && g.epoch == state.epoch) {
-            if store.renew(&g.held).await.is_ok() {
-                if let Ok(mut m) = self.grants.lock() {
-                    m.insert(cluster.clone(), Grant { at: now, ..g });
-                }
-                return Ok(state.epoch);
+        if let Some(g) = existing.filter(|g| g.node == *node && g.epoch == state.epoch)
+            && store.renew(&g.held).await.is_ok()
+        {
+            if let Ok(mut m) = self.grants.lock() {
+                m.insert(cluster.clone(), Grant { at: now, ..g });
             }
+            return Ok(state.epoch);
         }
         let held = match store.acquire_primary_lease(cluster, node, state.epoch, ttl).await {
             Ok(h) => h,

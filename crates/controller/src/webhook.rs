@@ -46,10 +46,10 @@ impl Webhooks {
     }
 
     pub fn send(&self, event: &Event) {
-        if let Some(tx) = &self.tx {
-            if tx.try_send(event.clone()).is_err() {
-                tracing::warn!("webhook queue full: event {} dropped for webhooks (kept in the store)", event.state);
-            }
+        if let Some(tx) = &self.tx
+            && tx.try_send(event.clone()).is_err()
+        {
+            tracing::warn!("webhook queue full: event {} dropped for webhooks (kept in the store)", event.state);
         }
     }
 }

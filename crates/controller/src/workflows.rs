@@ -379,12 +379,11 @@ async fn raise_epoch(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepErr
     let cluster = c.cluster()?;
     let node = chosen(&sc)?;
     let state = c.sh.clusters.state(&cluster.name).await.map_err(retry)?;
-    if let Some(s) = &state {
-        if s.epoch == c.p.old_epoch.next() && s.primary.as_ref() == Some(&node) {
-            return Ok(
-                StepOutput::json(json!({"epoch": s.epoch, "primary": node, "already": true})).with_epoch(s.epoch)
-            );
-        }
+    if let Some(s) = &state
+        && s.epoch == c.p.old_epoch.next()
+        && s.primary.as_ref() == Some(&node)
+    {
+        return Ok(StepOutput::json(json!({"epoch": s.epoch, "primary": node, "already": true})).with_epoch(s.epoch));
     }
     let reason = format!("{} {}", sc.kind, sc.workflow.as_str());
     let s =
@@ -455,10 +454,10 @@ async fn resume_proxy(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepEr
     let route = c.sh.route(cluster, &state);
     c.sh.proxies.publish(&cluster.name, &route);
     let res = c.sh.proxies.resume(&cluster.name).await;
-    if let ReplicationMode::Sync { quorum } = cluster.replication {
-        if let Some(p) = &state.primary {
-            let _ = crate::sync::apply(&c.sh, cluster, p, quorum).await;
-        }
+    if let ReplicationMode::Sync { quorum } = cluster.replication
+        && let Some(p) = &state.primary
+    {
+        let _ = crate::sync::apply(&c.sh, cluster, p, quorum).await;
     }
     Ok(StepOutput::json(
         json!({"epoch": state.epoch, "primary": state.primary, "resumed": res.is_ok(), "error": res.err()}),
@@ -546,11 +545,11 @@ async fn wait_replay(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepErr
     let started = Instant::now();
     let limit = c.sh.config.timing.drain_timeout + c.sh.config.timing.promote_timeout;
     loop {
-        if let Ok(s) = agent.status().await {
-            if s.replay_lsn.is_some_and(|l| l >= final_lsn) {
-                return Ok(StepOutput::json(json!({"final_lsn": final_lsn, "replayed": s.replay_lsn,
-                    "waited_ms": started.elapsed().as_millis() as u64})));
-            }
+        if let Ok(s) = agent.status().await
+            && s.replay_lsn.is_some_and(|l| l >= final_lsn)
+        {
+            return Ok(StepOutput::json(json!({"final_lsn": final_lsn, "replayed": s.replay_lsn,
+                "waited_ms": started.elapsed().as_millis() as u64})));
         }
         if started.elapsed() > limit {
             return Err(retry(format!("{} has not replayed {final_lsn} yet", node.name)));
