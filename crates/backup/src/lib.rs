@@ -11,6 +11,7 @@
 //! - [`copy`]: copies to other destinations, resumable, and `pull` from a read-only source.
 //! - [`retention`]: prune by count and age.
 //! - [`schedule`]: which clusters are due for a backup by their tier's cron schedule.
+//! - [`status`]: newest backup and WAL per cluster and destination (for metrics).
 //!
 //! This crate depends on config, model and node; never on the controller or proxy.
 
@@ -23,6 +24,7 @@ pub mod manifest;
 pub mod restore;
 pub mod retention;
 pub mod schedule;
+pub mod status;
 pub mod wal;
 
 use std::path::{Path, PathBuf};

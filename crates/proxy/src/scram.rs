@@ -131,7 +131,7 @@ fn nonce() -> String {
     B64.encode(bytes)
 }
 
-fn attr<'a>(part: &'a str, name: char) -> Option<&'a str> {
+fn attr(part: &str, name: char) -> Option<&str> {
     let mut chars = part.chars();
     (chars.next() == Some(name) && chars.next() == Some('=')).then(|| &part[2..])
 }

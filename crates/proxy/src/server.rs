@@ -212,10 +212,10 @@ async fn cancel(inner: &Inner, pid: i32, secret: i32) {
     let target = inner.cancel.lock().ok().and_then(|m| m.get(&pid).cloned());
     match target {
         Some(t) if t.secret == secret => {
-            if let Some((b, key)) = t.backend {
-                if let Err(e) = crate::backend::send_cancel(&b, key, inner.tcp).await {
-                    tracing::debug!(error = %e, "cancel request not delivered");
-                }
+            if let Some((b, key)) = t.backend
+                && let Err(e) = crate::backend::send_cancel(&b, key, inner.tcp).await
+            {
+                tracing::debug!(error = %e, "cancel request not delivered");
             }
         }
         _ => tracing::debug!(pid, "cancel request with an unknown key ignored"),

@@ -144,10 +144,10 @@ impl<S> Drop for Session<S> {
             self.state.gate.end();
         }
         self.state.sessions.fetch_sub(1, Ordering::Relaxed);
-        if self.key.0 != 0 {
-            if let Ok(mut m) = self.inner.cancel.lock() {
-                m.remove(&self.key.0);
-            }
+        if self.key.0 != 0
+            && let Ok(mut m) = self.inner.cancel.lock()
+        {
+            m.remove(&self.key.0);
         }
         if let Some(be) = &self.be {
             // Best effort: a polite Terminate so the server logs no EOF.
@@ -362,19 +362,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     async fn authenticate_client(&mut self, target: &Backend) -> Result<(), ClientError> {
         let user = self.startup.user().to_owned();
         let mut secret = self.state.users.get(&user);
-        if secret.is_none() {
-            if let AuthConfig::Auto(login) = &self.state.auth {
-                if self.state.users.may_refresh() {
-                    match crate::auth::fetch_from_backend(target, login, self.state.settings.tcp.connect_timeout).await
-                    {
-                        Ok(u) => self.state.users.replace(u),
-                        Err(e) => {
-                            tracing::warn!(cluster = %self.state.name, error = %e, "cannot refresh user verifiers")
-                        }
-                    }
-                    secret = self.state.users.get(&user);
+        if secret.is_none()
+            && let AuthConfig::Auto(login) = &self.state.auth
+            && self.state.users.may_refresh()
+        {
+            match crate::auth::fetch_from_backend(target, login, self.state.settings.tcp.connect_timeout).await {
+                Ok(u) => self.state.users.replace(u),
+                Err(e) => {
+                    tracing::warn!(cluster = %self.state.name, error = %e, "cannot refresh user verifiers")
                 }
             }
+            secret = self.state.users.get(&user);
         }
         let failed = |user: &str| format!("password authentication failed for user \"{user}\"");
         if let Some(StoredSecret::Md5(stored)) = &secret {
@@ -598,15 +596,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 n += 1;
             }
         }
-        if n > 0 {
-            if let Err(e) = replay(&mut conn, &self.out, n).await {
-                return Err(self
-                    .fatal(
-                        "08006",
-                        format!("terminating connection: cannot restore session settings on the new server: {e}"),
-                    )
-                    .await);
-            }
+        if n > 0
+            && let Err(e) = replay(&mut conn, &self.out, n).await
+        {
+            return Err(self
+                .fatal(
+                    "08006",
+                    format!("terminating connection: cannot restore session settings on the new server: {e}"),
+                )
+                .await);
         }
         // Tell the client about reported values that now differ.
         self.out.clear();
@@ -627,10 +625,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.client.write_all(&self.out).await?;
         }
         self.unprepared = self.prepared.keys().cloned().collect();
-        if let Ok(mut m) = self.inner.cancel.lock() {
-            if let Some(t) = m.get_mut(&self.key.0) {
-                t.backend = Some((conn.backend.clone(), conn.key));
-            }
+        if let Ok(mut m) = self.inner.cancel.lock()
+            && let Some(t) = m.get_mut(&self.key.0)
+        {
+            t.backend = Some((conn.backend.clone(), conn.key));
         }
         if had_backend || !self.prepared.is_empty() || !self.sets.is_empty() {
             self.state.metrics.moves.inc();
@@ -645,12 +643,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.cskip > 0 {
             let n = self.cskip.min(self.cbuf.len());
             self.cskip -= n;
-            if let Some(be) = self.be.as_mut() {
-                if be.stream.write_all(&self.cbuf[..n]).await.is_err() {
-                    self.cbuf.advance(n);
-                    self.backend_lost().await?;
-                    return Ok(Flow::Continue);
-                }
+            if let Some(be) = self.be.as_mut()
+                && be.stream.write_all(&self.cbuf[..n]).await.is_err()
+            {
+                self.cbuf.advance(n);
+                self.backend_lost().await?;
+                return Ok(Flow::Continue);
             }
             self.cbuf.advance(n);
             if self.cbuf.is_empty() {
@@ -743,22 +741,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                             }
                             fwd = 0;
                             self.expect.push_back((true, self.syncs_sent));
-                            if let Some(be) = self.be.as_mut() {
-                                if be.stream.write_all(&parse).await.is_err() {
-                                    self.backend_lost().await?;
-                                    return Ok(Flow::Continue);
-                                }
+                            if let Some(be) = self.be.as_mut()
+                                && be.stream.write_all(&parse).await.is_err()
+                            {
+                                self.backend_lost().await?;
+                                return Ok(Flow::Continue);
                             }
                         }
                     }
                 }
                 b'C' => {
                     self.unsynced = true;
-                    if let Some((b'S', name)) = protocol::target(body) {
-                        if !name.is_empty() {
-                            self.prepared.remove(name);
-                            self.unprepared.remove(name);
-                        }
+                    if let Some((b'S', name)) = protocol::target(body)
+                        && !name.is_empty()
+                    {
+                        self.prepared.remove(name);
+                        self.unprepared.remove(name);
                     }
                 }
                 b'S' => {
@@ -896,16 +894,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     }
                 }
                 b'1' => {
-                    if let Some((injected, _)) = self.expect.pop_front() {
-                        if injected {
-                            // Our own re-prepare's ParseComplete: drop it.
-                            if fwd > 0 {
-                                self.client.write_all(&be.buf[..fwd]).await?;
-                            }
-                            be.buf.advance(fwd + h.total);
-                            fwd = 0;
-                            continue;
+                    if let Some((injected, _)) = self.expect.pop_front()
+                        && injected
+                    {
+                        // Our own re-prepare's ParseComplete: drop it.
+                        if fwd > 0 {
+                            self.client.write_all(&be.buf[..fwd]).await?;
                         }
+                        be.buf.advance(fwd + h.total);
+                        fwd = 0;
+                        continue;
                     }
                 }
                 _ => {}
@@ -935,10 +933,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.be = None;
         self.bskip = 0;
         self.cskip = 0;
-        if let Ok(mut m) = self.inner.cancel.lock() {
-            if let Some(t) = m.get_mut(&self.key.0) {
-                t.backend = None;
-            }
+        if let Ok(mut m) = self.inner.cancel.lock()
+            && let Some(t) = m.get_mut(&self.key.0)
+        {
+            t.backend = None;
         }
         if self.is_idle() {
             // Nothing in flight: reconnect at the next transaction.

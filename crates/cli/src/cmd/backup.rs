@@ -58,6 +58,15 @@ pub enum BackupCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Newest backup and WAL per cluster and destination, with ages.
+    Status {
+        #[arg(long)]
+        tier: Option<String>,
+        #[arg(long)]
+        tag: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// List a cluster's backups at a destination.
     List {
         #[arg(long)]
@@ -259,6 +268,29 @@ pub fn run(global: &Global, cmd: BackupCmd) -> anyhow::Result<ExitCode> {
             BackupCmd::Run { cluster, due, tier, tag, to, no_copy, node, workers, part_mib, dry_run, json } => {
                 let sel = Selector { tier, tags: tag, clusters: cluster };
                 backup_run(&config, &sel, due, to, no_copy, node, workers, part_mib, dry_run, json).await
+            }
+            BackupCmd::Status { tier, tag, json } => {
+                let sel = Selector { tier, tags: tag, clusters: Vec::new() };
+                let list = pgdr_backup::status::status(&config, &sel).await?;
+                if json {
+                    print_json(&list);
+                } else {
+                    println!("{:<16} {:<10} {:<14} {:>7} {:<24} {:>9} {:<24}", "cluster", "tier", "destination", "backups", "newest", "age", "newest WAL");
+                    for s in &list {
+                        println!(
+                            "{:<16} {:<10} {:<14} {:>7} {:<24} {:>9} {:<24}{}",
+                            s.cluster,
+                            s.tier,
+                            format!("{}{}", s.destination, if s.copy { " (copy)" } else { "" }),
+                            s.backups,
+                            s.newest.as_deref().unwrap_or("-"),
+                            s.newest_age_seconds.map(|a| pgdr_model::format_duration(Duration::from_secs(a.max(0) as u64))).unwrap_or_else(|| "-".into()),
+                            s.newest_wal.as_deref().unwrap_or("-"),
+                            s.error.as_deref().map(|e| format!("  error: {e}")).unwrap_or_default()
+                        );
+                    }
+                }
+                Ok(if list.iter().any(|s| s.error.is_some()) { ExitCode::from(1) } else { ExitCode::SUCCESS })
             }
             BackupCmd::List { cluster, from, json } => {
                 let dest = pgdr_backup::dest_for(&config, &cluster, from.as_deref())?;

@@ -190,10 +190,10 @@ async fn wait_for_signal() {
 
 /// Calls every matching proxy's admin API.
 async fn admin(cfg: &Config, cluster: Option<&str>, method: &str, what: &str, json: bool) -> anyhow::Result<ExitCode> {
-    if let Some(c) = cluster {
-        if cfg.cluster(c).is_none() {
-            return Err(Usage(format!("cluster {c:?} is not in {}", cfg.file.display())).into());
-        }
+    if let Some(c) = cluster
+        && cfg.cluster(c).is_none()
+    {
+        return Err(Usage(format!("cluster {c:?} is not in {}", cfg.file.display())).into());
     }
     let targets: Vec<_> = cfg
         .proxies
