@@ -66,6 +66,12 @@ pub fn render(c: &ConfigText<'_>) -> String {
         q(region)
     );
     let _ = writeln!(t, "[agents]\ntoken = {{ file = \"secrets/agent.token\" }}\n");
+    // Loopback links are fast and reliable: a sandbox detects and fences in
+    // about two seconds. See docs/failover-math.md for the inequalities.
+    let _ = writeln!(
+        t,
+        "[timing]\nprobe_interval = \"500ms\"\nprobe_timeout = \"400ms\"\nfailure_threshold = 3\nlease_renew = \"500ms\"\nlease_ttl = \"2s\"\nlease_margin = \"500ms\"\nrestart_deadline = \"5s\"\n"
+    );
     for r in c.regions {
         let _ = writeln!(t, "[[regions]]\nname = {}\n", q(r));
     }
