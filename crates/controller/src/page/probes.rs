@@ -72,10 +72,10 @@ impl ProbeBook {
                 continue;
             }
             counts.insert(o.clone(), s.count);
-            if let Some(at) = s.changed_at {
-                if best.is_none_or(|(_, b)| at > b) {
-                    best = Some((o.as_str(), at));
-                }
+            if let Some(at) = s.changed_at
+                && best.is_none_or(|(_, b)| at > b)
+            {
+                best = Some((o.as_str(), at));
             }
         }
         Latest {

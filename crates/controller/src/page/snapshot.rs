@@ -154,7 +154,10 @@ pub async fn build(ctl: &Controller, book: &std::sync::Mutex<ProbeBook>) -> Snap
             for path in b.paths(c.name.as_str()) {
                 let l = b.latest(c.name.as_str(), &path, now);
                 let target = match path.as_str() {
-                    "direct" => format!("primary {} (heartbeat write)", view.primary.as_ref().map(|p| p.as_str()).unwrap_or("?")),
+                    "direct" => format!(
+                        "primary {} (heartbeat write)",
+                        view.primary.as_ref().map(|p| p.as_str()).unwrap_or("?")
+                    ),
                     "proxy" => "primary through the proxies' writer endpoints".to_owned(),
                     other => other.to_owned(),
                 };
@@ -172,7 +175,9 @@ pub async fn build(ctl: &Controller, book: &std::sync::Mutex<ProbeBook>) -> Snap
             let (latest, detail) = match (p.reachable, p.role) {
                 (true, Role::Primary) => (Some("ok".to_owned()), None),
                 (true, role) => (Some("error".to_owned()), Some(format!("PostgreSQL is {role}"))),
-                (false, _) => (Some("error".to_owned()), Some(p.error.clone().unwrap_or_else(|| "agent unreachable".into()))),
+                (false, _) => {
+                    (Some("error".to_owned()), Some(p.error.clone().unwrap_or_else(|| "agent unreachable".into())))
+                }
             };
             probes.push(ProbePanel {
                 vantage: format!("primary's agent ({})", p.region),
