@@ -1,0 +1,443 @@
+//! End-to-end tests of the controller on real sandboxes: `pgdr run`
+//! (controller and proxies in one process) over a sandbox of real
+//! PostgreSQL with its agent processes, faults injected with real signals
+//! by PID, clients through the proxy's writer endpoint.
+//!
+//! Each test has its own sandbox (torn down on drop, pass or fail) with
+//! short timings written into its `pgdr.toml` (agents restarted to read
+//! them). Tests print what they measured (detection, workflow time, time
+//! until writes work again, client errors, lost commits) and assert only
+//! correctness: the epoch, one writable primary, no lost acknowledged
+//! commit where the mode guarantees it, no client error where the product
+//! promises none. Never a time bound.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use pgdr_api::controller::{ClusterView, ControllerClient, RoleChangeRequest, WorkflowView};
+use pgdr_config::Config;
+use pgdr_drill::hosts::{LocalHosts, pid_alive};
+use pgdr_drill::scenario::Hosts;
+use pgdr_drill::workload::{Workload, WorkloadRecord, WorkloadSpec};
+use pgdr_sandbox::{Sandbox, SandboxGuard};
+use serde_json::Value;
+
+const PGDR: &str = env!("CARGO_BIN_EXE_pgdr");
+
+/// Short timings for tests: detection window 3 × 300 ms + 250 ms.
+const TIMING: &str = "\n[timing]\nprobe_interval = \"300ms\"\nprobe_timeout = \"250ms\"\nfailure_threshold = 3\n\
+lease_ttl = \"3s\"\nlease_renew = \"500ms\"\nlease_margin = \"1s\"\nrestart_deadline = \"5s\"\n\
+promote_timeout = \"20s\"\ndrain_timeout = \"2s\"\n";
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Opts {
+    /// `on_crash = "failover"` (else the default restart-first).
+    failover_on_crash: bool,
+    /// `replication = "sync"` with quorum 1.
+    sync: bool,
+}
+
+/// `pgdr run` as a child process, killed (SIGKILL) and reaped on drop.
+struct Run {
+    child: Child,
+}
+
+impl Run {
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A sandbox with `pgdr run` on it. Fields drop in order: the controller
+/// first (so it does not react to the teardown), then the sandbox.
+struct Env {
+    run: Option<Run>,
+    runs: u32,
+    sb: SandboxGuard,
+    cfg: Config,
+    hosts: LocalHosts,
+    api: ControllerClient,
+    /// libpq conninfo of the east proxy's writer endpoint.
+    writer: String,
+    name: &'static str,
+}
+
+fn sig(pid: i32, s: Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), s).unwrap_or_else(|e| panic!("{s} to {pid}: {e}"));
+}
+
+async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "gave up waiting for {what} after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Env {
+    async fn start(name: &'static str, opts: Opts) -> Env {
+        let t0 = Instant::now();
+        let sb = SandboxGuard::start_temp(Sandbox::builder(), std::path::Path::new(PGDR)).await.expect("sandbox up");
+        // Short timings and the cluster's options, then agents that read them.
+        let mut text = std::fs::read_to_string(&sb.config).expect("read pgdr.toml");
+        let mut extra = String::new();
+        if opts.failover_on_crash {
+            extra.push_str("on_crash = \"failover\"\n");
+        }
+        if opts.sync {
+            extra.push_str("replication = \"sync\"\nsync_quorum = 1\n");
+        }
+        let anchor = "name = \"main\"\ntier = \"gold\"\n";
+        assert!(text.contains(anchor), "unexpected sandbox config:\n{text}");
+        text = text.replacen(anchor, &format!("{anchor}{extra}"), 1);
+        // Our timings replace any the sandbox wrote.
+        if let Some(start) = text.find("\n[timing]\n") {
+            let rest = &text[start + 1..];
+            let end = rest[1..].find("\n[").map(|i| start + 1 + i + 2).unwrap_or(text.len());
+            text.replace_range(start + 1..end, "");
+        }
+        text.push_str(TIMING);
+        std::fs::write(&sb.config, &text).expect("write pgdr.toml");
+        let cfg = Config::load(&sb.config).expect("config with test timings");
+        let hosts = LocalHosts::new(&cfg, PathBuf::from(PGDR));
+        let cluster = cfg.cluster("main").expect("cluster main").clone();
+        for node in &cluster.nodes {
+            let pid = hosts.agent_pid(node).expect("agent pid");
+            sig(pid, Signal::SIGTERM);
+            wait_for("the agent to exit", Duration::from_secs(20), || async { (!pid_alive(pid)).then_some(()) }).await;
+            hosts.start_agent(node).await.expect("start agent");
+        }
+        for node in &cluster.nodes {
+            let a = sb.agent(node.name.as_str()).expect("agent client").with_timeout(Duration::from_millis(500));
+            wait_for("the agent to answer", Duration::from_secs(30), || async { a.health().await.ok() }).await;
+        }
+        let proxy = cfg.proxies.iter().find(|p| p.region.as_str() == "east").expect("east proxy");
+        let writer = format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres password={} connect_timeout=10",
+            proxy.writer.port(),
+            sb.password()
+        );
+        let api = ControllerClient::new(&cfg.controller.listen.to_string(), None)
+            .expect("controller client")
+            .with_timeout(Duration::from_secs(5));
+        let mut env = Env { run: None, runs: 0, sb, cfg, hosts, api, writer, name };
+        env.start_run();
+        env.wait_ready().await;
+        eprintln!("[{name}] sandbox and pgdr run ready in {:.1}s", t0.elapsed().as_secs_f64());
+        env
+    }
+
+    fn start_run(&mut self) {
+        assert!(self.run.is_none(), "pgdr run is already running");
+        self.runs += 1;
+        let log_path = self.sb.dir.join("logs").join(format!("run-{}.log", self.runs));
+        let log = std::fs::File::create(&log_path).expect("run log");
+        let err = log.try_clone().expect("run log");
+        let child = Command::new(PGDR)
+            .arg("run")
+            .arg("--config")
+            .arg(&self.sb.config)
+            .current_dir(&self.sb.dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .expect("start pgdr run");
+        self.run = Some(Run { child });
+    }
+
+    /// SIGKILL to `pgdr run` (controller and proxies die together).
+    fn kill_run(&mut self) {
+        drop(self.run.take());
+    }
+
+    fn run_pid(&self) -> i32 {
+        self.run.as_ref().expect("pgdr run").pid()
+    }
+
+    fn node(&self, name: &str) -> pgdr_config::Node {
+        self.cfg.cluster("main").and_then(|c| c.node(name)).cloned().unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    fn node_names(&self) -> Vec<String> {
+        self.cfg.cluster("main").expect("main").nodes.iter().map(|n| n.name.to_string()).collect()
+    }
+
+    fn postmaster_pid(&self, name: &str) -> i32 {
+        self.hosts.postmaster_pid(&self.node(name)).unwrap_or_else(|| panic!("no postmaster PID for {name}"))
+    }
+
+    fn agent_pid(&self, name: &str) -> i32 {
+        self.hosts.agent_pid(&self.node(name)).unwrap_or_else(|| panic!("no agent PID for {name}"))
+    }
+
+    async fn cluster(&self) -> Option<ClusterView> {
+        self.api.cluster("main").await.ok()
+    }
+
+    /// Waits until the controller has the cluster's state and a write
+    /// commits through the writer endpoint.
+    async fn wait_ready(&self) {
+        wait_for("the controller to record the cluster", Duration::from_secs(60), || async {
+            self.cluster().await.filter(|c| c.primary.is_some() && c.epoch.0 > 0 && c.detection == "healthy")
+        })
+        .await;
+        wait_for("a write through the proxy", Duration::from_secs(60), || async {
+            let c = pgdr_drill::observer::connect(&self.writer, "the writer endpoint", Duration::from_secs(5)).await.ok()?;
+            c.batch_execute(pgdr_drill::workload::LEDGER_DDL).await.ok()
+        })
+        .await;
+    }
+
+    /// Nodes that answer as a writable primary (not in recovery, not
+    /// read-only), asked directly.
+    async fn writable_primaries(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for n in self.node_names() {
+            let q = "select pg_is_in_recovery()::text, current_setting('default_transaction_read_only')";
+            if let Ok(rows) = self.sb.sql(&n, q).await
+                && rows.first().is_some_and(|r| r[0].as_deref() == Some("false") && r[1].as_deref() == Some("off"))
+            {
+                out.push(n);
+            }
+        }
+        out
+    }
+
+    /// The one writable primary, waiting for the cluster to settle.
+    async fn one_primary(&self) -> String {
+        wait_for("exactly one writable primary", Duration::from_secs(60), || async {
+            let p = self.writable_primaries().await;
+            (p.len() == 1).then(|| p[0].clone())
+        })
+        .await
+    }
+
+    async fn workflows(&self) -> Vec<WorkflowView> {
+        self.api.workflows().await.unwrap_or_default()
+    }
+
+    /// Waits for a workflow of `kind` not in `seen` to appear.
+    async fn new_workflow(&self, kind: &str, seen: &[String], limit: Duration) -> WorkflowView {
+        wait_for(&format!("a {kind} workflow"), limit, || async {
+            self.workflows().await.into_iter().find(|w| w.kind == kind && !seen.contains(&w.id))
+        })
+        .await
+    }
+
+    /// Waits for a workflow to end; returns it with its journal.
+    async fn finished(&self, id: &str, limit: Duration) -> WorkflowView {
+        wait_for(&format!("workflow {id} to end"), limit, || async {
+            let v = self.api.workflow(id).await.ok()?;
+            matches!(v.state.as_str(), "succeeded" | "failed" | "cancelled").then_some(v)
+        })
+        .await
+    }
+
+    fn ids(ws: &[WorkflowView]) -> Vec<String> {
+        ws.iter().map(|w| w.id.clone()).collect()
+    }
+
+    fn print_workflow(&self, v: &WorkflowView) {
+        eprintln!(
+            "[{}] {} {}: {} in {}",
+            self.name,
+            v.kind,
+            v.id,
+            v.state,
+            v.duration_ms.map(|d| format!("{:.2}s", d as f64 / 1000.0)).unwrap_or_else(|| "?".into())
+        );
+        for s in &v.steps {
+            eprintln!(
+                "    {:<20} {:<10} {:>7} attempts={}{}",
+                s.name,
+                s.state,
+                s.duration_ms.map(|d| format!("{d}ms")).unwrap_or_default(),
+                s.attempts,
+                s.error.as_deref().map(|e| format!(" error: {e}")).unwrap_or_default()
+            );
+        }
+        if let Some(e) = &v.error {
+            eprintln!("    error: {e}");
+        }
+    }
+
+    /// The drill workload through the writer endpoint.
+    fn workload(&self, writers: usize) -> Workload {
+        let mut spec = WorkloadSpec::new(self.writer.clone());
+        spec.writers = writers;
+        spec.readers = 0;
+        spec.pace = Duration::from_millis(5);
+        Workload::start(spec)
+    }
+
+    /// Compares the ledger on `primary` with what the clients were told and
+    /// prints it; returns the number of lost acknowledged commits.
+    async fn check(&self, primary: &str, record: &WorkloadRecord, fault_ms: Option<f64>) -> u64 {
+        let n = self.node(primary);
+        let conninfo = format!(
+            "host={} port={} user=postgres dbname=postgres password={} connect_timeout=5",
+            n.host,
+            n.port,
+            self.sb.password()
+        );
+        let c = pgdr_drill::observer::connect(&conninfo, primary, Duration::from_secs(10)).await.expect("connect");
+        let loss = pgdr_drill::checker::check_ledger(&c, record, fault_ms).await.expect("check ledger");
+        let (writes, _) = pgdr_drill::checker::errors_by_kind(record);
+        let rto = fault_ms.and_then(|f| pgdr_drill::checker::rto_first_write(record, f));
+        eprintln!(
+            "[{}] workload: {} acknowledged commits, {} lost, {} outcome unknown ({} of them committed); client errors: {:?}{}",
+            self.name,
+            loss.acknowledged_commits,
+            loss.lost_commits(),
+            loss.unknown_outcome,
+            loss.unknown_committed,
+            writes,
+            rto.map(|r| format!("; writes worked again through the proxy {r:.2}s after the fault")).unwrap_or_default()
+        );
+        assert!(loss.acknowledged_commits > 0, "the workload committed nothing");
+        loss.lost_commits()
+    }
+}
+
+fn step<'a>(v: &'a WorkflowView, name: &str) -> &'a pgdr_api::controller::StepView {
+    v.steps.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no step {name} in {}", v.kind))
+}
+
+/// Waits until the workload's writes commit again after `fault_ms`.
+async fn wait_recovered(w: &Workload, fault_ms: f64) {
+    wait_for("writes to work again through the proxy", Duration::from_secs(60), || async {
+        w.recovered_since(fault_ms).then_some(())
+    })
+    .await;
+}
+
+/// kill -9 of the primary's postmaster (`on_crash = "failover"`) while
+/// writers commit through the proxy: the cluster is writable again through
+/// the same endpoint, with the epoch raised and one primary. Async
+/// replication may lose acknowledged commits: the count is printed, not
+/// asserted (the sync test asserts it).
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_primary_fails_over_through_the_proxy() {
+    let env = Env::start("kill-primary", Opts { failover_on_crash: true, ..Opts::default() }).await;
+    let before = env.cluster().await.expect("cluster");
+    let old = before.primary.clone().expect("primary").to_string();
+    let seen = Env::ids(&env.workflows().await);
+    let w = env.workload(4);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let fault_ms = w.now_ms();
+    sig(env.postmaster_pid(&old), Signal::SIGKILL);
+    let wf = env.new_workflow("failover", &seen, Duration::from_secs(30)).await;
+    let wf = env.finished(&wf.id, Duration::from_secs(60)).await;
+    env.print_workflow(&wf);
+    eprintln!("[{}] {}", env.name, wf.params["reason"].as_str().unwrap_or(""));
+    assert_eq!(wf.state, "succeeded", "{wf:#?}");
+    assert_eq!(step(&wf, "restart_in_place").output.as_ref().map(|o| o["path"].clone()), Some(Value::from("failover")));
+    wait_recovered(&w, fault_ms).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let record = w.stop().await;
+    let primary = env.one_primary().await;
+    assert_ne!(primary, old, "the killed node is primary again");
+    let after = env.cluster().await.expect("cluster");
+    assert!(after.epoch > before.epoch, "epoch {} not raised (was {})", after.epoch, before.epoch);
+    assert_eq!(after.primary.as_ref().map(|p| p.to_string()), Some(primary.clone()));
+    let lost = env.check(&primary, &record, Some(fault_ms)).await;
+    eprintln!("[{}] async replication: {lost} acknowledged commits lost (not guaranteed zero in async mode)", env.name);
+}
+
+/// Host loss: the primary's postmaster and agent killed. Nothing confirms
+/// the fence, so the controller waits for the old lease to expire, then
+/// promotes: one writable primary afterwards, epoch raised.
+#[tokio::test(flavor = "multi_thread")]
+async fn host_loss_fails_over_after_the_lease_expires() {
+    let env = Env::start("host-loss", Opts::default()).await;
+    let before = env.cluster().await.expect("cluster");
+    let old = before.primary.clone().expect("primary").to_string();
+    let seen = Env::ids(&env.workflows().await);
+    let w = env.workload(2);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let fault_ms = w.now_ms();
+    sig(env.agent_pid(&old), Signal::SIGKILL);
+    sig(env.postmaster_pid(&old), Signal::SIGKILL);
+    let wf = env.new_workflow("failover", &seen, Duration::from_secs(30)).await;
+    let wf = env.finished(&wf.id, Duration::from_secs(60)).await;
+    env.print_workflow(&wf);
+    eprintln!("[{}] {}", env.name, wf.params["reason"].as_str().unwrap_or(""));
+    assert_eq!(wf.state, "succeeded", "{wf:#?}");
+    let fence = step(&wf, "fence_old_primary").output.clone().expect("fence output");
+    eprintln!("[{}] fence evidence: {}", env.name, fence["evidence"]);
+    assert!(fence["evidence"].to_string().to_lowercase().contains("lease"), "not the lease path: {fence}");
+    wait_recovered(&w, fault_ms).await;
+    let record = w.stop().await;
+    let primary = env.one_primary().await;
+    assert_ne!(primary, old);
+    let after = env.cluster().await.expect("cluster");
+    assert!(after.epoch > before.epoch);
+    assert_eq!(after.primary.as_ref().map(|p| p.to_string()), Some(primary.clone()));
+    let lost = env.check(&primary, &record, Some(fault_ms)).await;
+    eprintln!("[{}] async replication: {lost} acknowledged commits lost", env.name);
+}
+
+/// A blip shorter than the detection window (every process of the primary
+/// frozen with SIGSTOP, then SIGCONT) causes no failover, and clients see
+/// delay rather than errors.
+#[tokio::test(flavor = "multi_thread")]
+async fn blip_shorter_than_the_window_causes_no_failover() {
+    let env = Env::start("blip", Opts { failover_on_crash: true, ..Opts::default() }).await;
+    let before = env.cluster().await.expect("cluster");
+    let old = before.primary.clone().expect("primary").to_string();
+    let window = env.cfg.timing.detection_window();
+    let blip = Duration::from_millis(400);
+    assert!(blip < window);
+    let seen = Env::ids(&env.workflows().await);
+    let w = env.workload(2);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pm = env.postmaster_pid(&old);
+    for _ in 0..3 {
+        let mut pids = vec![pm];
+        pids.extend(pgdr_drill::scenario::children_of(pm));
+        for p in &pids {
+            sig(*p, Signal::SIGSTOP);
+        }
+        tokio::time::sleep(blip).await;
+        for p in &pids {
+            sig(*p, Signal::SIGCONT);
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    tokio::time::sleep(window).await;
+    let record = w.stop().await;
+    let after = env.cluster().await.expect("cluster");
+    let new: Vec<WorkflowView> = env.workflows().await.into_iter().filter(|w| !seen.contains(&w.id)).collect();
+    eprintln!(
+        "[{}] 3 blips of {blip:?} (window {window:?}): epoch {} -> {}, new workflows: {:?}",
+        env.name,
+        before.epoch,
+        after.epoch,
+        new.iter().map(|w| &w.kind).collect::<Vec<_>>()
+    );
+    assert!(new.is_empty(), "a blip started workflows: {new:#?}");
+    assert_eq!(after.epoch, before.epoch);
+    assert_eq!(env.writable_primaries().await, vec![old.clone()]);
+    let lost = env.check(&old, &record, None).await;
+    assert_eq!(lost, 0);
+    let errors = record.write_failures().count();
+    assert_eq!(errors, 0, "clients saw errors during blips: {:?}", record.failures);
+}
