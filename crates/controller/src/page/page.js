@@ -30,7 +30,7 @@
   function fmtSeconds(s) {
     if (s === null || s === undefined) return "—";
     if (s < 1) return (s * 1000).toFixed(0) + " ms";
-    if (s < 60) return s.toFixed(s < 10 ? 2 : 1) + " s";
+    if (s < 60) return (Number.isInteger(s) ? String(s) : s.toFixed(s < 10 ? 2 : 1)) + " s";
     const m = Math.floor(s / 60);
     return m + " min " + Math.round(s - m * 60) + " s";
   }
@@ -48,7 +48,7 @@
     const w = String(word || "").toLowerCase();
     if (/^(ok|healthy|succeeded|primary|replica|streaming|granted|approved|sync_restored)$/.test(w)) return "ok";
     if (/(fail|outage|error|refused|down|breach|fenced|cancel|lost|unreachable)/.test(w)) return "bad";
-    if (/(suspect|retry|waiting|timeout|degraded|unknown|running|started|pending|workflow)/.test(w)) return "warn";
+    if (/(suspect|retry|waiting|timeout|degraded|unknown|running|started|workflow)/.test(w)) return "warn";
     return "";
   }
   const badge = (text, cls, attrs) => h("span", Object.assign({ class: "badge " + (cls === undefined ? tone(text) : cls) }, attrs || {}), text);
@@ -68,15 +68,15 @@
     const rpo = c.cluster.rpo_seconds;
     let state;
     if (!node.reachable) state = badge("agent unreachable", "bad");
-    else if (node.fenced) state = badge("fenced", "bad");
+    else if (node.fenced) state = badge("fenced", node.role === "primary" ? "bad" : "warn", { title: "its agent has fenced it: it takes no writes" });
     else state = badge("reachable", "ok");
     let lag = h("span", { class: "muted" }, isPrimary ? "—" : "no reading");
     if (!isPrimary && typeof node.lag_seconds === "number") {
       const over = rpo > 0 && node.lag_seconds > rpo;
-      lag = h("span", { class: "lag", title: "lag from the replicated heartbeat, against the tier's RPO" },
+      lag = h("span", { class: "lag", title: "lag from the replicated heartbeat, against the tier's RPO of " + fmtSeconds(rpo) },
         rpo > 0 ? h("meter", { min: 0, max: rpo, low: rpo * 0.5, high: rpo * 0.8, optimum: 0, value: Math.min(node.lag_seconds, rpo) }) : null,
         badge(fmtSeconds(node.lag_seconds), over ? "bad" : node.lag_seconds > rpo * 0.5 ? "warn" : "ok"),
-        h("span", { class: "muted" }, "of RPO " + fmtSeconds(rpo)));
+        over ? h("span", { class: "muted" }, "past the RPO") : null);
     }
     const rows = [h("tr", { "data-node": node.name, "data-role": node.role, class: isPrimary ? "is-primary" : null },
       h("th", { scope: "row" }, node.name, isPrimary ? h("span", { class: "muted", title: "the primary the store names at this epoch" }, " ★") : null),
@@ -94,7 +94,7 @@
         h("h4", null, r.name, " ",
           h("small", { class: "muted" }, r.kind + (r.parent ? " in " + r.parent : "") + (r.name === c.primary_region ? " · primary region" : ""))),
         h("table", null,
-          h("thead", null, h("tr", null, ["node", "role", "agent", "LSN", "lag"].map((t) => h("th", { scope: "col" }, t)))),
+          h("thead", null, h("tr", null, ["node", "role", "agent", "LSN", "lag (RPO " + fmtSeconds(c.cluster.rpo_seconds) + ")"].map((t) => h("th", { scope: "col" }, t)))),
           h("tbody", null, r.nodes.map((n) => nodeRows(c, n)))))));
   }
 
@@ -105,7 +105,7 @@
       h("tbody", null, c.probes.map((p) => h("tr", null,
         h("th", { scope: "row" }, p.vantage),
         h("td", null, p.target, p.detail ? h("div", { class: "muted" }, p.detail) : null),
-        h("td", null, p.latest ? badge(p.latest) : h("span", { class: "muted" }, "waiting"),
+        h("td", null, p.latest ? badge(p.latest) : h("span", { class: "muted", title: "known once the next probe has run" }, "—"),
           p.age_ms !== null && p.age_ms !== undefined ? h("span", { class: "muted" }, " " + fmtMs(p.age_ms) + " ago") : null),
         h("td", { class: "mono" }, Object.entries(p.counts).map(([k, v]) => k + " " + v).join(" · ") || "—")))));
   }
@@ -134,7 +134,11 @@
     const out = [h("h3", null, "Workflow in progress")];
     if (c.workflow) {
       out.push(h("div", { class: "workflow", "data-workflow": c.workflow.id }, h("p", null, workflowHead(c.workflow)),
-        c.workflow.error ? h("p", { class: "banner" }, c.workflow.error) : null, steps(c.workflow)));
+        c.workflow.error ? h("p", { class: "banner" }, c.workflow.error) : null,
+        c.workflow.state === "waiting_approval"
+          ? h("p", null, "Waiting at its approval gate: ", h("code", null, "pgdr approve " + c.workflow.id), " lets it on.")
+          : null,
+        steps(c.workflow)));
     } else {
       out.push(h("p", { class: "empty" }, "None: no role change is running."));
     }
@@ -190,7 +194,7 @@
       h("td", { title: e.at }, fmtTime(e.at)),
       h("td", null, e.cluster),
       h("td", null, badge(e.state)),
-      h("td", null, [e.kind, e.step].filter(Boolean).join(" · "), e.workflow ? h("div", { class: "muted mono" }, e.workflow) : null),
+      h("td", { title: e.workflow || null }, [e.kind, e.step].filter(Boolean).join(" · ")),
       h("td", { class: "num" }, e.epoch === null || e.epoch === undefined ? "" : String(e.epoch)),
       h("td", null, e.message || "", e.duration_ms !== null && e.duration_ms !== undefined ? h("span", { class: "muted" }, " (" + fmtMs(e.duration_ms) + ")") : null)));
   }

@@ -78,8 +78,14 @@ impl ProbeBook {
                 best = Some((o.as_str(), at));
             }
         }
+        // Before any change is seen: when one outcome is all there ever was,
+        // it is the latest (how long ago is not known).
+        let only = match counts.iter().filter(|(_, n)| **n > 0).collect::<Vec<_>>().as_slice() {
+            [(o, _)] if best.is_none() => Some((*o).clone()),
+            _ => None,
+        };
         Latest {
-            outcome: best.map(|(o, _)| o.to_owned()),
+            outcome: best.map(|(o, _)| o.to_owned()).or(only),
             age_ms: best.map(|(_, at)| now.saturating_duration_since(at).as_millis() as u64),
             counts,
         }
@@ -163,7 +169,7 @@ mod tests {
         m.probes.get_or_create(&label("direct", "timeout")).inc();
         book.update(&m.encode(), Instant::now());
         let first = book.latest("main", "direct", Instant::now());
-        assert_eq!(first.outcome, None, "one reading cannot tell which is latest");
+        assert_eq!(first.outcome, None, "one reading of two outcomes cannot tell which is latest");
         assert_eq!(first.counts.get("ok"), Some(&1));
 
         tokio::time::advance(Duration::from_secs(1)).await;
@@ -176,6 +182,9 @@ mod tests {
         assert_eq!(l.age_ms, Some(300));
         assert_eq!(l.counts.get("timeout"), Some(&2));
         assert_eq!(book.paths("main"), ["direct", "proxy"]);
+        // The proxy path has only ever seen `ok`: that is its latest outcome.
+        let p = book.latest("main", "proxy", Instant::now());
+        assert_eq!((p.outcome.as_deref(), p.age_ms), (Some("ok"), None));
         assert!(book.paths("other").is_empty());
 
         tokio::time::advance(Duration::from_secs(1)).await;
