@@ -71,17 +71,23 @@ impl Gate {
     /// the queue. On success the caller holds one "active" count that it
     /// gives back with [`Gate::end`].
     pub async fn begin(&self, max_pause: Duration, max_queue: usize) -> Result<Option<Duration>, GateError> {
+        // Fast path: one add and one load.
+        self.active.fetch_add(1, Ordering::SeqCst);
+        if !self.paused.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        self.end();
         let mut waited = None;
         let deadline = Instant::now() + max_pause;
         loop {
+            let started = Instant::now();
+            self.wait(deadline, max_queue).await?;
+            waited = Some(waited.unwrap_or_default() + started.elapsed());
             self.active.fetch_add(1, Ordering::SeqCst);
             if !self.paused.load(Ordering::SeqCst) {
                 return Ok(waited);
             }
             self.end();
-            let started = Instant::now();
-            self.wait(deadline, max_queue).await?;
-            waited = Some(waited.unwrap_or_default() + started.elapsed());
         }
     }
 

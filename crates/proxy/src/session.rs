@@ -74,6 +74,12 @@ struct Session<S> {
     busy: bool,
     /// Backend lost mid-batch: client messages are dropped until Sync.
     failed: bool,
+    /// Backend lost inside a transaction: the next backend is put into a
+    /// failed transaction so the client's ROLLBACK/COMMIT get PostgreSQL's
+    /// own answers.
+    reopen_aborted: bool,
+    /// The client has not yet been told its transaction was lost.
+    lost_error: bool,
     /// Parse messages awaiting ParseComplete: (injected by the proxy, batch).
     expect: VecDeque<(bool, u64)>,
     syncs_sent: u64,
@@ -117,6 +123,8 @@ pub(crate) async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
         unsynced: false,
         busy: false,
         failed: false,
+        reopen_aborted: false,
+        lost_error: false,
         expect: VecDeque::new(),
         syncs_sent: 0,
         syncs_done: 0,
@@ -449,6 +457,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Backend(std::io::Result<usize>),
             Shutdown,
         }
+        // Registered once: polling a fresh `cancelled()` every iteration
+        // would lock the token's shared waiter list on the hot path.
+        let shutdown = token.cancelled();
+        tokio::pin!(shutdown);
         loop {
             if self.cbuf.capacity() - self.cbuf.len() < 4096 {
                 self.cbuf.reserve(BUF_SIZE);
@@ -469,9 +481,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     }
                 };
                 tokio::select! {
-                    r = client.read_buf(cbuf) => Ev::Client(r),
+                    biased;
                     r = be_read => Ev::Backend(r),
-                    _ = token.cancelled() => Ev::Shutdown,
+                    r = client.read_buf(cbuf) => Ev::Client(r),
+                    _ = &mut shutdown => Ev::Shutdown,
                 }
             };
             match ev {
@@ -661,15 +674,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return Ok(Flow::Continue);
             }
         }
-        if self.cbuf.first() == Some(&b'X') && self.is_idle() {
+        if self.cbuf.first() == Some(&b'X') && (self.is_idle() || self.be.is_none()) {
             return Ok(Flow::Terminate);
         }
         if self.is_idle() || self.be.is_none() {
-            if self.be.is_none() && !self.is_idle() {
-                // Backend lost inside a transaction: handled in backend_lost.
+            if self.be.is_none() && !self.is_idle() && !self.reopen_aborted {
                 return Err(self.fatal("08006", "the server connection was lost".into()).await);
             }
             self.begin_tx().await?;
+            if self.reopen_aborted {
+                self.reopen_aborted = false;
+                let r = match self.be.as_mut() {
+                    Some(be) => abort_tx(be).await,
+                    None => Ok(()),
+                };
+                if let Err(e) = r {
+                    return Err(self
+                        .fatal("08006", format!("terminating connection: cannot continue on the new server: {e}"))
+                        .await);
+                }
+            }
         }
         let mut fwd = 0usize;
         loop {
@@ -812,11 +836,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 break;
             }
             self.cbuf.advance(h.total);
-            if h.tag == b'S' {
+            if h.tag == b'X' {
+                return Err(ClientError::Closed("client terminated after losing its transaction".into()));
+            }
+            self.out.clear();
+            if self.lost_error {
+                self.lost_error = false;
+                protocol::put_error(
+                    &mut self.out,
+                    "ERROR",
+                    "08006",
+                    "the server connection was lost inside this transaction; it was not committed",
+                );
+            }
+            let end = matches!(h.tag, b'S' | b'Q');
+            if end {
                 self.failed = false;
-                self.out.clear();
-                protocol::put_ready(&mut self.out, b'I');
+                protocol::put_ready(&mut self.out, self.status);
+            }
+            if !self.out.is_empty() {
                 self.client.write_all(&self.out).await?;
+            }
+            if end {
                 return Ok(());
             }
         }
@@ -945,12 +986,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         self.state.metrics.error("backend_lost");
         if self.status != b'I' {
-            return Err(self
-                .fatal(
+            // Inside a transaction: it is gone (never replayed). Report it
+            // to a waiting client; the session continues on the next server
+            // in a failed transaction, so the client's ROLLBACK (or COMMIT,
+            // answered ROLLBACK) works as on PostgreSQL.
+            self.out.clear();
+            if self.pending > 0 {
+                protocol::put_error(
+                    &mut self.out,
+                    "ERROR",
                     "08006",
-                    "terminating connection: the server connection was lost inside a transaction; its outcome is unknown".into(),
-                )
-                .await);
+                    "the server connection was lost inside this transaction; it was not committed (if COMMIT was already sent, its outcome is unknown)",
+                );
+                for _ in 0..self.pending {
+                    protocol::put_ready(&mut self.out, b'E');
+                }
+                self.client.write_all(&self.out).await?;
+                self.failed = self.unsynced;
+            } else {
+                // Idle in the transaction: the error answers its next message.
+                self.failed = true;
+                self.lost_error = true;
+            }
+            self.pending = 0;
+            self.expect.clear();
+            self.unsynced = false;
+            self.status = b'E';
+            self.reopen_aborted = true;
+            if self.busy {
+                self.busy = false;
+                self.state.gate.end();
+            }
+            return Ok(());
         }
         // A statement outside an explicit transaction was running: its
         // outcome is unknown. Report it and carry on with a new backend.
@@ -999,6 +1066,19 @@ async fn replay(conn: &mut BackendConn, queries: &[u8], n: usize) -> Result<(), 
     match err {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// Puts a fresh backend into a failed transaction block (status `E`).
+async fn abort_tx(conn: &mut BackendConn) -> Result<(), BackendError> {
+    let mut q = BytesMut::new();
+    protocol::put_query(&mut q, "BEGIN; SELECT 1/0");
+    conn.stream.write_all(&q).await?;
+    loop {
+        let m = conn.read_message().await?;
+        if m[0] == b'Z' {
+            return Ok(());
+        }
     }
 }
 

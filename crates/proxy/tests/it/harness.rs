@@ -98,7 +98,6 @@ impl Servers {
 pub struct Proxy {
     pub handle: ProxyHandle,
     pub writer: SocketAddr,
-    #[allow(dead_code)]
     pub reader: SocketAddr,
     pub api: SocketAddr,
     pub routing: watch::Sender<Routing>,
@@ -125,10 +124,19 @@ pub fn auto_auth() -> AuthConfig {
 
 impl Proxy {
     pub async fn start(routing: Routing, auth: AuthConfig, settings: Settings) -> Proxy {
+        Self::start_tls(routing, auth, settings, None).await
+    }
+
+    pub async fn start_tls(
+        routing: Routing,
+        auth: AuthConfig,
+        settings: Settings,
+        tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    ) -> Proxy {
         let (tx, rx) = watch::channel(routing);
         let handle = ProxyHandle::new(ProxySpec {
             clusters: vec![ClusterSpec { name: "main".into(), routing: rx, settings, auth }],
-            tls: None,
+            tls,
         })
         .expect("proxy");
         let writer = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

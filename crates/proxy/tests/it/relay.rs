@@ -127,3 +127,58 @@ async fn wrong_password_and_passthrough() {
     let e = connect(&bad).await.expect_err("wrong password refused by the backend");
     assert_eq!(e.code(), Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_when_configured_clear_refusal_otherwise() {
+    let servers = Servers::start(false).await;
+    let dir = &servers.dir;
+    let (cert, key) = (dir.path().join("proxy.crt"), dir.path().join("proxy.key"));
+    let st = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(st.success());
+    let proxy = Proxy::start_tls(servers.routing(), auto_auth(), Settings::default(), Some((cert, key))).await;
+    let (ok, out, err) = client_program(
+        "psql",
+        proxy.writer.port(),
+        &["-X", "-A", "-t", "-d", "dbname=postgres sslmode=require", "-c", "SELECT 7"],
+        None,
+    )
+    .await;
+    assert!(ok, "psql over TLS failed: {err}");
+    assert_eq!(out.trim(), "7");
+    let (ok, out, err) = client_program(
+        "psql",
+        proxy.writer.port(),
+        &["-X", "-A", "-t", "-d", "dbname=postgres gssencmode=prefer sslmode=disable", "-c", "SELECT 8"],
+        None,
+    )
+    .await;
+    assert!(ok, "psql without TLS failed: {err}");
+    assert_eq!(out.trim(), "8");
+
+    let plain = Proxy::start(servers.routing(), auto_auth(), Settings::default()).await;
+    let (ok, _, err) = client_program(
+        "psql",
+        plain.writer.port(),
+        &["-X", "-d", "dbname=postgres sslmode=require", "-c", "SELECT 1"],
+        None,
+    )
+    .await;
+    assert!(!ok, "sslmode=require must fail without a certificate");
+    assert!(err.contains("does not support SSL"), "{err}");
+    let (ok, _, err) = client_program(
+        "psql",
+        plain.writer.port(),
+        &["-X", "-d", "dbname=postgres sslmode=prefer", "-c", "SELECT 1"],
+        None,
+    )
+    .await;
+    assert!(ok, "sslmode=prefer falls back to plaintext: {err}");
+}

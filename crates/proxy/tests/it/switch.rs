@@ -17,7 +17,9 @@ use crate::harness::{Proxy, Servers, auto_auth, client_program};
 async fn pgbench_and_idle_sessions_survive_a_primary_switch() {
     let servers = Servers::start(true).await;
     let replica = servers.replica.clone().expect("replica");
-    let proxy = Proxy::start(servers.routing(), auto_auth(), Settings::default()).await;
+    // A short drain timeout: one session below stays inside a transaction.
+    let settings = Settings { drain_timeout: Duration::from_secs(1), ..Settings::default() };
+    let proxy = Proxy::start(servers.routing(), auto_auth(), settings).await;
     let port = proxy.writer.port();
     let (ok, _, err) = client_program("pgbench", port, &["-i", "-s", "1", "-q", "postgres"], None).await;
     assert!(ok, "pgbench -i: {err}");
@@ -34,6 +36,18 @@ async fn pgbench_and_idle_sessions_survive_a_primary_switch() {
     let pinned = proxy.connect().await;
     pinned.batch_execute("CREATE TEMP TABLE mine(a int)").await.expect("temp table");
 
+    // The reader endpoint leads to the replica.
+    let reader = crate::harness::connect(&proxy.conninfo(proxy.reader)).await.expect("reader endpoint");
+    let row = reader.query_one("SELECT pg_is_in_recovery(), inet_server_port()", &[]).await.expect("reader query");
+    assert!(row.get::<_, bool>(0), "the reader endpoint must reach a replica");
+    assert_eq!(row.get::<_, i32>(1), replica.port as i32);
+    drop(reader);
+
+    // A session inside a transaction when its primary goes away.
+    let intx = proxy.connect().await;
+    intx.batch_execute("CREATE TABLE lost(a int)").await.expect("create");
+    intx.batch_execute("BEGIN; INSERT INTO lost VALUES (1)").await.expect("open transaction");
+
     let bench = tokio::spawn(async move {
         client_program("pgbench", port, &["-M", "prepared", "-c", "4", "-j", "2", "-T", "8", "postgres"], None).await
     });
@@ -41,7 +55,8 @@ async fn pgbench_and_idle_sessions_survive_a_primary_switch() {
 
     // The switchover, as the controller will do it.
     let out = proxy.handle.pause("main").await.expect("pause");
-    assert!(out.drained, "{out:?}");
+    // Everything drained but the session left inside its transaction.
+    assert_eq!(out.active, 1, "{out:?}");
     let old = Servers::admin(&servers.primary).await;
     let target: String = old.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.expect("lsn").get(0);
     let new = Servers::admin(&replica).await;
@@ -103,6 +118,14 @@ async fn pgbench_and_idle_sessions_survive_a_primary_switch() {
     let e = pinned.simple_query("SELECT * FROM mine").await.expect_err("the pinned session is closed");
     let msg = e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_else(|| format!("{e:?}"));
     assert!(msg.contains("temporary table"), "{msg}");
+    // The transaction that was open on the old primary: an error for it,
+    // then the session continues on the new primary.
+    let e = intx.batch_execute("INSERT INTO lost VALUES (2)").await.expect_err("the lost transaction reports an error");
+    assert_eq!(e.code(), Some(&tokio_postgres::error::SqlState::CONNECTION_FAILURE), "{e:?}");
+    intx.batch_execute("ROLLBACK").await.expect("rollback");
+    let n: i64 = intx.query_one("SELECT count(*) FROM lost", &[]).await.expect("continues").get(0);
+    assert_eq!(n, 0, "nothing of the lost transaction may survive");
     let status = proxy.handle.status();
     assert_eq!(status.clusters[0].routing.epoch, Epoch(2));
+    assert_eq!(status.clusters[0].active_transactions, 0);
 }
