@@ -259,6 +259,17 @@ async fn the_page_shows_the_topology_and_a_switchover_live() {
     }
     let page = format!("http://{listen}/");
 
+    // `/` and `/status` serve the page, with a policy that lets the browser
+    // load nothing from anywhere but the controller.
+    let http = reqwest::Client::builder().no_proxy().build().expect("http client");
+    for path in ["/", "/status"] {
+        let r = http.get(format!("http://{listen}{path}")).send().await.expect("GET the page");
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        let csp = r.headers().get("content-security-policy").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        assert!(csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"), "GET {path}: CSP {csp:?}");
+        assert_eq!(r.text().await.expect("page body"), pgdr_controller::page::HTML);
+    }
+
     // The page renders the sandbox's topology.
     let browser = Browser::start().await;
     browser.goto(&page).await;
