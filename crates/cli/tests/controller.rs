@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use pgdr_api::controller::{ClusterView, ControllerClient, RoleChangeRequest, WorkflowView};
+use pgdr_api::controller::{ClusterView, ControllerClient, WorkflowView};
 use pgdr_config::Config;
 use pgdr_drill::hosts::{LocalHosts, pid_alive};
 use pgdr_drill::scenario::Hosts;
@@ -440,4 +440,313 @@ async fn blip_shorter_than_the_window_causes_no_failover() {
     assert_eq!(lost, 0);
     let errors = record.write_failures().count();
     assert_eq!(errors, 0, "clients saw errors during blips: {:?}", record.failures);
+}
+
+/// The controller (`pgdr run`, SIGKILL) dies in the middle of a failover,
+/// while the fence step waits for the lost host's lease: a new `pgdr run`
+/// resumes the workflow from its journal and finishes it, and the cluster
+/// ends with exactly one primary.
+#[tokio::test(flavor = "multi_thread")]
+async fn controller_killed_mid_failover_resumes_and_finishes() {
+    let mut env = Env::start("controller-crash", Opts::default()).await;
+    let before = env.cluster().await.expect("cluster");
+    let old = before.primary.clone().expect("primary").to_string();
+    let seen = Env::ids(&env.workflows().await);
+    sig(env.agent_pid(&old), Signal::SIGKILL);
+    sig(env.postmaster_pid(&old), Signal::SIGKILL);
+    let wf = env.new_workflow("failover", &seen, Duration::from_secs(30)).await;
+    // Kill the controller once the journal shows the fence step started.
+    let at = wait_for("the fence step to start", Duration::from_secs(30), || async {
+        let v = env.api.workflow(&wf.id).await.ok()?;
+        let s = v.steps.iter().find(|s| s.name == "fence_old_primary")?;
+        (s.state == "started" || s.state == "retrying").then(|| s.state.clone())
+    })
+    .await;
+    let killed = Instant::now();
+    sig(env.run_pid(), Signal::SIGKILL);
+    env.kill_run();
+    eprintln!("[{}] pgdr run killed with fence_old_primary {at}", env.name);
+    // Nothing was promoted while no controller ran.
+    assert!(env.writable_primaries().await.is_empty(), "a primary appeared while the controller was dead");
+    env.start_run();
+    let v = env.finished(&wf.id, Duration::from_secs(60)).await;
+    env.print_workflow(&v);
+    eprintln!("[{}] the restarted controller finished the failover {:.2}s after the kill", env.name, killed.elapsed().as_secs_f64());
+    assert_eq!(v.state, "succeeded", "{v:#?}");
+    assert!(step(&v, "fence_old_primary").attempts >= 2, "the fence step was not re-run");
+    let primary = env.one_primary().await;
+    assert_ne!(primary, old);
+    let after = env.cluster().await.expect("cluster");
+    assert_eq!(after.epoch.0, before.epoch.0 + 1, "one promotion, one epoch");
+    assert_eq!(after.primary.as_ref().map(|p| p.to_string()), Some(primary));
+    env.wait_ready().await;
+}
+
+fn pgbench_script(dir: &std::path::Path) -> PathBuf {
+    let p = dir.join("insert.sql");
+    std::fs::write(&p, "INSERT INTO sw_ledger (client) VALUES (:client_id);\n").expect("script");
+    p
+}
+
+/// Switchover under pgbench (`-M prepared`, 4 clients) through the proxy's
+/// writer endpoint: zero client errors and every acknowledged commit on
+/// the new primary; the old primary comes back as a replica.
+#[tokio::test(flavor = "multi_thread")]
+async fn switchover_under_pgbench_loses_nothing_and_errs_nothing() {
+    let env = Env::start("switchover", Opts::default()).await;
+    let before = env.cluster().await.expect("cluster");
+    let old = before.primary.clone().expect("primary").to_string();
+    let c = pgdr_drill::observer::connect(&env.writer, "writer", Duration::from_secs(10)).await.expect("connect");
+    c.batch_execute("create table sw_ledger (id bigserial primary key, client int not null, at timestamptz default now())")
+        .await
+        .expect("create table");
+    drop(c);
+    let script = pgbench_script(&env.sb.dir);
+    let port = env.cfg.proxies.iter().find(|p| p.region.as_str() == "east").expect("east").writer.port();
+    let mut bench = Command::new("pgbench")
+        .args(["-n", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-M", "prepared"])
+        .args(["-c", "4", "-j", "2", "-T", "8", "-f"])
+        .arg(&script)
+        .arg("postgres")
+        .env("PGPASSWORD", env.sb.password())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pgbench");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let config = env.sb.config.display().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(PGDR)
+            .args(["switchover", "--cluster", "main", "--to", "east-2", "--yes", "--json", "--config", &config])
+            .output()
+            .expect("pgdr switchover")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "switchover failed: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+    let v: WorkflowView = serde_json::from_str(&stdout).expect("switchover --json");
+    env.print_workflow(&v);
+    let bench_out = tokio::task::spawn_blocking(move || {
+        let _ = bench.wait();
+        let mut o = String::new();
+        let mut e = String::new();
+        use std::io::Read;
+        if let Some(mut s) = bench.stdout.take() {
+            let _ = s.read_to_string(&mut o);
+        }
+        if let Some(mut s) = bench.stderr.take() {
+            let _ = s.read_to_string(&mut e);
+        }
+        (bench.wait().map(|s| s.success()).unwrap_or(false), o, e)
+    })
+    .await
+    .expect("join");
+    let (ok, bout, berr) = bench_out;
+    let processed: u64 = bout
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no pgbench summary:\n{bout}\n{berr}"));
+    let failed_line = bout.lines().find(|l| l.starts_with("number of failed transactions")).unwrap_or("").to_owned();
+    let primary = env.one_primary().await;
+    let rows = env.sb.sql(&primary, "select count(*) from sw_ledger").await.expect("count");
+    let present: u64 = rows[0][0].as_deref().and_then(|s| s.parse().ok()).expect("count");
+    let wait_ms = step(&v, "wait_replay").duration_ms.unwrap_or_default();
+    let paused: u64 = ["pause_proxy", "fence_old_primary", "wait_replay", "stop_old_primary", "raise_epoch", "promote", "repoint_replicas", "resume_proxy"]
+        .iter()
+        .filter_map(|s| step(&v, s).duration_ms)
+        .sum();
+    eprintln!(
+        "[{}] pgbench: {processed} transactions, {failed_line}; rows on {primary}: {present}; writes paused ~{paused}ms (wait_replay {wait_ms}ms); client errors in pgbench stderr: {}",
+        env.name,
+        berr.lines().filter(|l| l.contains("error") || l.contains("abort")).count()
+    );
+    assert!(ok, "pgbench failed:\n{bout}\n{berr}");
+    assert!(!berr.contains("abort") && !berr.to_lowercase().contains("error"), "pgbench clients saw errors:\n{berr}");
+    assert_eq!(primary, "east-2");
+    assert_ne!(primary, old);
+    assert!(processed > 0);
+    assert_eq!(present, processed, "every acknowledged transaction inserted exactly one row");
+    let after = env.cluster().await.expect("cluster");
+    assert!(after.epoch > before.epoch);
+    // The old primary is back as a replica of the new one.
+    let rows = env.sb.sql(&old, "select pg_is_in_recovery()::text").await.expect("old primary answers");
+    assert_eq!(rows[0][0].as_deref(), Some("true"));
+}
+
+/// Synchronous replication (ANY 1): kill -9 of the primary under load, no
+/// acknowledged commit is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_mode_kill_primary_loses_no_acknowledged_commit() {
+    let env = Env::start("sync", Opts { failover_on_crash: true, sync: true }).await;
+    let before = env.cluster().await.expect("cluster");
+    let old = before.primary.clone().expect("primary").to_string();
+    let names = wait_for("synchronous_standby_names on the primary", Duration::from_secs(30), || async {
+        let rows = env.sb.sql(&old, "show synchronous_standby_names").await.ok()?;
+        rows[0][0].clone().filter(|s| !s.is_empty())
+    })
+    .await;
+    eprintln!("[{}] synchronous_standby_names = {names}", env.name);
+    let seen = Env::ids(&env.workflows().await);
+    let w = env.workload(4);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let fault_ms = w.now_ms();
+    sig(env.postmaster_pid(&old), Signal::SIGKILL);
+    let wf = env.new_workflow("failover", &seen, Duration::from_secs(30)).await;
+    let wf = env.finished(&wf.id, Duration::from_secs(60)).await;
+    env.print_workflow(&wf);
+    assert_eq!(wf.state, "succeeded", "{wf:#?}");
+    wait_recovered(&w, fault_ms).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let record = w.stop().await;
+    let primary = env.one_primary().await;
+    assert_ne!(primary, old);
+    assert!(env.cluster().await.expect("cluster").epoch > before.epoch);
+    let lost = env.check(&primary, &record, Some(fault_ms)).await;
+    assert_eq!(lost, 0, "sync mode lost acknowledged commits");
+}
+
+fn pgdr(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(PGDR).args(args).output().expect("run pgdr");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `status --json` without what moves by itself (positions, lag).
+fn status_shape(config: &str) -> Value {
+    fn strip(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                for k in ["lsn", "lag_bytes", "lag_seconds"] {
+                    m.remove(k);
+                }
+                m.values_mut().for_each(strip);
+            }
+            Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let (code, out, err) = pgdr(&["status", "--json", "--config", config]);
+    assert_eq!(code, 0, "{err}");
+    let mut v: Value = serde_json::from_str(&out).expect("status json");
+    strip(&mut v);
+    v
+}
+
+/// A dry run changes nothing; an approval gate holds until `pgdr approve`;
+/// a second role change while one runs is refused with a clear message.
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_approval_gate_and_one_workflow_at_a_time() {
+    let env = Env::start("gates", Opts::default()).await;
+    let config = env.sb.config.display().to_string();
+    let before = env.cluster().await.expect("cluster");
+    let old = before.primary.clone().expect("primary").to_string();
+    let seen = Env::ids(&env.workflows().await);
+
+    // Dry run.
+    let status_before = status_shape(&config);
+    let (code, out, err) = pgdr(&["switchover", "--cluster", "main", "--to", "east-2", "--dry-run", "--config", &config]);
+    assert_eq!(code, 0, "{out} {err}");
+    eprintln!("[{}] dry run:\n{out}", env.name);
+    assert!(out.contains("dry run") && out.contains("promote") && out.contains("would promote east-2"), "{out}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(status_shape(&config), status_before, "the dry run changed the cluster");
+    assert!(env.workflows().await.iter().all(|w| seen.contains(&w.id)), "the dry run started a workflow");
+    assert_eq!(env.cluster().await.expect("cluster").epoch, before.epoch);
+
+    // Approval gate.
+    let (code, out, err) =
+        pgdr(&["switchover", "--cluster", "main", "--to", "east-2", "--approval", "--no-wait", "--yes", "--json", "--config", &config]);
+    assert_eq!(code, 0, "{out} {err}");
+    let started: Value = serde_json::from_str(&out).expect("json");
+    let id = started["id"].as_str().expect("id").to_owned();
+    wait_for("the gate", Duration::from_secs(10), || async {
+        (env.api.workflow(&id).await.ok()?.state == "waiting_approval").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let v = env.api.workflow(&id).await.expect("workflow");
+    assert_eq!(v.state, "waiting_approval", "the gate did not hold");
+    assert_eq!(env.writable_primaries().await, vec![old.clone()]);
+
+    // A second role change is refused while the first holds the cluster.
+    let (code, out, err) = pgdr(&["switchover", "--cluster", "main", "--to", "west-1", "--yes", "--config", &config]);
+    eprintln!("[{}] second switchover: exit {code}: {}", env.name, err.trim());
+    assert_eq!(code, 2, "{out} {err}");
+    assert!(err.contains("busy") && err.contains(&id), "not a clear refusal: {err}");
+
+    // Approve: it runs to the end.
+    let (code, out, err) = pgdr(&["approve", &id, "--config", &config]);
+    assert_eq!(code, 0, "{out} {err}");
+    let v = env.finished(&id, Duration::from_secs(60)).await;
+    env.print_workflow(&v);
+    assert_eq!(v.state, "succeeded");
+    assert_eq!(env.one_primary().await, "east-2");
+    let after = env.cluster().await.expect("cluster");
+    assert_eq!(after.epoch.0, before.epoch.0 + 1);
+}
+
+/// The primary cut off from the controller only (the controller frozen
+/// with SIGSTOP, so no renewal is granted): the other agents still support
+/// it, so by design it keeps taking writes (a control-plane outage alone
+/// never demotes a healthy primary) and nothing is promoted. Then, with the
+/// other agents' support withdrawn (as the failover's fence step does), the
+/// same lapse makes it fence itself. See docs/failover-math.md.
+#[tokio::test(flavor = "multi_thread")]
+async fn primary_cut_off_from_the_controller() {
+    let env = Env::start("partition", Opts::default()).await;
+    let before = env.cluster().await.expect("cluster");
+    let old = before.primary.clone().expect("primary").to_string();
+    let seen = Env::ids(&env.workflows().await);
+    let t = &env.cfg.timing;
+    let lapse = t.lease_ttl + t.lease_margin + t.lease_renew * 4;
+
+    // 1. Controller frozen, agents support the primary: it keeps writes.
+    sig(env.run_pid(), Signal::SIGSTOP);
+    tokio::time::sleep(lapse).await;
+    let writable = env.writable_primaries().await;
+    let wrote = env.sb.sql(&old, "create table if not exists still_primary (x int); insert into still_primary values (1)").await;
+    sig(env.run_pid(), Signal::SIGCONT);
+    eprintln!("[{}] controller frozen {lapse:?}: writable primaries {writable:?}, write on {old}: {:?}", env.name, wrote.as_ref().map(|_| "ok"));
+    assert_eq!(writable, vec![old.clone()], "a control-plane outage changed the primary");
+    assert!(wrote.is_ok(), "the primary stopped taking writes: {wrote:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(env.workflows().await.iter().all(|w| seen.contains(&w.id)), "something was started");
+    assert_eq!(env.cluster().await.expect("cluster").epoch, before.epoch);
+    env.wait_ready().await;
+
+    // 2. Support withdrawn, controller frozen again: it fences itself.
+    let token = Some(env.sb.token().to_owned());
+    for n in env.node_names().into_iter().filter(|n| *n != old) {
+        let peer = pgdr_api::peer::PeerClient::new(&env.node(&n).agent, token.clone(), Duration::from_secs(2)).expect("peer");
+        peer.withdraw(&pgdr_api::peer::WithdrawRequest {
+            cluster: pgdr_model::ClusterName::new("main"),
+            primary: pgdr_model::NodeName::new(&old),
+            epoch: before.epoch,
+        })
+        .await
+        .expect("withdraw");
+    }
+    sig(env.run_pid(), Signal::SIGSTOP);
+    let frozen = Instant::now();
+    let fenced = wait_for("the primary to fence itself", Duration::from_secs(30), || async {
+        env.writable_primaries().await.is_empty().then(|| frozen.elapsed())
+    })
+    .await;
+    sig(env.run_pid(), Signal::SIGCONT);
+    eprintln!(
+        "[{}] without support the primary fenced itself {:.2}s after the controller froze (controller presumes it fenced after lease {} + margin {} from the last grant)",
+        env.name,
+        fenced.as_secs_f64(),
+        pgdr_model::format_duration(t.lease_ttl),
+        pgdr_model::format_duration(t.lease_margin)
+    );
+    // Whatever the controller does next, the cluster ends with one primary.
+    let primary = env.one_primary().await;
+    eprintln!("[{}] primary afterwards: {primary}", env.name);
 }
