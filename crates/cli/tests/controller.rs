@@ -71,6 +71,26 @@ struct Env {
     name: &'static str,
 }
 
+impl Drop for Env {
+    /// On failure, the tail of every `pgdr run` log (the sandbox folder is
+    /// removed with the guard).
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        self.kill_run();
+        for i in 1..=self.runs {
+            let p = self.sb.dir.join("logs").join(format!("run-{i}.log"));
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("---- [{}] {} (last 60 lines)", self.name, p.display());
+            for l in &lines[lines.len().saturating_sub(60)..] {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
 fn sig(pid: i32, s: Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), s).unwrap_or_else(|e| panic!("{s} to {pid}: {e}"));
 }

@@ -54,17 +54,25 @@ pub async fn apply(sh: &Shared, cluster: &Cluster, primary: &NodeName, quorum: u
     let current: String = client
         .query_one("select current_setting('synchronous_standby_names')", &[])
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| detail(&e))?
         .get(0);
     if current != value {
-        let sql = format!(
-            "alter system set synchronous_standby_names = '{}'; select pg_reload_conf()",
-            value.replace('\'', "''")
-        );
-        client.batch_execute(&sql).await.map_err(|e| e.to_string())?;
+        // Two statements: ALTER SYSTEM cannot run in the implicit
+        // transaction of a multi-statement query.
+        let sql = format!("alter system set synchronous_standby_names = '{}'", value.replace('\'', "''"));
+        client.batch_execute(&sql).await.map_err(|e| detail(&e))?;
+        client.batch_execute("select pg_reload_conf()").await.map_err(|e| detail(&e))?;
         tracing::info!(cluster = %cluster.name, value, degraded, "synchronous_standby_names set");
     }
     Ok(degraded)
+}
+
+/// The server's message, not just "db error".
+fn detail(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => e.to_string(),
+    }
 }
 
 #[cfg(test)]
