@@ -141,6 +141,26 @@ pub fn rto_first_write(record: &WorkloadRecord, fault_ms: f64) -> Option<f64> {
         .map(|at| (at - fault_ms) / 1000.0)
 }
 
+/// For a planned role change, which clients should not notice: the longest
+/// time no write was acknowledged (every writer merged) between `from_ms`
+/// (the request) and `until_ms` (the workflow's end), the pause clients saw.
+/// `None` when no write was acknowledged after `from_ms`.
+pub fn rto_pause(record: &WorkloadRecord, from_ms: f64, until_ms: f64) -> Option<f64> {
+    let mut acks: Vec<f64> = record.acks.iter().map(|a| a.at_ms).collect();
+    acks.sort_by(f64::total_cmp);
+    let mut prev = acks.iter().copied().rfind(|t| *t <= from_ms).unwrap_or(from_ms);
+    let mut longest: Option<f64> = None;
+    for t in acks.into_iter().filter(|t| *t > from_ms) {
+        let gap = t - prev;
+        longest = Some(longest.map_or(gap, |l: f64| l.max(gap)));
+        if t > until_ms {
+            break;
+        }
+        prev = t;
+    }
+    longest.map(|ms| ms / 1000.0)
+}
+
 /// Seconds from the fault until throughput is back to 90% of what it was in
 /// the 5 s before the fault: the start of the first 500 ms window, at or
 /// after the first post-fault acknowledgement, whose commits reach 90% of
@@ -221,6 +241,17 @@ mod tests {
         let c = compare(&r, &present, None);
         assert!(c.lost.is_empty());
         assert_eq!(c.rpo_seconds, 0.0);
+    }
+
+    #[test]
+    fn pause_is_the_longest_gap_between_acks() {
+        let r = record();
+        // Acks at 5, 105, ..., 705 ms: every gap 100 ms.
+        assert_eq!(rto_pause(&r, 250.0, 800.0), Some(0.1));
+        let mut r2 = r.clone();
+        r2.acks.push(Ack { id: 110, writer: 0, sent_ms: 720.0, at_ms: 1705.0 });
+        assert_eq!(rto_pause(&r2, 250.0, 800.0), Some(1.0));
+        assert_eq!(rto_pause(&r2, 2000.0, 3000.0), None);
     }
 
     #[test]

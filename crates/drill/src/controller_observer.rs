@@ -83,6 +83,97 @@ fn text<'a>(v: &'a serde_json::Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(|x| x.as_str())
 }
 
+/// A step's workflow kind, start, end and outcome, as events tell them.
+type StepSeen = (String, f64, Option<f64>, String);
+
+/// What the controller's events since `since_unix_ms` say happened to
+/// `cluster`.
+///
+/// The controller's events (`pgdr_store::Event` as JSON) carry `cluster`,
+/// `workflow` (the id), `kind` (`failover`, `switchover`, ...), `step`,
+/// `state` (`started`, `succeeded`, `failed`, `retrying`... for steps and
+/// workflows; an alert name like `outage_declared`, `restarted_in_place`,
+/// `failover_report` otherwise), `epoch`, `at` (RFC 3339) and `message`.
+pub fn observed_from_events(events: &[serde_json::Value], cluster: &str, since_unix_ms: f64) -> Observed {
+    let mut out = Observed::default();
+    // (workflow id, step) → kind, start, end, outcome
+    let mut steps: BTreeMap<(String, String), StepSeen> = BTreeMap::new();
+    for e in events {
+        if text(e, "cluster").is_some_and(|c| c != cluster) {
+            continue;
+        }
+        let Some(at) = parse_at(e) else { continue };
+        if at < since_unix_ms {
+            continue;
+        }
+        let id = text(e, "workflow").unwrap_or("");
+        let kind = text(e, "kind").unwrap_or("");
+        let step = text(e, "step").unwrap_or("");
+        let state = text(e, "state").unwrap_or("");
+        let message = text(e, "message").unwrap_or("");
+        match state {
+            "outage_declared" => {
+                out.markers.push(Marker {
+                    kind: MarkerKind::Detection,
+                    at_unix_ms: at,
+                    label: "outage declared".into(),
+                });
+                continue;
+            }
+            "restarted_in_place" => {
+                out.path.get_or_insert_with(|| format!("restart in place ({message})"));
+                continue;
+            }
+            "failover_report" => {
+                let promoted = message
+                    .strip_prefix("failover done: ")
+                    .and_then(|m| m.split_whitespace().next())
+                    .unwrap_or("another node");
+                out.path = Some(format!("failover to {promoted}"));
+                continue;
+            }
+            _ => {}
+        }
+        if step.is_empty() {
+            if state == "succeeded" && !kind.is_empty() && kind != "failover" && out.path.is_none() {
+                out.path = Some(kind.to_owned());
+            }
+            continue;
+        }
+        let entry = steps.entry((id.to_owned(), step.to_owned())).or_insert((kind.to_owned(), at, None, String::new()));
+        match state {
+            "started" | "retrying" | "waiting_approval" | "approved" => entry.1 = entry.1.min(at),
+            s => {
+                entry.2 = Some(at);
+                entry.3 = s.to_owned();
+            }
+        }
+    }
+    out.steps = steps
+        .into_iter()
+        .map(|((id, step), (kind, start, end, outcome))| StepTiming {
+            workflow: if kind.is_empty() { id } else { kind },
+            step,
+            started_unix_ms: start,
+            ended_unix_ms: end,
+            outcome: if outcome.is_empty() { "running".into() } else { outcome },
+        })
+        .collect();
+    out.steps.sort_by(|a, b| a.started_unix_ms.total_cmp(&b.started_unix_ms));
+    // Without an explicit detection event, a failover's first step is when
+    // the outage was acted on.
+    if out.markers.iter().all(|m| m.kind != MarkerKind::Detection)
+        && let Some(first) = out.steps.iter().find(|s| s.workflow == "failover")
+    {
+        out.markers.push(Marker {
+            kind: MarkerKind::Detection,
+            at_unix_ms: first.started_unix_ms,
+            label: format!("failover started (first step {})", first.step),
+        });
+    }
+    out
+}
+
 #[async_trait]
 impl DrillObserver for ControllerObserver {
     fn describe(&self) -> String {
@@ -104,7 +195,12 @@ impl DrillObserver for ControllerObserver {
                 .map(|n| NodeView {
                     name: n.name.to_string(),
                     region: n.region.to_string(),
-                    role: if n.reachable && !n.fenced { n.role } else { pgdr_model::Role::Down },
+                    // A fenced primary takes no writes; a replica's `fenced`
+                    // flag (left from its demotion) changes nothing for it.
+                    role: match (n.reachable, n.role, n.fenced) {
+                        (false, _, _) | (true, pgdr_model::Role::Primary, true) => pgdr_model::Role::Down,
+                        (true, role, _) => role,
+                    },
                 })
                 .collect(),
         })
@@ -113,69 +209,7 @@ impl DrillObserver for ControllerObserver {
     async fn observed_since(&self, since_unix_ms: f64) -> Result<Observed, DrillError> {
         let events =
             self.client.events(None).await.map_err(|e| DrillError::Other(format!("controller events: {e}")))?;
-        let mut out = Observed::default();
-        // (workflow, step) → start, end, outcome
-        let mut steps: BTreeMap<(String, String), (f64, Option<f64>, String)> = BTreeMap::new();
-        for e in &events {
-            if text(e, "cluster").is_some_and(|c| c != self.cluster) {
-                continue;
-            }
-            let Some(at) = parse_at(e) else { continue };
-            if at < since_unix_ms {
-                continue;
-            }
-            let workflow = text(e, "workflow").unwrap_or("").to_owned();
-            let step = text(e, "step").unwrap_or("").to_owned();
-            let state = text(e, "state").unwrap_or("").to_owned();
-            let kind = text(e, "kind").unwrap_or("");
-            let label = [kind, workflow.as_str(), step.as_str(), state.as_str()]
-                .iter()
-                .filter(|s| !s.is_empty())
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(" ");
-            let mk = MarkerKind::of_step(&format!("{kind} {step} {state}"));
-            if mk == MarkerKind::Detection {
-                out.markers.push(Marker { kind: mk, at_unix_ms: at, label: label.clone() });
-            }
-            if step.is_empty() {
-                if out.path.is_none() && (workflow.contains("failover") || kind.contains("failover")) {
-                    out.path = Some(label.clone());
-                }
-                continue;
-            }
-            let entry = steps.entry((workflow.clone(), step.clone())).or_insert((at, None, String::new()));
-            match state.as_str() {
-                "started" | "running" => entry.0 = entry.0.min(at),
-                s => {
-                    entry.1 = Some(at);
-                    entry.2 = s.to_owned();
-                }
-            }
-        }
-        out.steps = steps
-            .into_iter()
-            .map(|((workflow, step), (start, end, outcome))| StepTiming {
-                workflow,
-                step,
-                started_unix_ms: start,
-                ended_unix_ms: end,
-                outcome: if outcome.is_empty() { "running".into() } else { outcome },
-            })
-            .collect();
-        out.steps.sort_by(|a, b| a.started_unix_ms.total_cmp(&b.started_unix_ms));
-        // A failover workflow's first step is when the outage was acted on,
-        // if no explicit detection event came.
-        if out.markers.iter().all(|m| m.kind != MarkerKind::Detection)
-            && let Some(first) = out.steps.iter().find(|s| s.workflow.contains("failover") || s.step.contains("fence"))
-        {
-            out.markers.push(Marker {
-                kind: MarkerKind::Detection,
-                at_unix_ms: first.started_unix_ms,
-                label: format!("{} started (first step {})", first.workflow, first.step),
-            });
-        }
-        Ok(out)
+        Ok(observed_from_events(&events, &self.cluster, since_unix_ms))
     }
 
     async fn switchover(&self, to: Option<&str>) -> Result<(), DrillError> {
@@ -184,5 +218,39 @@ impl DrillObserver for ControllerObserver {
 
     async fn failback(&self) -> Result<(), DrillError> {
         self.role_change("failback", None).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn controller_events_become_detection_steps_and_path() {
+        // Shaped as the controller emits them (pgdr_store::Event as JSON).
+        let ev = |state: &str, step: Option<&str>, at: &str, msg: Option<&str>| {
+            json!({"seq": 1, "cluster": "main", "workflow": step.map(|_| "wf-1"), "kind": step.map(|_| "failover"),
+                   "step": step, "state": state, "epoch": 3, "at": at, "message": msg})
+        };
+        let events = vec![
+            ev("rpo_breached", None, "2026-01-01T00:00:00Z", Some("old")),
+            ev("outage_declared", None, "2026-01-01T00:00:11Z", Some("primary n1 is out")),
+            ev("started", Some("fence_old_primary"), "2026-01-01T00:00:11.100Z", None),
+            ev("succeeded", Some("fence_old_primary"), "2026-01-01T00:00:11.300Z", None),
+            ev("started", Some("promote"), "2026-01-01T00:00:11.400Z", None),
+            ev("succeeded", Some("promote"), "2026-01-01T00:00:11.600Z", None),
+            ev("failover_report", None, "2026-01-01T00:00:11.700Z", Some("failover done: n2 promoted; old primary n1")),
+            json!({"cluster": "other", "state": "outage_declared", "at": "2026-01-01T00:00:10Z"}),
+        ];
+        let since = 1_767_225_610_000.0; // 2026-01-01T00:00:10Z
+        let o = observed_from_events(&events, "main", since);
+        assert_eq!(o.detection_after(since), Some(since + 1000.0));
+        assert_eq!(o.path.as_deref(), Some("failover to n2"));
+        assert_eq!(o.steps.len(), 2);
+        assert_eq!(o.steps[0].workflow, "failover");
+        assert_eq!(o.steps[0].step, "fence_old_primary");
+        assert_eq!(o.steps[0].duration_seconds().map(|d| (d * 1000.0).round()), Some(200.0));
+        assert_eq!(o.steps[1].outcome, "succeeded");
     }
 }

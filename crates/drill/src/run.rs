@@ -112,6 +112,17 @@ pub async fn endpoints(
     }
 }
 
+/// The node a planned switchover moves the primary to: a running replica
+/// in the primary's region when there is one (the usual maintenance
+/// switchover), else any running replica.
+pub fn switchover_target(cluster: &Cluster, topology: &Topology) -> Option<String> {
+    let primary = topology.primary.as_deref()?;
+    let home = cluster.node(primary).map(|n| n.region.as_str());
+    let replicas: Vec<&crate::observer::NodeView> =
+        topology.nodes.iter().filter(|n| n.name != primary && n.role == pgdr_model::Role::Replica).collect();
+    replicas.iter().find(|n| Some(n.region.as_str()) == home).or(replicas.first()).map(|n| n.name.clone())
+}
+
 /// Progress lines for the caller to show.
 pub trait Progress: Send + Sync {
     fn say(&self, line: &str);
@@ -138,9 +149,21 @@ impl Drill<'_> {
     pub async fn run(&self, spec: &DrillSpec) -> DrillReport {
         let mut runs = Vec::new();
         let mut failed = Vec::new();
+        // Every run starts from, and is restored to, the topology found now.
+        let (start, whole, _) = self.wait_whole(spec.restore_timeout).await;
+        let Some(home) = start.primary.clone() else {
+            failed.push(format!("cluster {} has no single primary", self.cluster.name));
+            return DrillReport::summarize(spec.scenario.as_str(), spec.scenario.describe(), runs, failed);
+        };
+        if !whole {
+            self.progress.say("not every node is up: the drill starts anyway");
+        }
         for i in 1..=spec.runs {
             self.progress.say(&format!("{} run {i}/{}: starting", spec.scenario, spec.runs));
-            match self.one(spec, i).await {
+            if i > 1 {
+                let _ = self.wait_whole(spec.restore_timeout).await;
+            }
+            match self.one(spec, i, &home).await {
                 Ok(r) => {
                     self.progress.say(&format!(
                         "{} run {i}: RTO {}, detection {}, client errors {}, lost commits {}",
@@ -167,7 +190,7 @@ impl Drill<'_> {
         self.observer.topology().await
     }
 
-    async fn one(&self, spec: &DrillSpec, run: u32) -> Result<RunReport, DrillError> {
+    async fn one(&self, spec: &DrillSpec, run: u32, home: &str) -> Result<RunReport, DrillError> {
         let mut notes = Vec::new();
         let mut before = self.topology().await?;
         let original = before
@@ -205,18 +228,25 @@ impl Drill<'_> {
         let fault_ms = workload.now_ms();
         let fault_unix = crate::unix_ms(SystemTime::now());
         self.progress.say(&format!("{}: injecting: {}", spec.scenario, spec.scenario.describe()));
+        let mut planned_done_ms = None;
         let injected = match spec.scenario {
             Scenario::Switchover | Scenario::Failback => {
-                let target = if spec.scenario == Scenario::Failback { Some(original.as_str()) } else { None };
-                let r = if spec.scenario == Scenario::Failback && target.is_none() {
+                let r = if spec.scenario == Scenario::Failback {
                     self.observer.failback().await
                 } else {
-                    self.observer.switchover(target).await
+                    match switchover_target(self.cluster, &before) {
+                        Some(t) => self.observer.switchover(Some(&t)).await,
+                        None => Err(DrillError::Topology(format!(
+                            "cluster {} has no running replica to switch over to",
+                            self.cluster.name
+                        ))),
+                    }
                 };
                 if let Err(e) = r {
                     let _ = workload.stop().await;
                     return Err(e);
                 }
+                planned_done_ms = Some(workload.now_ms());
                 scenario::Injected { description: spec.scenario.describe().to_owned(), undo: Vec::new() }
             }
             s => match scenario::inject(s, self.cluster, &before, self.hosts) {
@@ -291,12 +321,26 @@ impl Drill<'_> {
                 });
             }
         }
-        let rto = checker::rto_first_write(&record, fault_ms);
+        let rto = match planned_done_ms {
+            // Clients of a planned change see a pause, not an outage.
+            Some(done) => {
+                notes.push(
+                    "RTO of a planned change: the longest time no write was acknowledged while the workflow ran".into(),
+                );
+                checker::rto_pause(&record, fault_ms, done)
+            }
+            None => checker::rto_first_write(&record, fault_ms),
+        };
         if let Some(r) = rto {
             markers.push(Marker {
                 kind: MarkerKind::Resume,
                 at_unix_ms: fault_unix + r * 1000.0,
-                label: "first acknowledged write after the fault".into(),
+                label: if planned_done_ms.is_some() {
+                    "end of the longest write pause"
+                } else {
+                    "first acknowledged write after the fault"
+                }
+                .into(),
             });
         }
         let buckets = timeline::buckets(&record);
@@ -316,7 +360,7 @@ impl Drill<'_> {
         if check_on == after.primary {
             restored.extend(self.restore(&injected, &after).await);
         }
-        restored.extend(self.back_home(&original, spec).await);
+        restored.extend(self.back_home(home, spec).await);
 
         let rto_s = self.tier.rto.as_secs_f64();
         let rpo_s = self.tier.rpo.as_secs_f64();
@@ -394,13 +438,13 @@ impl Drill<'_> {
         }
     }
 
-    /// Waits for every node to be back (primary or replica), then brings the
-    /// primary back to the original node if it moved.
-    async fn back_home(&self, original: &str, spec: &DrillSpec) -> Vec<String> {
-        let mut done = Vec::new();
+    /// Waits for every node to be back (primary or replica); returns the
+    /// last topology seen and whether it was whole.
+    async fn wait_whole(&self, timeout: Duration) -> (Topology, bool, Option<String>) {
         let t0 = Instant::now();
         let mut last = Topology::default();
-        while t0.elapsed() < spec.restore_timeout {
+        let mut error: Option<String>;
+        loop {
             match self.topology().await {
                 Ok(t) => {
                     let whole = t.primary.is_some()
@@ -408,13 +452,29 @@ impl Drill<'_> {
                             .iter()
                             .all(|n| matches!(n.role, pgdr_model::Role::Primary | pgdr_model::Role::Replica));
                     last = t;
+                    error = None;
                     if whole {
-                        break;
+                        return (last, true, None);
                     }
                 }
-                Err(e) => done.push(format!("topology unknown: {e}")),
+                Err(e) => error = Some(e.to_string()),
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            if t0.elapsed() >= timeout {
+                return (last, false, error);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Waits for every node to be back (primary or replica), then brings the
+    /// primary back to `home` if it moved, and waits for the node it left to
+    /// be a replica again.
+    async fn back_home(&self, home: &str, spec: &DrillSpec) -> Vec<String> {
+        let mut done = Vec::new();
+        let t0 = Instant::now();
+        let (last, whole, error) = self.wait_whole(spec.restore_timeout).await;
+        if let Some(e) = error {
+            done.push(format!("topology unknown: {e}"));
         }
         let down: Vec<&str> = last
             .nodes
@@ -422,19 +482,27 @@ impl Drill<'_> {
             .filter(|n| !matches!(n.role, pgdr_model::Role::Primary | pgdr_model::Role::Replica))
             .map(|n| n.name.as_str())
             .collect();
-        if !down.is_empty() {
+        if !whole {
             done.push(format!(
                 "after {:.0} s these nodes are still not back: {}",
                 t0.elapsed().as_secs_f64(),
                 down.join(", ")
             ));
-        } else {
-            done.push(format!("every node back after {:.1} s", t0.elapsed().as_secs_f64()));
+            return done;
         }
-        if last.primary.as_deref().is_some_and(|p| p != original) && down.is_empty() {
-            match self.observer.switchover(Some(original)).await {
-                Ok(()) => done.push(format!("switched back to {original}")),
-                Err(e) => done.push(format!("could not switch back to {original}: {e}")),
+        done.push(format!("every node back after {:.1} s", t0.elapsed().as_secs_f64()));
+        if last.primary.as_deref().is_some_and(|p| p != home) {
+            match self.observer.switchover(Some(home)).await {
+                Ok(()) => {
+                    let t1 = Instant::now();
+                    let (_, whole, _) = self.wait_whole(spec.restore_timeout).await;
+                    done.push(if whole {
+                        format!("switched back to {home}; every node back after {:.1} s", t1.elapsed().as_secs_f64())
+                    } else {
+                        format!("switched back to {home}, but not every node is back yet")
+                    });
+                }
+                Err(e) => done.push(format!("could not switch back to {home}: {e}")),
             }
         }
         done
