@@ -332,6 +332,15 @@ impl Env {
             writes,
             rto.map(|r| format!("; writes worked again through the proxy {r:.2}s after the fault")).unwrap_or_default()
         );
+        let mut samples = std::collections::BTreeMap::new();
+        for f in record.write_failures() {
+            let e = samples.entry(f.kind.label()).or_insert_with(|| (f.at_ms, f.at_ms, f.message.clone()));
+            e.1 = e.1.max(f.at_ms);
+        }
+        let after = |ms: f64| (ms - fault_ms.unwrap_or(0.0)) / 1000.0;
+        for (k, (first, last, m)) in samples {
+            eprintln!("[{}]   {k}: from {:.2}s to {:.2}s after the fault, e.g. {m}", self.name, after(first), after(last));
+        }
         assert!(loss.acknowledged_commits > 0, "the workload committed nothing");
         loss.lost_commits()
     }

@@ -6,6 +6,13 @@
 //! starts failovers, and starts re-establish for old primaries that answer
 //! again.
 //!
+//! Writes are held, not refused, while the primary is suspect: the first
+//! failed direct probe pauses the cluster's proxies (new connections and
+//! transactions queue; see [`Hold`]), a probe that succeeds again resumes
+//! them, and a declared outage hands the pause to the failover workflow,
+//! which resumes the proxies on the new primary. So clients see a delay of
+//! about the detection window plus the failover instead of errors.
+//!
 //! Vantage points today: the controller's own probe and the primary's agent
 //! (its status says whether PostgreSQL answers on the host). Probes from the
 //! agents of other regions are not built yet (see docs/failover-math.md).
@@ -15,7 +22,7 @@ use std::sync::Arc;
 use pgdr_api::ApiError;
 use pgdr_api::agent::Status;
 use pgdr_config::Cluster;
-use pgdr_model::{NodeName, ReplicationMode, Role};
+use pgdr_model::{ClusterName, NodeName, ReplicationMode, Role};
 use pgdr_store::ClusterState;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -41,6 +48,89 @@ fn agent_outcome(status: Option<&Result<Status, ApiError>>) -> ProbeOutcome {
         Some(Err(e)) if e.is_timeout() => ProbeOutcome::TimedOut,
         Some(Err(e)) => ProbeOutcome::Failed(e.to_string()),
         None => ProbeOutcome::Failed("no status".into()),
+    }
+}
+
+/// What the monitor wants of the proxies while it suspects the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// Not held (resume if we paused).
+    Open,
+    /// Hold new connections and transactions.
+    Held,
+    /// A workflow took the pause over and resumes the proxies itself.
+    HandedOver,
+}
+
+/// The proxies' pause while the primary is suspect, driven by one task per
+/// cluster so that pause and resume reach the proxies in the order they
+/// were asked for (a resume never overtakes the pause it undoes).
+struct Hold {
+    want: tokio::sync::watch::Sender<Want>,
+    /// Since when the proxies are held because of a suspicion.
+    since: Option<Instant>,
+}
+
+impl Hold {
+    fn start(ctl: &Controller, cluster: &ClusterName, cancel: &CancellationToken) -> Hold {
+        let (want, mut rx) = tokio::sync::watch::channel(Want::Open);
+        let (sh, cluster, cancel) = (ctl.sh.clone(), cluster.clone(), cancel.clone());
+        // Holding new transactions needs no wait for running ones to drain:
+        // the pause flag is set as the call starts.
+        let pause_wait = sh.config.timing.probe_interval;
+        tokio::spawn(async move {
+            let mut paused = false;
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    r = rx.changed() => if r.is_err() { return },
+                }
+                let want = *rx.borrow_and_update();
+                match want {
+                    Want::Held if !paused => {
+                        paused = true;
+                        match tokio::time::timeout(pause_wait, sh.proxies.pause(&cluster)).await {
+                            Ok(Err(e)) => tracing::warn!(cluster = %cluster, "cannot pause the proxies: {e}"),
+                            Ok(Ok(())) | Err(_) => {
+                                tracing::info!(cluster = %cluster, "primary suspect: the proxies hold new transactions")
+                            }
+                        }
+                    }
+                    Want::Open if paused => {
+                        paused = false;
+                        match sh.proxies.resume(&cluster).await {
+                            Err(e) => tracing::warn!(cluster = %cluster, "cannot resume the proxies: {e}"),
+                            Ok(()) => tracing::info!(cluster = %cluster, "primary answers again: the proxies resumed"),
+                        }
+                    }
+                    Want::HandedOver => paused = false,
+                    _ => {}
+                }
+            }
+        });
+        Hold { want, since: None }
+    }
+
+    fn hold(&mut self, now: Instant) {
+        if self.since.is_none() {
+            self.since = Some(now);
+            self.want.send_replace(Want::Held);
+        }
+    }
+
+    /// Resumes the proxies: the suspicion is over. Returns how long they
+    /// were held.
+    fn release(&mut self) -> Option<std::time::Duration> {
+        let since = self.since.take()?;
+        self.want.send_replace(Want::Open);
+        Some(since.elapsed())
+    }
+
+    /// Leaves the proxies paused for a workflow that resumes them.
+    fn hand_over(&mut self) {
+        if self.since.take().is_some() {
+            self.want.send_replace(Want::HandedOver);
+        }
     }
 }
 
@@ -73,6 +163,7 @@ pub async fn run(ctl: Controller, cluster: Cluster, cancel: CancellationToken) {
     let mut via_proxy: Vec<Prober> = Vec::new();
     let mut published: Option<RouteInfo> = None;
     let mut breached: std::collections::HashSet<NodeName> = Default::default();
+    let mut hold = Hold::start(&ctl, &cluster.name, &cancel);
     let mut tick = tokio::time::interval(timing.probe_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut n: u64 = 0;
@@ -104,6 +195,14 @@ pub async fn run(ctl: Controller, cluster: Cluster, cancel: CancellationToken) {
         det.probe_started(VANTAGE_CONTROLLER, t0 + timing.probe_timeout);
         let (res, statuses) = tokio::join!(prober.probe(timing.probe_timeout), sh.observe(&cluster));
         let now = Instant::now();
+        // Hold writes at the first failed probe; let them go when it passes.
+        if !busy {
+            if !res.outcome.is_ok() {
+                hold.hold(now);
+            } else if let Some(held) = hold.release() {
+                tracing::info!(cluster = %cluster.name, "the primary answers again; the proxies held writes for {:.2}s", held.as_secs_f64());
+            }
+        }
         sh.metrics
             .probes
             .get_or_create(&crate::metrics::ProbeLabel {
@@ -113,8 +212,9 @@ pub async fn run(ctl: Controller, cluster: Cluster, cancel: CancellationToken) {
             })
             .inc();
         let agent_seen = agent_outcome(statuses.get(&primary));
-        // Through the proxies (metrics only: a paused proxy is not an outage).
-        if !busy {
+        // Through the proxies (metrics only: a paused proxy is not an outage,
+        // and a held one would only make this probe wait).
+        if !busy && hold.since.is_none() {
             if via_proxy.is_empty() {
                 for p in sh.config.proxies_of(cluster.name.as_str()) {
                     let mut t = target.clone();
@@ -210,6 +310,7 @@ pub async fn run(ctl: Controller, cluster: Cluster, cancel: CancellationToken) {
             }
         }
         if busy {
+            hold.hand_over();
             det.reset();
             if let Ok(mut o) = sh.observed.lock() {
                 o.entry(cluster.name.clone()).or_default().detection = "workflow running".into();
@@ -285,7 +386,10 @@ pub async fn run(ctl: Controller, cluster: Cluster, cancel: CancellationToken) {
                 keep_tail: true,
             };
             match ctl.start_params(workflows::FAILOVER, params).await {
-                Ok(id) => tracing::warn!(cluster = %cluster.name, workflow = %id, "failover started"),
+                Ok(id) => {
+                    hold.hand_over();
+                    tracing::warn!(cluster = %cluster.name, workflow = %id, "failover started")
+                }
                 Err(e) => tracing::warn!(cluster = %cluster.name, "cannot start a failover: {e}"),
             }
             det.reset();

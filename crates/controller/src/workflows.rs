@@ -447,7 +447,11 @@ async fn resume_proxy(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepEr
     let cluster = c.cluster()?;
     c.sh.leases.unblock(&cluster.name);
     if skipped(&sc) {
-        return Ok(StepOutput::json(json!({"skipped": "restarted in place"})));
+        // The monitor held the proxies while it suspected the primary.
+        let res = c.sh.proxies.resume(&cluster.name).await;
+        return Ok(StepOutput::json(
+            json!({"skipped": "restarted in place", "resumed": res.is_ok(), "error": res.err()}),
+        ));
     }
     let state =
         c.sh.clusters.state(&cluster.name).await.map_err(retry)?.ok_or_else(|| fatal("the cluster has no state"))?;
