@@ -5,6 +5,7 @@
 # and the ratios. Cleans up everything it made (trap), also on failure.
 #
 # Usage: bench/backup.sh [SCALE]      (default scale 50, about 750 MB)
+#        PGDR_BIN=/path/to/release/pgdr bench/backup.sh   (skip the build)
 # Needs: root (PostgreSQL runs as `postgres`), PostgreSQL server binaries,
 # pgbench; installs Debian's pgbackrest when missing.
 set -euo pipefail
@@ -19,9 +20,13 @@ if ! command -v pgbackrest >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y pgbackrest >/dev/null
 fi
 
-echo "building pgdr (release)..." >&2
-cargo build --release -q -p pgdr-cli --manifest-path "$ROOT/Cargo.toml"
-PGDR="$ROOT/target/release/pgdr"
+if [ -n "${PGDR_BIN:-}" ]; then
+  PGDR="$PGDR_BIN"   # a release pgdr built elsewhere
+else
+  echo "building pgdr (release)..." >&2
+  cargo build --release -q -p pgdr-cli --manifest-path "$ROOT/Cargo.toml"
+  PGDR="$ROOT/target/release/pgdr"
+fi
 
 WORK="$(mktemp -d /tmp/pgdr-bench-backup.XXXXXX)"
 chmod 755 "$WORK"
