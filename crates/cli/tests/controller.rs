@@ -768,12 +768,17 @@ async fn primary_cut_off_from_the_controller() {
     })
     .await;
     sig(env.run_pid(), Signal::SIGCONT);
+    // The last grant came at most one renewal interval before the freeze,
+    // so the controller could presume the node fenced from this point on.
+    let presumed = (t.lease_ttl + t.lease_margin).saturating_sub(t.lease_renew);
     eprintln!(
-        "[{}] without support the primary fenced itself {:.2}s after the controller froze (controller presumes it fenced after lease {} + margin {} from the last grant)",
+        "[{}] without support the primary fenced itself {:.2}s after the controller froze; the controller presumes it fenced no earlier than {:.2}s (lease {} + margin {} after the last grant): {:.2}s to spare",
         env.name,
         fenced.as_secs_f64(),
+        presumed.as_secs_f64(),
         pgdr_model::format_duration(t.lease_ttl),
-        pgdr_model::format_duration(t.lease_margin)
+        pgdr_model::format_duration(t.lease_margin),
+        presumed.as_secs_f64() - fenced.as_secs_f64()
     );
     // Whatever the controller does next, the cluster ends with one primary.
     let primary = env.one_primary().await;

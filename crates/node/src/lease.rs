@@ -4,9 +4,11 @@
 //! through the controller every `timing.lease_renew`
 //! (`POST /v1/clusters/{c}/lease`). If the controller refuses the renewal (a
 //! newer epoch names another primary, or a failover has begun) the agent
-//! fences at once. If the controller cannot be reached for `timing.lease_ttl`
-//! since the last renewal it *sent* that was granted, the agent asks its
-//! cluster's other agents for support (`/v1/peer/support`): with a majority
+//! fences at once. If the controller cannot be reached for
+//! `timing.lease_ttl - 2 × timing.lease_renew` since the last renewal it
+//! *sent* that was granted (so that it is fenced within `lease_ttl`), the
+//! agent asks its cluster's other agents for support (`/v1/peer/support`):
+//! with a majority
 //! (itself included) it keeps PostgreSQL writable — a control-plane outage
 //! alone never demotes a healthy primary — otherwise it stops PostgreSQL
 //! (immediate stop: the fastest way to end every write).
@@ -227,7 +229,12 @@ pub async fn run(agent: Arc<AgentState>, settings: LeaseSettings, cancel: Cancel
                 }
             }
         }
-        if sent.duration_since(last_ok) < settings.ttl {
+        // Act early enough to be fenced by `ttl` after the last granted
+        // renewal: the next check may come one `renew` later and asking the
+        // peers takes up to one `renew`. The controller presumes this node
+        // fenced only `ttl + lease_margin` after it granted that renewal,
+        // so the margin is left for the stop itself.
+        if sent.duration_since(last_ok) + settings.renew * 2 < settings.ttl {
             continue;
         }
         let support = count_support(&settings, epoch).await;
