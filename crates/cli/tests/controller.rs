@@ -220,7 +220,9 @@ impl Env {
         })
         .await;
         wait_for("a write through the proxy", Duration::from_secs(60), || async {
-            let c = pgdr_drill::observer::connect(&self.writer, "the writer endpoint", Duration::from_secs(5)).await.ok()?;
+            let c = pgdr_drill::observer::connect(&self.writer, "the writer endpoint", Duration::from_secs(5))
+                .await
+                .ok()?;
             c.batch_execute(pgdr_drill::workload::LEDGER_DDL).await.ok()
         })
         .await;
@@ -339,7 +341,12 @@ impl Env {
         }
         let after = |ms: f64| (ms - fault_ms.unwrap_or(0.0)) / 1000.0;
         for (k, (first, last, m)) in samples {
-            eprintln!("[{}]   {k}: from {:.2}s to {:.2}s after the fault, e.g. {m}", self.name, after(first), after(last));
+            eprintln!(
+                "[{}]   {k}: from {:.2}s to {:.2}s after the fault, e.g. {m}",
+                self.name,
+                after(first),
+                after(last)
+            );
         }
         assert!(loss.acknowledged_commits > 0, "the workload committed nothing");
         loss.lost_commits()
@@ -500,7 +507,11 @@ async fn controller_killed_mid_failover_resumes_and_finishes() {
     env.start_run();
     let v = env.finished(&wf.id, Duration::from_secs(60)).await;
     env.print_workflow(&v);
-    eprintln!("[{}] the restarted controller finished the failover {:.2}s after the kill", env.name, killed.elapsed().as_secs_f64());
+    eprintln!(
+        "[{}] the restarted controller finished the failover {:.2}s after the kill",
+        env.name,
+        killed.elapsed().as_secs_f64()
+    );
     assert_eq!(v.state, "succeeded", "{v:#?}");
     assert!(step(&v, "fence_old_primary").attempts >= 2, "the fence step was not re-run");
     let primary = env.one_primary().await;
@@ -526,9 +537,11 @@ async fn switchover_under_pgbench_loses_nothing_and_errs_nothing() {
     let before = env.cluster().await.expect("cluster");
     let old = before.primary.clone().expect("primary").to_string();
     let c = pgdr_drill::observer::connect(&env.writer, "writer", Duration::from_secs(10)).await.expect("connect");
-    c.batch_execute("create table sw_ledger (id bigserial primary key, client int not null, at timestamptz default now())")
-        .await
-        .expect("create table");
+    c.batch_execute(
+        "create table sw_ledger (id bigserial primary key, client int not null, at timestamptz default now())",
+    )
+    .await
+    .expect("create table");
     drop(c);
     let script = pgbench_script(&env.sb.dir);
     let port = env.cfg.proxies.iter().find(|p| p.region.as_str() == "east").expect("east").writer.port();
@@ -583,10 +596,19 @@ async fn switchover_under_pgbench_loses_nothing_and_errs_nothing() {
     let rows = env.sb.sql(&primary, "select count(*) from sw_ledger").await.expect("count");
     let present: u64 = rows[0][0].as_deref().and_then(|s| s.parse().ok()).expect("count");
     let wait_ms = step(&v, "wait_replay").duration_ms.unwrap_or_default();
-    let paused: u64 = ["pause_proxy", "fence_old_primary", "wait_replay", "stop_old_primary", "raise_epoch", "promote", "repoint_replicas", "resume_proxy"]
-        .iter()
-        .filter_map(|s| step(&v, s).duration_ms)
-        .sum();
+    let paused: u64 = [
+        "pause_proxy",
+        "fence_old_primary",
+        "wait_replay",
+        "stop_old_primary",
+        "raise_epoch",
+        "promote",
+        "repoint_replicas",
+        "resume_proxy",
+    ]
+    .iter()
+    .filter_map(|s| step(&v, s).duration_ms)
+    .sum();
     eprintln!(
         "[{}] pgbench: {processed} transactions, {failed_line}; rows on {primary}: {present}; writes paused ~{paused}ms (wait_replay {wait_ms}ms); client errors in pgbench stderr: {}",
         env.name,
@@ -679,7 +701,8 @@ async fn dry_run_approval_gate_and_one_workflow_at_a_time() {
 
     // Dry run.
     let status_before = status_shape(&config);
-    let (code, out, err) = pgdr(&["switchover", "--cluster", "main", "--to", "east-2", "--dry-run", "--config", &config]);
+    let (code, out, err) =
+        pgdr(&["switchover", "--cluster", "main", "--to", "east-2", "--dry-run", "--config", &config]);
     assert_eq!(code, 0, "{out} {err}");
     eprintln!("[{}] dry run:\n{out}", env.name);
     assert!(out.contains("dry run") && out.contains("promote") && out.contains("would promote east-2"), "{out}");
@@ -689,8 +712,19 @@ async fn dry_run_approval_gate_and_one_workflow_at_a_time() {
     assert_eq!(env.cluster().await.expect("cluster").epoch, before.epoch);
 
     // Approval gate.
-    let (code, out, err) =
-        pgdr(&["switchover", "--cluster", "main", "--to", "east-2", "--approval", "--no-wait", "--yes", "--json", "--config", &config]);
+    let (code, out, err) = pgdr(&[
+        "switchover",
+        "--cluster",
+        "main",
+        "--to",
+        "east-2",
+        "--approval",
+        "--no-wait",
+        "--yes",
+        "--json",
+        "--config",
+        &config,
+    ]);
     assert_eq!(code, 0, "{out} {err}");
     let started: Value = serde_json::from_str(&out).expect("json");
     let id = started["id"].as_str().expect("id").to_owned();
@@ -739,9 +773,16 @@ async fn primary_cut_off_from_the_controller() {
     sig(env.run_pid(), Signal::SIGSTOP);
     tokio::time::sleep(lapse).await;
     let writable = env.writable_primaries().await;
-    let wrote = env.sb.sql(&old, "create table if not exists still_primary (x int); insert into still_primary values (1)").await;
+    let wrote = env
+        .sb
+        .sql(&old, "create table if not exists still_primary (x int); insert into still_primary values (1)")
+        .await;
     sig(env.run_pid(), Signal::SIGCONT);
-    eprintln!("[{}] controller frozen {lapse:?}: writable primaries {writable:?}, write on {old}: {:?}", env.name, wrote.as_ref().map(|_| "ok"));
+    eprintln!(
+        "[{}] controller frozen {lapse:?}: writable primaries {writable:?}, write on {old}: {:?}",
+        env.name,
+        wrote.as_ref().map(|_| "ok")
+    );
     assert_eq!(writable, vec![old.clone()], "a control-plane outage changed the primary");
     assert!(wrote.is_ok(), "the primary stopped taking writes: {wrote:?}");
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -752,7 +793,8 @@ async fn primary_cut_off_from_the_controller() {
     // 2. Support withdrawn, controller frozen again: it fences itself.
     let token = Some(env.sb.token().to_owned());
     for n in env.node_names().into_iter().filter(|n| *n != old) {
-        let peer = pgdr_api::peer::PeerClient::new(&env.node(&n).agent, token.clone(), Duration::from_secs(2)).expect("peer");
+        let peer =
+            pgdr_api::peer::PeerClient::new(&env.node(&n).agent, token.clone(), Duration::from_secs(2)).expect("peer");
         peer.withdraw(&pgdr_api::peer::WithdrawRequest {
             cluster: pgdr_model::ClusterName::new("main"),
             primary: pgdr_model::NodeName::new(&old),
