@@ -366,6 +366,16 @@ impl Drill<'_> {
         let rpo_s = self.tier.rpo.as_secs_f64();
         let rto_met = rto.is_some_and(|r| r <= rto_s);
         let rpo_met = loss.rpo_seconds <= rpo_s;
+        // A planned change must be invisible: no lost commit, no client error.
+        let planned_clean = !spec.scenario.planned() || (loss.lost_commits() == 0 && client_errors == 0);
+        if !planned_clean {
+            notes.push(format!(
+                "a planned {} must lose no commit and show clients no error: {} lost, {} client errors",
+                spec.scenario,
+                loss.lost_commits(),
+                client_errors
+            ));
+        }
         Ok(RunReport {
             scenario: spec.scenario.as_str().to_owned(),
             run,
@@ -400,7 +410,7 @@ impl Drill<'_> {
                 rpo_seconds: rpo_s,
                 rto_met,
                 rpo_met,
-                passed: rto_met && rpo_met,
+                passed: rto_met && rpo_met && planned_clean,
             },
             restored,
             notes,

@@ -46,6 +46,7 @@ pub struct ConfigText<'a> {
     pub nodes: &'a [NodeRecord],
     pub os_user: Option<&'a str>,
     pub proxies: &'a [ProxyPorts],
+    pub on_crash: Option<&'a str>,
 }
 
 fn q(s: &str) -> String {
@@ -85,8 +86,12 @@ pub fn render(c: &ConfigText<'_>) -> String {
     );
     let _ = writeln!(
         t,
-        "[[clusters]]\nname = \"main\"\ntier = \"gold\"\npassword = {{ file = \"secrets/postgres.password\" }}\n"
+        "[[clusters]]\nname = \"main\"\ntier = \"gold\"\npassword = {{ file = \"secrets/postgres.password\" }}"
     );
+    if let Some(o) = c.on_crash {
+        let _ = writeln!(t, "on_crash = {}", q(o));
+    }
+    let _ = writeln!(t);
     let replicas = c.nodes.len().saturating_sub(1);
     let settings: Vec<String> = sandbox_settings(replicas).iter().map(|(k, v)| format!("{k} = {}", q(v))).collect();
     for n in c.nodes {

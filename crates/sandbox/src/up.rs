@@ -29,7 +29,11 @@ pub struct SandboxBuilder {
     dir: Option<PathBuf>,
     regions: Vec<String>,
     replicas_per_region: usize,
+    /// Standbys in each other region (default: `replicas_per_region`).
+    standbys_per_region: Option<usize>,
     base_port: u16,
+    /// The cluster's `on_crash` (default: the config's default, restart-first).
+    on_crash: Option<String>,
 }
 
 /// A running sandbox.
@@ -46,7 +50,14 @@ impl Sandbox {
     /// Default: regions `east` (primary + 1 replica) and `west` (1 standby),
     /// free ports.
     pub fn builder() -> SandboxBuilder {
-        SandboxBuilder { dir: None, regions: vec!["east".into(), "west".into()], replicas_per_region: 1, base_port: 0 }
+        SandboxBuilder {
+            dir: None,
+            regions: vec!["east".into(), "west".into()],
+            replicas_per_region: 1,
+            standbys_per_region: None,
+            base_port: 0,
+            on_crash: None,
+        }
     }
 
     /// Opens the sandbox recorded in `dir` (for `pgdr` commands run later).
@@ -156,6 +167,21 @@ impl SandboxBuilder {
         self
     }
 
+    /// N standbys in each region other than the primary's (default: as many
+    /// as [`Self::replicas_per_region`]). More nodes outside the primary's
+    /// region than in it let a lost primary region be fenced by lease (a
+    /// majority of agents can withdraw their support).
+    pub fn standbys_per_region(mut self, n: usize) -> Self {
+        self.standbys_per_region = Some(n);
+        self
+    }
+
+    /// The cluster's `on_crash`: `restart-first` (the default) or `failover`.
+    pub fn on_crash(mut self, on_crash: impl Into<String>) -> Self {
+        self.on_crash = Some(on_crash.into());
+        self
+    }
+
     /// First port to use (nodes, then agents, controller, proxies); 0 picks
     /// free ports.
     pub fn base_port(mut self, port: u16) -> Self {
@@ -197,7 +223,7 @@ impl SandboxBuilder {
             layout.push((format!("{primary_region}-{}", i + 2), primary_region.clone(), SandboxRole::Replica));
         }
         for r in &regions[1..] {
-            for i in 0..self.replicas_per_region {
+            for i in 0..self.standbys_per_region.unwrap_or(self.replicas_per_region) {
                 layout.push((format!("{r}-{}", i + 1), r.clone(), SandboxRole::Standby));
             }
         }
@@ -265,6 +291,7 @@ impl SandboxBuilder {
             nodes: &record.nodes,
             os_user: run_as.name(),
             proxies: &proxies,
+            on_crash: self.on_crash.as_deref(),
         });
         std::fs::write(&record.config, config_text).map_err(SandboxError::io(&record.config))?;
         pgdr_config::Config::load(&record.config).map_err(|e| SandboxError::Config(e.to_string()))?;
@@ -306,7 +333,7 @@ impl SandboxBuilder {
                 self.base_port
             )));
         }
-        if self.replicas_per_region > 20 {
+        if self.replicas_per_region > 20 || self.standbys_per_region.is_some_and(|n| n > 20) {
             return Err(SandboxError::Topology("at most 20 replicas per region".into()));
         }
         Ok(self.regions.clone())

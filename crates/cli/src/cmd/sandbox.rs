@@ -37,6 +37,12 @@ pub enum SandboxCmd {
         /// Replicas in the primary's region, and standbys in each other region.
         #[arg(long, default_value_t = 1)]
         replicas_per_region: usize,
+        /// Standbys in each region other than the primary's (default: --replicas-per-region).
+        #[arg(long)]
+        standbys_per_region: Option<usize>,
+        /// The cluster's on_crash: restart-first (the default) or failover.
+        #[arg(long, value_parser = ["restart-first", "failover"])]
+        on_crash: Option<String>,
         /// First port to use; 0 picks free ports.
         #[arg(long, default_value_t = 0)]
         base_port: u16,
@@ -62,8 +68,15 @@ pub enum SandboxCmd {
 
 pub fn run(_global: &Global, cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        SandboxCmd::Up { dir, regions, replicas_per_region, base_port, json } => {
-            up(dir, regions, replicas_per_region, base_port, json)
+        SandboxCmd::Up { dir, regions, replicas_per_region, standbys_per_region, on_crash, base_port, json } => {
+            let mut b = Sandbox::builder().dir(&dir).regions(regions).replicas_per_region(replicas_per_region);
+            if let Some(n) = standbys_per_region {
+                b = b.standbys_per_region(n);
+            }
+            if let Some(o) = on_crash {
+                b = b.on_crash(o);
+            }
+            up(b.base_port(base_port), json)
         }
         SandboxCmd::Down { dir, purge, keep_data: _, json } => down(dir, purge, json),
     }
@@ -73,21 +86,12 @@ fn classify(e: SandboxError) -> anyhow::Error {
     if e.is_usage() { anyhow::Error::new(Usage(e.to_string())) } else { anyhow::Error::new(e) }
 }
 
-fn up(dir: PathBuf, regions: Vec<String>, replicas: usize, base_port: u16, json: bool) -> anyhow::Result<ExitCode> {
+fn up(builder: pgdr_sandbox::SandboxBuilder, json: bool) -> anyhow::Result<ExitCode> {
     let pgdr = std::env::current_exe().context("cannot find the pgdr binary itself")?;
     let rt =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     let started = Instant::now();
-    let sb = rt
-        .block_on(
-            Sandbox::builder()
-                .dir(&dir)
-                .regions(regions)
-                .replicas_per_region(replicas)
-                .base_port(base_port)
-                .start(&pgdr),
-        )
-        .map_err(classify)?;
+    let sb = rt.block_on(builder.start(&pgdr)).map_err(classify)?;
     let took = started.elapsed();
     let config = sb.config.display().to_string();
     if json {
