@@ -152,6 +152,15 @@ async fn backup_restore_pitr_copy_verify_prune() {
     let msg = err.to_string();
     assert!(msg.contains("\"copy\"") && msg.contains("copy-1"), "{msg}");
 
+    // Key rotation: a new current key, the old one kept under its id, reads the old objects.
+    let mut rotated_cfg = config.destination("copy").expect("copy").clone();
+    rotated_cfg.old_keys = vec![(rotated_cfg.key_id.clone(), rotated_cfg.key.clone().expect("key"))];
+    rotated_cfg.key = Some(pgdr_config::Secret::Inline(KEY_S3.into()));
+    rotated_cfg.key_id = "copy-2".into();
+    let rotated = Dest::open(&rotated_cfg).expect("open rotated");
+    let problems = base::verify_backup(&rotated, &copied, true).await.expect("verify after rotation");
+    assert!(problems.is_empty(), "old objects must stay readable after a rotation: {problems:?}");
+
     // Corruption: one flipped byte in a stored object.
     let victim = dir.path().join("dest-copy").join(manifest::part_key("c1", &m1.id, &copied.objects[1].name));
     let mut bytes = std::fs::read(&victim).expect("read object");
