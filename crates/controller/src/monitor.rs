@@ -395,7 +395,12 @@ pub async fn run(ctl: Controller, cluster: Cluster, cancel: CancellationToken) {
             det.reset();
             continue;
         }
-        // Re-establish old primaries that answer again.
+        // Re-establish old primaries that answer again (not while the
+        // proxies are held: the workflow would take the cluster's lock and
+        // nothing would resume them).
+        if hold.since.is_some() {
+            continue;
+        }
         for node in cluster.nodes.iter().filter(|n| n.name != primary) {
             let flagged =
                 sh.needs_rejoin.lock().map(|r| r.contains(&(cluster.name.clone(), node.name.clone()))).unwrap_or(false);

@@ -265,12 +265,26 @@ impl Shared {
         Endpoint { host: node.host.clone(), port: node.port }
     }
 
-    /// Every node's agent status, asked concurrently.
+    /// Every node's agent status, asked concurrently, each within the
+    /// probe timeout (the watch loop's pace).
     pub async fn observe(&self, cluster: &Cluster) -> BTreeMap<NodeName, Result<Status, ApiError>> {
+        self.observe_within(cluster, None).await
+    }
+
+    /// [`Shared::observe`] with a longer timeout per agent: for workflow
+    /// steps, where a slow answer must not read as "down".
+    pub async fn observe_within(
+        &self,
+        cluster: &Cluster,
+        timeout: Option<Duration>,
+    ) -> BTreeMap<NodeName, Result<Status, ApiError>> {
         let mut set = tokio::task::JoinSet::new();
         for node in &cluster.nodes {
             let name = node.name.clone();
-            let client = self.agent(node);
+            let client = match timeout {
+                Some(t) => self.agent(node).map(|c| c.with_timeout(t)),
+                None => self.agent(node),
+            };
             set.spawn(async move {
                 let r = match client {
                     Ok(c) => c.status().await,

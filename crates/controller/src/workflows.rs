@@ -31,6 +31,10 @@ pub const SWITCHOVER: &str = "switchover";
 pub const FAILBACK: &str = "failback";
 pub const REESTABLISH: &str = "reestablish";
 
+/// How long a step waits for an agent's status: longer than a probe's, as a
+/// busy host answering slowly is not a down one.
+const STEP_STATUS_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// The parameters of every workflow here, fixed when it starts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Params {
@@ -299,7 +303,7 @@ async fn run_hook(cmd: &str, cluster: &Cluster, node: &Node) -> Value {
 
 /// What the controller knows of each node, as candidate input.
 async fn candidates(c: &Ctx, cluster: &Cluster) -> Vec<CandidateInfo> {
-    let statuses = c.sh.observe(cluster).await;
+    let statuses = c.sh.observe_within(cluster, Some(STEP_STATUS_TIMEOUT)).await;
     let lag = c.sh.observed.lock().ok().and_then(|o| o.get(&cluster.name).map(|o| o.lag.clone())).unwrap_or_default();
     cluster
         .nodes
@@ -521,10 +525,11 @@ async fn check_target(c: Arc<Ctx>, _sc: StepContext) -> Result<StepOutput, StepE
     let infos = candidates(&c, cluster).await;
     match infos.iter().find(|i| i.node == old) {
         Some(i) if i.reachable && i.role == Role::Primary => {}
-        _ => return Err(fatal(format!("the primary {old} is not up: a switchover needs it (use failover)"))),
+        // Retried: an agent that answered late is not a primary that is down.
+        _ => return Err(retry(format!("the primary {old} is not up: a switchover needs it (use failover)"))),
     }
     let pol = policy(&c, cluster, &old, target, false)?;
-    let choice = candidate::choose(&infos, &pol).map_err(fatal)?;
+    let choice = candidate::choose(&infos, &pol).map_err(retry)?;
     Ok(StepOutput::json(serde_json::to_value(&choice).map_err(fatal)?))
 }
 
@@ -717,7 +722,7 @@ impl WorkflowDef for Def {
                 gate(&p, &mut s);
                 s.push(
                     step(sh, &p, "check_target", "check the primary is up and choose the target", check_target)
-                        .retry(RetryPolicy::once())
+                        .retry(quick)
                         .check("the primary is up; the target is a healthy replica within the RPO")
                         .into(),
                 );
