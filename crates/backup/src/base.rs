@@ -203,6 +203,10 @@ pub async fn run_backup(
     progress.total.store(source.size_estimate, std::sync::atomic::Ordering::Relaxed);
     let bin = pgdr_node::PgBinaries::find(source.node.bin_dir.as_deref())?;
     let l = login(cluster)?;
+    // The primary's archive_command (run as the server's user) writes here too.
+    if let Ok(run_as) = pgdr_node::RunAs::for_node(source.node.os_user.as_deref()) {
+        dest.prepare_wal_dir(cluster_name, &run_as)?;
+    }
     let started = Instant::now();
     let created = chrono::Utc::now();
     let id = manifest::new_id(created);

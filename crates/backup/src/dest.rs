@@ -72,6 +72,8 @@ pub struct Dest {
     pub url: String,
     store: Arc<dyn ObjectStore>,
     prefix: String,
+    /// The folder of a file:// destination.
+    local_root: Option<std::path::PathBuf>,
     pub keys: Keyring,
     pub immutable: bool,
     pub concurrency: usize,
@@ -102,6 +104,7 @@ impl Dest {
     pub fn open(d: &pgdr_config::Destination) -> Result<Dest, DestError> {
         let keys = Keyring::from_config(d)?;
         let cfg = |detail: String| DestError::Config { dest: d.name.clone(), detail };
+        let local_root = d.url.strip_prefix("file://").map(std::path::PathBuf::from);
         let (store, prefix): (Arc<dyn ObjectStore>, String) = if let Some(path) = d.url.strip_prefix("file://") {
             std::fs::create_dir_all(path).map_err(|e| cfg(format!("cannot create folder {path}: {e}")))?;
             let fs = object_store::local::LocalFileSystem::new_with_prefix(path)
@@ -150,6 +153,7 @@ impl Dest {
             url: d.url.clone(),
             store,
             prefix,
+            local_root,
             keys,
             immutable: d.immutable,
             concurrency,
@@ -252,6 +256,21 @@ impl Dest {
             .collect();
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
+    }
+
+    /// On a file:// destination, creates the cluster's WAL folder and hands
+    /// it to the user PostgreSQL runs as: `archive_command` runs as that
+    /// user, while backups may run as root and create the cluster's folder.
+    pub fn prepare_wal_dir(&self, cluster: &str, run_as: &pgdr_node::RunAs) -> Result<(), DestError> {
+        let Some(root) = &self.local_root else { return Ok(()) };
+        let cfg = |detail: String| DestError::Config { dest: self.name.clone(), detail };
+        let cluster_dir = root.join(cluster);
+        let wal = root.join(crate::manifest::wal_prefix(cluster).trim_end_matches('/'));
+        std::fs::create_dir_all(&wal).map_err(|e| cfg(format!("cannot create {}: {e}", wal.display())))?;
+        for d in [&cluster_dir, &wal] {
+            run_as.give(d).map_err(|e| cfg(e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// Deletes an object; refused on an immutable destination.

@@ -9,6 +9,7 @@
 //! - [`wal`]: `wal-push` (archive_command, with parallel look-ahead) and `wal-fetch` (restore_command).
 //! - [`restore`]: restore, PITR and restore-verification.
 //! - [`copy`]: copies to other destinations, resumable, and `pull` from a read-only source.
+//! - [`job`]: a tier's backup job (backup, then copies) and `run_due` for the scheduler.
 //! - [`retention`]: prune by count and age.
 //! - [`schedule`]: which clusters are due for a backup by their tier's cron schedule.
 //! - [`status`]: newest backup and WAL per cluster and destination (for metrics).
@@ -19,6 +20,7 @@ pub mod base;
 pub mod copy;
 pub mod dest;
 pub mod format;
+pub mod job;
 pub mod keys;
 pub mod manifest;
 pub mod restore;

@@ -5,13 +5,18 @@
 //! backup is always kept. WAL is removed only below the first segment the
 //! oldest kept backup needs; timeline history files are always kept. Nothing
 //! is ever removed on an immutable destination: there retention is the
-//! storage's own lock policy.
+//! storage's own lock policy. Parts of backups that never got a manifest
+//! (failed or cancelled) are removed once untouched for [`ORPHAN_AGE`].
 
 use std::time::Duration;
 
 use crate::dest::Dest;
 use crate::manifest::{self, Manifest};
 use crate::{BackupError, Result};
+
+/// A backup without a manifest whose newest object is older than this is
+/// taken as failed and removed by prune.
+pub const ORPHAN_AGE: Duration = Duration::from_secs(48 * 3600);
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Policy {
@@ -68,6 +73,8 @@ pub fn plan(backups: &[Manifest], policy: &Policy, now: chrono::DateTime<chrono:
 pub struct PruneReport {
     pub plan: Plan,
     pub wal_removed: Vec<String>,
+    /// Backups without a manifest (failed or interrupted) older than [`ORPHAN_AGE`], removed.
+    pub orphans_removed: Vec<String>,
     pub dry_run: bool,
 }
 
@@ -82,6 +89,30 @@ pub async fn prune(dest: &Dest, cluster: &str, policy: &Policy, dry_run: bool) -
     let backups = crate::base::list_backups(dest, cluster).await?;
     let p = plan(&backups, policy, chrono::Utc::now());
     let mut report = PruneReport { plan: p.clone(), dry_run, ..Default::default() };
+    // Parts of backups that never got a manifest (failed, cancelled) and
+    // have not been written to for a long time.
+    let listed = dest.list(&manifest::backups_prefix(cluster)).await?;
+    let mut by_id: std::collections::BTreeMap<String, (bool, chrono::DateTime<chrono::Utc>, Vec<String>)> =
+        Default::default();
+    let prefix = manifest::backups_prefix(cluster);
+    for l in listed {
+        let Some((id, rest)) = l.key.strip_prefix(&prefix).and_then(|r| r.split_once('/')) else { continue };
+        let e = by_id.entry(id.to_owned()).or_insert((false, l.modified, Vec::new()));
+        e.0 |= rest == "manifest.json";
+        e.1 = e.1.max(l.modified);
+        e.2.push(l.key.clone());
+    }
+    let now = chrono::Utc::now();
+    for (id, (has_manifest, newest, keys)) in by_id {
+        if !has_manifest && (now - newest).to_std().is_ok_and(|d| d > ORPHAN_AGE) {
+            if !dry_run {
+                for k in &keys {
+                    dest.delete(k).await?;
+                }
+            }
+            report.orphans_removed.push(id);
+        }
+    }
     let Some(wal_below) = p.wal_below.clone() else {
         return Ok(report);
     };

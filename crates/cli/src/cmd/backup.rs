@@ -241,7 +241,7 @@ async fn with_progress<T>(label: &str, progress: Arc<Progress>, fut: impl std::f
                     b.set_length(total);
                     b.set_position(done);
                 }
-                None if tick % 25 == 0 => {
+                None if tick.is_multiple_of(25) => {
                     eprintln!("{label}: {} MiB of about {} MiB", done >> 20, total >> 20);
                 }
                 None => {}
@@ -367,12 +367,13 @@ pub fn run(global: &Global, cmd: BackupCmd) -> anyhow::Result<ExitCode> {
                 } else {
                     let verb = if dry_run { "would remove" } else { "removed" };
                     println!(
-                        "{}: kept {} backups, {verb} {} backups ({}) and {} WAL files",
+                        "{}: kept {} backups, {verb} {} backups ({}), {} WAL files and {} failed backups' parts",
                         dest.name,
                         r.plan.keep.len(),
                         r.plan.remove.len(),
                         r.plan.remove.join(", "),
-                        r.wal_removed.len()
+                        r.wal_removed.len(),
+                        r.orphans_removed.len()
                     );
                 }
                 Ok(ExitCode::SUCCESS)
@@ -517,51 +518,31 @@ async fn backup_one(
     workers: usize,
     part_mib: usize,
 ) -> anyhow::Result<serde_json::Value> {
-    let policy = pgdr_backup::policy(config, cluster)?;
     let dest = pgdr_backup::dest_for(config, cluster, to)?;
-    let opts = BackupOptions { level: policy.compression_level, part_size: part_mib.max(1) << 20, workers, node };
+    let opts = BackupOptions { level: 3, part_size: part_mib.max(1) << 20, workers, node };
     let progress = Arc::new(Progress::default());
     let cancel = cancel_on_ctrl_c();
-    let (m, measured) = with_progress(
-        &format!("backup {cluster} → {}", dest.name),
-        progress.clone(),
-        base::run_backup(config, cluster, &dest, &opts, &progress, &cancel),
-    )
-    .await?;
-    let mut copies = Vec::new();
-    if !no_copy {
-        for name in &policy.copies {
-            let dst = Dest::open_named(config, name)?;
-            let p = Arc::new(Progress::default());
-            let r = with_progress(
-                &format!("copy {} → {}", m.id, dst.name),
-                p.clone(),
-                copy::copy_backup(&dest, &dst, cluster, &m.id, &journal_dir(config), &p, &cancel),
-            )
-            .await
-            .with_context(|| format!("copy of backup {} to {name}", m.id))?;
-            copies.push(r);
-        }
-    }
+    let journal = journal_dir(config);
+    let job = pgdr_backup::job::backup_and_copy(config, cluster, to, !no_copy, opts, &journal, &progress, &cancel);
+    let r = with_progress(&format!("backup {cluster} → {}", dest.name), progress.clone(), job).await?;
+    let (m, measured) = (&r.backup, &r.measured);
     let summary = format!(
         "backup {} of {cluster} to {}: {} MiB in {:.1}s ({:.0} MiB/s), stored {} MiB, from {}{}{}",
         m.id,
-        dest.name,
+        r.destination,
         measured.plain_bytes >> 20,
         measured.seconds,
         measured.mib_per_s(),
         measured.stored_bytes >> 20,
         m.source_node,
         if m.from_replica { " (replica)" } else { "" },
-        if copies.is_empty() {
+        if r.copies.is_empty() {
             String::new()
         } else {
-            format!("; copied to {}", copies.iter().map(|c| c.target.as_str()).collect::<Vec<_>>().join(", "))
+            format!("; copied to {}", r.copies.iter().map(|c| c.target.as_str()).collect::<Vec<_>>().join(", "))
         }
     );
-    Ok(
-        serde_json::json!({"cluster": cluster, "ok": true, "backup": m, "measured": measured, "copies": copies, "summary": summary}),
-    )
+    Ok(serde_json::json!({"cluster": cluster, "ok": true, "report": r, "summary": summary}))
 }
 
 async fn enable(
@@ -581,6 +562,11 @@ async fn enable(
         return Ok(ExitCode::SUCCESS);
     }
     let login = cluster_login(config, cluster)?;
+    // archive_command runs as the server's user: let it write the WAL folder.
+    let dest = pgdr_backup::dest_for(config, cluster, None)?;
+    for n in c.nodes.iter().filter(|n| node.is_none_or(|o| o == n.name.as_str())) {
+        dest.prepare_wal_dir(cluster, &pgdr_node::RunAs::for_node(n.os_user.as_deref())?)?;
+    }
     let mut restart_needed = Vec::new();
     for n in c.nodes.iter().filter(|n| node.is_none_or(|o| o == n.name.as_str())) {
         let mut conninfo =
