@@ -112,6 +112,34 @@ async fn s3_wal_push_down_and_up_then_backup_restore() {
         PgGuard::adopt(restore::start_and_wait(&opts, &login(), Duration::from_secs(120)).await.expect("recovery"));
     assert_same_dump(&src.dump("postgres").await, &restored.dump("postgres").await);
     drop(restored);
+
+    // Copied from S3 to a file destination (with its own key), restored from there.
+    let copy_dest = Dest::open_named(&config, "copy").expect("copy");
+    let journal = dir.path().join("journal");
+    let report = pgdr_backup::copy::copy_backup(
+        &s3,
+        &copy_dest,
+        "c1",
+        &m.id,
+        &journal,
+        &Progress::default(),
+        &CancellationToken::new(),
+    )
+    .await
+    .expect("copy from s3");
+    assert_eq!(report.copied, m.objects.len());
+    assert!(report.wal_copied > 0);
+    let opts2 = RestoreOptions {
+        to: dir.path().join("restored-copy"),
+        restore_command: pgdr_backup::restore_command(&wal_exe(), &config_path, "c1", "copy"),
+        port: free_port(),
+        ..opts.clone()
+    };
+    restore::restore(&copy_dest, "c1", &opts2, &Progress::default()).await.expect("restore from the copy");
+    let restored =
+        PgGuard::adopt(restore::start_and_wait(&opts2, &login(), Duration::from_secs(120)).await.expect("recovery"));
+    assert_same_dump(&src.dump("postgres").await, &restored.dump("postgres").await);
+    drop(restored);
     src.stop().await;
     drop(moto);
 }
