@@ -7,6 +7,7 @@
 # everything it started (trap), also on failure.
 #
 # Usage: bench/proxy.sh [SECONDS_PER_RUN] [SCALE]     (defaults 15, 10)
+# PGDR_BIN=path uses that pgdr binary instead of building one.
 # Needs: root (PostgreSQL and PgBouncer run as `postgres`), PostgreSQL server
 # binaries, pgbench, psql; installs Debian's pgbouncer when missing.
 set -euo pipefail
@@ -24,9 +25,13 @@ if ! command -v pgbouncer >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y pgbouncer >/dev/null
 fi
 
-echo "building pgdr (release)..." >&2
-cargo build --release -q -p pgdr-cli --manifest-path "$ROOT/Cargo.toml"
-PGDR="$ROOT/target/release/pgdr"
+if [ -n "${PGDR_BIN:-}" ]; then
+  PGDR="$PGDR_BIN"   # a pgdr binary built elsewhere (release profile expected)
+else
+  echo "building pgdr (release)..." >&2
+  cargo build --release -q -p pgdr-cli --manifest-path "$ROOT/Cargo.toml"
+  PGDR="$ROOT/target/release/pgdr"
+fi
 
 WORK="$(mktemp -d /tmp/pgdr-bench-proxy.XXXXXX)"
 chmod 755 "$WORK"
@@ -104,7 +109,7 @@ api = "127.0.0.1:$PGDR_API"
 EOF
 RUST_LOG=warn "$PGDR" --config "$WORK/pgdr.toml" proxy >"$WORK/pgdr.log" 2>&1 &
 PIDS+=($!)
-wait_port "$PGDR_PORT"
+wait_port "$PGDR_PORT" || { cat "$WORK/pgdr.log" >&2; exit 1; }
 
 # --- PgBouncer -------------------------------------------------------------
 echo "\"postgres\" \"$VERIFIER\"" > "$WORK/userlist.txt"
@@ -121,13 +126,14 @@ auth_file = $WORK/userlist.txt
 pool_mode = session
 max_client_conn = 200
 default_pool_size = 40
-logfile = $WORK/pgbouncer.log
-pidfile = $WORK/pgbouncer.pid
+logfile = $WORK/bouncer/pgbouncer.log
+pidfile = $WORK/bouncer/pgbouncer.pid
 EOF
-chown postgres: "$WORK/userlist.txt" "$WORK/pgbouncer.ini"
+mkdir -p "$WORK/bouncer"
+chown postgres: "$WORK/userlist.txt" "$WORK/pgbouncer.ini" "$WORK/bouncer"
 "${RUN[@]}" pgbouncer "$WORK/pgbouncer.ini" >/dev/null 2>&1 &
 PIDS+=($!)
-wait_port "$BOUNCER_PORT"
+wait_port "$BOUNCER_PORT" || { cat "$WORK/bouncer/pgbouncer.log" >&2; exit 1; }
 
 # The discovery task needs a poll to find the primary: wait until a query works.
 for _ in $(seq 1 50); do
