@@ -107,6 +107,29 @@ pub fn compare(record: &WorkloadRecord, present: &HashSet<i64>, fault_ms: Option
     }
 }
 
+/// Adds `other` (a second workload started `offset_ms` after the first) to
+/// `base`, in `base`'s time base; span and RPO are computed again.
+pub fn merge(mut base: LossCheck, other: LossCheck, offset_ms: f64, fault_ms: f64) -> LossCheck {
+    base.acknowledged_commits += other.acknowledged_commits;
+    base.lost
+        .extend(other.lost.into_iter().map(|l| LostCommit { acknowledged_ms: l.acknowledged_ms + offset_ms, ..l }));
+    base.lost.sort_by(|a, b| a.acknowledged_ms.total_cmp(&b.acknowledged_ms));
+    base.unknown_outcome += other.unknown_outcome;
+    base.unknown_committed += other.unknown_committed;
+    base.failed_but_present.extend(other.failed_but_present);
+    match (base.lost.first(), base.lost.last()) {
+        (Some(first), Some(last)) => {
+            base.lost_span_seconds = Some((last.acknowledged_ms - first.acknowledged_ms) / 1000.0);
+            base.rpo_seconds = (fault_ms.max(last.acknowledged_ms) - first.acknowledged_ms) / 1000.0;
+        }
+        _ => {
+            base.lost_span_seconds = None;
+            base.rpo_seconds = 0.0;
+        }
+    }
+    base
+}
+
 /// Client-visible errors by kind label (writes and reads apart).
 pub fn errors_by_kind(record: &WorkloadRecord) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
     let mut writes = BTreeMap::new();

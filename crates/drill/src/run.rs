@@ -54,6 +54,18 @@ pub async fn endpoints(
     cluster: &Cluster,
     primary: &str,
 ) -> Result<(String, Option<String>, String), DrillError> {
+    endpoints_where(cfg, cluster, primary, false).await
+}
+
+/// As [`endpoints`]; with `outside`, a proxy in another region than the
+/// primary's (the clients a partition of the primary's region leaves on the
+/// reachable side).
+pub async fn endpoints_where(
+    cfg: &Config,
+    cluster: &Cluster,
+    primary: &str,
+    outside: bool,
+) -> Result<(String, Option<String>, String), DrillError> {
     let region = cluster.node(primary).map(|n| n.region.clone());
     let mut proxies = Vec::new();
     let mut silent = Vec::new();
@@ -64,7 +76,11 @@ pub async fn endpoints(
             _ => silent.push(p.writer.to_string()),
         }
     }
-    let proxy = proxies.iter().find(|p| Some(&p.region) == region.as_ref()).or(proxies.first());
+    let proxy = if outside {
+        proxies.iter().find(|p| Some(&p.region) != region.as_ref())
+    } else {
+        proxies.iter().find(|p| Some(&p.region) == region.as_ref()).or(proxies.first())
+    };
     let auth = |host: String, port: u16| -> Result<String, DrillError> {
         let mut s = format!(
             "host={host} port={port} user={} dbname={} connect_timeout=10 application_name=pgdr-drill",
@@ -215,8 +231,26 @@ impl Drill<'_> {
         prepare(&direct).await?;
         drop(direct);
 
-        let (writer, reader, endpoint) = endpoints(self.config, self.cluster, &primary).await?;
+        let partition = spec.scenario == Scenario::RegionPartition;
+        let (writer, reader, endpoint) = endpoints_where(self.config, self.cluster, &primary, partition).await?;
         notes.push(format!("workload through {endpoint}, {} writers, {} readers", spec.writers, spec.readers));
+        // A partition strands the clients in the primary's region with the
+        // old primary: they keep writing to it until it fences itself. Their
+        // acknowledged commits are checked too (the new primary may lack
+        // them: that is the partition's data loss); the RTO is what the
+        // clients on the reachable side saw.
+        let stranded = if partition {
+            let (w, _, e) = endpoints_where(self.config, self.cluster, &primary, false).await?;
+            notes.push(format!("clients in the partitioned region: 2 writers through {e}"));
+            let mut s = WorkloadSpec::new(w);
+            s.writers = 2;
+            s.readers = 0;
+            // Distinct ids: a workload's ids start at its start time in ms << 20.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Some(Workload::start(s))
+        } else {
+            None
+        };
         let mut wspec = WorkloadSpec::new(writer);
         wspec.reader = reader;
         wspec.writers = spec.writers;
@@ -277,6 +311,10 @@ impl Drill<'_> {
                 .say(&format!("{}: writes did not come back within {:?}", spec.scenario, spec.recovery_timeout));
         }
         let record = workload.stop().await;
+        let stranded = match stranded {
+            Some(w) => Some(w.stop().await),
+            None => None,
+        };
 
         // What happened, and on which primary to check.
         let after = self.topology().await.unwrap_or_default();
@@ -293,7 +331,18 @@ impl Drill<'_> {
         let cnode =
             self.cluster.node(&check_node).ok_or_else(|| DrillError::Topology(format!("no node {check_node}")))?;
         let client = connect_node(self.cluster, cnode, Duration::from_secs(10)).await?;
-        let loss = checker::check_ledger(&client, &record, Some(fault_ms)).await?;
+        let mut loss = checker::check_ledger(&client, &record, Some(fault_ms)).await?;
+        if let Some(st) = &stranded {
+            let offset = st.started_unix_ms - record.started_unix_ms;
+            let l2 = checker::check_ledger(&client, st, Some(fault_ms - offset)).await?;
+            notes.push(format!(
+                "clients in the partitioned region: {} commits acknowledged, {} of them missing on {check_node}, {} client errors",
+                l2.acknowledged_commits,
+                l2.lost_commits(),
+                st.write_failures().count()
+            ));
+            loss = checker::merge(loss, l2, offset, fault_ms);
+        }
         drop(client);
         if loss.lost_commits() > 0 {
             self.progress.say(&format!(

@@ -115,9 +115,27 @@ pub(crate) fn stop_record(record: &Record, report: &mut DownReport) -> Result<()
         postmasters.extend(pids);
     }
 
+    // The relays last (nothing needs them once the servers are down).
+    let relay = record
+        .wan
+        .as_ref()
+        .and_then(|w| w.relay_pid)
+        .filter(|pid| is_ours(*pid, &[&record.dir.display().to_string(), "relay"]));
+    if let Some(pid) = relay {
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM).or_else(|_| kill(Pid::from_raw(pid), Signal::SIGTERM));
+        let deadline = Instant::now() + AGENT_GRACE;
+        while alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if alive(pid) {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL).or_else(|_| kill(Pid::from_raw(pid), Signal::SIGKILL));
+        }
+    }
+
     // Verify: no PID alive, no port listening (a killed postmaster's
     // children may hold the socket a moment longer).
     let mut all: Vec<i32> = agents.clone();
+    all.extend(relay);
     all.extend(postmasters);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -5,7 +5,8 @@
 //! Used by `pgdr sandbox up/down` and by end-to-end tests (through
 //! [`SandboxGuard`], which tears everything down when dropped). Every process
 //! started is recorded by PID in `sandbox.json` ([`record`]) so [`down`] stops
-//! exactly those. This crate depends on the node layer and the API types,
+//! exactly those. With a WAN delay, relays sit on every cross-region path
+//! ([`wan`]). This crate depends on the node layer and the API types,
 //! never on the controller or the proxy.
 
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ mod guard;
 pub mod record;
 mod render;
 mod up;
+pub mod wan;
 
 pub use down::{DownReport, down};
 pub use guard::SandboxGuard;
@@ -53,6 +55,8 @@ pub enum SandboxError {
     Leftover(String),
     #[error("no node {0:?} in this sandbox")]
     NoSuchNode(String),
+    #[error("WAN links: {0}")]
+    Wan(String),
     #[error("query on {node} failed: {detail}")]
     Query { node: String, detail: String },
 }

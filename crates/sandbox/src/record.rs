@@ -70,6 +70,9 @@ pub struct Record {
     /// Ports given to the controller and proxies in `pgdr.toml` (nothing of
     /// the sandbox listens there until those are started).
     pub reserved_ports: Vec<u16>,
+    /// Relays between regions, when started with a WAN delay.
+    #[serde(default)]
+    pub wan: Option<crate::wan::WanRecord>,
 }
 
 impl Record {
@@ -100,7 +103,11 @@ impl Record {
 
     /// Ports something of the sandbox listens on while it is up.
     pub fn listening_ports(&self) -> Vec<u16> {
-        self.nodes.iter().flat_map(|n| [n.port, n.agent_port]).collect()
+        let mut ports: Vec<u16> = self.nodes.iter().flat_map(|n| [n.port, n.agent_port]).collect();
+        if let Some(w) = &self.wan {
+            ports.extend(w.routes.iter().map(|r| r.listen.port()));
+        }
+        ports
     }
 
     pub fn node(&self, name: &str) -> Option<&NodeRecord> {

@@ -47,6 +47,7 @@ pub struct ConfigText<'a> {
     pub os_user: Option<&'a str>,
     pub proxies: &'a [ProxyPorts],
     pub on_crash: Option<&'a str>,
+    pub wan_delay: Option<std::time::Duration>,
 }
 
 fn q(s: &str) -> String {
@@ -58,7 +59,13 @@ pub fn render(c: &ConfigText<'_>) -> String {
     let mut t = String::new();
     let _ = writeln!(t, "# Written by `pgdr sandbox up`: a local sandbox of real PostgreSQL.");
     let _ = writeln!(t, "# Relative paths are relative to this file. Stop it with `pgdr sandbox down --dir .`.\n");
-    let _ = writeln!(t, "[sandbox]\ndir = \".\"\n");
+    let _ = writeln!(t, "[sandbox]\ndir = \".\"");
+    if let Some(d) = c.wan_delay {
+        let _ = writeln!(t, "# Relays add this delay each way on every cross-region path; they are listed");
+        let _ = writeln!(t, "# in sandbox.json (wan.routes). `pgdr sandbox partition --dir . --region R` cuts R off.");
+        let _ = writeln!(t, "wan_delay = {}", q(&format!("{}ms", d.as_millis())));
+    }
+    let _ = writeln!(t);
     let region = c.regions.get(1).or(c.regions.first()).map(String::as_str).unwrap_or("east");
     let _ = writeln!(
         t,
@@ -69,9 +76,18 @@ pub fn render(c: &ConfigText<'_>) -> String {
     let _ = writeln!(t, "[agents]\ntoken = {{ file = \"secrets/agent.token\" }}\n");
     // Loopback links are fast and reliable: a sandbox detects and fences in
     // about two seconds. See docs/failover-math.md for the inequalities.
+    // Across a WAN a probe's (re)connection takes several round trips
+    // (startup, SCRAM, the canary write): give it ten one-way delays more.
+    let (interval_ms, timeout_ms) = match c.wan_delay {
+        Some(d) => {
+            let timeout = 400 + 10 * d.as_millis();
+            (timeout + 200, timeout)
+        }
+        None => (500, 400),
+    };
     let _ = writeln!(
         t,
-        "[timing]\nprobe_interval = \"500ms\"\nprobe_timeout = \"400ms\"\nfailure_threshold = 3\nlease_renew = \"500ms\"\nlease_ttl = \"2s\"\nlease_margin = \"500ms\"\nrestart_deadline = \"5s\"\n"
+        "[timing]\nprobe_interval = \"{interval_ms}ms\"\nprobe_timeout = \"{timeout_ms}ms\"\nfailure_threshold = 3\nlease_renew = \"500ms\"\nlease_ttl = \"2s\"\nlease_margin = \"500ms\"\nrestart_deadline = \"5s\"\n"
     );
     for r in c.regions {
         let _ = writeln!(t, "[[regions]]\nname = {}\n", q(r));

@@ -34,6 +34,8 @@ pub struct SandboxBuilder {
     base_port: u16,
     /// The cluster's `on_crash` (default: the config's default, restart-first).
     on_crash: Option<String>,
+    /// One-way delay on every cross-region path (relays; see [`crate::wan`]).
+    wan_delay: Option<Duration>,
 }
 
 /// A running sandbox.
@@ -57,6 +59,7 @@ impl Sandbox {
             standbys_per_region: None,
             base_port: 0,
             on_crash: None,
+            wan_delay: None,
         }
     }
 
@@ -176,6 +179,13 @@ impl SandboxBuilder {
         self
     }
 
+    /// Relays on every cross-region path adding `delay` each way, and
+    /// partitions (see [`crate::wan`]).
+    pub fn wan_delay(mut self, delay: Duration) -> Self {
+        self.wan_delay = Some(delay);
+        self
+    }
+
     /// The cluster's `on_crash`: `restart-first` (the default) or `failover`.
     pub fn on_crash(mut self, on_crash: impl Into<String>) -> Self {
         self.on_crash = Some(on_crash.into());
@@ -228,7 +238,31 @@ impl SandboxBuilder {
             }
         }
         let n = layout.len();
-        let ports = allocate_ports(self.base_port, 2 * n + 1 + 3 * regions.len())?;
+        let controller_region = regions.get(1).unwrap_or(&regions[0]).clone();
+        let fixed = 2 * n + 1 + 3 * regions.len();
+        // Relay ports, when there are links between regions.
+        let wan_ports = match self.wan_delay {
+            Some(_) => {
+                let probe: Vec<NodeRecord> = layout
+                    .iter()
+                    .map(|(name, region, role)| NodeRecord {
+                        name: name.clone(),
+                        region: region.clone(),
+                        role: *role,
+                        host: String::new(),
+                        port: 0,
+                        data_dir: PathBuf::new(),
+                        agent: String::new(),
+                        agent_port: 0,
+                        agent_pid: None,
+                        postmaster_pid: None,
+                    })
+                    .collect();
+                crate::wan::ports_needed(&regions, &probe, &controller_region)
+            }
+            None => 0,
+        };
+        let ports = allocate_ports(self.base_port, fixed + wan_ports)?;
         let nodes: Vec<NodeRecord> = layout
             .iter()
             .enumerate()
@@ -267,10 +301,21 @@ impl SandboxBuilder {
             config: dir.join("pgdr.toml"),
             bin_dir: bin.dir.clone(),
             os_user: run_as.name().map(str::to_owned),
+            reserved_ports: ports[2 * n..fixed].to_vec(),
+            wan: self.wan_delay.map(|d| crate::wan::WanRecord {
+                delay_ms: u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+                control: dir.join(crate::wan::CONTROL_FILE),
+                routes: crate::wan::plan_routes(&regions, &nodes, controller, &controller_region, &ports[fixed..]),
+                relay_pid: None,
+            }),
             nodes,
-            reserved_ports: ports[2 * n..].to_vec(),
         };
         record.save()?;
+        if let Some(w) = &record.wan {
+            pgdr_wan::WanState { delay_ms: w.delay_ms, partitioned: Default::default() }
+                .store(&w.control)
+                .map_err(|e| SandboxError::Wan(e.to_string()))?;
+        }
 
         // Secrets.
         let secrets = dir.join("secrets");
@@ -292,6 +337,7 @@ impl SandboxBuilder {
             os_user: run_as.name(),
             proxies: &proxies,
             on_crash: self.on_crash.as_deref(),
+            wan_delay: self.wan_delay,
         });
         std::fs::write(&record.config, config_text).map_err(SandboxError::io(&record.config))?;
         pgdr_config::Config::load(&record.config).map_err(|e| SandboxError::Config(e.to_string()))?;
@@ -368,6 +414,9 @@ async fn bring_up(
     ppg.start(PG_WAIT).await?;
     set_postmaster(record, &primary.name, ppg.postmaster_pid());
     record.save()?;
+    if record.wan.is_some() {
+        start_relay(sb, record, pgdr).await?;
+    }
 
     // Every other node: a base backup with its slot, in parallel.
     let plans: Vec<(NodeRecord, LocalPg, ReplicaPlan)> = record
@@ -375,8 +424,15 @@ async fn bring_up(
         .iter()
         .filter(|n| n.role != SandboxRole::Primary)
         .map(|n| {
+            // A standby in another region streams through its region's relay.
+            let (host, port) = match &record.wan {
+                Some(w) if n.region != primary.region => {
+                    crate::wan::Links { routes: w.routes.clone() }.backend_from(&n.region, &primary.host, primary.port)
+                }
+                _ => (primary.host.clone(), primary.port),
+            };
             let plan = ReplicaPlan {
-                upstream: Upstream { host: primary.host.clone(), port: primary.port, slot: Some(slot_name(&n.name)) },
+                upstream: Upstream { host, port, slot: Some(slot_name(&n.name)) },
                 login: sb.login(),
                 replication_user: "postgres".into(),
                 application_name: n.name.clone(),
@@ -472,6 +528,45 @@ async fn bring_up(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     record.save()?;
+    Ok(())
+}
+
+/// Starts `pgdr sandbox relay` (detached, recorded) and waits until its
+/// listeners accept.
+async fn start_relay(sb: &Sandbox, record: &mut Record, pgdr: &Path) -> Result<(), SandboxError> {
+    let log_path = sb.dir.join("logs").join("relay.log");
+    let log = std::fs::File::create(&log_path).map_err(SandboxError::io(&log_path))?;
+    let err_log = log.try_clone().map_err(SandboxError::io(&log_path))?;
+    let child = Command::new(pgdr)
+        .arg("sandbox")
+        .arg("relay")
+        .arg("--dir")
+        .arg(&sb.dir)
+        .current_dir(&sb.dir)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err_log)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| SandboxError::Wan(format!("cannot run {} sandbox relay: {e}", pgdr.display())))?;
+    let pid = child.id() as i32;
+    if let Some(w) = record.wan.as_mut() {
+        w.relay_pid = Some(pid);
+    }
+    record.save()?;
+    let listens: Vec<SocketAddr> = record.wan.iter().flat_map(|w| w.routes.iter().map(|r| r.listen)).collect();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for a in listens {
+        while tokio::net::TcpStream::connect(a).await.is_err() {
+            if !crate::down::alive(pid) {
+                return Err(SandboxError::Wan(format!("the relay exited; see {}", log_path.display())));
+            }
+            if Instant::now() >= deadline {
+                return Err(SandboxError::Timeout(format!("the relay to listen on {a}")));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     Ok(())
 }
 

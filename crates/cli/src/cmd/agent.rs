@@ -22,7 +22,8 @@ pub struct AgentArgs {
 
 pub fn run(global: &Global, args: AgentArgs) -> anyhow::Result<ExitCode> {
     init_logs();
-    let cfg = global.load_config()?;
+    // In a sandbox with links between regions, other regions are reached through relays.
+    let cfg = pgdr_sandbox::wan::view_for_node(global.load_config()?, &args.node);
     let acfg = AgentConfig::from_config(&cfg, &args.node).map_err(|e| match e {
         AgentError::Setup(_) | AgentError::Bin(_) | AgentError::Os(_) => anyhow::Error::new(Usage(e.to_string())),
         other => anyhow::Error::new(other),

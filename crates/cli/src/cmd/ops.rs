@@ -123,7 +123,8 @@ fn owner(cfg: &Config) -> String {
 /// `pgdr controller`: the controller alone; proxies are driven over their admin API.
 pub fn controller(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logs();
-    let cfg = global.load_config()?;
+    // In a sandbox with links between regions, other regions are reached through relays.
+    let cfg = pgdr_sandbox::wan::view_for_controller(global.load_config()?);
     let listen = args.listen.unwrap_or_else(|| cfg.controller.listen.to_string());
     runtime()?.block_on(async move {
         let cancel = CancellationToken::new();
@@ -145,7 +146,11 @@ pub fn controller(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> 
 /// The proxies of `pgdr run`, driven in-process.
 #[derive(Debug)]
 struct InProcess {
-    routes: HashMap<ClusterName, watch::Sender<Routing>>,
+    /// One routing channel per proxy, with the proxy's region.
+    routes: HashMap<ClusterName, Vec<(String, watch::Sender<Routing>)>>,
+    /// In a sandbox with links between regions: each node as seen from each
+    /// region, so a proxy reaches backends the way its region does.
+    backends: Option<pgdr_sandbox::wan::Backends>,
     handles: HashMap<ClusterName, Vec<ProxyHandle>>,
 }
 
@@ -166,11 +171,19 @@ impl ProxyControl for InProcess {
     }
 
     fn publish(&self, cluster: &ClusterName, route: &RouteInfo) {
-        if let Some(tx) = self.routes.get(cluster) {
+        for (region, tx) in self.routes.get(cluster).into_iter().flatten() {
+            let backend = |n: &pgdr_model::NodeName, h: &String, p: &u16| {
+                let (h, p) = self
+                    .backends
+                    .as_ref()
+                    .and_then(|b| b.addr(region, n.as_str()))
+                    .unwrap_or_else(|| (h.clone(), *p));
+                Backend::new(n.as_str(), h, p)
+            };
             let routing = Routing {
                 epoch: route.epoch,
-                primary: route.primary.as_ref().map(|(n, h, p)| Backend::new(n.as_str(), h.clone(), *p)),
-                replicas: route.replicas.iter().map(|(n, h, p)| Backend::new(n.as_str(), h.clone(), *p)).collect(),
+                primary: route.primary.as_ref().map(|(n, h, p)| backend(n, h, p)),
+                replicas: route.replicas.iter().map(|(n, h, p)| backend(n, h, p)).collect(),
             };
             tx.send_if_modified(|cur| {
                 if *cur == routing {
@@ -191,18 +204,22 @@ async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListe
 /// `pgdr run`: the controller and every proxy of the config in one process.
 pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logs();
-    let cfg = global.load_config()?;
+    let written = global.load_config()?;
+    let backends = pgdr_sandbox::wan::Backends::of(&written);
+    // In a sandbox with links between regions, other regions are reached through relays.
+    let cfg = pgdr_sandbox::wan::view_for_controller(written);
     let listen = args.listen.unwrap_or_else(|| cfg.controller.listen.to_string());
     runtime()?.block_on(async move {
         let cancel = CancellationToken::new();
         tokio::spawn(signal(cancel.clone()));
         let tracker = TaskTracker::new();
         let store = open_store(&cfg).await?;
-        let mut routes = HashMap::new();
+        let mut routes: HashMap<ClusterName, Vec<(String, watch::Sender<Routing>)>> = HashMap::new();
         let mut handles: HashMap<ClusterName, Vec<ProxyHandle>> = HashMap::new();
         for p in &cfg.proxies {
             let cluster = cfg.cluster(p.cluster.as_str()).context("proxy of an unknown cluster")?;
-            let tx = routes.entry(p.cluster.clone()).or_insert_with(|| watch::channel(Routing::default()).0);
+            let (tx, routing) = watch::channel(Routing::default());
+            routes.entry(p.cluster.clone()).or_default().push((p.region.to_string(), tx));
             let auth = match &p.auth {
                 ProxyAuth::Users { file } => AuthConfig::UsersFile(file.clone()),
                 ProxyAuth::Passthrough => match cluster.password.as_ref().and_then(|s| s.resolve().ok()) {
@@ -218,7 +235,7 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
             let spec = ProxySpec {
                 clusters: vec![ClusterSpec {
                     name: p.cluster.clone(),
-                    routing: tx.subscribe(),
+                    routing,
                     settings: Settings::from_config(p),
                     auth,
                 }],
@@ -248,7 +265,7 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
             tracing::info!(proxy = p.name, writer = %p.writer, "proxy started");
             handles.entry(p.cluster.clone()).or_default().push(handle);
         }
-        let control = Arc::new(InProcess { routes, handles });
+        let control = Arc::new(InProcess { routes, backends, handles });
         let hooks = webhooks(&cfg, &tracker, &cancel);
         let name = owner(&cfg);
         let ctl = Controller::new(cfg, store, control, &name, hooks).await?;

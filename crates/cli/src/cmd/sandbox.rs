@@ -40,6 +40,10 @@ pub enum SandboxCmd {
         /// Standbys in each region other than the primary's (default: --replicas-per-region).
         #[arg(long)]
         standbys_per_region: Option<usize>,
+        /// Put a relay on every cross-region path adding this delay each way (e.g. 40ms);
+        /// enables `pgdr sandbox partition`.
+        #[arg(long, value_parser = pgdr_model::parse_duration)]
+        wan_delay: Option<std::time::Duration>,
         /// The cluster's on_crash: restart-first (the default) or failover.
         #[arg(long, value_parser = ["restart-first", "failover"])]
         on_crash: Option<String>,
@@ -49,6 +53,25 @@ pub enum SandboxCmd {
         /// Print the nodes as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Run the relays between the regions of the sandbox in DIR (started by `up --wan-delay`).
+    Relay {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Cut a region off from every other region: packets vanish (no reset, no refusal).
+    Partition {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        region: String,
+    },
+    /// Heal a partitioned region, or every partition.
+    Heal {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        region: Option<String>,
     },
     /// Stop every process the sandbox in DIR started; a folder without a running sandbox is a no-op.
     Down {
@@ -68,7 +91,27 @@ pub enum SandboxCmd {
 
 pub fn run(_global: &Global, cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        SandboxCmd::Up { dir, regions, replicas_per_region, standbys_per_region, on_crash, base_port, json } => {
+        SandboxCmd::Relay { dir } => relay(dir),
+        SandboxCmd::Partition { dir, region } => {
+            let st = pgdr_sandbox::wan::partition(&dir, &region).map_err(classify)?;
+            outln!("region {region} partitioned (partitioned now: {:?})", st.partitioned);
+            Ok(ExitCode::SUCCESS)
+        }
+        SandboxCmd::Heal { dir, region } => {
+            let st = pgdr_sandbox::wan::heal(&dir, region.as_deref()).map_err(classify)?;
+            outln!("healed (partitioned now: {:?})", st.partitioned);
+            Ok(ExitCode::SUCCESS)
+        }
+        SandboxCmd::Up {
+            dir,
+            regions,
+            replicas_per_region,
+            standbys_per_region,
+            wan_delay,
+            on_crash,
+            base_port,
+            json,
+        } => {
             let mut b = Sandbox::builder().dir(&dir).regions(regions).replicas_per_region(replicas_per_region);
             if let Some(n) = standbys_per_region {
                 b = b.standbys_per_region(n);
@@ -76,10 +119,44 @@ pub fn run(_global: &Global, cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
             if let Some(o) = on_crash {
                 b = b.on_crash(o);
             }
+            if let Some(d) = wan_delay {
+                b = b.wan_delay(d);
+            }
             up(b.base_port(base_port), json)
         }
         SandboxCmd::Down { dir, purge, keep_data: _, json } => down(dir, purge, json),
     }
+}
+
+/// `pgdr sandbox relay`: runs until SIGTERM or SIGINT.
+fn relay(dir: PathBuf) -> anyhow::Result<ExitCode> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let on_signal = cancel.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            if let Ok(mut term) = signal(SignalKind::terminate()) {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            } else {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+            on_signal.cancel();
+        });
+        pgdr_sandbox::wan::run(&dir, cancel).await.map_err(classify)
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn classify(e: SandboxError) -> anyhow::Error {
