@@ -831,3 +831,34 @@ async fn primary_cut_off_from_the_controller() {
     let primary = env.one_primary().await;
     eprintln!("[{}] primary afterwards: {primary}", env.name);
 }
+
+/// The default `on_crash = "restart-first"`: kill -9 of the postmaster while
+/// its host answers restarts it in place. Nothing is promoted, the epoch
+/// stays, crash recovery loses no acknowledged commit (even in async mode),
+/// and the proxies held by the suspicion are resumed on the same primary.
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_restarts_in_place_by_default() {
+    let env = Env::start("restart-first", Opts::default()).await;
+    let before = env.cluster().await.expect("cluster");
+    let old = before.primary.clone().expect("primary").to_string();
+    let seen = Env::ids(&env.workflows().await);
+    let w = env.workload(4);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let fault_ms = w.now_ms();
+    sig(env.postmaster_pid(&old), Signal::SIGKILL);
+    let wf = env.new_workflow("failover", &seen, Duration::from_secs(30)).await;
+    let wf = env.finished(&wf.id, Duration::from_secs(60)).await;
+    env.print_workflow(&wf);
+    assert_eq!(wf.state, "succeeded", "{wf:#?}");
+    let restart = step(&wf, "restart_in_place").output.clone().expect("restart output");
+    eprintln!("[{}] restart_in_place: {restart}", env.name);
+    assert_eq!(restart["restarted"], Value::Bool(true), "not restarted in place: {restart}");
+    wait_recovered(&w, fault_ms).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let record = w.stop().await;
+    assert_eq!(env.one_primary().await, old);
+    let after = env.cluster().await.expect("cluster");
+    assert_eq!(after.epoch, before.epoch, "nothing was promoted");
+    let lost = env.check(&old, &record, Some(fault_ms)).await;
+    assert_eq!(lost, 0, "crash recovery lost acknowledged commits");
+}

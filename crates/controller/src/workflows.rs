@@ -149,7 +149,7 @@ fn new_epoch(ctx: &StepContext) -> Result<Epoch, StepError> {
 
 // ---------------------------------------------------------------- steps
 
-async fn restart_in_place(c: Arc<Ctx>, _sc: StepContext) -> Result<StepOutput, StepError> {
+async fn restart_in_place(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepError> {
     let cluster = c.cluster()?;
     if !c.p.crash || cluster.on_crash != OnCrash::RestartFirst {
         return Ok(StepOutput::json(json!({"path": "failover", "restarted": false,
@@ -158,25 +158,44 @@ async fn restart_in_place(c: Arc<Ctx>, _sc: StepContext) -> Result<StepOutput, S
     let node = c.node(c.old_primary()?)?;
     let deadline = c.sh.config.timing.restart_deadline;
     let started = Instant::now();
-    let agent = c.sh.agent(node).map_err(fatal)?.with_action_timeout(deadline);
-    let res = tokio::time::timeout(deadline, agent.start(c.p.old_epoch)).await;
-    let error = match res {
-        Ok(Ok(_)) => {
-            // Crash recovery done: check a write commits.
-            let mut prober =
-                crate::probe::Prober::new(c.sh.target(cluster, node), crate::probe::ROW_DIRECT, "pgdr-controller");
-            let left = deadline.saturating_sub(started.elapsed()).max(Duration::from_millis(500));
-            let r = prober.probe(left).await;
-            if r.outcome.is_ok() {
-                return Ok(StepOutput::json(json!({"path": "restart-in-place", "restarted": true,
-                    "took_ms": started.elapsed().as_millis() as u64})));
-            }
-            format!("restarted but a write did not commit: {:?}", r.outcome)
+    let end = started + deadline;
+    // Retried until the deadline: a start can fail for a moment after a
+    // crash (a killed postmaster not yet reaped still holds its lock file).
+    let mut attempts = 0u32;
+    let error = loop {
+        attempts += 1;
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break format!("not back within restart_deadline ({})", pgdr_model::format_duration(deadline));
         }
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => format!("not back within restart_deadline ({})", pgdr_model::format_duration(deadline)),
+        let agent = c.sh.agent(node).map_err(fatal)?.with_action_timeout(left);
+        let last = match tokio::time::timeout(left, agent.start(c.p.old_epoch)).await {
+            Ok(Ok(_)) => {
+                // Crash recovery done: check a write commits.
+                let mut prober =
+                    crate::probe::Prober::new(c.sh.target(cluster, node), crate::probe::ROW_DIRECT, "pgdr-controller");
+                let left = end.saturating_duration_since(Instant::now()).max(Duration::from_millis(500));
+                let r = prober.probe(left).await;
+                if r.outcome.is_ok() {
+                    return Ok(StepOutput::json(json!({"path": "restart-in-place", "restarted": true,
+                        "attempts": attempts, "took_ms": started.elapsed().as_millis() as u64})));
+                }
+                format!("restarted but a write did not commit: {:?}", r.outcome)
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => {
+                break format!("not back within restart_deadline ({})", pgdr_model::format_duration(deadline));
+            }
+        };
+        if Instant::now() + Duration::from_millis(250) >= end {
+            break last;
+        }
+        tokio::select! {
+            _ = sc.cancel.cancelled() => return Err(retry("cancelled while restarting the old primary")),
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
     };
-    Ok(StepOutput::json(json!({"path": "failover", "restarted": false, "restart_error": error})))
+    Ok(StepOutput::json(json!({"path": "failover", "restarted": false, "attempts": attempts, "restart_error": error})))
 }
 
 async fn pause_proxy(c: Arc<Ctx>, sc: StepContext, unroute_primary: bool) -> Result<StepOutput, StepError> {
