@@ -9,6 +9,19 @@ use crate::record::NodeRecord;
 /// How many base backups `up` runs at once (each holds two WAL senders).
 pub const PARALLEL_BACKUPS: usize = 4;
 
+/// The sandbox settings plus the backup engine's archive settings
+/// (`archive_mode`, `archive_command` through `pgdr wal-push`), which every
+/// node gets so that whichever node is primary archives its WAL.
+pub fn node_settings(replicas: usize, archive: &[(String, String)]) -> Vec<(String, String)> {
+    let mut out = sandbox_settings(replicas);
+    for (k, v) in archive {
+        if !out.iter().any(|(have, _)| have == k) {
+            out.push((k.clone(), v.clone()));
+        }
+    }
+    out
+}
+
 /// PostgreSQL settings suited to a sandbox: fast (no fsync), replication on,
 /// `wal_log_hints` for `pg_rewind`. Archive settings are the backup engine's.
 /// WAL senders and slots: 10, more when `replicas` streaming replicas plus
@@ -48,6 +61,8 @@ pub struct ConfigText<'a> {
     pub proxies: &'a [ProxyPorts],
     pub on_crash: Option<&'a str>,
     pub wan_delay: Option<std::time::Duration>,
+    /// The backup engine's archive settings (see [`node_settings`]).
+    pub archive: &'a [(String, String)],
 }
 
 fn q(s: &str) -> String {
@@ -109,7 +124,8 @@ pub fn render(c: &ConfigText<'_>) -> String {
     }
     let _ = writeln!(t);
     let replicas = c.nodes.len().saturating_sub(1);
-    let settings: Vec<String> = sandbox_settings(replicas).iter().map(|(k, v)| format!("{k} = {}", q(v))).collect();
+    let settings: Vec<String> =
+        node_settings(replicas, c.archive).iter().map(|(k, v)| format!("{k} = {}", q(v))).collect();
     for n in c.nodes {
         let _ = writeln!(t, "[[clusters.nodes]]");
         let _ = writeln!(t, "name = {}", q(&n.name));

@@ -330,6 +330,10 @@ impl SandboxBuilder {
             let p = dir.join(d);
             std::fs::create_dir_all(&p).map_err(SandboxError::io(&p))?;
         }
+        // Every node archives through `pgdr wal-push` from its first start
+        // (archive_mode needs no restart then); archive_command runs as the
+        // server's user, who must read the config and the destination's key.
+        let archive = pgdr_backup::archive_settings_with(&pgdr, &record.config, "main");
         let config_text = render::render(&ConfigText {
             regions: &regions,
             controller,
@@ -338,9 +342,15 @@ impl SandboxBuilder {
             proxies: &proxies,
             on_crash: self.on_crash.as_deref(),
             wan_delay: self.wan_delay,
+            archive: &archive,
         });
         std::fs::write(&record.config, config_text).map_err(SandboxError::io(&record.config))?;
-        pgdr_config::Config::load(&record.config).map_err(|e| SandboxError::Config(e.to_string()))?;
+        let config = pgdr_config::Config::load(&record.config).map_err(|e| SandboxError::Config(e.to_string()))?;
+        set_mode(&record.config, 0o644)?;
+        share_backup_key(&secrets, &run_as)?;
+        pgdr_backup::Dest::open_named(&config, "local")
+            .and_then(|d| d.prepare_wal_dir("main", &run_as))
+            .map_err(|e| SandboxError::Config(format!("backup destination: {e}")))?;
 
         let sandbox =
             Sandbox { dir: dir.clone(), config: record.config.clone(), record: record.clone(), password, token };
@@ -393,7 +403,8 @@ async fn bring_up(
     run_as: &RunAs,
     pgdr: &Path,
 ) -> Result<(), SandboxError> {
-    let settings = render::sandbox_settings(record.nodes.len().saturating_sub(1));
+    let archive = pgdr_backup::archive_settings_with(pgdr, &record.config, "main");
+    let settings = render::node_settings(record.nodes.len().saturating_sub(1), &archive);
     let local = |n: &NodeRecord| LocalPg::new(bin.clone(), n.data_dir.clone(), n.host.clone(), n.port, run_as.clone());
     for n in &record.nodes {
         let d = sb.dir.join(&n.name);
@@ -604,6 +615,20 @@ fn allocate_ports(base: u16, count: usize) -> Result<Vec<u16>, SandboxError> {
 fn set_mode(path: &Path, mode: u32) -> Result<(), SandboxError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(SandboxError::io(path))
+}
+
+/// Lets the server's user read the local destination's key (its
+/// archive_command encrypts with it): the secrets folder becomes searchable,
+/// not listable, by the user's group, and the key file the user's own (0600).
+/// The other secrets stay root's.
+fn share_backup_key(secrets: &Path, run_as: &RunAs) -> Result<(), SandboxError> {
+    let Some((_, _, gid)) = &run_as.user else { return Ok(()) };
+    nix::unistd::chown(secrets, None, Some(nix::unistd::Gid::from_raw(*gid)))
+        .map_err(|e| SandboxError::io(secrets)(std::io::Error::from(e)))?;
+    set_mode(secrets, 0o710)?;
+    let key = secrets.join("backup-local.key");
+    run_as.give(&key)?;
+    set_mode(&key, 0o600)
 }
 
 fn write_secret(path: &Path, value: &str) -> Result<(), SandboxError> {
