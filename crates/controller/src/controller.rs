@@ -84,7 +84,7 @@ impl Controller {
         let engine = Engine::new(
             store,
             clock,
-            workflows::registry(&sh),
+            workflows::registry(&sh).register(crate::backups::def(&sh)),
             EngineOptions { owner: owner.to_owned(), ..EngineOptions::default() },
         )
         .await?;
@@ -103,6 +103,7 @@ impl Controller {
         for cluster in self.sh.config.clusters.clone() {
             tracker.spawn(crate::monitor::run(self.clone(), cluster, cancel.clone()));
         }
+        tracker.spawn(crate::backups::run(self.clone(), cancel.clone()));
         // Engine events (every step) go to the webhooks too.
         let mut rx = self.engine.subscribe();
         let hooks = self.sh.webhooks.clone();

@@ -8,6 +8,7 @@
 //! routing types; nothing depends on it except the binary.
 
 pub mod api;
+pub mod backups;
 pub mod candidate;
 pub mod controller;
 pub mod detect;

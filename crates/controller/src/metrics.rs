@@ -52,6 +52,8 @@ pub struct Metrics {
     pub lag_seconds: Family<NodeLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub rpo_breaches: Family<NodeLabel, Counter>,
     pub epoch: Family<ClusterLabel, Gauge>,
+    /// `pgdr_backup_*` (see [`crate::backups`]).
+    pub backup: crate::backups::BackupMetrics,
 }
 
 impl Default for Metrics {
@@ -65,6 +67,7 @@ impl Default for Metrics {
             lag_seconds: Family::default(),
             rpo_breaches: Family::default(),
             epoch: Family::default(),
+            backup: Default::default(),
             registry: Registry::default(),
         };
         registry.register("pgdr_workflow_step_seconds", "Duration of workflow steps", m.step_seconds.clone());
@@ -86,6 +89,7 @@ impl Default for Metrics {
         );
         registry.register("pgdr_rpo_breaches", "Times a replica's lag passed the tier's RPO", m.rpo_breaches.clone());
         registry.register("pgdr_cluster_epoch", "The cluster's epoch", m.epoch.clone());
+        m.backup.register(&mut registry);
         Metrics { registry, ..m }
     }
 }
