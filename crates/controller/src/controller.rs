@@ -144,11 +144,52 @@ impl Controller {
     }
 
     /// Starts a workflow with fixed params; returns its id.
+    ///
+    /// A re-establish holds no cluster lock (it may rebuild a replica for
+    /// minutes and must not block detection): it is refused while a role
+    /// change runs or another re-establish of the cluster runs. A role
+    /// change (failover, switchover, failback) takes the cluster's lock and
+    /// then cancels any re-establish of the cluster, so a primary that fails
+    /// during a rebuild is failed over at once.
     pub async fn start_params(&self, kind: &str, params: Params) -> Result<WorkflowId, ControllerError> {
         let cluster = params.cluster.clone();
         let value = serde_json::to_value(&params).map_err(|e| ControllerError::BadRequest(e.to_string()))?;
+        if kind == workflows::REESTABLISH {
+            if self.busy(&cluster).await {
+                return Err(ControllerError::Conflict(format!("a role change is running on cluster {cluster}")));
+            }
+            if let Some(id) = self.reestablishing(&cluster).await?.first() {
+                return Err(ControllerError::Conflict(format!(
+                    "re-establish workflow {} is running on cluster {cluster}",
+                    id.as_str()
+                )));
+            }
+        }
         let handle = self.engine.start(kind, &cluster, value).await?;
+        if kind != workflows::REESTABLISH {
+            for id in self.reestablishing(&cluster).await? {
+                let by = format!("{kind} {}", handle.id.as_str());
+                match self.engine.cancel(&id, &by).await {
+                    Ok(()) => {
+                        tracing::warn!(cluster = %cluster, workflow = %id, "re-establish cancelled: {by} started")
+                    }
+                    Err(e) => tracing::warn!(cluster = %cluster, workflow = %id, "cannot cancel the re-establish: {e}"),
+                }
+            }
+        }
         Ok(handle.id)
+    }
+
+    /// The re-establish workflows of `cluster` that have not ended.
+    pub async fn reestablishing(&self, cluster: &ClusterName) -> Result<Vec<WorkflowId>, ControllerError> {
+        Ok(self
+            .engine
+            .list()
+            .await?
+            .into_iter()
+            .filter(|r| r.kind == workflows::REESTABLISH && r.cluster == *cluster && !r.state.is_terminal())
+            .map(|r| r.id)
+            .collect())
     }
 
     /// Builds the params of an operator's role change from the live state.

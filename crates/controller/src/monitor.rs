@@ -396,8 +396,8 @@ pub async fn run(ctl: Controller, cluster: Cluster, cancel: CancellationToken) {
             continue;
         }
         // Re-establish old primaries that answer again (not while the
-        // proxies are held: the workflow would take the cluster's lock and
-        // nothing would resume them).
+        // primary is suspect). A re-establish holds no cluster lock, so
+        // detection goes on while it rebuilds; a failover cancels it.
         if hold.since.is_some() {
             continue;
         }

@@ -632,6 +632,11 @@ async fn reestablish(c: Arc<Ctx>, _sc: StepContext) -> Result<StepOutput, StepEr
     let cluster = c.cluster()?;
     let name = c.p.node.clone().ok_or_else(|| fatal("no node to re-establish"))?;
     let node = c.node(&name)?;
+    // It holds no cluster lock: never rebuild under a running role change
+    // (the primary it would follow may be about to change).
+    if let Ok(Some(_)) = c.sh.store.get(&pgdr_store::keys::cluster_lock(cluster.name.as_str())).await {
+        return Err(fatal("a role change is running on the cluster"));
+    }
     let state = c.sh.clusters.state(&cluster.name).await.map_err(retry)?.ok_or_else(|| fatal("no cluster state"))?;
     let primary = state.primary.clone().ok_or_else(|| retry("the cluster has no primary now"))?;
     if primary == name {
@@ -669,6 +674,15 @@ fn gate(p: &Params, stages: &mut Vec<Stage>) {
 impl WorkflowDef for Def {
     fn kind(&self) -> &str {
         self.kind
+    }
+
+    /// Re-establish rebuilds a replica and may take minutes (a base
+    /// backup): it does not take the cluster's lock, so detection keeps
+    /// running and a failover can start (it cancels the re-establish; see
+    /// [`crate::Controller::start_params`]). One role change per cluster
+    /// still holds for failover, switchover and failback.
+    fn role_changing(&self) -> bool {
+        self.kind != REESTABLISH
     }
 
     fn build(&self, params: &Value) -> Result<Vec<Stage>, String> {
