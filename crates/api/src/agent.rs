@@ -253,6 +253,65 @@ pub fn slot_name(node: &str) -> String {
     format!("pgdr_{}", node.replace('-', "_"))
 }
 
+/// `POST /v1/probe`: a canary write (the `pgdr.heartbeat` row) from the
+/// agent's host to `host:port` (a primary directly, or a proxy's writer
+/// endpoint), as the agent's cluster login, bounded by `timeout_ms`. The
+/// agent is then a vantage point in its own region.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeRequest {
+    pub host: String,
+    pub port: u16,
+    /// The whole probe's limit (connect and write), 1 ms to 60 s.
+    pub timeout_ms: u64,
+    /// The heartbeat row to write (one per vantage point, so probes never
+    /// contend on a row); the agent's default when absent.
+    #[serde(default)]
+    pub row: Option<i32>,
+}
+
+/// What a probe saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeKind {
+    /// The heartbeat write committed.
+    Ok,
+    /// The connection was refused: the host answers, nothing listens.
+    Refused,
+    /// Nothing answered before the deadline.
+    Timeout,
+    /// The server answered with an error (read-only, shutting down...) or
+    /// the transport failed in another way.
+    Error,
+}
+
+impl ProbeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeKind::Ok => "ok",
+            ProbeKind::Refused => "refused",
+            ProbeKind::Timeout => "timeout",
+            ProbeKind::Error => "error",
+        }
+    }
+}
+
+/// The answer to `POST /v1/probe`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeReply {
+    pub node: NodeName,
+    pub region: RegionName,
+    pub outcome: ProbeKind,
+    /// From the start of the probe to its outcome.
+    pub latency_ms: f64,
+    /// The server's or transport's message when it did not commit.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The committed heartbeat time (seconds since the Unix epoch, the
+    /// target's clock).
+    #[serde(default)]
+    pub heartbeat_at: Option<f64>,
+}
+
 /// A typed client of one agent. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AgentClient {
@@ -315,6 +374,13 @@ impl AgentClient {
 
     pub async fn status(&self) -> Result<Status, ApiError> {
         let req = self.auth(self.http.get(self.url("/v1/status"))).timeout(self.timeout);
+        self.send(req).await
+    }
+
+    /// Asks the agent to probe a target from its host (`POST /v1/probe`),
+    /// bounded by the client's `status` limit.
+    pub async fn probe(&self, req: &ProbeRequest) -> Result<ProbeReply, ApiError> {
+        let req = self.auth(self.http.post(self.url("/v1/probe"))).json(req).timeout(self.timeout);
         self.send(req).await
     }
 

@@ -3,7 +3,8 @@
 //! [`bin`] finds the server binaries, [`os`] runs them as an unprivileged user
 //! when pgdr runs as root, [`local`] drives one local server (initdb, start,
 //! stop, queries), [`replica`] makes a node a replica (slots, base backup,
-//! `pg_rewind`, standby config), [`agent`] is the HTTP agent on top. This
+//! `pg_rewind`, standby config), [`agent`] is the HTTP agent on top and
+//! [`probe`] its canary-write endpoint (the agent as a vantage point). This
 //! crate must not depend on the controller or the proxy.
 
 pub mod agent;
@@ -11,6 +12,7 @@ pub mod bin;
 pub mod lease;
 pub mod local;
 pub mod os;
+pub mod probe;
 pub mod replica;
 
 pub use bin::{BinError, PgBinaries};

@@ -166,7 +166,7 @@ impl AgentState {
         Ok(Arc::new(AgentState { cfg, epoch, actions: tokio::sync::Mutex::new(()) }))
     }
 
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), AgentError> {
+    pub(crate) fn authorize(&self, headers: &HeaderMap) -> Result<(), AgentError> {
         let Some(token) = &self.cfg.token else { return Ok(()) };
         let given = headers
             .get(header::AUTHORIZATION)
@@ -190,6 +190,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/status", get(get_status))
         .route("/v1/actions/{action}", post(run_action))
+        .route("/v1/probe", post(crate::probe::handle))
         .with_state(state)
 }
 

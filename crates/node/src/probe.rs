@@ -1,0 +1,131 @@
+//! `POST /v1/probe`: the agent as a vantage point in its region. It runs the
+//! canary write (an upsert of one `pgdr.heartbeat` row) against the target it
+//! is given (a primary directly, or a proxy's writer endpoint) as its
+//! cluster's login, on a fresh connection, bounded by the request's timeout,
+//! and says what it saw: ok, refused (the host answers, nothing listens),
+//! timeout (nothing answered by the deadline) or error (the server refused
+//! the write, or the transport failed otherwise), with the latency.
+//!
+//! The controller asks the agents of regions other than the primary's, so
+//! one observer's blip never declares an outage and a controller cut off
+//! from the primary cannot declare one alone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use pgdr_api::agent::{ProbeKind, ProbeReply, ProbeRequest};
+use tokio_postgres::NoTls;
+
+use crate::agent::{AgentError, AgentState, parse_body};
+
+/// The heartbeat row an agent writes when the request names none.
+pub const DEFAULT_ROW: i32 = 10;
+const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+
+const SCHEMA_SQL: &str = "CREATE SCHEMA IF NOT EXISTS pgdr; \
+     CREATE TABLE IF NOT EXISTS pgdr.heartbeat (id int PRIMARY KEY, counter bigint NOT NULL, at timestamptz NOT NULL, written_by text NOT NULL)";
+const UPSERT: &str = "INSERT INTO pgdr.heartbeat AS h (id, counter, at, written_by) VALUES ($1, 1, now(), $2) \
+     ON CONFLICT (id) DO UPDATE SET counter = h.counter + 1, at = now(), written_by = excluded.written_by \
+     RETURNING extract(epoch from at)::float8";
+
+/// The handler of `POST /v1/probe`.
+pub async fn handle(
+    State(state): State<Arc<AgentState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<axum::Json<ProbeReply>, AgentError> {
+    state.authorize(&headers)?;
+    let req: ProbeRequest = parse_body(&body)?;
+    if req.host.trim().is_empty() {
+        return Err(AgentError::BadRequest("probe: host is empty".into()));
+    }
+    if req.port == 0 {
+        return Err(AgentError::BadRequest("probe: port 0".into()));
+    }
+    let timeout = Duration::from_millis(req.timeout_ms);
+    if timeout.is_zero() || timeout > MAX_TIMEOUT {
+        return Err(AgentError::BadRequest(format!(
+            "probe: timeout_ms must be between 1 and {}, not {}",
+            MAX_TIMEOUT.as_millis(),
+            req.timeout_ms
+        )));
+    }
+    let written_by = format!("pgdr-agent-{}", state.cfg.node);
+    let started = tokio::time::Instant::now();
+    let res = tokio::time::timeout(timeout, write(&state, &req, timeout, &written_by)).await;
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let (outcome, error, heartbeat_at) = match res {
+        Err(_) => (ProbeKind::Timeout, Some(format!("no answer within {} ms", req.timeout_ms)), None),
+        Ok(Ok(at)) => (ProbeKind::Ok, None, Some(at)),
+        Ok(Err((kind, msg))) => (kind, Some(msg), None),
+    };
+    tracing::debug!(node = %state.cfg.node, host = %req.host, port = req.port, outcome = outcome.as_str(), latency_ms, "probe");
+    Ok(axum::Json(ProbeReply {
+        node: state.cfg.node.clone(),
+        region: state.cfg.region.clone(),
+        outcome,
+        latency_ms,
+        error,
+        heartbeat_at,
+    }))
+}
+
+async fn write(
+    state: &AgentState,
+    req: &ProbeRequest,
+    timeout: Duration,
+    written_by: &str,
+) -> Result<f64, (ProbeKind, String)> {
+    let login = &state.cfg.login;
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(&req.host)
+        .port(req.port)
+        .user(&login.user)
+        .dbname(&login.database)
+        .connect_timeout(timeout)
+        .application_name("pgdr-agent-probe");
+    if let Some(p) = &login.password {
+        cfg.password(p);
+    }
+    let (client, conn) = cfg.connect(NoTls).await.map_err(|e| classify(&e))?;
+    let conn = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let row = req.row.unwrap_or(DEFAULT_ROW);
+    let res = match client.query_one(UPSERT, &[&row, &written_by]).await {
+        Err(e) if e.as_db_error().is_some_and(|d| d.code().code() == "42P01" || d.code().code() == "3F000") => {
+            // First contact with a primary built without the table.
+            match client.batch_execute(SCHEMA_SQL).await {
+                Ok(()) => client.query_one(UPSERT, &[&row, &written_by]).await,
+                Err(e) => Err(e),
+            }
+        }
+        other => other,
+    };
+    drop(client);
+    conn.abort();
+    let row = res.map_err(|e| classify(&e))?;
+    row.try_get::<_, f64>(0).map_err(|e| (ProbeKind::Error, e.to_string()))
+}
+
+/// Refused or timed out at the socket, else an error with its message.
+fn classify(e: &tokio_postgres::Error) -> (ProbeKind, String) {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return (ProbeKind::Refused, io.to_string()),
+                std::io::ErrorKind::TimedOut => return (ProbeKind::Timeout, io.to_string()),
+                _ => {}
+            }
+        }
+        src = s.source();
+    }
+    match e.as_db_error() {
+        Some(db) => (ProbeKind::Error, format!("{} ({})", db.message(), db.code().code())),
+        None => (ProbeKind::Error, e.to_string()),
+    }
+}

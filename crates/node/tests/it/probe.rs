@@ -1,0 +1,111 @@
+//! `POST /v1/probe` against a real PostgreSQL: a committed heartbeat from
+//! the agent, a refused port, a host that accepts and never answers (timeout
+//! at the deadline), a read-only server (error), bad input and a missing
+//! token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgdr_api::ApiError;
+use pgdr_api::agent::{AgentClient, FenceMode, FenceRequest, ProbeKind, ProbeRequest};
+use pgdr_model::Epoch;
+use pgdr_node::agent::{AgentConfig, AgentState, serve};
+use pgdr_node::local::Login;
+use pgdr_node::{LocalPg, PgBinaries, RunAs};
+use tokio_util::sync::CancellationToken;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+/// Stops the server by PID when the test ends, passed or failed.
+struct PgGuard(LocalPg);
+
+impl Drop for PgGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.postmaster_pid() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGQUIT);
+        }
+    }
+}
+
+fn req(port: u16, timeout_ms: u64) -> ProbeRequest {
+    ProbeRequest { host: "127.0.0.1".into(), port, timeout_ms, row: Some(42) }
+}
+
+#[tokio::test]
+async fn probe_outcomes_from_the_agent() {
+    let bin = PgBinaries::find(None).expect("PostgreSQL binaries");
+    let dir = tempfile::Builder::new().prefix("pgdr-probe-").tempdir_in("/tmp").expect("tempdir");
+    std::process::Command::new("chmod").arg("755").arg(dir.path()).status().expect("chmod");
+    let pg =
+        LocalPg::new(bin, dir.path().join("data"), "127.0.0.1", free_port(), RunAs::for_node(None).expect("run as"));
+    let _guard = PgGuard(pg.clone());
+    pg.initdb("postgres", "secret").await.expect("initdb");
+    let settings = vec![("fsync".to_owned(), "off".to_owned())];
+    pg.configure(&settings).expect("configure");
+    pg.start(Duration::from_secs(30)).await.expect("start");
+    let login = Login { user: "postgres".into(), password: Some("secret".into()), database: "postgres".into() };
+    let cfg = AgentConfig {
+        node: "w1".into(),
+        cluster: "main".into(),
+        region: "west".into(),
+        pg: pg.clone(),
+        login: login.clone(),
+        replication_user: "postgres".into(),
+        settings,
+        token: Some("tok".into()),
+        promote_timeout: Duration::from_secs(30),
+        pg_wait: Duration::from_secs(30),
+    };
+    let state = AgentState::new(cfg).expect("agent state");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(serve(listener, Arc::clone(&state), cancel.clone()));
+    let c = AgentClient::new(&addr, Some("tok".into())).expect("client").with_timeout(Duration::from_secs(10));
+
+    // A committed heartbeat, twice (the second updates the row).
+    for n in 1..=2i64 {
+        let r = c.probe(&req(pg.port, 2000)).await.expect("probe");
+        assert_eq!(r.outcome, ProbeKind::Ok, "{r:?}");
+        assert_eq!(r.region.as_str(), "west");
+        assert!(r.heartbeat_at.is_some() && r.error.is_none(), "{r:?}");
+        let s = pg.connect(&login).await.expect("connect");
+        let row = s
+            .query_one("select counter, written_by from pgdr.heartbeat where id = 42", &[])
+            .await
+            .expect("heartbeat row");
+        assert_eq!(row.get::<_, i64>(0), n);
+        assert_eq!(row.get::<_, String>(1), "pgdr-agent-w1");
+    }
+
+    // Nothing listens: refused at once.
+    let r = c.probe(&req(free_port(), 2000)).await.expect("probe");
+    assert_eq!(r.outcome, ProbeKind::Refused, "{r:?}");
+
+    // A host that accepts and never answers: timeout at the deadline.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let silent_port = silent.local_addr().expect("addr").port();
+    let r = c.probe(&req(silent_port, 300)).await.expect("probe");
+    assert_eq!(r.outcome, ProbeKind::Timeout, "{r:?}");
+    assert!(r.latency_ms >= 300.0, "a timeout is never reported before its deadline: {r:?}");
+    drop(silent);
+
+    // A read-only (fenced) server answers with an error.
+    c.fence(&FenceRequest { epoch: Epoch(1), mode: FenceMode::ReadOnly }).await.expect("fence");
+    let r = c.probe(&req(pg.port, 2000)).await.expect("probe");
+    assert_eq!(r.outcome, ProbeKind::Error, "{r:?}");
+    assert!(r.error.as_deref().unwrap_or("").contains("read-only"), "{r:?}");
+
+    // Bad input and a missing token.
+    match c.probe(&req(pg.port, 0)).await {
+        Err(ApiError::Failed { status: 400, .. }) => {}
+        other => panic!("expected 400, got {other:?}"),
+    }
+    let anon = AgentClient::new(&addr, None).expect("client");
+    assert!(matches!(anon.probe(&req(pg.port, 100)).await, Err(ApiError::Unauthorized { .. })));
+
+    cancel.cancel();
+    let _ = task.await;
+}
