@@ -232,6 +232,21 @@ impl Drill<'_> {
         drop(direct);
 
         let partition = spec.scenario == Scenario::RegionPartition;
+        if matches!(spec.scenario, Scenario::RegionPartition | Scenario::RegionLoss) {
+            // A primary that still reaches a majority of its cluster's agents
+            // keeps taking writes by design (no split brain, no demotion on a
+            // control-plane outage), so a cut-off region holding that majority
+            // is never failed over. Say so before injecting anything.
+            let in_region = self.cluster.nodes.iter().filter(|n| n.region == pnode.region).count();
+            if in_region * 2 >= self.cluster.nodes.len() {
+                return Err(DrillError::Topology(format!(
+                    "{}: region {} holds {in_region} of the cluster's {} nodes, a majority of its agents, so its primary keeps taking writes when the region is cut off and nothing may be promoted (by design: no split brain); give the other regions more nodes (e.g. pgdr sandbox up --standbys-per-region 2)",
+                    spec.scenario.as_str(),
+                    pnode.region,
+                    self.cluster.nodes.len()
+                )));
+            }
+        }
         let (writer, reader, endpoint) = endpoints_where(self.config, self.cluster, &primary, partition).await?;
         notes.push(format!("workload through {endpoint}, {} writers, {} readers", spec.writers, spec.readers));
         // A partition strands the clients in the primary's region with the
@@ -245,8 +260,8 @@ impl Drill<'_> {
             let mut s = WorkloadSpec::new(w);
             s.writers = 2;
             s.readers = 0;
-            // Distinct ids: a workload's ids start at its start time in ms << 20.
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            // Each workload of a process gets its own id range (see
+            // `Workload::start`), so the two sides never collide.
             Some(Workload::start(s))
         } else {
             None

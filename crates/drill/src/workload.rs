@@ -189,6 +189,25 @@ impl WorkloadRecord {
     }
 }
 
+/// The last first id handed out in this process: two workloads started in
+/// the same millisecond (a drill runs one per side of a partition) must not
+/// share ids, or each would see the other's rows as its own.
+static LAST_FIRST_ID: AtomicI64 = AtomicI64::new(0);
+
+/// Ids of one workload span at most 2^30; the next workload starts past them.
+const ID_SPAN: i64 = 1 << 30;
+
+fn first_id_for(clock_based: i64) -> i64 {
+    let mut prev = LAST_FIRST_ID.load(Ordering::SeqCst);
+    loop {
+        let id = clock_based.max(prev.saturating_add(ID_SPAN));
+        match LAST_FIRST_ID.compare_exchange(prev, id, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) => return id,
+            Err(p) => prev = p,
+        }
+    }
+}
+
 struct Shared {
     origin: Instant,
     next_id: AtomicI64,
@@ -221,7 +240,7 @@ impl Workload {
     /// wall clock, so runs against the same ledger never collide.
     pub fn start(spec: WorkloadSpec) -> Workload {
         let now = SystemTime::now();
-        let first_id = (crate::unix_ms(now) as i64) << 20;
+        let first_id = first_id_for((crate::unix_ms(now) as i64) << 20);
         let shared = Arc::new(Shared {
             origin: Instant::now(),
             next_id: AtomicI64::new(first_id),
@@ -446,5 +465,19 @@ async fn reader(spec: WorkloadSpec, conninfo: String, shared: Arc<Shared>, cance
         } else if !pause(Duration::from_millis(20), &cancel).await {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::*;
+
+    #[test]
+    fn workloads_started_in_the_same_millisecond_get_distinct_ids() {
+        let a = first_id_for(1_000 << 20);
+        let b = first_id_for(1_000 << 20);
+        assert!(b >= a + ID_SPAN, "{a} {b}");
+        let later = first_id_for(i64::MAX >> 2);
+        assert_eq!(later, i64::MAX >> 2);
     }
 }
