@@ -73,7 +73,9 @@ async fn query(client: &Client, s: &mut Status) -> Result<(), tokio_postgres::Er
     let in_recovery: bool = row.get(0);
     s.server_version = Some(row.get(1));
     s.read_only = row.get(2);
-    s.fenced = s.read_only && row.get::<_, bool>(3);
+    // A replica takes no writes anyway: "fenced" describes a primary. A
+    // demoted primary keeps the setting until its next promotion lifts it.
+    s.fenced = !in_recovery && s.read_only && row.get::<_, bool>(3);
     if in_recovery {
         s.role = Role::Replica;
         let row = client
