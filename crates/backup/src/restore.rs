@@ -191,6 +191,25 @@ pub async fn restore(
     Ok((m, measured))
 }
 
+/// The settings recovery refuses to run below the source's values ("recovery
+/// aborted because of insufficient parameter settings"), as the restored
+/// `pgdr.conf` (the source's, which `configure` replaces) had them.
+fn recovery_minimums(conf: &Path) -> Vec<(String, String)> {
+    const KEYS: [&str; 5] = [
+        "max_connections",
+        "max_worker_processes",
+        "max_wal_senders",
+        "max_prepared_transactions",
+        "max_locks_per_transaction",
+    ];
+    let text = std::fs::read_to_string(conf).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .filter(|(k, v)| KEYS.contains(&k.as_str()) && !v.is_empty())
+        .collect()
+}
+
 fn configure_recovery(pg: &LocalPg, opts: &RestoreOptions) -> Result<()> {
     let q = pgdr_node::local::quote;
     let mut settings: Vec<(String, String)> = vec![
@@ -210,6 +229,7 @@ fn configure_recovery(pg: &LocalPg, opts: &RestoreOptions) -> Result<()> {
         }
         Target::Lsn(l) => settings.push(("recovery_target_lsn".into(), q(&l.to_string()))),
     }
+    settings.extend(recovery_minimums(&opts.to.join("pgdr.conf")));
     pg.configure(&settings)?;
     // A replica's auto.conf may name a primary and slot; ALTER SYSTEM values there override pgdr.conf.
     let auto = opts.to.join("postgresql.auto.conf");
