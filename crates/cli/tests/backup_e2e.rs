@@ -1,0 +1,295 @@
+//! End-to-end backups on a sandbox: it archives WAL from its first start,
+//! `pgdr run`'s controller backs it up on its tier's schedule (every 10 s
+//! here) to the local destination and copies each backup, with the WAL, to
+//! a second destination on an S3-compatible server; point-in-time restore
+//! works from either destination; `pgdr backup verify` catches a corrupted
+//! object.
+//!
+//! The S3 server is moto (`moto_server`, PyPI `moto[server]`) on loopback:
+//! it stands in for a cloud's S3 API, which cannot be reached here.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pgdr_sandbox::{Sandbox, SandboxGuard};
+use serde_json::Value;
+
+const PGDR: &str = env!("CARGO_BIN_EXE_pgdr");
+const S3_KEY: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+}
+
+fn pgdr(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(PGDR).args(args).output().expect("run pgdr");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A child process killed (SIGKILL, by PID) and reaped on drop.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// moto's S3 server on a free loopback port.
+fn start_moto() -> (Killed, u16) {
+    let port = free_port();
+    let child = Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start moto_server ({e}); install it with `pip install 'moto[server]'`"));
+    let moto = Killed(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "moto_server did not listen on 127.0.0.1:{port} within 30s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let st = Command::new("curl")
+        .args(["-sf", "-X", "PUT", &format!("http://127.0.0.1:{port}/pgdr-e2e")])
+        .stdout(Stdio::null())
+        .status()
+        .expect("curl");
+    assert!(st.success(), "cannot create the bucket");
+    (moto, port)
+}
+
+/// A restored server (started by `pgdr restore --start`), stopped by the
+/// PID in its postmaster.pid on drop.
+struct Restored {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Drop for Restored {
+    fn drop(&mut self) {
+        let text = std::fs::read_to_string(self.dir.join("postmaster.pid")).unwrap_or_default();
+        if let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok()) {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGQUIT);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while nix::sys::signal::kill(pid, None).is_ok() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn psql(port: u16, password: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-d", "postgres", "-Atc", sql])
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("run psql");
+    assert!(out.status.success(), "psql on {port}: {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn status(config: &str) -> Vec<Value> {
+    let (_, out, err) = pgdr(&["--config", config, "backup", "status", "--json"]);
+    match serde_json::from_str::<Value>(&out) {
+        Ok(Value::Array(a)) => a,
+        _ => panic!("backup status --json is not a JSON list: {out} {err}"),
+    }
+}
+
+fn dest_status<'a>(list: &'a [Value], dest: &str) -> &'a Value {
+    list.iter().find(|s| s["destination"] == dest).unwrap_or_else(|| panic!("no status for {dest}: {list:?}"))
+}
+
+async fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "gave up waiting for {what} after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The sandbox's tier: backups every 10 s, copied to `s3`.
+fn configure(config: &Path, s3_port: u16) {
+    let mut text = std::fs::read_to_string(config).expect("read pgdr.toml");
+    let schedule = "schedule = \"0 */6 * * *\"\ndestination = \"local\"\n";
+    assert!(text.contains(schedule), "unexpected sandbox config:\n{text}");
+    text = text.replacen(schedule, "schedule = \"*/10 * * * * *\"\ndestination = \"local\"\ncopies = [\"s3\"]\n", 1);
+    let anchor = "[[tiers]]\n";
+    let s3 = format!(
+        "# moto's S3 server on loopback stands in for a cloud's S3 API.\n[[destinations]]\nname = \"s3\"\nurl = \"s3://pgdr-e2e/backups\"\nendpoint = \"http://127.0.0.1:{s3_port}\"\nallow_http = true\nregion = \"us-east-1\"\naccess_key_id = {{ value = \"testing\" }}\nsecret_access_key = {{ value = \"testing\" }}\nkey = {{ value = \"{S3_KEY}\" }}\nconcurrency = 4\n\n"
+    );
+    text = text.replacen(anchor, &format!("{s3}{anchor}"), 1);
+    std::fs::write(config, text).expect("write pgdr.toml");
+    pgdr_config::Config::load(config).expect("the edited config validates");
+}
+
+/// Restores `from` at `target` into a fresh folder, starts it, and returns
+/// the rows of table `t`.
+fn restore(root: &Path, config: &str, from: &str, target: &str, password: &str) -> (Restored, String) {
+    let dir = root.join(format!("restore-{from}"));
+    let port = free_port();
+    let t0 = Instant::now();
+    let (code, out, err) = pgdr(&[
+        "--config",
+        config,
+        "restore",
+        "--cluster",
+        "main",
+        "--from",
+        from,
+        "--target-time",
+        target,
+        "--to",
+        &dir.display().to_string(),
+        "--start",
+        "--port",
+        &port.to_string(),
+    ]);
+    let restored = Restored { dir: dir.clone(), port };
+    assert_eq!(code, 0, "restore from {from} failed: {out} {err}");
+    eprintln!("restore from {from}: {} ({:.1}s)", out.trim(), t0.elapsed().as_secs_f64());
+    let rows = psql(restored.port, password, "select string_agg(x::text, ',' order by x) from t");
+    (restored, rows)
+}
+
+/// The largest stored object of a backup folder other than its manifest.
+fn first_part(dir: &Path) -> Option<PathBuf> {
+    let mut todo = vec![dir.to_path_buf()];
+    let mut best: Option<(u64, PathBuf)> = None;
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).ok()?.filter_map(|e| e.ok()) {
+            let p = e.path();
+            let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+            if p.is_dir() {
+                todo.push(p);
+            } else if p.file_name().is_some_and(|n| n != "manifest.json") && best.as_ref().is_none_or(|b| len > b.0) {
+                best = Some((len, p));
+            }
+        }
+    }
+    best.map(|b| b.1)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scheduled_backups_to_two_destinations_pitr_from_each_and_verify() {
+    let t0 = Instant::now();
+    let (moto, s3_port) = start_moto();
+    let sb = SandboxGuard::start_temp(Sandbox::builder().regions(["east"]), Path::new(PGDR)).await.expect("sandbox up");
+    let root = sb.temp_root().expect("temp root").to_path_buf();
+    let config = sb.config.display().to_string();
+    configure(&sb.config, s3_port);
+    let primary = sb.primary().clone();
+    let password = sb.password().to_owned();
+
+    // Archiving is on from the sandbox's first start.
+    let rows = sb.sql(&primary.name, "select pg_switch_wal()::text").await.expect("switch wal");
+    assert!(!rows.is_empty());
+
+    let log_path = sb.dir.join("logs").join("run-backup-e2e.log");
+    let log = std::fs::File::create(&log_path).expect("run log");
+    let run = Killed(
+        Command::new(PGDR)
+            .args(["run", "--config", &config])
+            .current_dir(&sb.dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start pgdr run"),
+    );
+
+    // The controller backs up at once (never backed up) and copies to s3.
+    let first = wait_for("a scheduled backup on local and its copy on s3", Duration::from_secs(45), || {
+        let list = status(&config);
+        let (l, s) = (dest_status(&list, "local"), dest_status(&list, "s3"));
+        let ok = l["backups"].as_u64() >= Some(1) && s["backups"].as_u64() >= Some(1) && s["newest"] == l["newest"];
+        ok.then(|| l["newest"].as_str().unwrap_or_default().to_owned())
+    })
+    .await;
+    eprintln!("[{:.1}s] backup {first} on local and s3", t0.elapsed().as_secs_f64());
+    let archiver = sb
+        .sql(&primary.name, "select archived_count, failed_count from pg_stat_archiver")
+        .await
+        .expect("pg_stat_archiver");
+    let archived: u64 = archiver[0][0].as_deref().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let failed: u64 = archiver[0][1].as_deref().and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
+    assert!(archived >= 1 && failed == 0, "archiver: {archived} archived, {failed} failed");
+
+    // Two known transactions, a target time between them.
+    let p = primary.port;
+    psql(p, &password, "create table t(x int); insert into t values (1)");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let target = psql(p, &password, "select now()::text");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    psql(p, &password, "insert into t values (2)");
+    let segment = psql(p, &password, "select pg_walfile_name(pg_current_wal_lsn())");
+    psql(p, &password, "select pg_switch_wal()");
+    // Continuously archived to local by archive_command; carried to s3 by the next scheduled copy.
+    for dest in ["local", "s3"] {
+        wait_for(&format!("WAL {segment} at {dest}"), Duration::from_secs(40), || {
+            let list = status(&config);
+            let newest = dest_status(&list, dest)["newest_wal"].as_str().unwrap_or_default().to_owned();
+            (newest.as_str() >= segment.as_str()).then_some(())
+        })
+        .await;
+        eprintln!("[{:.1}s] WAL {segment} archived at {dest}", t0.elapsed().as_secs_f64());
+    }
+    let list = status(&config);
+    eprintln!("backup status: {}", serde_json::to_string(&list).unwrap_or_default());
+    let http = reqwest::Client::builder().no_proxy().build().expect("http client");
+    let metrics = http
+        .get(format!("http://{}/metrics", pgdr_config::Config::load(&sb.config).expect("config").controller.listen))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    for name in ["pgdr_backup_last_success_timestamp_seconds", "pgdr_backup_newest_age_seconds", "pgdr_backup_bytes"] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(name) && l.contains("destination=\"s3\"")),
+            "/metrics lacks {name} for s3:\n{metrics}"
+        );
+    }
+    drop(run);
+
+    // Point-in-time restore from each destination: the first row, not the second.
+    for from in ["local", "s3"] {
+        let (restored, rows) = restore(&root, &config, from, &target, &password);
+        assert_eq!(rows, "1", "restore from {from} to {target}: rows of t");
+        drop(restored);
+    }
+
+    // A corrupted object is caught by verify, with its name.
+    let dir = sb.dir.join("backups").join("main").join("backups").join(&first);
+    let part = first_part(&dir).unwrap_or_else(|| panic!("no part of backup {first} under {}", dir.display()));
+    let mut bytes = std::fs::read(&part).expect("read part");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&part, bytes).expect("corrupt part");
+    let (code, out, err) =
+        pgdr(&["--config", &config, "backup", "verify", "--cluster", "main", "--from", "local", "--backup", &first]);
+    assert_eq!(code, 1, "verify of a corrupted backup must fail: {out} {err}");
+    let name = part.strip_prefix(&dir).ok().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+    assert!(err.contains("corrupt") && err.contains(&name), "verify names the corrupted object: {out} {err}");
+    eprintln!("verify: {} {}", err.trim(), out.trim());
+    let (code, out, err) =
+        pgdr(&["--config", &config, "backup", "verify", "--cluster", "main", "--from", "s3", "--backup", &first]);
+    assert_eq!(code, 0, "the s3 copy is intact: {out} {err}");
+    drop(moto);
+    eprintln!("done in {:.1}s", t0.elapsed().as_secs_f64());
+}
