@@ -375,6 +375,19 @@ async fn kill_primary_fails_over_through_the_proxy() {
     let env = Env::start("kill-primary", Opts { failover_on_crash: true, ..Opts::default() }).await;
     let before = env.cluster().await.expect("cluster");
     let old = before.primary.clone().expect("primary").to_string();
+    // The agent of the other region probes the primary (POST /v1/probe) and
+    // the status page shows its exact reading.
+    let snapshot = format!("http://{}/v1/snapshot", env.cfg.controller.listen);
+    let row = wait_for("an agent in another region to probe the primary", Duration::from_secs(20), || async {
+        let s: Value = reqwest::get(&snapshot).await.ok()?.json().await.ok()?;
+        let probes = s["clusters"][0]["probes"].as_array()?.clone();
+        probes.into_iter().find(|p| {
+            p["vantage"].as_str().is_some_and(|v| v.contains("'s agent (") && !v.starts_with("primary"))
+                && p["latest"] == "ok"
+        })
+    })
+    .await;
+    eprintln!("[{}] remote vantage point: {} -> {} ({})", env.name, row["vantage"], row["latest"], row["detail"]);
     let seen = Env::ids(&env.workflows().await);
     let w = env.workload(4);
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -396,6 +409,12 @@ async fn kill_primary_fails_over_through_the_proxy() {
     assert_eq!(after.primary.as_ref().map(|p| p.to_string()), Some(primary.clone()));
     let lost = env.check(&primary, &record, Some(fault_ms)).await;
     eprintln!("[{}] async replication: {lost} acknowledged commits lost (not guaranteed zero in async mode)", env.name);
+    // The other region's agent agreed on the outage.
+    let events = env.api.events(None).await.expect("events");
+    let declared = events.iter().find(|e| e["state"] == "outage_declared").expect("an outage_declared event");
+    let msg = declared["message"].as_str().unwrap_or("");
+    eprintln!("[{}] {msg}", env.name);
+    assert!(msg.contains("agent:"), "no vantage point in another region agreed: {msg}");
 }
 
 /// Host loss: the primary's postmaster and agent killed. Nothing confirms

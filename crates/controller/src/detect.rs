@@ -7,6 +7,14 @@
 //! once its deadline has passed ([`Detector::probe_started`] +
 //! [`Detector::tick`]). One success resets a vantage point's count, so a blip
 //! shorter than the detection window never declares an outage.
+//!
+//! Vantage points in other regions (the agents that probe the primary from
+//! there, [`Detector::with_independent`]) are *independent*: while at least
+//! one of them can be asked, an outage also needs one of them to agree, so
+//! the controller's own readings (its probe and the primary agent's status,
+//! which share the controller's network path to the primary's host) never
+//! make an outage alone. An independent vantage point that cannot be asked
+//! ([`Detector::absent`]) neither agrees nor blocks.
 
 use std::collections::BTreeMap;
 
@@ -55,6 +63,8 @@ pub struct VantageState {
     #[serde(skip)]
     pub last_ok: Option<Instant>,
     pub last_outcome: Option<ProbeOutcome>,
+    /// Its last report was "cannot be asked" (its agent did not answer).
+    pub absent: bool,
     /// Deadline of a probe that has started and not reported yet.
     #[serde(skip)]
     pending_deadline: Option<Instant>,
@@ -67,6 +77,10 @@ pub enum Verdict {
     Healthy,
     /// Some vantage points see failures, not yet enough to act.
     Suspect { agreeing: usize, needed: usize },
+    /// A quorum of vantage points agrees, but none of the independent ones
+    /// (in other regions) that can be asked: the primary may be cut off
+    /// from the controller only. Nothing is declared.
+    Unconfirmed { agreeing: Vec<String> },
     /// A quorum agrees: the primary is out. `since` is when the earliest
     /// agreeing vantage point's run of failures began.
     Outage { since: Instant, agreeing: Vec<String> },
@@ -84,6 +98,7 @@ pub struct Detector {
     threshold: u32,
     quorum: usize,
     vantages: BTreeMap<String, VantageState>,
+    independent: std::collections::BTreeSet<String>,
 }
 
 /// The quorum for `n` vantage points: `configured`, or a majority when 0.
@@ -98,7 +113,19 @@ impl Detector {
         let vantages: BTreeMap<String, VantageState> =
             vantages.into_iter().map(|v| (v, VantageState::default())).collect();
         let quorum = quorum_of(quorum, vantages.len());
-        Detector { threshold: threshold.max(1), quorum, vantages }
+        Detector { threshold: threshold.max(1), quorum, vantages, independent: Default::default() }
+    }
+
+    /// Adds vantage points in other regions (counted in the quorum, which is
+    /// recomputed over every vantage point); while one of them can be asked,
+    /// an outage needs one of them among the agreeing.
+    pub fn with_independent(mut self, quorum: u32, vantages: impl IntoIterator<Item = String>) -> Detector {
+        for v in vantages {
+            self.vantages.insert(v.clone(), VantageState { absent: true, ..VantageState::default() });
+            self.independent.insert(v);
+        }
+        self.quorum = quorum_of(quorum, self.vantages.len());
+        self
     }
 
     pub fn quorum(&self) -> usize {
@@ -135,6 +162,7 @@ impl Detector {
     pub fn record(&mut self, vantage: &str, outcome: ProbeOutcome, at: Instant) {
         let Some(v) = self.vantages.get_mut(vantage) else { return };
         v.pending_deadline = None;
+        v.absent = false;
         if outcome.is_ok() {
             v.consecutive_failures = 0;
             v.failing_since = None;
@@ -148,10 +176,19 @@ impl Detector {
         v.last_outcome = Some(outcome);
     }
 
+    /// `vantage` could not be asked (its agent did not answer): it is no
+    /// evidence either way, so its count restarts and it neither agrees nor
+    /// blocks an outage.
+    pub fn absent(&mut self, vantage: &str) {
+        if let Some(v) = self.vantages.get_mut(vantage) {
+            *v = VantageState { absent: true, ..VantageState::default() };
+        }
+    }
+
     /// Forgets every count (after a role change the new primary starts clean).
     pub fn reset(&mut self) {
-        for v in self.vantages.values_mut() {
-            *v = VantageState::default();
+        for (k, v) in self.vantages.iter_mut() {
+            *v = VantageState { absent: self.independent.contains(k), ..VantageState::default() };
         }
     }
 
@@ -159,6 +196,11 @@ impl Detector {
         let failing: Vec<(&String, &VantageState)> =
             self.vantages.iter().filter(|(_, v)| v.consecutive_failures >= self.threshold).collect();
         if failing.len() >= self.quorum && !failing.is_empty() {
+            let askable = self.independent.iter().any(|k| self.vantages.get(k).is_some_and(|v| !v.absent));
+            let confirmed = failing.iter().any(|(k, _)| self.independent.contains(*k));
+            if askable && !confirmed {
+                return Verdict::Unconfirmed { agreeing: failing.iter().map(|(k, _)| (*k).clone()).collect() };
+            }
             let since = failing.iter().filter_map(|(_, v)| v.failing_since).min();
             if let Some(since) = since {
                 return Verdict::Outage { since, agreeing: failing.iter().map(|(k, _)| (*k).clone()).collect() };
@@ -246,6 +288,63 @@ mod tests {
         }
         d.reset();
         assert_eq!(d.verdict(), Verdict::Healthy);
+    }
+
+    fn regional() -> Detector {
+        Detector::new(2, 0, ["controller".to_owned(), "primary-agent".to_owned()])
+            .with_independent(0, ["agent:west".to_owned()])
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_controller_alone_cannot_declare_while_another_region_sees_the_primary() {
+        let mut d = regional();
+        assert_eq!(d.quorum(), 2);
+        for _ in 0..5 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            let now = Instant::now();
+            d.record("controller", ProbeOutcome::TimedOut, now);
+            d.record("primary-agent", ProbeOutcome::TimedOut, now);
+            d.record("agent:west", ProbeOutcome::Ok, now);
+            assert!(matches!(d.verdict(), Verdict::Unconfirmed { .. } | Verdict::Suspect { .. }), "{:?}", d.verdict());
+        }
+        // The other region sees it too: an outage.
+        for _ in 0..2 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            let now = Instant::now();
+            d.record("controller", ProbeOutcome::TimedOut, now);
+            d.record("primary-agent", ProbeOutcome::TimedOut, now);
+            d.record("agent:west", ProbeOutcome::Refused, now);
+        }
+        match d.verdict() {
+            Verdict::Outage { agreeing, .. } => assert!(agreeing.contains(&"agent:west".to_owned())),
+            other => panic!("expected an outage, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_remote_blip_never_triggers_and_an_absent_observer_neither_agrees_nor_blocks() {
+        let mut d = regional();
+        for _ in 0..5 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            let now = Instant::now();
+            d.record("controller", ProbeOutcome::Ok, now);
+            d.record("primary-agent", ProbeOutcome::Ok, now);
+            d.record("agent:west", ProbeOutcome::TimedOut, now);
+            assert!(!d.verdict().is_outage());
+        }
+        // The west agent cannot be asked: the controller's readings decide.
+        d.absent("agent:west");
+        assert_eq!(d.vantages()["agent:west"].consecutive_failures, 0);
+        for _ in 0..2 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            let now = Instant::now();
+            d.record("controller", ProbeOutcome::Refused, now);
+            d.record("primary-agent", ProbeOutcome::Failed("down".into()), now);
+            d.absent("agent:west");
+        }
+        assert!(d.verdict().is_outage(), "{:?}", d.verdict());
+        d.reset();
+        assert!(d.vantages()["agent:west"].absent);
     }
 
     #[test]

@@ -13,15 +13,18 @@
 //! which resumes the proxies on the new primary. So clients see a delay of
 //! about the detection window plus the failover instead of errors.
 //!
-//! Vantage points today: the controller's own probe and the primary's agent
-//! (its status says whether PostgreSQL answers on the host). Probes from the
-//! agents of other regions are not built yet (see docs/failover-math.md).
+//! Vantage points: the controller's own probe, the primary's agent (its
+//! status says whether PostgreSQL answers on the host), and one agent in
+//! each other region of the cluster, asked to probe the primary
+//! (`POST /v1/probe`) every interval. While one of those can be asked, an
+//! outage needs one of them to agree (see [`crate::detect`] and
+//! docs/failover-math.md, "Vantage points").
 
 use std::sync::Arc;
 
 use pgdr_api::ApiError;
-use pgdr_api::agent::Status;
-use pgdr_config::Cluster;
+use pgdr_api::agent::{ProbeKind, ProbeReply, ProbeRequest, Status};
+use pgdr_config::{Cluster, Node};
 use pgdr_model::{ClusterName, NodeName, ReplicationMode, Role};
 use pgdr_store::ClusterState;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -30,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::controller::Controller;
 use crate::detect::{Detector, ProbeOutcome, Verdict};
 use crate::probe::{self, Prober};
-use crate::runtime::RouteInfo;
+use crate::runtime::{RouteInfo, VantageView};
 use crate::workflows::{self, Params};
 
 pub const VANTAGE_CONTROLLER: &str = "controller";
@@ -48,6 +51,51 @@ fn agent_outcome(status: Option<&Result<Status, ApiError>>) -> ProbeOutcome {
         Some(Err(e)) if e.is_timeout() => ProbeOutcome::TimedOut,
         Some(Err(e)) => ProbeOutcome::Failed(e.to_string()),
         None => ProbeOutcome::Failed("no status".into()),
+    }
+}
+
+/// The vantage point probing from `region`.
+pub fn remote_vantage(region: &str) -> String {
+    format!("agent:{region}")
+}
+
+/// One agent per region other than the primary's, to probe the primary from
+/// there: the first node of the region whose agent answered last time (else
+/// the region's first node), with its heartbeat row.
+fn remote_vantages<'a>(
+    cfg: &pgdr_config::Config,
+    cluster: &'a Cluster,
+    primary: &Node,
+    statuses: &std::collections::BTreeMap<NodeName, Result<Status, String>>,
+) -> Vec<(String, &'a Node, i32)> {
+    let mut regions: Vec<&pgdr_model::RegionName> = Vec::new();
+    for n in &cluster.nodes {
+        if n.region != primary.region && !regions.contains(&&n.region) {
+            regions.push(&n.region);
+        }
+    }
+    regions
+        .into_iter()
+        .filter_map(|r| {
+            let in_region: Vec<&Node> = cluster.nodes.iter().filter(|n| n.region == *r).collect();
+            let node = in_region
+                .iter()
+                .find(|n| matches!(statuses.get(&n.name), Some(Ok(_))))
+                .or_else(|| in_region.first())
+                .copied()?;
+            let row = 10 + cfg.regions.iter().position(|x| x.name == *r).unwrap_or(0) as i32;
+            Some((remote_vantage(r.as_str()), node, row))
+        })
+        .collect()
+}
+
+/// The detector's reading of an agent's probe answer.
+fn remote_outcome(r: &ProbeReply) -> ProbeOutcome {
+    match r.outcome {
+        ProbeKind::Ok => ProbeOutcome::Ok,
+        ProbeKind::Refused => ProbeOutcome::Refused,
+        ProbeKind::Timeout => ProbeOutcome::TimedOut,
+        ProbeKind::Error => ProbeOutcome::Failed(r.error.clone().unwrap_or_else(|| "error".into())),
     }
 }
 
@@ -154,11 +202,19 @@ async fn bootstrap(ctl: &Controller, cluster: &Cluster) -> Option<ClusterState> 
 pub async fn run(ctl: Controller, cluster: Cluster, cancel: CancellationToken) {
     let sh = ctl.sh.clone();
     let timing = sh.config.timing.clone();
-    let mut det = Detector::new(
-        timing.failure_threshold,
-        timing.probe_quorum,
-        [VANTAGE_CONTROLLER.to_owned(), VANTAGE_AGENT.to_owned()],
-    );
+    let new_detector = |remote: &[String]| {
+        Detector::new(
+            timing.failure_threshold,
+            timing.probe_quorum,
+            [VANTAGE_CONTROLLER.to_owned(), VANTAGE_AGENT.to_owned()],
+        )
+        .with_independent(timing.probe_quorum, remote.iter().cloned())
+    };
+    let mut remote_names: Vec<String> = Vec::new();
+    let mut det = new_detector(&remote_names);
+    // The controller's readings agree on an outage that no other region
+    // sees: it is cut off from the primary, not the primary from the world.
+    let mut cut_off = false;
     let mut direct: Option<Prober> = None;
     let mut via_proxy: Vec<Prober> = Vec::new();
     let mut published: Option<RouteInfo> = None;
@@ -191,13 +247,54 @@ pub async fn run(ctl: Controller, cluster: Cluster, cancel: CancellationToken) {
         let target = sh.target(&cluster, pnode);
         let prober = direct.get_or_insert_with(|| Prober::new(target.clone(), probe::ROW_DIRECT, "pgdr-controller"));
         prober.retarget(target.clone());
+        // Vantage points in other regions (none while a workflow runs).
+        let prev_statuses =
+            sh.observed.lock().ok().and_then(|o| o.get(&cluster.name).map(|o| o.statuses.clone())).unwrap_or_default();
+        let remotes = remote_vantages(&sh.config, &cluster, pnode, &prev_statuses);
+        let names: Vec<String> = remotes.iter().map(|(n, _, _)| n.clone()).collect();
+        if names != remote_names {
+            det = new_detector(&names);
+            remote_names = names;
+        }
+        let remote_fut = async {
+            let mut set = tokio::task::JoinSet::new();
+            if !busy {
+                for (name, node, row) in &remotes {
+                    let client =
+                        sh.agent(node).map(|c| c.with_timeout(timing.probe_interval.max(timing.probe_timeout)));
+                    let req = ProbeRequest {
+                        host: pnode.host.clone(),
+                        port: pnode.port,
+                        timeout_ms: timing.probe_timeout.as_millis().max(1) as u64,
+                        row: Some(*row),
+                    };
+                    let (name, node, region) = (name.clone(), node.name.to_string(), node.region.to_string());
+                    set.spawn(async move {
+                        let r = match client {
+                            Ok(c) => c.probe(&req).await,
+                            Err(e) => Err(e),
+                        };
+                        (name, node, region, r)
+                    });
+                }
+            }
+            let mut out = Vec::new();
+            while let Some(r) = set.join_next().await {
+                if let Ok(r) = r {
+                    out.push(r);
+                }
+            }
+            out.sort_by(|a, b| a.0.cmp(&b.0));
+            out
+        };
         let t0 = Instant::now();
         det.probe_started(VANTAGE_CONTROLLER, t0 + timing.probe_timeout);
-        let (res, statuses) = tokio::join!(prober.probe(timing.probe_timeout), sh.observe(&cluster));
+        let (res, statuses, remote_seen) =
+            tokio::join!(prober.probe(timing.probe_timeout), sh.observe(&cluster), remote_fut);
         let now = Instant::now();
         // Hold writes at the first failed probe; let them go when it passes.
         if !busy {
-            if !res.outcome.is_ok() {
+            if !res.outcome.is_ok() && !cut_off {
                 hold.hold(now);
             } else if let Some(held) = hold.release() {
                 tracing::info!(cluster = %cluster.name, "the primary answers again; the proxies held writes for {:.2}s", held.as_secs_f64());
@@ -307,10 +404,32 @@ pub async fn run(ctl: Controller, cluster: Cluster, cancel: CancellationToken) {
                 e.lag = merged_lag;
                 e.primary_lsn = primary_lsn;
                 e.heartbeat_at = primary_hb;
+                e.vantages.retain(|k, _| remote_names.contains(k));
+                for (name, node, region, r) in &remote_seen {
+                    let v = e.vantages.entry(name.clone()).or_insert_with(VantageView::default);
+                    v.node = node.clone();
+                    v.region = region.clone();
+                    v.target = format!("primary {primary} ({}:{}, heartbeat write)", pnode.host, pnode.port);
+                    v.at = Some(now);
+                    match r {
+                        Ok(reply) => {
+                            v.outcome = reply.outcome.as_str().to_owned();
+                            v.latency_ms = Some(reply.latency_ms);
+                            v.detail = reply.error.clone();
+                        }
+                        Err(err) => {
+                            v.outcome = "unreachable".into();
+                            v.latency_ms = None;
+                            v.detail = Some(format!("the agent of {node} did not answer; no vote: {err}"));
+                        }
+                    }
+                    *v.counts.entry(v.outcome.clone()).or_default() += 1;
+                }
             }
         }
         if busy {
             hold.hand_over();
+            cut_off = false;
             det.reset();
             if let Ok(mut o) = sh.observed.lock() {
                 o.entry(cluster.name.clone()).or_default().detection = "workflow running".into();
@@ -349,11 +468,36 @@ pub async fn run(ctl: Controller, cluster: Cluster, cancel: CancellationToken) {
         // Detection.
         det.record(VANTAGE_CONTROLLER, res.outcome.clone(), now);
         det.record(VANTAGE_AGENT, agent_seen.clone(), now);
+        for (name, _, _, r) in &remote_seen {
+            match r {
+                Ok(reply) => det.record(name, remote_outcome(reply), now),
+                Err(_) => det.absent(name),
+            }
+        }
         let verdict = det.verdict();
+        let was_cut_off = cut_off;
+        cut_off = matches!(verdict, Verdict::Unconfirmed { .. });
+        if cut_off && !was_cut_off {
+            // Another region writes to the primary: do not hold writes for
+            // the controller's own trouble.
+            if let Some(held) = hold.release() {
+                tracing::warn!(cluster = %cluster.name, "held writes for {:.2}s; released: only this controller sees the primary out", held.as_secs_f64());
+            }
+            sh.emit(sh.event(
+                &cluster.name,
+                "outage_unconfirmed",
+                format!("this controller sees primary {primary} out, but no vantage point in another region agrees: nothing is declared"),
+            ))
+            .await;
+        }
         if let Ok(mut o) = sh.observed.lock() {
             o.entry(cluster.name.clone()).or_default().detection = match &verdict {
                 Verdict::Healthy => "healthy".into(),
                 Verdict::Suspect { agreeing, needed } => format!("suspect ({agreeing} of {needed} vantage points)"),
+                Verdict::Unconfirmed { agreeing } => format!(
+                    "unconfirmed ({} see the primary out; no vantage point in another region agrees)",
+                    agreeing.join(", ")
+                ),
                 Verdict::Outage { .. } => "outage".into(),
             };
         }

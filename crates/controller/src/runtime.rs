@@ -95,6 +95,27 @@ pub struct Observed {
     pub detection: String,
     /// Sync mode without enough healthy replicas.
     pub degraded: bool,
+    /// The latest reading of each vantage point in another region (an
+    /// agent there probing the primary), by vantage point name.
+    pub vantages: BTreeMap<String, VantageView>,
+}
+
+/// What one remote vantage point (an agent in another region) last saw.
+#[derive(Debug, Clone, Default)]
+pub struct VantageView {
+    /// The node whose agent was asked, and its region.
+    pub node: String,
+    pub region: String,
+    /// What it probed, in words.
+    pub target: String,
+    /// `ok`, `refused`, `timeout`, `error`, or `unreachable` (the agent
+    /// did not answer: no vote).
+    pub outcome: String,
+    pub latency_ms: Option<f64>,
+    pub detail: Option<String>,
+    pub at: Option<Instant>,
+    /// Readings since the controller started, by outcome.
+    pub counts: BTreeMap<String, u64>,
 }
 
 /// A lease granted to a primary's agent.

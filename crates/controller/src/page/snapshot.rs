@@ -188,6 +188,24 @@ pub async fn build(ctl: &Controller, book: &std::sync::Mutex<ProbeBook>) -> Snap
                 detail: detail.or_else(|| p.error.clone()),
             });
         }
+        // Agents in other regions probing the primary: their exact latest
+        // reading, kept by the watch loop.
+        let vantages =
+            sh.observed.lock().ok().and_then(|o| o.get(&c.name).map(|o| o.vantages.clone())).unwrap_or_default();
+        for v in vantages.values() {
+            probes.push(ProbePanel {
+                vantage: format!("{}'s agent ({})", v.node, v.region),
+                target: v.target.clone(),
+                latest: Some(v.outcome.clone()),
+                age_ms: v.at.map(|at| now.saturating_duration_since(at).as_millis() as u64),
+                counts: v.counts.clone(),
+                detail: match (&v.detail, v.latency_ms) {
+                    (Some(d), _) => Some(d.clone()),
+                    (None, Some(ms)) => Some(format!("{ms:.1} ms")),
+                    (None, None) => None,
+                },
+            });
+        }
 
         let mut recent = Vec::new();
         for r in records.iter().filter(|r| r.cluster == c.name).take(RECENT_WORKFLOWS) {
