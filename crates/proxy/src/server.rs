@@ -75,7 +75,7 @@ struct Job {
     peer: std::net::SocketAddr,
 }
 
-/// Sessions run on one single-threaded runtime per core ("shards"), each
+/// Sessions run on single-threaded runtimes ("shards", half the cores), each
 /// on its own OS thread with its own IO driver: all cores are used, and a
 /// session's reads and writes never wake another thread (on a loaded
 /// 2-core machine a work-stealing runtime spent a large share of its time
@@ -145,8 +145,11 @@ pub(crate) async fn serve(
     token: CancellationToken,
 ) -> Result<(), ProxyError> {
     let tracker = TaskTracker::new();
+    // Half the cores: the proxy's work per transaction is small next to
+    // PostgreSQL's and the clients' on the same host, and one thread serving
+    // many sessions per wakeup beat two on a 2-core machine (bench/RESULTS-proxy.md).
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let shards = Arc::new(Shards::start(cores, &token)?);
+    let shards = Arc::new(Shards::start((cores / 2).max(1), &token)?);
     for cl in listeners.clusters {
         let state = handle
             .inner
