@@ -213,7 +213,7 @@ async fn scheduled_backups_to_two_destinations_pitr_from_each_and_verify() {
     );
 
     // The controller backs up at once (never backed up) and copies to s3.
-    let first = wait_for("a scheduled backup on local and its copy on s3", Duration::from_secs(45), || {
+    let first = wait_for("a scheduled backup on local and its copy on s3", Duration::from_secs(60), || {
         let list = status(&config);
         let (l, s) = (dest_status(&list, "local"), dest_status(&list, "s3"));
         let ok = l["backups"].as_u64() >= Some(1) && s["backups"].as_u64() >= Some(1) && s["newest"] == l["newest"];
@@ -240,7 +240,7 @@ async fn scheduled_backups_to_two_destinations_pitr_from_each_and_verify() {
     psql(p, &password, "select pg_switch_wal()");
     // Continuously archived to local by archive_command; carried to s3 by the next scheduled copy.
     for dest in ["local", "s3"] {
-        wait_for(&format!("WAL {segment} at {dest}"), Duration::from_secs(40), || {
+        wait_for(&format!("WAL {segment} at {dest}"), Duration::from_secs(60), || {
             let list = status(&config);
             let newest = dest_status(&list, dest)["newest_wal"].as_str().unwrap_or_default().to_owned();
             (newest.as_str() >= segment.as_str()).then_some(())
@@ -265,6 +265,30 @@ async fn scheduled_backups_to_two_destinations_pitr_from_each_and_verify() {
             "/metrics lacks {name} for s3:\n{metrics}"
         );
     }
+    // The backups ran as workflows: the backup as one step, the copy as
+    // another; each run's end is an event in the store's log.
+    let api = pgdr_config::Config::load(&sb.config).expect("config").controller.listen;
+    let get = |path: String| {
+        let http = http.clone();
+        async move {
+            let r = http.get(format!("http://{api}{path}")).send().await.expect("GET");
+            r.json::<Value>().await.expect("JSON")
+        }
+    };
+    let workflows = get("/v1/workflows".into()).await;
+    let done = workflows
+        .as_array()
+        .expect("workflow list")
+        .iter()
+        .find(|w| w["kind"] == "backup" && w["state"] == "succeeded")
+        .unwrap_or_else(|| panic!("no succeeded backup workflow: {workflows}"));
+    let view = get(format!("/v1/workflows/{}", done["id"].as_str().unwrap_or_default())).await;
+    let steps: Vec<&str> = view["steps"].as_array().expect("steps").iter().filter_map(|s| s["name"].as_str()).collect();
+    assert_eq!(steps, ["backup", "copy_to_s3"], "steps of {view}");
+    let events = get("/v1/events".into()).await;
+    let ok = events.as_array().expect("events").iter().find(|e| e["state"] == "backup_succeeded");
+    let ok = ok.unwrap_or_else(|| panic!("no backup_succeeded event: {events}"));
+    eprintln!("event: {}", ok["message"]);
     drop(run);
 
     // Point-in-time restore from each destination: the first row, not the second.
