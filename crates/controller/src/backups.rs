@@ -466,3 +466,95 @@ async fn summary(ctl: &Controller, id: &str) -> String {
         if copies.is_empty() { String::new() } else { format!("; copied to {}", copies.join(", ")) }
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use pgdr_config::Config;
+    use pgdr_store::{MemoryStore, StateStore};
+    use pgdr_workflow::{ClusterLock, WorkflowId};
+
+    use super::*;
+
+    const CONFIG: &str = r#"
+[controller]
+listen = "127.0.0.1:1"
+state_dir = "/tmp/pgdr-backups-unit"
+
+[[regions]]
+name = "r1"
+
+[[destinations]]
+name = "local"
+url = "file:///tmp/pgdr-backups-unit/local"
+key = { value = "1111111111111111111111111111111111111111111111111111111111111111" }
+
+[[destinations]]
+name = "far"
+url = "file:///tmp/pgdr-backups-unit/far"
+key = { value = "2222222222222222222222222222222222222222222222222222222222222222" }
+
+[[tiers]]
+name = "gold"
+rpo = "5s"
+rto = "30s"
+backup = { schedule = "*/10 * * * * *", destination = "local", copies = ["local", "far"] }
+
+[[clusters]]
+name = "main"
+tier = "gold"
+nodes = [{ name = "n1", region = "r1", agent = "127.0.0.1:1", host = "127.0.0.1", port = 1 }]
+"#;
+
+    fn config() -> Config {
+        Config::parse(Path::new("/tmp/pgdr-backups-unit/pgdr.toml"), CONFIG).expect("config")
+    }
+
+    #[test]
+    fn wakes_at_the_next_scheduled_time_within_bounds() {
+        let c = config();
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).expect("time").with_timezone(&Utc);
+        assert_eq!(next_wake(&c, at("2026-01-01T12:00:03Z")), Duration::from_secs(7));
+        // Right on a scheduled second: the next one, at least MIN_WAIT.
+        assert_eq!(next_wake(&c, at("2026-01-01T12:00:10Z")), Duration::from_secs(10));
+        assert_eq!(next_wake(&c, at("2026-01-01T12:00:09.9Z")), MIN_WAIT);
+    }
+
+    #[test]
+    fn params_name_the_tier_destination_and_other_copies() {
+        let p = BackupParams::for_cluster(&config(), "main").expect("params");
+        assert_eq!(p.destination, "local");
+        assert_eq!(p.copies, ["far"]);
+        assert!(BackupParams::for_cluster(&config(), "nope").is_err());
+    }
+
+    /// A backup is no role change: it starts while a failover holds the
+    /// cluster's lock, and holds no lock itself.
+    #[tokio::test]
+    async fn a_backup_starts_while_a_role_change_holds_the_lock() {
+        let c = config();
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+        let now = time::OffsetDateTime::now_utc();
+        let lock = ClusterLock { workflow: WorkflowId::new(now), kind: "failover".into(), since: now };
+        let key = pgdr_store::keys::cluster_lock("main");
+        store.put(&key, serde_json::to_vec(&lock).expect("json"), None).await.expect("lock");
+        let proxies = Arc::new(crate::runtime::HttpProxies::from_config(&c));
+        let ctl = Controller::new(c, store.clone(), proxies, "unit", crate::webhook::Webhooks::none())
+            .await
+            .expect("controller");
+        let params =
+            serde_json::to_value(BackupParams::for_cluster(&ctl.sh.config, "main").expect("params")).expect("json");
+        let plan = ctl.engine.plan(KIND, &ClusterName::new("main"), params).await.expect("plan");
+        assert!(plan.blocked_by.is_none(), "a backup waits for no lock: {plan:?}");
+        let names: Vec<Vec<&str>> = plan.stages.iter().map(|s| s.iter().map(|p| p.name.as_str()).collect()).collect();
+        assert_eq!(names, vec![vec!["backup"], vec!["copy_to_far"]]);
+        let handle = start(&ctl, "main").await.expect("a backup starts while the lock is held");
+        // The lock is still the failover's.
+        let held: ClusterLock =
+            serde_json::from_slice(&store.get(&key).await.expect("get").expect("lock").value).expect("lock json");
+        assert_eq!(held.kind, "failover");
+        let _ = ctl.engine.cancel(&handle.id, "unit test").await;
+        ctl.engine.shutdown().await;
+    }
+}
