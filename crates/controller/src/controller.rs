@@ -79,6 +79,7 @@ impl Controller {
             metrics: Default::default(),
             agent_token,
             webhooks,
+            readiness: Default::default(),
             config,
         });
         let engine = Engine::new(
@@ -104,6 +105,8 @@ impl Controller {
             tracker.spawn(crate::monitor::run(self.clone(), cluster, cancel.clone()));
         }
         tracker.spawn(crate::backups::run(self.clone(), cancel.clone()));
+        let every = self.sh.config.controller.readiness_interval;
+        tracker.spawn(crate::readiness::run(self.clone(), every, cancel.clone()));
         // Engine events (every step) go to the webhooks too.
         let mut rx = self.engine.subscribe();
         let hooks = self.sh.webhooks.clone();

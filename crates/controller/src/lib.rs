@@ -4,8 +4,10 @@
 //! The decision core is pure and generic over time ([`detect`], [`candidate`],
 //! [`fence`], [`math`]): no IO, unit-tested with paused tokio time. Probes,
 //! leases, workflows, the HTTP API and metrics build on it. This crate may
-//! depend on the store, the workflow engine, the API types and the proxy's
-//! routing types; nothing depends on it except the binary.
+//! depend on the store, the workflow engine, the API types, the proxy's
+//! routing types, the backup crate (scheduled backups) and the drill crate
+//! (the readiness checks, run on a schedule by [`readiness`]); nothing
+//! depends on it except the binary.
 
 pub mod api;
 pub mod backups;
@@ -18,6 +20,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod page;
 pub mod probe;
+pub mod readiness;
 pub mod runtime;
 pub mod sync;
 pub mod webhook;

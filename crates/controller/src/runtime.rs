@@ -255,6 +255,8 @@ pub struct Shared {
     pub metrics: Metrics,
     pub agent_token: Option<String>,
     pub webhooks: crate::webhook::Webhooks,
+    /// The latest readiness findings (`None` until the first run ends).
+    pub readiness: Mutex<Option<crate::readiness::ReadinessView>>,
 }
 
 impl Shared {

@@ -176,8 +176,8 @@
   function readiness(list) {
     if (list === null || list === undefined) {
       return h("p", { class: "empty", "data-field": "readiness" },
-        "Not available: this controller does not run the readiness checks yet. Run ",
-        h("code", null, "pgdr check --config FILE"), " for the findings.");
+        "Not checked yet: the controller runs the readiness checks at start and then every controller.readiness_interval. ",
+        h("code", null, "pgdr check --config FILE"), " runs them now.");
     }
     if (!list.length) return h("p", { class: "empty" }, "No findings.");
     return h("table", null,

@@ -28,8 +28,8 @@ pub struct Snapshot {
     pub clusters: Vec<ClusterPanel>,
     /// The newest events of every cluster, newest first.
     pub events: Vec<Event>,
-    /// Readiness findings; `None`: this controller does not run the
-    /// readiness checks (`pgdr check` does).
+    /// Readiness findings of the controller's latest scheduled run
+    /// ([`crate::readiness`]); `None` until the first run ends.
     pub readiness: Option<Vec<serde_json::Value>>,
     /// Parts of the snapshot that could not be read.
     pub errors: Vec<String>,
@@ -276,7 +276,11 @@ pub async fn build(ctl: &Controller, book: &std::sync::Mutex<ProbeBook>) -> Snap
         },
         clusters,
         events,
-        readiness: None,
+        readiness: sh
+            .readiness
+            .lock()
+            .ok()
+            .and_then(|r| r.as_ref().map(|r| r.findings.iter().filter_map(|f| serde_json::to_value(f).ok()).collect())),
         errors,
     }
 }
