@@ -29,6 +29,7 @@ use pgdr_model::{ClusterName, NodeName, ReplicationMode, Role};
 use pgdr_store::ClusterState;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::controller::Controller;
 use crate::detect::{Detector, ProbeOutcome, Verdict};
@@ -120,13 +121,15 @@ struct Hold {
 }
 
 impl Hold {
-    fn start(ctl: &Controller, cluster: &ClusterName, cancel: &CancellationToken) -> Hold {
+    /// Starts the cluster's pause task on `tracker`; it ends when `cancel`
+    /// fires or the [`Hold`] is dropped.
+    fn start(ctl: &Controller, cluster: &ClusterName, cancel: &CancellationToken, tracker: &TaskTracker) -> Hold {
         let (want, mut rx) = tokio::sync::watch::channel(Want::Open);
         let (sh, cluster, cancel) = (ctl.sh.clone(), cluster.clone(), cancel.clone());
         // Holding new transactions needs no wait for running ones to drain:
         // the pause flag is set as the call starts.
         let pause_wait = sh.config.timing.probe_interval;
-        tokio::spawn(async move {
+        tracker.spawn(async move {
             let mut paused = false;
             loop {
                 tokio::select! {
@@ -198,8 +201,16 @@ async fn bootstrap(ctl: &Controller, cluster: &Cluster) -> Option<ClusterState> 
     ctl.sh.clusters.init(&cluster.name, epoch, Some(primaries[0].clone()), "bootstrap").await.ok()
 }
 
-/// Watches one cluster until `cancel` fires.
+/// Watches one cluster until `cancel` fires; returns once its helper task
+/// (the proxies' pause, [`Hold`]) has stopped too.
 pub async fn run(ctl: Controller, cluster: Cluster, cancel: CancellationToken) {
+    let tracker = TaskTracker::new();
+    watch(ctl, cluster, &cancel, &tracker).await;
+    tracker.close();
+    tracker.wait().await;
+}
+
+async fn watch(ctl: Controller, cluster: Cluster, cancel: &CancellationToken, tracker: &TaskTracker) {
     let sh = ctl.sh.clone();
     let timing = sh.config.timing.clone();
     let new_detector = |remote: &[String]| {
@@ -219,7 +230,7 @@ pub async fn run(ctl: Controller, cluster: Cluster, cancel: CancellationToken) {
     let mut via_proxy: Vec<Prober> = Vec::new();
     let mut published: Option<RouteInfo> = None;
     let mut breached: std::collections::HashSet<NodeName> = Default::default();
-    let mut hold = Hold::start(&ctl, &cluster.name, &cancel);
+    let mut hold = Hold::start(&ctl, &cluster.name, cancel, tracker);
     let mut tick = tokio::time::interval(timing.probe_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut n: u64 = 0;

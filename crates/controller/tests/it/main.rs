@@ -5,6 +5,7 @@
 
 mod readiness;
 mod reestablish;
+mod shutdown;
 
 use std::sync::Arc;
 
