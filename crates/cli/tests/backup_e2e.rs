@@ -284,7 +284,7 @@ async fn scheduled_backups_to_two_destinations_pitr_from_each_and_verify() {
         .unwrap_or_else(|| panic!("no succeeded backup workflow: {workflows}"));
     let view = get(format!("/v1/workflows/{}", done["id"].as_str().unwrap_or_default())).await;
     let steps: Vec<&str> = view["steps"].as_array().expect("steps").iter().filter_map(|s| s["name"].as_str()).collect();
-    assert_eq!(steps, ["backup", "copy_to_s3"], "steps of {view}");
+    assert_eq!(steps, ["backup", "copy_to_s3", "prune"], "steps of {view}");
     let events = get("/v1/events".into()).await;
     let ok = events.as_array().expect("events").iter().find(|e| e["state"] == "backup_succeeded");
     let ok = ok.unwrap_or_else(|| panic!("no backup_succeeded event: {events}"));

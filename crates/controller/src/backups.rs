@@ -6,11 +6,13 @@
 //! backed up, or a scheduled time passed since the newest backup) and starts
 //! one `backup` workflow per due cluster on the engine: a `backup` step (the
 //! base backup to the tier's destination) then a stage with one
-//! `copy_to_<destination>` step per copy destination, run in parallel. The
-//! engine journals each step, retries the retryable failures
-//! (`BackupError::is_retryable`: network or storage trouble) with backoff,
-//! and emits step events; at the end the loop adds a `backup_succeeded` or
-//! `backup_failed` event naming the backup and its copies.
+//! `copy_to_<destination>` step per copy destination, run in parallel, then
+//! a `prune` step applying the tier's retention (never on immutable
+//! destinations). The engine journals each step, retries the retryable
+//! failures (`BackupError::is_retryable`: network or storage trouble) with
+//! backoff, and emits step events; at the end the loop adds a
+//! `backup_succeeded` or `backup_failed` event naming the backup and its
+//! copies.
 //!
 //! Backups never change roles: the workflow kind is not role-changing, so it
 //! never takes (or waits for) the cluster's role-change lock and a failover
@@ -261,6 +263,27 @@ async fn copy_step(
     })))
 }
 
+/// Applies the tier's retention at its destination and copies; immutable
+/// destinations are left to the storage's own lock policy.
+async fn prune_step(sh: Arc<Shared>, p: BackupParams, ctx: StepContext) -> Result<StepOutput, StepError> {
+    let cluster = ctx.cluster.as_str().to_owned();
+    let policy = pgdr_backup::retention::Policy::from(pgdr_backup::policy(&sh.config, &cluster).map_err(step_error)?);
+    let mut out = serde_json::Map::new();
+    for name in std::iter::once(&p.destination).chain(p.copies.iter()) {
+        let dest = Dest::open_named(&sh.config, name).map_err(|e| step_error(e.into()))?;
+        if dest.immutable {
+            out.insert(name.clone(), json!({"skipped": "immutable"}));
+            continue;
+        }
+        let r = pgdr_backup::retention::prune(&dest, &cluster, &policy, false).await.map_err(step_error)?;
+        out.insert(
+            name.clone(),
+            json!({"kept": r.plan.keep.len(), "removed": r.plan.remove, "wal_removed": r.wal_removed.len()}),
+        );
+    }
+    Ok(StepOutput::json(Value::Object(out)))
+}
+
 impl WorkflowDef for BackupDef {
     fn kind(&self) -> &str {
         KIND
@@ -306,6 +329,16 @@ impl WorkflowDef for BackupDef {
         if !copies.is_empty() {
             stages.push(Stage::parallel(copies));
         }
+        let (sh, p3) = (self.sh.clone(), p.clone());
+        stages.push(
+            Step::from_fn(
+                "prune",
+                "remove backups and WAL beyond the tier's retention (count, age) where the destination is not immutable",
+                move |ctx| prune_step(sh.clone(), p3.clone(), ctx),
+            )
+            .retry(backup_retry())
+            .into(),
+        );
         Ok(stages)
     }
 }
@@ -548,7 +581,7 @@ nodes = [{ name = "n1", region = "r1", agent = "127.0.0.1:1", host = "127.0.0.1"
         let plan = ctl.engine.plan(KIND, &ClusterName::new("main"), params).await.expect("plan");
         assert!(plan.blocked_by.is_none(), "a backup waits for no lock: {plan:?}");
         let names: Vec<Vec<&str>> = plan.stages.iter().map(|s| s.iter().map(|p| p.name.as_str()).collect()).collect();
-        assert_eq!(names, vec![vec!["backup"], vec!["copy_to_far"]]);
+        assert_eq!(names, vec![vec!["backup"], vec!["copy_to_far"], vec!["prune"]]);
         let handle = start(&ctl, "main").await.expect("a backup starts while the lock is held");
         // The lock is still the failover's.
         let held: ClusterLock =
