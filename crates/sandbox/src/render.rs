@@ -113,7 +113,7 @@ pub fn render(c: &ConfigText<'_>) -> String {
     );
     let _ = writeln!(
         t,
-        "[[tiers]]\nname = \"gold\"\nrpo = \"5s\"\nrto = \"30s\"\n\n[tiers.backup]\nschedule = \"0 */6 * * *\"\ndestination = \"local\"\nretain_count = 7\n"
+        "[[tiers]]\nname = \"gold\"\nrpo = \"5s\"\nrto = \"30s\"\n\n# Every node archives its WAL here through `pgdr wal-push` (archive_command below);\n# the controller (`pgdr run`) takes a base backup on this cron schedule (5 fields, or 6 with seconds first),\n# copies it to the destinations listed in `copies`, and prunes by retain_count / retain_age.\n[tiers.backup]\nschedule = \"0 */6 * * *\"\ndestination = \"local\"\nretain_count = 7\n"
     );
     let _ = writeln!(
         t,
