@@ -445,7 +445,22 @@ async fn repoint_replicas(c: Arc<Ctx>, sc: StepContext, skip_old: bool) -> Resul
     let epoch = new_epoch(&sc)?;
     let old = c.old_primary()?.clone();
     let mut done = serde_json::Map::new();
-    for n in cluster.nodes.iter().filter(|n| n.name != new.name && !(skip_old && n.name == old)) {
+    // Nodes waiting to be re-established follow no one yet: their rejoin
+    // points them at the current primary (and their agent may be busy
+    // rebuilding, which would hold this step up to its timeout).
+    let rejoining: Vec<NodeName> =
+        c.sh.needs_rejoin
+            .lock()
+            .map(|r| r.iter().filter(|(cl, _)| *cl == cluster.name).map(|(_, n)| n.clone()).collect())
+            .unwrap_or_default();
+    for n in rejoining.iter().filter(|n| **n != new.name) {
+        done.insert(n.to_string(), json!({"skipped": "waiting to be re-established"}));
+    }
+    for n in cluster
+        .nodes
+        .iter()
+        .filter(|n| n.name != new.name && !(skip_old && n.name == old) && !rejoining.contains(&n.name))
+    {
         let res = match c.sh.agent(n) {
             Ok(a) => a
                 .with_action_timeout(Duration::from_secs(30))
@@ -641,6 +656,12 @@ async fn reestablish(c: Arc<Ctx>, _sc: StepContext) -> Result<StepOutput, StepEr
     let primary = state.primary.clone().ok_or_else(|| retry("the cluster has no primary now"))?;
     if primary == name {
         return Ok(StepOutput::json(json!({"skipped": "it is the primary"})));
+    }
+    // Flagged until it succeeds: a re-establish cancelled by a failover is
+    // started again afterwards, and the failover does not wait on this
+    // node's agent (busy rebuilding) to repoint it.
+    if let Ok(mut r) = c.sh.needs_rejoin.lock() {
+        r.insert((cluster.name.clone(), name.clone()));
     }
     let out = rejoin(&c.sh, node, c.node(&primary)?, state.epoch, c.p.keep_tail).await?;
     if let Ok(mut r) = c.sh.needs_rejoin.lock() {
