@@ -215,16 +215,34 @@ async fn fence(state: &AgentState, mode: FenceMode) -> Result<Done, AgentError> 
         steps.push("ALTER SYSTEM SET default_transaction_read_only = on; reloaded".to_owned());
     }
     // Sessions opened before the reload may be inside a writing transaction.
+    // PostgreSQL 14+ waits (up to 5 s) for each one to be gone.
+    let version: i32 = client
+        .query_one("select current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(query_err(state))?
+        .get(0);
+    let terminate = if version >= 140000 { "pg_terminate_backend(pid, 5000)" } else { "pg_terminate_backend(pid)" };
     let ended: i64 = client
         .query_one(
-            "select count(pg_terminate_backend(pid)) from pg_stat_activity \
-             where backend_type = 'client backend' and pid <> pg_backend_pid()",
+            &format!(
+                "select count({terminate}) from pg_stat_activity \
+                 where backend_type = 'client backend' and pid <> pg_backend_pid()"
+            ),
             &[],
         )
         .await
         .map_err(query_err(state))?
         .get(0);
     steps.push(format!("terminated {ended} client sessions"));
+    // Commits acknowledged with synchronous_commit = off may still sit in WAL
+    // buffers. One locally synchronous commit flushes everything before it,
+    // so the WAL position reported next covers every acknowledged commit (a
+    // switchover waits for the target to replay up to it).
+    client
+        .batch_execute("begin read write; set local synchronous_commit = local; select txid_current(); commit")
+        .await
+        .map_err(query_err(state))?;
+    steps.push("flushed WAL with one synchronous commit".to_owned());
     let msg = if was_fenced { "already fenced read-only; client sessions ended" } else { "fenced read-only" };
     Ok(Done::new(!was_fenced, msg, steps))
 }
