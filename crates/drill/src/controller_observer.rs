@@ -94,6 +94,10 @@ type StepSeen = (String, f64, Option<f64>, String);
 /// `state` (`started`, `succeeded`, `failed`, `retrying`... for steps and
 /// workflows; an alert name like `outage_declared`, `restarted_in_place`,
 /// `failover_report` otherwise), `epoch`, `at` (RFC 3339) and `message`.
+fn state_is_background(state: &str) -> bool {
+    matches!(state, "backup_succeeded" | "backup_failed" | "readiness_regressed")
+}
+
 pub fn observed_from_events(events: &[serde_json::Value], cluster: &str, since_unix_ms: f64) -> Observed {
     let mut out = Observed::default();
     // (workflow id, step) → kind, start, end, outcome
@@ -108,6 +112,11 @@ pub fn observed_from_events(events: &[serde_json::Value], cluster: &str, since_u
         }
         let id = text(e, "workflow").unwrap_or("");
         let kind = text(e, "kind").unwrap_or("");
+        // Scheduled backups and readiness checks run beside a drill; they are
+        // not part of the recovery being measured.
+        if matches!(kind, "backup") || state_is_background(text(e, "state").unwrap_or("")) {
+            continue;
+        }
         let step = text(e, "step").unwrap_or("");
         let state = text(e, "state").unwrap_or("");
         let message = text(e, "message").unwrap_or("");

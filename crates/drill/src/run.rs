@@ -238,7 +238,7 @@ impl Drill<'_> {
             // control-plane outage), so a cut-off region holding that majority
             // is never failed over. Say so before injecting anything.
             let in_region = self.cluster.nodes.iter().filter(|n| n.region == pnode.region).count();
-            if in_region * 2 >= self.cluster.nodes.len() {
+            if in_region * 2 > self.cluster.nodes.len() {
                 return Err(DrillError::Topology(format!(
                     "{}: region {} holds {in_region} of the cluster's {} nodes, a majority of its agents, so its primary keeps taking writes when the region is cut off and nothing may be promoted (by design: no split brain); give the other regions more nodes (e.g. pgdr sandbox up --standbys-per-region 2)",
                     spec.scenario.as_str(),
