@@ -42,7 +42,8 @@ fn bad_config_exits_2_with_file_key_and_line() {
     let f = dir.path().join("pgdr.toml");
     std::fs::write(
         &f,
-        GOOD.replace("rpo = \"5s\"", "rpo = \"5 parsecs\"").replace("region = \"east\"\nagent", "region = \"west\"\nagent"),
+        GOOD.replace("rpo = \"5s\"", "rpo = \"5 parsecs\"")
+            .replace("region = \"east\"\nagent", "region = \"west\"\nagent"),
     )
     .expect("write");
     let out = pgdr().args(["config", "check", "--config"]).arg(&f).output().expect("run pgdr");

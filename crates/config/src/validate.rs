@@ -206,9 +206,10 @@ fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
                 }
             }
             if let Some(level) = b.compression_level
-                && !(1..=19).contains(&level) {
-                    c.bad(k("backup.compression_level"), format!("expected a zstd level from 1 to 19, got {level}"));
-                }
+                && !(1..=19).contains(&level)
+            {
+                c.bad(k("backup.compression_level"), format!("expected a zstd level from 1 to 19, got {level}"));
+            }
             TierBackup {
                 schedule: b.schedule.clone(),
                 retain_count: b.retain_count,
@@ -351,9 +352,10 @@ fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
         let mut listen = |c: &mut Checker, key: String, v: &str| {
             let a = c.addr(key.clone(), v)?;
             if let Some(first) = listen_addrs.insert(a, key.clone())
-                && a.port() != 0 {
-                    c.bad(key, format!("address {a} is already used by `{first}`"));
-                }
+                && a.port() != 0
+            {
+                c.bad(key, format!("address {a} is already used by `{first}`"));
+            }
             Some(a)
         };
         let writer = listen(c, k("writer"), &p.writer);
@@ -412,9 +414,10 @@ fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
         .unwrap_or_else(|| Some(SocketAddr::from(([127, 0, 0, 1], 7400))))
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7400)));
     if let Some(r) = &rc.region
-        && !region_ok(r) {
-            c.bad("controller.region", format!("region {r:?} is not declared under [[regions]]"));
-        }
+        && !region_ok(r)
+    {
+        c.bad("controller.region", format!("region {r:?} is not declared under [[regions]]"));
+    }
     let store = match rc.store.as_deref() {
         None | Some("embedded") => {
             if !rc.etcd_endpoints.is_empty() {

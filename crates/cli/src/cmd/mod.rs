@@ -4,17 +4,17 @@ use std::path::PathBuf;
 
 use pgdr_config::Config;
 
-pub mod backup;
 pub mod agent;
-pub mod config;
-pub mod ops;
-pub mod proxy;
-pub mod sandbox;
-pub mod status;
+pub mod backup;
 pub mod check;
+pub mod config;
 pub mod demo;
 pub mod drill;
+pub mod ops;
+pub mod proxy;
 pub mod runbook;
+pub mod sandbox;
+pub mod status;
 
 /// Flags every command shares.
 #[derive(Debug, Clone)]

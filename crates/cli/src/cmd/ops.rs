@@ -18,7 +18,10 @@ use pgdr_config::{Config, ProxyAuth};
 use pgdr_controller::runtime::{HttpProxies, ProxyControl, RouteInfo};
 use pgdr_controller::{Controller, webhook::Webhooks};
 use pgdr_model::ClusterName;
-use pgdr_proxy::{AdminLogin, AuthConfig, Backend, ClusterListeners, ClusterSpec, Listeners, ProxyHandle, ProxySpec, Routing, Settings};
+use pgdr_proxy::{
+    AdminLogin, AuthConfig, Backend, ClusterListeners, ClusterSpec, Listeners, ProxyHandle, ProxySpec, Routing,
+    Settings,
+};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -112,7 +115,8 @@ async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn pgdr_store::StateSto
 }
 
 fn webhooks(cfg: &Config, tracker: &TaskTracker, cancel: &CancellationToken) -> Webhooks {
-    let targets = cfg.notify.iter().map(|n| (n.webhook.clone(), n.token.as_ref().and_then(|t| t.resolve().ok()))).collect();
+    let targets =
+        cfg.notify.iter().map(|n| (n.webhook.clone(), n.token.as_ref().and_then(|t| t.resolve().ok()))).collect();
     Webhooks::start(targets, tracker, cancel.clone())
 }
 
@@ -135,7 +139,8 @@ pub fn controller(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> 
         let hooks = webhooks(&cfg, &tracker, &cancel);
         let name = owner(&cfg);
         let ctl = Controller::new(cfg, store, proxies, &name, hooks).await?;
-        let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let listener =
+            tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         ctl.run(listener, cancel).await?;
         tracker.close();
         tracker.wait().await;
@@ -173,11 +178,8 @@ impl ProxyControl for InProcess {
     fn publish(&self, cluster: &ClusterName, route: &RouteInfo) {
         for (region, tx) in self.routes.get(cluster).into_iter().flatten() {
             let backend = |n: &pgdr_model::NodeName, h: &String, p: &u16| {
-                let (h, p) = self
-                    .backends
-                    .as_ref()
-                    .and_then(|b| b.addr(region, n.as_str()))
-                    .unwrap_or_else(|| (h.clone(), *p));
+                let (h, p) =
+                    self.backends.as_ref().and_then(|b| b.addr(region, n.as_str())).unwrap_or_else(|| (h.clone(), *p));
                 Backend::new(n.as_str(), h, p)
             };
             let routing = Routing {
@@ -269,7 +271,8 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
         let hooks = webhooks(&cfg, &tracker, &cancel);
         let name = owner(&cfg);
         let ctl = Controller::new(cfg, store, control, &name, hooks).await?;
-        let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let listener =
+            tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let res = ctl.run(listener, cancel.clone()).await;
         cancel.cancel();
         tracker.close();
@@ -299,7 +302,9 @@ fn confirm(what: &str, yes: bool) -> anyhow::Result<()> {
 
 fn api_err(e: pgdr_api::ApiError) -> anyhow::Error {
     match &e {
-        pgdr_api::ApiError::Failed { kind, .. } if kind == "bad_request" || kind == "not_found" || kind == "conflict" => {
+        pgdr_api::ApiError::Failed { kind, .. }
+            if kind == "bad_request" || kind == "not_found" || kind == "conflict" =>
+        {
             Usage(e.to_string()).into()
         }
         _ => e.into(),
