@@ -131,6 +131,9 @@ pub(crate) struct ClusterState {
     pub read_only: Mutex<HashMap<String, pgdr_model::Epoch>>,
     pub sessions: AtomicUsize,
     pub reader_rr: AtomicUsize,
+    /// Sessions waiting now for an unreachable primary (writer endpoint):
+    /// the first of an episode logs it.
+    pub held: AtomicUsize,
 }
 
 impl ClusterState {
@@ -219,6 +222,7 @@ impl ProxyHandle {
                 read_only: Mutex::new(HashMap::new()),
                 sessions: AtomicUsize::new(0),
                 reader_rr: AtomicUsize::new(0),
+                held: AtomicUsize::new(0),
             };
             clusters.insert(c.name.as_str().to_owned(), Arc::new(state));
         }

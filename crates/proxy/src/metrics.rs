@@ -1,6 +1,7 @@
 //! Prometheus metrics of the proxy (`pgdr_proxy_` prefix): connections per
 //! endpoint, queue depth and wait time, bytes, transactions, errors by kind,
-//! pause durations, session moves. Per-cluster handles are fetched once so
+//! pause durations, session moves, clients held while the primary was
+//! unreachable. Per-cluster handles are fetched once so
 //! the hot path only does atomic adds.
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -52,6 +53,7 @@ pub struct Metrics {
     pub transactions: Family<ClusterLabel, Counter>,
     pub errors: Family<ErrorLabel, Counter>,
     pub moves: Family<ClusterLabel, Counter>,
+    pub held_on_unreachable: Family<ClusterLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -69,6 +71,7 @@ impl Default for Metrics {
             transactions: Family::default(),
             errors: Family::default(),
             moves: Family::default(),
+            held_on_unreachable: Family::default(),
             registry: Registry::default(),
         };
         registry.register("pgdr_proxy_connections", "Client connections open, per endpoint", m.connections.clone());
@@ -90,6 +93,11 @@ impl Default for Metrics {
         registry.register("pgdr_proxy_transactions", "Writer transactions completed", m.transactions.clone());
         registry.register("pgdr_proxy_errors", "Errors by kind", m.errors.clone());
         registry.register("pgdr_proxy_session_moves", "Sessions moved to a new backend", m.moves.clone());
+        registry.register(
+            "pgdr_proxy_held_on_unreachable",
+            "Writer connects held (not failed) because the primary was unreachable",
+            m.held_on_unreachable.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -109,6 +117,7 @@ impl Metrics {
             bytes_out,
             transactions: self.transactions.get_or_create(&c).clone(),
             moves: self.moves.get_or_create(&c).clone(),
+            held_on_unreachable: self.held_on_unreachable.get_or_create(&c).clone(),
             queue_wait: self.queue_wait.get_or_create(&c).clone(),
             pause_duration: self.pause_duration.get_or_create(&c).clone(),
             errors: self.errors.clone(),
@@ -132,6 +141,7 @@ pub struct ClusterMetrics {
     pub bytes_out: Counter,
     pub transactions: Counter,
     pub moves: Counter,
+    pub held_on_unreachable: Counter,
     pub queue_wait: Histogram,
     pub pause_duration: Histogram,
     errors: Family<ErrorLabel, Counter>,

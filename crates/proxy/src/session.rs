@@ -13,11 +13,22 @@
 //! changed. A move re-creates the backend with the same startup parameters
 //! and credential, replays tracked SETs and reported settings, and
 //! re-prepares named statements lazily before their next Bind/Describe.
+//!
+//! On the writer endpoint, a connect for a new client connection or for a
+//! session starting a transaction that fails because the backend is
+//! unreachable (refused, reset, timed out, "cannot connect now") is held
+//! rather than failed: the session retries with a short backoff, at once
+//! when the routing changes, and waits in the pause gate if the cluster is
+//! paused meanwhile; `max_pause` after the first failure it ends with
+//! SQLSTATE 57P03. Only that failure path differs; nothing running inside a
+//! transaction is ever retried.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use pgdr_model::Epoch;
@@ -45,6 +56,34 @@ const RESTORABLE: [&str; 8] = [
     "default_transaction_read_only",
 ];
 const MAX_TRACKED_SETS: usize = 1000;
+/// Pause between connect attempts while the primary is unreachable (a
+/// routing change cuts it short).
+const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(150);
+
+/// Whether a failed connect means the backend is not reachable now (as
+/// opposed to refusing this client: auth, bad database...).
+fn unreachable(e: &BackendError) -> bool {
+    match e {
+        BackendError::Connect { .. } | BackendError::Timeout { .. } | BackendError::Io(_) => true,
+        BackendError::Refused { code, .. } => code == "57P03",
+        _ => false,
+    }
+}
+
+/// One session's wait for an unreachable writer backend; counted in the
+/// cluster's `held` while it lasts, so an episode is logged once.
+struct Hold {
+    state: Arc<ClusterState>,
+    deadline: Instant,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if self.state.held.fetch_sub(1, Ordering::SeqCst) == 1 {
+            tracing::info!(cluster = %self.state.name, "no writer connect is held for an unreachable primary any more");
+        }
+    }
+}
 
 enum Flow {
     Continue,
@@ -248,19 +287,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Err(e) => return Err(self.paused_error(e).await),
             }
         }
-        let (target, epoch) = self.pick().await?;
-        let auth = self.state.auth.clone();
-        let mut conn = match auth {
-            AuthConfig::Passthrough => self.login_passthrough(&target, epoch).await?,
-            AuthConfig::UsersFile(_) | AuthConfig::Auto(_) => {
-                self.authenticate_client(&target).await?;
-                let r = backend::open(&target, epoch, self.state.settings.tcp, &self.startup, &self.cred).await;
-                match r {
-                    Ok(c) => c,
-                    Err(e) => return Err(self.forward_backend_error(e).await),
+        let mut hold = None;
+        let mut authenticated = false;
+        let (mut conn, epoch) = loop {
+            let (target, epoch) = self.pick().await?;
+            let tcp = self.state.settings.tcp;
+            let r = match self.state.auth.clone() {
+                // Only the TCP connect can be retried: after it the client
+                // takes part in the backend's authentication.
+                AuthConfig::Passthrough => match backend::connect_tcp(&target, tcp).await {
+                    Ok(stream) => Ok(self.login_passthrough(stream, &target, epoch).await?),
+                    Err(e) => Err(e),
+                },
+                AuthConfig::UsersFile(_) | AuthConfig::Auto(_) => {
+                    if !authenticated {
+                        self.authenticate_client(&target).await?;
+                        authenticated = true;
+                    }
+                    backend::open(&target, epoch, tcp, &self.startup, &self.cred).await
+                }
+            };
+            match r {
+                Ok(c) => break (c, epoch),
+                Err(e) => {
+                    if !self.hold_unreachable(&mut hold, &target, &e).await? {
+                        return Err(self.forward_backend_error(e).await);
+                    }
                 }
             }
         };
+        drop(hold);
         if self.endpoint == Endpoint::Writer && conn.read_only {
             self.state.mark_read_only(&conn.backend, epoch);
         }
@@ -290,6 +346,76 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Ok(())
     }
 
+    /// After a failed connect to `target`: on the writer endpoint, when the
+    /// backend is unreachable, waits (for a routing change, the end of a
+    /// pause, or a short backoff) and returns true to try again (picking
+    /// the backend anew). Returns false when the failure is not held (the
+    /// caller reports it); ends the session with 57P03 once `max_pause`
+    /// passed since the first failure.
+    async fn hold_unreachable(
+        &mut self,
+        hold: &mut Option<Hold>,
+        target: &Backend,
+        e: &BackendError,
+    ) -> Result<bool, ClientError> {
+        if self.endpoint != Endpoint::Writer || !unreachable(e) {
+            return Ok(false);
+        }
+        let now = Instant::now();
+        let max_pause = self.state.settings.max_pause;
+        let deadline = match hold {
+            Some(h) => h.deadline,
+            None => {
+                self.state.metrics.held_on_unreachable.inc();
+                if self.state.held.fetch_add(1, Ordering::SeqCst) == 0 {
+                    tracing::warn!(
+                        cluster = %self.state.name,
+                        backend = %target.node,
+                        addr = %target.addr(),
+                        error = %e,
+                        max_pause = %pgdr_model::format_duration(max_pause),
+                        "primary unreachable: holding new writer connections and transactions until the routing changes or it answers"
+                    );
+                }
+                hold.insert(Hold { state: self.state.clone(), deadline: now + max_pause }).deadline
+            }
+        };
+        if now >= deadline {
+            self.state.metrics.error("unreachable_timeout");
+            return Err(self
+                .fatal(
+                    "57P03",
+                    format!(
+                        "cannot connect now: the primary of cluster {} stayed unreachable longer than max_pause ({}): {e}",
+                        self.state.name,
+                        pgdr_model::format_duration(max_pause)
+                    ),
+                )
+                .await);
+        }
+        // A held transaction is not running: give back its gate count so
+        // a pause drains without waiting for it (begin_tx takes it again).
+        if self.busy {
+            self.busy = false;
+            self.state.gate.end();
+        }
+        if self.state.gate.is_paused() {
+            let s = &self.state.settings;
+            match self.state.gate.wait_open(deadline.saturating_duration_since(now), s.max_queue).await {
+                Ok(Some(w)) => self.state.metrics.queue_wait.observe(w.as_secs_f64()),
+                Ok(None) => {}
+                Err(e) => return Err(self.paused_error(e).await),
+            }
+            return Ok(true);
+        }
+        let wake = (now + UNREACHABLE_BACKOFF).min(deadline);
+        if let Ok(Err(_)) = tokio::time::timeout_at(wake, self.routing.changed()).await {
+            // The routing's sender is gone: only the backoff is left.
+            tokio::time::sleep_until(wake).await;
+        }
+        Ok(true)
+    }
+
     async fn paused_error(&mut self, e: crate::gate::GateError) -> ClientError {
         self.state.metrics.error(match e {
             crate::gate::GateError::QueueFull => "queue_full",
@@ -312,11 +438,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     /// Passthrough: the backend authenticates; the exchange is relayed.
-    async fn login_passthrough(&mut self, target: &Backend, epoch: Epoch) -> Result<BackendConn, ClientError> {
-        let stream = match backend::connect_tcp(target, self.state.settings.tcp).await {
-            Ok(s) => s,
-            Err(e) => return Err(self.forward_backend_error(e).await),
-        };
+    async fn login_passthrough(
+        &mut self,
+        stream: tokio::net::TcpStream,
+        target: &Backend,
+        epoch: Epoch,
+    ) -> Result<BackendConn, ClientError> {
         let mut conn = BackendConn::new(stream, target.clone(), epoch);
         self.out.clear();
         self.startup.encode(&mut self.out);
@@ -510,6 +637,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Starts a transaction: pause gate (writer), then make sure the backend
     /// is the one the current routing names.
     async fn begin_tx(&mut self) -> Result<(), ClientError> {
+        loop {
+            self.begin_tx_once().await?;
+            if self.endpoint != Endpoint::Writer || self.busy {
+                return Ok(());
+            }
+            // A held connect gave back the gate count: take it again, then
+            // check the routing again.
+        }
+    }
+
+    async fn begin_tx_once(&mut self) -> Result<(), ClientError> {
         if self.endpoint == Endpoint::Writer && !self.busy {
             let s = &self.state.settings;
             match self.state.gate.begin(s.max_pause, s.max_queue).await {
@@ -580,16 +718,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if let Some(old) = self.be.take() {
             let _ = old.stream.try_write(&[b'X', 0, 0, 0, 4]);
         }
-        let (target, epoch) = self.pick().await?;
-        let mut conn = match backend::open(&target, epoch, self.state.settings.tcp, &self.startup, &self.cred).await {
-            Ok(c) => c,
-            Err(e) => {
-                self.state.metrics.error(e.kind());
-                return Err(self
-                    .fatal("08006", format!("terminating connection: cannot reach the new server: {e}"))
-                    .await);
+        let mut hold = None;
+        let (mut conn, epoch) = loop {
+            let (target, epoch) = self.pick().await?;
+            match backend::open(&target, epoch, self.state.settings.tcp, &self.startup, &self.cred).await {
+                Ok(c) => break (c, epoch),
+                Err(e) => {
+                    if self.hold_unreachable(&mut hold, &target, &e).await? {
+                        continue;
+                    }
+                    self.state.metrics.error(e.kind());
+                    return Err(self
+                        .fatal("08006", format!("terminating connection: cannot reach the new server: {e}"))
+                        .await);
+                }
             }
         };
+        drop(hold);
         if self.endpoint == Endpoint::Writer && conn.read_only {
             self.state.mark_read_only(&conn.backend, epoch);
         }

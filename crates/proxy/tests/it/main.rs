@@ -5,3 +5,4 @@ mod malformed;
 mod pause;
 mod relay;
 mod switch;
+mod unreachable;
