@@ -227,12 +227,19 @@ async fn fence_old_primary(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, S
     let node = c.node(&old)?;
     let timing = &c.sh.config.timing;
     let started = Instant::now();
-    // 1. Ask its agent (fast path).
+    // 1. Ask its agent (fast path). It runs alongside the withdrawals: an
+    //    agent cut off by a partition must not hold the step for its whole
+    //    timeout when the lease already proves the old primary fenced.
     let agent = c.sh.agent(node).map_err(fatal)?.with_action_timeout(timing.drain_timeout.max(Duration::from_secs(2)));
-    let agent_fence = match agent.fence(&FenceRequest { epoch: c.p.old_epoch, mode: FenceMode::Stop }).await {
-        Ok(r) => AgentFence::Confirmed(r.message),
-        Err(e) => AgentFence::NotConfirmed(e.to_string()),
-    };
+    let fence_req = FenceRequest { epoch: c.p.old_epoch, mode: FenceMode::Stop };
+    let mut agent_call = tokio::spawn(async move {
+        match agent.fence(&fence_req).await {
+            Ok(r) => AgentFence::Confirmed(r.message),
+            Err(e) => AgentFence::NotConfirmed(e.to_string()),
+        }
+    });
+    // Aborts the agent's call when the step ends, whatever the path.
+    let _abort = AbortOnDrop(agent_call.abort_handle());
     // 2. The operator's hook.
     let hook = match &cluster.fence_hook {
         Some(cmd) => Some(run_hook(cmd, cluster, node).await),
@@ -240,8 +247,9 @@ async fn fence_old_primary(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, S
     };
     // 3. Withdraw the other agents' support, so a partitioned old primary
     //    cannot count a majority and fences itself when its lease lapses.
+    //    Asked whatever the agent answers (it may never answer).
     let mut withdrawn = Vec::new();
-    if !matches!(agent_fence, AgentFence::Confirmed(_)) {
+    {
         let req = WithdrawRequest { cluster: cluster.name.clone(), primary: old.clone(), epoch: c.p.old_epoch };
         let mut set = tokio::task::JoinSet::new();
         for n in cluster.nodes.iter().filter(|n| n.name != old) {
@@ -254,9 +262,15 @@ async fn fence_old_primary(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, S
                 (name, ok)
             });
         }
+        // Enough withdrawals settle it: an agent cut off by a partition is
+        // not waited for (dropping the set aborts its call).
+        let needed = fence::withdrawals_needed(cluster.nodes.len());
         while let Some(r) = set.join_next().await {
             if let Ok((name, true)) = r {
                 withdrawn.push(name);
+            }
+            if withdrawn.len() >= needed {
+                break;
             }
         }
     }
@@ -268,20 +282,20 @@ async fn fence_old_primary(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, S
         renew: timing.lease_renew,
         margin: timing.lease_margin,
     };
-    // 4. Wait until it is certainly fenced.
+    // 4. Wait until it is certainly fenced: the agent confirms, or the
+    //    lease rule holds (never weaker than before: a pending agent call
+    //    counts as not confirmed).
+    let mut agent_fence: Option<AgentFence> = None;
     let evidence = loop {
-        match fence::decide(&agent_fence, &view, Instant::now()) {
+        let seen = agent_fence.clone().unwrap_or_else(|| AgentFence::NotConfirmed("no answer yet".into()));
+        let wait_until = match fence::decide(&seen, &view, Instant::now()) {
             FenceDecision::Fenced(e) => break e,
-            FenceDecision::WaitUntil(t) => {
-                tokio::select! {
-                    _ = sc.cancel.cancelled() => return Err(retry("cancelled while waiting for the old primary's lease")),
-                    _ = tokio::time::sleep_until(t) => {}
-                }
-            }
+            FenceDecision::WaitUntil(t) => Some(t),
+            FenceDecision::NoQuorum if agent_fence.is_none() => None,
             FenceDecision::NoQuorum => {
                 return Err(retry(format!(
                     "cannot prove {old} is fenced: its agent does not confirm ({}) and only {} of the {} other agents withdrew their support",
-                    match &agent_fence {
+                    match &seen {
                         AgentFence::NotConfirmed(e) => e.as_str(),
                         AgentFence::Confirmed(_) => "",
                     },
@@ -289,8 +303,23 @@ async fn fence_old_primary(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, S
                     cluster.nodes.len() - 1
                 )));
             }
+        };
+        let sleep = async {
+            match wait_until {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = sc.cancel.cancelled() => return Err(retry("cancelled while waiting for the old primary's fence")),
+            r = &mut agent_call, if agent_fence.is_none() => {
+                agent_fence = Some(r.unwrap_or_else(|e| AgentFence::NotConfirmed(format!("the agent call failed: {e}"))));
+            }
+            _ = sleep => {}
         }
     };
+    let agent_fence =
+        agent_fence.unwrap_or_else(|| AgentFence::NotConfirmed("no answer before the lease proved it fenced".into()));
     let _ = c.sh.clusters.break_primary_lease(&cluster.name).await;
     Ok(StepOutput::json(json!({
         "node": old,
@@ -300,6 +329,15 @@ async fn fence_old_primary(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, S
         "support_withdrawn_by": withdrawn,
         "took_ms": started.elapsed().as_millis() as u64,
     })))
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn run_hook(cmd: &str, cluster: &Cluster, node: &Node) -> Value {
@@ -392,7 +430,14 @@ async fn choose_candidate(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, St
         ))
         .await;
     }
-    Ok(StepOutput::json(serde_json::to_value(&choice).map_err(fatal)?))
+    let mut out = serde_json::to_value(&choice).map_err(fatal)?;
+    // Journalled for repoint_replicas: agents that did not answer here
+    // (a partitioned region) get a short status timeout there.
+    if let Value::Object(m) = &mut out {
+        let unreachable: Vec<&NodeName> = infos.iter().filter(|i| !i.reachable).map(|i| &i.node).collect();
+        m.insert("unreachable".into(), json!(unreachable));
+    }
+    Ok(StepOutput::json(out))
 }
 
 async fn raise_epoch(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepError> {
@@ -456,22 +501,49 @@ async fn repoint_replicas(c: Arc<Ctx>, sc: StepContext, skip_old: bool) -> Resul
     for n in rejoining.iter().filter(|n| **n != new.name) {
         done.insert(n.to_string(), json!({"skipped": "waiting to be re-established"}));
     }
+    // Concurrently, and a node whose agent does not answer a status within
+    // STEP_STATUS_TIMEOUT (1 s if choose_candidate already found it
+    // unreachable: a partitioned region) is left out rather than
+    // holding the step (and the proxies' resume after it) for the
+    // upstream call's whole timeout; like a failed call, it is recorded.
+    let unreachable: Vec<String> = sc
+        .output("choose_candidate")
+        .and_then(|v| v.get("unreachable"))
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .unwrap_or_default();
+    let mut set = tokio::task::JoinSet::new();
     for n in cluster
         .nodes
         .iter()
         .filter(|n| n.name != new.name && !(skip_old && n.name == old) && !rejoining.contains(&n.name))
     {
-        let res = match c.sh.agent(n) {
-            Ok(a) => a
-                .with_action_timeout(Duration::from_secs(30))
-                .upstream(&UpstreamRequest { epoch, host: new.host.clone(), port: new.port, slot: None })
-                .await
-                .map(|r| r.message)
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
+        let agent = c.sh.agent(n);
+        // Seen down a moment ago: a second chance, but a short one.
+        let status_timeout =
+            if unreachable.iter().any(|u| u == n.name.as_str()) { Duration::from_secs(1) } else { STEP_STATUS_TIMEOUT };
+        let (name, req) =
+            (n.name.clone(), UpstreamRequest { epoch, host: new.host.clone(), port: new.port, slot: None });
+        set.spawn(async move {
+            let res = match agent {
+                Ok(a) => match a.clone().with_timeout(status_timeout).status().await {
+                    Err(e) => Err(format!("agent unreachable ({e}); not repointed")),
+                    Ok(_) => a
+                        .with_action_timeout(Duration::from_secs(30))
+                        .upstream(&req)
+                        .await
+                        .map(|r| r.message)
+                        .map_err(|e| e.to_string()),
+                },
+                Err(e) => Err(e.to_string()),
+            };
+            (name, res)
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        let Ok((name, res)) = r else { continue };
         done.insert(
-            n.name.to_string(),
+            name.to_string(),
             match res {
                 Ok(m) => json!({"ok": m}),
                 Err(e) => json!({"error": e}),
