@@ -90,6 +90,12 @@ pub(crate) fn stop_record(record: &Record, report: &mut DownReport) -> Result<()
         pids.dedup();
         if pids.iter().any(|p| alive(*p)) {
             report.servers_stopped += 1;
+            // A drill may have frozen the server (SIGSTOP): thaw the postmaster
+            // and its children first, or they could neither shut down nor
+            // notice their postmaster's death.
+            for p in &pids {
+                thaw(*p);
+            }
             for mode in ["fast", "immediate"] {
                 let mut cmd = Command::new(&pg_ctl);
                 cmd.args(["-D", &data, "-m", mode, "-w", "-t", PG_WAIT_SECS, "stop"])
@@ -189,4 +195,19 @@ pub(crate) fn listening(port: u16) -> bool {
 /// Paths inside the sandbox, for callers that only have the folder.
 pub fn config_path(dir: &Path) -> PathBuf {
     dir.join("pgdr.toml")
+}
+
+/// Sends SIGCONT to a process and to its children.
+fn thaw(pid: i32) {
+    let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
+    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    for e in entries.flatten() {
+        let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        // Fields after the parenthesised command: state, then the parent's PID.
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok());
+        if ppid == Some(pid) {
+            let _ = kill(Pid::from_raw(child), Signal::SIGCONT);
+        }
+    }
 }
