@@ -264,7 +264,8 @@ pub async fn start_and_wait(opts: &RestoreOptions, login: &Login, wait: Duration
         let log = std::fs::read_to_string(pg.log_file()).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(8).collect();
         BackupError::Other(format!(
-            "{e}; server log ends with: {}",
+            "{}{e}; server log ends with: {}",
+            recovery_hint(&log),
             tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
         ))
     })?;
@@ -280,7 +281,8 @@ pub async fn start_and_wait(opts: &RestoreOptions, login: &Login, wait: Duration
             let log = std::fs::read_to_string(pg.log_file()).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(8).collect();
             return Err(BackupError::Other(format!(
-                "the restored server stopped during recovery; its log ends with: {}",
+                "{}the restored server stopped during recovery; its log ends with: {}",
+                recovery_hint(&log),
                 tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
             )));
         }
@@ -288,6 +290,18 @@ pub async fn start_and_wait(opts: &RestoreOptions, login: &Login, wait: Duration
             return Err(BackupError::Other(format!("recovery did not finish within {}s", wait.as_secs())));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A plain explanation of the recovery failures people meet most, to put
+/// before the server's own log lines.
+fn recovery_hint(log: &str) -> &'static str {
+    if log.contains("recovery ended before configured recovery target was reached") {
+        "the recovery target is later than the newest archived WAL (the archive has nothing past it yet: \
+         pick an earlier --target-time/--target-lsn, or wait for the segment to be archived; archive_timeout \
+         bounds that wait): "
+    } else {
+        ""
     }
 }
 
