@@ -11,7 +11,8 @@ use pgdr_model::{ClusterName, Epoch, Lsn, NodeName, RegionName, Role, TimelineId
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
+use crate::http;
 
 /// `GET /v1/health`: answered without authentication while the agent runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -423,37 +424,11 @@ impl AgentClient {
     }
 
     fn auth(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.token {
-            Some(t) => req.bearer_auth(t),
-            None => req,
-        }
+        http::with_token(req, self.token.as_deref())
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T, ApiError> {
-        let resp = req.send().await.map_err(|e| ApiError::transport(&self.addr, e))?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| ApiError::transport(&self.addr, e))?;
-        if status.is_success() {
-            return serde_json::from_slice(&bytes)
-                .map_err(|e| ApiError::Protocol { addr: self.addr.clone(), detail: e.to_string() });
-        }
-        let body: Option<ErrorBody> = serde_json::from_slice(&bytes).ok();
-        let message =
-            body.as_ref().map(|b| b.error.clone()).unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_owned());
-        Err(match status.as_u16() {
-            401 | 403 => ApiError::Unauthorized { addr: self.addr.clone() },
-            409 => ApiError::StaleEpoch {
-                addr: self.addr.clone(),
-                seen: body.as_ref().and_then(|b| b.seen_epoch).unwrap_or_default(),
-                message,
-            },
-            code => ApiError::Failed {
-                addr: self.addr.clone(),
-                status: code,
-                kind: body.map(|b| b.kind).unwrap_or_else(|| "failed".to_owned()),
-                message,
-            },
-        })
+        http::send(&self.addr, req, http::On409::StaleEpoch).await
     }
 }
 

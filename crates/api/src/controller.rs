@@ -22,6 +22,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, ErrorBody};
+use crate::http;
 
 /// `POST /v1/clusters/{c}/lease`: the primary's agent renews its lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,32 +223,11 @@ impl ControllerClient {
     }
 
     fn auth(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.token {
-            Some(t) => req.bearer_auth(t),
-            None => req,
-        }
+        http::with_token(req, self.token.as_deref())
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T, ApiError> {
-        let resp = req.send().await.map_err(|e| ApiError::transport(&self.addr, e))?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| ApiError::transport(&self.addr, e))?;
-        if status.is_success() {
-            return serde_json::from_slice(&bytes)
-                .map_err(|e| ApiError::Protocol { addr: self.addr.clone(), detail: e.to_string() });
-        }
-        let body: Option<ErrorBody> = serde_json::from_slice(&bytes).ok();
-        let message =
-            body.as_ref().map(|b| b.error.clone()).unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_owned());
-        Err(match status.as_u16() {
-            401 | 403 => ApiError::Unauthorized { addr: self.addr.clone() },
-            code => ApiError::Failed {
-                addr: self.addr.clone(),
-                status: code,
-                kind: body.map(|b| b.kind).unwrap_or_else(|| "failed".to_owned()),
-                message,
-            },
-        })
+        http::send(&self.addr, req, http::On409::Failed).await
     }
 }
 

@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod controller;
 pub mod error;
+mod http;
 pub mod peer;
 pub mod status;
 
