@@ -22,7 +22,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::dest::Dest;
-use crate::manifest::{self, Manifest, Object};
+use crate::keys::Keyring;
+use crate::manifest::{self, Manifest, Object, Trouble};
 use crate::{BackupError, Measured, Progress, Result, format};
 
 /// How to take a backup.
@@ -144,9 +145,10 @@ pub(crate) async fn store_part(
 ) -> Result<Object> {
     let keys = dest.keys.clone();
     let permit = cpu.acquire().await.ok();
+    let binding = key.clone();
     let (obj, sealed) = tokio::task::spawn_blocking(move || -> Result<(Object, Vec<u8>), format::FormatError> {
         let plain_blake3 = blake3::hash(&plain).to_hex().to_string();
-        let sealed = format::seal(&plain, level, &keys)?;
+        let sealed = format::seal(&plain, level, &keys, &binding)?;
         let stored_blake3 = blake3::hash(&sealed).to_hex().to_string();
         Ok((
             Object {
@@ -291,10 +293,20 @@ pub async fn run_backup(
         return Err(BackupError::Other(format!("cannot read start/stop LSN from pg_basebackup's report: {report}")));
     };
     objects.sort_by(|a, b| a.name.cmp(&b.name));
+    // Chain to the newest backup there (and past the newest ever seen here;
+    // after a rollback, to the vanished one, so the gap stays visible in the
+    // authenticated chain).
+    let before = catalog(dest, cluster_name).await?;
+    let previous = match &before.rollback {
+        Some(r) => Some(r.seen_id.clone()),
+        None => before.newest().map(|p| p.id.clone()),
+    };
     let mut m = Manifest {
-        format: 1,
+        format: manifest::FORMAT,
         id: id.clone(),
         cluster: cluster_name.to_owned(),
+        seq: before.next_seq(),
+        previous,
         source_node: source.node.name.as_str().to_owned(),
         from_replica: source.is_replica,
         created_at: created.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -304,7 +316,7 @@ pub async fn run_backup(
         start_lsn: start,
         stop_lsn: stop,
         start_wal: manifest::segment_name(timeline, start, 16 << 20),
-        key_id: dest.keys.current().0.to_owned(),
+        key_id: String::new(),
         compression: if opts.level == 0 { "none".into() } else { "zstd".into() },
         compression_level: opts.level,
         wal_included: true,
@@ -312,10 +324,11 @@ pub async fn run_backup(
         stored_bytes: objects.iter().map(|o| o.stored_size).sum(),
         objects,
         copied_from: None,
-        checksum: String::new(),
+        mac: String::new(),
     };
-    let body = m.seal();
+    let body = m.seal(dest.keys.current());
     dest.put_new(&manifest::manifest_key(cluster_name, &id), Bytes::from(body)).await?;
+    remember(dest, cluster_name, &m);
     let measured = Measured {
         plain_bytes: m.plain_bytes,
         stored_bytes: m.stored_bytes,
@@ -326,21 +339,224 @@ pub async fn run_backup(
     Ok((m, measured))
 }
 
-/// Lists the complete backups (those with a valid manifest) of a cluster at
-/// a destination, oldest first. Unreadable manifests are reported as errors.
-pub async fn list_backups(dest: &Dest, cluster: &str) -> Result<Vec<Manifest>> {
+/// A backup whose manifest could not be used.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Invalid {
+    pub id: String,
+    pub key: String,
+    pub trouble: Trouble,
+    pub error: String,
+}
+
+/// The newest backup this host has seen at a destination is gone.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Rollback {
+    pub seen_seq: u64,
+    pub seen_id: String,
+    pub seen_at: String,
+    pub newest_seq: Option<u64>,
+    pub newest_id: Option<String>,
+    /// The file holding the mark (remove it to accept the current state).
+    pub mark: String,
+}
+
+impl std::fmt::Display for Rollback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the newest valid backup is {} but backup {} (sequence {}) was seen there on {} (remembered in {})",
+            match (&self.newest_id, self.newest_seq) {
+                (Some(id), Some(seq)) => format!("{id} (sequence {seq})"),
+                _ => "none".to_owned(),
+            },
+            self.seen_id,
+            self.seen_seq,
+            self.seen_at,
+            self.mark
+        )
+    }
+}
+
+/// Everything known about a cluster's backups at a destination.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Catalog {
+    /// Authentic manifests in their place, oldest first (by sequence, then id).
+    pub valid: Vec<Manifest>,
+    /// Manifests skipped, with why.
+    pub invalid: Vec<Invalid>,
+    /// Set when an older state is served than this host has seen.
+    pub rollback: Option<Rollback>,
+    /// Backups named as `previous` by a newer one, absent, and newer than
+    /// the oldest kept one (retention removes only the oldest).
+    pub missing: Vec<String>,
+}
+
+impl Catalog {
+    pub fn newest(&self) -> Option<&Manifest> {
+        self.valid.last()
+    }
+
+    /// The sequence number of the next backup: past the newest there and
+    /// the newest ever seen here.
+    pub fn next_seq(&self) -> u64 {
+        let there = self.newest().map_or(0, |m| m.seq);
+        let seen = self.rollback.as_ref().map_or(0, |r| r.seen_seq);
+        there.max(seen) + 1
+    }
+
+    /// Each problem as one line, for warnings.
+    pub fn problems(&self) -> Vec<(Trouble, String)> {
+        let mut out: Vec<(Trouble, String)> = self.invalid.iter().map(|i| (i.trouble, i.error.clone())).collect();
+        if let Some(r) = &self.rollback {
+            out.push((Trouble::Rollback, r.to_string()));
+        }
+        for id in &self.missing {
+            out.push((
+                Trouble::Rollback,
+                format!("backup {id} is named as the previous one by a newer backup but is absent (deleted?)"),
+            ));
+        }
+        out
+    }
+}
+
+/// The local mark of the newest backup seen per destination and cluster.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Seen {
+    url: String,
+    seq: u64,
+    id: String,
+    at: String,
+}
+
+fn seen_path(dest: &Dest, cluster: &str) -> Option<std::path::PathBuf> {
+    let clean = |s: &str| {
+        s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect::<String>()
+    };
+    dest.seen_dir.as_ref().map(|d| d.join(format!("{}.{}.json", clean(&dest.name), clean(cluster))))
+}
+
+fn read_seen(dest: &Dest, cluster: &str) -> Option<(Seen, std::path::PathBuf)> {
+    let path = seen_path(dest, cluster)?;
+    let bytes = std::fs::read(&path).ok()?;
+    let seen: Seen = serde_json::from_slice(&bytes).ok()?;
+    (seen.url == dest.url).then_some((seen, path))
+}
+
+/// Remembers `m` as the newest backup seen at `dest` unless a newer one is
+/// remembered. Best effort: a host that cannot write its state directory
+/// only loses rollback detection (logged).
+pub fn remember(dest: &Dest, cluster: &str, m: &Manifest) {
+    let Some(path) = seen_path(dest, cluster) else { return };
+    if read_seen(dest, cluster).is_some_and(|(s, _)| s.seq >= m.seq) {
+        return;
+    }
+    let seen = Seen {
+        url: dest.url.clone(),
+        seq: m.seq,
+        id: m.id.clone(),
+        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    };
+    let write = || -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&seen).unwrap_or_default())?;
+        std::fs::rename(&tmp, &path)
+    };
+    if let Err(e) = write() {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remember the newest backup seen: rollback detection is off for this host");
+    }
+}
+
+/// Reads and checks every manifest of a cluster at a destination: the
+/// authentic ones in place are `valid`; the others are `invalid` with the
+/// reason (skipped, never fatal); a newest backup older than the newest this
+/// host has seen is a `rollback`. Only trouble reaching the destination is
+/// an error.
+pub async fn catalog(dest: &Dest, cluster: &str) -> Result<Catalog> {
     let listed = dest.list(&manifest::backups_prefix(cluster)).await?;
     let keys: Vec<String> = listed.into_iter().map(|l| l.key).filter(|k| k.ends_with("/manifest.json")).collect();
-    let mut out: Vec<Manifest> = futures::stream::iter(keys)
+    let read: Vec<(String, Option<Checked>)> = futures::stream::iter(keys)
         .map(|k| async move {
-            let bytes = dest.get(&k).await?;
-            Ok::<_, BackupError>(Manifest::parse(&k, &bytes)?)
+            let got = match dest.get_opt_max(&k, manifest::MAX_MANIFEST).await {
+                Ok(None) => None,
+                Ok(Some(bytes)) => Some(parse_manifest(&k, &bytes, &dest.keys)),
+                Err(e @ crate::DestError::TooLarge { .. }) => Some(Err((Trouble::Corrupt, e.to_string()))),
+                Err(e) => return Err(BackupError::from(e)),
+            };
+            Ok((k, got))
         })
         .buffer_unordered(dest.concurrency)
         .try_collect()
         .await?;
-    out.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(out)
+    let mut cat = Catalog::default();
+    for (key, got) in read {
+        match got {
+            None => {}
+            Some(Ok(m)) => cat.valid.push(m),
+            Some(Err((trouble, error))) => {
+                let id = manifest::parse_manifest_key(&key).map(|(_, id)| id.to_owned()).unwrap_or_default();
+                cat.invalid.push(Invalid { id, key, trouble, error });
+            }
+        }
+    }
+    cat.valid.sort_by(|a, b| (a.seq, &a.id).cmp(&(b.seq, &b.id)));
+    cat.invalid.sort_by(|a, b| a.id.cmp(&b.id));
+    if let Some(oldest) = cat.valid.iter().map(|m| m.id.as_str()).min() {
+        let known: std::collections::BTreeSet<&str> =
+            cat.valid.iter().map(|m| m.id.as_str()).chain(cat.invalid.iter().map(|i| i.id.as_str())).collect();
+        let mut missing: Vec<String> = cat
+            .valid
+            .iter()
+            .filter(|m| m.copied_from.is_none())
+            .filter_map(|m| m.previous.as_deref())
+            .filter(|p| *p > oldest && !known.contains(p))
+            .map(str::to_owned)
+            .collect();
+        missing.sort();
+        missing.dedup();
+        cat.missing = missing;
+    }
+    let newest = cat.newest().map(|m| (m.seq, m.id.clone()));
+    match read_seen(dest, cluster) {
+        Some((seen, path)) if newest.as_ref().is_none_or(|(seq, _)| *seq < seen.seq) => {
+            cat.rollback = Some(Rollback {
+                seen_seq: seen.seq,
+                seen_id: seen.id,
+                seen_at: seen.at,
+                newest_seq: newest.as_ref().map(|n| n.0),
+                newest_id: newest.map(|n| n.1),
+                mark: path.display().to_string(),
+            });
+        }
+        _ => {
+            if let Some(m) = cat.newest() {
+                remember(dest, cluster, m);
+            }
+        }
+    }
+    Ok(cat)
+}
+
+/// A manifest read and checked, or why it cannot be used.
+type Checked = std::result::Result<Manifest, (Trouble, String)>;
+
+fn parse_manifest(key: &str, bytes: &[u8], keys: &Keyring) -> Checked {
+    Manifest::parse(key, bytes, keys).map_err(|e| (e.trouble(), e.to_string()))
+}
+
+/// Lists the complete backups (those with an authentic manifest) of a
+/// cluster at a destination, oldest first. Manifests that cannot be used
+/// and a detected rollback are logged as warnings and skipped: one bad
+/// manifest does not stop restores from the others.
+pub async fn list_backups(dest: &Dest, cluster: &str) -> Result<Vec<Manifest>> {
+    let cat = catalog(dest, cluster).await?;
+    for (trouble, p) in cat.problems() {
+        tracing::warn!(dest = %dest.name, cluster, %trouble, "{p}");
+    }
+    Ok(cat.valid)
 }
 
 /// Reads one backup's manifest; `latest` (or `None`) picks the newest.
@@ -353,8 +569,8 @@ pub async fn find_backup(dest: &Dest, cluster: &str, id: Option<&str>) -> Result
         }),
         Some(id) => {
             let key = manifest::manifest_key(cluster, id);
-            match dest.get_opt(&key).await? {
-                Some(b) => Ok(Manifest::parse(&key, &b)?),
+            match dest.get_opt_max(&key, manifest::MAX_MANIFEST).await? {
+                Some(b) => Ok(Manifest::parse(&key, &b, &dest.keys)?),
                 None => Err(BackupError::NoBackup {
                     cluster: cluster.to_owned(),
                     dest: dest.name.clone(),
@@ -365,37 +581,88 @@ pub async fn find_backup(dest: &Dest, cluster: &str, id: Option<&str>) -> Result
     }
 }
 
-/// Checks every object of a backup: stored checksums always, and with
-/// `decrypt` also authentication and the plaintext checksum. Returns the
+/// Checks one stored object against its (authentic) manifest entry: size
+/// and stored checksum always; with `decrypt`, authentication under its
+/// binding and the plaintext checksum too, returning the plaintext. A
+/// mismatch is classified: authentic data sealed for another place (or
+/// another write of this one) is `Substituted`, anything else `Corrupt`.
+pub fn check_object(
+    key: &str,
+    o: &Object,
+    data: &[u8],
+    keys: &Keyring,
+    decrypt: bool,
+) -> std::result::Result<Option<Vec<u8>>, (Trouble, String)> {
+    let actual = blake3::hash(data).to_hex().to_string();
+    if data.len() as u64 != o.stored_size || actual != o.stored_blake3 {
+        let detail = format!(
+            "stored checksum {actual} ({} bytes) does not match the manifest's {} ({} bytes)",
+            data.len(),
+            o.stored_blake3,
+            o.stored_size
+        );
+        return Err(match format::decrypt(data, keys, key) {
+            Err(e @ format::FormatError::Substituted { .. }) => (Trouble::Substituted, format!("{detail}; {e}")),
+            Ok(_) => (
+                Trouble::Substituted,
+                format!("{detail}; it is an authentic object for this path, but not the one the manifest names"),
+            ),
+            Err(_) => (Trouble::Corrupt, detail),
+        });
+    }
+    if !decrypt {
+        return Ok(None);
+    }
+    let size = usize::try_from(o.plain_size).unwrap_or(usize::MAX);
+    match format::open(data, keys, key, Some(size)) {
+        Ok(plain) if blake3::hash(&plain).to_hex().as_str() == o.plain_blake3 => Ok(Some(plain)),
+        Ok(_) => Err((Trouble::Corrupt, "decrypted but its plaintext checksum does not match the manifest".into())),
+        Err(e) if e.is_substitution() => Err((Trouble::Substituted, e.to_string())),
+        Err(e @ format::FormatError::UnknownKey { .. }) => Err((Trouble::Key, e.to_string())),
+        Err(e) => Err((Trouble::Corrupt, e.to_string())),
+    }
+}
+
+/// One problem `verify` found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Problem {
+    pub trouble: Trouble,
+    pub key: String,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} is {}: {}", self.key, self.trouble, self.detail)
+    }
+}
+
+/// Checks every object of a backup: sizes and stored checksums always, and
+/// with `decrypt` also authentication and the plaintext checksum. Returns the
 /// problems found (empty when the backup is sound).
-pub async fn verify_backup(dest: &Dest, m: &Manifest, decrypt: bool) -> Result<Vec<String>> {
-    let problems: Vec<Option<String>> = futures::stream::iter(m.objects.iter())
+pub async fn verify_backup(dest: &Dest, m: &Manifest, decrypt: bool) -> Result<Vec<Problem>> {
+    let problems: Vec<Option<Problem>> = futures::stream::iter(m.objects.iter())
         .map(|o| async move {
             let key = manifest::part_key(&m.cluster, &m.id, &o.name);
-            let data = match dest.get_opt(&key).await? {
-                Some(d) => d,
-                None => return Ok::<_, BackupError>(Some(format!("{key}: missing"))),
+            let data = match dest.get_opt(&key).await {
+                Ok(Some(d)) => d,
+                Ok(None) => {
+                    return Ok::<_, BackupError>(Some(Problem {
+                        trouble: Trouble::Missing,
+                        key,
+                        detail: "not at the destination".into(),
+                    }));
+                }
+                Err(e @ crate::DestError::TooLarge { .. }) => {
+                    return Ok(Some(Problem { trouble: Trouble::Corrupt, key, detail: e.to_string() }));
+                }
+                Err(e) => return Err(e.into()),
             };
             let keys = dest.keys.clone();
             let o = o.clone();
-            let dname = dest.name.clone();
-            tokio::task::spawn_blocking(move || {
-                let actual = blake3::hash(&data).to_hex().to_string();
-                if actual != o.stored_blake3 || data.len() as u64 != o.stored_size {
-                    return Some(
-                        BackupError::Corrupt { dest: dname, key, expected: o.stored_blake3.clone(), actual }
-                            .to_string(),
-                    );
-                }
-                if decrypt {
-                    match format::open(&data, &keys, Some(o.plain_size as usize)) {
-                        Ok(plain) if blake3::hash(&plain).to_hex().as_str() == o.plain_blake3 => None,
-                        Ok(_) => Some(format!("{key}: plaintext checksum does not match the manifest")),
-                        Err(e) => Some(format!("{key}: {e}")),
-                    }
-                } else {
-                    None
-                }
+            tokio::task::spawn_blocking(move || match check_object(&key, &o, &data, &keys, decrypt) {
+                Ok(_) => None,
+                Err((trouble, detail)) => Some(Problem { trouble, key, detail }),
             })
             .await
             .map_err(|e| BackupError::Other(format!("verify task failed: {e}")))
@@ -403,7 +670,9 @@ pub async fn verify_backup(dest: &Dest, m: &Manifest, decrypt: bool) -> Result<V
         .buffer_unordered(dest.concurrency)
         .try_collect()
         .await?;
-    Ok(problems.into_iter().flatten().collect())
+    let mut out: Vec<Problem> = problems.into_iter().flatten().collect();
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
 }
 
 /// Waits for `d`, or returns early when cancelled.

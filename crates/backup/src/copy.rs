@@ -92,25 +92,39 @@ where
     }
 }
 
-/// Copies one stored object from `src` to `dst` under `key`, checking the
-/// source's stored checksum when given; returns the target's stored size and
-/// checksum.
-async fn copy_object(src: &Dest, dst: &Dest, key: &str, expected: Option<(&str, &str)>) -> Result<(u64, String)> {
-    let data = src.get(key).await?;
+/// Copies one stored object from `src` to `dst` under `key`, checking it
+/// against its manifest entry when given (size and stored checksum, so a
+/// substituted or corrupt object is not spread); returns the target's stored
+/// size and checksum. The object keeps its binding (the key path).
+async fn copy_object(src: &Dest, dst: &Dest, key: &str, expected: Option<&Object>) -> Result<(u64, String)> {
+    let data = match expected {
+        Some(o) => src.get_max(key, o.stored_size.min(format::MAX_STORED)).await,
+        None => src.get(key).await,
+    };
+    let data = match data {
+        Err(e @ crate::DestError::TooLarge { .. }) => {
+            return Err(BackupError::Object {
+                dest: src.name.clone(),
+                key: key.to_owned(),
+                trouble: manifest::Trouble::Corrupt,
+                detail: e.to_string(),
+            });
+        }
+        other => other?,
+    };
     let src_keys = src.keys.clone();
     let dst_keys = dst.keys.clone();
-    let exp = expected.map(|(s, p)| (s.to_owned(), p.to_owned()));
+    let exp = expected.cloned();
     let (sname, k) = (src.name.clone(), key.to_owned());
     let sealed = tokio::task::spawn_blocking(move || {
-        if let Some((stored, _)) = &exp {
-            let actual = blake3::hash(&data).to_hex().to_string();
-            if &actual != stored {
-                return Err(BackupError::Corrupt { dest: sname, key: k, expected: stored.clone(), actual });
-            }
+        if let Some(o) = &exp
+            && let Err((trouble, detail)) = crate::base::check_object(&k, o, &data, &src_keys, false)
+        {
+            return Err(BackupError::Object { dest: sname, key: k, trouble, detail });
         }
-        format::reseal(&data, &src_keys, &dst_keys).map_err(|source| BackupError::Format {
+        format::reseal(&data, &src_keys, &dst_keys, &k).map_err(|source| BackupError::Format {
             dest: sname,
-            key: k,
+            key: k.clone(),
             source,
         })
     })
@@ -124,25 +138,25 @@ async fn copy_object(src: &Dest, dst: &Dest, key: &str, expected: Option<(&str, 
             let back = dst.get(key).await?;
             let actual = blake3::hash(&back).to_hex().to_string();
             if actual != hash {
-                return Err(BackupError::Corrupt {
+                return Err(BackupError::Object {
                     dest: dst.name.clone(),
                     key: key.to_owned(),
-                    expected: hash,
-                    actual,
+                    trouble: manifest::Trouble::Corrupt,
+                    detail: format!("read back with checksum {actual}, written with {hash}"),
                 });
             }
             Ok((size, hash))
         }
         Put::AlreadyThere => {
             // Written by an earlier run: accept it if it opens with the
-            // target's key to the same plaintext as the source.
+            // target's key, for this path, to the same plaintext as the source.
             let there = dst.get(key).await?;
             let src_data = src.get(key).await?;
             let (src_keys, dst_keys) = (src.keys.clone(), dst.keys.clone());
             let (dname, k) = (dst.name.clone(), key.to_owned());
             tokio::task::spawn_blocking(move || {
-                let a = format::decrypt(&there, &dst_keys).map_err(|source| BackupError::Format { dest: dname.clone(), key: k.clone(), source })?;
-                let b = format::decrypt(&src_data, &src_keys).map_err(|source| BackupError::Format { dest: dname.clone(), key: k.clone(), source })?;
+                let a = format::decrypt(&there, &dst_keys, &k).map_err(|source| BackupError::Format { dest: dname.clone(), key: k.clone(), source })?;
+                let b = format::decrypt(&src_data, &src_keys, &k).map_err(|source| BackupError::Format { dest: dname.clone(), key: k.clone(), source })?;
                 if a.1 != b.1 {
                     return Err(BackupError::Other(format!(
                         "destination {dname:?}: {k} already exists with different contents and pgdr never overwrites; remove it by hand if the destination allows"
@@ -191,10 +205,7 @@ pub async fn copy_backup(
             let jpath = &jpath;
             async move {
                 let key = manifest::part_key(cluster, id, &o.name);
-                let (_, hash) = with_retries(&key, cancel, || {
-                    copy_object(src, dst, &key, Some((&o.stored_blake3, &o.plain_blake3)))
-                })
-                .await?;
+                let (_, hash) = with_retries(&key, cancel, || copy_object(src, dst, &key, Some(&o))).await?;
                 let mut j = journal.lock().map_err(|_| BackupError::Other("journal lock poisoned".into()))?;
                 j.done.insert(o.name.clone(), hash);
                 save_journal(jpath, &j)?;
@@ -209,7 +220,6 @@ pub async fn copy_backup(
     // The target's manifest: same data, the target's stored checksums and key.
     let j = journal.into_inner().map_err(|_| BackupError::Other("journal lock poisoned".into()))?;
     let mut out = m.clone();
-    out.key_id = dst.keys.current().0.to_owned();
     out.copied_from = Some(src.name.clone());
     for o in &mut out.objects {
         let key = manifest::part_key(cluster, id, &o.name);
@@ -219,8 +229,9 @@ pub async fn copy_backup(
         o.stored_blake3 = hash;
     }
     out.stored_bytes = out.objects.iter().map(|o| o.stored_size).sum();
-    let body = out.seal();
+    let body = out.seal(dst.keys.current());
     dst.put_new(&mkey, Bytes::from(body)).await?;
+    crate::base::remember(dst, cluster, &out);
     let _ = std::fs::remove_file(&jpath);
     report.wal_copied = copy_wal(src, dst, cluster, cancel).await?;
     Ok(report)

@@ -30,6 +30,8 @@ pub enum DestError {
     Key(#[from] KeyError),
     #[error("destination {dest:?} is immutable (write-once): pgdr never deletes or overwrites there; {key} was kept")]
     Immutable { dest: String, key: String },
+    #[error("destination {dest:?}: {key} is {size} bytes, more than the {limit} expected there: not read")]
+    TooLarge { dest: String, key: String, size: u64, limit: u64 },
 }
 
 impl DestError {
@@ -79,6 +81,9 @@ pub struct Dest {
     pub keys: Keyring,
     pub immutable: bool,
     pub concurrency: usize,
+    /// Where the newest backup seen per cluster is remembered (rollback
+    /// detection, see [`crate::base::catalog`]); `None`: not remembered.
+    pub seen_dir: Option<std::path::PathBuf>,
     limit: Arc<Semaphore>,
     pub stats: Arc<DestStats>,
 }
@@ -125,6 +130,15 @@ impl Dest {
                 .with_retry(retry_config());
             if let Some(e) = &d.endpoint {
                 b = b.with_endpoint(e);
+            }
+            if d.immutable {
+                // Object Lock buckets require an integrity checksum on every
+                // write, and the header naming its algorithm.
+                let mut h = reqwest::header::HeaderMap::new();
+                h.insert("x-amz-sdk-checksum-algorithm", reqwest::header::HeaderValue::from_static("SHA256"));
+                b = b
+                    .with_checksum_algorithm(object_store::aws::Checksum::SHA256)
+                    .with_client_options(client_options(d.allow_http).with_default_headers(h));
             }
             if let Some(s) = &d.access_key_id {
                 b = b.with_access_key_id(s.resolve().map_err(|e| cfg(format!("access_key_id: {e}")))?);
@@ -179,6 +193,7 @@ impl Dest {
             keys,
             immutable: d.immutable,
             concurrency,
+            seen_dir: None,
             limit: Arc::new(Semaphore::new(concurrency)),
             stats: Arc::new(DestStats::default()),
         })
@@ -194,7 +209,9 @@ impl Dest {
                 config.destinations.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
             ),
         })?;
-        Dest::open(d)
+        let mut dest = Dest::open(d)?;
+        dest.seen_dir = Some(config.controller.state_dir.join("backup-seen"));
+        Ok(dest)
     }
 
     fn path(&self, key: &str) -> ObjPath {
@@ -232,10 +249,24 @@ impl Dest {
         }
     }
 
-    /// Reads a whole object.
+    /// Reads a whole object (at most [`crate::format::MAX_STORED`] bytes).
     pub async fn get(&self, key: &str) -> Result<Bytes, DestError> {
+        self.get_max(key, crate::format::MAX_STORED).await
+    }
+
+    /// Reads a whole object, refusing (before reading its body) one larger
+    /// than `limit`: a stored size never makes pgdr allocate more than it expects.
+    pub async fn get_max(&self, key: &str, limit: u64) -> Result<Bytes, DestError> {
         let _p = self.permit().await;
         let res = self.store.get(&self.path(key)).await.map_err(self.err("read", key))?;
+        if res.meta.size > limit {
+            return Err(DestError::TooLarge {
+                dest: self.name.clone(),
+                key: key.to_owned(),
+                size: res.meta.size,
+                limit,
+            });
+        }
         let bytes = res.bytes().await.map_err(self.err("read", key))?;
         self.stats.bytes_read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         self.stats.gets.fetch_add(1, Ordering::Relaxed);
@@ -245,6 +276,15 @@ impl Dest {
     /// Reads an object, `None` when it is absent.
     pub async fn get_opt(&self, key: &str) -> Result<Option<Bytes>, DestError> {
         match self.get(key).await {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`Dest::get_max`], `None` when absent.
+    pub async fn get_opt_max(&self, key: &str, limit: u64) -> Result<Option<Bytes>, DestError> {
+        match self.get_max(key, limit).await {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),

@@ -1,18 +1,57 @@
 //! A destination's encryption keys: the current key (for new objects) and
 //! older keys kept to read objects written before a rotation.
+//!
+//! The configured 32-byte key is never used directly: two independent keys
+//! are derived from it with BLAKE3's key derivation, one that encrypts
+//! objects (XChaCha20-Poly1305) and one that authenticates manifests
+//! (keyed BLAKE3), so the two uses can never be confused.
 
 use base64::Engine;
+
+/// BLAKE3 `derive_key` contexts: globally unique, fixed forever.
+const ENC_CONTEXT: &str = "pgdr 2026-12 backup object encryption v2";
+const MAC_CONTEXT: &str = "pgdr 2026-12 backup manifest authentication v2";
+
+/// One key of a destination, with the keys derived from it.
+#[derive(Clone)]
+pub struct Key {
+    pub id: String,
+    /// Encrypts and authenticates objects.
+    pub enc: [u8; 32],
+    /// Authenticates manifests and catalogs.
+    pub mac: [u8; 32],
+}
+
+impl Key {
+    fn derive(id: &str, master: &[u8; 32]) -> Key {
+        Key {
+            id: id.to_owned(),
+            enc: blake3::derive_key(ENC_CONTEXT, master),
+            mac: blake3::derive_key(MAC_CONTEXT, master),
+        }
+    }
+
+    /// Keyed BLAKE3 of `bytes` under this key's manifest key.
+    pub fn mac(&self, bytes: &[u8]) -> blake3::Hash {
+        blake3::keyed_hash(&self.mac, bytes)
+    }
+}
 
 /// Keys by id; the first is the current one.
 #[derive(Clone)]
 pub struct Keyring {
-    current: (String, [u8; 32]),
-    old: Vec<(String, [u8; 32])>,
+    current: Key,
+    old: Vec<Key>,
 }
 
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Keyring(current {:?}, old {:?})", self.current.0, self.old.iter().map(|k| &k.0).collect::<Vec<_>>())
+        write!(
+            f,
+            "Keyring(current {:?}, old {:?})",
+            self.current.id,
+            self.old.iter().map(|k| &k.id).collect::<Vec<_>>()
+        )
     }
 }
 
@@ -28,7 +67,7 @@ pub enum KeyError {
 
 impl Keyring {
     pub fn new(id: &str, key: [u8; 32], old: Vec<(String, [u8; 32])>) -> Keyring {
-        Keyring { current: (id.to_owned(), key), old }
+        Keyring { current: Key::derive(id, &key), old: old.iter().map(|(i, k)| Key::derive(i, k)).collect() }
     }
 
     /// Builds a keyring from a destination's config, resolving its secrets.
@@ -44,24 +83,22 @@ impl Keyring {
         let mut old = Vec::new();
         for (id, s) in &d.old_keys {
             let k = parse_key(&s.resolve().map_err(|e| bad(id, e.to_string()))?).map_err(|e| bad(id, e))?;
-            old.push((id.clone(), k));
+            old.push(Key::derive(id, &k));
         }
-        Ok(Keyring { current: (d.key_id.clone(), current), old })
+        Ok(Keyring { current: Key::derive(&d.key_id, &current), old })
     }
 
-    pub fn current(&self) -> (&str, &[u8; 32]) {
-        (&self.current.0, &self.current.1)
+    /// The key new objects and manifests are sealed with.
+    pub fn current(&self) -> &Key {
+        &self.current
     }
 
-    pub fn get(&self, id: &str) -> Option<&[u8; 32]> {
-        if self.current.0 == id {
-            return Some(&self.current.1);
-        }
-        self.old.iter().find(|(i, _)| i == id).map(|(_, k)| k)
+    pub fn get(&self, id: &str) -> Option<&Key> {
+        std::iter::once(&self.current).chain(&self.old).find(|k| k.id == id)
     }
 
     pub fn ids(&self) -> Vec<String> {
-        std::iter::once(self.current.0.clone()).chain(self.old.iter().map(|(i, _)| i.clone())).collect()
+        std::iter::once(&self.current).chain(&self.old).map(|k| k.id.clone()).collect()
     }
 }
 

@@ -1,10 +1,12 @@
 //! Backups: destinations, base backups, WAL archiving, copies, retention,
 //! schedules, restore and point-in-time recovery.
 //!
-//! - [`format`]: the stored object format (zstd, then chunked AEAD with a key id).
+//! - [`format`]: the stored object format (zstd, then chunked AEAD with a key id,
+//!   bound to the object's key path).
 //! - [`keys`]: a destination's current and old keys.
 //! - [`dest`]: object storage with create-if-absent writes and a concurrency limit.
-//! - [`manifest`]: the destination layout and the backup manifest.
+//! - [`manifest`]: the destination layout and the backup manifest (authenticated, chained).
+//! - [`lock`]: store-enforced immutability (S3 Object Lock) and its check.
 //! - [`base`]: a streamed base backup of a running cluster (from a replica when one is healthy).
 //! - [`wal`]: `wal-push` (archive_command, with parallel look-ahead) and `wal-fetch` (restore_command).
 //! - [`restore`]: restore, PITR and restore-verification.
@@ -22,6 +24,7 @@ pub mod dest;
 pub mod format;
 pub mod job;
 pub mod keys;
+pub mod lock;
 pub mod manifest;
 pub mod restore;
 pub mod retention;
@@ -44,10 +47,14 @@ pub enum BackupError {
     Format { dest: String, key: String, source: format::FormatError },
     #[error(transparent)]
     Manifest(#[from] manifest::ManifestError),
+    /// A stored object that is not what its manifest names: damaged
+    /// (`corrupt`) or authentic data from elsewhere (`substituted`).
+    #[error("destination {dest:?}: object {key} is {trouble}: {detail}")]
+    Object { dest: String, key: String, trouble: manifest::Trouble, detail: String },
     #[error(
-        "destination {dest:?}: object {key} is corrupt: stored checksum {actual} does not match the manifest's {expected}"
+        "ROLLBACK at destination {dest:?}: cluster {cluster:?}: {detail}. Backups were deleted or hidden by someone with write access to the storage; investigate before restoring. To restore an older backup deliberately, name it with --backup ID"
     )]
-    Corrupt { dest: String, key: String, expected: String, actual: String },
+    Rollback { dest: String, cluster: String, detail: String },
     #[error("{0}")]
     Config(String),
     #[error(transparent)]

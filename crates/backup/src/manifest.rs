@@ -7,11 +7,31 @@
 //! <cluster>/verifications/<id>/<at>.json results of `restore --verify`
 //! ```
 //!
-//! The manifest is plain JSON (no key needed to list, copy or verify stored
-//! bytes) and carries its own checksum.
+//! The manifest is plain JSON, authenticated with a keyed BLAKE3 under a key
+//! derived from the destination's key (named by `key_id`): it cannot be
+//! altered, forged or moved to another backup's or cluster's path by someone
+//! with write access to the storage but not the key. Every object's size and
+//! stored checksum are in it, so an authentic manifest also pins its objects.
+//!
+//! Each manifest carries a sequence number (one more than the newest backup
+//! of the cluster at the destination when it was written) and the id of that
+//! previous backup: readers detect a rollback (the newest backup deleted or
+//! hidden, an older one served as the latest) against the newest sequence
+//! they have seen, and a missing backup in the middle from the chain.
+//!
+//! Format 2; format 1 manifests (a plain checksum, no key) are reported as
+//! legacy and not used.
 
 use pgdr_model::Lsn;
 use serde::{Deserialize, Serialize};
+
+use crate::keys::{Key, Keyring};
+
+/// The manifest format this pgdr writes and reads.
+pub const FORMAT: u32 = 2;
+/// Largest manifest read (about 100 000 objects): a hostile object at a
+/// manifest's path cannot make a reader allocate more.
+pub const MAX_MANIFEST: u64 = 64 << 20;
 
 pub fn backups_prefix(cluster: &str) -> String {
     format!("{cluster}/backups/")
@@ -43,6 +63,7 @@ pub fn verification_key(cluster: &str, id: &str, at: &str) -> String {
 
 /// One stored object of a backup.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct Object {
     /// Name relative to the backup's folder, like `data/000003`.
     pub name: String,
@@ -51,15 +72,22 @@ pub struct Object {
     pub plain_blake3: String,
     pub stored_size: u64,
     /// blake3 of the stored (compressed, encrypted) bytes: checked by copy and
-    /// verify without the key.
+    /// verify before decrypting.
     pub stored_blake3: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub format: u32,
     pub id: String,
     pub cluster: String,
+    /// One more than the newest backup of this cluster known when this one
+    /// was written (at the destination it was taken to; kept by copies).
+    pub seq: u64,
+    /// The newest backup of this cluster at the destination when this one
+    /// was written.
+    pub previous: Option<String>,
     /// Node the backup was read from, and whether it was a replica then.
     pub source_node: String,
     pub from_replica: bool,
@@ -73,6 +101,7 @@ pub struct Manifest {
     pub stop_lsn: Lsn,
     /// The first WAL segment the backup needs.
     pub start_wal: String,
+    /// The key that sealed the objects and authenticates this manifest.
     pub key_id: String,
     pub compression: String,
     pub compression_level: i32,
@@ -84,39 +113,148 @@ pub struct Manifest {
     /// Set on copies: the destination this one was copied from.
     #[serde(default)]
     pub copied_from: Option<String>,
-    /// blake3 of this manifest's JSON with this field empty.
-    pub checksum: String,
+    /// Keyed BLAKE3 (hex) of this manifest's JSON with this field empty,
+    /// under the manifest key derived from key `key_id`.
+    pub mac: String,
+}
+
+/// What kind of trouble a stored thing is in: the words `verify` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trouble {
+    /// Damaged bytes: a checksum, authentication or parse failure.
+    Corrupt,
+    /// Authentic data in the wrong place: swapped or moved between backups,
+    /// clusters or WAL names.
+    Substituted,
+    /// An older valid state served in place of a newer one.
+    Rollback,
+    /// Not there.
+    Missing,
+    /// Written by an older pgdr in a format this one does not read.
+    Legacy,
+    /// Sealed with a key this destination does not have.
+    Key,
+}
+
+impl std::fmt::Display for Trouble {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Trouble::Corrupt => "corrupt",
+            Trouble::Substituted => "substituted",
+            Trouble::Rollback => "rollback",
+            Trouble::Missing => "missing",
+            Trouble::Legacy => "legacy",
+            Trouble::Key => "key",
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("manifest {key} is not valid JSON: {source}")]
+    #[error("manifest {key} is not valid JSON of a format {FORMAT} manifest: {source}")]
     Json { key: String, source: serde_json::Error },
-    #[error("manifest {key} is corrupt: its checksum does not match its contents")]
-    Checksum { key: String },
+    #[error("manifest {key} is {size} bytes, more than any manifest ({MAX_MANIFEST}): not read")]
+    TooLarge { key: String, size: u64 },
+    #[error(
+        "manifest {key} is format {format}, written by a pgdr from before manifests were authenticated (issue 15): this pgdr does not trust it; take a new backup"
+    )]
+    Legacy { key: String, format: u32 },
+    #[error("manifest {key} is format {format}, newer than this pgdr understands ({FORMAT})")]
+    Version { key: String, format: u32 },
+    #[error(
+        "manifest {key} names key id {key_id:?}, which is not configured for this destination (configured: {known})"
+    )]
+    UnknownKey { key: String, key_id: String, known: String },
+    #[error(
+        "manifest {key} does not authenticate with key id {key_id:?}: it was altered or corrupted after it was written (or forged by someone without the key)"
+    )]
+    Unauthentic { key: String, key_id: String },
+    #[error(
+        "SUBSTITUTED: manifest {key} is authentic but belongs to backup {found_id:?} of cluster {found_cluster:?}: it was copied here from another backup's or cluster's path"
+    )]
+    Misplaced { key: String, found_cluster: String, found_id: String },
+    #[error("{key} is not a manifest path (<cluster>/backups/<id>/manifest.json)")]
+    Path { key: String },
+}
+
+impl ManifestError {
+    /// How `verify` and `list` classify this problem.
+    pub fn trouble(&self) -> Trouble {
+        match self {
+            ManifestError::Json { .. }
+            | ManifestError::TooLarge { .. }
+            | ManifestError::Unauthentic { .. }
+            | ManifestError::Path { .. } => Trouble::Corrupt,
+            ManifestError::Legacy { .. } | ManifestError::Version { .. } => Trouble::Legacy,
+            ManifestError::UnknownKey { .. } => Trouble::Key,
+            ManifestError::Misplaced { .. } => Trouble::Substituted,
+        }
+    }
+}
+
+/// The cluster and backup id a manifest path names.
+pub fn parse_manifest_key(key: &str) -> Option<(&str, &str)> {
+    let rest = key.strip_suffix("/manifest.json")?;
+    let (cluster, id) = rest.split_once("/backups/")?;
+    (!cluster.is_empty() && !cluster.contains('/') && !id.is_empty() && !id.contains('/')).then_some((cluster, id))
 }
 
 impl Manifest {
-    fn body_hash(&self) -> String {
+    /// The canonical bytes the MAC covers: this manifest's compact JSON with
+    /// `mac` empty (field order is the struct's).
+    fn body(&self) -> Vec<u8> {
         let mut m = self.clone();
-        m.checksum = String::new();
+        m.mac = String::new();
         // Serializing a plain struct cannot fail.
-        let text = serde_json::to_vec(&m).unwrap_or_default();
-        blake3::hash(&text).to_hex().to_string()
+        serde_json::to_vec(&m).unwrap_or_default()
     }
 
-    /// Sets the checksum and returns the JSON to store.
-    pub fn seal(&mut self) -> Vec<u8> {
-        self.checksum = self.body_hash();
+    /// Authenticates the manifest with `key` (which becomes its `key_id`)
+    /// and returns the JSON to store.
+    pub fn seal(&mut self, key: &Key) -> Vec<u8> {
+        self.format = FORMAT;
+        self.key_id = key.id.clone();
+        self.mac = key.mac(&self.body()).to_hex().to_string();
         serde_json::to_vec_pretty(self).unwrap_or_default()
     }
 
-    /// Parses and checks a stored manifest.
-    pub fn parse(key: &str, bytes: &[u8]) -> Result<Manifest, ManifestError> {
+    /// Parses a stored manifest read from `key` and checks that it is
+    /// authentic (its MAC under the destination's key named by `key_id`) and
+    /// in its place (the cluster and id of `key`). Never panics, whatever the bytes.
+    pub fn parse(key: &str, bytes: &[u8], keys: &Keyring) -> Result<Manifest, ManifestError> {
+        if bytes.len() as u64 > MAX_MANIFEST {
+            return Err(ManifestError::TooLarge { key: key.to_owned(), size: bytes.len() as u64 });
+        }
+        let (want_cluster, want_id) =
+            parse_manifest_key(key).ok_or_else(|| ManifestError::Path { key: key.to_owned() })?;
+        #[derive(Deserialize)]
+        struct Version {
+            format: u32,
+        }
+        let v: Version =
+            serde_json::from_slice(bytes).map_err(|source| ManifestError::Json { key: key.to_owned(), source })?;
+        if v.format < FORMAT {
+            return Err(ManifestError::Legacy { key: key.to_owned(), format: v.format });
+        }
+        if v.format > FORMAT {
+            return Err(ManifestError::Version { key: key.to_owned(), format: v.format });
+        }
         let m: Manifest =
             serde_json::from_slice(bytes).map_err(|source| ManifestError::Json { key: key.to_owned(), source })?;
-        if m.body_hash() != m.checksum {
-            return Err(ManifestError::Checksum { key: key.to_owned() });
+        let k = keys.get(&m.key_id).ok_or_else(|| ManifestError::UnknownKey {
+            key: key.to_owned(),
+            key_id: m.key_id.clone(),
+            known: keys.ids().join(", "),
+        })?;
+        let claimed = blake3::Hash::from_hex(&m.mac)
+            .map_err(|_| ManifestError::Unauthentic { key: key.to_owned(), key_id: m.key_id.clone() })?;
+        // blake3::Hash equality is constant-time.
+        if k.mac(&m.body()) != claimed {
+            return Err(ManifestError::Unauthentic { key: key.to_owned(), key_id: m.key_id.clone() });
+        }
+        if m.cluster != want_cluster || m.id != want_id {
+            return Err(ManifestError::Misplaced { key: key.to_owned(), found_cluster: m.cluster, found_id: m.id });
         }
         Ok(m)
     }
@@ -168,12 +306,13 @@ mod tests {
         assert_eq!(segment_position("000000010000000000000002.00000028.backup"), Some("0000000000000002"));
     }
 
-    #[test]
-    fn manifest_checksum() {
-        let mut m = Manifest {
-            format: 1,
-            id: "x".into(),
-            cluster: "c".into(),
+    pub(crate) fn sample(cluster: &str, id: &str) -> Manifest {
+        Manifest {
+            format: FORMAT,
+            id: id.into(),
+            cluster: cluster.into(),
+            seq: 1,
+            previous: None,
             source_node: "n".into(),
             from_replica: false,
             created_at: "2026-01-01T00:00:00Z".into(),
@@ -183,7 +322,7 @@ mod tests {
             start_lsn: Lsn(1),
             stop_lsn: Lsn(2),
             start_wal: "000000010000000000000001".into(),
-            key_id: "k1".into(),
+            key_id: String::new(),
             compression: "zstd".into(),
             compression_level: 3,
             wal_included: true,
@@ -191,11 +330,39 @@ mod tests {
             stored_bytes: 0,
             objects: vec![],
             copied_from: None,
-            checksum: String::new(),
-        };
-        let bytes = m.seal();
-        assert_eq!(Manifest::parse("k", &bytes).expect("parse"), m);
-        let tampered = String::from_utf8(bytes).expect("utf8").replace("\"n\"", "\"m\"");
-        assert!(matches!(Manifest::parse("k", tampered.as_bytes()), Err(ManifestError::Checksum { .. })));
+            mac: String::new(),
+        }
+    }
+
+    #[test]
+    fn manifest_authentication() {
+        let keys = Keyring::new("k1", [1; 32], vec![]);
+        let mut m = sample("c", "x");
+        let bytes = m.seal(keys.current());
+        let at = manifest_key("c", "x");
+        assert_eq!(Manifest::parse(&at, &bytes, &keys).expect("parse"), m);
+        // Tampered: a changed field fails authentication.
+        let tampered = String::from_utf8(bytes.clone()).expect("utf8").replace("\"n\"", "\"m\"");
+        let err = Manifest::parse(&at, tampered.as_bytes(), &keys).expect_err("tampered");
+        assert!(matches!(err, ManifestError::Unauthentic { .. }) && err.trouble() == Trouble::Corrupt, "{err}");
+        // Another key (another destination) does not authenticate it.
+        let other = Keyring::new("k1", [2; 32], vec![]);
+        assert!(matches!(Manifest::parse(&at, &bytes, &other), Err(ManifestError::Unauthentic { .. })));
+        // Authentic but moved to another backup's or cluster's path: substitution.
+        for wrong in [manifest_key("c", "y"), manifest_key("d", "x")] {
+            let err = Manifest::parse(&wrong, &bytes, &keys).expect_err("moved");
+            assert_eq!(err.trouble(), Trouble::Substituted, "{err}");
+        }
+        // An extra field is not silently ignored.
+        let extra = String::from_utf8(bytes.clone()).expect("utf8").replacen('{', "{\"evil\": 1,", 1);
+        assert!(Manifest::parse(&at, extra.as_bytes(), &keys).is_err());
+        // The old format: a clear "legacy" error.
+        let old = br#"{"format": 1, "id": "x", "checksum": "00"}"#;
+        assert_eq!(Manifest::parse(&at, old, &keys).expect_err("v1").trouble(), Trouble::Legacy);
+        // Oversized input is refused before parsing.
+        let big = vec![b' '; MAX_MANIFEST as usize + 1];
+        assert!(matches!(Manifest::parse(&at, &big, &keys), Err(ManifestError::TooLarge { .. })));
+        assert!(parse_manifest_key("c/backups/x/manifest.json") == Some(("c", "x")));
+        assert!(parse_manifest_key("c/backups/x/y/manifest.json").is_none());
     }
 }

@@ -20,7 +20,7 @@ use tokio::process::Command;
 
 use crate::dest::Dest;
 use crate::manifest::{self, Manifest};
-use crate::{BackupError, Measured, Progress, Result, format};
+use crate::{BackupError, Measured, Progress, Result};
 
 /// Where recovery stops.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +54,18 @@ pub async fn pick_backup(dest: &Dest, cluster: &str, id: Option<&str>, target: &
     if let Some(id) = id.filter(|i| *i != "latest") {
         return crate::base::find_backup(dest, cluster, Some(id)).await;
     }
-    let all = crate::base::list_backups(dest, cluster).await?;
+    let cat = crate::base::catalog(dest, cluster).await?;
+    for i in &cat.invalid {
+        tracing::warn!(dest = %dest.name, cluster, trouble = %i.trouble, "skipping backup {}: {}", i.id, i.error);
+    }
+    if let Some(r) = &cat.rollback {
+        return Err(BackupError::Rollback {
+            dest: dest.name.clone(),
+            cluster: cluster.to_owned(),
+            detail: r.to_string(),
+        });
+    }
+    let all = &cat.valid;
     let suitable: Vec<&Manifest> = match target {
         Target::Latest => all.iter().collect(),
         Target::Lsn(l) => all.iter().filter(|m| m.stop_lsn <= *l).collect(),
@@ -71,10 +82,22 @@ pub async fn pick_backup(dest: &Dest, cluster: &str, id: Option<&str>, target: &
     suitable.last().map(|m| (*m).clone()).ok_or_else(|| BackupError::NoBackup {
         cluster: cluster.to_owned(),
         dest: dest.name.clone(),
-        detail: match target {
-            Target::Latest => String::new(),
-            _ => format!(" that finished before the target {target:?}"),
-        },
+        detail: format!(
+            "{}{}",
+            match target {
+                Target::Latest => String::new(),
+                _ => format!(" that finished before the target {target:?}"),
+            },
+            if cat.invalid.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({} skipped: {})",
+                    cat.invalid.len(),
+                    cat.invalid.iter().map(|i| i.error.as_str()).collect::<Vec<_>>().join("; ")
+                )
+            }
+        ),
     })
 }
 
@@ -122,32 +145,23 @@ pub async fn restore(
     };
     let result = {
         let stream = futures::stream::iter(m.objects.clone())
-        .map(|o| {
-            let m = &m;
-            async move {
-                let key = manifest::part_key(&m.cluster, &m.id, &o.name);
-                let data = dest.get(&key).await?;
-                let keys = dest.keys.clone();
-                let dname = dest.name.clone();
-                tokio::task::spawn_blocking(move || {
-                    let actual = blake3::hash(&data).to_hex().to_string();
-                    if actual != o.stored_blake3 {
-                        return Err(BackupError::Corrupt { dest: dname, key, expected: o.stored_blake3, actual });
-                    }
-                    let plain = format::open(&data, &keys, Some(o.plain_size as usize))
-                        .map_err(|source| BackupError::Format { dest: dname.clone(), key: key.clone(), source })?;
-                    if blake3::hash(&plain).to_hex().as_str() != o.plain_blake3 {
-                        return Err(BackupError::Other(format!(
-                            "destination {dname:?}: object {key} decrypted but its plaintext checksum does not match the manifest"
-                        )));
-                    }
-                    Ok((plain, data.len() as u64))
-                })
-                .await
-                .map_err(|e| BackupError::Other(format!("restore task failed: {e}")))?
-            }
-        })
-        .buffered(opts.workers.max(1) + 1);
+            .map(|o| {
+                let m = &m;
+                async move {
+                    let key = manifest::part_key(&m.cluster, &m.id, &o.name);
+                    let data = dest.get(&key).await?;
+                    let keys = dest.keys.clone();
+                    let dname = dest.name.clone();
+                    tokio::task::spawn_blocking(move || match crate::base::check_object(&key, &o, &data, &keys, true) {
+                        Ok(Some(plain)) => Ok((plain, data.len() as u64)),
+                        Ok(None) => Err(BackupError::Other(format!("{key}: not decrypted"))),
+                        Err((trouble, detail)) => Err(BackupError::Object { dest: dname, key, trouble, detail }),
+                    })
+                    .await
+                    .map_err(|e| BackupError::Other(format!("restore task failed: {e}")))?
+                }
+            })
+            .buffered(opts.workers.max(1) + 1);
         futures::pin_mut!(stream);
         let mut result = Ok(());
         while let Some(item) = stream.next().await {

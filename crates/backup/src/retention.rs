@@ -148,9 +148,11 @@ mod tests {
 
     fn m(id: &str, created: &str, wal: &str) -> Manifest {
         Manifest {
-            format: 1,
+            format: 2,
             id: id.into(),
             cluster: "c".into(),
+            seq: 1,
+            previous: None,
             source_node: "n".into(),
             from_replica: false,
             created_at: created.into(),
@@ -168,7 +170,7 @@ mod tests {
             stored_bytes: 0,
             objects: vec![],
             copied_from: None,
-            checksum: String::new(),
+            mac: String::new(),
         }
     }
 

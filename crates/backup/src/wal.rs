@@ -46,9 +46,10 @@ fn mark_dir(wal_path: &Path) -> PathBuf {
 async fn push_bytes(dest: &Dest, cluster: &str, name: &str, plain: Vec<u8>, level: i32) -> Result<bool> {
     let key = manifest::wal_key(cluster, name);
     let keys = dest.keys.clone();
+    let binding = key.clone();
     let (sealed, hash) = tokio::task::spawn_blocking(move || {
         let hash = blake3::hash(&plain);
-        format::seal(&plain, level, &keys).map(|s| (s, hash))
+        format::seal(&plain, level, &keys, &binding).map(|s| (s, hash))
     })
     .await
     .map_err(|e| BackupError::Other(format!("compression task failed: {e}")))?
@@ -58,7 +59,8 @@ async fn push_bytes(dest: &Dest, cluster: &str, name: &str, plain: Vec<u8>, leve
         Put::AlreadyThere => {
             let existing = dest.get(&key).await?;
             let keys = dest.keys.clone();
-            let plain = tokio::task::spawn_blocking(move || format::open(&existing, &keys, None))
+            let binding = key.clone();
+            let plain = tokio::task::spawn_blocking(move || format::open(&existing, &keys, &binding, None))
                 .await
                 .map_err(|e| BackupError::Other(format!("decompression task failed: {e}")))?
                 .map_err(|source| BackupError::Format { dest: dest.name.clone(), key: key.clone(), source })?;
@@ -144,7 +146,8 @@ pub async fn fetch(dest: &Dest, cluster: &str, name: &str, target: &Path) -> Res
         return Err(BackupError::WalMissing { dest: dest.name.clone(), name: name.to_owned() });
     };
     let keys = dest.keys.clone();
-    let plain = tokio::task::spawn_blocking(move || format::open(&data, &keys, None))
+    let binding = key.clone();
+    let plain = tokio::task::spawn_blocking(move || format::open(&data, &keys, &binding, None))
         .await
         .map_err(|e| BackupError::Other(format!("decompression task failed: {e}")))?
         .map_err(|source| BackupError::Format { dest: dest.name.clone(), key, source })?;

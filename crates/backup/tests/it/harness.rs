@@ -157,8 +157,19 @@ impl Moto {
     }
 
     pub fn create_bucket(&self, name: &str) {
+        self.create_bucket_with(name, &[]);
+    }
+
+    /// Creates a bucket with S3 Object Lock enabled (and so versioning).
+    pub fn create_locked_bucket(&self, name: &str) {
+        self.create_bucket_with(name, &["-H", "x-amz-bucket-object-lock-enabled: true"]);
+    }
+
+    fn create_bucket_with(&self, name: &str, extra: &[&str]) {
         let st = Command::new("curl")
-            .args(["-sf", "-X", "PUT", &format!("http://127.0.0.1:{}/{name}", self.port)])
+            .args(["-sf", "-X", "PUT"])
+            .args(extra)
+            .arg(format!("http://127.0.0.1:{}/{name}", self.port))
             .stdout(Stdio::null())
             .status()
             .expect("curl");
@@ -204,6 +215,18 @@ access_key_id = {{ value = "testing" }}
 secret_access_key = {{ value = "testing" }}
 key = {{ value = "{KEY_S3}" }}
 concurrency = 4
+
+[[destinations]]
+name = "s3lock"
+url = "s3://pgdr-lock/backups"
+endpoint = "http://127.0.0.1:{p}"
+allow_http = true
+region = "us-east-1"
+access_key_id = {{ value = "testing" }}
+secret_access_key = {{ value = "testing" }}
+key = {{ value = "{KEY_S3}" }}
+immutable = true
+concurrency = 2
 "#
         );
     }

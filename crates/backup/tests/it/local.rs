@@ -140,7 +140,7 @@ async fn backup_restore_pitr_copy_verify_prune() {
     wrong_cfg.key = Some(pgdr_config::Secret::Inline(KEY_S3.into()));
     let wrong = Dest::open(&wrong_cfg).expect("open");
     let problems = base::verify_backup(&wrong, &copied, true).await.expect("verify");
-    assert!(!problems.is_empty() && problems[0].contains("key id \"copy-1\""), "{problems:?}");
+    assert!(!problems.is_empty() && problems[0].to_string().contains("key id \"copy-1\""), "{problems:?}");
     let err = restore::restore(
         &wrong,
         "c1",
@@ -169,7 +169,8 @@ async fn backup_restore_pitr_copy_verify_prune() {
     std::fs::write(&victim, bytes).expect("corrupt");
     let problems = base::verify_backup(&copy_dest, &copied, false).await.expect("verify");
     assert_eq!(problems.len(), 1, "{problems:?}");
-    assert!(problems[0].contains("is corrupt") && problems[0].contains(&copied.objects[1].name), "{problems:?}");
+    let p = problems[0].to_string();
+    assert!(p.contains("is corrupt") && p.contains(&copied.objects[1].name), "{problems:?}");
     let err = restore::restore(
         &copy_dest,
         "c1",

@@ -3,5 +3,7 @@
 
 mod harness;
 mod local;
+mod lock;
 mod replica;
 mod s3;
+mod tamper;

@@ -76,7 +76,9 @@ pub enum BackupCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Re-read a backup's objects and check their stored checksums.
+    /// Check a backup: its manifest (authentic, in its place, no rollback at the
+    /// destination) and its objects' stored checksums; reports corruption,
+    /// substitution and rollback apart.
     Verify {
         #[arg(long)]
         cluster: String,
@@ -126,6 +128,19 @@ pub enum BackupCmd {
         from: String,
         #[arg(long)]
         to: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make an immutable S3 destination's bucket enforce it: S3 Object Lock in
+    /// COMPLIANCE mode, default retention from the tiers using it (run once at
+    /// setup, on a bucket created with Object Lock enabled).
+    Lock {
+        /// The destination (must be marked `immutable = true`).
+        #[arg(long)]
+        dest: String,
+        /// Retention in days (default: the longest retain_age of the tiers using it, else 30).
+        #[arg(long)]
+        days: Option<u32>,
         #[arg(long)]
         json: bool,
     },
@@ -294,12 +309,12 @@ pub fn run(global: &Global, cmd: BackupCmd) -> anyhow::Result<ExitCode> {
             }
             BackupCmd::List { cluster, from, json } => {
                 let dest = pgdr_backup::dest_for(&config, &cluster, from.as_deref())?;
-                let list = base::list_backups(&dest, &cluster).await?;
+                let cat = base::catalog(&dest, &cluster).await?;
                 if json {
-                    print_json(&list);
+                    print_json(&cat);
                 } else {
                     println!("{:<24} {:<20} {:>10} {:>10} {:<8} {:<6} source", "id", "created", "data MiB", "stored MiB", "key", "tl");
-                    for m in &list {
+                    for m in &cat.valid {
                         println!(
                             "{:<24} {:<20} {:>10} {:>10} {:<8} {:<6} {}{}",
                             m.id,
@@ -312,15 +327,52 @@ pub fn run(global: &Global, cmd: BackupCmd) -> anyhow::Result<ExitCode> {
                             if m.from_replica { " (replica)" } else { "" }
                         );
                     }
+                    for i in &cat.invalid {
+                        println!("{:<24} INVALID ({}): {}", i.id, i.trouble, i.error);
+                    }
+                    if let Some(r) = &cat.rollback {
+                        println!("ROLLBACK: {r}");
+                    }
+                    for id in &cat.missing {
+                        println!("{id:<24} MISSING: named as the previous backup by a newer one");
+                    }
                 }
-                Ok(ExitCode::SUCCESS)
+                Ok(if cat.problems().is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
             }
             BackupCmd::Verify { cluster, from, backup, decrypt, restore: by_restore, json } => {
                 let dest = pgdr_backup::dest_for(&config, &cluster, from.as_deref())?;
-                let m = base::find_backup(&dest, &cluster, Some(&backup)).await?;
-                let problems = base::verify_backup(&dest, &m, decrypt).await?;
+                // The destination's catalog first: substituted or altered
+                // manifests and a rollback are findings of their own.
+                let cat = base::catalog(&dest, &cluster).await?;
+                let mut findings: Vec<base::Problem> = cat
+                    .problems()
+                    .into_iter()
+                    .map(|(trouble, detail)| base::Problem { trouble, key: dest.name.clone(), detail })
+                    .collect();
+                let m = if backup == "latest" {
+                    cat.newest().cloned()
+                } else {
+                    match base::find_backup(&dest, &cluster, Some(&backup)).await {
+                        Ok(m) => Some(m),
+                        Err(BackupError::Manifest(e)) => {
+                            // Listed once already when the catalog saw it.
+                            if !findings.iter().any(|f| f.detail == e.to_string()) {
+                                findings.push(base::Problem {
+                                    trouble: e.trouble(),
+                                    key: pgdr_backup::manifest::manifest_key(&cluster, &backup),
+                                    detail: e.to_string(),
+                                });
+                            }
+                            None
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                };
+                if let Some(m) = &m {
+                    findings.extend(base::verify_backup(&dest, m, decrypt).await?);
+                }
                 let mut restored = None;
-                if by_restore && problems.is_empty() {
+                if let Some(m) = m.as_ref().filter(|_| by_restore && findings.is_empty()) {
                     let login = cluster_login(&config, &cluster)?;
                     let dname = dest.name.clone();
                     let cp = config_path.clone();
@@ -337,24 +389,28 @@ pub fn run(global: &Global, cmd: BackupCmd) -> anyhow::Result<ExitCode> {
                     .await?;
                     restored = Some(v);
                 }
-                let ok = problems.is_empty() && restored.as_ref().is_none_or(|v| v.ok);
+                let ok = m.is_some() && findings.is_empty() && restored.as_ref().is_none_or(|v| v.ok);
+                let id = m.as_ref().map(|m| m.id.clone()).unwrap_or_else(|| backup.clone());
                 if json {
-                    print_json(&serde_json::json!({"backup": m.id, "dest": dest.name, "ok": ok, "problems": problems, "restore": restored}));
+                    print_json(&serde_json::json!({"backup": id, "dest": dest.name, "ok": ok, "problems": findings, "invalid": cat.invalid, "rollback": cat.rollback, "restore": restored}));
                 } else {
-                    for p in &problems {
-                        eprintln!("corrupt: {p}");
+                    for p in &findings {
+                        eprintln!("{}: {p}", p.trouble);
                     }
                     if let Some(v) = &restored {
                         println!("restore check: {} (amcheck: {}; {})", if v.ok { "ok" } else { "FAILED" }, v.amcheck, v.sanity);
                     }
-                    println!(
-                        "backup {} at {}: {} ({} objects checked{})",
-                        m.id,
-                        dest.name,
-                        if ok { "ok" } else { "FAILED" },
-                        m.objects.len(),
-                        if decrypt { ", decrypted" } else { "" }
-                    );
+                    match &m {
+                        Some(m) => println!(
+                            "backup {} at {}: {} ({} objects checked{})",
+                            m.id,
+                            dest.name,
+                            if ok { "ok" } else { "FAILED" },
+                            m.objects.len(),
+                            if decrypt { ", decrypted" } else { "" }
+                        ),
+                        None => println!("backup {id} at {}: FAILED (no usable manifest)", dest.name),
+                    }
                 }
                 Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
             }
@@ -420,6 +476,7 @@ pub fn run(global: &Global, cmd: BackupCmd) -> anyhow::Result<ExitCode> {
                 }
                 Ok(ExitCode::SUCCESS)
             }
+            BackupCmd::Lock { dest, days, json } => lock(&config, &dest, days, json).await,
             BackupCmd::Enable { cluster, node, print } => enable(&config, &config_path, &cluster, node.as_deref(), print).await,
         }
     })
@@ -596,6 +653,41 @@ async fn enable(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn lock(config: &Config, name: &str, days: Option<u32>, json: bool) -> anyhow::Result<ExitCode> {
+    let d =
+        config.destination(name).ok_or_else(|| Usage(format!("no destination {name} in {}", config.file.display())))?;
+    if !d.immutable {
+        return Err(Usage(format!(
+            "destination {name} is not marked immutable: set `immutable = true` on it first (pgdr then never deletes there)"
+        ))
+        .into());
+    }
+    let Some(s3) = pgdr_backup::lock::S3Admin::for_destination(d)? else {
+        return Err(Usage(format!("destination {name} ({}): only s3:// buckets can be locked by pgdr", d.url)).into());
+    };
+    let days = days.unwrap_or_else(|| pgdr_backup::lock::lock_days(config, name));
+    if days == 0 {
+        return Err(Usage("--days must be at least 1".into()).into());
+    }
+    s3.set_default_retention(days).await?;
+    let state = s3.lock_state().await?;
+    let shortfall = state.shortfall(days);
+    if json {
+        print_json(
+            &serde_json::json!({"dest": name, "days": days, "state": state, "enforced": shortfall.is_none(), "problem": shortfall}),
+        );
+    } else {
+        match &shortfall {
+            None => println!(
+                "{name}: S3 Object Lock in COMPLIANCE mode, every new object locked for {} days (no credential can delete or overwrite a locked version before then)",
+                state.retention_days()
+            ),
+            Some(why) => eprintln!("{name}: the bucket does not enforce write-once: {why}"),
+        }
+    }
+    Ok(if shortfall.is_none() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 pub fn wal_push(global: &Global, a: WalPushArgs) -> anyhow::Result<ExitCode> {

@@ -25,7 +25,8 @@ pub fn run(global: &Global, args: CheckArgs) -> anyhow::Result<ExitCode> {
         return Err(Usage(format!("no cluster {c} in {}", cfg.file.display())).into());
     }
     let rt = tokio::runtime::Runtime::new()?;
-    let r = rt.block_on(readiness::check(&cfg, args.cluster.as_deref()));
+    let mut r = rt.block_on(readiness::check(&cfg, args.cluster.as_deref()));
+    r.findings.extend(rt.block_on(immutable_destinations(&cfg, args.cluster.as_deref())));
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
@@ -43,4 +44,60 @@ pub fn run(global: &Global, args: CheckArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(if r.has_errors() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// Destinations marked immutable: does the store enforce it (S3 Object Lock
+/// in COMPLIANCE mode for at least the tier's retention), or is it only pgdr
+/// declining to delete?
+async fn immutable_destinations(cfg: &pgdr_config::Config, only: Option<&str>) -> Vec<readiness::Finding> {
+    use pgdr_backup::lock::{self, Enforcement};
+    let mut out = Vec::new();
+    for d in cfg.destinations.iter().filter(|d| d.immutable) {
+        let users: Vec<&str> = cfg
+            .clusters
+            .iter()
+            .filter(|c| only.is_none_or(|o| o == c.name.as_str()))
+            .filter(|c| {
+                cfg.tier(c.tier.as_str())
+                    .and_then(|t| t.backup.as_ref())
+                    .is_some_and(|b| b.destination == d.name || b.copies.contains(&d.name))
+            })
+            .map(|c| c.name.as_str())
+            .collect();
+        if only.is_some() && users.is_empty() {
+            continue;
+        }
+        let cluster = if users.is_empty() { "-".to_owned() } else { users.join(",") };
+        let days = lock::lock_days(cfg, &d.name);
+        let (severity, message, fix) = match lock::enforcement(cfg, d).await {
+            Enforcement::Enforced(how) => (
+                Severity::Ok,
+                format!("destination {} is immutable, enforced by the store: {how}", d.name),
+                String::new(),
+            ),
+            Enforcement::NotEnforced(why) if d.url.starts_with("file://") => (
+                Severity::Warning,
+                format!("destination {} is marked immutable but nothing enforces it: {why}", d.name),
+                "use an S3 bucket with Object Lock for copies that stolen credentials must not erase".to_owned(),
+            ),
+            Enforcement::NotEnforced(why) => (
+                Severity::Error,
+                format!(
+                    "destination {} is marked immutable but its bucket does not enforce it ({why}): credentials that leak can delete its backups",
+                    d.name
+                ),
+                format!(
+                    "`pgdr backup lock --dest {}` (COMPLIANCE mode, {days} days) on a bucket created with Object Lock enabled",
+                    d.name
+                ),
+            ),
+            Enforcement::Unknown(why) => (
+                Severity::Warning,
+                format!("destination {} is marked immutable; whether the store enforces it is unknown: {why}", d.name),
+                "check the bucket's retention settings by hand".to_owned(),
+            ),
+        };
+        out.push(readiness::Finding { severity, cluster, check: "immutable".into(), node: None, message, fix });
+    }
+    out
 }
