@@ -377,6 +377,27 @@ pub struct Proxy {
     pub tcp_user_timeout: Duration,
     pub auth: ProxyAuth,
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// How clients share backends.
+    pub pool: PoolMode,
+    /// Backends per (endpoint, user, database) when pooling.
+    pub pool_size: u32,
+    /// Idle backends kept open per (endpoint, user, database).
+    pub pool_min_idle: u32,
+    /// How long a client waits for a free backend before SQLSTATE 53300.
+    pub pool_timeout: Duration,
+}
+
+/// `pool` in `[[proxies]]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PoolMode {
+    /// A client holds a backend for one transaction (or one statement
+    /// outside a transaction), longer only while it holds state that
+    /// cannot move (temporary tables, session advisory locks, LISTEN,
+    /// WITH HOLD cursors).
+    Transaction,
+    /// One backend per client for its whole session.
+    #[default]
+    Session,
 }
 
 #[derive(Debug, Clone)]

@@ -159,6 +159,10 @@ pub struct RawProxy {
     pub users_file: Option<String>,
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
+    pub pool: Option<String>,
+    pub pool_size: Option<u32>,
+    pub pool_min_idle: Option<u32>,
+    pub pool_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -385,6 +385,22 @@ fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
                 None
             }
         };
+        let pool = match p.pool.as_deref() {
+            Some("transaction") => PoolMode::Transaction,
+            None | Some("session") => PoolMode::Session,
+            Some(other) => {
+                c.bad(k("pool"), format!("expected \"transaction\" or \"session\", got {other:?}"));
+                PoolMode::Transaction
+            }
+        };
+        let pool_size = p.pool_size.unwrap_or(20);
+        if pool_size == 0 {
+            c.bad(k("pool_size"), "expected at least 1");
+        }
+        let pool_min_idle = p.pool_min_idle.unwrap_or(0);
+        if pool_min_idle > pool_size {
+            c.bad(k("pool_min_idle"), format!("expected at most pool_size ({pool_size}), got {pool_min_idle}"));
+        }
         let defaults = Timing::default();
         let proxy = Proxy {
             name: p.name.clone().unwrap_or_else(|| format!("{}-{}", p.cluster, p.region)),
@@ -401,6 +417,10 @@ fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
             tcp_user_timeout: c.duration(k("tcp_user_timeout"), p.tcp_user_timeout.as_deref(), Duration::from_secs(2)),
             auth,
             tls,
+            pool,
+            pool_size: pool_size.max(1),
+            pool_min_idle: pool_min_idle.min(pool_size),
+            pool_timeout: c.duration(k("pool_timeout"), p.pool_timeout.as_deref(), Duration::from_secs(10)),
         };
         proxies.push(proxy);
     }

@@ -15,12 +15,15 @@
 //! cluster and is paused/resumed through [`ProxyHandle`]. It must not depend
 //! on the controller or the state store.
 //!
-//! Sessions are "session mode" (one backend connection per client). The
-//! session keeps everything a backend-independent client session needs
-//! (startup parameters, a reusable credential, tracked SETs and named
-//! statements, transaction state from ReadyForQuery), which is also what a
-//! transaction pooling mode needs to hand a client to a pooled backend at a
-//! transaction boundary.
+//! - [`pool`]: backend pools per (endpoint, user, database).
+//!
+//! Sessions pool by default (`pool = "transaction"`): a client holds a
+//! backend for a transaction and gives it back idle; what it set (SETs,
+//! reported settings, prepared statements) follows it to the next backend,
+//! and state that cannot follow (temporary tables, session advisory locks,
+//! LISTEN, WITH HOLD cursors) pins it to its backend until it ends. The
+//! same tracking moves sessions across role changes. `pool = "session"`
+//! gives each client its own backend.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -38,6 +41,7 @@ pub mod backend;
 pub mod discovery;
 pub mod gate;
 pub mod metrics;
+pub(crate) mod pool;
 pub mod protocol;
 pub mod routing;
 pub mod scram;
@@ -72,6 +76,10 @@ pub struct Settings {
     pub drain_timeout: Duration,
     pub reader_fallback: bool,
     pub tcp: TcpSettings,
+    pub pool: pgdr_config::PoolMode,
+    pub pool_size: usize,
+    pub pool_min_idle: usize,
+    pub pool_timeout: Duration,
 }
 
 impl Settings {
@@ -82,6 +90,10 @@ impl Settings {
             drain_timeout: p.drain_timeout,
             reader_fallback: p.reader_fallback,
             tcp: TcpSettings { connect_timeout: p.connect_timeout, user_timeout: p.tcp_user_timeout },
+            pool: p.pool,
+            pool_size: p.pool_size as usize,
+            pool_min_idle: p.pool_min_idle as usize,
+            pool_timeout: p.pool_timeout,
         }
     }
 }
@@ -94,6 +106,10 @@ impl Default for Settings {
             drain_timeout: Duration::from_secs(5),
             reader_fallback: true,
             tcp: TcpSettings { connect_timeout: Duration::from_secs(2), user_timeout: Duration::from_secs(2) },
+            pool: pgdr_config::PoolMode::Session,
+            pool_size: 20,
+            pool_min_idle: 0,
+            pool_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -134,6 +150,8 @@ pub(crate) struct ClusterState {
     /// Sessions waiting now for an unreachable primary (writer endpoint):
     /// the first of an episode logs it.
     pub held: AtomicUsize,
+    /// Backend pools (`pool = "transaction"`).
+    pub pools: pool::Pools,
 }
 
 impl ClusterState {
@@ -223,6 +241,7 @@ impl ProxyHandle {
                 sessions: AtomicUsize::new(0),
                 reader_rr: AtomicUsize::new(0),
                 held: AtomicUsize::new(0),
+                pools: pool::Pools::default(),
             };
             clusters.insert(c.name.as_str().to_owned(), Arc::new(state));
         }
@@ -297,6 +316,18 @@ impl ProxyHandle {
             m.queue_depth.get_or_create(&l).set(c.gate.queued() as i64);
             m.paused.get_or_create(&l).set(c.gate.is_paused() as i64);
             m.active_transactions.get_or_create(&l).set(c.gate.active() as i64);
+            for p in c.pools.all() {
+                let l = metrics::PoolLabel {
+                    cluster: c.name.to_string(),
+                    endpoint: p.key.endpoint.to_owned(),
+                    user: p.key.user.clone(),
+                    database: p.key.database.clone(),
+                };
+                m.pool_waiting.get_or_create(&l).set(p.waiting.load(Ordering::Relaxed) as i64);
+                m.pool_in_use.get_or_create(&l).set(p.in_use() as i64);
+                m.pool_idle.get_or_create(&l).set(p.idle_count() as i64);
+                m.pool_size.get_or_create(&l).set(p.size as i64);
+            }
         }
         m.encode()
     }

@@ -34,6 +34,20 @@ pub struct ErrorLabel {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabel {
+    pub cluster: String,
+    pub endpoint: String,
+    pub user: String,
+    pub database: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PinLabel {
+    pub cluster: String,
+    pub reason: String,
+}
+
 fn hist() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
@@ -54,6 +68,15 @@ pub struct Metrics {
     pub errors: Family<ErrorLabel, Counter>,
     pub moves: Family<ClusterLabel, Counter>,
     pub held_on_unreachable: Family<ClusterLabel, Counter>,
+    pub pool_waiting: Family<PoolLabel, Gauge>,
+    pub pool_in_use: Family<PoolLabel, Gauge>,
+    pub pool_idle: Family<PoolLabel, Gauge>,
+    pub pool_size: Family<PoolLabel, Gauge>,
+    pub pool_wait: Family<ClusterLabel, Histogram, fn() -> Histogram>,
+    pub pool_opened: Family<ClusterLabel, Counter>,
+    pub pool_closed: Family<ClusterLabel, Counter>,
+    pub pins: Family<PinLabel, Counter>,
+    pub pinned: Family<PinLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -72,6 +95,15 @@ impl Default for Metrics {
             errors: Family::default(),
             moves: Family::default(),
             held_on_unreachable: Family::default(),
+            pool_waiting: Family::default(),
+            pool_in_use: Family::default(),
+            pool_idle: Family::default(),
+            pool_size: Family::default(),
+            pool_wait: Family::new_with_constructor(hist),
+            pool_opened: Family::default(),
+            pool_closed: Family::default(),
+            pins: Family::default(),
+            pinned: Family::default(),
             registry: Registry::default(),
         };
         registry.register("pgdr_proxy_connections", "Client connections open, per endpoint", m.connections.clone());
@@ -98,6 +130,31 @@ impl Default for Metrics {
             "Writer connects held (not failed) because the primary was unreachable",
             m.held_on_unreachable.clone(),
         );
+        registry.register(
+            "pgdr_proxy_pool_waiting",
+            "Clients waiting for a pooled backend now",
+            m.pool_waiting.clone(),
+        );
+        registry.register("pgdr_proxy_pool_in_use", "Pooled backends held by clients now", m.pool_in_use.clone());
+        registry.register("pgdr_proxy_pool_idle", "Pooled backends idle now", m.pool_idle.clone());
+        registry.register("pgdr_proxy_pool_size", "Backends a pool may open", m.pool_size.clone());
+        registry.register(
+            "pgdr_proxy_pool_wait_seconds",
+            "Time clients waited for a pooled backend",
+            m.pool_wait.clone(),
+        );
+        registry.register(
+            "pgdr_proxy_pool_backends_opened",
+            "Backend connections a pool opened (churn toward PostgreSQL)",
+            m.pool_opened.clone(),
+        );
+        registry.register(
+            "pgdr_proxy_pool_backends_closed",
+            "Pooled backend connections closed (lost, left dirty, idle too long, on an old server)",
+            m.pool_closed.clone(),
+        );
+        registry.register("pgdr_proxy_pins", "Sessions pinned to their backend, by reason", m.pins.clone());
+        registry.register("pgdr_proxy_pinned", "Sessions pinned to their backend now, by reason", m.pinned.clone());
         Metrics { registry, ..m }
     }
 }
@@ -120,6 +177,11 @@ impl Metrics {
             held_on_unreachable: self.held_on_unreachable.get_or_create(&c).clone(),
             queue_wait: self.queue_wait.get_or_create(&c).clone(),
             pause_duration: self.pause_duration.get_or_create(&c).clone(),
+            pool_wait: self.pool_wait.get_or_create(&c).clone(),
+            pool_opened: self.pool_opened.get_or_create(&c).clone(),
+            pool_closed: self.pool_closed.get_or_create(&c).clone(),
+            pins: self.pins.clone(),
+            pinned: self.pinned.clone(),
             errors: self.errors.clone(),
             connections: self.connections.clone(),
             connections_opened: self.connections_opened.clone(),
@@ -144,6 +206,11 @@ pub struct ClusterMetrics {
     pub held_on_unreachable: Counter,
     pub queue_wait: Histogram,
     pub pause_duration: Histogram,
+    pub pool_wait: Histogram,
+    pub pool_opened: Counter,
+    pub pool_closed: Counter,
+    pins: Family<PinLabel, Counter>,
+    pinned: Family<PinLabel, Gauge>,
     errors: Family<ErrorLabel, Counter>,
     connections: Family<EndpointLabel, Gauge>,
     connections_opened: Family<EndpointLabel, Counter>,
@@ -152,6 +219,16 @@ pub struct ClusterMetrics {
 impl ClusterMetrics {
     pub fn error(&self, kind: &str) {
         self.errors.get_or_create(&ErrorLabel { cluster: self.name.clone(), kind: kind.to_owned() }).inc();
+    }
+
+    /// Sessions pinned for `reason` (counter).
+    pub fn pin(&self, reason: &str) -> Counter {
+        self.pins.get_or_create(&PinLabel { cluster: self.name.clone(), reason: reason.to_owned() }).clone()
+    }
+
+    /// Sessions pinned for `reason` now (gauge).
+    pub fn pinned(&self, reason: &str) -> Gauge {
+        self.pinned.get_or_create(&PinLabel { cluster: self.name.clone(), reason: reason.to_owned() }).clone()
     }
 
     pub fn connection(&self, endpoint: &str) -> Gauge {

@@ -184,9 +184,18 @@ pub fn put_message(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)
     out[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
-/// An ErrorResponse (or NoticeResponse with tag `N`).
+/// An ErrorResponse.
 pub fn put_error(out: &mut BytesMut, severity: &str, code: &str, message: &str) {
-    put_message(out, b'E', |b| {
+    put_fields(out, b'E', severity, code, message);
+}
+
+/// A NoticeResponse.
+pub fn put_notice(out: &mut BytesMut, severity: &str, code: &str, message: &str) {
+    put_fields(out, b'N', severity, code, message);
+}
+
+fn put_fields(out: &mut BytesMut, tag: u8, severity: &str, code: &str, message: &str) {
+    put_message(out, tag, |b| {
         b.put_u8(b'S');
         put_cstr(b, severity);
         b.put_u8(b'V');
@@ -285,6 +294,25 @@ pub fn parse_parameter_status(body: &[u8]) -> Option<(&[u8], &[u8])> {
     let (k, r) = take_cstr(body)?;
     let (v, _) = take_cstr(r)?;
     Some((k, v))
+}
+
+/// DataRow body: each column's value (None for NULL).
+pub fn parse_data_row(body: &[u8]) -> Option<Vec<Option<&[u8]>>> {
+    let n = u16::from_be_bytes([*body.first()?, *body.get(1)?]) as usize;
+    let mut rest = &body[2..];
+    let mut cols = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = i32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+        rest = &rest[4..];
+        if len < 0 {
+            cols.push(None);
+        } else {
+            let len = len as usize;
+            cols.push(Some(rest.get(..len)?));
+            rest = &rest[len..];
+        }
+    }
+    Some(cols)
 }
 
 /// Parse body: the statement name (empty for the unnamed statement).

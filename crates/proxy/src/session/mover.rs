@@ -1,0 +1,380 @@
+//! The start of a transaction (pause gate on the writer endpoint, routing
+//! check) and landing a session on a new backend: same startup parameters
+//! and credential, tracked state replayed (see `state`).
+
+use std::sync::atomic::Ordering;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+use super::Session;
+use super::state::{PIN_CHECK, PINS};
+use crate::backend::{self, BackendConn, BackendError};
+use crate::pool::BackendState;
+use crate::protocol::{self, Startup};
+use crate::server::{ClientError, Endpoint};
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    /// Starts a transaction: pause gate (writer), then make sure the backend
+    /// is the one the current routing names.
+    pub(super) async fn begin_tx(&mut self) -> Result<(), ClientError> {
+        loop {
+            self.begin_tx_once().await?;
+            if self.endpoint != Endpoint::Writer || self.busy {
+                return Ok(());
+            }
+            // A held connect gave back the gate count: take it again, then
+            // check the routing again.
+        }
+    }
+
+    async fn begin_tx_once(&mut self) -> Result<(), ClientError> {
+        if self.endpoint == Endpoint::Writer && !self.busy {
+            let s = &self.state.settings;
+            match self.state.gate.begin(s.max_pause, s.max_queue).await {
+                Ok(w) => {
+                    self.busy = true;
+                    if let Some(w) = w {
+                        self.state.metrics.queue_wait.observe(w.as_secs_f64());
+                    }
+                }
+                Err(e) => return Err(self.paused_error(e).await),
+            }
+        }
+        let must_move = match &mut self.be {
+            None => true,
+            Some(be) => {
+                if self.routing.has_changed().unwrap_or(false) || be.read_only {
+                    let r = self.routing.borrow_and_update();
+                    match self.endpoint {
+                        Endpoint::Writer => {
+                            if r.primary.as_ref() == Some(&be.backend) && !be.read_only {
+                                be.epoch = r.epoch;
+                                false
+                            } else {
+                                true
+                            }
+                        }
+                        Endpoint::Reader => {
+                            !(r.replicas.contains(&be.backend)
+                                || r.primary.as_ref() == Some(&be.backend) && r.replicas.is_empty())
+                        }
+                    }
+                } else {
+                    false
+                }
+            }
+        };
+        if must_move {
+            self.move_backend().await?;
+        }
+        Ok(())
+    }
+
+    /// Moves the session to the backend the routing names: the old
+    /// backend is closed, the session lands on a pooled or new one with its
+    /// state replayed. Ends the session when its state cannot move.
+    pub(super) async fn move_backend(&mut self) -> Result<(), ClientError> {
+        let had_backend = self.be.is_some();
+        if had_backend || self.pool.is_none() || self.st.pins != 0 {
+            if let Some(what) = self.st.unmovable() {
+                self.state.metrics.error("unmovable_session");
+                return Err(self
+                    .fatal(
+                        "57P01",
+                        format!(
+                            "terminating connection: the server changed and this session holds {what}, which cannot move to the new server; reconnect"
+                        ),
+                    )
+                    .await);
+            }
+            if let Some(why) = self.unmovable_auth {
+                self.state.metrics.error("unmovable_session");
+                return Err(self
+                    .fatal(
+                        "57P01",
+                        format!(
+                            "terminating connection: the server changed and this session cannot move: {why}; reconnect"
+                        ),
+                    )
+                    .await);
+            }
+        }
+        if let Some(old) = self.be.take() {
+            match &self.pool {
+                Some(p) => p.closed(Some(&old)),
+                None => {
+                    let _ = old.stream.try_write(&[b'X', 0, 0, 0, 4]);
+                }
+            }
+        }
+        let (conn, bst) = self.backend_for_session().await?;
+        self.land(conn, bst, had_backend).await
+    }
+
+    /// A backend for this session on the backend the routing names: an
+    /// idle pooled one, or a new connection (held while the primary is
+    /// unreachable, see `hold_unreachable`).
+    async fn backend_for_session(&mut self) -> Result<(BackendConn, BackendState), ClientError> {
+        let pool = self.pool.clone();
+        if let Some(pool) = &pool
+            && self.permit.is_none()
+        {
+            let t0 = Instant::now();
+            let timeout = self.state.settings.pool_timeout;
+            match pool.acquire(timeout).await {
+                Some(p) => self.permit = Some(p),
+                None => {
+                    self.state.metrics.error("pool_timeout");
+                    let msg = format!(
+                        "sorry, too many clients already: the {} of cluster {} has all its {} backends busy and none was free within {}",
+                        pool.describe(),
+                        self.state.name,
+                        pool.size,
+                        pgdr_model::format_duration(timeout)
+                    );
+                    return Err(self.fatal("53300", msg).await);
+                }
+            }
+            self.state.metrics.pool_wait.observe(t0.elapsed().as_secs_f64());
+        }
+        let mut hold = None;
+        let (conn, bst, epoch) = loop {
+            let (target, epoch) = self.pick().await?;
+            if let Some(pool) = &pool
+                && let Some(p) = pool.take_idle(&target, self.endpoint == Endpoint::Writer)
+            {
+                break (p.conn, p.state, epoch);
+            }
+            let startup = match &pool {
+                Some(_) => self.pool_startup(),
+                None => self.startup.clone(),
+            };
+            match backend::open(&target, epoch, self.state.settings.tcp, &startup, &self.cred).await {
+                Ok(c) => {
+                    if let Some(pool) = &pool {
+                        pool.open.fetch_add(1, Ordering::Relaxed);
+                        self.state.metrics.pool_opened.inc();
+                    }
+                    break (c, BackendState::default(), epoch);
+                }
+                Err(e) => {
+                    if self.hold_unreachable(&mut hold, &target, &e).await? {
+                        continue;
+                    }
+                    self.state.metrics.error(e.kind());
+                    return Err(self
+                        .fatal("08006", format!("terminating connection: cannot reach the server: {e}"))
+                        .await);
+                }
+            }
+        };
+        drop(hold);
+        if self.endpoint == Endpoint::Writer && conn.read_only {
+            self.state.mark_read_only(&conn.backend, epoch);
+        }
+        let mut conn = conn;
+        conn.epoch = epoch;
+        Ok((conn, bst))
+    }
+
+    /// The startup a pooled backend is opened with: only user and
+    /// database (the rest is the client's and replayed as SETs).
+    pub(super) fn pool_startup(&self) -> Startup {
+        let mut params = vec![("user".to_owned(), self.startup.user().to_owned())];
+        params.push(("database".to_owned(), self.startup.database().to_owned()));
+        Startup { params }
+    }
+
+    /// Puts the session on `conn`: SETs, SQL prepared statements and
+    /// LISTENs replayed, reported settings the client knows restored; the
+    /// client is told about reported values that still differ.
+    async fn land(&mut self, mut conn: BackendConn, mut bst: BackendState, moved: bool) -> Result<(), ClientError> {
+        self.out.clear();
+        let mut n = 0;
+        if std::mem::take(&mut bst.unknown) {
+            protocol::put_query(&mut self.out, "DEALLOCATE ALL");
+            bst.statements.clear();
+            bst.sql_prepared.clear();
+            n += 1;
+        }
+        n += self.st.set_queries(&bst.sets, &mut self.out);
+        n += self.st.prepare_queries(&bst.sql_prepared, &mut self.out);
+        let fresh_listen = !self.st.listening.is_empty();
+        if fresh_listen {
+            n += self.st.listen_queries(&mut self.out);
+        }
+        let mut r = Ok(());
+        if n > 0 {
+            r = replay(&mut conn, &self.out, n).await;
+        }
+        if r.is_ok() {
+            self.out.clear();
+            let n = self.st.restore_queries(&conn.params, &mut self.out);
+            if n > 0 {
+                r = replay(&mut conn, &self.out, n).await;
+            }
+        }
+        if let Err(e) = r {
+            if let Some(p) = &self.pool {
+                p.closed(Some(&conn));
+            }
+            return Err(self
+                .fatal("08006", format!("terminating connection: cannot restore session state on the server: {e}"))
+                .await);
+        }
+        bst.sets.clone_from(&self.st.sets);
+        bst.sql_prepared = self.st.sql_prepared.iter().cloned().collect();
+        self.out.clear();
+        self.st.adopt_reported(&conn.params, &mut self.out);
+        if fresh_listen {
+            protocol::put_notice(
+                &mut self.out,
+                "WARNING",
+                "01000",
+                "the session moved to a new server: its LISTEN channels were listened to again there, but notifications sent meanwhile may have been missed",
+            );
+        }
+        if !self.out.is_empty() {
+            self.client.write_all(&self.out).await?;
+        }
+        if self.pool.is_none() {
+            self.st.unprepare_all();
+        }
+        if let Ok(mut m) = self.inner.cancel.lock()
+            && let Some(t) = m.get_mut(&self.key.0)
+        {
+            t.backend = Some((conn.backend.clone(), conn.key));
+        }
+        if moved || (self.pool.is_none() && self.st.carries_state()) {
+            self.state.metrics.moves.inc();
+            tracing::info!(cluster = %self.state.name, to = %conn.backend.node, epoch = %conn.epoch, "session moved to a new backend");
+        }
+        self.be = Some(conn);
+        self.bst = bst;
+        Ok(())
+    }
+
+    /// At the end of a transaction: a pooled session gives its backend
+    /// back unless it holds state that pins it (asking the backend first
+    /// when that state may have ended).
+    pub(super) async fn release(&mut self) -> Result<(), ClientError> {
+        if self.st.pins != 0 && self.st.recheck {
+            self.check_pins().await?;
+        }
+        let Some(pool) = self.pool.clone() else { return Ok(()) };
+        let pinned = self.st.pins;
+        if pinned != self.pinned_metric {
+            self.note_pins_metric(pinned);
+        }
+        if pinned != 0 || self.be.as_ref().is_none_or(|b| !b.buf.is_empty()) || self.bskip > 0 || self.cskip > 0 {
+            return Ok(());
+        }
+        let Some(conn) = self.be.take() else { return Ok(()) };
+        if let Ok(mut m) = self.inner.cancel.lock()
+            && let Some(t) = m.get_mut(&self.key.0)
+        {
+            t.backend = None;
+        }
+        let mut bst = std::mem::take(&mut self.bst);
+        bst.sets.clone_from(&self.st.sets);
+        if bst.sql_prepared.len() != self.st.sql_prepared.len()
+            || self.st.sql_prepared.iter().any(|(n, t)| bst.sql_prepared.get(n) != Some(t))
+        {
+            bst.sql_prepared = self.st.sql_prepared.iter().cloned().collect();
+        }
+        pool.put(conn, bst);
+        self.permit = None;
+        Ok(())
+    }
+
+    /// Keeps the pins-by-reason gauge in step with this session.
+    pub(super) fn note_pins_metric(&mut self, pins: u8) {
+        for (bit, label, _) in PINS {
+            let (was, is) = (self.pinned_metric & bit != 0, pins & bit != 0);
+            if is && !was {
+                self.state.metrics.pin(label).inc();
+                self.state.metrics.pinned(label).inc();
+            } else if was && !is {
+                self.state.metrics.pinned(label).dec();
+            }
+        }
+        self.pinned_metric = pins;
+    }
+
+    /// Asks the backend which pinning state it still holds.
+    async fn check_pins(&mut self) -> Result<(), ClientError> {
+        let Some(be) = self.be.as_mut() else { return Ok(()) };
+        let mut q = BytesMut::new();
+        protocol::put_query(&mut q, PIN_CHECK);
+        let r = async {
+            be.stream.write_all(&q).await?;
+            let mut counts = None;
+            loop {
+                let m = be.read_message().await?;
+                match m[0] {
+                    b'D' => {
+                        counts = protocol::parse_data_row(protocol::body(&m)).map(|cols| {
+                            cols.iter()
+                                .map(|c| c.and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok()))
+                                .collect::<Vec<_>>()
+                        })
+                    }
+                    b'Z' => return Ok::<_, BackendError>(counts),
+                    _ => {}
+                }
+            }
+        }
+        .await;
+        match r {
+            Ok(Some(c)) if c.len() == 4 => {
+                let n = |i: usize| c[i];
+                self.st.on_pin_check(n(0).unwrap_or(1), n(1).unwrap_or(1), n(2).unwrap_or(1), n(3).unwrap_or(1));
+                Ok(())
+            }
+            Ok(_) => {
+                self.st.recheck = false;
+                Ok(())
+            }
+            Err(_) => self.backend_lost().await,
+        }
+    }
+}
+
+/// Sends the replay queries and waits for their `n` ReadyForQuery.
+async fn replay(conn: &mut BackendConn, queries: &[u8], n: usize) -> Result<(), BackendError> {
+    conn.stream.write_all(queries).await?;
+    let mut seen = 0;
+    let mut err = None;
+    while seen < n {
+        let m = conn.read_message().await?;
+        match m[0] {
+            b'Z' => seen += 1,
+            b'E' => err = Some(backend::refused(protocol::body(&m))),
+            b'S' => {
+                if let Some((k, v)) = protocol::parse_parameter_status(protocol::body(&m)) {
+                    conn.note_parameter(k, v);
+                }
+            }
+            _ => {}
+        }
+    }
+    match err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Puts a fresh backend into a failed transaction block (status `E`).
+pub(super) async fn abort_tx(conn: &mut BackendConn) -> Result<(), BackendError> {
+    let mut q = BytesMut::new();
+    protocol::put_query(&mut q, "BEGIN; SELECT 1/0");
+    conn.stream.write_all(&q).await?;
+    loop {
+        let m = conn.read_message().await?;
+        if m[0] == b'Z' {
+            return Ok(());
+        }
+    }
+}
