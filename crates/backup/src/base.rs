@@ -633,7 +633,10 @@ pub struct Problem {
 
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} is {}: {}", self.key, self.trouble, self.detail)
+        match self.trouble {
+            Trouble::Rollback => write!(f, "{}: {}", self.key, self.detail),
+            t => write!(f, "{} is {t}: {}", self.key, self.detail),
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use pgdr_backup::base::{self, BackupOptions};
+use pgdr_backup::manifest::Trouble;
 use pgdr_backup::restore::{self, RestoreOptions, Target};
 use pgdr_backup::schedule::Selector;
 use pgdr_backup::{BackupError, Dest, Progress, copy, retention};
@@ -345,10 +346,21 @@ pub fn run(global: &Global, cmd: BackupCmd) -> anyhow::Result<ExitCode> {
                 // manifests and a rollback are findings of their own.
                 let cat = base::catalog(&dest, &cluster).await?;
                 let mut findings: Vec<base::Problem> = cat
-                    .problems()
-                    .into_iter()
-                    .map(|(trouble, detail)| base::Problem { trouble, key: dest.name.clone(), detail })
+                    .invalid
+                    .iter()
+                    .map(|i| base::Problem { trouble: i.trouble, key: i.key.clone(), detail: i.error.clone() })
                     .collect();
+                let at = pgdr_backup::manifest::backups_prefix(&cluster);
+                if let Some(r) = &cat.rollback {
+                    findings.push(base::Problem { trouble: Trouble::Rollback, key: at.clone(), detail: r.to_string() });
+                }
+                for id in &cat.missing {
+                    findings.push(base::Problem {
+                        trouble: Trouble::Rollback,
+                        key: pgdr_backup::manifest::backup_prefix(&cluster, id),
+                        detail: "named as the previous backup by a newer one, but absent (deleted?)".into(),
+                    });
+                }
                 let m = if backup == "latest" {
                     cat.newest().cloned()
                 } else {
