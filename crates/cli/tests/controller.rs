@@ -323,7 +323,7 @@ impl Env {
         let c = pgdr_drill::observer::connect(&conninfo, primary, Duration::from_secs(10)).await.expect("connect");
         let loss = pgdr_drill::checker::check_ledger(&c, record, fault_ms).await.expect("check ledger");
         let (writes, _) = pgdr_drill::checker::errors_by_kind(record);
-        let rto = fault_ms.and_then(|f| pgdr_drill::checker::rto_first_write(record, f));
+        let rto = fault_ms.and_then(|f| pgdr_drill::checker::writes_unavailable(record, f)).map(|o| o.seconds());
         eprintln!(
             "[{}] workload: {} acknowledged commits, {} lost, {} outcome unknown ({} of them committed); client errors: {:?}{}",
             self.name,
@@ -332,7 +332,7 @@ impl Env {
             loss.unknown_outcome,
             loss.unknown_committed,
             writes,
-            rto.map(|r| format!("; writes worked again through the proxy {r:.2}s after the fault")).unwrap_or_default()
+            rto.map(|r| format!("; writes unavailable through the proxy for {r:.2}s")).unwrap_or_default()
         );
         let mut samples = std::collections::BTreeMap::new();
         for f in record.write_failures() {

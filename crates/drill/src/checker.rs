@@ -141,27 +141,67 @@ pub fn errors_by_kind(record: &WorkloadRecord) -> (BTreeMap<String, u64>, BTreeM
     (writes, reads)
 }
 
-/// Seconds from the fault until writes work again: the acknowledgement of
-/// the first write sent after the outage became visible to clients (the first
-/// write error after the fault), or, when clients saw no error (a paused
-/// switchover), the first write sent after the fault. Writes on connections
-/// that outlive the fault for a moment (a killed postmaster's backends run on
-/// until they notice) do not count as recovery. `None` when writes never came
-/// back.
-pub fn rto_first_write(record: &WorkloadRecord, fault_ms: f64) -> Option<f64> {
-    let outage_seen = record
-        .write_failures()
-        .filter(|f| f.at_ms >= fault_ms)
-        .map(|f| f.at_ms)
-        .min_by(f64::total_cmp)
-        .unwrap_or(fault_ms);
-    record
-        .acks
-        .iter()
-        .filter(|a| a.sent_ms >= outage_seen)
-        .map(|a| a.at_ms)
-        .min_by(f64::total_cmp)
-        .map(|at| (at - fault_ms) / 1000.0)
+/// How the headline RTO is measured, printed in every report.
+pub const RTO_DEFINITION: &str = "RTO is the time writes were unavailable to the drill's clients: from the fault \
+(or, when commits were still acknowledged after it, the last of those) to the first commit acknowledged by a \
+server instance other than the one that failed (another node, or the same node restarted). A write in flight at \
+the fault and acknowledged just after it by the failing server is not recovery. For a planned switchover or \
+failback: the longest time no write was acknowledged between the request and the end of the workflow. \
+'Throughput back' is when commits reach 90% of the rate of the 5 s before the fault.";
+
+/// When writes were unavailable, ms since the workload started.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Outage {
+    /// The fault, or the last acknowledgement by the failing instance after it.
+    pub from_ms: f64,
+    /// The first acknowledgement by another instance.
+    pub until_ms: f64,
+}
+
+impl Outage {
+    pub fn seconds(&self) -> f64 {
+        (self.until_ms - self.from_ms).max(0.0) / 1000.0
+    }
+}
+
+/// The outage a fault at `fault_ms` caused, by the rule of
+/// [`RTO_DEFINITION`]; `None` while writes have not come back.
+///
+/// The failing instance is the one that acknowledged the last commit at or
+/// before the fault. When no acknowledgement names its instance (an old
+/// record), a write counts as recovery when it was sent after the first
+/// write error that followed the fault.
+pub fn writes_unavailable(record: &WorkloadRecord, fault_ms: f64) -> Option<Outage> {
+    let failing = record.acks.iter().filter(|a| a.at_ms <= fault_ms).max_by(|a, b| a.at_ms.total_cmp(&b.at_ms));
+    let known = |i: u32| record.instances.get(i as usize).is_some_and(|s| s != "?");
+    let recovery = match failing {
+        Some(f) if known(f.instance) => record
+            .acks
+            .iter()
+            .filter(|a| a.at_ms > fault_ms && a.instance != f.instance && known(a.instance))
+            .min_by(|a, b| a.at_ms.total_cmp(&b.at_ms)),
+        _ => {
+            let outage_seen = record
+                .write_failures()
+                .filter(|f| f.at_ms >= fault_ms)
+                .map(|f| f.at_ms)
+                .min_by(f64::total_cmp)
+                .unwrap_or(fault_ms);
+            record.acks.iter().filter(|a| a.sent_ms >= outage_seen).min_by(|a, b| a.at_ms.total_cmp(&b.at_ms))
+        }
+    }?;
+    // Commits the failing instance still acknowledged after the fault
+    // (in flight, or on backends that had not noticed yet).
+    let from = match failing {
+        Some(f) if known(f.instance) => record
+            .acks
+            .iter()
+            .filter(|a| a.instance == f.instance && a.at_ms > fault_ms && a.at_ms < recovery.at_ms)
+            .map(|a| a.at_ms)
+            .fold(fault_ms, f64::max),
+        _ => fault_ms,
+    };
+    Some(Outage { from_ms: from, until_ms: recovery.at_ms })
 }
 
 /// For a planned role change, which clients should not notice: the longest
@@ -221,7 +261,13 @@ mod tests {
     fn record() -> WorkloadRecord {
         let mut r = WorkloadRecord { duration_ms: 3000.0, first_id: 100, ids_used: 10, ..Default::default() };
         for i in 0..8 {
-            r.acks.push(Ack { id: 100 + i, writer: 0, sent_ms: i as f64 * 100.0, at_ms: i as f64 * 100.0 + 5.0 });
+            r.acks.push(Ack {
+                id: 100 + i,
+                writer: 0,
+                instance: 0,
+                sent_ms: i as f64 * 100.0,
+                at_ms: i as f64 * 100.0 + 5.0,
+            });
         }
         r.failures.push(Failure {
             id: Some(108),
@@ -272,22 +318,53 @@ mod tests {
         // Acks at 5, 105, ..., 705 ms: every gap 100 ms.
         assert_eq!(rto_pause(&r, 250.0, 800.0), Some(0.1));
         let mut r2 = r.clone();
-        r2.acks.push(Ack { id: 110, writer: 0, sent_ms: 720.0, at_ms: 1705.0 });
+        r2.acks.push(Ack { id: 110, writer: 0, instance: 0, sent_ms: 720.0, at_ms: 1705.0 });
         assert_eq!(rto_pause(&r2, 250.0, 800.0), Some(1.0));
         assert_eq!(rto_pause(&r2, 2000.0, 3000.0), None);
     }
 
     #[test]
-    fn rto_counts_only_writes_sent_after_the_outage_was_visible() {
+    fn without_instances_only_writes_sent_after_the_outage_was_visible_count() {
         let mut r = record();
         // No error after the fault: the first write sent after it.
         let mut r2 = r.clone();
         r2.failures.clear();
-        assert_eq!(rto_first_write(&r2, 250.0), Some((305.0 - 250.0) / 1000.0));
+        assert_eq!(writes_unavailable(&r2, 250.0).map(|o| o.seconds()), Some((305.0 - 250.0) / 1000.0));
         // Errors at 810 ms: the acks before do not count as recovery.
-        assert_eq!(rto_first_write(&r, 250.0), None);
-        r.acks.push(Ack { id: 110, writer: 0, sent_ms: 950.0, at_ms: 960.0 });
-        assert_eq!(rto_first_write(&r, 250.0), Some((960.0 - 250.0) / 1000.0));
-        assert_eq!(rto_first_write(&r, 5000.0), None);
+        assert_eq!(writes_unavailable(&r, 250.0), None);
+        r.acks.push(Ack { id: 110, writer: 0, instance: 0, sent_ms: 950.0, at_ms: 960.0 });
+        assert_eq!(writes_unavailable(&r, 250.0).map(|o| o.seconds()), Some((960.0 - 250.0) / 1000.0));
+        assert_eq!(writes_unavailable(&r, 5000.0), None);
+    }
+
+    /// Issue 14 item 7: a write in flight at the SIGKILL, acknowledged 3 ms
+    /// later by the killed server, made the RTO read 0.00 s.
+    #[test]
+    fn an_acknowledgement_by_the_failing_instance_is_not_recovery() {
+        let mut r = WorkloadRecord {
+            duration_ms: 5000.0,
+            instances: vec!["5432@a".into(), "5433@b".into()],
+            ..Default::default()
+        };
+        for i in 0..10 {
+            r.acks.push(Ack {
+                id: i,
+                writer: 0,
+                instance: 0,
+                sent_ms: i as f64 * 100.0,
+                at_ms: i as f64 * 100.0 + 2.0,
+            });
+        }
+        // Fault at 1000 ms; in flight, acknowledged 3 ms later by the same server.
+        r.acks.push(Ack { id: 10, writer: 1, instance: 0, sent_ms: 1000.5, at_ms: 1003.0 });
+        assert_eq!(writes_unavailable(&r, 1000.0), None, "not recovered yet");
+        // The new primary takes writes 2.5 s after the fault.
+        r.acks.push(Ack { id: 11, writer: 0, instance: 1, sent_ms: 1200.0, at_ms: 3500.0 });
+        let o = writes_unavailable(&r, 1000.0).expect("recovered");
+        assert_eq!((o.from_ms, o.until_ms), (1003.0, 3500.0));
+        assert!((o.seconds() - 2.497).abs() < 1e-9, "{}", o.seconds());
+        // Acknowledgements before the fault only: the outage starts at the fault.
+        r.acks.retain(|a| a.id != 10);
+        assert_eq!(writes_unavailable(&r, 1000.0).map(|o| o.from_ms), Some(1000.0));
     }
 }

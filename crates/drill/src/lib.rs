@@ -7,6 +7,9 @@
 //! - [`timeline`]: the workload's record as 100 ms buckets.
 //! - [`checker`]: afterwards, reads the (new) primary: lost acknowledged
 //!   commits, RTO, detection and step timings.
+//! - [`writable`]: the overlap checker: every node asked directly every
+//!   50 ms whether it accepts a `BEGIN READ WRITE` write; two at once fails
+//!   the drill.
 //! - [`observer`]: [`observer::DrillObserver`], how a drill learns the
 //!   primary, the epoch, detection and workflow steps (the controller's API
 //!   implements it; [`observer::SqlObserver`] asks the nodes directly).
@@ -32,6 +35,7 @@ pub mod runbook;
 pub mod scenario;
 pub mod timeline;
 pub mod workload;
+pub mod writable;
 
 /// What can go wrong in a drill.
 #[derive(Debug, thiserror::Error)]

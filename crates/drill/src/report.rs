@@ -14,6 +14,7 @@ use crate::DrillError;
 use crate::checker::LostCommit;
 use crate::observer::{Marker, MarkerKind, StepTiming};
 use crate::timeline::{BUCKET_MS, Bucket};
+use crate::writable::{Answer, WritableTimeline};
 
 /// The tier's objectives and whether a run met them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,7 +26,31 @@ pub struct Objectives {
     pub rto_met: bool,
     /// Lost acknowledged commits cover no more than the RPO.
     pub rpo_met: bool,
+    /// At no instant did two servers accept writes (the overlap checker,
+    /// and for a partition the stranded clients' last commit before the
+    /// promotion).
+    #[serde(default = "yes")]
+    pub single_writer: bool,
     pub passed: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The clients a partition strands with the old primary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stranded {
+    pub acknowledged_commits: u64,
+    /// Of those, missing on the new primary (the partition's data loss).
+    pub missing_on_new_primary: u64,
+    /// Their last acknowledgement, seconds after the fault.
+    pub last_ack_after_fault_seconds: Option<f64>,
+    /// The start of the new primary's promotion, seconds after the fault.
+    pub promotion_after_fault_seconds: Option<f64>,
+    /// Whether every commit they saw acknowledged came before the promotion
+    /// started (`null` when no promotion was observed).
+    pub last_ack_before_promotion: Option<bool>,
 }
 
 /// One run of one scenario.
@@ -40,9 +65,12 @@ pub struct RunReport {
     pub new_primary: Option<String>,
     pub epoch_before: Option<u64>,
     pub epoch_after: Option<u64>,
-    /// Fault → first acknowledged write sent after it; `null` when writes
-    /// never came back within the drill.
+    /// How long writes were unavailable (see [`Report::rto_definition`]);
+    /// `null` when writes never came back within the drill.
     pub rto_seconds: Option<f64>,
+    /// The outage itself, ms since the workload started (unplanned faults).
+    #[serde(default)]
+    pub writes_unavailable: Option<crate::checker::Outage>,
     /// Fault → throughput back to 90% of the 5 s before the fault.
     pub rto_throughput_seconds: Option<f64>,
     pub baseline_commits_per_second: f64,
@@ -77,6 +105,12 @@ pub struct RunReport {
     pub fault_ms: f64,
     pub timeline: Vec<Bucket>,
     pub markers: Vec<TimelineMarker>,
+    /// The partition's stranded clients (region-partition only).
+    #[serde(default)]
+    pub stranded: Option<Stranded>,
+    /// Which servers accepted direct writes, node by node, over the run.
+    #[serde(default)]
+    pub writable: WritableTimeline,
 }
 
 /// A step with its duration, for the report.
@@ -191,6 +225,9 @@ pub struct Report {
     pub observer: String,
     /// Whether the topology had WAN delay between regions, and how much.
     pub wan_delay_ms: Option<u64>,
+    /// What `rto_seconds` measures.
+    #[serde(default)]
+    pub rto_definition: String,
     pub drills: Vec<DrillReport>,
     pub passed: bool,
 }
@@ -231,6 +268,10 @@ impl Report {
             self.wan_delay_ms.map(|d| format!(" WAN delay between regions: {d} ms each way.")).unwrap_or_default()
         );
         let _ = writeln!(s, "**Result: {}**\n", if self.passed { "PASSED" } else { "FAILED" });
+        if !self.rto_definition.is_empty() {
+            let _ = writeln!(s, "How RTO is measured: {}\n", self.rto_definition);
+        }
+        let _ = writeln!(s, "{WRITABLE_DEFINITION}\n");
         let _ = writeln!(
             s,
             "| scenario | runs | RTO (min / median / max) | throughput back (median) | detection (median) | client errors (median) | acknowledged commits | lost commits | RPO measured (max) | result |"
@@ -276,6 +317,10 @@ impl Report {
                     r.rto_throughput_seconds.map_or("not reached".into(), secs)
                 );
                 let _ = writeln!(s, "- detection: {}", r.detection_seconds.map_or("not observed".into(), secs));
+                let _ = writeln!(s, "- writable servers: {}", writable_summary(r));
+                if let Some(st) = &r.stranded {
+                    let _ = writeln!(s, "- partitioned region's clients: {}", stranded_summary(st));
+                }
                 if let Some(p) = &r.recovery_path {
                     let _ = writeln!(s, "- recovery path: {p}");
                 }
@@ -342,6 +387,30 @@ impl Report {
                         );
                     }
                 }
+                if !r.writable.lanes.is_empty() {
+                    let _ = writeln!(
+                        s,
+                        "\nWritable-server timeline (seconds from the fault; direct `BEGIN READ WRITE` probes every {:.0} ms):\n",
+                        r.writable.probe_interval_ms
+                    );
+                    let _ = writeln!(s, "| node | answer | from | until | probes | detail |");
+                    let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- |");
+                    for lane in &r.writable.lanes {
+                        for seg in &lane.segments {
+                            let _ = writeln!(
+                                s,
+                                "| {} | {} | {} | {} | {} | {} |",
+                                lane.node,
+                                seg.answer.label(),
+                                secs((seg.from_ms - r.fault_ms) / 1000.0),
+                                secs((seg.until_ms - r.fault_ms) / 1000.0),
+                                seg.probes,
+                                seg.detail.as_deref().unwrap_or("").replace('|', "/")
+                            );
+                        }
+                    }
+                    s.push('\n');
+                }
                 for n in &r.notes {
                     let _ = writeln!(s, "- note: {n}");
                 }
@@ -385,6 +454,10 @@ th{background:#f3f3f3}.pass{color:#0a7a2f;font-weight:bold}.fail{color:#b00020;f
             secs(self.rto_objective_seconds),
             secs(self.rpo_objective_seconds)
         );
+        if !self.rto_definition.is_empty() {
+            let _ = writeln!(s, "<p class=\"note\">How RTO is measured: {}</p>", esc(&self.rto_definition));
+        }
+        let _ = writeln!(s, "<p class=\"note\">{}</p>", esc(WRITABLE_DEFINITION));
         s.push_str("<table><tr><th>scenario</th><th>runs</th><th>RTO min / median / max</th><th>throughput back (median)</th><th>detection (median)</th><th>client errors (median)</th><th>acknowledged commits</th><th>lost commits</th><th>RPO measured (max)</th><th>result</th></tr>\n");
         for d in &self.drills {
             let _ = writeln!(
@@ -425,6 +498,7 @@ th{background:#f3f3f3}.pass{color:#0a7a2f;font-weight:bold}.fail{color:#b00020;f
                     if r.objectives.rpo_met { "met" } else { "missed" }
                 );
                 s.push_str(&svg_timeline(r));
+                s.push_str(&svg_writable(r));
                 s.push_str("<table>");
                 let rows: Vec<(&str, String)> = vec![
                     ("fault", format!("{} at {}", r.fault, r.fault_at)),
@@ -438,7 +512,7 @@ th{background:#f3f3f3}.pass{color:#0a7a2f;font-weight:bold}.fail{color:#b00020;f
                             opt(r.epoch_after)
                         ),
                     ),
-                    ("RTO (first write)", r.rto_seconds.map_or("writes did not come back".into(), secs)),
+                    ("RTO (writes unavailable)", r.rto_seconds.map_or("writes did not come back".into(), secs)),
                     (
                         "RTO (throughput at 90%)",
                         format!(
@@ -448,6 +522,7 @@ th{background:#f3f3f3}.pass{color:#0a7a2f;font-weight:bold}.fail{color:#b00020;f
                         ),
                     ),
                     ("detection", r.detection_seconds.map_or("not observed".into(), secs)),
+                    ("writable servers", writable_summary(r)),
                     ("recovery path", r.recovery_path.clone().unwrap_or_else(|| "–".into())),
                     ("acknowledged commits", r.acknowledged_commits.to_string()),
                     ("lost acknowledged commits", r.lost_commits.to_string()),
@@ -458,6 +533,10 @@ th{background:#f3f3f3}.pass{color:#0a7a2f;font-weight:bold}.fail{color:#b00020;f
                     ("client errors", format!("{} {}", r.client_errors, kinds(&r.write_errors_by_kind))),
                     ("reads", format!("{} ok; errors {}", r.reads, kinds(&r.read_errors_by_kind))),
                 ];
+                let mut rows = rows;
+                if let Some(st) = &r.stranded {
+                    rows.push(("partitioned region's clients", stranded_summary(st)));
+                }
                 for (k, v) in rows {
                     let _ = write!(s, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(&v));
                 }
@@ -498,6 +577,143 @@ th{background:#f3f3f3}.pass{color:#0a7a2f;font-weight:bold}.fail{color:#b00020;f
         s.push_str("</body></html>\n");
         s
     }
+}
+
+/// What the writable-server timeline is, printed in every report.
+pub const WRITABLE_DEFINITION: &str = "Writable servers: during every run each node is asked directly (not \
+through a proxy) every 50 ms to accept a real write (BEGIN READ WRITE, an INSERT, ROLLBACK), which a read-only \
+setting does not stop. Any instant at which two servers accepted writes fails the drill.";
+
+fn writable_summary(r: &RunReport) -> String {
+    if r.writable.lanes.is_empty() {
+        return "not observed".into();
+    }
+    if !r.writable.overlaps.is_empty() {
+        return format!("SPLIT BRAIN: {}", r.writable.describe_overlaps());
+    }
+    let mut seen: Vec<&str> = Vec::new();
+    let mut all: Vec<(f64, &str)> = Vec::new();
+    for lane in &r.writable.lanes {
+        for seg in lane.segments.iter().filter(|s| s.answer == Answer::Writable) {
+            all.push((seg.from_ms, lane.node.as_str()));
+        }
+    }
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for (_, n) in all {
+        if seen.last() != Some(&n) {
+            seen.push(n);
+        }
+    }
+    format!(
+        "never two at once ({} probes); writes accepted by {}",
+        r.writable.probes,
+        if seen.is_empty() { "none".to_owned() } else { seen.join(" → ") }
+    )
+}
+
+fn stranded_summary(st: &Stranded) -> String {
+    format!(
+        "{} commits acknowledged, {} missing on the new primary; last acknowledgement {} after the fault, promotion started {} after it{}",
+        st.acknowledged_commits,
+        st.missing_on_new_primary,
+        st.last_ack_after_fault_seconds.map_or("–".into(), secs),
+        st.promotion_after_fault_seconds.map_or("not observed".into(), secs),
+        match st.last_ack_before_promotion {
+            Some(true) => ": every one before the promotion",
+            Some(false) => ": SPLIT BRAIN, a commit acknowledged after the promotion started",
+            None => "",
+        }
+    )
+}
+
+/// One lane per node: green where it accepted writes, grey where it
+/// refused, red hatching where it did not answer; overlaps in red above.
+fn svg_writable(r: &RunReport) -> String {
+    if r.writable.lanes.is_empty() {
+        return String::new();
+    }
+    const W: f64 = 1000.0;
+    const LEFT: f64 = 70.0;
+    const RIGHT: f64 = 20.0;
+    const LANE: f64 = 16.0;
+    const TOP: f64 = 20.0;
+    let plot_w = W - LEFT - RIGHT;
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for seg in r.writable.lanes.iter().flat_map(|l| l.segments.iter()) {
+        lo = lo.min(seg.from_ms);
+        hi = hi.max(seg.until_ms);
+    }
+    if !lo.is_finite() || hi <= lo {
+        return String::new();
+    }
+    let x = |ms: f64| LEFT + ((ms - lo) / (hi - lo)).clamp(0.0, 1.0) * plot_w;
+    let h = TOP + r.writable.lanes.len() as f64 * (LANE + 6.0) + 20.0;
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        "<svg viewBox=\"0 0 {W} {h}\" width=\"{W}\" height=\"{h}\" role=\"img\" aria-label=\"writable servers in run {}\">",
+        r.run
+    );
+    let _ = write!(
+        s,
+        "<text x=\"{LEFT}\" y=\"12\" font-size=\"12\" fill=\"#333\">writable servers (direct probes; green: accepts writes, grey: refuses, orange: no answer)</text>"
+    );
+    for (i, lane) in r.writable.lanes.iter().enumerate() {
+        let y = TOP + i as f64 * (LANE + 6.0);
+        let _ = write!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" fill=\"#333\" text-anchor=\"end\">{}</text>",
+            LEFT - 4.0,
+            y + LANE - 4.0,
+            esc(&lane.node)
+        );
+        for seg in &lane.segments {
+            let color = match seg.answer {
+                Answer::Writable => "#0a7a2f",
+                Answer::Refused => "#bbbbbb",
+                Answer::Unreachable => "#e67e00",
+            };
+            let (x0, x1) = (x(seg.from_ms), x(seg.until_ms));
+            let _ = write!(
+                s,
+                "<rect x=\"{x0:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{LANE}\" fill=\"{color}\"><title>{} {}: {:.2}–{:.2} s after the fault{}</title></rect>",
+                (x1 - x0).max(1.0),
+                esc(&lane.node),
+                seg.answer.label(),
+                (seg.from_ms - r.fault_ms) / 1000.0,
+                (seg.until_ms - r.fault_ms) / 1000.0,
+                seg.detail.as_deref().map(|d| format!(" ({})", esc(d))).unwrap_or_default()
+            );
+        }
+    }
+    let bottom = TOP + r.writable.lanes.len() as f64 * (LANE + 6.0);
+    for o in &r.writable.overlaps {
+        let (x0, x1) = (x(o.from_ms), x(o.until_ms));
+        let _ = write!(
+            s,
+            "<rect x=\"{x0:.1}\" y=\"{TOP}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#b00020\" fill-opacity=\"0.35\"><title>split brain: {} and {}</title></rect>",
+            (x1 - x0).max(2.0),
+            bottom - TOP,
+            esc(&o.nodes[0]),
+            esc(&o.nodes[1])
+        );
+    }
+    let fx = x(r.fault_ms);
+    let _ = write!(
+        s,
+        "<line x1=\"{fx:.1}\" y1=\"{TOP}\" x2=\"{fx:.1}\" y2=\"{bottom:.1}\" stroke=\"#b00020\" stroke-dasharray=\"4 3\"><title>fault</title></line>"
+    );
+    let _ = write!(
+        s,
+        "<text x=\"{LEFT}\" y=\"{:.1}\" font-size=\"9\" fill=\"#777\">{:.1} s</text><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\" fill=\"#777\" text-anchor=\"end\">{:.1} s after the fault</text>",
+        h - 4.0,
+        (lo - r.fault_ms) / 1000.0,
+        W - RIGHT,
+        h - 4.0,
+        (hi - r.fault_ms) / 1000.0
+    );
+    s.push_str("</svg>\n");
+    s
 }
 
 fn opt(v: Option<u64>) -> String {

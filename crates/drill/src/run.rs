@@ -9,10 +9,11 @@ use pgdr_config::{Cluster, Config, Tier};
 use crate::DrillError;
 use crate::checker;
 use crate::observer::{DrillObserver, Marker, MarkerKind, Topology, connect_node};
-use crate::report::{DrillReport, Objectives, RunReport, StepReport, TimelineMarker};
-use crate::scenario::{self, Hosts, Scenario};
+use crate::report::{DrillReport, Objectives, RunReport, StepReport, Stranded, TimelineMarker};
+use crate::scenario::{self, FaultGuard, Hosts, Scenario};
 use crate::timeline;
 use crate::workload::{Workload, WorkloadSpec, prepare};
+use crate::writable::{WritableProbe, WritableTimeline};
 
 /// How a drill runs.
 #[derive(Debug, Clone)]
@@ -206,7 +207,51 @@ impl Drill<'_> {
         self.observer.topology().await
     }
 
+    /// One run. Whatever ends it, the fault is undone: an error after the
+    /// injection restores what it can here, and the fault's guard continues
+    /// frozen processes and heals partitions even when the run is dropped.
     async fn one(&self, spec: &DrillSpec, run: u32, home: &str) -> Result<RunReport, DrillError> {
+        // The drill's tables first (best effort: the run checks again), so
+        // the overlap checker's probes find them rather than create them
+        // alongside the setup.
+        if let Some(p) = self.topology().await.ok().and_then(|t| t.primary)
+            && let Some(node) = self.cluster.node(&p)
+            && let Ok(c) = connect_node(self.cluster, node, Duration::from_secs(5)).await
+        {
+            let _ = prepare(&c).await;
+        }
+        let probe = WritableProbe::start(self.cluster)?;
+        let mut fault: Option<FaultGuard> = None;
+        let result = self.one_inner(spec, run, home, &mut fault).await;
+        if let Some(guard) = fault.take() {
+            let topology = self.topology().await.ok();
+            let done = self.restore_known(guard.injected(), topology.as_ref()).await;
+            guard.disarm();
+            self.progress.say(&format!("{}: the run failed; undone: {}", spec.scenario, done.join("; ")));
+        }
+        let log = probe.stop().await;
+        let mut report = result?;
+        let timeline = log.analyse(report.workload_started_unix_ms);
+        if !timeline.overlaps.is_empty() {
+            let what = timeline.describe_overlaps();
+            self.progress.say(&format!("{}: SPLIT BRAIN: {what}", spec.scenario));
+            report.notes.push(format!(
+                "SPLIT BRAIN: two servers accepted direct BEGIN READ WRITE writes at the same time: {what}"
+            ));
+            report.objectives.single_writer = false;
+            report.objectives.passed = false;
+        }
+        report.writable = timeline;
+        Ok(report)
+    }
+
+    async fn one_inner(
+        &self,
+        spec: &DrillSpec,
+        run: u32,
+        home: &str,
+        fault: &mut Option<FaultGuard>,
+    ) -> Result<RunReport, DrillError> {
         let mut notes = Vec::new();
         let mut before = self.topology().await?;
         let original = before
@@ -254,7 +299,7 @@ impl Drill<'_> {
         // acknowledged commits are checked too (the new primary may lack
         // them: that is the partition's data loss); the RTO is what the
         // clients on the reachable side saw.
-        let stranded = if partition {
+        let mut stranded = if partition {
             let (w, _, e) = endpoints_where(self.config, self.cluster, &primary, false).await?;
             notes.push(format!("clients in the partitioned region: 2 writers through {e}"));
             let mut s = WorkloadSpec::new(w);
@@ -291,27 +336,24 @@ impl Drill<'_> {
                         ))),
                     }
                 };
-                if let Err(e) = r {
-                    let _ = workload.stop().await;
-                    return Err(e);
-                }
+                r?;
                 planned_done_ms = Some(workload.now_ms());
                 scenario::Injected { description: spec.scenario.describe().to_owned(), undo: Vec::new() }
             }
-            s => match scenario::inject(s, self.cluster, &before, self.hosts) {
-                Ok(i) => i,
-                Err(e) => {
-                    let _ = workload.stop().await;
-                    return Err(e);
-                }
-            },
+            s => scenario::inject(s, self.cluster, &before, self.hosts)?,
         };
+        let injected = fault.insert(FaultGuard::new(injected, self.hosts)).injected().clone();
 
         // Writes back?
         let t0 = Instant::now();
         let mut recovered = false;
         while t0.elapsed() < spec.recovery_timeout {
-            if workload.recovered_since(fault_ms) {
+            let back = if spec.scenario.interrupts_writes() {
+                workload.recovered_since(fault_ms)
+            } else {
+                workload.acks_after(fault_ms) > 0
+            };
+            if back {
                 recovered = true;
                 break;
             }
@@ -326,7 +368,7 @@ impl Drill<'_> {
                 .say(&format!("{}: writes did not come back within {:?}", spec.scenario, spec.recovery_timeout));
         }
         let record = workload.stop().await;
-        let stranded = match stranded {
+        let stranded = match stranded.take() {
             Some(w) => Some(w.stop().await),
             None => None,
         };
@@ -339,6 +381,9 @@ impl Drill<'_> {
             // Nothing took over (no controller, or it failed): restore first,
             // then check the ledger on whatever primary that leaves.
             restored.extend(self.restore(&injected, &after).await);
+            if let Some(g) = fault.take() {
+                g.disarm();
+            }
             check_on = self.wait_primary(spec.restore_timeout).await.ok().and_then(|t| t.primary);
         }
         let check_node =
@@ -347,6 +392,7 @@ impl Drill<'_> {
             self.cluster.node(&check_node).ok_or_else(|| DrillError::Topology(format!("no node {check_node}")))?;
         let client = connect_node(self.cluster, cnode, Duration::from_secs(10)).await?;
         let mut loss = checker::check_ledger(&client, &record, Some(fault_ms)).await?;
+        let mut stranded_report = None;
         if let Some(st) = &stranded {
             let offset = st.started_unix_ms - record.started_unix_ms;
             let l2 = checker::check_ledger(&client, st, Some(fault_ms - offset)).await?;
@@ -356,6 +402,9 @@ impl Drill<'_> {
                 l2.lost_commits(),
                 st.write_failures().count()
             ));
+            let last_ack_unix =
+                st.acks.iter().map(|a| a.at_ms).max_by(f64::total_cmp).map(|ms| st.started_unix_ms + ms);
+            stranded_report = Some((l2.acknowledged_commits, l2.lost_commits(), last_ack_unix));
             loss = checker::merge(loss, l2, offset, fault_ms);
         }
         drop(client);
@@ -385,28 +434,67 @@ impl Drill<'_> {
                 });
             }
         }
-        let rto = match planned_done_ms {
+        let (rto, outage) = match planned_done_ms {
             // Clients of a planned change see a pause, not an outage.
             Some(done) => {
                 notes.push(
                     "RTO of a planned change: the longest time no write was acknowledged while the workflow ran".into(),
                 );
-                checker::rto_pause(&record, fault_ms, done)
+                (checker::rto_pause(&record, fault_ms, done), None)
             }
-            None => checker::rto_first_write(&record, fault_ms),
+            None if !spec.scenario.interrupts_writes() => {
+                notes.push("writes were not interrupted by design: RTO is the longest time no write was acknowledged after the fault".into());
+                (checker::rto_pause(&record, fault_ms, record.duration_ms), None)
+            }
+            None => {
+                let o = checker::writes_unavailable(&record, fault_ms);
+                (o.map(|o| o.seconds()), o)
+            }
         };
-        if let Some(r) = rto {
-            markers.push(Marker {
+        match outage {
+            Some(o) => markers.push(Marker {
                 kind: MarkerKind::Resume,
-                at_unix_ms: fault_unix + r * 1000.0,
-                label: if planned_done_ms.is_some() {
-                    "end of the longest write pause"
-                } else {
-                    "first acknowledged write after the fault"
+                at_unix_ms: record.started_unix_ms + o.until_ms,
+                label: "writes back: first commit acknowledged by another server instance".into(),
+            }),
+            None => {
+                if let Some(r) = rto {
+                    markers.push(Marker {
+                        kind: MarkerKind::Resume,
+                        at_unix_ms: fault_unix + r * 1000.0,
+                        label: "end of the longest write pause".into(),
+                    });
                 }
-                .into(),
-            });
+            }
         }
+        // The partition's clients: their last acknowledged commit must come
+        // before anything else was promoted, or two servers took writes.
+        let promotion_unix = observed
+            .steps
+            .iter()
+            .filter(|s| MarkerKind::of_step(&s.step) == MarkerKind::Promote && s.started_unix_ms >= fault_unix)
+            .map(|s| s.started_unix_ms)
+            .min_by(f64::total_cmp);
+        let stranded_report = stranded_report.map(|(acknowledged, missing, last_ack_unix)| {
+            let before_promotion = match (last_ack_unix, promotion_unix) {
+                (Some(a), Some(p)) => Some(a < p),
+                (None, _) => Some(true),
+                (Some(_), None) => None,
+            };
+            if before_promotion == Some(false) {
+                notes.push(
+                    "SPLIT BRAIN: the partitioned region's clients had a commit acknowledged after another node's promotion started"
+                        .into(),
+                );
+            }
+            Stranded {
+                acknowledged_commits: acknowledged,
+                missing_on_new_primary: missing,
+                last_ack_after_fault_seconds: last_ack_unix.map(|a| (a - fault_unix) / 1000.0),
+                promotion_after_fault_seconds: promotion_unix.map(|p| (p - fault_unix) / 1000.0),
+                last_ack_before_promotion: before_promotion,
+            }
+        });
         let buckets = timeline::buckets(&record);
         let (baseline, rto90) = checker::rto_throughput(&buckets, fault_ms, rto.map(|r| fault_ms + r * 1000.0));
         let (wkinds, rkinds) = checker::errors_by_kind(&record);
@@ -423,6 +511,9 @@ impl Drill<'_> {
         // Restore so the next run starts from the same topology.
         if check_on == after.primary {
             restored.extend(self.restore(&injected, &after).await);
+            if let Some(g) = fault.take() {
+                g.disarm();
+            }
         }
         restored.extend(self.back_home(home, spec).await);
 
@@ -432,6 +523,7 @@ impl Drill<'_> {
         let rpo_met = loss.rpo_seconds <= rpo_s;
         // A planned change must be invisible: no lost commit, no client error.
         let planned_clean = !spec.scenario.planned() || (loss.lost_commits() == 0 && client_errors == 0);
+        let single_writer = stranded_report.as_ref().is_none_or(|s| s.last_ack_before_promotion != Some(false));
         if !planned_clean {
             notes.push(format!(
                 "a planned {} must lose no commit and show clients no error: {} lost, {} client errors",
@@ -451,6 +543,7 @@ impl Drill<'_> {
             epoch_before: before.epoch,
             epoch_after: after.epoch,
             rto_seconds: rto,
+            writes_unavailable: outage,
             rto_throughput_seconds: rto90,
             baseline_commits_per_second: baseline,
             detection_seconds: detection,
@@ -474,7 +567,8 @@ impl Drill<'_> {
                 rpo_seconds: rpo_s,
                 rto_met,
                 rpo_met,
-                passed: rto_met && rpo_met && planned_clean,
+                single_writer,
+                passed: rto_met && rpo_met && planned_clean && single_writer,
             },
             restored,
             notes,
@@ -482,7 +576,33 @@ impl Drill<'_> {
             fault_ms,
             timeline: buckets,
             markers: markers.iter().map(|m| TimelineMarker::from_marker(m, record.started_unix_ms)).collect(),
+            stranded: stranded_report,
+            writable: WritableTimeline::default(),
         })
+    }
+
+    /// Undoes a fault after a failed run. Without a known topology a killed
+    /// primary is not started again (another node may have been promoted).
+    async fn restore_known(&self, injected: &scenario::Injected, topology: Option<&Topology>) -> Vec<String> {
+        match topology {
+            Some(t) => self.restore(injected, t).await,
+            None => {
+                let safe = scenario::Injected {
+                    description: injected.description.clone(),
+                    undo: injected
+                        .undo
+                        .iter()
+                        .filter(|u| !matches!(u, scenario::Undo::StartPostgres { was_primary: true, .. }))
+                        .cloned()
+                        .collect(),
+                };
+                let mut done = self.restore(&safe, &Topology::default()).await;
+                if safe.undo.len() < injected.undo.len() {
+                    done.push("the old primary was not started again: the topology is unknown".into());
+                }
+                done
+            }
+        }
     }
 
     async fn restore(&self, injected: &scenario::Injected, topology: &Topology) -> Vec<String> {

@@ -146,6 +146,58 @@ pub struct Injected {
     pub undo: Vec<Undo>,
 }
 
+/// An injected fault not yet undone. Dropped while armed (a drill that
+/// failed, panicked or was cancelled), it undoes at once what leaves the
+/// cluster stuck without it: frozen processes are continued, partitioned
+/// regions healed. Killed processes are left to the controller.
+pub struct FaultGuard {
+    injected: Injected,
+    wan_control: Option<PathBuf>,
+    armed: bool,
+}
+
+impl FaultGuard {
+    pub fn new(injected: Injected, hosts: &dyn Hosts) -> FaultGuard {
+        FaultGuard { injected, wan_control: hosts.wan_control(), armed: true }
+    }
+
+    pub fn injected(&self) -> &Injected {
+        &self.injected
+    }
+
+    /// The fault has been undone another way.
+    pub fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for FaultGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        for step in &self.injected.undo {
+            match step {
+                Undo::Continue { pids } => {
+                    for pid in pids {
+                        let _ = kill(Pid::from_raw(*pid), Signal::SIGCONT);
+                    }
+                    tracing::warn!("drill ended early: SIGCONT to {} frozen processes", pids.len());
+                }
+                Undo::Heal { region } => {
+                    if let Some(c) = &self.wan_control {
+                        match pgdr_wan::control::heal(c, Some(region)) {
+                            Ok(_) => tracing::warn!("drill ended early: region {region} healed"),
+                            Err(e) => tracing::error!("drill ended early: cannot heal region {region}: {e}"),
+                        }
+                    }
+                }
+                Undo::StartAgent { .. } | Undo::StartPostgres { .. } => {}
+            }
+        }
+    }
+}
+
 fn signal(pid: i32, sig: Signal, what: &str) -> Result<(), DrillError> {
     kill(Pid::from_raw(pid), sig).map_err(|source| DrillError::Signal {
         action: format!("send {sig} to"),

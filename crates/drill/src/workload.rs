@@ -20,7 +20,14 @@ use crate::DrillError;
 
 /// The ledger the writers fill.
 pub const LEDGER_DDL: &str = "CREATE SCHEMA IF NOT EXISTS pgdr_drill;
-CREATE TABLE IF NOT EXISTS pgdr_drill.ledger (id bigint PRIMARY KEY, writer int NOT NULL, at timestamptz NOT NULL DEFAULT now())";
+CREATE TABLE IF NOT EXISTS pgdr_drill.ledger (id bigint PRIMARY KEY, writer int NOT NULL, at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE IF NOT EXISTS pgdr_drill.writable_probe (at timestamptz NOT NULL DEFAULT now())";
+
+/// The write each statement does, returning which server instance took it
+/// (its port and its postmaster's start time): an acknowledgement from the
+/// instance that was failed is never taken for recovery.
+const INSERT: &str = "INSERT INTO pgdr_drill.ledger (id, writer) VALUES ($1, $2) \
+RETURNING inet_server_port()::text || '@' || pg_postmaster_start_time()::text";
 
 /// Creates the ledger table (run against the primary or the writer endpoint).
 pub async fn prepare(client: &tokio_postgres::Client) -> Result<(), DrillError> {
@@ -47,6 +54,10 @@ pub struct WorkloadSpec {
     pub backoff: Duration,
     /// Pause between writes of one writer (zero: as fast as it can).
     pub pace: Duration,
+    /// Each write in an explicit `BEGIN READ WRITE` ... `COMMIT`, which a
+    /// read-only setting (`default_transaction_read_only`) does not stop:
+    /// the client that finds a server still taking writes if one does.
+    pub begin_read_write: bool,
 }
 
 impl WorkloadSpec {
@@ -60,6 +71,7 @@ impl WorkloadSpec {
             statement_timeout: Duration::from_secs(10),
             backoff: Duration::from_millis(50),
             pace: Duration::from_millis(2),
+            begin_read_write: false,
         }
     }
 }
@@ -140,6 +152,10 @@ fn io_kind(e: &tokio_postgres::Error) -> Option<std::io::ErrorKind> {
 pub struct Ack {
     pub id: i64,
     pub writer: u32,
+    /// The server instance that acknowledged it: an index into
+    /// [`WorkloadRecord::instances`].
+    #[serde(default)]
+    pub instance: u32,
     /// When the statement was sent, ms since the workload started.
     pub sent_ms: f64,
     /// When the acknowledgement arrived, ms since the workload started.
@@ -181,9 +197,24 @@ pub struct WorkloadRecord {
     pub acks: Vec<Ack>,
     pub failures: Vec<Failure>,
     pub reads: Vec<ReadOk>,
+    /// Server instances that acknowledged writes (`port@postmaster start`),
+    /// in the order first seen.
+    #[serde(default)]
+    pub instances: Vec<String>,
 }
 
 impl WorkloadRecord {
+    /// The index of an instance, added when new.
+    fn instance(&mut self, name: &str) -> u32 {
+        match self.instances.iter().position(|i| i == name) {
+            Some(i) => i as u32,
+            None => {
+                self.instances.push(name.to_owned());
+                (self.instances.len() - 1) as u32
+            }
+        }
+    }
+
     pub fn write_failures(&self) -> impl Iterator<Item = &Failure> {
         self.failures.iter().filter(|f| !f.read)
     }
@@ -275,9 +306,9 @@ impl Workload {
     }
 
     /// Whether writes work again after `fault_ms` by the rule of
-    /// [`crate::checker::rto_first_write`].
+    /// [`crate::checker::writes_unavailable`].
     pub fn recovered_since(&self, fault_ms: f64) -> bool {
-        self.shared.with(|r| crate::checker::rto_first_write(r, fault_ms).is_some())
+        self.shared.with(|r| crate::checker::writes_unavailable(r, fault_ms).is_some())
     }
 
     /// Stops every client (in-flight statements are abandoned and recorded
@@ -294,6 +325,14 @@ impl Workload {
             r.ids_used = used - r.first_id;
             std::mem::take(r)
         })
+    }
+}
+
+impl Drop for Workload {
+    /// A workload dropped without [`Workload::stop`] (a drill that failed)
+    /// stops its clients too.
+    fn drop(&mut self) {
+        self.cancel.cancel();
     }
 }
 
@@ -315,6 +354,21 @@ async fn pause(d: Duration, cancel: &CancellationToken) -> bool {
         _ = cancel.cancelled() => false,
         _ = tokio::time::sleep(d) => true,
     }
+}
+
+/// One write; the acknowledgement is the autocommit's, or the `COMMIT`'s.
+async fn write(
+    c: &tokio_postgres::Client,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    explicit: bool,
+) -> Result<Option<tokio_postgres::Row>, tokio_postgres::Error> {
+    if !explicit {
+        return c.query_opt(INSERT, params).await;
+    }
+    c.batch_execute("BEGIN READ WRITE").await?;
+    let row = c.query_opt(INSERT, params).await?;
+    c.batch_execute("COMMIT").await?;
+    Ok(row)
 }
 
 async fn writer(spec: WorkloadSpec, n: u32, shared: Arc<Shared>, cancel: CancellationToken) {
@@ -359,13 +413,17 @@ async fn writer(spec: WorkloadSpec, n: u32, shared: Arc<Shared>, cancel: Cancell
             _ = cancel.cancelled() => return,
             r = tokio::time::timeout(
                 spec.statement_timeout,
-                c.execute("INSERT INTO pgdr_drill.ledger (id, writer) VALUES ($1, $2)", &params),
+                write(&c, &params, spec.begin_read_write),
             ) => r,
         };
         let at = shared.now_ms();
         match result {
-            Ok(Ok(_)) => {
-                shared.with(|r| r.acks.push(Ack { id, writer: n, sent_ms: sent, at_ms: at }));
+            Ok(Ok(row)) => {
+                let server: Option<String> = row.and_then(|r| r.try_get(0).ok());
+                shared.with(|r| {
+                    let instance = r.instance(server.as_deref().unwrap_or("?"));
+                    r.acks.push(Ack { id, writer: n, instance, sent_ms: sent, at_ms: at })
+                });
                 client = Some(c);
                 if !spec.pace.is_zero() && !pause(spec.pace, &cancel).await {
                     return;

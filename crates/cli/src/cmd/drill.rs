@@ -119,6 +119,7 @@ pub async fn run_scenarios(
         rpo_objective_seconds: tier.rpo.as_secs_f64(),
         observer: obs.describe(),
         wan_delay_ms: cfg.sandbox.as_ref().and_then(|s| s.wan_delay).map(|d| d.as_millis() as u64),
+        rto_definition: pgdr_drill::checker::RTO_DEFINITION.to_owned(),
         drills,
         passed,
     })
@@ -136,21 +137,31 @@ pub fn run(global: &Global, args: DrillArgs) -> anyhow::Result<ExitCode> {
     confirm_live(&cfg, &args.cluster, args.live, args.yes)?;
     let rt = tokio::runtime::Runtime::new()?;
     let json = args.json;
-    let report = rt.block_on(run_scenarios(
+    let scenarios = [scenario];
+    let say = |line: &str| {
+        if !json {
+            eprintln!("{line}");
+        }
+    };
+    let drill = run_scenarios(
         &cfg,
         &args.cluster,
-        &[scenario],
+        &scenarios,
         |s| {
             s.runs = args.runs;
             s.warmup = args.warmup;
             s.settle = args.settle;
         },
-        &|line: &str| {
-            if !json {
-                eprintln!("{line}");
-            }
-        },
-    ))?;
+        &say,
+    );
+    // Ctrl-C drops the drill, whose fault guard continues frozen servers
+    // and heals partitions before the process exits.
+    let report = rt.block_on(async {
+        tokio::select! {
+            r = drill => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted: the fault was undone where it could be")),
+        }
+    })?;
     if let Some(dir) = &args.report {
         let files = report.write(dir)?;
         if !json {

@@ -3,3 +3,4 @@
 
 mod checker;
 mod report;
+mod writable;

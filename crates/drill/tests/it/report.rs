@@ -4,6 +4,7 @@ use pgdr_drill::checker::LostCommit;
 use pgdr_drill::observer::MarkerKind;
 use pgdr_drill::report::{DrillReport, Objectives, Report, RunReport, TimelineMarker};
 use pgdr_drill::timeline::Bucket;
+use pgdr_drill::writable::{Answer, Probe, WritableLog, WritableTimeline};
 
 fn run(n: u32, rto: f64, lost: u64) -> RunReport {
     let timeline = (0..60)
@@ -28,6 +29,7 @@ fn run(n: u32, rto: f64, lost: u64) -> RunReport {
         epoch_before: Some(1),
         epoch_after: Some(2),
         rto_seconds: Some(rto),
+        writes_unavailable: None,
         rto_throughput_seconds: Some(rto + 0.2),
         baseline_commits_per_second: 400.0,
         detection_seconds: Some(0.5),
@@ -51,6 +53,7 @@ fn run(n: u32, rto: f64, lost: u64) -> RunReport {
             rpo_seconds: 0.0,
             rto_met: true,
             rpo_met: lost == 0,
+            single_writer: true,
             passed: lost == 0,
         },
         restored: vec!["every node back".into()],
@@ -62,12 +65,40 @@ fn run(n: u32, rto: f64, lost: u64) -> RunReport {
             TimelineMarker { kind: MarkerKind::Fault, at_ms: 3000.0, label: "fault".into() },
             TimelineMarker { kind: MarkerKind::Promote, at_ms: 3800.0, label: "promote".into() },
         ],
+        stranded: None,
+        writable: WritableTimeline::default(),
     }
+}
+
+/// A run whose overlap checker saw n1 and n2 take writes at once.
+fn split_brain(mut r: RunReport) -> RunReport {
+    let p = |sent: f64, answer| Probe {
+        sent_unix_ms: 1.0e12 + sent,
+        at_unix_ms: 1.0e12 + sent + 2.0,
+        answer,
+        detail: None,
+    };
+    let log = WritableLog {
+        nodes: vec![
+            ("n1".into(), (0..80).map(|i| p(f64::from(i) * 50.0, Answer::Writable)).collect()),
+            (
+                "n2".into(),
+                (0..80)
+                    .map(|i| p(f64::from(i) * 50.0, if i < 70 { Answer::Refused } else { Answer::Writable }))
+                    .collect(),
+            ),
+        ],
+    };
+    r.writable = log.analyse(r.workload_started_unix_ms);
+    r.objectives.single_writer = r.writable.overlaps.is_empty();
+    r.objectives.passed &= r.objectives.single_writer;
+    r
 }
 
 #[test]
 fn html_report_is_self_contained_and_shows_the_verdict() {
-    let runs = vec![run(1, 1.2, 0), run(2, 0.9, 2), run(3, 1.5, 0)];
+    let runs = vec![run(1, 1.2, 0), run(2, 0.9, 2), split_brain(run(3, 1.5, 0))];
+    assert!(!runs[2].objectives.passed, "two writable servers at once fail the run");
     let drill = DrillReport::summarize("kill-primary", "SIGKILL of the primary's postmaster", runs, vec![]);
     let stat = drill.rto_seconds.expect("rto stat");
     assert_eq!((stat.min, stat.median, stat.max), (0.9, 1.2, 1.5));
@@ -82,6 +113,7 @@ fn html_report_is_self_contained_and_shows_the_verdict() {
         rpo_objective_seconds: 0.0,
         observer: "test".into(),
         wan_delay_ms: None,
+        rto_definition: pgdr_drill::checker::RTO_DEFINITION.into(),
         passed: drill.passed,
         drills: vec![drill],
     };
@@ -93,7 +125,9 @@ fn html_report_is_self_contained_and_shows_the_verdict() {
     assert!(html.contains("<svg"), "an inline SVG timeline");
     assert!(html.contains("FAILED"), "the verdict line");
     assert!(html.contains("&lt;script&gt;"), "text is escaped");
-    assert!(html.matches("<svg").count() == 3, "one timeline per run");
+    assert!(html.matches("<svg").count() == 4, "one timeline per run, and the writable-server lanes of run 3");
+    assert!(html.contains("split brain: n1 and n2"), "the overlap is drawn");
+    assert!(html.contains("How RTO is measured"), "the RTO definition is in the report");
     // The JSON has the fields auditors' tools read.
     let json: serde_json::Value = serde_json::to_value(&report).expect("json");
     let r0 = &json["drills"][0]["runs"][1];
@@ -111,6 +145,9 @@ fn html_report_is_self_contained_and_shows_the_verdict() {
     assert_eq!(r0["objectives"]["passed"], serde_json::Value::Bool(false));
     let md = report.markdown();
     assert!(md.contains("| kill-primary | 3 |"), "{md}");
+    assert!(md.contains("How RTO is measured: RTO is the time writes were unavailable"), "{md}");
+    assert!(md.contains("SPLIT BRAIN: n1 and n2 both accepted writes"), "{md}");
+    assert!(md.contains("| n2 | writable |"), "the writable-server timeline: {md}");
     let dir = tempfile::Builder::new().prefix("pgdr-report-").tempdir_in("/tmp").expect("tempdir");
     let files = report.write(dir.path()).expect("write");
     assert_eq!(files.len(), 3);
