@@ -302,6 +302,14 @@ fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
             } else if let Some(first) = agent_addrs.insert(n.agent.clone(), k("agent")) {
                 c.bad(k("agent"), format!("address {} is already used by `{first}`", n.agent));
             }
+            if let Err(e) = pgdr_model::check_host(&n.host) {
+                c.bad(k("host"), e);
+            }
+            for key in n.settings.keys() {
+                if !pgdr_model::is_setting_name(key) {
+                    c.bad(k("settings"), format!("{key:?} is not a PostgreSQL parameter name"));
+                }
+            }
             if n.port == 0 {
                 c.bad(k("port"), "expected a port from 1 to 65535");
             } else if let Some(first) = pg_addrs.insert((n.host.clone(), n.port), k("port")) {

@@ -89,6 +89,32 @@ pub fn check_name(s: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Checks a host pgdr writes into PostgreSQL's configuration and connection
+/// strings and connects to: a DNS name (labels of ASCII letters, digits,
+/// `-` and `_`) or an IPv4 or IPv6 address. Nothing accepted can end a
+/// quoted value or add a connection parameter.
+pub fn check_host(h: &str) -> Result<(), String> {
+    let ok = !h.is_empty()
+        && h.len() <= 253
+        && (h.parse::<std::net::IpAddr>().is_ok()
+            || h.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            }));
+    if ok { Ok(()) } else { Err(format!("host {h:?}: expected a host name or an IP address")) }
+}
+
+/// Whether `k` is a PostgreSQL parameter name (custom ones have a dot:
+/// `pgdr.x`): nothing else may stand left of `=` in postgresql.conf.
+pub fn is_setting_name(k: &str) -> bool {
+    let mut chars = k.chars();
+    k.len() <= 63
+        && chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+}
+
 /// A cluster's generation number, raised by every promotion. It is the fencing
 /// token: agents refuse commands carrying an older epoch and proxies route only
 /// to the node the current epoch names.
@@ -173,6 +199,8 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humanize_parse(s)
 }
 
+const MAX_DURATION_SECS: f64 = 100.0 * 365.0 * 86400.0;
+
 fn humanize_parse(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
     let split = s
@@ -190,6 +218,11 @@ fn humanize_parse(s: &str) -> Result<std::time::Duration, String> {
     };
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("{s:?} is not a valid duration"));
+    }
+    // Found by the config parser's property test: from_secs_f64 panics
+    // past u64::MAX seconds. No pgdr duration needs more than a century.
+    if secs > MAX_DURATION_SECS {
+        return Err(format!("{s:?} is longer than 100 years"));
     }
     Ok(std::time::Duration::from_secs_f64(secs))
 }
@@ -222,6 +255,9 @@ mod tests {
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("five seconds").is_err());
         assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("18446744073709551616s").is_err(), "past u64::MAX seconds: an error, no panic");
+        assert!(parse_duration("99999999999999999999d").is_err());
+        assert!(parse_duration("36500d").is_ok());
         for d in ["250ms", "5s", "2m", "1h"] {
             assert_eq!(format_duration(parse_duration(d).unwrap_or_default()), d);
         }
@@ -233,6 +269,14 @@ mod tests {
         assert!(check_name("1east").is_err());
         assert!(check_name("").is_err());
         assert!(check_name("a b").is_err());
+        for ok in ["127.0.0.1", "::1", "db-1.example.com", "localhost", "node_2"] {
+            assert!(check_host(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a b", "h'", "h\\", "h=1", "-x", "a..b", "h\n", "host=evil"] {
+            assert!(check_host(bad).is_err(), "{bad:?}");
+        }
+        assert!(is_setting_name("pgdr.probe") && is_setting_name("fsync"));
+        assert!(!is_setting_name("a = 1\nb") && !is_setting_name("") && !is_setting_name("1a"));
     }
 
     #[test]

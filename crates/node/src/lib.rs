@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod bin;
+pub mod files;
 pub mod lease;
 pub mod local;
 pub mod os;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::process::Command;
 
 use crate::bin::PgBinaries;
+use crate::files;
 use crate::os::{OsError, RunAs};
 
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +133,7 @@ impl LocalPg {
         }
         for dir in [self.data_dir.clone(), self.socket_dir()] {
             std::fs::create_dir_all(&dir).map_err(PgError::io(&dir))?;
-            self.run_as.give(&dir)?;
+            files::give_dir(&dir, &self.run_as).map_err(PgError::io(&dir))?;
         }
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&self.data_dir, std::fs::Permissions::from_mode(0o700))
@@ -146,8 +147,10 @@ impl LocalPg {
     pub async fn initdb(&self, superuser: &str, password: &str) -> Result<(), PgError> {
         self.prepare_dirs()?;
         let pwfile = self.data_dir.with_extension("pw");
-        std::fs::write(&pwfile, password).map_err(PgError::io(&pwfile))?;
-        self.run_as.give(&pwfile)?;
+        let _ = std::fs::remove_file(&pwfile);
+        files::create_new(&pwfile, 0o600, &self.run_as)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, password.as_bytes()))
+            .map_err(PgError::io(&pwfile))?;
         let data = self.data_dir.display().to_string();
         let pw = pwfile.display().to_string();
         let res = self
@@ -175,15 +178,14 @@ impl LocalPg {
     }
 
     /// Writes pgdr's settings to `pgdr.conf` in the data directory and makes
-    /// `postgresql.conf` include it. Idempotent.
+    /// `postgresql.conf` include it. Idempotent. Every file is replaced
+    /// atomically without following a link ([`files`]); a setting's name
+    /// must be a plain identifier and its value is written as one literal
+    /// ([`conf_value`]), so no value can add a line of its own.
     pub fn configure(&self, settings: &[(String, String)]) -> Result<(), PgError> {
-        let conf = self.data_dir.join("postgresql.conf");
-        let text = std::fs::read_to_string(&conf).map_err(PgError::io(&conf))?;
-        let include = "include_if_exists = 'pgdr.conf'";
-        if !text.contains(include) {
-            std::fs::write(&conf, format!("{text}\n{include}\n")).map_err(PgError::io(&conf))?;
-        }
+        self.ensure_include("pgdr.conf")?;
         let mut body = String::from("# Written by pgdr; changes here are overwritten.\n");
+        valid_host(&self.host).map_err(PgError::Invalid)?;
         let mut all: Vec<(String, String)> = vec![
             ("listen_addresses".into(), quote(&self.host)),
             ("port".into(), self.port.to_string()),
@@ -191,12 +193,27 @@ impl LocalPg {
         ];
         all.extend(settings.iter().cloned());
         for (k, v) in all {
-            body.push_str(&format!("{k} = {v}\n"));
+            if !valid_setting_name(&k) {
+                return Err(PgError::Invalid(format!(
+                    "setting name {k:?}: expected letters, digits, _ and . (a PostgreSQL parameter name)"
+                )));
+            }
+            body.push_str(&format!("{k} = {}\n", conf_value(&v)));
         }
-        let path = self.data_dir.join("pgdr.conf");
-        std::fs::write(&path, body).map_err(PgError::io(&path))?;
-        self.run_as.give(&path)?;
-        Ok(())
+        self.write_file("pgdr.conf", body.as_bytes())
+    }
+
+    /// Replaces `name` in the data directory atomically (mode 600, owned by
+    /// the server's user), never through a link planted there.
+    pub fn write_file(&self, name: &str, contents: &[u8]) -> Result<(), PgError> {
+        let path = self.data_dir.join(name);
+        files::write_atomic(&path, contents, 0o600, &self.run_as).map_err(PgError::io(&path))
+    }
+
+    /// Reads `name` in the data directory (bounded, not through a link).
+    pub fn read_file(&self, name: &str) -> Result<String, PgError> {
+        let path = self.data_dir.join(name);
+        files::read(&path).map_err(PgError::io(&path))
     }
 
     /// Starts the server and waits until it accepts connections.
@@ -206,9 +223,12 @@ impl LocalPg {
         }
         let data = self.data_dir.display().to_string();
         let log = self.log_file().display().to_string();
-        if !self.log_file().exists() {
-            std::fs::write(self.log_file(), "").map_err(PgError::io(&self.log_file()))?;
-            self.run_as.give(&self.log_file())?;
+        let log_file = self.log_file();
+        match files::create_new(&log_file, 0o600, &self.run_as) {
+            Ok(_) => {}
+            // pg_ctl opens it as the server's user, who owns the folder anyway.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(PgError::Io { path: log_file, source: e }),
         }
         let secs = wait.as_secs().max(1).to_string();
         match self.run("pg_ctl", &["-D", &data, "-l", &log, "-w", "-t", &secs, "start"], &[]).await {
@@ -226,7 +246,7 @@ impl LocalPg {
 
     /// The last `n` lines of the server log.
     pub fn log_tail(&self, n: usize) -> String {
-        let text = std::fs::read_to_string(self.log_file()).unwrap_or_default();
+        let text = files::read_tail(&self.log_file(), 64 << 10);
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
@@ -247,7 +267,7 @@ impl LocalPg {
 
     /// The postmaster's PID from `postmaster.pid`, if the file is there.
     pub fn postmaster_pid(&self) -> Option<i32> {
-        let text = std::fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
+        let text = files::read_limited(&self.data_dir.join("postmaster.pid"), 4096).ok()?;
         text.lines().next()?.trim().parse().ok()
     }
 
@@ -263,7 +283,10 @@ impl LocalPg {
     pub fn conninfo(&self, login: &Login) -> String {
         let mut s = format!(
             "host={} port={} user={} dbname={} connect_timeout=5",
-            self.host, self.port, login.user, login.database
+            conn_quote(&self.host),
+            self.port,
+            conn_quote(&login.user),
+            conn_quote(&login.database)
         );
         if let Some(p) = &login.password {
             s.push_str(&format!(" password={}", conn_quote(p)));
@@ -307,9 +330,70 @@ pub fn pg_detail(e: &tokio_postgres::Error) -> String {
     s
 }
 
-/// Quotes a value for postgresql.conf.
+/// Quotes a value for postgresql.conf: one single-quoted literal, quotes
+/// doubled, backslashes escaped (the server unescapes `\\`), line breaks
+/// and other control characters written as escapes, so the value stays on its
+/// line whatever it holds.
 pub fn quote(v: &str) -> String {
-    format!("'{}'", v.replace('\'', "''"))
+    let mut out = String::with_capacity(v.len() + 2);
+    out.push('\'');
+    for c in v.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            // The server reads octal escapes: \ooo.
+            c if (c as u32) < 0x20 || c == '\u{7f}' => out.push_str(&format!("\\{:03o}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// A setting's value as written to postgresql.conf: a plain word or number
+/// (`on`, `32MB`, `0.9`, `-1`) or an already well-formed single-quoted
+/// literal as is, anything else quoted with [`quote`].
+pub fn conf_value(v: &str) -> String {
+    let plain = !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '+'));
+    if plain || is_conf_literal(v) { v.to_owned() } else { quote(v) }
+}
+
+/// Whether `v` is exactly one single-quoted literal as the server's
+/// configuration lexer reads it: `'([^'\\\n]|\\.|'')*'`.
+fn is_conf_literal(v: &str) -> bool {
+    let Some(inner) = v.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')) else { return false };
+    if v.len() < 2 {
+        return false;
+    }
+    let mut it = inner.chars();
+    while let Some(c) = it.next() {
+        match c {
+            '\n' | '\r' => return false,
+            '\\' => match it.next() {
+                None | Some('\n' | '\r') => return false,
+                Some(_) => {}
+            },
+            '\'' if it.next() != Some('\'') => return false,
+            _ => {}
+        }
+    }
+    true
+}
+
+/// A PostgreSQL parameter name ([`pgdr_model::is_setting_name`]).
+pub fn valid_setting_name(k: &str) -> bool {
+    pgdr_model::is_setting_name(k)
+}
+
+/// A host pgdr writes into PostgreSQL's configuration and connects to
+/// ([`pgdr_model::check_host`]).
+pub fn valid_host(h: &str) -> Result<(), String> {
+    pgdr_model::check_host(h)
 }
 
 /// Quotes a value for a libpq connection string.
@@ -332,5 +416,93 @@ pub fn pid_alive(pid: i32) -> bool {
             .and_then(|(_, rest)| rest.split_whitespace().next())
             .is_none_or(|state| state != "Z" && state != "X"),
         Err(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What the server's configuration lexer makes of a quoted literal
+    /// (`GUC_scanstr`): `''` is a quote, `\b \f \n \r \t`, `\ooo` octal,
+    /// any other `\x` is `x`.
+    fn scan(lit: &str) -> Option<String> {
+        let inner = lit.strip_prefix('\'')?.strip_suffix('\'')?;
+        let mut out = String::new();
+        let mut it = inner.chars().peekable();
+        while let Some(c) = it.next() {
+            match c {
+                '\'' => {
+                    if it.next()? != '\'' {
+                        return None;
+                    }
+                    out.push('\'');
+                }
+                '\\' => match it.next()? {
+                    'b' => out.push('\u{8}'),
+                    'f' => out.push('\u{c}'),
+                    'n' => out.push('\n'),
+                    'r' => out.push('\r'),
+                    't' => out.push('\t'),
+                    d @ '0'..='7' => {
+                        let mut v = d.to_digit(8)?;
+                        for _ in 0..2 {
+                            match it.peek().and_then(|c| c.to_digit(8)) {
+                                Some(x) => {
+                                    v = v * 8 + x;
+                                    it.next();
+                                }
+                                None => break,
+                            }
+                        }
+                        out.push(char::from_u32(v)?);
+                    }
+                    x => out.push(x),
+                },
+                '\n' | '\r' => return None,
+                c => out.push(c),
+            }
+        }
+        Some(out)
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote("it's"), "'it''s'");
+        assert_eq!(quote(r"C:\x"), r"'C:\\x'");
+        assert_eq!(quote("a\nb = 1"), r"'a\nb = 1'");
+        assert_eq!(conf_value("on"), "on");
+        assert_eq!(conf_value("32MB"), "32MB");
+        assert_eq!(conf_value("'replica'"), "'replica'");
+        assert_eq!(conf_value("'a''b'"), "'a''b'");
+        assert_eq!(conf_value("'x' \ninclude '/etc/shadow'"), quote("'x' \ninclude '/etc/shadow'"));
+        assert_eq!(conf_value("'unterminated"), quote("'unterminated"));
+        assert_eq!(conf_value("'a'b'"), quote("'a'b'"));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Whatever a value holds, it is written on one line, as one
+        /// literal the server reads back exactly.
+        #[test]
+        fn quoted_values_read_back_exactly(v in any::<String>()) {
+            let q = quote(&v);
+            prop_assert!(!q.contains('\n') && !q.contains('\r'));
+            prop_assert!(is_conf_literal(&q));
+            prop_assert_eq!(scan(&q), Some(v.clone()));
+            let w = conf_value(&v);
+            prop_assert!(!w.contains('\n') && !w.contains('\r'));
+        }
+
+        /// An accepted host holds nothing that could end a conninfo value
+        /// or a configuration line.
+        #[test]
+        fn accepted_hosts_are_inert(h in any::<String>()) {
+            if valid_host(&h).is_ok() {
+                prop_assert!(h.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':')));
+            }
+        }
     }
 }

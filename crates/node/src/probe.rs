@@ -45,20 +45,27 @@ pub async fn handle(
     if req.port == 0 {
         return Err(AgentError::BadRequest("probe: port 0".into()));
     }
-    let timeout = Duration::from_millis(req.timeout_ms);
-    if timeout.is_zero() || timeout > MAX_TIMEOUT {
+    crate::local::valid_host(&req.host).map_err(|e| AgentError::BadRequest(format!("probe: {e}")))?;
+    if state.cfg.target(&req.host, req.port, true).is_none() {
         return Err(AgentError::BadRequest(format!(
-            "probe: timeout_ms must be between 1 and {}, not {}",
-            MAX_TIMEOUT.as_millis(),
-            req.timeout_ms
+            "probe: {}:{} is not a node or proxy of cluster {} in the config ({}): the agent probes only those",
+            req.host,
+            req.port,
+            state.cfg.cluster,
+            crate::agent::known_targets(&state.cfg)
         )));
     }
+    if req.timeout_ms == 0 {
+        return Err(AgentError::BadRequest("probe: timeout_ms must be at least 1".into()));
+    }
+    // Longer asks are clamped: a probe that waits minutes tells nothing.
+    let timeout = Duration::from_millis(req.timeout_ms).min(MAX_TIMEOUT);
     let written_by = format!("pgdr-agent-{}", state.cfg.node);
     let started = tokio::time::Instant::now();
     let res = tokio::time::timeout(timeout, write(&state, &req, timeout, &written_by)).await;
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let (outcome, error, heartbeat_at) = match res {
-        Err(_) => (ProbeKind::Timeout, Some(format!("no answer within {} ms", req.timeout_ms)), None),
+        Err(_) => (ProbeKind::Timeout, Some(format!("no answer within {} ms", timeout.as_millis())), None),
         Ok(Ok(at)) => (ProbeKind::Ok, None, Some(at)),
         Ok(Err((kind, msg))) => (kind, Some(msg), None),
     };

@@ -9,7 +9,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::local::{LocalPg, Login, PgError, StopMode, conn_quote, connect, quote};
+use crate::files;
+use crate::local::{LocalPg, Login, PgError, StopMode, conn_quote, connect, quote, valid_host};
 
 /// The file pgdr keeps the standby settings in, included from
 /// `postgresql.conf` after `pgdr.conf`.
@@ -56,24 +57,15 @@ impl LocalPg {
         sibling(&self.data_dir, ".pgpass")
     }
 
-    /// Writes the password file (mode 600, owned by the server's user).
+    /// Writes the password file (mode 600, owned by the server's user),
+    /// replacing it atomically without following a link.
     pub fn write_passfile(&self, password: Option<&str>) -> Result<PathBuf, PgError> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let path = self.passfile();
         let mut line = String::new();
         if let Some(p) = password {
             line = format!("*:*:*:*:{}\n", passfile_escape(p));
         }
-        let _ = std::fs::remove_file(&path);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(PgError::io(&path))?;
-        f.write_all(line.as_bytes()).map_err(PgError::io(&path))?;
-        self.run_as.give(&path)?;
+        files::write_atomic(&path, line.as_bytes(), 0o600, &self.run_as).map_err(PgError::io(&path))?;
         Ok(path)
     }
 
@@ -81,9 +73,8 @@ impl LocalPg {
     /// `postgresql.conf` include them. Takes effect on start, or on reload
     /// for a running replica (PostgreSQL 13+).
     pub fn write_standby_config(&self, upstream: &Upstream, user: &str, application_name: &str) -> Result<(), PgError> {
-        let signal = self.data_dir.join("standby.signal");
-        std::fs::write(&signal, "").map_err(PgError::io(&signal))?;
-        self.run_as.give(&signal)?;
+        valid_host(&upstream.host).map_err(PgError::Invalid)?;
+        self.write_file("standby.signal", b"")?;
         let mut conninfo = format!(
             "host={} port={} user={} application_name={} passfile={} connect_timeout=2 keepalives=1 keepalives_idle=5 keepalives_interval=1 keepalives_count=3",
             conn_quote(&upstream.host),
@@ -97,19 +88,16 @@ impl LocalPg {
         body.push_str(&format!("primary_conninfo = {}\n", quote(&conninfo)));
         body.push_str(&format!("primary_slot_name = {}\n", quote(upstream.slot.as_deref().unwrap_or(""))));
         body.push_str("recovery_target_timeline = 'latest'\n");
-        let path = self.data_dir.join(UPSTREAM_CONF);
-        std::fs::write(&path, body).map_err(PgError::io(&path))?;
-        self.run_as.give(&path)?;
+        self.write_file(UPSTREAM_CONF, body.as_bytes())?;
         self.ensure_include(UPSTREAM_CONF)
     }
 
     /// Appends `include_if_exists = 'FILE'` to `postgresql.conf` once.
     pub fn ensure_include(&self, file: &str) -> Result<(), PgError> {
-        let conf = self.data_dir.join("postgresql.conf");
-        let text = std::fs::read_to_string(&conf).map_err(PgError::io(&conf))?;
-        let include = format!("include_if_exists = '{file}'");
-        if !text.contains(&include) {
-            std::fs::write(&conf, format!("{text}\n{include}\n")).map_err(PgError::io(&conf))?;
+        let text = self.read_file("postgresql.conf")?;
+        let include = format!("include_if_exists = {}", quote(file));
+        if !text.lines().any(|l| l.trim() == include) {
+            self.write_file("postgresql.conf", format!("{text}\n{include}\n").as_bytes())?;
         }
         Ok(())
     }
@@ -272,7 +260,7 @@ pub async fn rebuild(pg: &LocalPg, plan: &ReplicaPlan) -> Result<Vec<String>, Pg
 /// slot, standby config, node settings, start.
 pub async fn rewind(pg: &LocalPg, plan: &ReplicaPlan) -> Result<Vec<String>, PgError> {
     let mut steps = Vec::new();
-    if !pg.data_dir.join("PG_VERSION").is_file() {
+    if !std::fs::symlink_metadata(pg.data_dir.join("PG_VERSION")).is_ok_and(|m| m.file_type().is_file()) {
         return Err(PgError::RewindImpossible(format!("{} holds no data directory", pg.data_dir.display())));
     }
     if pg.is_running().await {

@@ -107,6 +107,22 @@ const BAD: &[(&str, &str, &str, &str, &str)] = &[
     // wrong types and values
     ("port = 5433", "port = \"5433\"", "clusters[0].nodes[1].port", "\"5433\"", "invalid type: string"),
     ("port = 5433", "port = 99999", "clusters[0].nodes[1].port", "99999", ""),
+    // a host that would add a connection parameter
+    (
+        "host = \"127.0.0.1\"\nport = 5433",
+        "host = \"127.0.0.1 sslmode=disable\"\nport = 5433",
+        "clusters[0].nodes[1].host",
+        "sslmode=disable",
+        "expected a host name or an IP address",
+    ),
+    // a durations past what a clock holds
+    (
+        "rpo = \"5s\"",
+        "rpo = \"18446744073709551616s\"",
+        "tiers[0].rpo",
+        "18446744073709551616s",
+        "longer than 100 years",
+    ),
     (
         "replication = \"sync\"",
         "replication = \"eventual\"",
@@ -219,3 +235,5 @@ fn locate_order() {
     assert_eq!(locate(None, Some("b.toml")), Path::new("b.toml"));
     assert_eq!(locate(None, None), Path::new("pgdr.toml"));
 }
+
+mod props;

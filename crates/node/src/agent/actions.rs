@@ -8,6 +8,8 @@ use pgdr_api::agent::{
     Action, EpochOnly, FenceMode, FenceRequest, PromoteRequest, RebuildRequest, RewindRequest, StopMode, StopRequest,
     UpstreamRequest, slot_name,
 };
+use pgdr_api::controller::ControllerClient;
+use pgdr_model::Epoch;
 use tokio_postgres::Client;
 
 use super::{AgentError, AgentState, parse_body};
@@ -27,7 +29,8 @@ impl Done {
     }
 }
 
-enum Request {
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Request {
     Start,
     Stop(StopMode),
     Promote(Option<u64>),
@@ -39,7 +42,26 @@ enum Request {
 }
 
 pub(crate) async fn run(state: &AgentState, action: Action, body: &[u8]) -> Result<Done, AgentError> {
-    let (epoch, req) = match action {
+    let (epoch, req) = parse_request(action, body)?;
+    confirm_jump(state, epoch).await?;
+    state.epoch.check(epoch).await?;
+    let _one_at_a_time = state.actions.lock().await;
+    tracing::info!(node = %state.cfg.node, %action, %epoch, "action requested");
+    match req {
+        Request::Start => start(state).await,
+        Request::Stop(mode) => stop(state, mode).await,
+        Request::Promote(timeout_ms) => promote(state, timeout_ms).await,
+        Request::Fence(mode) => fence(state, mode).await,
+        Request::Unfence => unfence(state).await,
+        Request::Rebuild(r) => rebuild(state, r).await,
+        Request::Rewind(r) => rewind(state, r).await,
+        Request::Upstream(r) => upstream(state, r).await,
+    }
+}
+
+/// An action's body, decoded: a 400 with the reason when it does not fit.
+pub(crate) fn parse_request(action: Action, body: &[u8]) -> Result<(Epoch, Request), AgentError> {
+    Ok(match action {
         Action::Start => (parse_body::<EpochOnly>(body)?.epoch, Request::Start),
         Action::Unfence => (parse_body::<EpochOnly>(body)?.epoch, Request::Unfence),
         Action::Stop => {
@@ -66,21 +88,44 @@ pub(crate) async fn run(state: &AgentState, action: Action, body: &[u8]) -> Resu
             let r: UpstreamRequest = parse_body(body)?;
             (r.epoch, Request::Upstream(r))
         }
-    };
-    state.epoch.check(epoch).await?;
-    let _one_at_a_time = state.actions.lock().await;
-    tracing::info!(node = %state.cfg.node, %action, %epoch, "action requested");
-    match req {
-        Request::Start => start(state).await,
-        Request::Stop(mode) => stop(state, mode).await,
-        Request::Promote(timeout_ms) => promote(state, timeout_ms).await,
-        Request::Fence(mode) => fence(state, mode).await,
-        Request::Unfence => unfence(state).await,
-        Request::Rebuild(r) => rebuild(state, r).await,
-        Request::Rewind(r) => rewind(state, r).await,
-        Request::Upstream(r) => upstream(state, r).await,
-    }
+    })
 }
+
+/// An epoch is raised by one per role change, in the controller's store,
+/// before any agent hears of it. An agent that heard of every change sees
+/// each epoch at most one above the last; a bigger jump (an agent that was
+/// away, a new host) is accepted only when the controller confirms its
+/// store holds that epoch, so a caller cannot push an agent to an epoch the
+/// store never reached (with `u64::MAX` the agent would refuse every
+/// legitimate command from then on). Without a controller to ask, a jump is
+/// refused.
+pub(crate) async fn confirm_jump(state: &AgentState, given: Epoch) -> Result<(), AgentError> {
+    let seen = state.epoch.current();
+    if given.0 <= seen.0.saturating_add(1) {
+        return Ok(());
+    }
+    let unconfirmed = |why: String| AgentError::EpochUnconfirmed { given, seen, why };
+    let Some(ctl) = &state.cfg.controller else {
+        return Err(unconfirmed("no controller is configured to confirm it".to_owned()));
+    };
+    let client = ControllerClient::new(&ctl.addr, ctl.token.clone())
+        .map_err(|e| unconfirmed(format!("the controller cannot be asked ({e})")))?
+        .with_timeout(EPOCH_CONFIRM_TIMEOUT);
+    let view = client
+        .cluster(state.cfg.cluster.as_str())
+        .await
+        .map_err(|e| unconfirmed(format!("the controller did not confirm it ({e})")))?;
+    if view.epoch < given {
+        return Err(unconfirmed(format!("the controller's store holds epoch {}", view.epoch)));
+    }
+    tracing::info!(node = %state.cfg.node, %given, %seen, stored = %view.epoch, "epoch jump confirmed by the controller");
+    Ok(())
+}
+
+const EPOCH_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest a request may ask `promote` to wait; longer asks are clamped.
+pub(crate) const MAX_PROMOTE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 async fn connect(state: &AgentState) -> Result<Client, AgentError> {
     let cfg = &state.cfg;
@@ -140,12 +185,23 @@ async fn stop(state: &AgentState, mode: StopMode) -> Result<Done, AgentError> {
     Ok(Done::new(true, format!("stopped PostgreSQL ({how})"), vec![format!("pg_ctl stop -m {how}")]))
 }
 
+/// The wait `promote` allows: the request's, else the configured one,
+/// clamped to 1 s ..= [`MAX_PROMOTE_TIMEOUT`] (a deadline past what the
+/// clock can hold would panic).
+pub(crate) fn promote_timeout(timeout_ms: Option<u64>, default: Duration) -> (Duration, Duration) {
+    let asked = timeout_ms.map(Duration::from_millis).unwrap_or(default);
+    (asked, asked.clamp(Duration::from_secs(1), MAX_PROMOTE_TIMEOUT))
+}
+
 async fn promote(state: &AgentState, timeout_ms: Option<u64>) -> Result<Done, AgentError> {
-    let timeout = timeout_ms.map(Duration::from_millis).unwrap_or(state.cfg.promote_timeout);
+    let (asked, timeout) = promote_timeout(timeout_ms, state.cfg.promote_timeout);
     let deadline = Instant::now() + timeout;
     let client = connect(state).await?;
     let (in_recovery, fenced) = role(state, &client).await?;
     let mut steps = Vec::new();
+    if timeout != asked {
+        steps.push(format!("wait limited to {} s (asked {} ms)", timeout.as_secs(), asked.as_millis()));
+    }
     if in_recovery {
         let secs = timeout.as_secs().clamp(1, i32::MAX as u64) as i32;
         let promoted: bool =
@@ -269,6 +325,14 @@ fn plan(state: &AgentState, host: &str, port: u16, slot: Option<String>) -> Resu
     if port == cfg.pg.port && (host == cfg.pg.host || host == "localhost") {
         return Err(AgentError::BadRequest(format!("{host}:{port} is this node itself")));
     }
+    crate::local::valid_host(host).map_err(AgentError::BadRequest)?;
+    if cfg.target(host, port, false).is_none() {
+        return Err(AgentError::BadRequest(format!(
+            "{host}:{port} is not a node of cluster {} in the config (nodes: {}): the agent connects only to those",
+            cfg.cluster,
+            known(cfg, false)
+        )));
+    }
     let slot = slot.unwrap_or_else(|| slot_name(cfg.node.as_str()));
     if slot.is_empty()
         || slot.len() > 63
@@ -284,6 +348,17 @@ fn plan(state: &AgentState, host: &str, port: u16, slot: Option<String>) -> Resu
         settings: cfg.settings.clone(),
         wait: cfg.pg_wait,
     })
+}
+
+/// The configured targets, for an error message.
+pub(crate) fn known(cfg: &super::AgentConfig, proxies: bool) -> String {
+    let v: Vec<String> = cfg
+        .targets
+        .iter()
+        .filter(|t| proxies || !t.proxy)
+        .map(|t| format!("{} {}:{}", t.name, t.host, t.port))
+        .collect();
+    if v.is_empty() { "none".to_owned() } else { v.join(", ") }
 }
 
 /// Rebuild and rewind destroy this node's history: refuse while it is a
@@ -326,8 +401,7 @@ async fn upstream(state: &AgentState, r: UpstreamRequest) -> Result<Done, AgentE
         ))));
     }
     let pg = &state.cfg.pg;
-    let conf = pg.data_dir.join(replica::UPSTREAM_CONF);
-    let before = std::fs::read_to_string(&conf).unwrap_or_default();
+    let before = pg.read_file(replica::UPSTREAM_CONF).unwrap_or_default();
     let mut steps = Vec::new();
     if replica::ensure_slot(&plan.upstream, &plan.login).await? {
         steps.push(format!(
@@ -339,7 +413,7 @@ async fn upstream(state: &AgentState, r: UpstreamRequest) -> Result<Done, AgentE
     }
     pg.write_passfile(plan.login.password.as_deref())?;
     pg.write_standby_config(&plan.upstream, &plan.replication_user, &plan.application_name)?;
-    let after = std::fs::read_to_string(&conf).unwrap_or_default();
+    let after = pg.read_file(replica::UPSTREAM_CONF).unwrap_or_default();
     if before == after {
         return Ok(Done::new(!steps.is_empty(), format!("already streaming from {}:{}", r.host, r.port), steps));
     }
@@ -363,5 +437,75 @@ where
             return Err(AgentError::Pg(PgError::Timeout { what: what.to_owned(), secs: timeout.as_secs() }));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgdr_api::agent::Endpoint;
+    use proptest::prelude::*;
+
+    fn action() -> impl Strategy<Value = Action> {
+        proptest::sample::select(Action::ALL.to_vec())
+    }
+
+    fn request() -> impl Strategy<Value = (Action, serde_json::Value, Request)> {
+        let epoch = any::<u64>();
+        let text = ".{0,40}";
+        let slot = proptest::option::of("[a-z0-9_]{0,70}");
+        prop_oneof![
+            epoch.prop_map(|e| (Action::Start, serde_json::json!({ "epoch": e }), Request::Start)),
+            (epoch, any::<bool>()).prop_map(|(e, fast)| {
+                let mode = if fast { StopMode::Fast } else { StopMode::Immediate };
+                (Action::Stop, serde_json::json!({ "epoch": e, "mode": mode }), Request::Stop(mode))
+            }),
+            (epoch, proptest::option::of(any::<u64>())).prop_map(|(e, t)| (
+                Action::Promote,
+                serde_json::json!({ "epoch": e, "timeout_ms": t }),
+                Request::Promote(t)
+            )),
+            (epoch, text, any::<u16>(), slot.clone()).prop_map(|(e, host, port, slot)| {
+                let r = RebuildRequest { epoch: Epoch(e), from: Endpoint { host, port }, slot };
+                (Action::Rebuild, serde_json::to_value(&r).unwrap_or_default(), Request::Rebuild(r))
+            }),
+            (epoch, text, any::<u16>(), slot).prop_map(|(e, host, port, slot)| {
+                let r = UpstreamRequest { epoch: Epoch(e), host, port, slot };
+                (Action::Upstream, serde_json::to_value(&r).unwrap_or_default(), Request::Upstream(r))
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Any bytes as any action's body: a decoded request or a 400,
+        /// never a panic.
+        #[test]
+        fn any_body_is_a_request_or_a_400(a in action(), body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            match parse_request(a, &body) {
+                Ok(_) => {}
+                Err(e) => prop_assert_eq!(e.kind(), "bad_request"),
+            }
+        }
+
+        /// JSON of the right shape, whatever its values, decodes to what
+        /// was encoded.
+        #[test]
+        fn typed_bodies_round_trip((a, json, want) in request()) {
+            let body = serde_json::to_vec(&json).unwrap_or_default();
+            let (epoch, got) = parse_request(a, &body).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(Some(epoch.0), json.get("epoch").and_then(serde_json::Value::as_u64));
+            prop_assert_eq!(got, want);
+        }
+
+        /// Every promote timeout, absurd ones included, gives a wait the
+        /// clock can add without overflowing.
+        #[test]
+        fn promote_timeouts_are_clamped(t in proptest::option::of(any::<u64>()), d in any::<u64>()) {
+            let (_, timeout) = promote_timeout(t, Duration::from_millis(d));
+            prop_assert!(timeout >= Duration::from_secs(1) && timeout <= MAX_PROMOTE_TIMEOUT);
+            prop_assert!(Instant::now().checked_add(timeout).is_some());
+        }
     }
 }

@@ -3,7 +3,6 @@
 //! temporary file, fsync, rename, fsync the folder), so a restarted agent
 //! still refuses commands from a deposed controller.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use pgdr_model::Epoch;
@@ -32,7 +31,7 @@ pub struct EpochStore {
 impl EpochStore {
     /// Reads the file; a missing file means epoch 0.
     pub fn open(path: PathBuf) -> Result<EpochStore, EpochError> {
-        let epoch = match std::fs::read_to_string(&path) {
+        let epoch = match crate::files::read_limited(&path, 64) {
             Ok(text) => {
                 let t = text.trim();
                 Epoch(t.parse().map_err(|_| EpochError::Corrupt { path: path.clone(), text: t.to_owned() })?)
@@ -73,11 +72,11 @@ impl EpochStore {
 
 fn write_atomic(path: &Path, epoch: Epoch) -> Result<(), EpochError> {
     let io = |source| EpochError::Io { path: path.to_owned(), source };
-    let tmp = path.with_extension("epoch.tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(format!("{}\n", epoch.0).as_bytes()).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
+    // A fresh O_EXCL|O_NOFOLLOW temporary file, renamed over the old one:
+    // the folder may belong to the server's user, who must not be able to
+    // point the write elsewhere with a link.
+    crate::files::write_atomic(path, format!("{}\n", epoch.0).as_bytes(), 0o600, &crate::os::RunAs::default())
+        .map_err(io)?;
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
     }

@@ -19,7 +19,7 @@ use axum::routing::{get, post};
 use pgdr_api::agent::{Action, ActionResponse, Health, Status};
 use pgdr_api::error::ErrorBody;
 use pgdr_config::Config;
-use pgdr_model::{ClusterName, NodeName, RegionName};
+use pgdr_model::{ClusterName, Epoch, NodeName, RegionName};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -46,6 +46,10 @@ pub enum AgentError {
     Unauthorized,
     #[error(transparent)]
     Epoch(#[from] EpochError),
+    /// An epoch more than one above the highest seen that the controller's
+    /// store did not confirm (see [`actions`]).
+    #[error("epoch {given} jumps past {seen}, the highest this agent has seen, and {why}: refused")]
+    EpochUnconfirmed { given: Epoch, seen: Epoch, why: String },
     #[error("bad request: {0}")]
     BadRequest(String),
     /// PostgreSQL must be up for this action and is not.
@@ -62,6 +66,7 @@ impl AgentError {
             AgentError::Unauthorized => "unauthorized",
             AgentError::Epoch(EpochError::Stale { .. }) => "stale_epoch",
             AgentError::BadRequest(_) => "bad_request",
+            AgentError::EpochUnconfirmed { .. } => "epoch_unconfirmed",
             AgentError::Down { .. } => "postgres_down",
             AgentError::Pg(PgError::RewindImpossible(_)) => "rewind_impossible",
             AgentError::Pg(PgError::Timeout { .. }) => "timeout",
@@ -74,9 +79,9 @@ impl AgentError {
             AgentError::Unauthorized => StatusCode::UNAUTHORIZED,
             AgentError::Epoch(EpochError::Stale { .. }) => StatusCode::CONFLICT,
             AgentError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            AgentError::Down { .. } | AgentError::Pg(PgError::RewindImpossible(_) | PgError::Invalid(_)) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            AgentError::Down { .. }
+            | AgentError::EpochUnconfirmed { .. }
+            | AgentError::Pg(PgError::RewindImpossible(_) | PgError::Invalid(_)) => StatusCode::UNPROCESSABLE_ENTITY,
             AgentError::Pg(PgError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -111,6 +116,56 @@ pub struct AgentConfig {
     pub promote_timeout: Duration,
     /// How long start and stop may take.
     pub pg_wait: Duration,
+    /// The only servers this agent connects to when a request names one
+    /// (`rebuild`, `rewind`, `upstream`, `probe`): the cluster's nodes and
+    /// its proxies, from the config. A request naming anything else is
+    /// refused, so the agent's credentials cannot be sent to a host of the
+    /// caller's choosing.
+    pub targets: Vec<Target>,
+    /// The controller to confirm an epoch jump with, and its token.
+    pub controller: Option<ControllerRef>,
+}
+
+/// A server of the config an agent may connect to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The node's name, or the proxy's.
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    /// A proxy endpoint (probes only), not a PostgreSQL node.
+    pub proxy: bool,
+}
+
+/// Where the controller's API is, to read the cluster's stored epoch.
+#[derive(Clone)]
+pub struct ControllerRef {
+    pub addr: String,
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for ControllerRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControllerRef")
+            .field("addr", &self.addr)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl AgentConfig {
+    /// The configured target at `host:port`, if any. A proxy endpoint
+    /// counts only when `proxies` is set; a proxy listening on an
+    /// unspecified address (`0.0.0.0`) is reached on loopback.
+    pub fn target(&self, host: &str, port: u16, proxies: bool) -> Option<&Target> {
+        let loopback = |h: &str| matches!(h, "127.0.0.1" | "::1" | "localhost");
+        self.targets.iter().find(|t| {
+            t.port == port
+                && (!t.proxy || proxies)
+                && (t.host.eq_ignore_ascii_case(host)
+                    || (t.proxy && matches!(t.host.as_str(), "0.0.0.0" | "::") && loopback(host)))
+        })
+    }
 }
 
 impl AgentConfig {
@@ -136,7 +191,29 @@ impl AgentConfig {
             Some(s) => Some(s.resolve().map_err(|e| AgentError::Setup(format!("agents.token: {e}")))?),
             None => None,
         };
+        let mut targets = Vec::new();
+        for n in &cluster.nodes {
+            crate::local::valid_host(&n.host)
+                .map_err(|e| AgentError::Setup(format!("{}: node {}: {e}", cfg.file.display(), n.name)))?;
+            targets.push(Target { name: n.name.to_string(), host: n.host.clone(), port: n.port, proxy: false });
+        }
+        for p in cfg.proxies.iter().filter(|p| p.cluster == cluster.name) {
+            for addr in std::iter::once(p.writer).chain(p.reader) {
+                targets.push(Target {
+                    name: p.name.clone(),
+                    host: addr.ip().to_string(),
+                    port: addr.port(),
+                    proxy: true,
+                });
+            }
+        }
+        let controller_token = match &cfg.controller.token {
+            Some(s) => Some(s.resolve().map_err(|e| AgentError::Setup(format!("controller.token: {e}")))?),
+            None => None,
+        };
         Ok(AgentConfig {
+            targets,
+            controller: Some(ControllerRef { addr: cfg.controller.listen.to_string(), token: controller_token }),
             node: node.name.clone(),
             cluster: cluster.name.clone(),
             region: node.region.clone(),
@@ -245,6 +322,11 @@ async fn run_action(
             Err(e)
         }
     }
+}
+
+/// Every configured target, for an error message.
+pub(crate) fn known_targets(cfg: &AgentConfig) -> String {
+    actions::known(cfg, true)
 }
 
 /// Parses an action body, a 400 with the reason when it does not fit.

@@ -1,14 +1,18 @@
 //! The agent in-process against a real PostgreSQL: auth, status, idempotent
-//! actions, fencing, an action on a stopped server, and epoch refusal that
-//! survives an agent restart.
+//! actions, fencing, an action on a stopped server, epoch refusal that
+//! survives an agent restart, epoch jumps only as far as the controller's
+//! store, servers outside the config refused, a huge timeout clamped.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use pgdr_api::ApiError;
-use pgdr_api::agent::{AgentClient, FenceMode, FenceRequest, PromoteRequest, StopMode, StopRequest};
+use pgdr_api::agent::{
+    AgentClient, Endpoint, FenceMode, FenceRequest, PromoteRequest, RebuildRequest, RewindRequest, StopMode,
+    StopRequest, UpstreamRequest,
+};
 use pgdr_model::{Epoch, Role};
-use pgdr_node::agent::{AgentConfig, AgentState, serve};
+use pgdr_node::agent::{AgentConfig, AgentState, ControllerRef, Target, serve};
 use pgdr_node::local::Login;
 use pgdr_node::{LocalPg, PgBinaries, RunAs};
 use tokio_util::sync::CancellationToken;
@@ -53,6 +57,24 @@ impl Agent {
     }
 }
 
+/// A stand-in for the controller's `GET /v1/clusters/main`, holding `epoch`.
+async fn stub_controller(epoch: u64) -> (String, CancellationToken) {
+    let body = serde_json::json!({
+        "name": "main", "epoch": epoch, "primary": "n1", "tier": "gold", "rpo_seconds": 0.0,
+        "replication": "async", "degraded": false, "nodes": [], "detection": "healthy", "workflow": null
+    });
+    let app = axum::Router::new()
+        .route("/v1/clusters/main", axum::routing::get(move || async move { axum::Json(body.clone()) }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let cancel = CancellationToken::new();
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
+    });
+    (addr, cancel)
+}
+
 #[tokio::test]
 async fn agent_actions_on_one_server() {
     let bin = PgBinaries::find(None).expect("PostgreSQL binaries");
@@ -77,6 +99,9 @@ async fn agent_actions_on_one_server() {
         token: Some("tok".into()),
         promote_timeout: Duration::from_secs(30),
         pg_wait: Duration::from_secs(30),
+        // A replica elsewhere, the only server rebuild/rewind may copy from.
+        targets: vec![Target { name: "n2".into(), host: "127.0.0.1".into(), port: free_port(), proxy: false }],
+        controller: None,
     };
     let agent = Agent::start(cfg.clone()).await;
     let c = &agent.client;
@@ -99,9 +124,20 @@ async fn agent_actions_on_one_server() {
     assert!(s.current_lsn.is_some());
     assert!(!s.fenced);
 
-    // Idempotent: promote on a primary and start on a running server succeed.
-    let r = c.promote(&PromoteRequest { epoch: Epoch(2), timeout_ms: None }).await.expect("promote a primary");
+    // An epoch jump no controller confirms is refused and changes nothing.
+    match c.start(Epoch(5)).await {
+        Err(ApiError::Failed { status: 422, kind, .. }) => assert_eq!(kind, "epoch_unconfirmed"),
+        other => panic!("expected an unconfirmed-epoch refusal, got {other:?}"),
+    }
+    assert_eq!(c.status().await.expect("status").epoch, Epoch(0));
+    assert!(!c.start(Epoch(1)).await.expect("start a running server").changed);
+
+    // Idempotent: promote on a primary and start on a running server
+    // succeed; a huge timeout is clamped, not a panic.
+    let r =
+        c.promote(&PromoteRequest { epoch: Epoch(2), timeout_ms: Some(u64::MAX) }).await.expect("promote a primary");
     assert!(!r.changed, "{r:?}");
+    assert!(r.steps.iter().any(|s| s.contains("limited")), "{r:?}");
     assert_eq!(r.epoch, Epoch(2));
     assert!(!c.start(Epoch(2)).await.expect("start a running server").changed);
 
@@ -145,6 +181,24 @@ async fn agent_actions_on_one_server() {
     assert!(c.start(Epoch(3)).await.expect("start").changed);
     assert_eq!(c.status().await.expect("status").role, Role::Primary);
 
+    // A server outside the config is refused before any connection.
+    for (host, port) in [("10.255.255.1".to_owned(), 5432), ("127.0.0.1".to_owned(), free_port())] {
+        let from = Endpoint { host: host.clone(), port };
+        match c.rebuild(&RebuildRequest { epoch: Epoch(3), from, slot: None }).await {
+            Err(ApiError::Failed { status: 400, message, .. }) => assert!(message.contains("not a node"), "{message}"),
+            other => panic!("expected 400 for {host}:{port}, got {other:?}"),
+        }
+    }
+    let from = Endpoint { host: "127.0.0.1' host=evil".into(), port: 5432 };
+    assert!(matches!(
+        c.rewind(&RewindRequest { epoch: Epoch(3), from, slot: None }).await,
+        Err(ApiError::Failed { status: 400, .. })
+    ));
+    assert!(matches!(
+        c.upstream(&UpstreamRequest { epoch: Epoch(3), host: "10.255.255.1".into(), port: 5432, slot: None }).await,
+        Err(ApiError::Failed { status: 400, .. })
+    ));
+
     // A bad body is a 400, not a panic.
     match c.action(pgdr_api::agent::Action::Stop, &serde_json::json!({"mode": "fast"})).await {
         Err(ApiError::Failed { status: 400, kind, .. }) => assert_eq!(kind, "bad_request"),
@@ -153,10 +207,28 @@ async fn agent_actions_on_one_server() {
 
     // The epoch survives an agent restart.
     agent.stop().await;
-    let agent = Agent::start(cfg).await;
+    let agent = Agent::start(cfg.clone()).await;
     assert_eq!(agent.client.status().await.expect("status").epoch, Epoch(3));
     assert!(matches!(agent.client.start(Epoch(2)).await, Err(ApiError::StaleEpoch { .. })));
     assert!(agent.client.start(Epoch(3)).await.is_ok());
     agent.stop().await;
+
+    // An epoch jump the controller's store confirms is taken; one beyond
+    // what it holds is not (a stand-in controller answers GET /v1/clusters/main).
+    let (ctl_addr, ctl_stop) = stub_controller(7).await;
+    let mut with_ctl = cfg.clone();
+    with_ctl.controller = Some(ControllerRef { addr: ctl_addr, token: None });
+    let agent = Agent::start(with_ctl).await;
+    match agent.client.start(Epoch(8)).await {
+        Err(ApiError::Failed { status: 422, kind, message, .. }) => {
+            assert_eq!(kind, "epoch_unconfirmed");
+            assert!(message.contains("holds epoch 7"), "{message}");
+        }
+        other => panic!("expected an unconfirmed-epoch refusal, got {other:?}"),
+    }
+    assert!(agent.client.start(Epoch(7)).await.is_ok());
+    assert_eq!(agent.client.status().await.expect("status").epoch, Epoch(7));
+    agent.stop().await;
+    ctl_stop.cancel();
     pg.stop(pgdr_node::local::StopMode::Fast, Duration::from_secs(30)).await.expect("stop");
 }

@@ -1,7 +1,7 @@
 //! `POST /v1/probe` against a real PostgreSQL: a committed heartbeat from
 //! the agent, a refused port, a host that accepts and never answers (timeout
-//! at the deadline), a read-only server (error), bad input and a missing
-//! token.
+//! at the deadline), a read-only server (error), bad input, a host outside
+//! the config, a huge timeout (clamped) and a missing token.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use pgdr_api::ApiError;
 use pgdr_api::agent::{AgentClient, FenceMode, FenceRequest, ProbeKind, ProbeRequest};
 use pgdr_model::Epoch;
-use pgdr_node::agent::{AgentConfig, AgentState, serve};
+use pgdr_node::agent::{AgentConfig, AgentState, Target, serve};
 use pgdr_node::local::Login;
 use pgdr_node::{LocalPg, PgBinaries, RunAs};
 use tokio_util::sync::CancellationToken;
@@ -46,6 +46,13 @@ async fn probe_outcomes_from_the_agent() {
     pg.configure(&settings).expect("configure");
     pg.start(Duration::from_secs(30)).await.expect("start");
     let login = Login { user: "postgres".into(), password: Some("secret".into()), database: "postgres".into() };
+    // The agent probes only nodes and proxies of its config: these three
+    // stand for them (a server, a port where nothing listens, a silent host).
+    let refused_port = free_port();
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let silent_port = silent.local_addr().expect("addr").port();
+    let target =
+        |name: &str, port: u16, proxy: bool| Target { name: name.into(), host: "127.0.0.1".into(), port, proxy };
     let cfg = AgentConfig {
         node: "w1".into(),
         cluster: "main".into(),
@@ -57,6 +64,8 @@ async fn probe_outcomes_from_the_agent() {
         token: Some("tok".into()),
         promote_timeout: Duration::from_secs(30),
         pg_wait: Duration::from_secs(30),
+        targets: vec![target("w1", pg.port, false), target("e1", refused_port, false), target("px", silent_port, true)],
+        controller: None,
     };
     let state = AgentState::new(cfg).expect("agent state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -81,12 +90,10 @@ async fn probe_outcomes_from_the_agent() {
     }
 
     // Nothing listens: refused at once.
-    let r = c.probe(&req(free_port(), 2000)).await.expect("probe");
+    let r = c.probe(&req(refused_port, 2000)).await.expect("probe");
     assert_eq!(r.outcome, ProbeKind::Refused, "{r:?}");
 
     // A host that accepts and never answers: timeout at the deadline.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let silent_port = silent.local_addr().expect("addr").port();
     let r = c.probe(&req(silent_port, 300)).await.expect("probe");
     assert_eq!(r.outcome, ProbeKind::Timeout, "{r:?}");
     assert!(r.latency_ms >= 300.0, "a timeout is never reported before its deadline: {r:?}");
@@ -97,6 +104,25 @@ async fn probe_outcomes_from_the_agent() {
     let r = c.probe(&req(pg.port, 2000)).await.expect("probe");
     assert_eq!(r.outcome, ProbeKind::Error, "{r:?}");
     assert!(r.error.as_deref().unwrap_or("").contains("read-only"), "{r:?}");
+
+    // A huge timeout is clamped, not a panic and not a wait of ages.
+    let r = c.probe(&req(pg.port, u64::MAX)).await.expect("probe with a huge timeout");
+    assert_eq!(r.outcome, ProbeKind::Error, "{r:?}");
+
+    // A host or port outside the config is refused before any connection.
+    for (host, port) in [("10.255.255.1", pg.port), ("127.0.0.1", free_port()), ("db.example.com", 5432)] {
+        match c.probe(&ProbeRequest { host: host.into(), port, timeout_ms: 100, row: None }).await {
+            Err(ApiError::Failed { status: 400, message, .. }) => assert!(message.contains("not a node"), "{message}"),
+            other => panic!("expected 400 for {host}:{port}, got {other:?}"),
+        }
+    }
+    match c
+        .probe(&ProbeRequest { host: "127.0.0.1 sslmode=disable".into(), port: pg.port, timeout_ms: 100, row: None })
+        .await
+    {
+        Err(ApiError::Failed { status: 400, .. }) => {}
+        other => panic!("expected 400 for a malformed host, got {other:?}"),
+    }
 
     // Bad input and a missing token.
     match c.probe(&req(pg.port, 0)).await {
