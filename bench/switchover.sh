@@ -28,7 +28,7 @@ cargo build $FLAG -q -p pgdr-cli
 cargo build $FLAG -q -p pgdr-drill --example switchover_pause
 PGDR="$ROOT/target/$PROFILE/pgdr"
 CLIENT="$ROOT/target/$PROFILE/examples/switchover_pause"
-COMMIT="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates || echo '+changes')"
+COMMIT="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates bench/switchover.sh || echo '+changes')"
 
 WORK="$(mktemp -d /tmp/pgdr-bench-switchover.XXXXXX)"
 chmod 755 "$WORK"
@@ -97,7 +97,7 @@ print(f"write pause   min / median / max: {pause[0]:.0f} / {pause[1]:.0f} / {pau
 print(f"switchover    min / median / max: {total[0]:.0f} / {total[1]:.0f} / {total[2]:.0f} ms")
 print(f"writer errors: {[r['writer_errors'] for r in rows]}; idle sessions kept: {[r['idle_sessions_ok'] for r in rows]} of {idle}")
 cpu = subprocess.run(["sh", "-c", "nproc; grep -m1 'model name' /proc/cpuinfo | cut -d: -f2; cat /proc/loadavg"], capture_output=True, text=True).stdout.split("\n")
-pg = subprocess.run(["sh", "-c", "ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1 | xargs -I{} {}/postgres --version"], capture_output=True, text=True).stdout.strip()
+pg = subprocess.run(["sh", "-c", "psql --version"], capture_output=True, text=True).stdout.strip() or "PostgreSQL (version unknown)"
 with open(out, "w") as f:
     f.write("# Switchover write pause\n\n")
     f.write(f"`bench/switchover.sh {runs} {idle}` ({profile} build) at commit `{commit}`, "
