@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let (first, last) = text.split_at(text.len() / 2);
     let v = Verifier::from_password("pw", b"salt", 1);
-    if let Ok((s, _)) = ScramServer::start(Some(v), first) {
+    if let Ok((s, _)) = ScramServer::start(Some(v), &[0; 16], first) {
         let _ = s.finish(last);
     }
     let _ = Verifier::parse(&text);

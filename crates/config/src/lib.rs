@@ -370,6 +370,9 @@ pub struct Proxy {
     pub api: Option<SocketAddr>,
     pub max_pause: Duration,
     pub max_queue: u32,
+    /// The most client connections the proxy holds at once on this
+    /// cluster's endpoints; more are refused with SQLSTATE 53300.
+    pub max_clients: u32,
     pub drain_timeout: Duration,
     /// Send readers to the primary when no replica is healthy.
     pub reader_fallback: bool,

@@ -151,6 +151,7 @@ pub struct RawProxy {
     pub api: Option<String>,
     pub max_pause: Option<String>,
     pub max_queue: Option<u32>,
+    pub max_clients: Option<u32>,
     pub drain_timeout: Option<String>,
     pub reader_fallback: Option<bool>,
     pub connect_timeout: Option<String>,

@@ -410,6 +410,9 @@ fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
             c.bad(k("pool_min_idle"), format!("expected at most pool_size ({pool_size}), got {pool_min_idle}"));
         }
         let defaults = Timing::default();
+        if p.max_clients == Some(0) {
+            c.bad(k("max_clients"), "expected at least 1 (the most client connections the proxy holds at once)");
+        }
         let proxy = Proxy {
             name: p.name.clone().unwrap_or_else(|| format!("{}-{}", p.cluster, p.region)),
             cluster: ClusterName::new(&p.cluster),
@@ -419,6 +422,7 @@ fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
             api,
             max_pause: c.duration(k("max_pause"), p.max_pause.as_deref(), Duration::from_secs(30)),
             max_queue: p.max_queue.unwrap_or(10_000),
+            max_clients: p.max_clients.unwrap_or(10_000).max(1),
             drain_timeout: c.duration(k("drain_timeout"), p.drain_timeout.as_deref(), defaults.drain_timeout),
             reader_fallback: p.reader_fallback.unwrap_or(true),
             connect_timeout: c.duration(k("connect_timeout"), p.connect_timeout.as_deref(), Duration::from_secs(2)),

@@ -73,6 +73,15 @@ pub enum ProxyError {
 pub struct Settings {
     pub max_pause: Duration,
     pub max_queue: usize,
+    /// The most client connections held at once (both endpoints); more are
+    /// refused with SQLSTATE 53300.
+    pub max_clients: usize,
+    /// How long a client may take for the TLS handshake, and again for its
+    /// startup packet.
+    pub handshake_timeout: Duration,
+    /// How long a client may take to authenticate (PostgreSQL's
+    /// `authentication_timeout` is a minute).
+    pub auth_timeout: Duration,
     pub drain_timeout: Duration,
     pub reader_fallback: bool,
     pub tcp: TcpSettings,
@@ -87,6 +96,7 @@ impl Settings {
         Settings {
             max_pause: p.max_pause,
             max_queue: p.max_queue as usize,
+            max_clients: p.max_clients as usize,
             drain_timeout: p.drain_timeout,
             reader_fallback: p.reader_fallback,
             tcp: TcpSettings { connect_timeout: p.connect_timeout, user_timeout: p.tcp_user_timeout },
@@ -94,6 +104,7 @@ impl Settings {
             pool_size: p.pool_size as usize,
             pool_min_idle: p.pool_min_idle as usize,
             pool_timeout: p.pool_timeout,
+            ..Settings::default()
         }
     }
 }
@@ -103,6 +114,9 @@ impl Default for Settings {
         Settings {
             max_pause: Duration::from_secs(30),
             max_queue: 10_000,
+            max_clients: 10_000,
+            handshake_timeout: Duration::from_secs(10),
+            auth_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(5),
             reader_fallback: true,
             tcp: TcpSettings { connect_timeout: Duration::from_secs(2), user_timeout: Duration::from_secs(2) },
@@ -152,6 +166,8 @@ pub(crate) struct ClusterState {
     pub held: AtomicUsize,
     /// Backend pools (`pool = "transaction"`).
     pub pools: pool::Pools,
+    /// Client connections held now, counted against `max_clients`.
+    pub clients: AtomicUsize,
 }
 
 impl ClusterState {
@@ -179,6 +195,8 @@ pub(crate) struct Inner {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub metrics: metrics::Metrics,
     pub tcp: TcpSettings,
+    /// Random per proxy: derives the mock SCRAM salt of unknown users.
+    pub mock_secret: [u8; 32],
 }
 
 impl std::fmt::Debug for Inner {
@@ -242,6 +260,7 @@ impl ProxyHandle {
                 reader_rr: AtomicUsize::new(0),
                 held: AtomicUsize::new(0),
                 pools: pool::Pools::default(),
+                clients: AtomicUsize::new(0),
             };
             clusters.insert(c.name.as_str().to_owned(), Arc::new(state));
         }
@@ -249,7 +268,16 @@ impl ProxyHandle {
             Some((cert, key)) => Some(server::tls_acceptor(cert, key)?),
             None => None,
         };
-        Ok(ProxyHandle { inner: Arc::new(Inner { clusters, cancel: Mutex::new(HashMap::new()), tls, metrics, tcp }) })
+        Ok(ProxyHandle {
+            inner: Arc::new(Inner {
+                clusters,
+                cancel: Mutex::new(HashMap::new()),
+                tls,
+                metrics,
+                tcp,
+                mock_secret: rand::random(),
+            }),
+        })
     }
 
     fn cluster(&self, name: &str) -> Result<&Arc<ClusterState>, ProxyError> {

@@ -136,10 +136,34 @@ fn attr(part: &str, name: char) -> Option<&str> {
     (chars.next() == Some(name) && chars.next() == Some('=')).then(|| &part[2..])
 }
 
+/// The salt an unknown user is offered, as PostgreSQL does
+/// (`scram_mock_salt`): derived from a per-proxy secret and the user name,
+/// so asking twice gives the same salt, as for a real user, and the
+/// exchange cannot tell a missing user from a wrong password.
+pub fn mock_salt(secret: &[u8; 32], user: &str) -> [u8; MOCK_SALT_LEN] {
+    let mac = hmac(secret, user.as_bytes());
+    let mut out = [0u8; MOCK_SALT_LEN];
+    out.copy_from_slice(&mac[..MOCK_SALT_LEN]);
+    out
+}
+
+/// PostgreSQL's salt length and default iteration count for new verifiers.
+pub const MOCK_SALT_LEN: usize = 16;
+pub const MOCK_ITERATIONS: u32 = 4096;
+
+/// Constant-time equality of two byte strings (lengths are not secret).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
 /// The server side of one SCRAM exchange.
 #[derive(Debug)]
 pub struct ScramServer {
-    verifier: Option<Verifier>,
+    verifier: Verifier,
+    /// An unknown user: the exchange runs against a mock verifier and
+    /// always fails at the proof.
+    mock: bool,
     client_first_bare: String,
     server_first: String,
     gs2_header: String,
@@ -148,9 +172,14 @@ pub struct ScramServer {
 
 impl ScramServer {
     /// Takes the client-first-message; returns the server-first-message. An
-    /// unknown user (`None`) gets a plausible exchange that always fails at
-    /// the proof, so user names cannot be probed.
-    pub fn start(verifier: Option<Verifier>, client_first: &str) -> Result<(ScramServer, String), ScramError> {
+    /// unknown user (`None`) gets an exchange that looks the same (the salt
+    /// from [`mock_salt`], 4096 iterations, the same work for the proof) and
+    /// always fails at the proof, so user names cannot be probed.
+    pub fn start(
+        verifier: Option<Verifier>,
+        mock_salt: &[u8],
+        client_first: &str,
+    ) -> Result<(ScramServer, String), ScramError> {
         let mut parts = client_first.splitn(3, ',');
         let cb = parts.next().ok_or(ScramError::Malformed("client-first"))?;
         let authzid = parts.next().ok_or(ScramError::Malformed("client-first"))?;
@@ -166,13 +195,17 @@ impl ScramServer {
             return Err(ScramError::Malformed("client-first nonce"));
         }
         let nonce = format!("{client_nonce}{}", nonce());
-        let (salt, iterations) = match &verifier {
-            Some(v) => (v.salt.clone(), v.iterations),
-            None => (rand::random::<[u8; 16]>().to_vec(), 4096),
-        };
-        let server_first = format!("r={nonce},s={},i={iterations}", B64.encode(salt));
+        let mock = verifier.is_none();
+        let verifier = verifier.unwrap_or_else(|| Verifier {
+            iterations: MOCK_ITERATIONS,
+            salt: mock_salt.to_vec(),
+            stored_key: rand::random(),
+            server_key: rand::random(),
+        });
+        let server_first = format!("r={nonce},s={},i={}", B64.encode(&verifier.salt), verifier.iterations);
         let s = ScramServer {
             verifier,
+            mock,
             client_first_bare: bare.to_owned(),
             server_first: server_first.clone(),
             gs2_header: format!("{cb},{authzid},"),
@@ -202,14 +235,15 @@ impl ScramServer {
         }
         let proof: [u8; 32] =
             B64.decode(proof).ok().and_then(|p| p.try_into().ok()).ok_or(ScramError::Malformed("client proof"))?;
-        let v = self.verifier.ok_or(ScramError::BadProof)?;
+        let v = self.verifier;
         let auth_message = format!("{},{},{}", self.client_first_bare, self.server_first, without_proof);
         let sig = hmac(&v.stored_key, auth_message.as_bytes());
         let mut key = [0u8; 32];
         for i in 0..32 {
             key[i] = proof[i] ^ sig[i];
         }
-        if sha256(&key) != v.stored_key {
+        // Constant time; a mock verifier never matches (its keys are random).
+        if !ct_eq(&sha256(&key), &v.stored_key) || self.mock {
             return Err(ScramError::BadProof);
         }
         let server_sig = hmac(&v.server_key, auth_message.as_bytes());
@@ -299,7 +333,8 @@ mod tests {
         assert_eq!(parsed, v);
         // Drive the server with the RFC's nonce by building the state directly.
         let s = ScramServer {
-            verifier: Some(v.clone()),
+            verifier: v.clone(),
+            mock: false,
             client_first_bare: format!("n=user,r={CLIENT_NONCE}"),
             server_first: SERVER_FIRST.to_owned(),
             gs2_header: "n,,".to_owned(),
@@ -331,7 +366,7 @@ mod tests {
         for (pw, ok) in [("right", true), ("wrong", false)] {
             let key = ClientKey::from_password(pw, b"saltsalt", 4096);
             let (mut c, first) = ScramClient::new(key.clone(), Some(v.server_key));
-            let (s, server_first) = ScramServer::start(Some(v.clone()), &first).expect("start");
+            let (s, server_first) = ScramServer::start(Some(v.clone()), &[0; 16], &first).expect("start");
             let fin = c.respond(&server_first).expect("respond");
             match s.finish(&fin) {
                 Ok((k, server_final)) => {
@@ -348,11 +383,26 @@ mod tests {
     }
 
     #[test]
+    fn unknown_user_looks_like_a_wrong_password() {
+        let secret = [7u8; 32];
+        let salt = mock_salt(&secret, "nobody");
+        assert_eq!(salt, mock_salt(&secret, "nobody"), "the same user gets the same salt");
+        assert_ne!(salt, mock_salt(&secret, "somebody"));
+        assert_ne!(salt, mock_salt(&[8u8; 32], "nobody"), "another proxy, another salt");
+        let key = ClientKey::from_password("guess", &salt, MOCK_ITERATIONS);
+        let (mut c, first) = ScramClient::new(key, None);
+        let (s, server_first) = ScramServer::start(None, &salt, &first).expect("start");
+        assert!(server_first.ends_with(&format!(",s={},i=4096", B64.encode(salt))), "{server_first}");
+        let fin = c.respond(&server_first).expect("respond");
+        assert_eq!(s.finish(&fin), Err(ScramError::BadProof), "fails at the proof, like a wrong password");
+    }
+
+    #[test]
     fn unknown_user_and_garbage_fail_cleanly() {
-        let (s, _) = ScramServer::start(None, "n,,n=,r=abc").expect("start");
+        let (s, _) = ScramServer::start(None, &[0; 16], "n,,n=,r=abc").expect("start");
         assert!(s.finish("c=biws,r=x,p=AAAA").is_err());
-        assert!(ScramServer::start(None, "garbage").is_err());
-        assert!(ScramServer::start(None, "p=tls-server-end-point,,n=,r=abc").is_err());
+        assert!(ScramServer::start(None, &[0; 16], "garbage").is_err());
+        assert!(ScramServer::start(None, &[0; 16], "p=tls-server-end-point,,n=,r=abc").is_err());
         assert!(Verifier::parse("md5abc").is_err());
         assert!(Verifier::parse("SCRAM-SHA-256$x:y$z:w").is_err());
     }

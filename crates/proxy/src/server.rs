@@ -310,6 +310,41 @@ async fn cancel(inner: &Inner, pid: i32, secret: i32) {
     }
 }
 
+/// One of the cluster's `max_clients` places, given back on drop.
+struct ClientSlot(Arc<ClusterState>);
+
+impl ClientSlot {
+    fn take(state: &Arc<ClusterState>) -> Option<ClientSlot> {
+        let max = state.settings.max_clients.max(1);
+        if state.clients.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= max {
+            state.clients.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            return None;
+        }
+        Some(ClientSlot(state.clone()))
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Answers a client past `max_clients` once it sent its startup packet, as
+/// PostgreSQL does past `max_connections`.
+async fn too_many<S: AsyncWrite + Unpin>(state: &ClusterState, s: &mut S) -> Result<(), ClientError> {
+    state.metrics.error("too_many_clients");
+    let msg = format!(
+        "sorry, too many clients already: the proxy of cluster {} holds at most {} (max_clients)",
+        state.name, state.settings.max_clients
+    );
+    let mut out = BytesMut::new();
+    protocol::put_error(&mut out, "FATAL", "53300", &msg);
+    s.write_all(&out).await?;
+    let _ = s.flush().await;
+    Err(ClientError::Closed(msg))
+}
+
 async fn handle_client(
     inner: Arc<Inner>,
     state: Arc<ClusterState>,
@@ -318,20 +353,29 @@ async fn handle_client(
     token: CancellationToken,
 ) -> Result<(), ClientError> {
     stream.set_nodelay(true)?;
+    // Held for the connection's life; a client past the cap is told so
+    // after its startup packet.
+    let slot = ClientSlot::take(&state);
+    let limit = state.settings.handshake_timeout;
     let mut buf = BytesMut::with_capacity(crate::backend::BUF_SIZE);
-    let first = tokio::time::timeout(Duration::from_secs(10), negotiate(&inner, &mut stream, &mut buf, true))
+    let first = tokio::time::timeout(limit, negotiate(&inner, &mut stream, &mut buf, true))
         .await
         .map_err(|_| ClientError::StartupTimeout)??;
     match first {
         Next::Done => Ok(()),
+        Next::Startup(_) if slot.is_none() => too_many(&state, &mut stream).await,
         Next::Startup(st) => crate::session::run(inner, state, endpoint, stream, buf, st, token).await,
         Next::Tls => {
             let Some(acceptor) = inner.tls.clone() else { return Ok(()) };
-            let mut tls = acceptor.accept(stream).await.map_err(ClientError::Tls)?;
-            let next = tokio::time::timeout(Duration::from_secs(10), negotiate(&inner, &mut tls, &mut buf, false))
+            let mut tls = tokio::time::timeout(limit, acceptor.accept(stream))
+                .await
+                .map_err(|_| ClientError::Tls(std::io::ErrorKind::TimedOut.into()))?
+                .map_err(ClientError::Tls)?;
+            let next = tokio::time::timeout(limit, negotiate(&inner, &mut tls, &mut buf, false))
                 .await
                 .map_err(|_| ClientError::StartupTimeout)??;
             match next {
+                Next::Startup(_) if slot.is_none() => too_many(&state, &mut tls).await,
                 Next::Startup(st) => crate::session::run(inner, state, endpoint, tls, buf, st, token).await,
                 _ => Ok(()),
             }

@@ -23,6 +23,17 @@ use pgdr_model::Epoch;
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(super) async fn login(&mut self) -> Result<(), ClientError> {
+        // A client that has not proved who it is takes no place in the
+        // pause queue: with `users`/`auto` it authenticates first, within
+        // `auth_timeout`. (With `passthrough` the backend authenticates, so
+        // a queued client is not yet authenticated: `max_queue` and
+        // `max_clients` bound those.)
+        if !matches!(self.state.auth, AuthConfig::Passthrough) {
+            match tokio::time::timeout(self.state.settings.auth_timeout, self.authenticate_client()).await {
+                Ok(r) => r?,
+                Err(_) => return Err(self.auth_timeout().await),
+            }
+        }
         if self.endpoint == Endpoint::Writer {
             let s = &self.state.settings;
             match self.state.gate.wait_open(s.max_pause, s.max_queue).await {
@@ -42,7 +53,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         let trusted = self.pool.as_ref().is_some_and(|p| p.trust.load(Ordering::Relaxed) == TRUST_OK);
         let mut hold = None;
-        let mut authenticated = false;
         let first = loop {
             let (target, epoch) = self.pick().await?;
             let tcp = self.state.settings.tcp;
@@ -51,14 +61,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 // Only the TCP connect can be retried: after it the client
                 // takes part in the backend's authentication.
                 AuthConfig::Passthrough => match backend::connect_tcp(&target, tcp).await {
-                    Ok(stream) => Ok(self.login_passthrough(stream, &target, epoch).await?),
+                    Ok(stream) => {
+                        let limit = self.state.settings.auth_timeout;
+                        match tokio::time::timeout(limit, self.login_passthrough(stream, &target, epoch)).await {
+                            Ok(r) => Ok(r?),
+                            Err(_) => return Err(self.auth_timeout().await),
+                        }
+                    }
                     Err(e) => Err(e),
                 },
                 AuthConfig::UsersFile(_) | AuthConfig::Auto(_) => {
-                    if !authenticated {
-                        self.authenticate_client(&target).await?;
-                        authenticated = true;
-                    }
                     if self.pool.is_some() {
                         break None;
                     }
@@ -196,12 +208,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Ok(conn)
     }
 
+    async fn auth_timeout(&mut self) -> ClientError {
+        self.state.metrics.error("auth_timeout");
+        let msg = format!(
+            "authentication did not finish within {}",
+            pgdr_model::format_duration(self.state.settings.auth_timeout)
+        );
+        self.fatal("08P01", msg).await
+    }
+
     /// `users`/`auto`: SCRAM-SHA-256 (or md5) against the stored secret.
-    async fn authenticate_client(&mut self, target: &Backend) -> Result<(), ClientError> {
+    async fn authenticate_client(&mut self) -> Result<(), ClientError> {
         let user = self.startup.user().to_owned();
         let mut secret = self.state.users.get(&user);
+        // Verifiers are read from the current primary (else a replica).
+        let source = {
+            let r = self.routing.borrow();
+            r.primary.clone().or_else(|| r.replicas.first().cloned())
+        };
         if secret.is_none()
             && let AuthConfig::Auto(login) = &self.state.auth
+            && let Some(target) = &source
             && self.state.users.may_refresh()
         {
             match crate::auth::fetch_from_backend(target, login, self.state.settings.tcp.connect_timeout).await {
@@ -220,7 +247,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.client.write_all(&self.out).await?;
             let m = self.read_client_message().await?;
             let got = protocol::take_cstr(protocol::body(&m)).map(|(p, _)| p).unwrap_or(&[]);
-            if m[0] != b'p' || got != crate::auth::md5_response(stored, salt).as_bytes() {
+            let want = crate::auth::md5_response(stored, salt);
+            if !crate::scram::ct_eq(got, want.as_bytes()) || m[0] != b'p' {
                 self.state.metrics.error("auth_failed");
                 return Err(self.fatal("28P01", failed(&user)).await);
             }
@@ -249,7 +277,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Err(self.fatal("28000", "expected a SCRAM-SHA-256 SASLInitialResponse".into()).await);
         };
         let server_key = verifier.as_ref().map(|v| v.server_key);
-        let (server, server_first) = match ScramServer::start(verifier, &first) {
+        let mock_salt = crate::scram::mock_salt(&self.inner.mock_secret, &user);
+        let (server, server_first) = match ScramServer::start(verifier, &mock_salt, &first) {
             Ok(x) => x,
             Err(e) => return Err(self.fatal("28000", e.to_string()).await),
         };

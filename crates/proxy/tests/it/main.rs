@@ -1,8 +1,10 @@
 //! Integration tests of the proxy against real PostgreSQL, psql and pgbench.
 
+mod clientside;
 mod harness;
 mod malformed;
 mod pause;
+mod props;
 mod relay;
 mod switch;
 mod unreachable;
