@@ -70,6 +70,10 @@ pub(crate) struct Pool {
     /// Backends open (idle or in use).
     pub open: AtomicUsize,
     pub trust: AtomicU8,
+    /// Statements (by hash) that prepared without error on a backend of
+    /// this pool: a client's Parse of one can be answered without a
+    /// backend and prepared where the client lands.
+    known: Mutex<HashSet<u64>>,
     closed_total: prometheus_client::metrics::counter::Counter,
 }
 
@@ -92,6 +96,7 @@ impl Pool {
             waiting: AtomicUsize::new(0),
             open: AtomicUsize::new(0),
             trust: AtomicU8::new(TRUST_UNKNOWN),
+            known: Mutex::new(HashSet::new()),
             closed_total,
         }
     }
@@ -113,6 +118,18 @@ impl Pool {
             Ok(Ok(p)) => Some(p),
             _ => None,
         }
+    }
+
+    pub fn note_known(&self, hash: u64) {
+        if let Ok(mut k) = self.known.lock()
+            && k.len() < 100_000
+        {
+            k.insert(hash);
+        }
+    }
+
+    pub fn is_known(&self, hash: u64) -> bool {
+        self.known.lock().map(|k| k.contains(&hash)).unwrap_or(false)
     }
 
     /// Backends in use now.

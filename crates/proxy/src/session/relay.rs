@@ -95,6 +95,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.cbuf.first() == Some(&b'X') && (self.is_idle() || self.be.is_none()) {
             return Ok(Flow::Terminate);
         }
+        if self.be.is_none() && self.is_idle() && self.pool.is_some() && self.answer_known_parses().await? {
+            return Ok(Flow::Continue);
+        }
         if self.is_idle() || self.be.is_none() {
             if self.be.is_none() && !self.is_idle() && !self.reopen_aborted {
                 return Err(self.fatal("08006", "the server connection was lost".into()).await);
@@ -146,6 +149,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             match h.tag {
                 b'Q' => {
                     self.pending += 1;
+                    self.st.batch = self.syncs_sent;
                     self.syncs_sent += 1;
                     self.st.on_query(body);
                     if pooled && sql_may_drop_statements(body) {
@@ -155,6 +159,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 b'P' => {
                     self.unsynced = true;
+                    self.st.batch = self.syncs_sent;
                     let hash = self.st.on_parse(&self.cbuf[msg_start..msg_start + h.total], body);
                     match hash {
                         Some(hash) if pooled => {
@@ -236,6 +241,50 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         self.write_assembled(fwd, copied).await;
         Ok(Flow::Continue)
+    }
+
+    /// Pooled, between transactions: a batch of only named Parses of
+    /// statements known to prepare fine, then Sync (how libpq's PQprepare
+    /// looks), is answered without taking a backend; the statements are
+    /// prepared where the client next lands. Returns whether it was.
+    async fn answer_known_parses(&mut self) -> Result<bool, ClientError> {
+        let Some(pool) = self.pool.clone() else { return Ok(false) };
+        let mut at = 0;
+        let mut parses = Vec::new();
+        loop {
+            let Ok(Some(h)) = protocol::header(&self.cbuf[at..], MAX_DECODED) else { return Ok(false) };
+            if h.total > self.cbuf.len() - at {
+                return Ok(false);
+            }
+            let body = &self.cbuf[at + 5..at + h.total];
+            match h.tag {
+                b'P' => {
+                    let name = protocol::parse_statement_name(body).unwrap_or(&[]);
+                    let query = protocol::parse_query_text(body).unwrap_or(&[]);
+                    if name.is_empty()
+                        || !pool.is_known(state::statement_hash(&body[name.len() + 1..]))
+                        || protocol::unmovable_state(query).is_some()
+                        || protocol::is_session_set(query)
+                    {
+                        return Ok(false);
+                    }
+                    parses.push((at, h.total));
+                }
+                b'S' if at + h.total == self.cbuf.len() && !parses.is_empty() => break,
+                _ => return Ok(false),
+            }
+            at += h.total;
+        }
+        self.out.clear();
+        for (start, len) in parses {
+            let msg = self.cbuf[start..start + len].to_vec();
+            self.st.on_parse(&msg, &msg[5..]);
+            protocol::put_message(&mut self.out, b'1', |_| {});
+        }
+        protocol::put_ready(&mut self.out, b'I');
+        self.cbuf.clear();
+        self.client.write_all(&self.out).await?;
+        Ok(true)
     }
 
     /// A client's named Parse on a pooled backend: sent under the
@@ -401,7 +450,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     while self.expect_close.front().is_some_and(|(_, b)| *b <= done) {
                         self.expect_close.pop_front();
                     }
-                    self.st.on_ready(self.status);
+                    self.st.on_ready(self.status, done);
                     if self.pending == 0 && !self.unsynced && self.status == b'I' {
                         end_tx = true;
                     }
@@ -432,7 +481,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 b'1' | b'3' => {
                     let injected = if h.tag == b'1' {
-                        self.expect.pop_front().is_some_and(|e| e.0)
+                        let e = self.expect.pop_front();
+                        if let (Some(p), Some((_, _, hash))) = (&self.pool, e)
+                            && hash != 0
+                        {
+                            p.note_known(hash);
+                        }
+                        e.is_some_and(|e| e.0)
                     } else {
                         self.expect_close.pop_front().is_some_and(|e| e.0)
                     };

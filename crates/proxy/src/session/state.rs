@@ -85,9 +85,13 @@ pub(super) struct Tracked {
     pub pins: u8,
     /// A statement that may have ended a pin ran: ask the backend.
     pub recheck: bool,
-    /// Changes of the statements in flight, kept once they succeed.
-    pending: Vec<Change>,
+    /// Changes of the statements in flight with the number of the batch
+    /// (Sync or Query) they belong to, kept once it succeeds.
+    pending: Vec<(u64, Change)>,
+    /// The batch being answered (or the transaction) failed.
     pending_failed: bool,
+    /// The batch the next message belongs to (set by the relay).
+    pub batch: u64,
 }
 
 impl Tracked {
@@ -97,12 +101,12 @@ impl Tracked {
         self.note_pins(sql);
         if protocol::is_session_set(sql) {
             if self.sets.len() < MAX_TRACKED_SETS {
-                self.pending.push(Change::Set(String::from_utf8_lossy(sql).trim().to_owned()));
+                self.pending.push((self.batch, Change::Set(String::from_utf8_lossy(sql).trim().to_owned())));
             }
             return;
         }
         match sql_change(sql) {
-            Some(c) => self.pending.push(c),
+            Some(c) => self.pending.push((self.batch, c)),
             None if self.pins & PIN_LISTEN != 0 && protocol::unmovable_state(sql) == Some("LISTEN") => {
                 self.listen_unknown = true;
             }
@@ -159,18 +163,24 @@ impl Tracked {
         }
     }
 
-    /// ReadyForQuery with `status`: changes of a transaction that
-    /// committed (or of statements that succeeded outside one) count.
-    pub fn on_ready(&mut self, status: u8) {
-        if self.pending.is_empty() || status == b'T' {
+    /// ReadyForQuery with `status` ending batch `done`: changes of a
+    /// transaction that committed (or of statements that succeeded outside
+    /// one) count.
+    pub fn on_ready(&mut self, status: u8, done: u64) {
+        if status == b'T' {
             return;
         }
-        let changes = std::mem::take(&mut self.pending);
         let failed = std::mem::take(&mut self.pending_failed) || status == b'E';
+        if self.pending.is_empty() {
+            return;
+        }
+        let (now, later): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.pending).into_iter().partition(|(b, _)| *b <= done);
+        self.pending = later;
         if failed {
             return;
         }
-        for c in changes {
+        for (_, c) in now {
             self.apply(c);
         }
     }
@@ -446,19 +456,25 @@ mod tests {
     fn tracks_sets_once_when_they_succeed() {
         let mut t = Tracked::default();
         t.on_query(b"SET search_path = a\0");
-        t.on_ready(b'I');
+        t.on_ready(b'I', t.batch);
+        t.batch += 1;
         t.on_query(b"SET search_path = a\0");
-        t.on_ready(b'I');
+        t.on_ready(b'I', t.batch);
+        t.batch += 1;
         t.on_query(b"SET LOCAL work_mem = '1MB'\0");
-        t.on_ready(b'I');
+        t.on_ready(b'I', t.batch);
+        t.batch += 1;
         t.on_query(b"SET nosuch = 1\0");
         t.on_error();
-        t.on_ready(b'I');
+        t.on_ready(b'I', t.batch);
+        t.batch += 1;
         t.on_query(b"SET work_mem = '2MB'\0");
         t.on_command_complete(b"SET");
-        t.on_ready(b'T');
+        t.on_ready(b'T', t.batch);
+        t.batch += 1;
         t.on_command_complete(b"ROLLBACK");
-        t.on_ready(b'I');
+        t.on_ready(b'I', t.batch);
+        t.batch += 1;
         assert_eq!(t.sets, vec!["SET search_path = a".to_owned()]);
         assert_eq!(t.pins, 0);
     }
@@ -474,7 +490,8 @@ mod tests {
         t.on_pin_check(0, 0, 0, 0);
         assert_eq!((t.pins, t.recheck), (0, false));
         t.on_query(b"LISTEN jobs\0");
-        t.on_ready(b'I');
+        t.on_ready(b'I', t.batch);
+        t.batch += 1;
         assert_eq!(t.pins, PIN_LISTEN);
         assert_eq!(t.unmovable(), None, "a plain LISTEN is replayed");
         assert_eq!(t.listening, vec!["jobs".to_owned()]);
@@ -484,16 +501,19 @@ mod tests {
     fn follows_sql_prepare() {
         let mut t = Tracked::default();
         t.on_query(b"PREPARE q (int) AS SELECT $1\0");
-        t.on_ready(b'I');
+        t.on_ready(b'I', t.batch);
+        t.batch += 1;
         t.on_query(b"PREPARE \"Q2\" AS SELECT 2;\0");
-        t.on_ready(b'I');
+        t.on_ready(b'I', t.batch);
+        t.batch += 1;
         assert_eq!(t.sql_prepared.len(), 2);
         assert_eq!(t.sql_prepared[1].0, "Q2");
         let mut out = BytesMut::new();
         let backend = HashMap::from([("other".to_owned(), "PREPARE other AS SELECT 3".to_owned())]);
         assert_eq!(t.prepare_queries(&backend, &mut out), 3);
         t.on_query(b"DEALLOCATE PREPARE q\0");
-        t.on_ready(b'I');
+        t.on_ready(b'I', t.batch);
+        t.batch += 1;
         assert_eq!(t.sql_prepared.len(), 1);
     }
 

@@ -38,22 +38,33 @@ impl Drop for Servers {
     }
 }
 
-fn settings() -> Vec<(String, String)> {
-    [("fsync", "off"), ("full_page_writes", "off"), ("max_connections", "200"), ("shared_buffers", "32MB")]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+fn settings(overrides: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut s: Vec<(String, String)> =
+        [("fsync", "off"), ("full_page_writes", "off"), ("max_connections", "200"), ("shared_buffers", "32MB")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    for (k, v) in overrides {
+        s.retain(|(ck, _)| ck != k);
+        s.push((k.to_string(), v.to_string()));
+    }
+    s
 }
 
 impl Servers {
     pub async fn start(with_replica: bool) -> Servers {
+        Self::start_with(with_replica, &[]).await
+    }
+
+    /// Like `start`, with server settings replaced or added.
+    pub async fn start_with(with_replica: bool, overrides: &[(&str, &str)]) -> Servers {
         let bin = PgBinaries::find(None).expect("PostgreSQL binaries");
         let dir = tempfile::Builder::new().prefix("pgdr-proxy-").tempdir_in("/tmp").expect("tempdir");
         std::process::Command::new("chmod").arg("755").arg(dir.path()).status().expect("chmod");
         let run_as = RunAs::for_node(None).expect("run as");
         let primary = LocalPg::new(bin.clone(), dir.path().join("primary"), "127.0.0.1", free_port(), run_as.clone());
         primary.initdb("postgres", PASSWORD).await.expect("initdb");
-        primary.configure(&settings()).expect("configure");
+        primary.configure(&settings(overrides)).expect("configure");
         primary.start(Duration::from_secs(30)).await.expect("start primary");
         let mut s = Servers { primary, replica: None, dir };
         if with_replica {
@@ -69,7 +80,7 @@ impl Servers {
                 )
                 .await
                 .expect("pg_basebackup");
-            replica.configure(&settings()).expect("configure replica");
+            replica.configure(&settings(overrides)).expect("configure replica");
             replica.start(Duration::from_secs(30)).await.expect("start replica");
             s.replica = Some(replica);
         }
@@ -165,6 +176,10 @@ impl Proxy {
 
     pub async fn connect(&self) -> tokio_postgres::Client {
         connect(&self.conninfo(self.writer)).await.expect("connect through the proxy")
+    }
+
+    pub async fn connect_result(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        connect(&self.conninfo(self.writer)).await
     }
 }
 

@@ -4,6 +4,7 @@ mod clientside;
 mod harness;
 mod malformed;
 mod pause;
+mod pool;
 mod props;
 mod relay;
 mod switch;
