@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use pgdr_model::{ClusterName, Epoch, Lsn, NodeName, RegionName, Role, TimelineId};
+use pgdr_model::{ClusterName, Epoch, Lsn, NodeName, Redacted, RegionName, Role, TimelineId};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -318,7 +318,7 @@ pub struct ProbeReply {
 pub struct AgentClient {
     http: reqwest::Client,
     addr: String,
-    token: Option<String>,
+    token: Option<Redacted>,
     /// Whole-call limit for `status` and `health`.
     timeout: Duration,
     /// Whole-call limit for actions (a rebuild copies a whole data directory).
@@ -333,7 +333,7 @@ impl AgentClient {
 
     /// A client of the agent at `addr` (`host:port`); `token` is the bearer
     /// token, if the agents require one.
-    pub fn new(addr: &str, token: Option<String>) -> Result<AgentClient, ApiError> {
+    pub fn new(addr: &str, token: Option<Redacted>) -> Result<AgentClient, ApiError> {
         let http = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(Duration::from_secs(2))
@@ -424,7 +424,7 @@ impl AgentClient {
     }
 
     fn auth(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        http::with_token(req, self.token.as_deref())
+        http::with_token(req, self.token.as_ref())
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T, ApiError> {

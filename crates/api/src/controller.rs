@@ -14,10 +14,17 @@
 //! | POST | `/v1/workflows/{id}/approve` | [`ApproveRequest`] → [`WorkflowView`] |
 //! | GET | `/v1/events?after=N` | → `Vec<serde_json::Value>` (the store's events) |
 //! | GET | `/metrics` | Prometheus text |
+//! | GET | `/v1/snapshot` | the status page's data |
+//!
+//! Every route but the status page's files (`/`, `/status`,
+//! `/status/page.css`, `/status/page.js`) needs `Authorization: Bearer`
+//! with a token of the `viewer` role (the GET routes), `operator` (role
+//! changes, approvals, and what a viewer may) or `agent` (the lease). 401:
+//! no token or an unknown one; 403: a token whose role does not allow it.
 
 use std::time::Duration;
 
-use pgdr_model::{ClusterName, Epoch, Lsn, NodeName, RegionName, Role};
+use pgdr_model::{ClusterName, Epoch, Lsn, NodeName, Redacted, RegionName, Role};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -132,6 +139,9 @@ pub struct WorkflowView {
     pub error: Option<String>,
 }
 
+/// `POST /v1/workflows/{id}/approve`. The approver recorded is the name of
+/// the token the request carries; `by` is accepted from older clients and
+/// ignored.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApproveRequest {
     #[serde(default)]
@@ -143,12 +153,12 @@ pub struct ApproveRequest {
 pub struct ControllerClient {
     http: reqwest::Client,
     addr: String,
-    token: Option<String>,
+    token: Option<Redacted>,
     timeout: Duration,
 }
 
 impl ControllerClient {
-    pub fn new(addr: &str, token: Option<String>) -> Result<ControllerClient, ApiError> {
+    pub fn new(addr: &str, token: Option<Redacted>) -> Result<ControllerClient, ApiError> {
         let http = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(Duration::from_secs(2))
@@ -223,7 +233,7 @@ impl ControllerClient {
     }
 
     fn auth(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        http::with_token(req, self.token.as_deref())
+        http::with_token(req, self.token.as_ref())
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T, ApiError> {

@@ -1,6 +1,7 @@
 //! The request plumbing both clients share: the bearer token and turning an
 //! HTTP answer into a typed value or an [`ApiError`].
 
+use pgdr_model::Redacted;
 use serde::de::DeserializeOwned;
 
 use crate::error::{ApiError, ErrorBody};
@@ -14,9 +15,9 @@ pub(crate) enum On409 {
     Failed,
 }
 
-pub(crate) fn with_token(req: reqwest::RequestBuilder, token: Option<&str>) -> reqwest::RequestBuilder {
+pub(crate) fn with_token(req: reqwest::RequestBuilder, token: Option<&Redacted>) -> reqwest::RequestBuilder {
     match token {
-        Some(t) => req.bearer_auth(t),
+        Some(t) => req.bearer_auth(t.expose()),
         None => req,
     }
 }

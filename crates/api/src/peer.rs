@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use pgdr_model::{ClusterName, Epoch, NodeName};
+use pgdr_model::{ClusterName, Epoch, NodeName, Redacted};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
@@ -46,12 +46,12 @@ pub struct SupportReply {
 pub struct PeerClient {
     http: reqwest::Client,
     addr: String,
-    token: Option<String>,
+    token: Option<Redacted>,
     timeout: Duration,
 }
 
 impl PeerClient {
-    pub fn new(addr: &str, token: Option<String>, timeout: Duration) -> Result<PeerClient, ApiError> {
+    pub fn new(addr: &str, token: Option<Redacted>, timeout: Duration) -> Result<PeerClient, ApiError> {
         let http = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(timeout)
@@ -75,11 +75,14 @@ impl PeerClient {
     async fn post<B: Serialize>(&self, path: &str, body: &B) -> Result<SupportReply, ApiError> {
         let mut req = self.http.post(format!("http://{}{}", self.addr, path)).json(body).timeout(self.timeout);
         if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
+            req = req.bearer_auth(t.expose());
         }
         let resp = req.send().await.map_err(|e| ApiError::transport(&self.addr, e))?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| ApiError::transport(&self.addr, e))?;
+        if matches!(status.as_u16(), 401 | 403) {
+            return Err(ApiError::Unauthorized { addr: self.addr.clone() });
+        }
         if !status.is_success() {
             return Err(ApiError::Failed {
                 addr: self.addr.clone(),

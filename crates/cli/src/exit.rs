@@ -12,7 +12,12 @@ pub fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            let usage = err.chain().any(|e| e.is::<Usage>() || e.is::<pgdr_config::ConfigError>());
+            let usage = err.chain().any(|e| {
+                e.is::<Usage>()
+                    || e.is::<pgdr_config::ConfigError>()
+                    || e.is::<pgdr_config::KeyedSecretError>()
+                    || matches!(e.downcast_ref(), Some(pgdr_controller::ControllerError::Config(_)))
+            });
             // Config errors carry file, key and line in their message already.
             let mut msg = String::new();
             for (i, cause) in err.chain().enumerate() {

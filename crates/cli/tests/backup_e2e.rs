@@ -251,8 +251,14 @@ async fn scheduled_backups_to_two_destinations_pitr_from_each_and_verify() {
     let list = status(&config);
     eprintln!("backup status: {}", serde_json::to_string(&list).unwrap_or_default());
     let http = reqwest::Client::builder().no_proxy().build().expect("http client");
+    let viewer = pgdr_config::Config::load(&sb.config)
+        .expect("config")
+        .controller_client_token(pgdr_config::Access::Viewer)
+        .expect("viewer token")
+        .expect("a viewer token");
     let metrics = http
         .get(format!("http://{}/metrics", pgdr_config::Config::load(&sb.config).expect("config").controller.listen))
+        .bearer_auth(viewer.expose())
         .send()
         .await
         .expect("GET /metrics")
@@ -269,9 +275,9 @@ async fn scheduled_backups_to_two_destinations_pitr_from_each_and_verify() {
     // another; each run's end is an event in the store's log.
     let api = pgdr_config::Config::load(&sb.config).expect("config").controller.listen;
     let get = |path: String| {
-        let http = http.clone();
+        let (http, viewer) = (http.clone(), viewer.clone());
         async move {
-            let r = http.get(format!("http://{api}{path}")).send().await.expect("GET");
+            let r = http.get(format!("http://{api}{path}")).bearer_auth(viewer.expose()).send().await.expect("GET");
             r.json::<Value>().await.expect("JSON")
         }
     };

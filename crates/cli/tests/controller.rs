@@ -153,9 +153,12 @@ impl Env {
             proxy.writer.port(),
             sb.password()
         );
-        let api = ControllerClient::new(&cfg.controller.listen.to_string(), None)
-            .expect("controller client")
-            .with_timeout(Duration::from_secs(5));
+        let api = ControllerClient::new(
+            &cfg.controller.listen.to_string(),
+            cfg.controller_client_token(pgdr_config::Access::Operator).expect("operator token"),
+        )
+        .expect("controller client")
+        .with_timeout(Duration::from_secs(5));
         let mut env = Env { run: None, runs: 0, sb, cfg, hosts, api, writer, name };
         env.start_run();
         env.wait_ready().await;
@@ -378,8 +381,10 @@ async fn kill_primary_fails_over_through_the_proxy() {
     // The agent of the other region probes the primary (POST /v1/probe) and
     // the status page shows its exact reading.
     let snapshot = format!("http://{}/v1/snapshot", env.cfg.controller.listen);
+    let viewer = env.cfg.controller_client_token(pgdr_config::Access::Viewer).expect("viewer token").expect("a viewer token");
+    let http = reqwest::Client::builder().no_proxy().build().expect("http");
     let row = wait_for("an agent in another region to probe the primary", Duration::from_secs(20), || async {
-        let s: Value = reqwest::get(&snapshot).await.ok()?.json().await.ok()?;
+        let s: Value = http.get(&snapshot).bearer_auth(viewer.expose()).send().await.ok()?.json().await.ok()?;
         let probes = s["clusters"][0]["probes"].as_array()?.clone();
         probes.into_iter().find(|p| {
             p["vantage"].as_str().is_some_and(|v| v.contains("'s agent (") && !v.starts_with("primary"))
@@ -773,6 +778,10 @@ async fn dry_run_approval_gate_and_one_workflow_at_a_time() {
     let v = env.finished(&id, Duration::from_secs(60)).await;
     env.print_workflow(&v);
     assert_eq!(v.state, "succeeded");
+    // The approver is the token's holder (the sandbox's operator token), not
+    // a name the client wrote.
+    let gate = v.steps.iter().find(|s| s.name == "approve").expect("the approval step");
+    assert_eq!(gate.output.as_ref().and_then(|o| o["approved_by"].as_str()), Some("operator"), "{gate:?}");
     assert_eq!(env.one_primary().await, "east-2");
     let after = env.cluster().await.expect("cluster");
     assert_eq!(after.epoch.0, before.epoch.0 + 1);
@@ -815,7 +824,7 @@ async fn primary_cut_off_from_the_controller() {
     env.wait_ready().await;
 
     // 2. Support withdrawn, controller frozen again: it fences itself.
-    let token = Some(env.sb.token().to_owned());
+    let token = Some(pgdr_config::Redacted::from(env.sb.token()));
     for n in env.node_names().into_iter().filter(|n| *n != old) {
         let peer =
             pgdr_api::peer::PeerClient::new(&env.node(&n).agent, token.clone(), Duration::from_secs(2)).expect("peer");

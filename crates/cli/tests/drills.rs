@@ -101,9 +101,12 @@ impl Env {
             .expect("start pgdr run");
         let env = Env { run: Run(child), sb, log, name };
         let cfg = pgdr_config::Config::load(&env.sb.config).expect("sandbox config");
-        let api = ControllerClient::new(&cfg.controller.listen.to_string(), None)
-            .expect("controller client")
-            .with_timeout(Duration::from_secs(5));
+        let api = ControllerClient::new(
+            &cfg.controller.listen.to_string(),
+            cfg.controller_client_token(pgdr_config::Access::Operator).expect("operator token"),
+        )
+        .expect("controller client")
+        .with_timeout(Duration::from_secs(5));
         wait_for("the controller to record a healthy cluster", Duration::from_secs(60), || async {
             api.cluster("main").await.ok().filter(|c| c.primary.is_some() && c.epoch.0 > 0 && c.detection == "healthy")
         })

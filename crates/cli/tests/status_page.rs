@@ -247,6 +247,9 @@ async fn the_page_shows_the_topology_and_a_switchover_live() {
     let hooks = Webhooks::start(Vec::new(), &running.tracker, running.cancel.clone());
     let proxies = Arc::new(HttpProxies::from_config(&cfg));
     let listen = cfg.controller.listen;
+    // The page gets the sandbox's viewer token in its URL fragment.
+    let viewer =
+        cfg.controller_client_token(pgdr_config::Access::Viewer).expect("viewer token").expect("a viewer token");
     let ctl = Controller::new(cfg, Arc::new(store), proxies, "status-page-test", hooks).await.expect("controller");
     let listener = tokio::net::TcpListener::bind(listen).await.expect("controller port");
     {
@@ -257,7 +260,7 @@ async fn the_page_shows_the_topology_and_a_switchover_live() {
             }
         });
     }
-    let page = format!("http://{listen}/");
+    let page = format!("http://{listen}/#token={}", viewer.expose());
 
     // `/` and `/status` serve the page, with a policy that lets the browser
     // load nothing from anywhere but the controller.
@@ -269,6 +272,10 @@ async fn the_page_shows_the_topology_and_a_switchover_live() {
         assert!(csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"), "GET {path}: CSP {csp:?}");
         assert_eq!(r.text().await.expect("page body"), pgdr_controller::page::HTML);
     }
+
+    // Its data is not: the snapshot needs a viewer token.
+    let r = http.get(format!("http://{listen}/v1/snapshot")).send().await.expect("GET the snapshot");
+    assert_eq!(r.status().as_u16(), 401, "the snapshot without a token");
 
     // The page renders the sandbox's topology.
     let browser = Browser::start().await;

@@ -14,8 +14,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use pgdr_model::Redacted;
 pub use pgdr_model::{ClusterName, NodeName, RegionName, ReplicationMode, TierName};
 
+pub mod auth;
 pub mod raw;
 mod spans;
 mod validate;
@@ -119,19 +121,100 @@ pub enum SecretError {
         #[source]
         source: std::io::Error,
     },
+    /// An empty secret would let an empty password or `Authorization:
+    /// Bearer ` through: refused wherever a secret is read.
+    #[error("{0} is empty")]
+    Empty(String),
 }
 
 impl Secret {
-    /// Reads the secret now; file contents lose one trailing newline.
+    /// Reads the secret now; file contents lose one trailing newline. An
+    /// empty value (empty file, empty variable) is an error.
     pub fn resolve(&self) -> Result<String, SecretError> {
+        let (value, what) = match self {
+            Secret::Inline(v) => (v.clone(), "the inline value".to_owned()),
+            Secret::Env(name) => (
+                std::env::var(name).map_err(|_| SecretError::MissingEnv(name.clone()))?,
+                format!("environment variable {name}"),
+            ),
+            Secret::File(path) => (
+                std::fs::read_to_string(path)
+                    .map(|s| s.strip_suffix('\n').unwrap_or(&s).to_owned())
+                    .map_err(|source| SecretError::File { path: path.clone(), source })?,
+                format!("secret file {}", path.display()),
+            ),
+        };
+        if value.trim().is_empty() {
+            return Err(SecretError::Empty(what));
+        }
+        Ok(value)
+    }
+
+    /// [`Secret::resolve`], kept from `Debug` and `Display`.
+    pub fn redacted(&self) -> Result<Redacted, SecretError> {
+        self.resolve().map(Redacted::from)
+    }
+}
+
+/// A secret that could not be read, with the config file and key it is
+/// configured at: `pgdr.toml: key `agents.token`: secret file … is empty`.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: key `{key}`: {source}", file.display())]
+pub struct KeyedSecretError {
+    pub file: PathBuf,
+    pub key: String,
+    #[source]
+    pub source: SecretError,
+}
+
+/// What a controller token lets its holder do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// Read routes, the status page's data, `/metrics`.
+    Viewer,
+    /// Role changes and approvals, and everything a viewer can.
+    Operator,
+    /// Lease renewal only: what a primary's agent sends.
+    Agent,
+}
+
+impl Access {
+    pub const ALL: [Access; 3] = [Access::Viewer, Access::Operator, Access::Agent];
+
+    pub fn as_str(self) -> &'static str {
         match self {
-            Secret::Inline(v) => Ok(v.clone()),
-            Secret::Env(name) => std::env::var(name).map_err(|_| SecretError::MissingEnv(name.clone())),
-            Secret::File(path) => std::fs::read_to_string(path)
-                .map(|s| s.strip_suffix('\n').unwrap_or(&s).to_owned())
-                .map_err(|source| SecretError::File { path: path.clone(), source }),
+            Access::Viewer => "viewer",
+            Access::Operator => "operator",
+            Access::Agent => "agent",
         }
     }
+
+    pub fn parse(s: &str) -> Option<Access> {
+        Access::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
+    /// Whether a token of this role may do what `need` requires.
+    pub fn grants(self, need: Access) -> bool {
+        self == need || (self == Access::Operator && need == Access::Viewer)
+    }
+}
+
+impl fmt::Display for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A named controller token (`[[controller.tokens]]`, or `controller.token`
+/// as an operator token named `operator`).
+#[derive(Debug, Clone)]
+pub struct ApiToken {
+    /// Who holds it: recorded as the approver of a workflow, in logs.
+    pub name: String,
+    pub role: Access,
+    pub secret: Secret,
+    /// The config key it is set at, for errors.
+    pub key: String,
 }
 
 /// A validated config.
@@ -164,7 +247,9 @@ pub struct Controller {
     /// Where the embedded state store and local files live.
     pub state_dir: PathBuf,
     pub store: StoreKind,
-    pub token: Option<Secret>,
+    /// Tokens the API accepts; empty means no authentication (only allowed
+    /// on a loopback address).
+    pub tokens: Vec<ApiToken>,
     pub readiness_interval: Duration,
 }
 
@@ -388,6 +473,8 @@ pub struct Proxy {
     pub pool_min_idle: u32,
     /// How long a client waits for a free backend before SQLSTATE 53300.
     pub pool_timeout: Duration,
+    /// Bearer token the admin API requires (`None`: only on loopback).
+    pub api_token: Option<Secret>,
 }
 
 /// `pool` in `[[proxies]]`.
@@ -469,6 +556,73 @@ impl Config {
     /// Finds a node by name in any cluster.
     pub fn node(&self, name: &str) -> Option<(&Cluster, &Node)> {
         self.clusters.iter().find_map(|c| c.node(name).map(|n| (c, n)))
+    }
+
+    /// Reads a secret configured at `key`; the error names this file and
+    /// the key.
+    pub fn secret(&self, key: &str, secret: &Secret) -> Result<Redacted, KeyedSecretError> {
+        secret.redacted().map_err(|source| KeyedSecretError { file: self.file.clone(), key: key.to_owned(), source })
+    }
+
+    /// Every token and password of the config that this machine can read
+    /// but is empty (an empty file or variable): each one a config error.
+    /// Secrets this machine cannot read are left to the process that needs
+    /// them.
+    pub fn empty_secrets(&self) -> Vec<KeyedSecretError> {
+        let mut all: Vec<(String, &Secret)> = Vec::new();
+        all.extend(self.controller.tokens.iter().map(|t| (t.key.clone(), &t.secret)));
+        all.extend(self.agents.token.iter().map(|s| ("agents.token".to_owned(), s)));
+        for (i, p) in self.proxies.iter().enumerate() {
+            all.extend(p.api_token.iter().map(|s| (format!("proxies[{i}].api_token"), s)));
+        }
+        for (i, c) in self.clusters.iter().enumerate() {
+            all.extend(c.password.iter().map(|s| (format!("clusters[{i}].password"), s)));
+        }
+        for (i, n) in self.notify.iter().enumerate() {
+            all.extend(n.token.iter().map(|s| (format!("notify[{i}].token"), s)));
+        }
+        all.into_iter()
+            .filter_map(|(key, s)| match s.resolve() {
+                Err(source @ SecretError::Empty(_)) => Some(KeyedSecretError { file: self.file.clone(), key, source }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The agents' bearer token, when configured.
+    pub fn agent_api_token(&self) -> Result<Option<Redacted>, KeyedSecretError> {
+        self.agents.token.as_ref().map(|s| self.secret("agents.token", s)).transpose()
+    }
+
+    /// Every controller token, read: what the controller's API accepts.
+    pub fn controller_tokens(&self) -> Result<Vec<(ApiToken, Redacted)>, KeyedSecretError> {
+        self.controller.tokens.iter().map(|t| Ok((t.clone(), self.secret(&t.key, &t.secret)?))).collect()
+    }
+
+    /// The token a client sends to the controller for what needs `need`:
+    /// the first readable token of exactly that role, else one that grants
+    /// it (an operator token for a viewer's request). Tokens whose file
+    /// this machine cannot read are passed over; `Ok(None)` when there is
+    /// none, an error when the only candidates are unreadable or empty.
+    pub fn controller_client_token(&self, need: Access) -> Result<Option<Redacted>, KeyedSecretError> {
+        let mut first_err = None;
+        let exact = self.controller.tokens.iter().filter(|t| t.role == need);
+        let wider = self.controller.tokens.iter().filter(|t| t.role != need && t.role.grants(need));
+        for t in exact.chain(wider) {
+            match self.secret(&t.key, &t.secret) {
+                Ok(v) => return Ok(Some(v)),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        first_err.map_or(Ok(None), Err)
+    }
+
+    /// A proxy's admin API token, when configured.
+    pub fn proxy_api_token(&self, proxy: &Proxy) -> Result<Option<Redacted>, KeyedSecretError> {
+        let i = self.proxies.iter().position(|p| p.name == proxy.name).unwrap_or(0);
+        proxy.api_token.as_ref().map(|s| self.secret(&format!("proxies[{i}].api_token"), s)).transpose()
     }
 
     pub fn proxies_of<'a>(&'a self, cluster: &'a str) -> impl Iterator<Item = &'a Proxy> + 'a {

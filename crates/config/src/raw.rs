@@ -48,8 +48,21 @@ pub struct RawController {
     pub store: Option<String>,
     #[serde(default)]
     pub etcd_endpoints: Vec<String>,
+    /// One operator token (kept from before named tokens).
     pub token: Option<RawSecret>,
+    /// Named tokens, each with a role.
+    #[serde(default)]
+    pub tokens: Vec<RawToken>,
     pub readiness_interval: Option<String>,
+}
+
+/// `[[controller.tokens]]`: `name = "ops", role = "operator", token = { file = "..." }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawToken {
+    pub name: String,
+    pub role: String,
+    pub token: RawSecret,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -164,6 +177,8 @@ pub struct RawProxy {
     pub pool_size: Option<u32>,
     pub pool_min_idle: Option<u32>,
     pub pool_timeout: Option<String>,
+    /// Bearer token the admin API requires.
+    pub api_token: Option<RawSecret>,
 }
 
 #[derive(Debug, Deserialize)]

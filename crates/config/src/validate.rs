@@ -66,6 +66,10 @@ impl Checker {
             return None;
         }
         if let Some(v) = &raw.value {
+            if v.trim().is_empty() {
+                self.bad(key, "the inline `value` is empty: expected a secret");
+                return None;
+            }
             Some(Secret::Inline(v.clone()))
         } else if let Some(e) = &raw.env {
             Some(Secret::Env(e.clone()))
@@ -82,6 +86,12 @@ impl Checker {
             }
         }
     }
+}
+
+/// Whether `host:port` names this machine's loopback interface.
+fn is_loopback(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 pub(crate) fn parse(path: &Path, text: &str) -> Result<Config, Vec<Problem>> {
@@ -409,6 +419,16 @@ fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
         if pool_min_idle > pool_size {
             c.bad(k("pool_min_idle"), format!("expected at most pool_size ({pool_size}), got {pool_min_idle}"));
         }
+        let api_token = c.secret(k("api_token"), &p.api_token);
+        if let Some(a) = api
+            && !a.ip().is_loopback()
+            && api_token.is_none()
+        {
+            c.bad(
+                k("api"),
+                format!("the admin API listens on {a}, not a loopback address, without a token: set api_token"),
+            );
+        }
         let defaults = Timing::default();
         if p.max_clients == Some(0) {
             c.bad(k("max_clients"), "expected at least 1 (the most client connections the proxy holds at once)");
@@ -433,6 +453,7 @@ fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
             pool_size: pool_size.max(1),
             pool_min_idle: pool_min_idle.min(pool_size),
             pool_timeout: c.duration(k("pool_timeout"), p.pool_timeout.as_deref(), Duration::from_secs(10)),
+            api_token,
         };
         proxies.push(proxy);
     }
@@ -468,12 +489,48 @@ fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
             StoreKind::Embedded
         }
     };
+    let mut tokens = Vec::new();
+    if let Some(secret) = c.secret("controller.token".into(), &rc.token) {
+        tokens.push(ApiToken {
+            name: "operator".into(),
+            role: Access::Operator,
+            secret,
+            key: "controller.token".into(),
+        });
+    }
+    c.unique(
+        tokens.iter().map(|t| (t.key.clone(), t.name.as_str())).chain(
+            rc.tokens.iter().enumerate().map(|(i, t)| (format!("controller.tokens[{i}].name"), t.name.as_str())),
+        ),
+        "token",
+    );
+    for (i, t) in rc.tokens.iter().enumerate() {
+        let k = |f: &str| format!("controller.tokens[{i}].{f}");
+        c.name(k("name"), &t.name, "token");
+        let role = Access::parse(&t.role);
+        if role.is_none() {
+            c.bad(k("role"), format!("expected \"viewer\", \"operator\" or \"agent\", got {:?}", t.role));
+        }
+        let secret = c.secret(k("token"), &Some(t.token.clone()));
+        if let (Some(role), Some(secret)) = (role, secret) {
+            tokens.push(ApiToken { name: t.name.clone(), role, secret, key: k("token") });
+        }
+    }
+    if !listen.ip().is_loopback() && tokens.is_empty() {
+        c.bad(
+            "controller.listen",
+            format!(
+                "the controller listens on {listen}, not a loopback address, without a token: \
+                 add [[controller.tokens]] (name, role, token)"
+            ),
+        );
+    }
     let controller = Controller {
         listen,
         region: rc.region.as_deref().map(RegionName::from),
         state_dir: rc.state_dir.as_deref().map(|d| c.path(d)).unwrap_or_else(|| c.path("pgdr-state")),
         store,
-        token: c.secret("controller.token".into(), &rc.token),
+        tokens,
         readiness_interval: c.duration(
             "controller.readiness_interval".into(),
             rc.readiness_interval.as_deref(),
@@ -481,6 +538,17 @@ fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
         ),
     };
     let agents = Agents { token: c.secret("agents.token".into(), &raw.agents.token) };
+    if agents.token.is_none() {
+        let exposed = raw.clusters.iter().enumerate().find_map(|(i, cl)| {
+            cl.nodes.iter().enumerate().find_map(|(j, n)| (!is_loopback(&n.agent)).then(|| (i, j, n.agent.clone())))
+        });
+        if let Some((i, j, addr)) = exposed {
+            c.bad(
+                format!("clusters[{i}].nodes[{j}].agent"),
+                format!("the agent listens on {addr}, not a loopback address, without a token: set agents.token"),
+            );
+        }
+    }
 
     let d = Timing::default();
     let rt = &raw.timing;

@@ -33,6 +33,10 @@ pub enum ControllerError {
     Conflict(String),
     #[error("HTTP server: {0}")]
     Serve(std::io::Error),
+    /// A token or secret of the config cannot be read, is empty, or is
+    /// given to two holders.
+    #[error("{0}")]
+    Config(String),
 }
 
 impl ControllerError {
@@ -67,7 +71,26 @@ impl Controller {
         webhooks: crate::webhook::Webhooks,
     ) -> Result<Controller, ControllerError> {
         let clock: Arc<dyn pgdr_store::Clock> = Arc::new(SystemClock);
-        let agent_token = config.agents.token.as_ref().and_then(|s| s.resolve().ok());
+        let agent_token = config.agent_api_token().map_err(|e| ControllerError::Config(e.to_string()))?;
+        let tokens = pgdr_config::auth::TokenSet::new(
+            config
+                .controller_tokens()
+                .map_err(|e| ControllerError::Config(e.to_string()))?
+                .into_iter()
+                .map(|(t, v)| (pgdr_config::auth::Caller { name: t.name, role: t.role }, v)),
+        );
+        if let Some(dup) = tokens.duplicates().first() {
+            return Err(ControllerError::Config(format!(
+                "{}: controller token {dup:?} has the same value as another: each holder needs its own",
+                config.file.display()
+            )));
+        }
+        if tokens.is_open() {
+            tracing::warn!(
+                listen = %config.controller.listen,
+                "no controller token configured: the API is open to anyone who reaches this loopback address"
+            );
+        }
         let sh = Arc::new(Shared {
             clusters: ClusterStore::new(store.clone(), clock.clone()),
             events: EventLog::new(store.clone(), pgdr_store::DEFAULT_EVENT_RETENTION),
@@ -78,6 +101,7 @@ impl Controller {
             needs_rejoin: Default::default(),
             metrics: Default::default(),
             agent_token,
+            tokens,
             webhooks,
             readiness: Default::default(),
             config,

@@ -41,16 +41,20 @@ pub trait ProxyControl: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Clone)]
 pub struct HttpProxies {
     http: reqwest::Client,
-    /// Admin API addresses per cluster.
-    apis: HashMap<ClusterName, Vec<String>>,
+    /// Admin API addresses per cluster, with each one's token.
+    apis: HashMap<ClusterName, Vec<(String, Option<pgdr_config::Redacted>)>>,
 }
 
 impl HttpProxies {
     pub fn from_config(config: &Config) -> HttpProxies {
-        let mut apis: HashMap<ClusterName, Vec<String>> = HashMap::new();
+        let mut apis: HashMap<ClusterName, Vec<(String, Option<pgdr_config::Redacted>)>> = HashMap::new();
         for p in &config.proxies {
             if let Some(a) = p.api {
-                apis.entry(p.cluster.clone()).or_default().push(a.to_string());
+                let token = config.proxy_api_token(p).unwrap_or_else(|e| {
+                    tracing::error!("proxy {}: {e}; its admin API will refuse the controller", p.name);
+                    None
+                });
+                apis.entry(p.cluster.clone()).or_default().push((a.to_string(), token));
             }
         }
         let http = reqwest::Client::builder().no_proxy().build().unwrap_or_default();
@@ -59,9 +63,13 @@ impl HttpProxies {
 
     async fn call(&self, cluster: &ClusterName, what: &str) -> Result<(), String> {
         let mut errors = Vec::new();
-        for api in self.apis.get(cluster).into_iter().flatten() {
+        for (api, token) in self.apis.get(cluster).into_iter().flatten() {
             let url = format!("http://{api}/v1/clusters/{cluster}/{what}");
-            match self.http.post(&url).timeout(Duration::from_secs(60)).send().await {
+            let mut req = self.http.post(&url).timeout(Duration::from_secs(60));
+            if let Some(t) = token {
+                req = req.bearer_auth(t.expose());
+            }
+            match req.send().await {
                 Ok(r) if r.status().is_success() => {}
                 Ok(r) => errors.push(format!("{api}: HTTP {}", r.status())),
                 Err(e) => errors.push(format!("{api}: {e}")),
@@ -253,7 +261,9 @@ pub struct Shared {
     /// Old primaries to bring back as replicas once their host answers.
     pub needs_rejoin: Mutex<HashSet<(ClusterName, NodeName)>>,
     pub metrics: Metrics,
-    pub agent_token: Option<String>,
+    pub agent_token: Option<pgdr_config::Redacted>,
+    /// The tokens the API accepts.
+    pub tokens: pgdr_config::auth::TokenSet,
     pub webhooks: crate::webhook::Webhooks,
     /// The latest readiness findings (`None` until the first run ends).
     pub readiness: Mutex<Option<crate::readiness::ReadinessView>>,

@@ -349,12 +349,20 @@ async fn run_hook(cmd: &str, cluster: &Cluster, node: &Node) -> Value {
         .env("PGDR_HOST", &node.host)
         .env("PGDR_PORT", node.port.to_string())
         .kill_on_drop(true);
+    // The hook's output may carry whatever the operator's tooling prints
+    // (credentials included): it goes to the controller's log only, never
+    // into the journal that `GET /v1/workflows/{id}`, events and webhooks
+    // show. The journal says where it came from and how it ended.
+    let hook = format!("clusters.{}.fence_hook", cluster.name);
     match tokio::time::timeout(Duration::from_secs(30), c.output()).await {
         Ok(Ok(out)) => {
-            json!({"command": cmd, "status": out.status.code(), "stderr": String::from_utf8_lossy(&out.stderr).trim()})
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            tracing::info!(cluster = %cluster.name, node = %node.name, status = ?out.status.code(), "fence hook ran; stdout: {}; stderr: {}", stdout.trim(), stderr.trim());
+            json!({"hook": hook, "status": out.status.code(), "output": "in the controller's log"})
         }
-        Ok(Err(e)) => json!({"command": cmd, "error": e.to_string()}),
-        Err(_) => json!({"command": cmd, "error": "timed out after 30s"}),
+        Ok(Err(e)) => json!({"hook": hook, "error": format!("cannot run sh: {}", e.kind())}),
+        Err(_) => json!({"hook": hook, "error": "timed out after 30s"}),
     }
 }
 

@@ -23,7 +23,11 @@ pub struct ControllerObserver {
 }
 
 impl ControllerObserver {
-    pub fn new(addr: &str, token: Option<String>, cluster: &str) -> Result<ControllerObserver, DrillError> {
+    pub fn new(
+        addr: &str,
+        token: Option<pgdr_config::Redacted>,
+        cluster: &str,
+    ) -> Result<ControllerObserver, DrillError> {
         let client = ControllerClient::new(addr, token)
             .map_err(|e| DrillError::Other(format!("controller at {addr}: {e}")))?
             .with_timeout(Duration::from_secs(3));

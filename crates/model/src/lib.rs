@@ -10,7 +10,9 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 mod lsn;
+mod redacted;
 pub use lsn::{Lsn, LsnParseError};
+pub use redacted::Redacted;
 
 macro_rules! name_type {
     ($(#[$doc:meta])* $name:ident) => {

@@ -20,12 +20,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::State;
-use axum::routing::post;
 use pgdr_api::controller::{ControllerClient, LeaseRequest};
 use pgdr_api::peer::{PeerClient, SupportReply, SupportRequest, WithdrawRequest};
-use pgdr_config::Config;
+use pgdr_config::{Access, Config, Redacted};
 use pgdr_model::{ClusterName, Epoch, NodeName};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -41,8 +39,10 @@ pub struct LeaseSettings {
     pub node: NodeName,
     /// The controller's API address (`host:port`).
     pub controller: String,
-    pub controller_token: Option<String>,
-    pub agent_token: Option<String>,
+    /// An `agent`-role controller token: lease renewal is all it allows.
+    pub controller_token: Option<Redacted>,
+    /// The agents' token, for the peer routes.
+    pub agent_token: Option<Redacted>,
     pub ttl: Duration,
     pub renew: Duration,
     /// The other agents of the cluster: (node, address).
@@ -58,8 +58,14 @@ impl LeaseSettings {
             cluster: cluster.name.clone(),
             node: node.name.clone(),
             controller: cfg.controller.listen.to_string(),
-            controller_token: cfg.controller.token.as_ref().and_then(|s| s.resolve().ok()),
-            agent_token: cfg.agents.token.as_ref().and_then(|s| s.resolve().ok()),
+            controller_token: cfg.controller_client_token(Access::Agent).unwrap_or_else(|e| {
+                tracing::error!("{e}: the lease cannot be renewed");
+                None
+            }),
+            agent_token: cfg.agent_api_token().unwrap_or_else(|e| {
+                tracing::error!("{e}: peers will refuse this agent");
+                None
+            }),
             ttl: cfg.timing.lease_ttl,
             renew: cfg.timing.lease_renew,
             peers: cluster
@@ -92,36 +98,27 @@ impl PeerState {
     }
 }
 
-#[derive(Clone)]
-struct PeerApp {
-    agent: Arc<AgentState>,
-    peers: Arc<PeerState>,
-}
-
-/// The peer endpoints, to merge into the agent's router.
-pub fn router(agent: Arc<AgentState>, peers: Arc<PeerState>) -> Router {
-    Router::new()
-        .route("/v1/peer/support", post(support))
-        .route("/v1/peer/withdraw", post(withdraw))
-        .with_state(PeerApp { agent, peers })
-}
-
-async fn support(State(app): State<PeerApp>, axum::Json(req): axum::Json<SupportRequest>) -> axum::Json<SupportReply> {
-    let support = req.cluster == app.agent.cfg.cluster && app.peers.supports(&req.primary, req.epoch);
+/// `POST /v1/peer/support` (a row of [`crate::agent::ROUTES`]).
+pub(crate) async fn support(
+    State(agent): State<Arc<AgentState>>,
+    axum::Json(req): axum::Json<SupportRequest>,
+) -> axum::Json<SupportReply> {
+    let support = req.cluster == agent.cfg.cluster && agent.peers.supports(&req.primary, req.epoch);
     axum::Json(SupportReply {
-        node: app.agent.cfg.node.clone(),
+        node: agent.cfg.node.clone(),
         support,
         message: if support { "supported".into() } else { "support withdrawn by the controller".into() },
     })
 }
 
-async fn withdraw(
-    State(app): State<PeerApp>,
+/// `POST /v1/peer/withdraw` (a row of [`crate::agent::ROUTES`]).
+pub(crate) async fn withdraw(
+    State(agent): State<Arc<AgentState>>,
     axum::Json(req): axum::Json<WithdrawRequest>,
 ) -> axum::Json<SupportReply> {
-    tracing::warn!(node = %app.agent.cfg.node, primary = %req.primary, epoch = %req.epoch, "controller withdrew support for the primary");
-    app.peers.withdraw(req.primary, req.epoch);
-    axum::Json(SupportReply { node: app.agent.cfg.node.clone(), support: false, message: "support withdrawn".into() })
+    tracing::warn!(node = %agent.cfg.node, primary = %req.primary, epoch = %req.epoch, "controller withdrew support for the primary");
+    agent.peers.withdraw(req.primary, req.epoch);
+    axum::Json(SupportReply { node: agent.cfg.node.clone(), support: false, message: "support withdrawn".into() })
 }
 
 /// Whether PostgreSQL here is a writable primary (not in recovery, not
@@ -254,8 +251,7 @@ pub async fn serve(
     settings: Option<LeaseSettings>,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
-    let peers = Arc::new(PeerState::default());
-    let app = crate::agent::router(agent.clone()).merge(router(agent.clone(), peers));
+    let app = crate::agent::router(agent.clone());
     let tracker = tokio_util::task::TaskTracker::new();
     if let Some(s) = settings {
         tracker.spawn(run(agent.clone(), s, cancel.clone()));

@@ -131,19 +131,22 @@ impl LocalPg {
         if let Some(parent) = self.data_dir.parent() {
             self.run_as.check_reachable(parent)?;
         }
+        use std::os::unix::fs::PermissionsExt;
+        // Both private to the server's user: no other local user reaches
+        // the data or the server's socket.
         for dir in [self.data_dir.clone(), self.socket_dir()] {
             std::fs::create_dir_all(&dir).map_err(PgError::io(&dir))?;
             files::give_dir(&dir, &self.run_as).map_err(PgError::io(&dir))?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(PgError::io(&dir))?;
         }
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&self.data_dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(PgError::io(&self.data_dir))?;
         Ok(())
     }
 
-    /// `initdb` with a superuser and password (SCRAM for TCP, trust on the
-    /// server's own Unix socket), checksums on (so `pg_rewind` works), no
-    /// fsync (the caller decides durability through `configure`).
+    /// `initdb` with a superuser and password (SCRAM on TCP and on the
+    /// Unix socket alike: no `trust` anywhere), checksums on (so
+    /// `pg_rewind` works), no fsync (the caller decides durability through
+    /// `configure`). The password reaches initdb in a 0600 file, never on
+    /// its command line.
     pub async fn initdb(&self, superuser: &str, password: &str) -> Result<(), PgError> {
         self.prepare_dirs()?;
         let pwfile = self.data_dir.with_extension("pw");
@@ -163,7 +166,7 @@ impl LocalPg {
                     superuser,
                     "--pwfile",
                     &pw,
-                    "--auth-local=trust",
+                    "--auth-local=scram-sha-256",
                     "--auth-host=scram-sha-256",
                     "-E",
                     "UTF8",

@@ -143,6 +143,9 @@ pub struct ProxySpec {
     pub clusters: Vec<ClusterSpec>,
     /// PEM certificate chain and key for client TLS.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Bearer token the admin API requires on every route (`None`: open,
+    /// which config validation allows only on a loopback address).
+    pub api_token: Option<pgdr_model::Redacted>,
 }
 
 /// Per-cluster live state shared by its sessions.
@@ -197,6 +200,8 @@ pub(crate) struct Inner {
     pub tcp: TcpSettings,
     /// Random per proxy: derives the mock SCRAM salt of unknown users.
     pub mock_secret: [u8; 32],
+    /// Who may call the admin API.
+    pub api_tokens: pgdr_config::auth::TokenSet,
 }
 
 impl std::fmt::Debug for Inner {
@@ -268,6 +273,7 @@ impl ProxyHandle {
             Some((cert, key)) => Some(server::tls_acceptor(cert, key)?),
             None => None,
         };
+        let api_tokens = pgdr_config::auth::TokenSet::single("admin", pgdr_config::Access::Operator, spec.api_token);
         Ok(ProxyHandle {
             inner: Arc::new(Inner {
                 clusters,
@@ -276,6 +282,7 @@ impl ProxyHandle {
                 metrics,
                 tcp,
                 mock_secret: rand::random(),
+                api_tokens,
             }),
         })
     }

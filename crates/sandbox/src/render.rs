@@ -6,6 +6,14 @@ use std::net::SocketAddr;
 
 use crate::record::NodeRecord;
 
+/// The controller's tokens `up` writes under `secrets/`: (file, role); each
+/// is named after its role.
+pub const CONTROLLER_TOKENS: [(&str, &str); 3] =
+    [("operator.token", "operator"), ("viewer.token", "viewer"), ("lease.token", "agent")];
+
+/// The proxies' admin API token under `secrets/`.
+pub const PROXY_API_TOKEN: &str = "proxy-api.token";
+
 /// How many base backups `up` runs at once (each holds two WAL senders).
 pub const PARALLEL_BACKUPS: usize = 4;
 
@@ -88,6 +96,28 @@ pub fn render(c: &ConfigText<'_>) -> String {
         q(&c.controller.to_string()),
         q(region)
     );
+    let _ = writeln!(
+        t,
+        "# Who may call the controller's API. viewer: the read routes, the status page's data and /metrics\n\
+         # (open the page as http://{}/#token=<the viewer token>); operator: role changes and approvals too;\n\
+         # agent: only the lease renewal of a primary's agent. `pgdr` commands send the first token they can\n\
+         # read of the role they need (PGDR_TOKEN overrides). An approval is recorded under the token's name.",
+        c.controller
+    );
+    for (file, role) in CONTROLLER_TOKENS {
+        let name = file.trim_end_matches(".token");
+        let _ = writeln!(
+            t,
+            "[[controller.tokens]]\nname = {}\nrole = {}\ntoken = {{ file = {} }}\n",
+            q(name),
+            q(role),
+            q(&format!("secrets/{file}"))
+        );
+    }
+    let _ = writeln!(
+        t,
+        "# Every agent route but /v1/health needs this token (the controller, pgdr and the peers send it)."
+    );
     let _ = writeln!(t, "[agents]\ntoken = {{ file = \"secrets/agent.token\" }}\n");
     // Loopback links are fast and reliable: a sandbox detects and fences in
     // about two seconds. See docs/failover-math.md for the inequalities.
@@ -143,10 +173,11 @@ pub fn render(c: &ConfigText<'_>) -> String {
         let _ = writeln!(t, "[[proxies]]\ncluster = \"main\"\nregion = {}", q(&p.region));
         let _ = writeln!(
             t,
-            "writer = {}\nreader = {}\napi = {}\n",
+            "writer = {}\nreader = {}\napi = {}\napi_token = {{ file = {} }}\n",
             q(&p.writer.to_string()),
             q(&p.reader.to_string()),
-            q(&p.api.to_string())
+            q(&p.api.to_string()),
+            q(&format!("secrets/{PROXY_API_TOKEN}"))
         );
     }
     t

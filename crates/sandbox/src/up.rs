@@ -114,7 +114,7 @@ impl Sandbox {
     /// A client of a node's agent, with the sandbox's token.
     pub fn agent(&self, node: &str) -> Result<AgentClient, SandboxError> {
         let n = self.node(node)?;
-        AgentClient::new(&n.agent, Some(self.token.clone()))
+        AgentClient::new(&n.agent, Some(self.token.as_str().into()))
             .map_err(|e| SandboxError::Agent { node: node.to_owned(), detail: e.to_string() })
     }
 
@@ -325,10 +325,19 @@ impl SandboxBuilder {
         let token = random_hex(32);
         write_secret(&secrets.join("postgres.password"), &password)?;
         write_secret(&secrets.join("agent.token"), &token)?;
+        // The controller's tokens, one per role, and the proxies' admin token.
+        for (file, _) in render::CONTROLLER_TOKENS {
+            write_secret(&secrets.join(file), &random_hex(32))?;
+        }
+        write_secret(&secrets.join(render::PROXY_API_TOKEN), &random_hex(32))?;
         write_secret(&secrets.join("backup-local.key"), &random_hex(32))?;
         for d in ["logs", "state", "backups"] {
             let p = dir.join(d);
             std::fs::create_dir_all(&p).map_err(SandboxError::io(&p))?;
+        }
+        // The processes' logs and the controller's state are their owner's alone.
+        for d in ["logs", "state"] {
+            set_mode(&dir.join(d), 0o700)?;
         }
         // Every node archives through `pgdr wal-push` from its first start
         // (archive_mode needs no restart then); archive_command runs as the

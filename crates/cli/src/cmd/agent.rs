@@ -32,6 +32,13 @@ pub fn run(global: &Global, args: AgentArgs) -> anyhow::Result<ExitCode> {
         Some(l) => l,
         None => cfg.node(&args.node).map(|(_, n)| n.agent.clone()).unwrap_or_default(),
     };
+    if acfg.token.is_none() && !is_loopback(&listen) {
+        return Err(Usage(format!(
+            "--listen {listen} is not a loopback address and {} sets no agents.token: refusing to serve without one",
+            cfg.file.display()
+        ))
+        .into());
+    }
     let state = AgentState::new(acfg)?;
     let rt =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
@@ -50,6 +57,12 @@ pub fn run(global: &Global, args: AgentArgs) -> anyhow::Result<ExitCode> {
         pgdr_node::lease::serve(listener, state, lease, cancel).await.context("agent server failed")?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Whether `host:port` is on this machine's loopback interface.
+pub(crate) fn is_loopback(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 async fn wait_for_signal() {

@@ -27,9 +27,14 @@ fn check(global: &Global, json: bool) -> anyhow::Result<ExitCode> {
     match pgdr_config::Config::load(&path) {
         Ok(cfg) => {
             let math = pgdr_controller::math::Math::of(&cfg);
-            if !math.violations.is_empty() {
-                let lines: Vec<String> =
-                    math.violations.iter().map(|(k, m)| format!("{}: key `{k}`: {m}", path.display())).collect();
+            let empty = cfg.empty_secrets();
+            if !math.violations.is_empty() || !empty.is_empty() {
+                let lines: Vec<String> = math
+                    .violations
+                    .iter()
+                    .map(|(k, m)| format!("{}: key `{k}`: {m}", path.display()))
+                    .chain(empty.iter().map(|e| e.to_string()))
+                    .collect();
                 if json {
                     println!(
                         "{}",

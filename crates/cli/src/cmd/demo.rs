@@ -231,7 +231,7 @@ fn demo_body(
         .context("starting pgdr run")?;
     let c = run_child.insert(child);
     let rt = tokio::runtime::Runtime::new()?;
-    let token = cfg.controller.token.as_ref().and_then(|t| t.resolve().ok());
+    let token = cfg.controller_client_token(pgdr_config::Access::Operator)?;
     let obs = ControllerObserver::new(&cfg.controller.listen.to_string(), token, cluster)?;
     let t = Instant::now();
     loop {

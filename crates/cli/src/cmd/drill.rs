@@ -51,7 +51,7 @@ pub struct DrillArgs {
 
 /// Picks the controller's API when it answers, else SQL on the nodes.
 pub async fn observer(cfg: &Config, cluster: &str) -> Box<dyn DrillObserver> {
-    let token = cfg.controller.token.as_ref().and_then(|t| t.resolve().ok());
+    let token = cfg.controller_client_token(pgdr_config::Access::Operator).ok().flatten();
     if let Ok(c) = ControllerObserver::new(&cfg.controller.listen.to_string(), token, cluster)
         && c.reachable().await
     {

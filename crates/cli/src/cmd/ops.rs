@@ -120,6 +120,18 @@ fn webhooks(cfg: &Config, tracker: &TaskTracker, cancel: &CancellationToken) -> 
     Webhooks::start(targets, tracker, cancel.clone())
 }
 
+/// A controller without a token serves only on loopback.
+fn refuse_open_listen(cfg: &Config, listen: &str) -> anyhow::Result<()> {
+    if cfg.controller.tokens.is_empty() && !crate::cmd::agent::is_loopback(listen) {
+        return Err(Usage(format!(
+            "--listen {listen} is not a loopback address and {} sets no [[controller.tokens]]: refusing to serve without one",
+            cfg.file.display()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 fn owner(cfg: &Config) -> String {
     format!("controller@{}", cfg.controller.listen)
 }
@@ -130,6 +142,7 @@ pub fn controller(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> 
     // In a sandbox with links between regions, other regions are reached through relays.
     let cfg = pgdr_sandbox::wan::view_for_controller(global.load_config()?);
     let listen = args.listen.unwrap_or_else(|| cfg.controller.listen.to_string());
+    refuse_open_listen(&cfg, &listen)?;
     runtime()?.block_on(async move {
         let cancel = CancellationToken::new();
         tokio::spawn(signal(cancel.clone()));
@@ -211,6 +224,7 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     // In a sandbox with links between regions, other regions are reached through relays.
     let cfg = pgdr_sandbox::wan::view_for_controller(written);
     let listen = args.listen.unwrap_or_else(|| cfg.controller.listen.to_string());
+    refuse_open_listen(&cfg, &listen)?;
     runtime()?.block_on(async move {
         let cancel = CancellationToken::new();
         tokio::spawn(signal(cancel.clone()));
@@ -242,6 +256,7 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
                     auth,
                 }],
                 tls: p.tls.clone(),
+                api_token: cfg.proxy_api_token(p).map_err(|e| Usage(e.to_string()))?,
             };
             let handle = ProxyHandle::new(spec).with_context(|| format!("proxy {}", p.name))?;
             let listeners = Listeners {
@@ -282,9 +297,18 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn client(cfg: &Config) -> anyhow::Result<ControllerClient> {
-    let token = cfg.controller.token.as_ref().and_then(|t| t.resolve().ok());
+/// A client of the controller with the token `need` calls for (see
+/// [`Config::controller_client_token`]); `PGDR_TOKEN` overrides the config.
+pub fn client_for(cfg: &Config, need: pgdr_config::Access) -> anyhow::Result<ControllerClient> {
+    let token = match std::env::var("PGDR_TOKEN") {
+        Ok(t) if !t.trim().is_empty() => Some(pgdr_config::Redacted::from(t.trim())),
+        _ => cfg.controller_client_token(need).map_err(|e| Usage(e.to_string()))?,
+    };
     Ok(ControllerClient::new(&cfg.controller.listen.to_string(), token)?)
+}
+
+fn client(cfg: &Config) -> anyhow::Result<ControllerClient> {
+    client_for(cfg, pgdr_config::Access::Operator)
 }
 
 fn confirm(what: &str, yes: bool) -> anyhow::Result<()> {
@@ -405,8 +429,8 @@ pub fn approve(global: &Global, args: ApproveArgs) -> anyhow::Result<ExitCode> {
     let cfg = global.load_config()?;
     let client = client(&cfg)?;
     runtime()?.block_on(async move {
-        let by = std::env::var("USER").ok();
-        let v = client.approve(&args.id, &ApproveRequest { by }).await.map_err(api_err)?;
+        // The controller records the token's name as the approver.
+        let v = client.approve(&args.id, &ApproveRequest::default()).await.map_err(api_err)?;
         print_workflow(&v, args.json)?;
         Ok(ExitCode::SUCCESS)
     })
@@ -415,7 +439,7 @@ pub fn approve(global: &Global, args: ApproveArgs) -> anyhow::Result<ExitCode> {
 /// `pgdr workflows [ID]`.
 pub fn workflows(global: &Global, args: WorkflowsArgs) -> anyhow::Result<ExitCode> {
     let cfg = global.load_config()?;
-    let client = client(&cfg)?;
+    let client = client_for(&cfg, pgdr_config::Access::Viewer)?;
     runtime()?.block_on(async move {
         if let Some(id) = &args.id {
             let v = client.workflow(id).await.map_err(api_err)?;

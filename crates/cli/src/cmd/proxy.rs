@@ -141,6 +141,7 @@ async fn serve(cfg: Config, cluster: Option<String>, name: Option<String>, poll:
                 auth: auth_for(&cfg, p)?,
             }],
             tls: p.tls.clone(),
+            api_token: cfg.proxy_api_token(p).map_err(|e| Usage(e.to_string()))?,
         };
         let handle = ProxyHandle::new(spec).with_context(|| format!("proxy {}", p.name))?;
         let listeners = Listeners {
@@ -212,7 +213,10 @@ async fn admin(cfg: &Config, cluster: Option<&str>, method: &str, what: &str, js
             "status" => format!("http://{api}/v1/status"),
             w => format!("http://{api}/v1/clusters/{}/{w}", p.cluster),
         };
-        let req = if method == "POST" { http.post(&url) } else { http.get(&url) };
+        let mut req = if method == "POST" { http.post(&url) } else { http.get(&url) };
+        if let Some(t) = cfg.proxy_api_token(p).map_err(|e| Usage(e.to_string()))? {
+            req = req.bearer_auth(t.expose());
+        }
         match req.timeout(Duration::from_secs(120)).send().await {
             Ok(r) if r.status().is_success() => {
                 let body: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);

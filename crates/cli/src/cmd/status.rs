@@ -44,10 +44,7 @@ pub struct StatusArgs {
 pub fn run(global: &Global, args: StatusArgs) -> anyhow::Result<ExitCode> {
     let cfg = global.load_config()?;
     let timeout = pgdr_model::parse_duration(&args.timeout).map_err(|e| Usage(format!("--timeout: {e}")))?;
-    let token = match &cfg.agents.token {
-        Some(s) => Some(s.resolve().map_err(|e| Usage(format!("{}: agents.token: {e}", cfg.file.display())))?),
-        None => None,
-    };
+    let token = cfg.agent_api_token().map_err(|e| Usage(e.to_string()))?;
     let rt =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     let report = rt.block_on(collect(&cfg, token, timeout))?;
@@ -66,7 +63,11 @@ pub fn run(global: &Global, args: StatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Queries every agent of every cluster at once.
-pub async fn collect(cfg: &Config, token: Option<String>, timeout: Duration) -> anyhow::Result<StatusReport> {
+pub async fn collect(
+    cfg: &Config,
+    token: Option<pgdr_config::Redacted>,
+    timeout: Duration,
+) -> anyhow::Result<StatusReport> {
     let mut futures = Vec::new();
     for c in &cfg.clusters {
         for n in &c.nodes {

@@ -178,9 +178,93 @@ const BAD: &[(&str, &str, &str, &str, &str)] = &[
         "lease_ttl",
         "3 × timing.lease_renew",
     ),
+    // tokens: roles, names, empty values, public addresses without a token
+    (
+        "region = \"west\"\n",
+        "region = \"west\"\n[[controller.tokens]]\nname = \"ops\"\nrole = \"admin\"\ntoken = { value = \"x\" }\n",
+        "controller.tokens[0].role",
+        "role = \"admin\"",
+        "expected \"viewer\", \"operator\" or \"agent\"",
+    ),
+    (
+        "region = \"west\"\n",
+        "region = \"west\"\n[[controller.tokens]]\nname = \"ops\"\nrole = \"viewer\"\ntoken = { value = \"\" }\n",
+        "controller.tokens[0].token",
+        "token = { value",
+        "empty",
+    ),
+    (
+        "region = \"west\"\n",
+        "region = \"west\"\ntoken = { value = \"a\" }\n[[controller.tokens]]\nname = \"operator\"\nrole = \"viewer\"\ntoken = { value = \"b\" }\n",
+        "controller.tokens[0].name",
+        "name = \"operator\"",
+        "duplicate token name",
+    ),
+    (
+        "listen = \"127.0.0.1:7400\"",
+        "listen = \"0.0.0.0:7400\"",
+        "controller.listen",
+        "listen =",
+        "not a loopback address, without a token",
+    ),
+    (
+        "agent = \"127.0.0.1:7402\"",
+        "agent = \"10.0.0.2:7402\"",
+        "clusters[0].nodes[1].agent",
+        "agent = \"10.0.0.2",
+        "set agents.token",
+    ),
+    (
+        "reader = \"127.0.0.1:6433\"",
+        "reader = \"127.0.0.1:6433\"\napi = \"192.0.2.1:6434\"",
+        "proxies[0].api",
+        "api =",
+        "set api_token",
+    ),
     // syntax error
     ("[controller]", "[controller", "", "[controller", ""),
 ];
+
+#[test]
+fn tokens_load_with_their_roles_and_public_addresses_need_them() {
+    let text = GOOD
+        .replace("listen = \"127.0.0.1:7400\"", "listen = \"0.0.0.0:7400\"\ntoken = { value = \"legacy\" }")
+        .replace(
+            "region = \"west\"\n\n[timing]",
+            "region = \"west\"\n[[controller.tokens]]\nname = \"grafana\"\nrole = \"viewer\"\ntoken = { env = \"PGDR_TEST_VIEWER\" }\n\n[timing]",
+        );
+    let c = parse(&text).expect("tokens on a public address are fine");
+    let roles: Vec<(&str, pgdr_config::Access)> =
+        c.controller.tokens.iter().map(|t| (t.name.as_str(), t.role)).collect();
+    assert_eq!(roles, [("operator", pgdr_config::Access::Operator), ("grafana", pgdr_config::Access::Viewer)]);
+    // A viewer's request takes the viewer token when readable, else the operator's.
+    let op = c.controller_client_token(pgdr_config::Access::Viewer).expect("readable").expect("a token");
+    assert_eq!(op.expose(), "legacy");
+    assert!(c.controller_client_token(pgdr_config::Access::Agent).expect("none").is_none());
+    assert!(!format!("{c:?}").contains("legacy"), "Debug shows an inline token");
+}
+
+#[test]
+fn an_empty_secret_file_is_an_error_naming_the_file_and_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("empty.token"), "\n").expect("write");
+    let text = GOOD.replace(
+        "region = \"west\"\n\n[timing]",
+        "region = \"west\"\n[[controller.tokens]]\nname = \"ops\"\nrole = \"operator\"\ntoken = { file = \"empty.token\" }\n\n[timing]",
+    );
+    let path = dir.path().join("pgdr.toml");
+    let c = Config::parse(&path, &text).expect("valid until read");
+    let err = c.controller_tokens().expect_err("an empty token file").to_string();
+    assert!(
+        err.contains("pgdr.toml")
+            && err.contains("key `controller.tokens[0].token`")
+            && err.contains("empty.token")
+            && err.contains("empty"),
+        "{err}"
+    );
+    let found: Vec<String> = c.empty_secrets().iter().map(|e| e.key.clone()).collect();
+    assert_eq!(found, ["controller.tokens[0].token"]);
+}
 
 #[test]
 fn bad_config_table() {

@@ -8,17 +8,18 @@
 //! (`include_str!`): no build step, nothing fetched from anywhere but this
 //! controller (a Content-Security-Policy tells the browser so). The page
 //! polls `GET /v1/snapshot` ([`snapshot::Snapshot`]) every second and
-//! redraws in place, without a reload.
+//! redraws in place, without a reload. The page and its files are public
+//! (they hold no data); the snapshot needs a viewer token, which the page
+//! takes from its URL fragment (`/#token=…`, never sent to the server in
+//! the URL) or asks for, and keeps in the tab's `sessionStorage`.
 //!
 //! This module only reads: it never changes a cluster.
 
 use std::sync::{Arc, Mutex};
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 
 use crate::controller::Controller;
 
@@ -36,23 +37,18 @@ pub const JS: &str = include_str!("page.js");
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; \
                    base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
+/// What the page's handlers share. Its routes (`/`, `/status`, the two
+/// files, `/v1/snapshot`) are rows of [`crate::api::ROUTES`].
 #[derive(Debug, Clone)]
-struct PageState {
+pub struct PageState {
     ctl: Controller,
     probes: Arc<Mutex<probes::ProbeBook>>,
 }
 
-/// The page's routes: `/`, `/status`, its two assets and `/v1/snapshot`.
-/// Merged into the controller's API router.
-pub fn router<S: Clone + Send + Sync + 'static>(ctl: Controller) -> Router<S> {
-    let state = PageState { ctl, probes: Arc::default() };
-    Router::new()
-        .route("/", get(page))
-        .route("/status", get(page))
-        .route("/status/page.css", get(css))
-        .route("/status/page.js", get(js))
-        .route("/v1/snapshot", get(snapshot))
-        .with_state(state)
+impl PageState {
+    pub fn new(ctl: Controller) -> PageState {
+        PageState { ctl, probes: Arc::default() }
+    }
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -68,19 +64,19 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-async fn page() -> Response {
+pub(crate) async fn page() -> Response {
     asset("text/html; charset=utf-8", HTML)
 }
 
-async fn css() -> Response {
+pub(crate) async fn css() -> Response {
     asset("text/css; charset=utf-8", CSS)
 }
 
-async fn js() -> Response {
+pub(crate) async fn js() -> Response {
     asset("text/javascript; charset=utf-8", JS)
 }
 
-async fn snapshot(State(st): State<PageState>) -> Response {
+pub(crate) async fn snapshot(State(st): State<PageState>) -> Response {
     let snap = snapshot::build(&st.ctl, &st.probes).await;
     ([(header::CACHE_CONTROL, "no-store")], axum::Json(snap)).into_response()
 }

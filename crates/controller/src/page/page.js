@@ -11,6 +11,45 @@
   let renders = 0;
   const openDetails = new Set();
 
+  // The snapshot needs a viewer token. It comes from the URL fragment
+  // (/#token=…: a fragment is never sent to the server nor logged by it),
+  // is kept in this tab's sessionStorage (gone when the tab closes) and
+  // the fragment is taken out of the address bar; without one the page asks.
+  const TOKEN_KEY = "pgdr-token";
+  let memoryToken = null;
+  function storeToken(t) {
+    memoryToken = t;
+    try { sessionStorage.setItem(TOKEN_KEY, t); } catch (e) { /* storage disabled: memory only */ }
+  }
+  function currentToken() {
+    try { return sessionStorage.getItem(TOKEN_KEY) || memoryToken; } catch (e) { return memoryToken; }
+  }
+  (function tokenFromFragment() {
+    const m = /(?:^#|&)token=([^&]*)/.exec(location.hash);
+    if (!m) return;
+    storeToken(decodeURIComponent(m[1]));
+    history.replaceState(null, "", location.pathname + location.search);
+  })();
+  let waitingForToken = false;
+  function askForToken(why) {
+    const form = document.getElementById("login");
+    document.getElementById("login-error").textContent = why;
+    if (waitingForToken) return;
+    waitingForToken = true;
+    form.hidden = false;
+    document.getElementById("token").focus();
+  }
+  document.getElementById("login").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const t = document.getElementById("token").value.trim();
+    if (!t) return;
+    storeToken(t);
+    document.getElementById("token").value = "";
+    document.getElementById("login").hidden = true;
+    waitingForToken = false;
+    poll();
+  });
+
   // h("td", {class: "x", "data-node": "a"}, "text", child, [more]) → element.
   function h(tag, attrs, ...kids) {
     const el = document.createElement(tag);
@@ -235,7 +274,13 @@
     const abort = new AbortController();
     const timer = setTimeout(() => abort.abort(), TIMEOUT_MS);
     try {
-      const r = await fetch("/v1/snapshot", { cache: "no-store", signal: abort.signal });
+      const t = currentToken();
+      const headers = t ? { Authorization: "Bearer " + t } : {};
+      const r = await fetch("/v1/snapshot", { cache: "no-store", signal: abort.signal, headers: headers });
+      if (r.status === 401 || r.status === 403) {
+        askForToken(t ? "the token was refused (HTTP " + r.status + ")" : "");
+        return;
+      }
       if (!r.ok) throw new Error("HTTP " + r.status);
       const snap = await r.json();
       render(snap);
@@ -245,8 +290,10 @@
       if (failingSince === null) failingSince = Date.now();
     } finally {
       clearTimeout(timer);
-      setLive();
-      setTimeout(poll, POLL_MS);
+      if (!waitingForToken) {
+        setLive();
+        setTimeout(poll, POLL_MS);
+      }
     }
   }
 

@@ -3,6 +3,7 @@
 //! never answer (a host that hangs), so workflow steps block where a real
 //! long step (a base backup) would.
 
+mod auth;
 mod readiness;
 mod reestablish;
 mod shutdown;

@@ -6,19 +6,26 @@
 //! durable highest-seen epoch ([`epoch`]) before anything is done; actions
 //! run one at a time and are idempotent. [`serve`] takes a listener and a
 //! cancellation token so tests run the agent in-process.
+//!
+//! [`ROUTES`] lists every route (the peer routes of [`crate::lease`]
+//! included) with who may call it; the router is built from it and the
+//! auth guard reads it, so no route exists without a requirement. All but
+//! `/v1/health` need the agents' bearer token (`agents.token`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{MatchedPath, Path, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use pgdr_api::agent::{Action, ActionResponse, Health, Status};
 use pgdr_api::error::ErrorBody;
-use pgdr_config::Config;
+use pgdr_config::auth::{Denied, TokenSet};
+use pgdr_config::{Access, Config, Redacted};
 use pgdr_model::{ClusterName, Epoch, NodeName, RegionName};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -42,8 +49,8 @@ pub enum AgentError {
     Bin(#[from] BinError),
     #[error(transparent)]
     Os(#[from] OsError),
-    #[error("missing or wrong bearer token")]
-    Unauthorized,
+    #[error("{0}")]
+    Denied(Denied),
     #[error(transparent)]
     Epoch(#[from] EpochError),
     /// An epoch more than one above the highest seen that the controller's
@@ -63,7 +70,7 @@ impl AgentError {
     /// The stable `kind` of the error body.
     pub fn kind(&self) -> &'static str {
         match self {
-            AgentError::Unauthorized => "unauthorized",
+            AgentError::Denied(d) => d.kind(),
             AgentError::Epoch(EpochError::Stale { .. }) => "stale_epoch",
             AgentError::BadRequest(_) => "bad_request",
             AgentError::EpochUnconfirmed { .. } => "epoch_unconfirmed",
@@ -76,7 +83,7 @@ impl AgentError {
 
     fn status(&self) -> StatusCode {
         match self {
-            AgentError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AgentError::Denied(d) => StatusCode::from_u16(d.status()).unwrap_or(StatusCode::UNAUTHORIZED),
             AgentError::Epoch(EpochError::Stale { .. }) => StatusCode::CONFLICT,
             AgentError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AgentError::Down { .. }
@@ -112,7 +119,7 @@ pub struct AgentConfig {
     /// The node's PostgreSQL settings, written on every rebuild and rewind.
     pub settings: Vec<(String, String)>,
     /// Bearer token required on everything but `/v1/health`.
-    pub token: Option<String>,
+    pub token: Option<Redacted>,
     pub promote_timeout: Duration,
     /// How long start and stop may take.
     pub pg_wait: Duration,
@@ -141,7 +148,7 @@ pub struct Target {
 #[derive(Clone)]
 pub struct ControllerRef {
     pub addr: String,
-    pub token: Option<String>,
+    pub token: Option<Redacted>,
 }
 
 impl std::fmt::Debug for ControllerRef {
@@ -187,10 +194,7 @@ impl AgentConfig {
             }
             None => None,
         };
-        let token = match &cfg.agents.token {
-            Some(s) => Some(s.resolve().map_err(|e| AgentError::Setup(format!("agents.token: {e}")))?),
-            None => None,
-        };
+        let token = cfg.agent_api_token().map_err(|e| AgentError::Setup(e.to_string()))?;
         let mut targets = Vec::new();
         for n in &cluster.nodes {
             crate::local::valid_host(&n.host)
@@ -207,10 +211,9 @@ impl AgentConfig {
                 });
             }
         }
-        let controller_token = match &cfg.controller.token {
-            Some(s) => Some(s.resolve().map_err(|e| AgentError::Setup(format!("controller.token: {e}")))?),
-            None => None,
-        };
+        // Confirming an epoch jump reads the cluster: a viewer's token.
+        let controller_token =
+            cfg.controller_client_token(Access::Viewer).map_err(|e| AgentError::Setup(e.to_string()))?;
         Ok(AgentConfig {
             targets,
             controller: Some(ControllerRef { addr: cfg.controller.listen.to_string(), token: controller_token }),
@@ -235,40 +238,103 @@ pub struct AgentState {
     pub epoch: EpochStore,
     /// Mutating actions run one at a time.
     actions: tokio::sync::Mutex<()>,
+    /// Support given to, or withdrawn from, primaries (the peer routes).
+    pub(crate) peers: crate::lease::PeerState,
+    tokens: TokenSet,
 }
 
 impl AgentState {
     pub fn new(cfg: AgentConfig) -> Result<Arc<AgentState>, AgentError> {
         let epoch = EpochStore::open(crate::replica::sibling(&cfg.pg.data_dir, ".epoch"))?;
-        Ok(Arc::new(AgentState { cfg, epoch, actions: tokio::sync::Mutex::new(()) }))
-    }
-
-    pub(crate) fn authorize(&self, headers: &HeaderMap) -> Result<(), AgentError> {
-        let Some(token) = &self.cfg.token else { return Ok(()) };
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if constant_time_eq(given.as_bytes(), token.as_bytes()) { Ok(()) } else { Err(AgentError::Unauthorized) }
+        let tokens = TokenSet::single("agents", Access::Operator, cfg.token.clone());
+        if tokens.is_open() {
+            tracing::warn!(node = %cfg.node, "no agents.token configured: the agent's API is open to anyone who reaches it");
+        }
+        Ok(Arc::new(AgentState {
+            cfg,
+            epoch,
+            actions: tokio::sync::Mutex::new(()),
+            peers: crate::lease::PeerState::default(),
+            tokens,
+        }))
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Who may call an agent route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Anyone: `/v1/health` (liveness, nothing else).
+    Public,
+    /// The agents' bearer token.
+    Token,
 }
 
-/// The agent's routes.
+/// One route: method, path (axum syntax), who may call it, its handler.
+#[derive(Clone)]
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    pub need: Need,
+    handler: fn() -> MethodRouter<Arc<AgentState>>,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} ({:?})", self.method, self.path, self.need)
+    }
+}
+
+const fn route(
+    method: Method,
+    path: &'static str,
+    need: Need,
+    handler: fn() -> MethodRouter<Arc<AgentState>>,
+) -> Route {
+    Route { method, path, need, handler }
+}
+
+/// Every route an agent serves.
+pub const ROUTES: &[Route] = &[
+    route(Method::GET, "/v1/health", Need::Public, || get(health)),
+    route(Method::GET, "/v1/status", Need::Token, || get(get_status)),
+    route(Method::POST, "/v1/actions/{action}", Need::Token, || post(run_action)),
+    route(Method::POST, "/v1/probe", Need::Token, || post(crate::probe::handle)),
+    route(Method::POST, "/v1/peer/support", Need::Token, || post(crate::lease::support)),
+    route(Method::POST, "/v1/peer/withdraw", Need::Token, || post(crate::lease::withdraw)),
+];
+
+/// The agent's router, built from [`ROUTES`] behind the auth guard.
 pub fn router(state: Arc<AgentState>) -> Router {
-    Router::new()
-        .route("/v1/health", get(health))
-        .route("/v1/status", get(get_status))
-        .route("/v1/actions/{action}", post(run_action))
-        .route("/v1/probe", post(crate::probe::handle))
-        .with_state(state)
+    let mut r: Router<Arc<AgentState>> = Router::new();
+    for route in ROUTES {
+        r = r.route(route.path, (route.handler)());
+    }
+    r.route_layer(axum::middleware::from_fn_with_state(state.clone(), guard)).with_state(state)
+}
+
+/// Lets a request through only with the token its route needs; a matched
+/// path without a row in [`ROUTES`] for its method is refused.
+async fn guard(
+    State(state): State<Arc<AgentState>>,
+    matched: Option<MatchedPath>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let need = matched
+        .as_ref()
+        .and_then(|m| ROUTES.iter().find(|r| r.method == req.method() && r.path == m.as_str()))
+        .map(|r| r.need);
+    match need {
+        Some(Need::Public) => next.run(req).await,
+        Some(Need::Token) => {
+            let given = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
+            match state.tokens.authorize(given, None) {
+                Ok(_) => next.run(req).await,
+                Err(d) => AgentError::Denied(d).into_response(),
+            }
+        }
+        None => AgentError::BadRequest(format!("{} is not allowed here", req.method())).into_response(),
+    }
 }
 
 /// Serves the agent on `listener` until `cancel` fires.
@@ -282,21 +348,15 @@ async fn health(State(state): State<Arc<AgentState>>) -> axum::Json<Health> {
     axum::Json(Health { ok: true, node: state.cfg.node.clone(), version: env!("CARGO_PKG_VERSION").to_owned() })
 }
 
-async fn get_status(
-    State(state): State<Arc<AgentState>>,
-    headers: HeaderMap,
-) -> Result<axum::Json<Status>, AgentError> {
-    state.authorize(&headers)?;
+async fn get_status(State(state): State<Arc<AgentState>>) -> Result<axum::Json<Status>, AgentError> {
     Ok(axum::Json(status::collect(&state).await))
 }
 
 async fn run_action(
     State(state): State<Arc<AgentState>>,
     Path(name): Path<String>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Result<axum::Json<ActionResponse>, AgentError> {
-    state.authorize(&headers)?;
     let action = Action::ALL
         .into_iter()
         .find(|a| a.as_str() == name)

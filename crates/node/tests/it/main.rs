@@ -1,5 +1,6 @@
 //! Integration tests of the host layer and the agent against real PostgreSQL.
 
 mod agent;
+mod auth;
 mod local;
 mod probe;

@@ -148,6 +148,7 @@ impl Proxy {
         let handle = ProxyHandle::new(ProxySpec {
             clusters: vec![ClusterSpec { name: "main".into(), routing: rx, settings, auth }],
             tls,
+            api_token: None,
         })
         .expect("proxy");
         let writer = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -1,0 +1,242 @@
+//! Security end to end, on a fresh `pgdr sandbox up` with `pgdr run`:
+//!
+//! - every route of the controller, of every agent (peer routes included)
+//!   and of every proxy's admin API, walked from the route tables the
+//!   routers are built from, answers 401 without a token or with a wrong
+//!   one and 403 with a token of the wrong role, and none of those requests
+//!   changes anything (same epoch and primary, no workflow, proxies not
+//!   paused, no support withdrawn);
+//! - none of the sandbox's secrets (the PostgreSQL password, every token,
+//!   the backup key) shows in a log file, an event, a workflow's journal or
+//!   a process's command line;
+//! - the sandbox writes no `trust` line in pg_hba.conf, and its secrets,
+//!   sockets and logs are private to their owner.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pgdr_config::{Access, Config, Redacted};
+use pgdr_sandbox::{Sandbox, SandboxGuard};
+
+const PGDR: &str = env!("CARGO_BIN_EXE_pgdr");
+
+/// `pgdr run`, killed and reaped on drop.
+struct Run(Child);
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn concrete(path: &str) -> String {
+    path.replace("{name}", "main")
+        .replace("{cluster}", "main")
+        .replace("{kind}", "failover")
+        .replace("{id}", "wf-none")
+        .replace("{action}", "promote")
+}
+
+/// The body every POST gets: it would act if it got through.
+fn body() -> serde_json::Value {
+    serde_json::json!({
+        "allow_data_loss": true, "to": "west-1", "epoch": 99, "node": "east-1",
+        "cluster": "main", "primary": "east-1", "host": "127.0.0.1", "port": 1, "timeout_ms": 100,
+        "mode": "immediate"
+    })
+}
+
+async fn status_of(http: &reqwest::Client, method: &reqwest::Method, url: &str, auth: Option<&str>) -> u16 {
+    let mut req = http.request(method.clone(), url).json(&body());
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    req.send().await.unwrap_or_else(|e| panic!("{method} {url}: {e}")).status().as_u16()
+}
+
+fn token(cfg: &Config, role: Access) -> Redacted {
+    let t = cfg.controller.tokens.iter().find(|t| t.role == role).expect("a token of each role");
+    cfg.secret(&t.key, &t.secret).expect("readable")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_route_answers_without_the_right_token_and_no_secret_shows() {
+    let sb = SandboxGuard::start_temp(Sandbox::builder(), Path::new(PGDR)).await.expect("sandbox up");
+    let cfg = Config::load(&sb.config).expect("the sandbox's config");
+    let log = std::fs::File::create(sb.dir.join("logs").join("run.log")).expect("run log");
+    let run = Run(Command::new(PGDR)
+        .arg("run")
+        .arg("--config")
+        .arg(&sb.config)
+        .current_dir(&sb.dir)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("pgdr run"));
+    let operator = token(&cfg, Access::Operator);
+    let api = pgdr_api::controller::ControllerClient::new(&cfg.controller.listen.to_string(), Some(operator.clone()))
+        .expect("client")
+        .with_timeout(Duration::from_secs(5));
+    let t = Instant::now();
+    let before = loop {
+        if let Ok(c) = api.cluster("main").await
+            && c.primary.is_some()
+            && c.epoch.0 > 0
+        {
+            break c;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "the controller did not record the cluster");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let workflows_before = api.workflows().await.expect("workflows").len();
+    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().expect("http");
+    let wrong = ["Bearer wrong", "Bearer ", "Basic b3A6b3A="];
+
+    // The controller: 401 without or with a wrong token, 403 with a role that does not allow it.
+    let mut refused = 0;
+    for r in pgdr_controller::api::ROUTES {
+        let pgdr_controller::api::Need::Role(need) = r.need else { continue };
+        let url = format!("http://{}{}", cfg.controller.listen, concrete(r.path));
+        assert_eq!(status_of(&http, &r.method, &url, None).await, 401, "{r:?} without a token");
+        for w in wrong {
+            assert_eq!(status_of(&http, &r.method, &url, Some(w)).await, 401, "{r:?} with {w:?}");
+        }
+        for role in Access::ALL.into_iter().filter(|role| !role.grants(need)) {
+            let auth = format!("Bearer {}", token(&cfg, role).expose());
+            assert_eq!(status_of(&http, &r.method, &url, Some(&auth)).await, 403, "{r:?} with the {role} token");
+        }
+        refused += 1;
+    }
+    // Every agent, peer routes included: the controller's tokens are no agent token.
+    for n in sb.nodes() {
+        for r in pgdr_node::agent::ROUTES.iter().filter(|r| r.need == pgdr_node::agent::Need::Token) {
+            let url = format!("http://{}{}", n.agent, concrete(r.path));
+            assert_eq!(status_of(&http, &r.method, &url, None).await, 401, "{} {r:?}", n.name);
+            for w in wrong {
+                assert_eq!(status_of(&http, &r.method, &url, Some(w)).await, 401, "{} {r:?} with {w:?}", n.name);
+            }
+            let auth = format!("Bearer {}", operator.expose());
+            assert_eq!(
+                status_of(&http, &r.method, &url, Some(&auth)).await,
+                401,
+                "{} {r:?} with a controller token",
+                n.name
+            );
+            refused += 1;
+        }
+    }
+    // Every proxy's admin API.
+    for p in &cfg.proxies {
+        let Some(a) = p.api else { continue };
+        for r in pgdr_proxy::api::ROUTES {
+            let url = format!("http://{a}{}", concrete(r.path));
+            assert_eq!(status_of(&http, &r.method, &url, None).await, 401, "{} {r:?}", p.name);
+            let auth = format!("Bearer {}", operator.expose());
+            assert_eq!(
+                status_of(&http, &r.method, &url, Some(&auth)).await,
+                401,
+                "{} {r:?} with a controller token",
+                p.name
+            );
+            refused += 1;
+        }
+    }
+    eprintln!("{refused} routes refused every wrong credential");
+
+    // Nothing changed.
+    let after = api.cluster("main").await.expect("cluster");
+    assert_eq!((after.epoch, after.primary.clone()), (before.epoch, before.primary.clone()));
+    assert_eq!(
+        api.workflows().await.expect("workflows").len(),
+        workflows_before,
+        "a refused request started a workflow"
+    );
+    for n in sb.nodes() {
+        let s = sb.agent(&n.name).expect("agent").status().await.expect("status");
+        assert!(!s.fenced, "{} was fenced by a refused request", n.name);
+    }
+    for p in &cfg.proxies {
+        let Some(a) = p.api else { continue };
+        let t = cfg.proxy_api_token(p).expect("token").expect("a proxy token");
+        let v: serde_json::Value = http
+            .get(format!("http://{a}/v1/status"))
+            .bearer_auth(t.expose())
+            .send()
+            .await
+            .expect("proxy status")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(v["clusters"][0]["paused"], false, "{}: a refused request paused it: {v}", p.name);
+    }
+
+    // No secret anywhere it could be read: logs, events, journals, command lines.
+    let secrets: Vec<(String, String)> = std::fs::read_dir(sb.dir.join("secrets"))
+        .expect("secrets")
+        .filter_map(|e| e.ok())
+        .map(|e| {
+            let v = std::fs::read_to_string(e.path()).expect("secret").trim().to_owned();
+            (e.file_name().to_string_lossy().into_owned(), v)
+        })
+        .collect();
+    assert!(secrets.len() >= 6, "{secrets:?}");
+    let mut haystacks: Vec<(String, String)> = Vec::new();
+    for e in std::fs::read_dir(sb.dir.join("logs")).expect("logs").filter_map(|e| e.ok()) {
+        haystacks.push((e.path().display().to_string(), std::fs::read_to_string(e.path()).unwrap_or_default()));
+    }
+    for n in sb.nodes() {
+        let pg_log = n.data_dir.with_file_name("data.log");
+        haystacks.push((pg_log.display().to_string(), std::fs::read_to_string(&pg_log).unwrap_or_default()));
+    }
+    let events = api.events(None).await.expect("events");
+    haystacks.push(("GET /v1/events".into(), serde_json::to_string(&events).expect("json")));
+    for w in api.workflows().await.expect("workflows") {
+        let v = api.workflow(&w.id).await.expect("workflow");
+        haystacks.push((format!("GET /v1/workflows/{}", w.id), serde_json::to_string(&v).expect("json")));
+    }
+    let mut pids: Vec<i32> = vec![run.0.id() as i32];
+    pids.extend(sb.nodes().iter().filter_map(|n| n.agent_pid));
+    pids.extend(sb.nodes().iter().filter_map(|n| n.postmaster_pid));
+    for e in std::fs::read_dir("/proc").expect("/proc").filter_map(|e| e.ok()) {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ppid = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1)).and_then(|p| p.parse().ok());
+        if ppid.is_some_and(|p: i32| pids.contains(&p)) {
+            pids.push(pid);
+        }
+    }
+    for pid in pids {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        haystacks.push((format!("/proc/{pid}/cmdline"), String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+    }
+    for (where_, text) in &haystacks {
+        for (name, value) in &secrets {
+            assert!(!text.contains(value.as_str()), "the secret {name} shows in {where_}");
+        }
+    }
+    eprintln!("{} places searched for {} secrets", haystacks.len(), secrets.len());
+
+    // Private files, no `trust`.
+    let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
+    for e in std::fs::read_dir(sb.dir.join("secrets")).expect("secrets").filter_map(|e| e.ok()) {
+        assert_eq!(mode(&e.path()) & 0o077, 0, "{} is readable by others", e.path().display());
+    }
+    assert_eq!(mode(&sb.dir.join("logs")) & 0o077, 0, "logs/ is open to others");
+    for n in sb.nodes() {
+        let hba = std::fs::read_to_string(n.data_dir.join("pg_hba.conf")).expect("pg_hba.conf");
+        let trust: Vec<&str> = hba
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#') && l.split_whitespace().any(|w| w == "trust"))
+            .collect();
+        assert!(trust.is_empty(), "{}: trust in pg_hba.conf: {trust:?}", n.name);
+        let sockets = n.data_dir.with_file_name("data.run");
+        assert_eq!(mode(&sockets) & 0o077, 0, "{} is open to others", sockets.display());
+    }
+    drop(run);
+    drop(sb);
+}
