@@ -381,7 +381,8 @@ async fn kill_primary_fails_over_through_the_proxy() {
     // The agent of the other region probes the primary (POST /v1/probe) and
     // the status page shows its exact reading.
     let snapshot = format!("http://{}/v1/snapshot", env.cfg.controller.listen);
-    let viewer = env.cfg.controller_client_token(pgdr_config::Access::Viewer).expect("viewer token").expect("a viewer token");
+    let viewer =
+        env.cfg.controller_client_token(pgdr_config::Access::Viewer).expect("viewer token").expect("a viewer token");
     let http = reqwest::Client::builder().no_proxy().build().expect("http");
     let row = wait_for("an agent in another region to probe the primary", Duration::from_secs(20), || async {
         let s: Value = http.get(&snapshot).bearer_auth(viewer.expose()).send().await.ok()?.json().await.ok()?;
