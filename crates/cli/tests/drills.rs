@@ -362,7 +362,11 @@ async fn failback_drill_comes_home_without_loss() {
     );
     assert_eq!(run["lost_commits"], 0, "a failback loses no acknowledged commit");
     assert_eq!(run["client_errors"], 0, "a failback shows clients no error: {}", run["write_errors_by_kind"]);
-    assert_eq!(Value::from(env.one_primary().await), run["new_primary"]);
+    // The failback may pick either east node; when it is not the original
+    // primary, the drill's restore switches over to it afterwards. Either
+    // way exactly one server takes writes, in the home region.
+    let primary = env.one_primary().await;
+    assert!(primary.starts_with("east-"), "one writable primary, in the home region: {primary}");
 }
 
 /// A planned switchover under load while one client writes straight to the
