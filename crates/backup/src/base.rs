@@ -504,15 +504,18 @@ pub async fn catalog(dest: &Dest, cluster: &str) -> Result<Catalog> {
     }
     cat.valid.sort_by(|a, b| (a.seq, &a.id).cmp(&(b.seq, &b.id)));
     cat.invalid.sort_by(|a, b| a.id.cmp(&b.id));
-    if let Some(oldest) = cat.valid.iter().map(|m| m.id.as_str()).min() {
+    // A backup's predecessor has the sequence number before its own; one
+    // older than the oldest kept backup was pruned, not lost. (Ids sort by
+    // time only to the second: two backups in one second may sort either way.)
+    if let Some(oldest) = cat.valid.iter().filter(|m| m.copied_from.is_none()).map(|m| m.seq).min() {
         let known: std::collections::BTreeSet<&str> =
             cat.valid.iter().map(|m| m.id.as_str()).chain(cat.invalid.iter().map(|i| i.id.as_str())).collect();
         let mut missing: Vec<String> = cat
             .valid
             .iter()
-            .filter(|m| m.copied_from.is_none())
+            .filter(|m| m.copied_from.is_none() && m.seq > oldest)
             .filter_map(|m| m.previous.as_deref())
-            .filter(|p| *p > oldest && !known.contains(p))
+            .filter(|p| !known.contains(p))
             .map(str::to_owned)
             .collect();
         missing.sort();
