@@ -410,6 +410,97 @@ pub struct Cluster {
     /// Operator command run while fencing an old primary.
     pub fence_hook: Option<String>,
     pub nodes: Vec<Node>,
+    /// Managed roles and their stores (`[clusters.secrets]`), when set.
+    pub secrets: Option<ClusterSecrets>,
+}
+
+/// `[clusters.secrets]`: the roles pgdr rotates on the primary and the
+/// secret store of each region it writes them to.
+#[derive(Debug, Clone)]
+pub struct ClusterSecrets {
+    /// Cron expression (5 or 6 fields) of scheduled rotations.
+    pub schedule: Option<String>,
+    /// `pgdr secrets status` flags a stored secret older than this.
+    pub max_age: Option<Duration>,
+    pub roles: Vec<ManagedRole>,
+    pub stores: Vec<SecretStoreConfig>,
+}
+
+impl ClusterSecrets {
+    pub fn role(&self, name: &str) -> Option<&ManagedRole> {
+        self.roles.iter().find(|r| r.name == name)
+    }
+
+    pub fn store(&self, region: &str) -> Option<&SecretStoreConfig> {
+        self.stores.iter().find(|s| s.region.as_str() == region)
+    }
+}
+
+/// A role pgdr rotates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedRole {
+    /// The name applications know it by; the key of its stored secret.
+    pub name: String,
+    pub strategy: RotationStrategy,
+    /// `dbname` in the stored secret.
+    pub database: String,
+}
+
+impl ManagedRole {
+    /// The logins the rotation alternates between (one for `single`).
+    pub fn logins(&self) -> Vec<&str> {
+        match &self.strategy {
+            RotationStrategy::Single => vec![self.name.as_str()],
+            RotationStrategy::Alternating { alternate } => vec![self.name.as_str(), alternate.as_str()],
+        }
+    }
+}
+
+/// How a role's password changes without locking clients out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RotationStrategy {
+    /// Two logins sharing privileges (`app`, `app_b`): the one not in use
+    /// gets the new password, then the stored secret flips to it, so
+    /// sessions opened with the previous secret keep working until the
+    /// next rotation.
+    Alternating { alternate: String },
+    /// One login: its password changes in place (for roles that cannot be
+    /// doubled); clients holding the old secret fail their next login.
+    Single,
+}
+
+/// One region's secret store.
+#[derive(Debug, Clone)]
+pub struct SecretStoreConfig {
+    pub region: RegionName,
+    pub kind: SecretStoreKind,
+    /// The config key it is set at (`clusters[0].secrets.stores[1]`), for errors.
+    pub key: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum SecretStoreKind {
+    /// One JSON file per role in `dir` (`<cluster>.<role>.json`, mode 0600),
+    /// the previous `keep` versions beside it.
+    File { dir: PathBuf, keep: u32 },
+    /// AWS Secrets Manager (or anything speaking its API) with its own
+    /// endpoint, region and credentials, so a store can be in another account.
+    AwsSecretsManager {
+        endpoint: String,
+        aws_region: String,
+        access_key_id: Option<Secret>,
+        secret_access_key: Option<Secret>,
+        prefix: String,
+    },
+}
+
+impl SecretStoreKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            SecretStoreKind::File { .. } => "file",
+            SecretStoreKind::AwsSecretsManager { .. } => "aws-secretsmanager",
+        }
+    }
 }
 
 impl Cluster {
@@ -577,6 +668,12 @@ impl Config {
         }
         for (i, c) in self.clusters.iter().enumerate() {
             all.extend(c.password.iter().map(|s| (format!("clusters[{i}].password"), s)));
+            for st in c.secrets.iter().flat_map(|s| &s.stores) {
+                if let SecretStoreKind::AwsSecretsManager { access_key_id, secret_access_key, .. } = &st.kind {
+                    all.extend(access_key_id.iter().map(|s| (format!("{}.access_key_id", st.key), s)));
+                    all.extend(secret_access_key.iter().map(|s| (format!("{}.secret_access_key", st.key), s)));
+                }
+            }
         }
         for (i, n) in self.notify.iter().enumerate() {
             all.extend(n.token.iter().map(|s| (format!("notify[{i}].token"), s)));

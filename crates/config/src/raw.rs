@@ -135,6 +135,57 @@ pub struct RawCluster {
     pub fence_hook: Option<String>,
     #[serde(default)]
     pub nodes: Vec<RawNode>,
+    /// `[clusters.secrets]`: the roles pgdr rotates and where it stores them.
+    pub secrets: Option<RawSecrets>,
+}
+
+/// `[clusters.secrets]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecrets {
+    /// Cron expression for scheduled rotations.
+    pub schedule: Option<String>,
+    /// Oldest a stored secret may get before `pgdr secrets status` flags it.
+    pub max_age: Option<String>,
+    #[serde(default)]
+    pub roles: Vec<RawManagedRole>,
+    #[serde(default)]
+    pub stores: Vec<RawSecretStore>,
+}
+
+/// `[[clusters.secrets.roles]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawManagedRole {
+    pub name: String,
+    /// `alternating` (default) or `single`.
+    pub strategy: Option<String>,
+    /// The second login of `alternating`; default `<name>_b`.
+    pub alternate: Option<String>,
+    /// `dbname` in the stored secret; default the cluster's database.
+    pub database: Option<String>,
+}
+
+/// `[[clusters.secrets.stores]]`: one per region.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecretStore {
+    pub region: String,
+    /// `file` or `aws-secretsmanager`.
+    pub kind: String,
+    /// file: the folder of the JSON files.
+    pub dir: Option<String>,
+    /// file: previous versions kept beside the current one.
+    pub keep: Option<u32>,
+    /// aws-secretsmanager: the API endpoint (default the region's public one).
+    pub endpoint: Option<String>,
+    /// aws-secretsmanager: the AWS region of the store.
+    pub aws_region: Option<String>,
+    pub allow_http: Option<bool>,
+    pub access_key_id: Option<RawSecret>,
+    pub secret_access_key: Option<RawSecret>,
+    /// aws-secretsmanager: secret names are `<prefix><cluster>/<role>`.
+    pub prefix: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

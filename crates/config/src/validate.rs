@@ -337,12 +337,23 @@ fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
                 settings: n.settings.iter().map(|(a, b)| (a.clone(), b.clone())).collect(),
             });
         }
+        let database = cl.database.clone().unwrap_or_else(|| "postgres".to_owned());
+        let secrets = cl.secrets.as_ref().map(|s| cluster_secrets(c, i, s, &database, &region_ok));
+        if let Some(s) = &secrets {
+            let node_regions: BTreeSet<&str> = nodes.iter().map(|n: &Node| n.region.as_str()).collect();
+            for r in node_regions.into_iter().filter(|r| s.store(r).is_none()) {
+                c.bad(
+                    k("secrets.stores"),
+                    format!("region {r:?} has nodes of this cluster but no secret store: expected a [[clusters.secrets.stores]] with region = {r:?}"),
+                );
+            }
+        }
         let user = cl.user.clone().unwrap_or_else(|| "postgres".to_owned());
         clusters.push(Cluster {
             name: ClusterName::new(&cl.name),
             tier: TierName::new(&cl.tier),
             replication,
-            database: cl.database.clone().unwrap_or_else(|| "postgres".to_owned()),
+            database,
             replication_user: cl.replication_user.clone().unwrap_or_else(|| user.clone()),
             user,
             password,
@@ -352,6 +363,7 @@ fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
             availability_over_rpo: cl.availability_over_rpo.unwrap_or(false),
             fence_hook: cl.fence_hook.clone(),
             nodes,
+            secrets,
         });
     }
     let cluster_names: BTreeSet<&str> = raw.clusters.iter().map(|cl| cl.name.as_str()).collect();
@@ -598,4 +610,156 @@ fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
         notify,
         sandbox,
     }
+}
+
+/// PostgreSQL role names pgdr creates and alters: plain identifiers, so they
+/// never need quoting in `ALTER ROLE` (lowercase letters, digits, `_`).
+fn is_role_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.starts_with(|ch: char| ch.is_ascii_lowercase() || ch == '_')
+        && s.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_')
+}
+
+fn cluster_secrets(
+    c: &mut Checker,
+    i: usize,
+    raw: &RawSecrets,
+    database: &str,
+    region_ok: &dyn Fn(&str) -> bool,
+) -> ClusterSecrets {
+    let k = |f: &str| format!("clusters[{i}].secrets.{f}");
+    if let Some(s) = &raw.schedule {
+        let fields = s.split_whitespace().count();
+        if !(5..=6).contains(&fields) {
+            c.bad(k("schedule"), format!("expected a cron expression of 5 or 6 fields like \"0 3 * * 0\", got {s:?}"));
+        }
+    }
+    let max_age = raw.max_age.as_deref().map(|a| c.duration(k("max_age"), Some(a), Duration::ZERO));
+    if raw.roles.is_empty() {
+        c.bad(k("roles"), "expected at least one [[clusters.secrets.roles]] with a `name`");
+    }
+    let mut logins: BTreeMap<String, String> = BTreeMap::new();
+    let mut roles = Vec::new();
+    for (j, r) in raw.roles.iter().enumerate() {
+        let k = |f: &str| format!("clusters[{i}].secrets.roles[{j}].{f}");
+        let mut login = |c: &mut Checker, key: String, name: &str| {
+            if !is_role_name(name) {
+                c.bad(
+                    key.clone(),
+                    format!("role name {name:?} is not valid: expected lowercase letters, digits and `_`, at most 63"),
+                );
+            } else if let Some(first) = logins.insert(name.to_owned(), key.clone()) {
+                c.bad(key, format!("login {name:?} is already managed at `{first}`"));
+            }
+        };
+        login(c, k("name"), &r.name);
+        let strategy = match r.strategy.as_deref() {
+            None | Some("alternating") => {
+                let alternate = r.alternate.clone().unwrap_or_else(|| format!("{}_b", r.name));
+                login(c, k("alternate"), &alternate);
+                RotationStrategy::Alternating { alternate }
+            }
+            Some("single") => {
+                if r.alternate.is_some() {
+                    c.bad(k("alternate"), "only used with strategy = \"alternating\"");
+                }
+                RotationStrategy::Single
+            }
+            Some(other) => {
+                c.bad(k("strategy"), format!("expected \"alternating\" or \"single\", got {other:?}"));
+                RotationStrategy::Single
+            }
+        };
+        roles.push(ManagedRole {
+            name: r.name.clone(),
+            strategy,
+            database: r.database.clone().unwrap_or_else(|| database.to_owned()),
+        });
+    }
+    if raw.stores.is_empty() {
+        c.bad(k("stores"), "expected a [[clusters.secrets.stores]] for each region of the cluster");
+    }
+    c.unique(
+        raw.stores
+            .iter()
+            .enumerate()
+            .map(|(j, s)| (format!("clusters[{i}].secrets.stores[{j}].region"), s.region.as_str())),
+        "secret store region",
+    );
+    let mut stores = Vec::new();
+    for (j, s) in raw.stores.iter().enumerate() {
+        let key = format!("clusters[{i}].secrets.stores[{j}]");
+        let k = |f: &str| format!("{key}.{f}");
+        if !region_ok(&s.region) {
+            c.bad(k("region"), format!("region {:?} is not declared under [[regions]]", s.region));
+        }
+        let unused = |c: &mut Checker, fields: &[(&str, bool)], kind: &str| {
+            for (f, set) in fields {
+                if *set {
+                    c.bad(k(f), format!("not used by kind = {kind:?}"));
+                }
+            }
+        };
+        let kind = match s.kind.as_str() {
+            "file" => {
+                unused(
+                    c,
+                    &[
+                        ("endpoint", s.endpoint.is_some()),
+                        ("aws_region", s.aws_region.is_some()),
+                        ("allow_http", s.allow_http.is_some()),
+                        ("access_key_id", s.access_key_id.is_some()),
+                        ("secret_access_key", s.secret_access_key.is_some()),
+                        ("prefix", s.prefix.is_some()),
+                    ],
+                    "file",
+                );
+                let Some(dir) = &s.dir else {
+                    c.bad(k("dir"), "kind = \"file\" needs `dir`, the folder of the JSON files");
+                    continue;
+                };
+                SecretStoreKind::File { dir: c.path(dir), keep: s.keep.unwrap_or(5) }
+            }
+            "aws-secretsmanager" => {
+                unused(c, &[("dir", s.dir.is_some()), ("keep", s.keep.is_some())], "aws-secretsmanager");
+                let Some(aws_region) = s.aws_region.clone() else {
+                    c.bad(k("aws_region"), "kind = \"aws-secretsmanager\" needs `aws_region`, like \"eu-west-1\"");
+                    continue;
+                };
+                let endpoint = s
+                    .endpoint
+                    .clone()
+                    .unwrap_or_else(|| format!("https://secretsmanager.{aws_region}.amazonaws.com"))
+                    .trim_end_matches('/')
+                    .to_owned();
+                if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
+                    c.bad(k("endpoint"), format!("expected an http(s):// URL, got {endpoint:?}"));
+                } else if endpoint.starts_with("http://") && !s.allow_http.unwrap_or(false) {
+                    c.bad(
+                        k("endpoint"),
+                        "plain HTTP carries the passwords in clear: set allow_http = true (tests only)",
+                    );
+                }
+                let access_key_id = c.secret(k("access_key_id"), &s.access_key_id);
+                let secret_access_key = c.secret(k("secret_access_key"), &s.secret_access_key);
+                if access_key_id.is_some() != secret_access_key.is_some() {
+                    c.bad(k("access_key_id"), "access_key_id and secret_access_key go together");
+                }
+                SecretStoreKind::AwsSecretsManager {
+                    endpoint,
+                    aws_region,
+                    access_key_id,
+                    secret_access_key,
+                    prefix: s.prefix.clone().unwrap_or_else(|| "pgdr/".to_owned()),
+                }
+            }
+            other => {
+                c.bad(k("kind"), format!("expected \"file\" or \"aws-secretsmanager\", got {other:?}"));
+                continue;
+            }
+        };
+        stores.push(SecretStoreConfig { region: RegionName::new(&s.region), kind, key });
+    }
+    ClusterSecrets { schedule: raw.schedule.clone(), max_age, roles, stores }
 }

@@ -321,3 +321,108 @@ fn locate_order() {
 }
 
 mod props;
+
+/// GOOD with a `[clusters.secrets]` section appended after the nodes (it
+/// belongs to the last `[[clusters]]`).
+fn with_secrets(section: &str) -> String {
+    let at = GOOD.find("[[proxies]]").expect("GOOD has proxies");
+    format!("{}{section}\n{}", &GOOD[..at], &GOOD[at..])
+}
+
+const SECRETS: &str = r#"
+[clusters.secrets]
+schedule = "0 3 * * *"
+max_age = "30d"
+
+[[clusters.secrets.roles]]
+name = "app"
+
+[[clusters.secrets.roles]]
+name = "reporting"
+strategy = "single"
+database = "reports"
+
+[[clusters.secrets.stores]]
+region = "east-a"
+kind = "file"
+dir = "stores/east"
+
+[[clusters.secrets.stores]]
+region = "west"
+kind = "aws-secretsmanager"
+aws_region = "us-west-2"
+endpoint = "http://127.0.0.1:5000"
+allow_http = true
+access_key_id = { value = "AKIDEXAMPLE" }
+secret_access_key = { env = "PGDR_TEST_SM_SECRET" }
+"#;
+
+#[test]
+fn managed_roles_and_secret_stores_load() {
+    let c = parse(&with_secrets(SECRETS)).expect("valid");
+    let s = c.clusters[0].secrets.as_ref().expect("secrets");
+    assert_eq!(s.max_age, Some(std::time::Duration::from_secs(30 * 86400)));
+    let app = s.role("app").expect("app");
+    assert_eq!(app.logins(), vec!["app", "app_b"], "alternating is the default");
+    assert_eq!(app.database, "postgres");
+    let rep = s.role("reporting").expect("reporting");
+    assert_eq!(rep.strategy, pgdr_config::RotationStrategy::Single);
+    assert_eq!(rep.database, "reports");
+    match &s.store("east-a").expect("east store").kind {
+        pgdr_config::SecretStoreKind::File { dir, keep } => {
+            assert_eq!(dir, Path::new("/etc/pgdr/stores/east"));
+            assert_eq!(*keep, 5);
+        }
+        other => panic!("{other:?}"),
+    }
+    match &s.store("west").expect("west store").kind {
+        pgdr_config::SecretStoreKind::AwsSecretsManager { endpoint, prefix, .. } => {
+            assert_eq!(endpoint, "http://127.0.0.1:5000");
+            assert_eq!(prefix, "pgdr/");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!format!("{c:?}").contains("AKIDEXAMPLE"), "an inline credential stays out of Debug");
+}
+
+#[test]
+fn bad_secrets_config_names_the_key() {
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "strategy = \"single\"",
+            "strategy = \"double\"",
+            "clusters[0].secrets.roles[1].strategy",
+            "expected \"alternating\" or \"single\"",
+        ),
+        ("name = \"reporting\"", "name = \"Reporting; DROP\"", "clusters[0].secrets.roles[1].name", "is not valid"),
+        ("name = \"reporting\"", "name = \"app_b\"", "clusters[0].secrets.roles[1].name", "already managed"),
+        (
+            "kind = \"file\"",
+            "kind = \"vault\"",
+            "clusters[0].secrets.stores[0].kind",
+            "expected \"file\" or \"aws-secretsmanager\"",
+        ),
+        ("dir = \"stores/east\"", "", "clusters[0].secrets.stores[0].dir", "needs `dir`"),
+        ("allow_http = true\n", "", "clusters[0].secrets.stores[1].endpoint", "allow_http"),
+        (
+            "region = \"west\"\nkind = \"aws",
+            "region = \"mars\"\nkind = \"aws",
+            "clusters[0].secrets.stores[1].region",
+            "not declared",
+        ),
+        ("schedule = \"0 3 * * *\"", "schedule = \"daily\"", "clusters[0].secrets.schedule", "cron expression"),
+        ("max_age = \"30d\"", "max_age = \"a month\"", "clusters[0].secrets.max_age", "expected a duration"),
+        ("aws_region = \"us-west-2\"\n", "", "clusters[0].secrets.stores[1].aws_region", "needs `aws_region`"),
+    ];
+    for (from, to, key, words) in cases {
+        let text = with_secrets(&SECRETS.replacen(from, to, 1));
+        let err = parse(&text).expect_err(&format!("{from} -> {to} must fail"));
+        let p = err.problems().iter().find(|p| p.key == *key).unwrap_or_else(|| panic!("no problem at {key}: {err}"));
+        assert!(p.message.contains(words), "{key}: {:?} lacks {words:?}", p.message);
+        assert!(err.to_string().starts_with("/etc/pgdr/pgdr.toml"), "{err}");
+    }
+    // A region with nodes but no store.
+    let text = with_secrets(&SECRETS.replacen("region = \"west\"\nkind = \"aws", "region = \"east\"\nkind = \"aws", 1));
+    let err = parse(&text).expect_err("west has a node and no store");
+    assert!(err.to_string().contains("region \"west\" has nodes of this cluster but no secret store"), "{err}");
+}
