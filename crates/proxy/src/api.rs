@@ -35,6 +35,7 @@ impl std::fmt::Debug for Route {
 pub const ROUTES: &[Route] = &[
     Route { method: Method::POST, path: "/v1/clusters/{cluster}/pause", handler: || post(pause) },
     Route { method: Method::POST, path: "/v1/clusters/{cluster}/resume", handler: || post(resume) },
+    Route { method: Method::POST, path: "/v1/clusters/{cluster}/users/refresh", handler: || post(refresh_users) },
     Route { method: Method::GET, path: "/v1/status", handler: || get(status) },
     Route { method: Method::GET, path: "/metrics", handler: || get(metrics) },
 ];
@@ -76,6 +77,13 @@ async fn pause(State(h): State<ProxyHandle>, Path(cluster): Path<String>) -> Res
 async fn resume(State(h): State<ProxyHandle>, Path(cluster): Path<String>) -> Response {
     match h.resume(&cluster) {
         Ok(o) => axum::Json(o).into_response(),
+        Err(e) => error(e),
+    }
+}
+
+async fn refresh_users(State(h): State<ProxyHandle>, Path(cluster): Path<String>) -> Response {
+    match h.refresh_users(&cluster).await {
+        Ok(users) => axum::Json(serde_json::json!({ "users": users })).into_response(),
         Err(e) => error(e),
     }
 }

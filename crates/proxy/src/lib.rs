@@ -323,6 +323,39 @@ impl ProxyHandle {
         Ok(ResumeOutcome { paused_ms: paused_for.map(|d| d.as_millis() as u64), released })
     }
 
+    /// Reloads the cluster's user verifiers now (`auth = auto`: from the
+    /// current primary; a users file: from the file), so a login whose
+    /// password was just changed (`pgdr secrets rotate`) is known before its
+    /// new secret is handed out. Sessions already open are untouched.
+    /// Returns how many users are known (`None` in passthrough).
+    pub async fn refresh_users(&self, cluster: &str) -> Result<Option<usize>, ProxyError> {
+        let c = self.cluster(cluster)?;
+        let users = match &c.auth {
+            AuthConfig::Passthrough => return Ok(None),
+            AuthConfig::UsersFile(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ProxyError::Auth(auth::AuthError::Read { path: path.clone(), source: e }))?;
+                auth::parse_users_file(path, &text).map_err(ProxyError::Auth)?
+            }
+            AuthConfig::Auto(login) => {
+                let primary = c.routing.borrow().primary.clone();
+                let Some(p) = primary else {
+                    return Err(ProxyError::Auth(auth::AuthError::Backend {
+                        addr: "-".into(),
+                        message: "no primary is routed: nothing to read verifiers from".into(),
+                    }));
+                };
+                auth::fetch_from_backend(&p, login, c.settings.tcp.connect_timeout.max(Duration::from_secs(2)))
+                    .await
+                    .map_err(ProxyError::Auth)?
+            }
+        };
+        let n = users.len();
+        c.users.replace(users);
+        tracing::info!(cluster, users = n, "user verifiers reloaded on request");
+        Ok(Some(n))
+    }
+
     pub fn status(&self) -> ProxyStatus {
         let mut clusters: Vec<ClusterStatus> = self
             .inner
