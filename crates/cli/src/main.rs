@@ -47,6 +47,9 @@ pub enum Command {
     /// A local sandbox of real PostgreSQL: up, down.
     #[command(subcommand)]
     Sandbox(cmd::sandbox::SandboxCmd),
+    /// Managed database credentials: rotate, status, verify (docs/secrets.md).
+    #[command(subcommand)]
+    Secrets(cmd::secrets::SecretsCmd),
     /// Every cluster's nodes, roles, LSNs and lag, from the agents.
     Status(cmd::status::StatusArgs),
     /// Base backups: run, list, verify, prune, copy, pull, enable archiving.
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
         Command::Proxy(a) => cmd::proxy::run(&global, a),
         Command::Agent(a) => cmd::agent::run(&global, a),
         Command::Sandbox(c) => cmd::sandbox::run(&global, c),
+        Command::Secrets(c) => cmd::secrets::run(&global, c),
         Command::Status(a) => cmd::status::run(&global, a),
         Command::Backup(c) => cmd::backup::run(&global, c),
         Command::WalPush(a) => cmd::backup::wal_push(&global, a),

@@ -78,6 +78,9 @@ fn q(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
+/// The folder (in the sandbox) of the per-region file secret stores.
+pub const SECRET_STORES: &str = "secret-stores";
+
 pub fn render(c: &ConfigText<'_>) -> String {
     let mut t = String::new();
     let _ = writeln!(t, "# Written by `pgdr sandbox up`: a local sandbox of real PostgreSQL.");
@@ -168,6 +171,23 @@ pub fn render(c: &ConfigText<'_>) -> String {
             let _ = writeln!(t, "os_user = {}", q(u));
         }
         let _ = writeln!(t, "settings = {{ {} }}\n", settings.join(", "));
+    }
+    let _ = writeln!(
+        t,
+        "# Managed credentials: `pgdr secrets rotate --cluster main` changes the password of role app\n\
+         # (alternating with app_b, created on the first rotation) on the primary only, waits for every\n\
+         # standby to replay it, and writes it to each region's store below with that region's proxy\n\
+         # writer endpoint as host/port. See docs/secrets.md.\n\
+         [clusters.secrets]\nschedule = \"0 3 * * *\"\nmax_age = \"30d\"\n\n\
+         [[clusters.secrets.roles]]\nname = \"app\"\nstrategy = \"alternating\"\n"
+    );
+    for r in c.regions {
+        let _ = writeln!(
+            t,
+            "[[clusters.secrets.stores]]\nregion = {}\nkind = \"file\"\ndir = {}\n",
+            q(r),
+            q(&format!("{SECRET_STORES}/{r}"))
+        );
     }
     for p in c.proxies {
         let _ = writeln!(t, "[[proxies]]\ncluster = \"main\"\nregion = {}", q(&p.region));

@@ -331,6 +331,13 @@ impl SandboxBuilder {
         }
         write_secret(&secrets.join(render::PROXY_API_TOKEN), &random_hex(32))?;
         write_secret(&secrets.join("backup-local.key"), &random_hex(32))?;
+        // One file secret store per region for the managed role (`pgdr secrets`).
+        for r in &regions {
+            let p = dir.join(render::SECRET_STORES).join(r);
+            std::fs::create_dir_all(&p).map_err(SandboxError::io(&p))?;
+            set_mode(&p, 0o700)?;
+        }
+        set_mode(&dir.join(render::SECRET_STORES), 0o700)?;
         for d in ["logs", "state", "backups"] {
             let p = dir.join(d);
             std::fs::create_dir_all(&p).map_err(SandboxError::io(&p))?;

@@ -61,10 +61,19 @@ pub struct Topology {
     pub busy: Option<String>,
 }
 
-/// Where the topology comes from (the controller's API in `pgdr`).
+/// Where the topology comes from (the controller's API in `pgdr`), and
+/// how the cluster's proxies learn a changed password.
 #[async_trait]
 pub trait TopologySource: Send + Sync {
     async fn current(&self) -> Result<Topology, String>;
+
+    /// Makes every proxy of the cluster reload its user verifiers (a proxy
+    /// with `auth = auto` checks logins against verifiers it read from the
+    /// primary), by proxy name. Called after the change replayed and before
+    /// any store hands the new secret out.
+    async fn refresh_proxies(&self) -> Vec<(String, Result<(), String>)> {
+        Vec::new()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +123,14 @@ pub struct ReplayReport {
     pub error: Option<String>,
 }
 
+/// One proxy's reload of its user verifiers.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProxyReport {
+    pub proxy: String,
+    pub refreshed: bool,
+    pub error: Option<String>,
+}
+
 /// One managed role.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RoleReport {
@@ -127,6 +144,7 @@ pub struct RoleReport {
     /// The change had to restart on a new primary this many times.
     pub epoch_restarts: u32,
     pub replicas: Vec<ReplayReport>,
+    pub proxies: Vec<ProxyReport>,
     pub stores: Vec<StoreReport>,
     pub ok: bool,
     pub error: Option<String>,
@@ -284,6 +302,7 @@ pub async fn rotate(
         }
         r.ok = r.error.is_none()
             && r.replicas.iter().all(|x| x.replayed)
+            && r.proxies.iter().all(|x| x.refreshed)
             && r.stores.iter().all(|s| s.error.is_none() && s.verified != Some(false));
         out.push(r);
     }
@@ -430,6 +449,13 @@ async fn rotate_role(
             tracing::warn!(node = %n, error = %e, "standby did not replay the password change");
         }
         r.replicas.push(ReplayReport { node: n.clone(), replayed: res.is_ok(), error: res.err() });
+    }
+    // The proxies learn the new verifier before any store hands it out.
+    for (proxy, res) in topo.refresh_proxies().await {
+        if let Err(e) = &res {
+            tracing::warn!(proxy = %proxy, error = %e, "proxy did not reload its user verifiers");
+        }
+        r.proxies.push(ProxyReport { proxy, refreshed: res.is_ok(), error: res.err() });
     }
     // 6. Every region's store of the set, 7. verified through its proxy.
     let regions = set_regions(c, &t);

@@ -14,6 +14,7 @@ pub mod ops;
 pub mod proxy;
 pub mod runbook;
 pub mod sandbox;
+pub mod secrets;
 pub mod status;
 
 /// Flags every command shares.
