@@ -11,6 +11,8 @@
 //! - a store that cannot be reached makes the rotation fail with exit 1
 //!   before the database changes; a store left behind is brought up to date
 //!   by the next rotation;
+//! - through a switchover, every stored secret keeps logging in, and the
+//!   next rotation lands on the new primary with the new epoch;
 //! - no password shows in pgdr's output, the controller's events, or any
 //!   file of the sandbox but the stores: pgdr's, the agents' and
 //!   PostgreSQL's logs, the data directories and their WAL (which carry the
@@ -224,11 +226,50 @@ async fn rotate_writes_every_region_logs_in_everywhere_and_leaks_nothing() {
     let s: Value = serde_json::from_str(&sout).expect("status --json");
     assert_eq!(s["roles"][0]["version"], 3, "{s:#}");
 
-    // 5. No password anywhere but the stores: pgdr's output, the
+    // 5. Through a switchover: the stored secret keeps logging in through
+    // every proxy (the change replicated), and the next rotation lands on
+    // the new primary with the new epoch.
+    let before = api.cluster("main").await.expect("cluster");
+    let (code, wout, werr) =
+        pgdr_async(&sb.config, &["switchover", "--cluster", "main", "--to", "east-2", "--yes", "--json"]).await;
+    assert_eq!(code, 0, "switchover: {wout}\n{werr}");
+    let after = api.cluster("main").await.expect("cluster");
+    assert_eq!(after.primary.as_ref().map(|p| p.to_string()).as_deref(), Some("east-2"));
+    assert!(after.epoch.0 > before.epoch.0);
+    for region in ["east", "west"] {
+        let v = stored(&sb.dir, region);
+        let t = Instant::now();
+        // The proxy routes to the new primary once the workflow resumed it.
+        while let Err(e) = pgdr_secrets::rotate::login(&v, None).await {
+            assert!(t.elapsed() < Duration::from_secs(20), "{region}'s secret after the switchover: {e}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    let t = Instant::now();
+    let (code, out, err) = loop {
+        // The controller may still list the switchover's follow-up for a moment.
+        let r = pgdr_async(&sb.config, &["secrets", "rotate", "--cluster", "main", "--json"]).await;
+        if r.0 == 0 || t.elapsed() > Duration::from_secs(30) || !r.1.contains("is running on cluster") {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(code, 0, "rotate after the switchover: {out}\n{err}");
+    let r = rotation(&out, &err);
+    assert_eq!(r["roles"][0]["primary"], "east-2", "{r:#}");
+    assert_eq!(r["roles"][0]["epoch"], after.epoch.0, "{r:#}");
+    for region in ["east", "west"] {
+        let v = stored(&sb.dir, region);
+        assert_eq!((v.username.as_str(), v.version, v.epoch), ("app_b", 4, after.epoch.0), "{region}");
+        pgdr_secrets::rotate::login(&v, None).await.unwrap_or_else(|e| panic!("{region} after the switchover: {e}"));
+        passwords.push(v.password);
+    }
+
+    // 6. No password anywhere but the stores: pgdr's output, the
     // sandbox's files (pgdr's, the agents' and PostgreSQL's logs, data
     // directories, WAL), the controller's events.
     let events = serde_json::to_string(&api.events(None).await.expect("events")).expect("json");
-    let outputs = [out, err, vout, verr, sout, serr].join("\n");
+    let outputs = [out, err, vout, verr, sout, serr, wout, werr].join("\n");
     for p in &passwords {
         assert!(!outputs.contains(p.as_str()), "a password in pgdr's output");
         assert!(!events.contains(p.as_str()), "a password in the controller's events");

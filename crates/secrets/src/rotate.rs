@@ -54,9 +54,13 @@ pub struct Topology {
     /// Replicas and standbys in the replica set: they must replay the
     /// change, and their regions' stores get the secret.
     pub replicas: Vec<String>,
-    /// Nodes out of the set (unreachable, fenced, an old primary kept for
+    /// Nodes out of the set (fenced, down, an old primary kept for
     /// reconciliation), with why.
     pub excluded: Vec<(String, String)>,
+    /// Nodes whose agent did not answer the controller just now (a busy
+    /// host is not a departed one): the rotation asks their PostgreSQL
+    /// directly and counts a server in recovery as a standby of the set.
+    pub unknown: Vec<String>,
     /// A role change running on the cluster (its kind and id), if any.
     pub busy: Option<String>,
 }
@@ -320,6 +324,7 @@ async fn rotate_role(
 ) -> Result<(), String> {
     let key = SecretKey::new(c.name.as_str(), &role.name);
     let t = topo.current().await.map_err(|e| format!("cannot learn the primary and epoch: {e}"))?;
+    let t = resolve_unknown(c, admin, t).await;
     if let Some(b) = &t.busy {
         return Err(format!("{b} is running on cluster {}: rotate once it ends", c.name));
     }
@@ -415,11 +420,11 @@ async fn rotate_role(
                     break lsn;
                 }
                 tracing::warn!(role = %role.name, old_epoch = t.epoch, new_epoch = after.epoch, "epoch changed after the password change; applying it again on the new primary");
-                t = after;
+                t = resolve_unknown(c, admin, after).await;
             }
             Err(Apply::EpochMoved(next)) => {
                 tracing::warn!(role = %role.name, old_epoch = t.epoch, new_epoch = next.epoch, "epoch changed before commit; restarting on the new primary");
-                t = next;
+                t = resolve_unknown(c, admin, next).await;
             }
             Err(Apply::Failed(e)) => return Err(e),
         }
@@ -506,6 +511,24 @@ async fn rotate_role(
         r.stores.push(rep);
     }
     Ok(())
+}
+
+/// Nodes the controller could not reach just now: a server that answers
+/// and is in recovery is a standby of the set; anything else is left out.
+async fn resolve_unknown(c: &Cluster, admin: &Admin, mut t: Topology) -> Topology {
+    for name in std::mem::take(&mut t.unknown) {
+        let Some(n) = c.node(&name) else { continue };
+        let standby = match connect(&n.host, n.port, &admin.user, admin.password.as_deref(), &admin.database).await {
+            Ok(db) => db.query_one("SELECT pg_is_in_recovery()", &[]).await.map(|r| r.get::<_, bool>(0)).ok(),
+            Err(_) => None,
+        };
+        match standby {
+            Some(true) => t.replicas.push(name),
+            Some(false) => t.excluded.push((name, "its agent did not answer and it is not in recovery".into())),
+            None => t.excluded.push((name, "neither its agent nor its server answered".into())),
+        }
+    }
+    t
 }
 
 enum Apply {

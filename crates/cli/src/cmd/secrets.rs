@@ -50,12 +50,15 @@ fn topology(v: pgdr_api::controller::ClusterView) -> Result<Topology, String> {
     let primary = v.primary.ok_or_else(|| format!("the controller names no primary for cluster {}", v.name))?;
     let mut replicas = Vec::new();
     let mut excluded = Vec::new();
+    let mut unknown = Vec::new();
     for n in &v.nodes {
         if n.name == primary {
             continue;
         }
         if n.role == Role::Replica && n.reachable && !n.fenced {
             replicas.push(n.name.to_string());
+        } else if !n.reachable {
+            unknown.push(n.name.to_string());
         } else {
             let why = if n.fenced {
                 "fenced".to_owned()
@@ -67,7 +70,7 @@ fn topology(v: pgdr_api::controller::ClusterView) -> Result<Topology, String> {
             excluded.push((n.name.to_string(), why));
         }
     }
-    Ok(Topology { epoch: v.epoch.0, primary: primary.to_string(), replicas, excluded, busy: v.workflow })
+    Ok(Topology { epoch: v.epoch.0, primary: primary.to_string(), replicas, excluded, unknown, busy: v.workflow })
 }
 
 pub fn run(global: &Global, cmd: SecretsCmd) -> anyhow::Result<ExitCode> {
