@@ -225,6 +225,16 @@ async fn rotate_writes_every_region_logs_in_everywhere_and_leaks_nothing() {
     assert_eq!(code, 0, "status: {sout}\n{serr}");
     let s: Value = serde_json::from_str(&sout).expect("status --json");
     assert_eq!(s["roles"][0]["version"], 3, "{s:#}");
+    // `pgdr check`: per region, whether the stored secret logs in now.
+    let (_, cout, cerr) = pgdr_async(&sb.config, &["check", "--cluster", "main", "--json"]).await;
+    let c: Value = serde_json::from_str(&cout).unwrap_or_else(|e| panic!("check --json: {e}: {cout}\n{cerr}"));
+    let secrets: Vec<&Value> =
+        c["findings"].as_array().map(|f| f.iter().filter(|f| f["check"] == "secrets").collect()).unwrap_or_default();
+    assert_eq!(secrets.len(), 2, "one finding per region: {c:#}");
+    assert!(
+        secrets.iter().all(|f| f["severity"] == "ok" && f["message"].as_str().is_some_and(|m| m.contains("logs in"))),
+        "{c:#}"
+    );
 
     // 5. Through a switchover: the stored secret keeps logging in through
     // every proxy (the change replicated), and the next rotation lands on
@@ -269,7 +279,7 @@ async fn rotate_writes_every_region_logs_in_everywhere_and_leaks_nothing() {
     // sandbox's files (pgdr's, the agents' and PostgreSQL's logs, data
     // directories, WAL), the controller's events.
     let events = serde_json::to_string(&api.events(None).await.expect("events")).expect("json");
-    let outputs = [out, err, vout, verr, sout, serr, wout, werr].join("\n");
+    let outputs = [out, err, vout, verr, sout, serr, wout, werr, cout, cerr].join("\n");
     for p in &passwords {
         assert!(!outputs.contains(p.as_str()), "a password in pgdr's output");
         assert!(!events.contains(p.as_str()), "a password in the controller's events");
