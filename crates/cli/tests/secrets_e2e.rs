@@ -13,6 +13,8 @@
 //!   by the next rotation;
 //! - through a switchover, every stored secret keeps logging in, and the
 //!   next rotation lands on the new primary with the new epoch;
+//! - a `single` role's password changes in place: the stored secret logs
+//!   in, the previous one no longer does;
 //! - no password shows in pgdr's output, the controller's events, or any
 //!   file of the sandbox but the stores: pgdr's, the agents' and
 //!   PostgreSQL's logs, the data directories and their WAL (which carry the
@@ -273,6 +275,35 @@ async fn rotate_writes_every_region_logs_in_everywhere_and_leaks_nothing() {
         assert_eq!((v.username.as_str(), v.version, v.epoch), ("app_b", 4, after.epoch.0), "{region}");
         pgdr_secrets::rotate::login(&v, None).await.unwrap_or_else(|e| panic!("{region} after the switchover: {e}"));
         passwords.push(v.password);
+    }
+
+    // 6. A `single` role: its own password changes in place; the previous
+    // secret stops working, the stored one logs in everywhere.
+    let mut text = std::fs::read_to_string(&sb.config).expect("config");
+    text.push_str("\n[[clusters.secrets.roles]]\nname = \"batch\"\nstrategy = \"single\"\n");
+    std::fs::write(&sb.config, text).expect("config");
+    let batch = |region: &str| -> SecretValue {
+        let p = sb.dir.join("secret-stores").join(region).join("main.batch.json");
+        serde_json::from_str(&std::fs::read_to_string(&p).expect("batch secret")).expect("json")
+    };
+    let mut previous: Option<SecretValue> = None;
+    for version in 1..=2u64 {
+        let (code, out, err) =
+            pgdr_async(&sb.config, &["secrets", "rotate", "--cluster", "main", "--role", "batch", "--json"]).await;
+        assert_eq!(code, 0, "rotate batch: {out}\n{err}");
+        for region in ["east", "west"] {
+            let v = batch(region);
+            assert_eq!((v.username.as_str(), v.version), ("batch", version), "{region}");
+            pgdr_secrets::rotate::login(&v, None).await.unwrap_or_else(|e| panic!("batch in {region}: {e}"));
+            passwords.push(v.password.clone());
+        }
+        if let Some(old) = &previous {
+            assert!(
+                pgdr_secrets::rotate::login(old, None).await.is_err(),
+                "single: the old password must stop working"
+            );
+        }
+        previous = Some(batch("east"));
     }
 
     // 6. No password anywhere but the stores: pgdr's output, the
