@@ -247,6 +247,11 @@ pub struct ActionResponse {
     pub took_ms: u64,
     /// The epoch the agent holds after the call.
     pub epoch: Epoch,
+    /// `stop`: the shutdown checkpoint's location (`pg_controldata`), when
+    /// the server stopped cleanly as a primary. Nothing was written after
+    /// it: a switchover promotes a replica only once it replayed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_lsn: Option<Lsn>,
 }
 
 /// The default slot name for a node: `pgdr_<node>` with `-` turned into `_`.

@@ -368,6 +368,133 @@ async fn wait_recovered(w: &Workload, fault_ms: f64) {
     .await;
 }
 
+/// libpq conninfo of one node, directly (not through the proxy).
+fn direct(env: &Env, name: &str) -> String {
+    let n = env.node(name);
+    format!(
+        "host={} port={} user=postgres dbname=postgres password={} connect_timeout=1",
+        n.host,
+        n.port,
+        env.sb.password()
+    )
+}
+
+/// One probe: does the server accept a real write (`BEGIN READ WRITE`, an
+/// xid, a commit that does not wait for a synchronous standby)? Reuses the
+/// connection while it works.
+async fn accepts_write(conninfo: &str, client: &mut Option<tokio_postgres::Client>) -> bool {
+    const WRITE: &str = "begin read write; set local synchronous_commit = local; select txid_current(); commit";
+    if client.is_none() {
+        *client = pgdr_drill::observer::connect(conninfo, "node", Duration::from_secs(1)).await.ok();
+    }
+    let Some(c) = client.as_ref() else { return false };
+    match tokio::time::timeout(Duration::from_secs(1), c.batch_execute(WRITE)).await {
+        Ok(Ok(())) => true,
+        _ => {
+            *client = None;
+            false
+        }
+    }
+}
+
+/// Polls every node directly every 50 ms for "accepts a write", all nodes
+/// of a round at once, for the whole test: two writable servers in one
+/// round fail it.
+struct WriteWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<WatchReport>,
+}
+
+#[derive(Debug, Default)]
+struct WatchReport {
+    rounds: u64,
+    /// (ms since the start, the nodes that took a write in that round).
+    overlaps: Vec<(u128, Vec<String>)>,
+    writable_rounds: std::collections::BTreeMap<String, u64>,
+}
+
+impl WriteWatch {
+    fn start(env: &Env) -> WriteWatch {
+        let nodes: Vec<(String, String)> = env.node_names().into_iter().map(|n| (direct(env, &n), n)).collect();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let t0 = Instant::now();
+            let mut clients: Vec<Option<tokio_postgres::Client>> = nodes.iter().map(|_| None).collect();
+            let mut report = WatchReport::default();
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                let round = Instant::now();
+                let mut set = tokio::task::JoinSet::new();
+                for (i, ((conninfo, name), client)) in nodes.iter().zip(clients.iter_mut()).enumerate() {
+                    let (conninfo, name, mut client) = (conninfo.clone(), name.clone(), client.take());
+                    set.spawn(async move {
+                        let ok = accepts_write(&conninfo, &mut client).await;
+                        (i, name, ok, client)
+                    });
+                }
+                let mut writable = Vec::new();
+                while let Some(r) = set.join_next().await {
+                    let (i, name, ok, client) = r.expect("probe task");
+                    clients[i] = client;
+                    if ok {
+                        *report.writable_rounds.entry(name.clone()).or_default() += 1;
+                        writable.push(name);
+                    }
+                }
+                report.rounds += 1;
+                if writable.len() > 1 {
+                    writable.sort();
+                    report.overlaps.push((round.duration_since(t0).as_millis(), writable));
+                }
+                tokio::time::sleep_until((round + Duration::from_millis(50)).into()).await;
+            }
+            report
+        });
+        WriteWatch { stop, task }
+    }
+
+    /// Stops and asserts no round saw two writable servers.
+    async fn assert_never_two(self, name: &str) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let r = self.task.await.expect("watch task");
+        eprintln!(
+            "[{name}] write watch: {} rounds of 50 ms, writable rounds per node {:?}",
+            r.rounds, r.writable_rounds
+        );
+        assert!(r.rounds > 0);
+        assert!(r.overlaps.is_empty(), "two servers accepted writes at the same instant: {:?}", r.overlaps);
+    }
+}
+
+/// A client writing straight to one node (not through the proxy), each
+/// write `BEGIN READ WRITE; INSERT; COMMIT`, reconnecting after errors;
+/// returns the ids whose commit was acknowledged.
+fn direct_writer(
+    conninfo: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<i64>> {
+    tokio::spawn(async move {
+        let mut acked = Vec::new();
+        let mut id = 0i64;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let Ok(c) = pgdr_drill::observer::connect(&conninfo, "direct", Duration::from_secs(1)).await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                id += 1;
+                let sql = format!("begin read write; insert into sw_direct values ({id}); commit");
+                match tokio::time::timeout(Duration::from_secs(2), c.batch_execute(&sql)).await {
+                    Ok(Ok(())) => acked.push(id),
+                    _ => break,
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        acked
+    })
+}
+
 /// kill -9 of the primary's postmaster (`on_crash = "failover"`) while
 /// writers commit through the proxy: the cluster is writable again through
 /// the same endpoint, with the epoch raised and one primary. Async
@@ -558,21 +685,67 @@ fn pgbench_script(dir: &std::path::Path) -> PathBuf {
     p
 }
 
-/// Switchover under pgbench (`-M prepared`, 4 clients) through the proxy's
-/// writer endpoint: zero client errors and every acknowledged commit on
-/// the new primary; the old primary comes back as a replica.
+/// Runs `pgdr switchover --to <to>`; returns (success, the workflow).
+async fn switchover(env: &Env, to: &str) -> (bool, WorkflowView) {
+    let config = env.sb.config.display().to_string();
+    let to = to.to_owned();
+    let seen = Env::ids(&env.workflows().await);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(PGDR)
+            .args(["switchover", "--cluster", "main", "--to", &to, "--yes", "--json", "--config", &config])
+            .output()
+            .expect("pgdr switchover")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v = match serde_json::from_str::<WorkflowView>(&stdout) {
+        Ok(v) => v,
+        Err(_) => {
+            let w = env.new_workflow("switchover", &seen, Duration::from_secs(5)).await;
+            env.finished(&w.id, Duration::from_secs(120)).await
+        }
+    };
+    env.print_workflow(&v);
+    if !out.status.success() {
+        eprintln!("[{}] pgdr switchover: {stdout} {}", env.name, String::from_utf8_lossy(&out.stderr));
+    }
+    (out.status.success(), v)
+}
+
+/// Switchover under load through the proxy's writer endpoint (pgbench
+/// `-M prepared`, 4 clients, and the drill's writers), with idle sessions
+/// holding named prepared statements, and a client writing straight to the
+/// old primary with `BEGIN READ WRITE` (not through the proxy, reconnecting
+/// after errors): zero client errors through the proxy, every acknowledged
+/// commit (the direct client's too) on the new primary, the idle sessions
+/// and their statements kept, and at no 50 ms instant two servers that
+/// accept a write. Prints the write pause the clients saw.
 #[tokio::test(flavor = "multi_thread")]
-async fn switchover_under_pgbench_loses_nothing_and_errs_nothing() {
+async fn switchover_under_load_loses_nothing_and_errs_nothing() {
     let env = Env::start("switchover", Opts::default()).await;
     let before = env.cluster().await.expect("cluster");
     let old = before.primary.clone().expect("primary").to_string();
     let c = pgdr_drill::observer::connect(&env.writer, "writer", Duration::from_secs(10)).await.expect("connect");
     c.batch_execute(
-        "create table sw_ledger (id bigserial primary key, client int not null, at timestamptz default now())",
+        "create table sw_ledger (id bigserial primary key, client int not null, at timestamptz default now());
+         create table sw_direct (id bigint primary key)",
     )
     .await
-    .expect("create table");
+    .expect("create tables");
     drop(c);
+    // Idle sessions through the proxy, each with a named prepared statement.
+    let mut idle = Vec::new();
+    for i in 0..4 {
+        let c = pgdr_drill::observer::connect(&env.writer, "writer", Duration::from_secs(10)).await.expect("idle");
+        let st = c.prepare("insert into sw_ledger (client) values ($1) returning id").await.expect("prepare");
+        c.query_one(&st, &[&(1000 + i)]).await.expect("prepared insert");
+        idle.push((c, st));
+    }
+    let watch = WriteWatch::start(&env);
+    let stop_direct = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let direct_task = direct_writer(direct(&env, &old), stop_direct.clone());
+    let w = env.workload(2);
     let script = pgbench_script(&env.sb.dir);
     let port = env.cfg.proxies.iter().find(|p| p.region.as_str() == "east").expect("east").writer.port();
     let mut bench = Command::new("pgbench")
@@ -586,19 +759,10 @@ async fn switchover_under_pgbench_loses_nothing_and_errs_nothing() {
         .spawn()
         .expect("pgbench");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let config = env.sb.config.display().to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(PGDR)
-            .args(["switchover", "--cluster", "main", "--to", "east-2", "--yes", "--json", "--config", &config])
-            .output()
-            .expect("pgdr switchover")
-    })
-    .await
-    .expect("join");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "switchover failed: {stdout} {}", String::from_utf8_lossy(&out.stderr));
-    let v: WorkflowView = serde_json::from_str(&stdout).expect("switchover --json");
-    env.print_workflow(&v);
+    let from_ms = w.now_ms();
+    let (ok, v) = switchover(&env, "east-2").await;
+    let until_ms = w.now_ms();
+    assert!(ok, "switchover failed");
     let bench_out = tokio::task::spawn_blocking(move || {
         let _ = bench.wait();
         let mut o = String::new();
@@ -614,6 +778,15 @@ async fn switchover_under_pgbench_loses_nothing_and_errs_nothing() {
     })
     .await
     .expect("join");
+    let record = w.stop().await;
+    stop_direct.store(true, std::sync::atomic::Ordering::SeqCst);
+    let direct_acked = direct_task.await.expect("direct writer");
+    // The idle sessions and their statements moved to the new primary.
+    for (i, (c, st)) in idle.iter().enumerate() {
+        c.query_one(st, &[&(2000 + i as i32)])
+            .await
+            .expect("an idle session's prepared statement after the switchover");
+    }
     let (ok, bout, berr) = bench_out;
     let processed: u64 = bout
         .lines()
@@ -623,38 +796,79 @@ async fn switchover_under_pgbench_loses_nothing_and_errs_nothing() {
         .unwrap_or_else(|| panic!("no pgbench summary:\n{bout}\n{berr}"));
     let failed_line = bout.lines().find(|l| l.starts_with("number of failed transactions")).unwrap_or("").to_owned();
     let primary = env.one_primary().await;
-    let rows = env.sb.sql(&primary, "select count(*) from sw_ledger").await.expect("count");
+    watch.assert_never_two(env.name).await;
+    let rows = env.sb.sql(&primary, "select count(*) from sw_ledger where client < 1000").await.expect("count");
     let present: u64 = rows[0][0].as_deref().and_then(|s| s.parse().ok()).expect("count");
-    let wait_ms = step(&v, "wait_replay").duration_ms.unwrap_or_default();
-    let paused: u64 = [
+    let rows = env.sb.sql(&primary, "select id::text from sw_direct").await.expect("direct rows");
+    let direct_present: std::collections::HashSet<i64> =
+        rows.iter().filter_map(|r| r[0].as_deref().and_then(|s| s.parse().ok())).collect();
+    let direct_lost: Vec<i64> = direct_acked.iter().copied().filter(|id| !direct_present.contains(id)).collect();
+    let paused_steps: u64 = [
         "pause_proxy",
-        "fence_old_primary",
-        "wait_replay",
         "stop_old_primary",
+        "check_replayed",
         "raise_epoch",
+        "set_sync_standbys",
         "promote",
-        "repoint_replicas",
         "resume_proxy",
     ]
     .iter()
     .filter_map(|s| step(&v, s).duration_ms)
     .sum();
+    let pause = pgdr_drill::checker::rto_pause(&record, from_ms, until_ms);
     eprintln!(
-        "[{}] pgbench: {processed} transactions, {failed_line}; rows on {primary}: {present}; writes paused ~{paused}ms (wait_replay {wait_ms}ms); client errors in pgbench stderr: {}",
+        "[{}] pgbench: {processed} transactions, {failed_line}; rows on {primary}: {present}; steps from pause to resume {paused_steps}ms; longest time without an acknowledged write through the proxy: {}; direct client on {old}: {} acknowledged, {} lost",
         env.name,
-        berr.lines().filter(|l| l.contains("error") || l.contains("abort")).count()
+        pause.map(|p| format!("{:.3}s", p)).unwrap_or_else(|| "none acknowledged".into()),
+        direct_acked.len(),
+        direct_lost.len()
     );
+    let lost = env.check(&primary, &record, None).await;
+    assert_eq!(lost, 0, "the drill's writers lost acknowledged commits");
+    assert_eq!(record.write_failures().count(), 0, "the drill's writers saw errors");
     assert!(ok, "pgbench failed:\n{bout}\n{berr}");
     assert!(!berr.contains("abort") && !berr.to_lowercase().contains("error"), "pgbench clients saw errors:\n{berr}");
     assert_eq!(primary, "east-2");
     assert_ne!(primary, old);
     assert!(processed > 0);
     assert_eq!(present, processed, "every acknowledged transaction inserted exactly one row");
+    assert!(!direct_acked.is_empty(), "the direct client never wrote");
+    assert!(direct_lost.is_empty(), "acknowledged direct commits lost: {direct_lost:?}");
     let after = env.cluster().await.expect("cluster");
     assert!(after.epoch > before.epoch);
     // The old primary is back as a replica of the new one.
     let rows = env.sb.sql(&old, "select pg_is_in_recovery()::text").await.expect("old primary answers");
     assert_eq!(rows[0][0].as_deref(), Some("true"));
+}
+
+/// A target that has not replayed the old primary's shutdown checkpoint
+/// (its replay paused) is not promoted: the switchover fails, the old
+/// primary is started again as it was (same epoch), the proxies resume and
+/// writes through them work; at no 50 ms instant two servers take writes.
+#[tokio::test(flavor = "multi_thread")]
+async fn switchover_refused_when_the_target_has_not_replayed_restarts_the_old_primary() {
+    let env = Env::start("switchover-refused", Opts::default()).await;
+    let before = env.cluster().await.expect("cluster");
+    let old = before.primary.clone().expect("primary").to_string();
+    env.sb.sql("east-2", "select pg_wal_replay_pause()").await.expect("pause replay on the target");
+    let watch = WriteWatch::start(&env);
+    let (ok, v) = switchover(&env, "east-2").await;
+    assert!(!ok, "the switchover succeeded although the target replays nothing");
+    assert_eq!(v.state, "failed", "{v:#?}");
+    let err = step(&v, "check_replayed").error.clone().unwrap_or_default();
+    assert!(err.contains("has not replayed") && err.contains("started again"), "{err}");
+    // Writes work again through the proxy, on the old primary, same epoch.
+    wait_for("a write through the proxy", Duration::from_secs(30), || async {
+        let c = pgdr_drill::observer::connect(&env.writer, "writer", Duration::from_secs(2)).await.ok()?;
+        c.batch_execute("insert into pgdr_drill.ledger (id, writer) values (-1, -1) on conflict do nothing").await.ok()
+    })
+    .await;
+    assert_eq!(env.one_primary().await, old);
+    let after = env.cluster().await.expect("cluster");
+    assert_eq!(after.epoch, before.epoch);
+    assert_eq!(after.primary.map(|p| p.to_string()), Some(old));
+    watch.assert_never_two(env.name).await;
+    env.sb.sql("east-2", "select pg_wal_replay_resume()").await.expect("resume replay");
 }
 
 /// Synchronous replication (ANY 1): kill -9 of the primary under load, no

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::candidate::{self, CandidateInfo, Policy};
+use crate::candidate;
 use crate::runtime::{LeaseBook, ProxyControl, Shared};
 use crate::workflows::{self, Params};
 
@@ -326,35 +326,17 @@ impl Controller {
     async fn would_choose(&self, p: &Params) -> String {
         let Some(c) = self.sh.cluster(p.cluster.as_str()) else { return String::new() };
         let Some(old) = p.old_primary.clone() else { return "no primary".into() };
-        let statuses = self.sh.observe(c).await;
+        let statuses: std::collections::BTreeMap<_, _> =
+            self.sh.observe(c).await.into_iter().filter_map(|(n, s)| s.ok().map(|s| (n, s))).collect();
         let lag = self.sh.observed.lock().ok().and_then(|o| o.get(&c.name).map(|o| o.lag.clone())).unwrap_or_default();
-        let infos: Vec<CandidateInfo> = c
-            .nodes
-            .iter()
-            .map(|n| {
-                let st = statuses.get(&n.name).and_then(|s| s.as_ref().ok());
-                CandidateInfo {
-                    node: n.name.clone(),
-                    region: n.region.clone(),
-                    reachable: st.is_some_and(|s| s.up),
-                    role: st.map(|s| s.role).unwrap_or(Role::Unknown),
-                    lsn: st.and_then(|s| s.receive_lsn.max(s.replay_lsn)),
-                    lag_seconds: lag.get(&n.name).copied(),
-                }
-            })
-            .collect();
+        let infos = crate::workflows::candidate_infos(c, &statuses, &lag, p.old_lsn);
         let target = p.to.as_deref().map(|t| {
             if c.node(t).is_some() { candidate::Target::Node(t.into()) } else { candidate::Target::Region(t.into()) }
         });
-        let Some(tier) = self.sh.tier(c) else { return "no tier".into() };
-        let policy = Policy {
-            primary_region: c.node(old.as_str()).map(|n| n.region.clone()).unwrap_or_else(|| "unknown".into()),
-            old_primary: old,
-            region_preference: c.region_preference.clone(),
-            rpo: tier.rpo,
-            availability_over_rpo: c.availability_over_rpo,
-            allow_data_loss: p.allow_data_loss,
-            target,
+        let region = c.node(old.as_str()).map(|n| n.region.clone()).unwrap_or_else(|| "unknown".into());
+        let policy = match crate::workflows::policy_for(&self.sh, c, &old, region, target, p.allow_data_loss).await {
+            Ok(p) => p,
+            Err(e) => return format!("live check: {e}"),
         };
         match candidate::choose(&infos, &policy) {
             Ok(ch) => format!(

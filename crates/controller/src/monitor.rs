@@ -140,7 +140,12 @@ impl Hold {
                 match want {
                     Want::Held if !paused => {
                         paused = true;
-                        match tokio::time::timeout(pause_wait, sh.proxies.pause(&cluster)).await {
+                        match tokio::time::timeout(
+                            pause_wait,
+                            sh.proxies.pause(&cluster, crate::runtime::Drain::Nothing),
+                        )
+                        .await
+                        {
                             Ok(Err(e)) => tracing::warn!(cluster = %cluster, "cannot pause the proxies: {e}"),
                             Ok(Ok(())) | Err(_) => {
                                 tracing::info!(cluster = %cluster, "primary suspect: the proxies hold new transactions")
@@ -449,7 +454,9 @@ async fn watch(ctl: Controller, cluster: Cluster, cancel: &CancellationToken, tr
         }
         // Routing, and sync mode's standby list.
         let route = sh.route(&cluster, &state);
-        if published.as_ref() != Some(&route) {
+        // Again now and then: a proxy that restarted (standalone, behind its
+        // admin API) learns the epoch's route without waiting for a change.
+        if published.as_ref() != Some(&route) || n % 20 == 0 {
             sh.proxies.publish(&cluster.name, &route);
             published = Some(route);
         }
@@ -465,7 +472,13 @@ async fn watch(ctl: Controller, cluster: Cluster, cancel: &CancellationToken, tr
                         sh.emit(sh.event(
                             &cluster.name,
                             if degraded { "sync_degraded" } else { "sync_restored" },
-                            format!("fewer than {quorum} healthy replicas: commits wait"),
+                            if degraded {
+                                format!(
+                                    "degraded: no synchronous standby (fewer than {quorum} healthy replicas): commits wait for one"
+                                )
+                            } else {
+                                format!("{quorum} or more healthy replicas stream again: commits are acknowledged")
+                            },
                         ))
                         .await;
                     }

@@ -147,7 +147,12 @@ impl Prober {
 
     async fn write(&mut self, timeout: Duration) -> Result<f64, ProbeOutcome> {
         if self.client.as_ref().is_none_or(|c| c.is_closed()) {
-            self.client = Some(connect(&self.target, timeout, "pgdr-probe").await?);
+            let c = connect(&self.target, timeout, "pgdr-probe").await?;
+            // The canary asks "does the primary take writes", not "is a
+            // synchronous standby there": a primary whose commits wait for
+            // one is degraded, not down, and must never be fenced for it.
+            c.batch_execute("SET synchronous_commit = local").await.map_err(|e| classify(&e))?;
+            self.client = Some(c);
         }
         let Some(client) = self.client.as_ref() else { return Err(ProbeOutcome::Failed("no connection".into())) };
         let row = match client.query_one(UPSERT, &[&self.row, &self.written_by]).await {

@@ -26,12 +26,25 @@ pub struct RouteInfo {
     pub replicas: Vec<(NodeName, String, u16)>,
 }
 
+/// What a pause waits for before it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// Transactions running now may finish, up to the proxy's
+    /// `drain_timeout` (a switchover: the old primary is up).
+    Running,
+    /// Nothing: the old primary is down, frozen or cut off (a failover, a
+    /// suspicion), so what runs there cannot finish in a way that counts.
+    /// New transactions queue at once all the same.
+    Nothing,
+}
+
 /// How the controller drives the proxies of a cluster: in-process in
 /// `pgdr run`, over their admin API otherwise.
 #[async_trait]
 pub trait ProxyControl: Send + Sync + std::fmt::Debug {
-    /// Pauses the writer endpoint and drains running transactions.
-    async fn pause(&self, cluster: &ClusterName) -> Result<(), String>;
+    /// Pauses the writer endpoint (and the reader's fallback to the
+    /// primary); with [`Drain::Running`] waits for running transactions.
+    async fn pause(&self, cluster: &ClusterName, drain: Drain) -> Result<(), String>;
     async fn resume(&self, cluster: &ClusterName) -> Result<(), String>;
     /// Publishes the routing (a no-op for proxies that discover it).
     fn publish(&self, cluster: &ClusterName, route: &RouteInfo);
@@ -81,13 +94,40 @@ impl HttpProxies {
 
 #[async_trait]
 impl ProxyControl for HttpProxies {
-    async fn pause(&self, cluster: &ClusterName) -> Result<(), String> {
-        self.call(cluster, "pause").await
+    async fn pause(&self, cluster: &ClusterName, drain: Drain) -> Result<(), String> {
+        match drain {
+            Drain::Running => self.call(cluster, "pause").await,
+            Drain::Nothing => self.call(cluster, "pause?drain_ms=0").await,
+        }
     }
     async fn resume(&self, cluster: &ClusterName) -> Result<(), String> {
         self.call(cluster, "resume").await
     }
-    fn publish(&self, _cluster: &ClusterName, _route: &RouteInfo) {}
+    /// Sends the route to every proxy of the cluster (`POST
+    /// /v1/clusters/{c}/route`) without waiting: a proxy refuses a route of
+    /// an older epoch than its own, and the monitor publishes again.
+    fn publish(&self, cluster: &ClusterName, route: &RouteInfo) {
+        let backend = |(n, h, p): &(NodeName, String, u16)| serde_json::json!({"node": n, "host": h, "port": p});
+        let body = serde_json::json!({
+            "epoch": route.epoch,
+            "primary": route.primary.as_ref().map(backend),
+            "replicas": route.replicas.iter().map(backend).collect::<Vec<_>>(),
+        });
+        for (api, token) in self.apis.get(cluster).into_iter().flatten() {
+            let url = format!("http://{api}/v1/clusters/{cluster}/route");
+            let mut req = self.http.post(&url).json(&body).timeout(Duration::from_secs(2));
+            if let Some(t) = token {
+                req = req.bearer_auth(t.expose());
+            }
+            tokio::spawn(async move {
+                match req.send().await {
+                    Ok(r) if r.status().is_success() => {}
+                    Ok(r) => tracing::warn!(url, status = %r.status(), "proxy refused the route"),
+                    Err(e) => tracing::warn!(url, "cannot publish the route: {e}"),
+                }
+            });
+        }
+    }
 }
 
 /// What the controller last saw of a cluster.

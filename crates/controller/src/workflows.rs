@@ -35,6 +35,19 @@ pub const REESTABLISH: &str = "reestablish";
 /// busy host answering slowly is not a down one.
 const STEP_STATUS_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long a step waits for the status of an agent the monitor last saw
+/// failing: a failure (a frozen host, a partitioned region) already made
+/// it unreachable, and the step decides from the nodes that answered.
+const SEEN_DOWN_STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A candidate preferred by region may lack this much WAL behind the most
+/// advanced node and still be chosen, fetching it first.
+const CATCH_UP_MAX_BYTES: u64 = 16 * 1024 * 1024;
+
+/// How long the preferred candidate may take to fetch that WAL before the
+/// most advanced node is promoted instead.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The parameters of every workflow here, fixed when it starts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Params {
@@ -131,7 +144,7 @@ fn skipped(ctx: &StepContext) -> bool {
 }
 
 fn chosen(ctx: &StepContext) -> Result<NodeName, StepError> {
-    for name in ["choose_candidate", "check_target"] {
+    for name in ["catch_up", "choose_candidate", "check_target"] {
         if let Some(n) = ctx.output(name).and_then(|v| v.get("node")).and_then(Value::as_str) {
             return Ok(NodeName::new(n));
         }
@@ -212,7 +225,10 @@ async fn pause_proxy(c: Arc<Ctx>, sc: StepContext, unroute_primary: bool) -> Res
         }
     }
     let started = Instant::now();
-    let res = c.sh.proxies.pause(&cluster.name).await;
+    // A failover's old primary is down, frozen or cut off: nothing running
+    // there can finish in a way that counts, so the pause does not wait.
+    let drain = if unroute_primary { crate::runtime::Drain::Nothing } else { crate::runtime::Drain::Running };
+    let res = c.sh.proxies.pause(&cluster.name, drain).await;
     Ok(StepOutput::json(
         json!({"paused": res.is_ok(), "error": res.err(), "took_ms": started.elapsed().as_millis() as u64}),
     ))
@@ -366,43 +382,116 @@ async fn run_hook(cmd: &str, cluster: &Cluster, node: &Node) -> Value {
     }
 }
 
-/// What the controller knows of each node, as candidate input.
-async fn candidates(c: &Ctx, cluster: &Cluster) -> Vec<CandidateInfo> {
-    let statuses = c.sh.observe_within(cluster, Some(STEP_STATUS_TIMEOUT)).await;
-    let lag = c.sh.observed.lock().ok().and_then(|o| o.get(&cluster.name).map(|o| o.lag.clone())).unwrap_or_default();
+/// What the controller knows of each node, as candidate input. Every
+/// agent is asked at once; one the monitor last saw failing gets a short
+/// deadline, and `skip` (a failed primary, which is never a candidate) is
+/// not asked at all.
+async fn candidates(c: &Ctx, cluster: &Cluster, skip: Option<&NodeName>) -> Vec<CandidateInfo> {
+    let (lag, seen_down) =
+        c.sh.observed
+            .lock()
+            .ok()
+            .and_then(|o| {
+                o.get(&cluster.name).map(|o| {
+                    let down: Vec<NodeName> = o
+                        .statuses
+                        .iter()
+                        .filter(|(_, s)| s.as_ref().is_ok_and(|s| !s.up) || s.is_err())
+                        .map(|(n, _)| n.clone())
+                        .collect();
+                    (o.lag.clone(), down)
+                })
+            })
+            .unwrap_or_default();
+    let mut set = tokio::task::JoinSet::new();
+    for n in cluster.nodes.iter().filter(|n| Some(&n.name) != skip) {
+        let timeout = if seen_down.contains(&n.name) { SEEN_DOWN_STATUS_TIMEOUT } else { STEP_STATUS_TIMEOUT };
+        let (name, client) = (n.name.clone(), c.sh.agent(n).map(|a| a.with_timeout(timeout)));
+        set.spawn(async move {
+            let st = match client {
+                Ok(a) => tokio::time::timeout(timeout, a.status()).await.ok().and_then(Result::ok),
+                Err(_) => None,
+            };
+            (name, st)
+        });
+    }
+    let mut statuses = std::collections::BTreeMap::new();
+    while let Some(r) = set.join_next().await {
+        if let Ok((name, Some(st))) = r {
+            statuses.insert(name, st);
+        }
+    }
+    candidate_infos(cluster, &statuses, &lag, c.p.old_lsn)
+}
+
+/// Candidate input from agent statuses (absent: did not answer) and the
+/// monitor's last known heartbeat lags.
+/// A node whose lag is unknown (a restarted controller has seen no
+/// heartbeat yet) but whose position reaches the old primary's last known
+/// one lags nothing.
+pub(crate) fn candidate_infos(
+    cluster: &Cluster,
+    statuses: &std::collections::BTreeMap<NodeName, pgdr_api::agent::Status>,
+    lag: &std::collections::BTreeMap<NodeName, f64>,
+    old_lsn: Option<Lsn>,
+) -> Vec<CandidateInfo> {
     cluster
         .nodes
         .iter()
         .map(|n| {
-            let st = statuses.get(&n.name).and_then(|s| s.as_ref().ok());
+            let st = statuses.get(&n.name);
+            let lsn = st.and_then(|s| s.receive_lsn.max(s.replay_lsn));
+            let caught_up = matches!((lsn, old_lsn), (Some(l), Some(o)) if l >= o);
             CandidateInfo {
                 node: n.name.clone(),
                 region: n.region.clone(),
                 reachable: st.is_some_and(|s| s.up),
                 role: st.map(|s| s.role).unwrap_or(Role::Unknown),
-                lsn: st.and_then(|s| s.receive_lsn.max(s.replay_lsn)),
-                lag_seconds: lag.get(&n.name).copied(),
+                lsn,
+                lag_seconds: lag.get(&n.name).copied().or(caught_up.then_some(0.0)),
             }
         })
         .collect()
 }
 
-fn policy(
+async fn policy(
     c: &Ctx,
     cluster: &Cluster,
     old: &NodeName,
     target: Option<Target>,
     allow_data_loss: bool,
 ) -> Result<Policy, StepError> {
-    let tier = c.sh.tier(cluster).ok_or_else(|| fatal(format!("tier {} is not in the config", cluster.tier)))?;
+    let primary_region = c.node(old)?.region.clone();
+    policy_for(&c.sh, cluster, old, primary_region, target, allow_data_loss).await.map_err(retry)
+}
+
+/// The candidate rules of a cluster whose primary `old` is replaced; in
+/// synchronous mode with the set stored for `old`.
+pub(crate) async fn policy_for(
+    sh: &Shared,
+    cluster: &Cluster,
+    old: &NodeName,
+    primary_region: RegionName,
+    target: Option<Target>,
+    allow_data_loss: bool,
+) -> Result<Policy, String> {
+    let tier = sh.tier(cluster).ok_or_else(|| format!("tier {} is not in the config", cluster.tier))?;
+    let sync = match cluster.replication {
+        ReplicationMode::Sync { .. } => {
+            crate::sync::stored(sh, cluster).await?.filter(|s| s.primary == *old).map(|s| s.set)
+        }
+        ReplicationMode::Async => None,
+    };
     Ok(Policy {
         old_primary: old.clone(),
-        primary_region: c.node(old)?.region.clone(),
+        primary_region,
         region_preference: cluster.region_preference.clone(),
         rpo: tier.rpo,
         availability_over_rpo: cluster.availability_over_rpo,
         allow_data_loss,
         target,
+        sync,
+        catch_up_max_bytes: CATCH_UP_MAX_BYTES,
     })
 }
 
@@ -416,6 +505,25 @@ fn parse_target(cluster: &Cluster, to: &str) -> Result<Target, StepError> {
     }
 }
 
+/// Failover, before anything is paused or fenced: a node can be promoted.
+/// Fencing the old primary without one would stop the last server that
+/// holds the data (it may only be slow, or waiting on a synchronous
+/// standby): the workflow fails here instead and nothing changes.
+async fn check_candidate(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepError> {
+    if skipped(&sc) {
+        return Ok(StepOutput::json(json!({"skipped": "restarted in place"})));
+    }
+    let cluster = c.cluster()?;
+    let old = c.old_primary()?.clone();
+    let target = c.p.to.as_deref().map(|t| parse_target(cluster, t)).transpose()?;
+    let infos = candidates(&c, cluster, Some(&old)).await;
+    let pol = policy(&c, cluster, &old, target, c.p.allow_data_loss).await?;
+    match candidate::choose(&infos, &pol) {
+        Ok(choice) => Ok(StepOutput::json(json!({"would_promote": choice.node, "why": choice.why}))),
+        Err(e) => Err(retry(format!("not fencing {old}: {e}"))),
+    }
+}
+
 async fn choose_candidate(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepError> {
     if skipped(&sc) {
         return Ok(StepOutput::json(json!({"skipped": "restarted in place"})));
@@ -423,8 +531,8 @@ async fn choose_candidate(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, St
     let cluster = c.cluster()?;
     let old = c.old_primary()?.clone();
     let target = c.p.to.as_deref().map(|t| parse_target(cluster, t)).transpose()?;
-    let infos = candidates(&c, cluster).await;
-    let pol = policy(&c, cluster, &old, target, c.p.allow_data_loss)?;
+    let infos = candidates(&c, cluster, Some(&old)).await;
+    let pol = policy(&c, cluster, &old, target, c.p.allow_data_loss).await?;
     let choice = candidate::choose(&infos, &pol).map_err(retry)?;
     if choice.past_rpo {
         c.sh.emit(c.sh.event(
@@ -446,6 +554,108 @@ async fn choose_candidate(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, St
         m.insert("unreachable".into(), json!(unreachable));
     }
     Ok(StepOutput::json(out))
+}
+
+/// Failover: when the chosen node lacks a little WAL that the most
+/// advanced node has (choose_candidate preferred it by region), it streams
+/// from that node until it has it all; if it does not within
+/// CATCH_UP_TIMEOUT, the most advanced node is promoted instead.
+async fn catch_up(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepError> {
+    if skipped(&sc) {
+        return Ok(StepOutput::json(json!({"skipped": "restarted in place"})));
+    }
+    let choice = sc.output("choose_candidate").ok_or_else(|| fatal("no candidate was chosen"))?;
+    let node = chosen_by_choice(&choice)?;
+    let (Some(from), Some(to)) = (
+        choice.get("catch_up_from").and_then(Value::as_str).map(NodeName::new),
+        choice.get("catch_up_to").and_then(Value::as_str).and_then(|s| s.parse::<Lsn>().ok()),
+    ) else {
+        return Ok(StepOutput::json(json!({"node": node, "needed": false})));
+    };
+    let started = Instant::now();
+    let target = c.node(&node)?;
+    let source = c.node(&from)?;
+    let agent = c.sh.agent(target).map_err(fatal)?;
+    let req = UpstreamRequest { epoch: c.p.old_epoch, host: source.host.clone(), port: source.port, slot: None };
+    let outcome: Result<Value, String> = async {
+        agent.clone().with_action_timeout(CATCH_UP_TIMEOUT).upstream(&req).await.map_err(|e| e.to_string())?;
+        loop {
+            let st = agent.clone().with_timeout(Duration::from_secs(1)).status().await.ok();
+            if let Some(s) = &st
+                && s.receive_lsn.max(s.replay_lsn).is_some_and(|l| l >= to)
+            {
+                return Ok(json!({"received": s.receive_lsn, "replayed": s.replay_lsn}));
+            }
+            if started.elapsed() > CATCH_UP_TIMEOUT {
+                return Err(format!(
+                    "{node} did not reach {to} within {}",
+                    pgdr_model::format_duration(CATCH_UP_TIMEOUT)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    .await;
+    let took_ms = started.elapsed().as_millis() as u64;
+    let cluster = c.cluster()?;
+    match outcome {
+        Ok(v) => {
+            c.sh.emit(c.sh.event(
+                &cluster.name,
+                "catch_up",
+                format!("{node} fetched the WAL it lacked from {from} up to {to} in {took_ms} ms; it is promoted"),
+            ))
+            .await;
+            Ok(StepOutput::json(json!({"node": node, "from": from, "to": to, "caught_up": v, "took_ms": took_ms})))
+        }
+        Err(e) => {
+            c.sh.emit(c.sh.event(
+                &cluster.name,
+                "catch_up",
+                format!("{e}; promoting {from}, the most advanced node, instead"),
+            ))
+            .await;
+            Ok(StepOutput::json(json!({"node": from, "instead_of": node, "error": e, "took_ms": took_ms})))
+        }
+    }
+}
+
+fn chosen_by_choice(choice: &Value) -> Result<NodeName, StepError> {
+    choice.get("node").and_then(Value::as_str).map(NodeName::new).ok_or_else(|| fatal("no candidate was chosen"))
+}
+
+/// Synchronous mode: stores the new primary's standby set and sets it on
+/// the node before it is promoted, so its first acknowledged commit is
+/// already on a synchronous standby (or waits for one).
+async fn set_sync_standbys(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepError> {
+    if skipped(&sc) {
+        return Ok(StepOutput::json(json!({"skipped": "restarted in place"})));
+    }
+    let cluster = c.cluster()?;
+    let ReplicationMode::Sync { quorum } = cluster.replication else {
+        return Ok(StepOutput::json(json!({"skipped": "asynchronous replication"})));
+    };
+    let node = chosen(&sc)?;
+    let old = c.old_primary()?.clone();
+    let healthy: Vec<NodeName> = {
+        let obs = c.sh.observed.lock().map_err(|e| retry(e.to_string()))?;
+        obs.get(&cluster.name).map(|o| crate::sync::healthy(&o.statuses)).unwrap_or_default()
+    };
+    let healthy: Vec<NodeName> = healthy.into_iter().filter(|n| *n != old && *n != node).collect();
+    let (set, degraded) = crate::sync::standby_set(cluster, &node, &healthy, quorum);
+    crate::sync::set_on(&c.sh, cluster, &node, &set).await.map_err(retry)?;
+    Ok(StepOutput::json(json!({"node": node, "setting": crate::sync::setting(&set), "degraded": degraded})))
+}
+
+/// The `set_sync_standbys` step of a failover and of a switchover.
+fn sync_standbys_step(sh: &Arc<Shared>, p: &Params) -> Step {
+    step(
+        sh,
+        p,
+        "set_sync_standbys",
+        "synchronous mode: store the new primary's standby set and set it before it is promoted",
+        set_sync_standbys,
+    )
 }
 
 async fn raise_epoch(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepError> {
@@ -576,11 +786,6 @@ async fn resume_proxy(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepEr
     let route = c.sh.route(cluster, &state);
     c.sh.proxies.publish(&cluster.name, &route);
     let res = c.sh.proxies.resume(&cluster.name).await;
-    if let ReplicationMode::Sync { quorum } = cluster.replication
-        && let Some(p) = &state.primary
-    {
-        let _ = crate::sync::apply(&c.sh, cluster, p, quorum).await;
-    }
     Ok(StepOutput::json(
         json!({"epoch": state.epoch, "primary": state.primary, "resumed": res.is_ok(), "error": res.err()}),
     )
@@ -636,46 +841,100 @@ async fn check_target(c: Arc<Ctx>, _sc: StepContext) -> Result<StepOutput, StepE
     let cluster = c.cluster()?;
     let old = c.old_primary()?.clone();
     let target = c.p.to.as_deref().map(|t| parse_target(cluster, t)).transpose()?;
-    let infos = candidates(&c, cluster).await;
+    let infos = candidates(&c, cluster, None).await;
     match infos.iter().find(|i| i.node == old) {
         Some(i) if i.reachable && i.role == Role::Primary => {}
         // Retried: an agent that answered late is not a primary that is down.
         _ => return Err(retry(format!("the primary {old} is not up: a switchover needs it (use failover)"))),
     }
-    let pol = policy(&c, cluster, &old, target, false)?;
+    let mut pol = policy(&c, cluster, &old, target, false).await?;
+    // The old primary is up and the target must replay its shutdown
+    // checkpoint (check_replayed), whatever the synchronous set: no
+    // catch-up detour, no quorum to reach.
+    pol.catch_up_max_bytes = 0;
+    pol.sync = None;
     let choice = candidate::choose(&infos, &pol).map_err(retry)?;
-    Ok(StepOutput::json(serde_json::to_value(&choice).map_err(fatal)?))
+    // A checkpoint now, before the pause, leaves the shutdown checkpoint
+    // little to write (as Patroni does before a switchover).
+    let started = Instant::now();
+    let checkpoint =
+        match crate::probe::connect(&c.sh.target(cluster, c.node(&old)?), Duration::from_secs(5), "pgdr-switchover")
+            .await
+        {
+            Ok(client) => client.batch_execute("CHECKPOINT").await.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("{e:?}")),
+        };
+    let mut out = serde_json::to_value(&choice).map_err(fatal)?;
+    if let Value::Object(m) = &mut out {
+        m.insert("checkpoint".into(), json!({"ok": checkpoint.is_ok(), "error": checkpoint.err(), "took_ms": started.elapsed().as_millis() as u64}));
+    }
+    Ok(StepOutput::json(out))
 }
 
-async fn fence_read_only(c: Arc<Ctx>, _sc: StepContext) -> Result<StepOutput, StepError> {
+/// Switchover: stops the old primary with a fast shutdown and reads its
+/// shutdown checkpoint. A fast shutdown rolls back running transactions,
+/// ends every session (no `BEGIN READ WRITE` can slip past it, unlike a
+/// read-only setting), writes the shutdown checkpoint as its last WAL record
+/// and has its WAL senders send everything up to it before exiting: once
+/// the target has replayed that checkpoint it has every commit the old
+/// primary acknowledged.
+async fn stop_for_switchover(c: Arc<Ctx>, _sc: StepContext) -> Result<StepOutput, StepError> {
     let old = c.node(c.old_primary()?)?;
-    let agent = c.sh.agent(old).map_err(fatal)?.with_action_timeout(Duration::from_secs(30));
-    let r = agent.fence(&FenceRequest { epoch: c.p.old_epoch, mode: FenceMode::ReadOnly }).await.map_err(retry)?;
-    let st = agent.status().await.map_err(retry)?;
-    let final_lsn = st.current_lsn.ok_or_else(|| retry("the old primary reports no WAL position"))?;
-    Ok(StepOutput::json(json!({"message": r.message, "steps": r.steps, "final_lsn": final_lsn})))
+    let started = Instant::now();
+    let agent = c.sh.agent(old).map_err(fatal)?.with_action_timeout(Duration::from_secs(60));
+    let r = agent.stop(&StopRequest { epoch: c.p.old_epoch, mode: StopMode::Fast }).await.map_err(retry)?;
+    let took_ms = started.elapsed().as_millis() as u64;
+    let Some(checkpoint) = r.checkpoint_lsn else {
+        // Stopped, but not cleanly as a primary: nothing proves what the
+        // target must have. Put things back as they were.
+        let why = format!("{} stopped without a shutdown checkpoint of a primary ({})", old.name, r.steps.join("; "));
+        return Err(undo_stop(&c, &why).await);
+    };
+    Ok(StepOutput::json(
+        json!({"message": r.message, "steps": r.steps, "checkpoint_lsn": checkpoint, "took_ms": took_ms}),
+    ))
 }
 
-async fn wait_replay(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepError> {
-    let final_lsn: Lsn = sc
-        .output("fence_old_primary")
-        .and_then(|v| v.get("final_lsn"))
+/// Switchover: the target must have received and replayed the old
+/// primary's shutdown checkpoint before it is promoted. It is refused
+/// otherwise (after `timing.drain_timeout`), and the old primary is started
+/// again as it was and the proxies resumed: nothing changed.
+async fn check_replayed(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepError> {
+    let checkpoint: Lsn = sc
+        .output("stop_old_primary")
+        .and_then(|v| v.get("checkpoint_lsn"))
         .and_then(Value::as_str)
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| fatal("no final LSN journalled"))?;
+        .ok_or_else(|| fatal("no shutdown checkpoint journalled"))?;
     let node = c.node(&chosen(&sc)?)?;
-    let agent = c.sh.agent(node).map_err(fatal)?;
+    let agent = c.sh.agent(node).map_err(fatal)?.with_timeout(Duration::from_secs(1));
     let started = Instant::now();
-    let limit = c.sh.config.timing.drain_timeout + c.sh.config.timing.promote_timeout;
+    let limit = c.sh.config.timing.drain_timeout;
     loop {
-        if let Ok(s) = agent.status().await
-            && s.replay_lsn.is_some_and(|l| l >= final_lsn)
-        {
-            return Ok(StepOutput::json(json!({"final_lsn": final_lsn, "replayed": s.replay_lsn,
-                "waited_ms": started.elapsed().as_millis() as u64})));
-        }
+        let last = match agent.status().await {
+            Ok(s) => {
+                // The record starts at `checkpoint`: replaying it moves the
+                // replay position past it.
+                if candidate::has_replayed(s.replay_lsn, checkpoint) {
+                    return Ok(StepOutput::json(json!({"checkpoint_lsn": checkpoint, "received": s.receive_lsn,
+                        "replayed": s.replay_lsn, "waited_ms": started.elapsed().as_millis() as u64})));
+                }
+                format!(
+                    "received {}, replayed {}",
+                    s.receive_lsn.map(|l| l.to_string()).unwrap_or_else(|| "nothing".into()),
+                    s.replay_lsn.map(|l| l.to_string()).unwrap_or_else(|| "nothing".into())
+                )
+            }
+            Err(e) => format!("its agent does not answer: {e}"),
+        };
         if started.elapsed() > limit {
-            return Err(retry(format!("{} has not replayed {final_lsn} yet", node.name)));
+            let why = format!(
+                "{} has not replayed the old primary's shutdown checkpoint at {checkpoint} within {} ({}): not promoted",
+                node.name,
+                pgdr_model::format_duration(limit),
+                last
+            );
+            return Err(undo_stop(&c, &why).await);
         }
         tokio::select! {
             _ = sc.cancel.cancelled() => return Err(retry("cancelled")),
@@ -684,11 +943,36 @@ async fn wait_replay(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepErr
     }
 }
 
-async fn stop_old_primary(c: Arc<Ctx>, _sc: StepContext) -> Result<StepOutput, StepError> {
-    let old = c.node(c.old_primary()?)?;
-    let agent = c.sh.agent(old).map_err(fatal)?.with_action_timeout(Duration::from_secs(60));
-    let r = agent.stop(&StopRequest { epoch: c.p.old_epoch, mode: StopMode::Fast }).await.map_err(retry)?;
-    Ok(StepOutput::json(json!({"message": r.message})))
+/// A refused switchover: starts the old primary again (it kept its epoch:
+/// nothing was raised) and resumes the proxies, then fails the workflow.
+async fn undo_stop(c: &Ctx, why: &str) -> StepError {
+    let Ok(cluster) = c.cluster() else { return fatal(why) };
+    let started = match c.old_primary().and_then(|o| c.node(o)) {
+        Ok(old) => match c.sh.agent(old) {
+            Ok(a) => a
+                .with_action_timeout(Duration::from_secs(60))
+                .start(c.p.old_epoch)
+                .await
+                .map(|r| r.message)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+        Err(e) => Err(e.to_string()),
+    };
+    let resumed = c.sh.proxies.resume(&cluster.name).await;
+    let msg = format!(
+        "switchover refused: {why}; old primary {}; proxies {}",
+        match &started {
+            Ok(m) => format!("started again ({m})"),
+            Err(e) => format!("NOT started again: {e}"),
+        },
+        match &resumed {
+            Ok(()) => "resumed".to_owned(),
+            Err(e) => format!("NOT resumed: {e}"),
+        }
+    );
+    c.sh.emit(c.sh.event(&cluster.name, "switchover_refused", msg.clone())).await;
+    fatal(msg)
 }
 
 /// Brings `node` back as a replica of `primary`: `pg_rewind`, falling back to
@@ -804,6 +1088,18 @@ impl WorkflowDef for Def {
                     .check("only when the postmaster died and its host answers")
                     .into());
                 s.push(
+                    step(
+                        sh,
+                        &p,
+                        "check_candidate",
+                        "check a node can be promoted before anything is fenced",
+                        check_candidate,
+                    )
+                    .retry(quick)
+                    .check("a candidate exists: never fence the last server that holds the data")
+                    .into(),
+                );
+                s.push(
                     step(sh, &p, "pause_proxy", "stop routing to the old primary; queue new transactions", |c, sc| {
                         pause_proxy(c, sc, true)
                     })
@@ -816,7 +1112,10 @@ impl WorkflowDef for Def {
                     .into());
                 s.push(step(sh, &p, "choose_candidate", "choose the most advanced healthy replica within the tier's RPO", choose_candidate)
                     .retry(quick)
-                    .check("a reachable replica in recovery, lagging less than the tier's RPO (unless --allow-data-loss or availability_over_rpo)")
+                    .check("a reachable replica in recovery, lagging less than the tier's RPO (unless --allow-data-loss or availability_over_rpo); in synchronous mode a member of the stored set, once n-k+1 members answered")
+                    .into());
+                s.push(step(sh, &p, "catch_up", "when the chosen node was preferred by region and lacks a little WAL: fetch it from the most advanced node first", catch_up)
+                    .retry(RetryPolicy::once())
                     .into());
                 s.push(
                     step(
@@ -829,6 +1128,7 @@ impl WorkflowDef for Def {
                     .retry(quick)
                     .into(),
                 );
+                s.push(sync_standbys_step(sh, &p).retry(quick).into());
                 s.push(
                     step(sh, &p, "promote", "promote the candidate and check a write commits", promote)
                         .retry(quick)
@@ -861,7 +1161,7 @@ impl WorkflowDef for Def {
                         .into(),
                 );
                 s.push(
-                    step(sh, &p, "pause_proxy", "pause the proxy and drain running transactions", |c, sc| {
+                    step(sh, &p, "pause_proxy", "pause the proxies (writer, and the reader's fallback to the primary) and drain running transactions", |c, sc| {
                         pause_proxy(c, sc, false)
                     })
                     .retry(quick)
@@ -871,9 +1171,9 @@ impl WorkflowDef for Def {
                     step(
                         sh,
                         &p,
-                        "fence_old_primary",
-                        "make the old primary read-only and end its sessions; read its final WAL position",
-                        fence_read_only,
+                        "stop_old_primary",
+                        "stop the old primary (fast shutdown) and read its shutdown checkpoint",
+                        stop_for_switchover,
                     )
                     .retry(quick)
                     .into(),
@@ -882,35 +1182,32 @@ impl WorkflowDef for Def {
                     step(
                         sh,
                         &p,
-                        "wait_replay",
-                        "wait until the target has replayed the old primary's final WAL position",
-                        wait_replay,
+                        "check_replayed",
+                        "check the target replayed the shutdown checkpoint; else start the old primary again",
+                        check_replayed,
                     )
-                    .retry(quick)
+                    .retry(RetryPolicy::once())
+                    .check("the target's replay position is past the old primary's shutdown checkpoint")
                     .into(),
-                );
-                s.push(
-                    step(sh, &p, "stop_old_primary", "stop the old primary (fast)", stop_old_primary)
-                        .retry(quick)
-                        .into(),
                 );
                 s.push(
                     step(sh, &p, "raise_epoch", "raise the cluster epoch naming the target", raise_epoch)
                         .retry(quick)
                         .into(),
                 );
+                s.push(sync_standbys_step(sh, &p).retry(quick).into());
                 s.push(step(sh, &p, "promote", "promote the target", promote).retry(quick).into());
+                s.push(
+                    step(sh, &p, "resume_proxy", "publish the new routing and resume the proxy", resume_proxy)
+                        .retry(quick)
+                        .into(),
+                );
                 s.push(
                     step(sh, &p, "repoint_replicas", "point the other replicas at the new primary", |c, sc| {
                         repoint_replicas(c, sc, true)
                     })
                     .retry(quick)
                     .into(),
-                );
-                s.push(
-                    step(sh, &p, "resume_proxy", "publish the new routing and resume the proxy", resume_proxy)
-                        .retry(quick)
-                        .into(),
                 );
                 s.push(
                     step(

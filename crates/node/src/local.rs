@@ -41,6 +41,37 @@ impl PgError {
     }
 }
 
+/// The lines of `pg_controldata` a switchover reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlData {
+    /// `Database cluster state`: `shut down` after a clean (fast or smart)
+    /// stop of a primary, `shut down in recovery` for a replica.
+    pub state: String,
+    /// `Latest checkpoint location`: after a clean stop, the shutdown
+    /// checkpoint, the last WAL record the server wrote.
+    pub checkpoint: pgdr_model::Lsn,
+}
+
+impl ControlData {
+    /// Parses `pg_controldata` output (run with `LC_ALL=C`).
+    pub fn parse(out: &str) -> Option<ControlData> {
+        let field = |name: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')).map(|v| v.trim().to_owned()))
+        };
+        Some(ControlData {
+            state: field("Database cluster state")?,
+            checkpoint: field("Latest checkpoint location")?.parse().ok()?,
+        })
+    }
+
+    /// Stopped cleanly as a primary: the checkpoint is a shutdown
+    /// checkpoint and nothing was written after it.
+    pub fn shut_down_as_primary(&self) -> bool {
+        self.state == "shut down"
+    }
+}
+
 /// How `stop` shuts the server down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopMode {
@@ -266,6 +297,15 @@ impl LocalPg {
             Err(_) if !self.is_running().await => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// What `pg_controldata` says of the (stopped) data directory.
+    pub async fn control_data(&self) -> Result<ControlData, PgError> {
+        let data = self.data_dir.display().to_string();
+        let out = self.run("pg_controldata", &["-D", &data], &[]).await?;
+        ControlData::parse(&out).ok_or_else(|| {
+            PgError::Invalid(format!("pg_controldata -D {data}: no cluster state or checkpoint location in its output"))
+        })
     }
 
     /// The postmaster's PID from `postmaster.pid`, if the file is there.
@@ -507,5 +547,20 @@ mod tests {
                 prop_assert!(h.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':')));
             }
         }
+    }
+
+    #[test]
+    fn control_data_of_a_clean_stop() {
+        let out = "pg_control version number:            1300\n\
+                   Database cluster state:               shut down\n\
+                   pg_control last modified:             Wed 02 Dec 2026 14:00:00 UTC\n\
+                   Latest checkpoint location:           0/3000028\n\
+                   Latest checkpoint's REDO location:    0/3000028\n";
+        let c = ControlData::parse(out).expect("parsed");
+        assert_eq!(c.checkpoint, pgdr_model::Lsn(0x300_0028));
+        assert!(c.shut_down_as_primary());
+        let replica = out.replace("shut down\n", "shut down in recovery\n");
+        assert!(!ControlData::parse(&replica).expect("parsed").shut_down_as_primary());
+        assert_eq!(ControlData::parse("garbage"), None);
     }
 }

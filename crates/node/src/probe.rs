@@ -87,7 +87,10 @@ async fn write(
         .user(&login.user)
         .dbname(&login.database)
         .connect_timeout(timeout)
-        .application_name("pgdr-agent-probe");
+        .application_name("pgdr-agent-probe")
+        // Does the primary take writes, not: is a synchronous standby
+        // there (a primary whose commits wait for one is not down).
+        .options("-c synchronous_commit=local");
     if let Some(p) = &login.password {
         cfg.password(p);
     }

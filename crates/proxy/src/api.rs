@@ -1,5 +1,8 @@
-//! The proxy's admin HTTP API: `POST /v1/clusters/{cluster}/pause`,
-//! `POST /v1/clusters/{cluster}/resume`, `GET /v1/status`, `GET /metrics`.
+//! The proxy's admin HTTP API: `POST /v1/clusters/{cluster}/pause`
+//! (`?drain_ms=N`), `POST /v1/clusters/{cluster}/resume`, `POST
+//! /v1/clusters/{cluster}/users/refresh`, `POST
+//! /v1/clusters/{cluster}/route` (a controller's route, never of an older
+//! epoch: 409), `GET /v1/status`, `GET /metrics`.
 //! Every route needs the proxy's `api_token` as a bearer token (config
 //! validation refuses a non-loopback `api` address without one).
 //!
@@ -36,6 +39,7 @@ pub const ROUTES: &[Route] = &[
     Route { method: Method::POST, path: "/v1/clusters/{cluster}/pause", handler: || post(pause) },
     Route { method: Method::POST, path: "/v1/clusters/{cluster}/resume", handler: || post(resume) },
     Route { method: Method::POST, path: "/v1/clusters/{cluster}/users/refresh", handler: || post(refresh_users) },
+    Route { method: Method::POST, path: "/v1/clusters/{cluster}/route", handler: || post(route) },
     Route { method: Method::GET, path: "/v1/status", handler: || get(status) },
     Route { method: Method::GET, path: "/metrics", handler: || get(metrics) },
 ];
@@ -62,13 +66,25 @@ async fn guard(State(h): State<ProxyHandle>, req: Request, next: Next) -> Respon
 fn error(e: ProxyError) -> Response {
     let code = match e {
         ProxyError::UnknownCluster(_) => StatusCode::NOT_FOUND,
+        ProxyError::OlderEpoch(_) | ProxyError::NotPublishable(_) => StatusCode::CONFLICT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     (code, axum::Json(serde_json::json!({ "error": e.to_string() }))).into_response()
 }
 
-async fn pause(State(h): State<ProxyHandle>, Path(cluster): Path<String>) -> Response {
-    match h.pause(&cluster).await {
+/// `?drain_ms=N`: wait at most N ms for running transactions (at most the
+/// configured drain timeout).
+#[derive(Debug, serde::Deserialize)]
+struct PauseQuery {
+    drain_ms: Option<u64>,
+}
+
+async fn pause(
+    State(h): State<ProxyHandle>,
+    Path(cluster): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<PauseQuery>,
+) -> Response {
+    match h.pause_with(&cluster, q.drain_ms.map(std::time::Duration::from_millis)).await {
         Ok(o) => axum::Json(o).into_response(),
         Err(e) => error(e),
     }
@@ -84,6 +100,17 @@ async fn resume(State(h): State<ProxyHandle>, Path(cluster): Path<String>) -> Re
 async fn refresh_users(State(h): State<ProxyHandle>, Path(cluster): Path<String>) -> Response {
     match h.refresh_users(&cluster).await {
         Ok(users) => axum::Json(serde_json::json!({ "users": users })).into_response(),
+        Err(e) => error(e),
+    }
+}
+
+async fn route(
+    State(h): State<ProxyHandle>,
+    Path(cluster): Path<String>,
+    axum::Json(r): axum::Json<crate::Routing>,
+) -> Response {
+    match h.publish(&cluster, r) {
+        Ok(taken) => axum::Json(serde_json::json!({ "taken": taken })).into_response(),
         Err(e) => error(e),
     }
 }
@@ -139,8 +166,10 @@ mod tests {
                 assert_eq!(status_of(addr, &r.method, &path, auth).await, 401, "{r:?} with {auth:?}");
             }
             let ok = status_of(addr, &r.method, &path, Some("Bearer admin-secret")).await;
-            // No cluster "main" in this proxy: 404 from the handler itself.
-            assert!(ok == 200 || ok == 404, "{r:?} with the token: {ok}");
+            // No cluster "main" in this proxy: 404 from the handler itself;
+            // the route's handler answers 415 first (no JSON body sent).
+            let handler_answer = if r.path.ends_with("/route") { ok == 415 } else { ok == 200 || ok == 404 };
+            assert!(handler_answer, "{r:?} with the token: {ok}");
         }
         cancel.cancel();
         let _ = task.await;

@@ -1,13 +1,20 @@
-//! Standalone routing for `pgdr proxy` without a controller: polls every
-//! node of a cluster with `SELECT pg_is_in_recovery()` and publishes a
-//! [`Routing`]. The epoch is local to this proxy and rises by one whenever
-//! the discovered primary changes. In `pgdr run` the controller publishes
-//! the real epoch from the state store instead, and this task is not used.
+//! Standalone routing for `pgdr proxy`: polls every node of a cluster with
+//! `SELECT pg_is_in_recovery()` and publishes a [`Routing`].
 //!
-//! When two nodes claim to be primary (a promotion racing an old primary's
-//! shutdown), the one already routed to keeps the route until it stops
-//! being primary; none is chosen if the current one is gone and several
-//! claim it, so writes never go to a node that may be fenced.
+//! Once a controller has published a route to this proxy (`POST
+//! /v1/clusters/{c}/route`, with the state store's epoch), the route
+//! follows the epoch: writes go only to the node that epoch names (never to
+//! another node because it reports `pg_is_in_recovery() = false`: an old
+//! primary coming back is not routed to), none while it is seen as a
+//! replica (not promoted yet) or while the controller unrouted it (a
+//! failover starting). Discovery then only keeps the replicas current.
+//!
+//! Before any controller published (a proxy run with no controller), the
+//! epoch is local to this proxy and rises by one whenever the discovered
+//! primary changes; when two nodes claim to be primary, the one already
+//! routed to keeps the route until it stops being primary, and none is
+//! chosen if the current one is gone and several claim it. In `pgdr run`
+//! the controller publishes in-process and this task is not used.
 
 use std::time::Duration;
 
@@ -53,35 +60,51 @@ async fn probe(b: &Backend, login: &AdminLogin, timeout: Duration) -> Seen {
     }
 }
 
-/// The next routing from the current one and what each node showed.
-pub fn decide(current: &Routing, seen: &[(Backend, Seen)]) -> Routing {
+/// The next routing from the current one, the controller's last published
+/// route (if any) and what each node showed.
+pub fn decide(current: &Routing, published: Option<&Routing>, seen: &[(Backend, Seen)]) -> Routing {
+    let replicas: Vec<Backend> = seen.iter().filter(|(_, s)| *s == Seen::Replica).map(|(b, _)| b.clone()).collect();
+    if let Some(p) = published {
+        // The epoch names the primary; what the node reports only holds
+        // writes back while it is still a replica.
+        let primary =
+            p.primary.clone().filter(|b| !seen.iter().any(|(s, st)| s.node == b.node && *st == Seen::Replica));
+        let replicas = replicas.into_iter().filter(|r| Some(&r.node) != primary.as_ref().map(|p| &p.node)).collect();
+        return Routing { epoch: p.epoch, primary, replicas };
+    }
     let primaries: Vec<&Backend> = seen.iter().filter(|(_, s)| *s == Seen::Primary).map(|(b, _)| b).collect();
     let primary = match (&current.primary, primaries.as_slice()) {
         (Some(cur), ps) if ps.contains(&cur) => Some(cur.clone()),
         (_, [one]) => Some((*one).clone()),
         _ => None,
     };
-    let replicas = seen.iter().filter(|(_, s)| *s == Seen::Replica).map(|(b, _)| b.clone()).collect();
     let epoch = if primary.is_some() && primary != current.primary { current.epoch.next() } else { current.epoch };
     Routing { epoch, primary, replicas }
 }
 
-/// Polls `nodes` every `interval` and publishes into `tx` until cancelled.
+/// Polls `nodes` every `interval` and publishes into `tx` until cancelled;
+/// a route the controller publishes into `published` applies at once.
 pub async fn run(
     nodes: Vec<Backend>,
     login: AdminLogin,
     tx: watch::Sender<Routing>,
+    mut published: watch::Receiver<Option<Routing>>,
     interval: Duration,
     token: CancellationToken,
 ) {
     let timeout = interval.max(Duration::from_millis(400));
+    let mut seen: Vec<(Backend, Seen)> = Vec::new();
+    let mut poll_due = true;
+    let mut gone = false;
     loop {
-        let polls = nodes.iter().map(|b| async { (b.clone(), probe(b, &login, timeout).await) });
-        let seen = tokio::select! {
-            _ = token.cancelled() => return,
-            s = futures_join_all(polls) => s,
-        };
-        let next = decide(&tx.borrow(), &seen);
+        if poll_due {
+            let polls = nodes.iter().map(|b| async { (b.clone(), probe(b, &login, timeout).await) });
+            seen = tokio::select! {
+                _ = token.cancelled() => return,
+                s = futures_join_all(polls) => s,
+            };
+        }
+        let next = decide(&tx.borrow(), published.borrow_and_update().as_ref(), &seen);
         tx.send_if_modified(|cur| {
             if *cur != next {
                 if cur.primary != next.primary {
@@ -95,7 +118,12 @@ pub async fn run(
         });
         tokio::select! {
             _ = token.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(interval) => poll_due = true,
+            r = published.changed(), if !gone => {
+                // No publisher any more: polling alone goes on.
+                gone = r.is_err();
+                poll_due = false;
+            }
         }
     }
 }
@@ -133,20 +161,40 @@ mod tests {
         let a = Backend::new("a", "127.0.0.1", 1);
         let b = Backend::new("b", "127.0.0.1", 2);
         let r0 = Routing::default();
-        let r1 = decide(&r0, &[(a.clone(), Seen::Primary), (b.clone(), Seen::Replica)]);
+        let r1 = decide(&r0, None, &[(a.clone(), Seen::Primary), (b.clone(), Seen::Replica)]);
         assert_eq!(r1.epoch, Epoch(1));
         assert_eq!(r1.primary, Some(a.clone()));
         assert_eq!(r1.replicas, vec![b.clone()]);
-        let same = decide(&r1, &[(a.clone(), Seen::Primary), (b.clone(), Seen::Down)]);
+        let same = decide(&r1, None, &[(a.clone(), Seen::Primary), (b.clone(), Seen::Down)]);
         assert_eq!(same.epoch, Epoch(1));
         // Both claim primary: keep the current one.
-        let both = decide(&r1, &[(a.clone(), Seen::Primary), (b.clone(), Seen::Primary)]);
+        let both = decide(&r1, None, &[(a.clone(), Seen::Primary), (b.clone(), Seen::Primary)]);
         assert_eq!(both.primary, Some(a.clone()));
-        let moved = decide(&r1, &[(a.clone(), Seen::Down), (b.clone(), Seen::Primary)]);
+        let moved = decide(&r1, None, &[(a.clone(), Seen::Down), (b.clone(), Seen::Primary)]);
         assert_eq!(moved.primary, Some(b.clone()));
         assert_eq!(moved.epoch, Epoch(2));
-        let none = decide(&moved, &[(a, Seen::Down), (b, Seen::Down)]);
+        let none = decide(&moved, None, &[(a, Seen::Down), (b, Seen::Down)]);
         assert_eq!(none.primary, None);
         assert_eq!(none.epoch, Epoch(2));
+    }
+
+    #[test]
+    fn a_published_epoch_names_the_primary() {
+        let a = Backend::new("a", "127.0.0.1", 1);
+        let b = Backend::new("b", "127.0.0.1", 2);
+        let cur = Routing { epoch: Epoch(7), primary: Some(a.clone()), replicas: vec![b.clone()] };
+        let published = Routing { epoch: Epoch(3), primary: Some(b.clone()), replicas: vec![] };
+        // The old primary a comes back as primary: not routed to; b is
+        // named but not promoted yet: writes wait.
+        let r = decide(&cur, Some(&published), &[(a.clone(), Seen::Primary), (b.clone(), Seen::Replica)]);
+        assert_eq!((r.epoch, r.primary.clone()), (Epoch(3), None));
+        let r = decide(&r, Some(&published), &[(a.clone(), Seen::Primary), (b.clone(), Seen::Primary)]);
+        assert_eq!(r.primary, Some(b.clone()));
+        assert!(r.replicas.is_empty());
+        // Unrouted by the controller (a failover starting).
+        let unrouted = Routing { epoch: Epoch(3), primary: None, replicas: vec![] };
+        let r = decide(&r, Some(&unrouted), &[(a.clone(), Seen::Replica), (b, Seen::Primary)]);
+        assert_eq!(r.primary, None);
+        assert_eq!(r.replicas, vec![a]);
     }
 }

@@ -66,6 +66,10 @@ pub enum ProxyError {
     Bind { addr: String, source: std::io::Error },
     #[error("admin API failed: {0}")]
     Api(std::io::Error),
+    #[error("cluster {0}: this proxy's routing is driven in-process, not published over its API")]
+    NotPublishable(String),
+    #[error("cluster {0}: the route is of an older epoch than the one this proxy has")]
+    OlderEpoch(String),
 }
 
 /// Settings of one cluster's endpoints (from `[[proxies]]`).
@@ -171,6 +175,9 @@ pub(crate) struct ClusterState {
     pub pools: pool::Pools,
     /// Client connections held now, counted against `max_clients`.
     pub clients: AtomicUsize,
+    /// Where routes a controller publishes over the admin API go (the
+    /// standalone discovery task reads them); none in `pgdr run`.
+    pub publisher: Mutex<Option<watch::Sender<Option<Routing>>>>,
 }
 
 impl ClusterState {
@@ -266,6 +273,7 @@ impl ProxyHandle {
                 held: AtomicUsize::new(0),
                 pools: pool::Pools::default(),
                 clients: AtomicUsize::new(0),
+                publisher: Mutex::new(None),
             };
             clusters.insert(c.name.as_str().to_owned(), Arc::new(state));
         }
@@ -291,12 +299,20 @@ impl ProxyHandle {
         self.inner.clusters.get(name).ok_or_else(|| ProxyError::UnknownCluster(name.to_owned()))
     }
 
-    /// Pauses the cluster's writer endpoint: new connections and new
-    /// transactions queue; returns once running transactions finished or
-    /// the drain timeout passed.
+    /// Pauses the cluster's writer endpoint (and the reader endpoint's
+    /// fallback to the primary): new connections and new transactions
+    /// queue; returns once running transactions finished or the drain
+    /// timeout passed.
     pub async fn pause(&self, cluster: &str) -> Result<PauseOutcome, ProxyError> {
+        self.pause_with(cluster, None).await
+    }
+
+    /// [`ProxyHandle::pause`] waiting at most `drain` (the configured
+    /// drain timeout when `None`) for running transactions; zero when what
+    /// runs on the primary cannot finish (a failover).
+    pub async fn pause_with(&self, cluster: &str, drain: Option<Duration>) -> Result<PauseOutcome, ProxyError> {
         let c = self.cluster(cluster)?;
-        let out = c.gate.pause(c.settings.drain_timeout).await;
+        let out = c.gate.pause(drain.unwrap_or(c.settings.drain_timeout).min(c.settings.drain_timeout)).await;
         tracing::info!(
             cluster,
             drained = out.drained,
@@ -305,6 +321,40 @@ impl ProxyHandle {
             "writer endpoint paused"
         );
         Ok(out)
+    }
+
+    /// Routes published for `cluster` over the admin API go to `tx` (the
+    /// standalone discovery task's input).
+    pub fn set_publisher(&self, cluster: &str, tx: watch::Sender<Option<Routing>>) -> Result<(), ProxyError> {
+        let c = self.cluster(cluster)?;
+        if let Ok(mut p) = c.publisher.lock() {
+            *p = Some(tx);
+        }
+        Ok(())
+    }
+
+    /// A route published by a controller. Never goes back to an older
+    /// epoch ([`Routing::accept`]): returns whether it was taken.
+    pub fn publish(&self, cluster: &str, route: Routing) -> Result<bool, ProxyError> {
+        let c = self.cluster(cluster)?;
+        let Ok(guard) = c.publisher.lock() else { return Ok(false) };
+        let Some(tx) = guard.as_ref() else { return Err(ProxyError::NotPublishable(cluster.to_owned())) };
+        let mut older = false;
+        tx.send_if_modified(|cur| match cur {
+            Some(c) => {
+                older = route.epoch < c.epoch;
+                c.accept(route.clone())
+            }
+            None => {
+                *cur = Some(route.clone());
+                true
+            }
+        });
+        if older {
+            return Err(ProxyError::OlderEpoch(cluster.to_owned()));
+        }
+        tracing::info!(cluster, epoch = %route.epoch, primary = ?route.primary.as_ref().map(|p| p.node.to_string()), "route published");
+        Ok(true)
     }
 
     /// Resumes: queued clients run (against the routing now published).

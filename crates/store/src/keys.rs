@@ -24,6 +24,10 @@ pub fn cluster_lease(cluster: &str) -> String {
 pub fn cluster_lock(cluster: &str) -> String {
     format!("{CLUSTERS}{cluster}/lock")
 }
+/// The synchronous standby set, stored before the primary applies it.
+pub fn sync_standbys(cluster: &str) -> String {
+    format!("{CLUSTERS}{cluster}/sync_standbys")
+}
 pub fn node_health_prefix(cluster: &str) -> String {
     format!("{CLUSTERS}{cluster}/health/")
 }

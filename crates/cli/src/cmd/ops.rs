@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use clap::Args;
 use pgdr_api::controller::{ApproveRequest, ControllerClient, RoleChangeRequest, WorkflowView};
 use pgdr_config::{Config, ProxyAuth};
-use pgdr_controller::runtime::{HttpProxies, ProxyControl, RouteInfo};
+use pgdr_controller::runtime::{Drain, HttpProxies, ProxyControl, RouteInfo};
 use pgdr_controller::{Controller, webhook::Webhooks};
 use pgdr_model::ClusterName;
 use pgdr_proxy::{
@@ -174,9 +174,13 @@ struct InProcess {
 
 #[async_trait]
 impl ProxyControl for InProcess {
-    async fn pause(&self, cluster: &ClusterName) -> Result<(), String> {
+    async fn pause(&self, cluster: &ClusterName, drain: Drain) -> Result<(), String> {
         for h in self.handles.get(cluster).into_iter().flatten() {
-            h.pause(cluster.as_str()).await.map_err(|e| e.to_string())?;
+            let drain = match drain {
+                Drain::Running => None,
+                Drain::Nothing => Some(std::time::Duration::ZERO),
+            };
+            h.pause_with(cluster.as_str(), drain).await.map_err(|e| e.to_string())?;
         }
         Ok(())
     }
@@ -200,14 +204,8 @@ impl ProxyControl for InProcess {
                 primary: route.primary.as_ref().map(|(n, h, p)| backend(n, h, p)),
                 replicas: route.replicas.iter().map(|(n, h, p)| backend(n, h, p)).collect(),
             };
-            tx.send_if_modified(|cur| {
-                if *cur == routing {
-                    false
-                } else {
-                    *cur = routing;
-                    true
-                }
-            });
+            // Never back to an older epoch.
+            tx.send_if_modified(|cur| cur.accept(routing));
         }
     }
 }

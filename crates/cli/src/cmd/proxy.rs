@@ -4,9 +4,13 @@
 //!
 //! Standalone, the proxy learns the primary from a discovery task that polls
 //! every node of the cluster (`SELECT pg_is_in_recovery()`, every 500 ms by
-//! default) with the cluster's configured credential, and raises its own
-//! local epoch when the primary changes. `pgdr run` does not use discovery:
-//! there the controller publishes the state store's epoch and routing.
+//! default) with the cluster's configured credential. A controller (`pgdr
+//! controller`) publishes its routes to the proxy's admin API (`api` in
+//! `[[proxies]]`) with the state store's epoch: from then on writes go only
+//! to the node the epoch names (see `pgdr_proxy::discovery`). With no
+//! controller, discovery raises its own local epoch when the primary
+//! changes. `pgdr run` does not use discovery: there the controller
+//! publishes the state store's epoch and routing in-process.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -119,6 +123,7 @@ async fn serve(cfg: Config, cluster: Option<String>, name: Option<String>, poll:
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let mut routes: HashMap<String, watch::Sender<Routing>> = HashMap::new();
+    let mut published: HashMap<String, watch::Sender<Option<Routing>>> = HashMap::new();
     for p in &proxies {
         let c = cfg.cluster(p.cluster.as_str()).context("proxy of an unknown cluster")?;
         if routes.contains_key(c.name.as_str()) {
@@ -128,8 +133,10 @@ async fn serve(cfg: Config, cluster: Option<String>, name: Option<String>, poll:
         let nodes = c.nodes.iter().map(|n| Backend::new(n.name.as_str(), n.host.clone(), n.port)).collect();
         let password = c.password.as_ref().map(|s| s.resolve()).transpose()?;
         let login = AdminLogin { user: c.user.clone(), password, database: c.database.clone() };
-        tracker.spawn(pgdr_proxy::discovery::run(nodes, login, tx.clone(), poll, cancel.clone()));
+        let (ptx, prx) = watch::channel(None);
+        tracker.spawn(pgdr_proxy::discovery::run(nodes, login, tx.clone(), prx, poll, cancel.clone()));
         routes.insert(c.name.to_string(), tx);
+        published.insert(c.name.to_string(), ptx);
     }
     for p in proxies {
         let Some(tx) = routes.get(p.cluster.as_str()) else { continue };
@@ -144,6 +151,9 @@ async fn serve(cfg: Config, cluster: Option<String>, name: Option<String>, poll:
             api_token: cfg.proxy_api_token(p).map_err(|e| Usage(e.to_string()))?,
         };
         let handle = ProxyHandle::new(spec).with_context(|| format!("proxy {}", p.name))?;
+        if let Some(ptx) = published.get(p.cluster.as_str()) {
+            handle.set_publisher(p.cluster.as_str(), ptx.clone())?;
+        }
         let listeners = Listeners {
             clusters: vec![ClusterListeners {
                 cluster: p.cluster.to_string(),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use pgdr_config::Config;
 use pgdr_controller::Controller;
-use pgdr_controller::runtime::{ProxyControl, RouteInfo};
+use pgdr_controller::runtime::{Drain, ProxyControl, RouteInfo};
 use pgdr_model::ClusterName;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +25,7 @@ pub struct NoProxies;
 
 #[async_trait]
 impl ProxyControl for NoProxies {
-    async fn pause(&self, _cluster: &ClusterName) -> Result<(), String> {
+    async fn pause(&self, _cluster: &ClusterName, _drain: Drain) -> Result<(), String> {
         Ok(())
     }
     async fn resume(&self, _cluster: &ClusterName) -> Result<(), String> {

@@ -21,11 +21,13 @@ pub(crate) struct Done {
     pub changed: bool,
     pub message: String,
     pub steps: Vec<String>,
+    /// `stop`: where the shutdown checkpoint is, after a clean stop.
+    pub checkpoint_lsn: Option<pgdr_model::Lsn>,
 }
 
 impl Done {
     fn new(changed: bool, message: impl Into<String>, steps: Vec<String>) -> Done {
-        Done { changed, message: message.into(), steps }
+        Done { changed, message: message.into(), steps, checkpoint_lsn: None }
     }
 }
 
@@ -173,16 +175,28 @@ async fn start(state: &AgentState) -> Result<Done, AgentError> {
 
 async fn stop(state: &AgentState, mode: StopMode) -> Result<Done, AgentError> {
     let pg = &state.cfg.pg;
-    if !pg.is_running().await {
-        return Ok(Done::new(false, "PostgreSQL was already stopped", vec![]));
-    }
-    let m = match mode {
-        StopMode::Fast => local::StopMode::Fast,
-        StopMode::Immediate => local::StopMode::Immediate,
+    let mut done = if !pg.is_running().await {
+        Done::new(false, "PostgreSQL was already stopped", vec![])
+    } else {
+        let m = match mode {
+            StopMode::Fast => local::StopMode::Fast,
+            StopMode::Immediate => local::StopMode::Immediate,
+        };
+        pg.stop(m, state.cfg.pg_wait).await?;
+        let how = if mode == StopMode::Fast { "fast" } else { "immediate" };
+        Done::new(true, format!("stopped PostgreSQL ({how})"), vec![format!("pg_ctl stop -m {how}")])
     };
-    pg.stop(m, state.cfg.pg_wait).await?;
-    let how = if mode == StopMode::Fast { "fast" } else { "immediate" };
-    Ok(Done::new(true, format!("stopped PostgreSQL ({how})"), vec![format!("pg_ctl stop -m {how}")]))
+    // The shutdown checkpoint, read from the stopped data directory (also
+    // when it was already stopped: a retried call reads the same one).
+    match pg.control_data().await {
+        Ok(c) if c.shut_down_as_primary() => {
+            done.steps.push(format!("pg_controldata: shut down, shutdown checkpoint at {}", c.checkpoint));
+            done.checkpoint_lsn = Some(c.checkpoint);
+        }
+        Ok(c) => done.steps.push(format!("pg_controldata: {}, no shutdown checkpoint of a primary", c.state)),
+        Err(e) => done.steps.push(format!("pg_controldata failed: {e}")),
+    }
+    Ok(done)
 }
 
 /// The wait `promote` allows: the request's, else the configured one,

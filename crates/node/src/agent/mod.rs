@@ -375,6 +375,7 @@ async fn run_action(
                 steps: done.steps,
                 took_ms,
                 epoch: state.epoch.current(),
+                checkpoint_lsn: done.checkpoint_lsn,
             }))
         }
         Err(e) => {

@@ -283,20 +283,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     async fn pick(&mut self) -> Result<(Backend, Epoch), ClientError> {
         let deadline = tokio::time::Instant::now() + self.state.settings.max_pause;
         loop {
-            let found = {
+            let (found, fallback) = {
                 let r = self.routing.borrow_and_update();
                 let primary = r.primary.clone().filter(|p| !self.state.is_marked_read_only(p, r.epoch));
-                let b = match self.endpoint {
-                    Endpoint::Writer => primary,
+                let (b, fallback) = match self.endpoint {
+                    Endpoint::Writer => (primary, false),
                     Endpoint::Reader if !r.replicas.is_empty() => {
                         let i = self.state.reader_rr.fetch_add(1, Ordering::Relaxed);
-                        Some(r.replicas[i % r.replicas.len()].clone())
+                        (Some(r.replicas[i % r.replicas.len()].clone()), false)
                     }
-                    Endpoint::Reader if self.state.settings.reader_fallback => primary,
-                    Endpoint::Reader => None,
+                    Endpoint::Reader if self.state.settings.reader_fallback => (primary, true),
+                    Endpoint::Reader => (None, false),
                 };
-                b.map(|b| (b, r.epoch))
+                (b.map(|b| (b, r.epoch)), fallback)
             };
+            if fallback && found.is_some() && self.state.gate.is_paused() {
+                // A role change is under way: the reader never falls back
+                // to the primary being replaced; it waits like a writer.
+                self.wait_reader_fallback().await?;
+                continue;
+            }
             if let Some(f) = found {
                 return Ok(f);
             }
@@ -384,6 +390,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             tokio::time::sleep_until(wake).await;
         }
         Ok(true)
+    }
+
+    /// A reader session on the primary (the reader's fallback when no
+    /// replica is routed) waits out a pause in the writers' queue, so no
+    /// transaction reaches the primary being replaced.
+    pub(super) async fn wait_reader_fallback(&mut self) -> Result<(), ClientError> {
+        let s = &self.state.settings;
+        match self.state.gate.wait_open(s.max_pause, s.max_queue).await {
+            Ok(Some(w)) => {
+                self.state.metrics.queue_wait.observe(w.as_secs_f64());
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(self.paused_error(e).await),
+        }
     }
 
     async fn paused_error(&mut self, e: crate::gate::GateError) -> ClientError {

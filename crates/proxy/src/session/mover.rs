@@ -42,6 +42,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Err(e) => return Err(self.paused_error(e).await),
             }
         }
+        if self.endpoint == Endpoint::Reader && self.state.gate.is_paused() {
+            let on_primary = self.be.as_ref().is_some_and(|be| !self.routing.borrow().replicas.contains(&be.backend));
+            if on_primary {
+                self.wait_reader_fallback().await?;
+            }
+        }
         let must_move = match &mut self.be {
             None => true,
             Some(be) => {

@@ -90,3 +90,41 @@ async fn max_pause_expiry_gives_cannot_connect_now() {
     proxy.handle.resume("main").expect("resume");
     proxy.connect().await.simple_query("SELECT 1").await.expect("works after resume");
 }
+
+/// With no replica routed, the reader endpoint falls back to the primary;
+/// during a pause (a role change) it must not: a reader session's `BEGIN
+/// READ WRITE` write, from an idle session or a new connection, waits for
+/// the resume like a writer's, so nothing reaches the primary being
+/// replaced. Checked directly on the primary at every 50 ms while paused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reader_fallback_to_the_primary_waits_out_a_pause() {
+    let servers = Servers::start(false).await;
+    let routing = servers.routing();
+    assert!(routing.replicas.is_empty());
+    let proxy = Proxy::start(routing, auto_auth(), Settings::default()).await;
+    let direct = Servers::admin(&servers.primary).await;
+    direct.batch_execute("CREATE TABLE log(seq bigserial primary key, who int)").await.expect("create");
+    let reader = proxy.conninfo(proxy.reader);
+    let idle = connect(&reader).await.expect("reader session");
+    idle.simple_query("SELECT 1").await.expect("the reader falls back to the primary");
+    let out = proxy.handle.pause("main").await.expect("pause");
+    assert!(out.drained, "{out:?}");
+    let from_idle = tokio::spawn(async move {
+        idle.batch_execute("BEGIN READ WRITE; INSERT INTO log(who) VALUES (1); COMMIT").await.expect("after resume");
+    });
+    let from_new = tokio::spawn(async move {
+        let c = connect(&reader).await.expect("new reader session");
+        c.batch_execute("BEGIN READ WRITE; INSERT INTO log(who) VALUES (2); COMMIT").await.expect("after resume");
+    });
+    for _ in 0..20 {
+        let n: i64 = direct.query_one("SELECT count(*) FROM log", &[]).await.expect("count").get(0);
+        assert_eq!(n, 0, "a reader session wrote to the primary while the proxy was paused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!from_idle.is_finished() && !from_new.is_finished());
+    proxy.handle.resume("main").expect("resume");
+    from_idle.await.expect("idle reader");
+    from_new.await.expect("new reader");
+    let n: i64 = direct.query_one("SELECT count(*) FROM log", &[]).await.expect("count").get(0);
+    assert_eq!(n, 2);
+}
