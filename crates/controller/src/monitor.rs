@@ -456,7 +456,7 @@ async fn watch(ctl: Controller, cluster: Cluster, cancel: &CancellationToken, tr
         let route = sh.route(&cluster, &state);
         // Again now and then: a proxy that restarted (standalone, behind its
         // admin API) learns the epoch's route without waiting for a change.
-        if published.as_ref() != Some(&route) || n % 20 == 0 {
+        if published.as_ref() != Some(&route) || n.is_multiple_of(20) {
             sh.proxies.publish(&cluster.name, &route);
             published = Some(route);
         }

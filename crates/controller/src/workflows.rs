@@ -565,7 +565,7 @@ async fn catch_up(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepError>
         return Ok(StepOutput::json(json!({"skipped": "restarted in place"})));
     }
     let choice = sc.output("choose_candidate").ok_or_else(|| fatal("no candidate was chosen"))?;
-    let node = chosen_by_choice(&choice)?;
+    let node = chosen_by_choice(choice)?;
     let (Some(from), Some(to)) = (
         choice.get("catch_up_from").and_then(Value::as_str).map(NodeName::new),
         choice.get("catch_up_to").and_then(Value::as_str).and_then(|s| s.parse::<Lsn>().ok()),
