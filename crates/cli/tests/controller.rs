@@ -379,120 +379,51 @@ fn direct(env: &Env, name: &str) -> String {
     )
 }
 
-/// One probe: does the server accept a real write (`BEGIN READ WRITE`, an
-/// xid, a commit that does not wait for a synchronous standby)? Reuses the
-/// connection while it works.
-async fn accepts_write(conninfo: &str, client: &mut Option<tokio_postgres::Client>) -> bool {
-    const WRITE: &str = "begin read write; set local synchronous_commit = local; select txid_current(); commit";
-    if client.is_none() {
-        *client = pgdr_drill::observer::connect(conninfo, "node", Duration::from_secs(1)).await.ok();
-    }
-    let Some(c) = client.as_ref() else { return false };
-    match tokio::time::timeout(Duration::from_secs(1), c.batch_execute(WRITE)).await {
-        Ok(Ok(())) => true,
-        _ => {
-            *client = None;
-            false
-        }
-    }
-}
-
-/// Polls every node directly every 50 ms for "accepts a write", all nodes
-/// of a round at once, for the whole test: two writable servers in one
-/// round fail it.
+/// The drills' overlap checker (`pgdr_drill::writable`): every node asked
+/// directly every 50 ms to accept a real `BEGIN READ WRITE` write.
 struct WriteWatch {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    task: tokio::task::JoinHandle<WatchReport>,
-}
-
-#[derive(Debug, Default)]
-struct WatchReport {
-    rounds: u64,
-    /// (ms since the start, the nodes that took a write in that round).
-    overlaps: Vec<(u128, Vec<String>)>,
-    writable_rounds: std::collections::BTreeMap<String, u64>,
+    probe: pgdr_drill::writable::WritableProbe,
+    origin_unix_ms: f64,
 }
 
 impl WriteWatch {
     fn start(env: &Env) -> WriteWatch {
-        let nodes: Vec<(String, String)> = env.node_names().into_iter().map(|n| (direct(env, &n), n)).collect();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
-        let task = tokio::spawn(async move {
-            let t0 = Instant::now();
-            let mut clients: Vec<Option<tokio_postgres::Client>> = nodes.iter().map(|_| None).collect();
-            let mut report = WatchReport::default();
-            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
-                let round = Instant::now();
-                let mut set = tokio::task::JoinSet::new();
-                for (i, ((conninfo, name), client)) in nodes.iter().zip(clients.iter_mut()).enumerate() {
-                    let (conninfo, name, mut client) = (conninfo.clone(), name.clone(), client.take());
-                    set.spawn(async move {
-                        let ok = accepts_write(&conninfo, &mut client).await;
-                        (i, name, ok, client)
-                    });
-                }
-                let mut writable = Vec::new();
-                while let Some(r) = set.join_next().await {
-                    let (i, name, ok, client) = r.expect("probe task");
-                    clients[i] = client;
-                    if ok {
-                        *report.writable_rounds.entry(name.clone()).or_default() += 1;
-                        writable.push(name);
-                    }
-                }
-                report.rounds += 1;
-                if writable.len() > 1 {
-                    writable.sort();
-                    report.overlaps.push((round.duration_since(t0).as_millis(), writable));
-                }
-                tokio::time::sleep_until((round + Duration::from_millis(50)).into()).await;
-            }
-            report
-        });
-        WriteWatch { stop, task }
+        let cluster = env.cfg.cluster("main").expect("cluster main");
+        let origin_unix_ms = pgdr_drill::unix_ms(std::time::SystemTime::now());
+        WriteWatch {
+            probe: pgdr_drill::writable::WritableProbe::start(cluster).expect("overlap checker"),
+            origin_unix_ms,
+        }
     }
 
-    /// Stops and asserts no round saw two writable servers.
+    /// Stops and asserts no instant saw two writable servers.
     async fn assert_never_two(self, name: &str) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        let r = self.task.await.expect("watch task");
-        eprintln!(
-            "[{name}] write watch: {} rounds of 50 ms, writable rounds per node {:?}",
-            r.rounds, r.writable_rounds
-        );
-        assert!(r.rounds > 0);
-        assert!(r.overlaps.is_empty(), "two servers accepted writes at the same instant: {:?}", r.overlaps);
+        let t = self.probe.stop().await.analyse(self.origin_unix_ms);
+        let writable: Vec<String> = t
+            .lanes
+            .iter()
+            .map(|l| {
+                let n = l.segments.iter().filter(|s| s.answer == pgdr_drill::writable::Answer::Writable).count();
+                format!("{} {n}", l.node)
+            })
+            .collect();
+        eprintln!("[{name}] overlap checker: {} probes, writable segments per node: {}", t.probes, writable.join(", "));
+        assert!(t.probes > 0);
+        assert_eq!(t.overlaps, vec![], "two servers accepted writes at once: {}", t.describe_overlaps());
     }
 }
 
-/// A client writing straight to one node (not through the proxy), each
-/// write `BEGIN READ WRITE; INSERT; COMMIT`, reconnecting after errors;
-/// returns the ids whose commit was acknowledged.
-fn direct_writer(
-    conninfo: String,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> tokio::task::JoinHandle<Vec<i64>> {
-    tokio::spawn(async move {
-        let mut acked = Vec::new();
-        let mut id = 0i64;
-        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-            let Ok(c) = pgdr_drill::observer::connect(&conninfo, "direct", Duration::from_secs(1)).await else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                id += 1;
-                let sql = format!("begin read write; insert into sw_direct values ({id}); commit");
-                match tokio::time::timeout(Duration::from_secs(2), c.batch_execute(&sql)).await {
-                    Ok(Ok(())) => acked.push(id),
-                    _ => break,
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-        acked
-    })
+/// A client writing straight to one node (not through the proxy) with the
+/// drill's workload: `BEGIN READ WRITE`, reconnecting after errors.
+fn direct_writer(env: &Env, name: &str) -> Workload {
+    let mut spec = WorkloadSpec::new(direct(env, name));
+    spec.writers = 1;
+    spec.readers = 0;
+    spec.begin_read_write = true;
+    spec.connect_timeout = Duration::from_secs(1);
+    spec.statement_timeout = Duration::from_secs(2);
+    spec.pace = Duration::from_millis(5);
+    Workload::start(spec)
 }
 
 /// kill -9 of the primary's postmaster (`on_crash = "failover"`) while
@@ -728,11 +659,10 @@ async fn switchover_under_load_loses_nothing_and_errs_nothing() {
     let old = before.primary.clone().expect("primary").to_string();
     let c = pgdr_drill::observer::connect(&env.writer, "writer", Duration::from_secs(10)).await.expect("connect");
     c.batch_execute(
-        "create table sw_ledger (id bigserial primary key, client int not null, at timestamptz default now());
-         create table sw_direct (id bigint primary key)",
+        "create table sw_ledger (id bigserial primary key, client int not null, at timestamptz default now())",
     )
     .await
-    .expect("create tables");
+    .expect("create table");
     drop(c);
     // Idle sessions through the proxy, each with a named prepared statement.
     let mut idle = Vec::new();
@@ -743,8 +673,7 @@ async fn switchover_under_load_loses_nothing_and_errs_nothing() {
         idle.push((c, st));
     }
     let watch = WriteWatch::start(&env);
-    let stop_direct = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let direct_task = direct_writer(direct(&env, &old), stop_direct.clone());
+    let direct = direct_writer(&env, &old);
     let w = env.workload(2);
     let script = pgbench_script(&env.sb.dir);
     let port = env.cfg.proxies.iter().find(|p| p.region.as_str() == "east").expect("east").writer.port();
@@ -779,8 +708,7 @@ async fn switchover_under_load_loses_nothing_and_errs_nothing() {
     .await
     .expect("join");
     let record = w.stop().await;
-    stop_direct.store(true, std::sync::atomic::Ordering::SeqCst);
-    let direct_acked = direct_task.await.expect("direct writer");
+    let direct_record = direct.stop().await;
     // The idle sessions and their statements moved to the new primary.
     for (i, (c, st)) in idle.iter().enumerate() {
         c.query_one(st, &[&(2000 + i as i32)])
@@ -799,10 +727,6 @@ async fn switchover_under_load_loses_nothing_and_errs_nothing() {
     watch.assert_never_two(env.name).await;
     let rows = env.sb.sql(&primary, "select count(*) from sw_ledger where client < 1000").await.expect("count");
     let present: u64 = rows[0][0].as_deref().and_then(|s| s.parse().ok()).expect("count");
-    let rows = env.sb.sql(&primary, "select id::text from sw_direct").await.expect("direct rows");
-    let direct_present: std::collections::HashSet<i64> =
-        rows.iter().filter_map(|r| r[0].as_deref().and_then(|s| s.parse().ok())).collect();
-    let direct_lost: Vec<i64> = direct_acked.iter().copied().filter(|id| !direct_present.contains(id)).collect();
     let paused_steps: u64 = [
         "pause_proxy",
         "stop_old_primary",
@@ -817,14 +741,15 @@ async fn switchover_under_load_loses_nothing_and_errs_nothing() {
     .sum();
     let pause = pgdr_drill::checker::rto_pause(&record, from_ms, until_ms);
     eprintln!(
-        "[{}] pgbench: {processed} transactions, {failed_line}; rows on {primary}: {present}; steps from pause to resume {paused_steps}ms; longest time without an acknowledged write through the proxy: {}; direct client on {old}: {} acknowledged, {} lost",
+        "[{}] pgbench: {processed} transactions, {failed_line}; rows on {primary}: {present}; steps from pause to resume {paused_steps}ms; longest time without an acknowledged write through the proxy: {}",
         env.name,
         pause.map(|p| format!("{:.3}s", p)).unwrap_or_else(|| "none acknowledged".into()),
-        direct_acked.len(),
-        direct_lost.len()
     );
     let lost = env.check(&primary, &record, None).await;
     assert_eq!(lost, 0, "the drill's writers lost acknowledged commits");
+    eprintln!("[{}] the client writing straight to {old}:", env.name);
+    let direct_lost = env.check(&primary, &direct_record, None).await;
+    assert_eq!(direct_lost, 0, "the client writing straight to the old primary lost acknowledged commits");
     assert_eq!(record.write_failures().count(), 0, "the drill's writers saw errors");
     assert!(ok, "pgbench failed:\n{bout}\n{berr}");
     assert!(!berr.contains("abort") && !berr.to_lowercase().contains("error"), "pgbench clients saw errors:\n{berr}");
@@ -832,8 +757,6 @@ async fn switchover_under_load_loses_nothing_and_errs_nothing() {
     assert_ne!(primary, old);
     assert!(processed > 0);
     assert_eq!(present, processed, "every acknowledged transaction inserted exactly one row");
-    assert!(!direct_acked.is_empty(), "the direct client never wrote");
-    assert!(direct_lost.is_empty(), "acknowledged direct commits lost: {direct_lost:?}");
     let after = env.cluster().await.expect("cluster");
     assert!(after.epoch > before.epoch);
     // The old primary is back as a replica of the new one.
