@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 use crate::http;
+use crate::tls::HttpTls;
 
 /// `GET /v1/health`: answered without authentication while the agent runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -322,6 +323,7 @@ pub struct ProbeReply {
 #[derive(Debug, Clone)]
 pub struct AgentClient {
     http: reqwest::Client,
+    scheme: &'static str,
     addr: String,
     token: Option<Redacted>,
     /// Whole-call limit for `status` and `health`.
@@ -339,13 +341,14 @@ impl AgentClient {
     /// A client of the agent at `addr` (`host:port`); `token` is the bearer
     /// token, if the agents require one.
     pub fn new(addr: &str, token: Option<Redacted>) -> Result<AgentClient, ApiError> {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(2))
-            .build()
-            .map_err(|e| ApiError::Client(e.to_string()))?;
+        Self::new_with(addr, token, &HttpTls::plain())
+    }
+
+    /// [`AgentClient::new`] over `tls` (HTTPS when the agents serve it).
+    pub fn new_with(addr: &str, token: Option<Redacted>, tls: &HttpTls) -> Result<AgentClient, ApiError> {
         Ok(AgentClient {
-            http,
+            http: tls.client(Duration::from_secs(2))?,
+            scheme: tls.scheme(),
             addr: addr.to_owned(),
             token,
             timeout: Self::DEFAULT_TIMEOUT,
@@ -370,7 +373,7 @@ impl AgentClient {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("{}://{}{}", self.scheme, self.addr, path)
     }
 
     pub async fn health(&self) -> Result<Health, ApiError> {

@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, ErrorBody};
 use crate::http;
+use crate::tls::HttpTls;
 
 /// `POST /v1/clusters/{c}/lease`: the primary's agent renews its lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,6 +153,7 @@ pub struct ApproveRequest {
 #[derive(Debug, Clone)]
 pub struct ControllerClient {
     http: reqwest::Client,
+    scheme: &'static str,
     addr: String,
     token: Option<Redacted>,
     timeout: Duration,
@@ -159,12 +161,18 @@ pub struct ControllerClient {
 
 impl ControllerClient {
     pub fn new(addr: &str, token: Option<Redacted>) -> Result<ControllerClient, ApiError> {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(2))
-            .build()
-            .map_err(|e| ApiError::Client(e.to_string()))?;
-        Ok(ControllerClient { http, addr: addr.to_owned(), token, timeout: Duration::from_secs(30) })
+        Self::new_with(addr, token, &HttpTls::plain())
+    }
+
+    /// [`ControllerClient::new`] over `tls` (HTTPS when the controller serves it).
+    pub fn new_with(addr: &str, token: Option<Redacted>, tls: &HttpTls) -> Result<ControllerClient, ApiError> {
+        Ok(ControllerClient {
+            http: tls.client(Duration::from_secs(2))?,
+            scheme: tls.scheme(),
+            addr: addr.to_owned(),
+            token,
+            timeout: Duration::from_secs(30),
+        })
     }
 
     /// The same client with another whole-call limit.
@@ -178,7 +186,7 @@ impl ControllerClient {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("{}://{}{}", self.scheme, self.addr, path)
     }
 
     pub async fn renew_lease(&self, cluster: &str, req: &LeaseRequest) -> Result<LeaseReply, ApiError> {

@@ -13,5 +13,7 @@ pub mod error;
 mod http;
 pub mod peer;
 pub mod status;
+pub mod tls;
 
 pub use error::{ApiError, Unreachable};
+pub use tls::HttpTls;

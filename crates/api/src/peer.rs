@@ -45,6 +45,7 @@ pub struct SupportReply {
 #[derive(Debug, Clone)]
 pub struct PeerClient {
     http: reqwest::Client,
+    scheme: &'static str,
     addr: String,
     token: Option<Redacted>,
     timeout: Duration,
@@ -52,12 +53,17 @@ pub struct PeerClient {
 
 impl PeerClient {
     pub fn new(addr: &str, token: Option<Redacted>, timeout: Duration) -> Result<PeerClient, ApiError> {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(timeout)
-            .build()
-            .map_err(|e| ApiError::Client(e.to_string()))?;
-        Ok(PeerClient { http, addr: addr.to_owned(), token, timeout })
+        Self::new_with(addr, token, timeout, &crate::HttpTls::plain())
+    }
+
+    /// [`PeerClient::new`] over `tls` (HTTPS when the agents serve it).
+    pub fn new_with(
+        addr: &str,
+        token: Option<Redacted>,
+        timeout: Duration,
+        tls: &crate::HttpTls,
+    ) -> Result<PeerClient, ApiError> {
+        Ok(PeerClient { http: tls.client(timeout)?, scheme: tls.scheme(), addr: addr.to_owned(), token, timeout })
     }
 
     pub fn addr(&self) -> &str {
@@ -73,7 +79,8 @@ impl PeerClient {
     }
 
     async fn post<B: Serialize>(&self, path: &str, body: &B) -> Result<SupportReply, ApiError> {
-        let mut req = self.http.post(format!("http://{}{}", self.addr, path)).json(body).timeout(self.timeout);
+        let mut req =
+            self.http.post(format!("{}://{}{}", self.scheme, self.addr, path)).json(body).timeout(self.timeout);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t.expose());
         }

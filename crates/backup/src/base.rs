@@ -55,7 +55,8 @@ pub struct Source {
     pub size_estimate: u64,
 }
 
-fn login(cluster: &Cluster) -> Result<pgdr_node::local::Login> {
+/// The cluster's login, with TLS toward its nodes under `[tls]`.
+pub fn login(config: &Config, cluster: &Cluster) -> Result<pgdr_node::local::Login> {
     let password = match &cluster.password {
         Some(s) => Some(
             s.resolve()
@@ -63,17 +64,20 @@ fn login(cluster: &Cluster) -> Result<pgdr_node::local::Login> {
         ),
         None => None,
     };
-    Ok(pgdr_node::local::Login { user: cluster.user.clone(), password, database: cluster.database.clone() })
+    let tls = match &config.tls {
+        Some(t) => Some(pgdr_node::local::PgTls::new(&t.ca).map_err(|e| BackupError::Config(format!("tls.ca: {e}")))?),
+        None => None,
+    };
+    Ok(pgdr_node::local::Login { user: cluster.user.clone(), password, database: cluster.database.clone(), tls })
 }
 
-async fn probe(cluster: &Cluster, node: &Node) -> Result<(bool, bool, u32, u64)> {
-    let l = login(cluster)?;
+async fn probe(node: &Node, l: &pgdr_node::local::Login) -> Result<(bool, bool, u32, u64)> {
     let mut conninfo =
         format!("host={} port={} user={} dbname={} connect_timeout=3", node.host, node.port, l.user, l.database);
     if let Some(p) = &l.password {
         conninfo.push_str(&format!(" password={}", pgdr_node::local::conn_quote(p)));
     }
-    let client = pgdr_node::local::connect(&conninfo, &format!("{}:{}", node.host, node.port)).await?;
+    let client = pgdr_node::local::connect(&conninfo, &format!("{}:{}", node.host, node.port), l.tls.as_ref()).await?;
     let q = |source| pgdr_node::PgError::Query { addr: format!("{}:{}", node.host, node.port), source };
     let row = client
         .query_one(
@@ -90,14 +94,14 @@ async fn probe(cluster: &Cluster, node: &Node) -> Result<(bool, bool, u32, u64)>
 
 /// Picks the node to read from: a streaming replica when there is one (so
 /// the primary is not loaded), else the primary, else any node that answers.
-pub async fn choose_source(cluster: &Cluster, only: Option<&str>) -> Result<Source> {
+pub async fn choose_source(cluster: &Cluster, only: Option<&str>, login: &pgdr_node::local::Login) -> Result<Source> {
     let mut fallback = None;
     let mut errors = Vec::new();
     for node in &cluster.nodes {
         if only.is_some_and(|o| o != node.name.as_str()) {
             continue;
         }
-        match probe(cluster, node).await {
+        match probe(node, login).await {
             Ok((in_recovery, streaming, v, size)) => {
                 let s = Source { node: node.clone(), is_replica: in_recovery, pg_version: v, size_estimate: size };
                 if in_recovery && streaming {
@@ -201,10 +205,10 @@ pub async fn run_backup(
     cancel: &CancellationToken,
 ) -> Result<(Manifest, Measured)> {
     let cluster = crate::cluster(config, cluster_name)?;
-    let source = choose_source(cluster, opts.node.as_deref()).await?;
+    let l = login(config, cluster)?;
+    let source = choose_source(cluster, opts.node.as_deref(), &l).await?;
     progress.total.store(source.size_estimate, std::sync::atomic::Ordering::Relaxed);
     let bin = pgdr_node::PgBinaries::find(source.node.bin_dir.as_deref())?;
-    let l = login(cluster)?;
     // The primary's archive_command (run as the server's user) writes here too.
     if let Ok(run_as) = pgdr_node::RunAs::for_node(source.node.os_user.as_deref()) {
         dest.prepare_wal_dir(cluster_name, &run_as)?;
@@ -226,6 +230,10 @@ pub async fn run_backup(
     if let Some(p) = &l.password {
         cmd.env("PGPASSWORD", p);
     }
+    match &l.tls {
+        Some(t) => cmd.envs(t.libpq_env()),
+        None => cmd.env("PGSSLMODE", "disable"),
+    };
     let mut child = cmd.spawn().map_err(BackupError::io("cannot run pg_basebackup"))?;
     let (Some(stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
         return Err(BackupError::Other("pg_basebackup: no output pipes".into()));

@@ -272,6 +272,9 @@ fn configure_recovery(pg: &LocalPg, opts: &RestoreOptions) -> Result<()> {
 /// Starts the restored server and waits until recovery has finished (the
 /// server was promoted), up to `wait`.
 pub async fn start_and_wait(opts: &RestoreOptions, login: &Login, wait: Duration) -> Result<LocalPg> {
+    // The restored server runs with pgdr's recovery settings only (no TLS),
+    // on loopback: pgdr made it and is its only client.
+    let login = &Login { tls: None, ..login.clone() };
     let bin = PgBinaries::find(opts.bin_dir.as_deref())?;
     let pg = LocalPg::new(bin, opts.to.clone(), "127.0.0.1", opts.port, opts.run_as.clone());
     pg.start(wait).await.map_err(|e| {
@@ -358,6 +361,7 @@ pub async fn verify_by_restore(
         run_as,
         bin_dir,
     };
+    let login = &Login { tls: None, ..login.clone() };
     let outcome = async {
         let (m, measured) = restore(dest, cluster, &opts, &Progress::default()).await?;
         let t = Instant::now();

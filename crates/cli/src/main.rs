@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 mod exit;
+mod tls;
 
 /// pgdr: disaster recovery and high availability for PostgreSQL.
 #[derive(Debug, Parser)]

@@ -250,14 +250,19 @@ async fn scheduled_backups_to_two_destinations_pitr_from_each_and_verify() {
     }
     let list = status(&config);
     eprintln!("backup status: {}", serde_json::to_string(&list).unwrap_or_default());
-    let http = reqwest::Client::builder().no_proxy().build().expect("http client");
+    let tls = sb.http_tls();
+    let http = tls.client(Duration::from_secs(5)).expect("http client");
     let viewer = pgdr_config::Config::load(&sb.config)
         .expect("config")
         .controller_client_token(pgdr_config::Access::Viewer)
         .expect("viewer token")
         .expect("a viewer token");
     let metrics = http
-        .get(format!("http://{}/metrics", pgdr_config::Config::load(&sb.config).expect("config").controller.listen))
+        .get(format!(
+            "{}://{}/metrics",
+            tls.scheme(),
+            pgdr_config::Config::load(&sb.config).expect("config").controller.listen
+        ))
         .bearer_auth(viewer.expose())
         .send()
         .await
@@ -277,7 +282,7 @@ async fn scheduled_backups_to_two_destinations_pitr_from_each_and_verify() {
     let get = |path: String| {
         let (http, viewer) = (http.clone(), viewer.clone());
         async move {
-            let r = http.get(format!("http://{api}{path}")).bearer_auth(viewer.expose()).send().await.expect("GET");
+            let r = http.get(format!("{}://{api}{path}", tls.scheme())).bearer_auth(viewer.expose()).send().await.expect("GET");
             r.json::<Value>().await.expect("JSON")
         }
     };

@@ -153,9 +153,10 @@ impl Env {
             proxy.writer.port(),
             sb.password()
         );
-        let api = ControllerClient::new(
+        let api = ControllerClient::new_with(
             &cfg.controller.listen.to_string(),
             cfg.controller_client_token(pgdr_config::Access::Operator).expect("operator token"),
+            sb.http_tls(),
         )
         .expect("controller client")
         .with_timeout(Duration::from_secs(5));
@@ -438,10 +439,11 @@ async fn kill_primary_fails_over_through_the_proxy() {
     let old = before.primary.clone().expect("primary").to_string();
     // The agent of the other region probes the primary (POST /v1/probe) and
     // the status page shows its exact reading.
-    let snapshot = format!("http://{}/v1/snapshot", env.cfg.controller.listen);
+    let tls = env.sb.http_tls();
+    let snapshot = format!("{}://{}/v1/snapshot", tls.scheme(), env.cfg.controller.listen);
     let viewer =
         env.cfg.controller_client_token(pgdr_config::Access::Viewer).expect("viewer token").expect("a viewer token");
-    let http = reqwest::Client::builder().no_proxy().build().expect("http");
+    let http = tls.client(Duration::from_secs(2)).expect("http client");
     let row = wait_for("an agent in another region to probe the primary", Duration::from_secs(20), || async {
         let s: Value = http.get(&snapshot).bearer_auth(viewer.expose()).send().await.ok()?.json().await.ok()?;
         let probes = s["clusters"][0]["probes"].as_array()?.clone();
@@ -964,8 +966,13 @@ async fn primary_cut_off_from_the_controller() {
     // 2. Support withdrawn, controller frozen again: it fences itself.
     let token = Some(pgdr_config::Redacted::from(env.sb.token()));
     for n in env.node_names().into_iter().filter(|n| *n != old) {
-        let peer =
-            pgdr_api::peer::PeerClient::new(&env.node(&n).agent, token.clone(), Duration::from_secs(2)).expect("peer");
+        let peer = pgdr_api::peer::PeerClient::new_with(
+            &env.node(&n).agent,
+            token.clone(),
+            Duration::from_secs(2),
+            env.sb.http_tls(),
+        )
+        .expect("peer");
         peer.withdraw(&pgdr_api::peer::WithdrawRequest {
             cluster: pgdr_model::ClusterName::new("main"),
             primary: pgdr_model::NodeName::new(&old),

@@ -101,9 +101,10 @@ impl Env {
             .expect("start pgdr run");
         let env = Env { run: Run(child), sb, log, name };
         let cfg = pgdr_config::Config::load(&env.sb.config).expect("sandbox config");
-        let api = ControllerClient::new(
+        let api = ControllerClient::new_with(
             &cfg.controller.listen.to_string(),
             cfg.controller_client_token(pgdr_config::Access::Operator).expect("operator token"),
+            env.sb.http_tls(),
         )
         .expect("controller client")
         .with_timeout(Duration::from_secs(5));

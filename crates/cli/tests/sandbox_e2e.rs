@@ -94,6 +94,7 @@ async fn up_status_down_through_the_binary() {
 
     // Writes on the primary reach both replicas: poll until lag is 0.
     let sb = Sandbox::open(&sb_dir).expect("open").expect("a sandbox");
+    agents_speak_only_mutual_tls(&sb).await;
     sb.sql("east-1", "create table t (x int); insert into t select generate_series(1, 10000)").await.expect("write");
     let config = sb.config.clone();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -183,6 +184,54 @@ async fn up_status_down_through_the_binary() {
     let (code, _, _) = pgdr(&["sandbox", "down", "--dir", &d, "--purge"]);
     assert_eq!(code, 0);
     assert!(!sb_dir.exists());
+}
+
+/// The agents serve HTTPS only, with the sandbox's CA, to clients showing a
+/// certificate of that CA: plain HTTP, a client trusting another CA, and a
+/// client without a certificate all fail; the sandbox's own client works.
+async fn agents_speak_only_mutual_tls(sb: &Sandbox) {
+    let agent = sb.node("east-1").expect("east-1").agent.clone();
+    let token: Option<pgdr_config::Redacted> = Some(sb.token().into());
+    assert!(sb.http_tls().is_tls(), "the sandbox turns TLS on");
+    sb.agent("east-1").expect("client").health().await.expect("the sandbox's own client (CA + client cert)");
+
+    let plain = pgdr_api::agent::AgentClient::new(&agent, token.clone()).expect("client");
+    let e = plain.health().await.expect_err("plain HTTP must be refused");
+    eprintln!("plain HTTP: {e}");
+
+    let tls = sb.dir.join("tls");
+    let other = tempfile::tempdir().expect("tempdir");
+    let ca = pgdr_tls::ca::Authority::generate("another CA").expect("ca");
+    let other_ca = other.path().join("ca.crt");
+    std::fs::write(&other_ca, ca.cert_pem()).expect("write");
+    let id = pgdr_tls::Identity { cert: tls.join("client.crt"), key: tls.join("client.key") };
+    let stranger = pgdr_api::HttpTls::new(&other_ca, Some(&id)).expect("tls");
+    let e = pgdr_api::agent::AgentClient::new_with(&agent, token.clone(), &stranger)
+        .expect("client")
+        .health()
+        .await
+        .expect_err("a server certificate from an unknown CA must be refused by the client");
+    eprintln!("unknown CA: {e}");
+
+    let no_cert = pgdr_api::HttpTls::new(&tls.join("ca.crt"), None).expect("tls");
+    let e = pgdr_api::agent::AgentClient::new_with(&agent, token.clone(), &no_cert)
+        .expect("client")
+        .health()
+        .await
+        .expect_err("a client without a certificate must be refused (mTLS)");
+    eprintln!("no client certificate: {e}");
+
+    // A client certificate from another CA is refused too.
+    let leaf = ca.issue("stranger", &["127.0.0.1".to_owned()]).expect("leaf");
+    std::fs::write(other.path().join("s.crt"), &leaf.cert_pem).expect("crt");
+    std::fs::write(other.path().join("s.key"), &leaf.key_pem).expect("key");
+    let foreign = pgdr_tls::Identity { cert: other.path().join("s.crt"), key: other.path().join("s.key") };
+    let foreign = pgdr_api::HttpTls::new(&tls.join("ca.crt"), Some(&foreign)).expect("tls");
+    pgdr_api::agent::AgentClient::new_with(&agent, token, &foreign)
+        .expect("client")
+        .health()
+        .await
+        .expect_err("a client certificate from another CA must be refused");
 }
 
 async fn wait_streaming(sb: &Sandbox, upstream: &str, replica: &str) {
@@ -313,6 +362,22 @@ async fn promote_rewind_upstream_rebuild_through_agents() {
     for n in c["nodes"].as_array().expect("nodes") {
         assert_eq!(n["timeline"], 2, "{n}");
     }
+
+    // Every replication connection, after the rewind, the upstream change and
+    // the rebuilds, is TLS, and so is ours (the sandbox's CA, verify-full).
+    let rows = sb
+        .sql(
+            "east-2",
+            "select r.application_name, s.ssl from pg_stat_replication r join pg_stat_ssl s using (pid) \
+             order by 1",
+        )
+        .await
+        .expect("pg_stat_ssl");
+    let seen: Vec<(String, String)> =
+        rows.into_iter().map(|r| (r[0].clone().unwrap_or_default(), r[1].clone().unwrap_or_default())).collect();
+    assert_eq!(seen, vec![("east-1".to_owned(), "t".to_owned()), ("west-1".to_owned(), "t".to_owned())]);
+    let ours = sb.sql("east-2", "select ssl from pg_stat_ssl where pid = pg_backend_pid()").await.expect("ssl");
+    assert_eq!(ours[0][0].as_deref(), Some("t"), "the sandbox's own connections use TLS");
 }
 
 #[tokio::test(flavor = "multi_thread")]

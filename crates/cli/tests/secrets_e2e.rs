@@ -112,9 +112,10 @@ async fn rotate_writes_every_region_logs_in_everywhere_and_leaks_nothing() {
         .spawn()
         .expect("pgdr run"));
     let viewer = cfg.controller_client_token(Access::Viewer).expect("token");
-    let api = pgdr_api::controller::ControllerClient::new(&cfg.controller.listen.to_string(), viewer)
-        .expect("client")
-        .with_timeout(Duration::from_secs(5));
+    let api =
+        pgdr_api::controller::ControllerClient::new_with(&cfg.controller.listen.to_string(), viewer, sb.http_tls())
+            .expect("client")
+            .with_timeout(Duration::from_secs(5));
     let t = Instant::now();
     loop {
         if let Ok(c) = api.cluster("main").await

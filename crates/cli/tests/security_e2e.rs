@@ -79,8 +79,12 @@ async fn no_route_answers_without_the_right_token_and_no_secret_shows() {
         .spawn()
         .expect("pgdr run"));
     let operator = token(&cfg, Access::Operator);
-    let api = pgdr_api::controller::ControllerClient::new(&cfg.controller.listen.to_string(), Some(operator.clone()))
-        .expect("client")
+    let api = pgdr_api::controller::ControllerClient::new_with(
+        &cfg.controller.listen.to_string(),
+        Some(operator.clone()),
+        sb.http_tls(),
+    )
+    .expect("client")
         .with_timeout(Duration::from_secs(5));
     let t = Instant::now();
     let before = loop {
@@ -94,14 +98,17 @@ async fn no_route_answers_without_the_right_token_and_no_secret_shows() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let workflows_before = api.workflows().await.expect("workflows").len();
-    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().expect("http");
+    // The sandbox's client: its CA, and the client certificate agents ask for.
+    let tls = sb.http_tls();
+    let scheme = tls.scheme();
+    let http = tls.client(Duration::from_secs(10)).expect("http");
     let wrong = ["Bearer wrong", "Bearer ", "Basic b3A6b3A="];
 
     // The controller: 401 without or with a wrong token, 403 with a role that does not allow it.
     let mut refused = 0;
     for r in pgdr_controller::api::ROUTES {
         let pgdr_controller::api::Need::Role(need) = r.need else { continue };
-        let url = format!("http://{}{}", cfg.controller.listen, concrete(r.path));
+        let url = format!("{scheme}://{}{}", cfg.controller.listen, concrete(r.path));
         assert_eq!(status_of(&http, &r.method, &url, None).await, 401, "{r:?} without a token");
         for w in wrong {
             assert_eq!(status_of(&http, &r.method, &url, Some(w)).await, 401, "{r:?} with {w:?}");
@@ -115,7 +122,7 @@ async fn no_route_answers_without_the_right_token_and_no_secret_shows() {
     // Every agent, peer routes included: the controller's tokens are no agent token.
     for n in sb.nodes() {
         for r in pgdr_node::agent::ROUTES.iter().filter(|r| r.need == pgdr_node::agent::Need::Token) {
-            let url = format!("http://{}{}", n.agent, concrete(r.path));
+            let url = format!("{scheme}://{}{}", n.agent, concrete(r.path));
             assert_eq!(status_of(&http, &r.method, &url, None).await, 401, "{} {r:?}", n.name);
             for w in wrong {
                 assert_eq!(status_of(&http, &r.method, &url, Some(w)).await, 401, "{} {r:?} with {w:?}", n.name);
@@ -134,7 +141,7 @@ async fn no_route_answers_without_the_right_token_and_no_secret_shows() {
     for p in &cfg.proxies {
         let Some(a) = p.api else { continue };
         for r in pgdr_proxy::api::ROUTES {
-            let url = format!("http://{a}{}", concrete(r.path));
+            let url = format!("{scheme}://{a}{}", concrete(r.path));
             assert_eq!(status_of(&http, &r.method, &url, None).await, 401, "{} {r:?}", p.name);
             let auth = format!("Bearer {}", operator.expose());
             assert_eq!(
@@ -169,7 +176,7 @@ async fn no_route_answers_without_the_right_token_and_no_secret_shows() {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let v: serde_json::Value = http
-                .get(format!("http://{a}/v1/status"))
+                .get(format!("{scheme}://{a}/v1/status"))
                 .bearer_auth(t.expose())
                 .send()
                 .await

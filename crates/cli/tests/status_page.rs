@@ -86,6 +86,8 @@ impl Browser {
         let mut cmd = Command::new(chromium);
         cmd.args([
             "--headless",
+            // The controller serves HTTPS with the sandbox's own CA.
+            "--ignore-certificate-errors",
             "--no-sandbox",
             "--disable-gpu",
             "--no-first-run",
@@ -245,7 +247,7 @@ async fn the_page_shows_the_topology_and_a_switchover_live() {
     let store = pgdr_store::EmbeddedStore::open(cfg.controller.state_dir.join("pgdr.redb")).await.expect("store");
     let running = Running { cancel: CancellationToken::new(), tracker: TaskTracker::new() };
     let hooks = Webhooks::start(Vec::new(), &running.tracker, running.cancel.clone());
-    let proxies = Arc::new(HttpProxies::from_config(&cfg));
+    let proxies = Arc::new(HttpProxies::from_config(&cfg).expect("proxies"));
     let listen = cfg.controller.listen;
     // The page gets the sandbox's viewer token in its URL fragment.
     let viewer =
@@ -260,13 +262,18 @@ async fn the_page_shows_the_topology_and_a_switchover_live() {
             }
         });
     }
-    let page = format!("http://{listen}/#token={}", viewer.expose());
+    let scheme = sb.http_tls().scheme();
+    let page = format!("{scheme}://{listen}/#token={}", viewer.expose());
 
     // `/` and `/status` serve the page, with a policy that lets the browser
     // load nothing from anywhere but the controller.
-    let http = reqwest::Client::builder().no_proxy().build().expect("http client");
+    let http = sb.http_tls().client(Duration::from_secs(5)).expect("http client");
+    // The controller speaks HTTPS only: a plain HTTP request gets no answer.
+    let plain = reqwest::Client::builder().no_proxy().build().expect("http client");
+    let refused = plain.get(format!("http://{listen}/")).timeout(Duration::from_secs(5)).send().await;
+    assert!(refused.is_err(), "plain HTTP to the controller must fail: {refused:?}");
     for path in ["/", "/status"] {
-        let r = http.get(format!("http://{listen}{path}")).send().await.expect("GET the page");
+        let r = http.get(format!("{scheme}://{listen}{path}")).send().await.expect("GET the page");
         assert!(r.status().is_success(), "GET {path}: {}", r.status());
         let csp = r.headers().get("content-security-policy").and_then(|v| v.to_str().ok()).unwrap_or_default();
         assert!(csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"), "GET {path}: CSP {csp:?}");
@@ -274,7 +281,7 @@ async fn the_page_shows_the_topology_and_a_switchover_live() {
     }
 
     // Its data is not: the snapshot needs a viewer token.
-    let r = http.get(format!("http://{listen}/v1/snapshot")).send().await.expect("GET the snapshot");
+    let r = http.get(format!("{scheme}://{listen}/v1/snapshot")).send().await.expect("GET the snapshot");
     assert_eq!(r.status().as_u16(), 401, "the snapshot without a token");
 
     // The page renders the sandbox's topology.

@@ -236,6 +236,46 @@ pub struct Config {
     /// Set when this config describes a sandbox made by `pgdr sandbox up`:
     /// drills may inject faults without `--live`.
     pub sandbox: Option<SandboxInfo>,
+    /// `[tls]` with `mode = "verify-full"`; `None` when TLS is off.
+    pub tls: Option<Tls>,
+}
+
+/// TLS for every connection: HTTPS on the agent, controller and proxy admin
+/// APIs, TLS toward PostgreSQL and for streaming replication, each client
+/// verifying the server's certificate against `ca` and the name it dialled
+/// (libpq's `verify-full`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// The cluster's CA (PEM): every client trusts exactly this.
+    pub ca: PathBuf,
+    /// Agents ask every client for a certificate signed by `ca` (mTLS
+    /// between controller and agents): the controller and other agents show
+    /// their own, the CLI `client`. The controller's API (and its status
+    /// page, read by browsers) asks for none.
+    pub client_certs: bool,
+    /// Certificate the controller's API serves (and shows agents as a client).
+    pub controller: Option<TlsIdentity>,
+    /// Certificate every agent's API serves (and shows as a client).
+    pub agent: Option<TlsIdentity>,
+    /// Certificate the proxies' admin APIs serve.
+    pub proxy: Option<TlsIdentity>,
+    /// Certificate the CLI shows when `client_certs` is on.
+    pub client: Option<TlsIdentity>,
+}
+
+/// A certificate and its private key (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsIdentity {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Tls {
+    /// The identity a command-line client shows: `client`, else the
+    /// controller's.
+    pub fn cli_identity(&self) -> Option<&TlsIdentity> {
+        self.client.as_ref().or(self.controller.as_ref())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -720,6 +760,43 @@ impl Config {
     pub fn proxy_api_token(&self, proxy: &Proxy) -> Result<Option<Redacted>, KeyedSecretError> {
         let i = self.proxies.iter().position(|p| p.name == proxy.name).unwrap_or(0);
         proxy.api_token.as_ref().map(|s| self.secret(&format!("proxies[{i}].api_token"), s)).transpose()
+    }
+
+    /// With `[tls]` off, one warning per address outside loopback that
+    /// pgdr listens on or connects to: there, tokens, passwords and data
+    /// cross the network in the clear.
+    pub fn tls_warnings(&self) -> Vec<String> {
+        if self.tls.is_some() {
+            return Vec::new();
+        }
+        let loopback = |host: &str| {
+            let h = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host).trim_matches(['[', ']']);
+            h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        };
+        let mut out = Vec::new();
+        let mut check = |key: String, addr: String, host_only: bool| {
+            let bare = if host_only {
+                addr.clone()
+            } else {
+                addr.rsplit_once(':').map(|(h, _)| h.to_owned()).unwrap_or(addr.clone())
+            };
+            if !loopback(&bare) && !bare.starts_with('/') {
+                out.push(format!("{key} = {addr:?} is not a loopback address and [tls] is off: traffic there is unencrypted (set [tls] mode = \"verify-full\")"));
+            }
+        };
+        check("controller.listen".into(), self.controller.listen.to_string(), false);
+        for (ci, c) in self.clusters.iter().enumerate() {
+            for (ni, n) in c.nodes.iter().enumerate() {
+                check(format!("clusters[{ci}].nodes[{ni}].agent"), n.agent.clone(), false);
+                check(format!("clusters[{ci}].nodes[{ni}].host"), n.host.clone(), true);
+            }
+        }
+        for (pi, p) in self.proxies.iter().enumerate() {
+            if let Some(a) = p.api {
+                check(format!("proxies[{pi}].api"), a.to_string(), false);
+            }
+        }
+        out
     }
 
     pub fn proxies_of<'a>(&'a self, cluster: &'a str) -> impl Iterator<Item = &'a Proxy> + 'a {

@@ -28,6 +28,28 @@ pub struct RawConfig {
     #[serde(default)]
     pub notify: Vec<RawNotify>,
     pub sandbox: Option<RawSandbox>,
+    #[serde(default)]
+    pub tls: RawTls,
+}
+
+/// `[tls]`: the cluster's CA and each part's certificate.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub mode: Option<String>,
+    pub ca: Option<String>,
+    pub client_certs: Option<bool>,
+    pub controller: Option<RawIdentity>,
+    pub agent: Option<RawIdentity>,
+    pub proxy: Option<RawIdentity>,
+    pub client: Option<RawIdentity>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    pub cert: String,
+    pub key: String,
 }
 
 /// A secret given inline, from an environment variable, or from a file.

@@ -596,6 +596,8 @@ fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
         wan_delay: s.wan_delay.as_deref().map(|w| c.duration("sandbox.wan_delay".into(), Some(w), Duration::ZERO)),
     });
 
+    let tls = tls(c, &raw.tls);
+
     Config {
         file: path.to_owned(),
         base_dir: c.base_dir.clone(),
@@ -609,7 +611,65 @@ fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
         destinations,
         notify,
         sandbox,
+        tls,
     }
+}
+
+/// `[tls]`: `mode` is `"off"` (the default) or `"verify-full"`, which needs
+/// `ca`. Files that exist here are checked for PEM content; a part's own
+/// certificate may live only on its host, so a missing one is reported when
+/// that part starts.
+fn tls(c: &mut Checker, raw: &RawTls) -> Option<Tls> {
+    let on = match raw.mode.as_deref() {
+        None | Some("off") => false,
+        Some("verify-full") => true,
+        Some(other) => {
+            c.bad("tls.mode", format!("expected \"off\" or \"verify-full\", got {other:?}"));
+            return None;
+        }
+    };
+    if !on {
+        return None;
+    }
+    let Some(ca) = raw.ca.as_deref() else {
+        c.bad("tls.ca", "mode = \"verify-full\" needs `ca`, the PEM file of the cluster's CA");
+        return None;
+    };
+    let ca = c.path(ca);
+    match std::fs::read_to_string(&ca) {
+        Ok(text) if text.contains("-----BEGIN CERTIFICATE-----") => {}
+        Ok(_) => c.bad("tls.ca", format!("{}: expected a PEM certificate", ca.display())),
+        Err(e) => c.bad("tls.ca", format!("cannot read {}: {e}", ca.display())),
+    }
+    let identity = |c: &mut Checker, part: &str, raw: &Option<RawIdentity>| {
+        let raw = raw.as_ref()?;
+        let id = TlsIdentity { cert: c.path(&raw.cert), key: c.path(&raw.key) };
+        for (field, path, marker) in
+            [("cert", &id.cert, "-----BEGIN CERTIFICATE-----"), ("key", &id.key, "PRIVATE KEY-----")]
+        {
+            if let Ok(text) = std::fs::read_to_string(path)
+                && !text.contains(marker)
+            {
+                let what = if field == "cert" { "a PEM certificate" } else { "a PEM private key" };
+                c.bad(format!("tls.{part}.{field}"), format!("{}: expected {what}", path.display()));
+            }
+        }
+        Some(id)
+    };
+    let tls = Tls {
+        ca,
+        client_certs: raw.client_certs.unwrap_or(false),
+        controller: identity(c, "controller", &raw.controller),
+        agent: identity(c, "agent", &raw.agent),
+        proxy: identity(c, "proxy", &raw.proxy),
+        client: identity(c, "client", &raw.client),
+    };
+    for (part, id) in [("controller", &tls.controller), ("agent", &tls.agent)] {
+        if id.is_none() {
+            c.bad(format!("tls.{part}"), format!("mode = \"verify-full\" needs [tls.{part}] with `cert` and `key`"));
+        }
+    }
+    Some(tls)
 }
 
 /// PostgreSQL role names pgdr creates and alters: plain identifiers, so they

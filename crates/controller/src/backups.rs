@@ -572,7 +572,7 @@ nodes = [{ name = "n1", region = "r1", agent = "127.0.0.1:1", host = "127.0.0.1"
         let lock = ClusterLock { workflow: WorkflowId::new(now), kind: "failover".into(), since: now };
         let key = pgdr_store::keys::cluster_lock("main");
         store.put(&key, serde_json::to_vec(&lock).expect("json"), None).await.expect("lock");
-        let proxies = Arc::new(crate::runtime::HttpProxies::from_config(&c));
+        let proxies = Arc::new(crate::runtime::HttpProxies::from_config(&c).expect("proxies"));
         let ctl = Controller::new(c, store.clone(), proxies, "unit", crate::webhook::Webhooks::none())
             .await
             .expect("controller");

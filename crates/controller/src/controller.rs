@@ -37,6 +37,8 @@ pub enum ControllerError {
     /// given to two holders.
     #[error("{0}")]
     Config(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] pgdr_tls::TlsError),
 }
 
 impl ControllerError {
@@ -91,6 +93,19 @@ impl Controller {
                 "no controller token configured: the API is open to anyone who reaches this loopback address"
             );
         }
+        let (pg_tls, http_tls, https) = match &config.tls {
+            Some(t) => {
+                let id = t.controller.as_ref().map(|i| pgdr_tls::Identity { cert: i.cert.clone(), key: i.key.clone() });
+                let https = match &id {
+                    // Browsers read the status page here: the controller asks
+                    // for no client certificate (its tokens authenticate).
+                    Some(id) => Some(pgdr_tls::server_config(id, None)?),
+                    None => None,
+                };
+                (Some(pgdr_tls::pg::PgTls::new(&t.ca)?), pgdr_api::HttpTls::new(&t.ca, id.as_ref())?, https)
+            }
+            None => (None, pgdr_api::HttpTls::plain(), None),
+        };
         let sh = Arc::new(Shared {
             clusters: ClusterStore::new(store.clone(), clock.clone()),
             events: EventLog::new(store.clone(), pgdr_store::DEFAULT_EVENT_RETENTION),
@@ -102,6 +117,9 @@ impl Controller {
             metrics: Default::default(),
             agent_token,
             tokens,
+            pg_tls,
+            http_tls,
+            https,
             webhooks,
             readiness: Default::default(),
             config,
@@ -155,6 +173,7 @@ impl Controller {
         });
         let addr = listener.local_addr().map_err(ControllerError::Serve)?;
         tracing::info!(%addr, "controller listening");
+        let listener = pgdr_tls::ApiListener::new(listener, self.sh.https.clone());
         let res = axum::serve(listener, crate::api::router(self.clone()))
             .with_graceful_shutdown(cancel.clone().cancelled_owned())
             .await;

@@ -333,6 +333,10 @@ async fn watch(ctl: Controller, cluster: Cluster, cancel: &CancellationToken, tr
                     let mut t = target.clone();
                     t.host = p.writer.ip().to_string();
                     t.port = p.writer.port();
+                    // The proxy speaks TLS to clients only when it has a certificate.
+                    if p.tls.is_none() {
+                        t.tls = None;
+                    }
                     via_proxy.push(Prober::new(t, probe::ROW_PROXY, "pgdr-controller-via-proxy"));
                 }
             }

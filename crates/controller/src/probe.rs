@@ -10,8 +10,6 @@
 
 use std::time::Duration;
 
-use tokio_postgres::NoTls;
-
 use crate::detect::ProbeOutcome;
 
 /// The heartbeat table, created by the controller on the primary.
@@ -34,6 +32,8 @@ pub struct Target {
     pub user: String,
     pub password: Option<String>,
     pub database: String,
+    /// TLS with the cluster's CA, or plain TCP.
+    pub tls: Option<pgdr_tls::pg::PgTls>,
 }
 
 impl Target {
@@ -79,15 +79,10 @@ pub fn classify(e: &tokio_postgres::Error) -> ProbeOutcome {
 /// Connects, bounded by `timeout`.
 pub async fn connect(target: &Target, timeout: Duration, app: &str) -> Result<tokio_postgres::Client, ProbeOutcome> {
     let cfg = target.config(timeout, app);
-    match tokio::time::timeout(timeout, cfg.connect(NoTls)).await {
+    match tokio::time::timeout(timeout, pgdr_tls::pg::connect(&cfg, target.tls.as_ref())).await {
         Err(_) => Err(ProbeOutcome::TimedOut),
         Ok(Err(e)) => Err(classify(&e)),
-        Ok(Ok((client, conn))) => {
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            Ok(client)
-        }
+        Ok(Ok(client)) => Ok(client),
     }
 }
 

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pgdr_api::ApiError;
 use pgdr_api::agent::{AgentClient, Endpoint, Status};
+use pgdr_api::{ApiError, HttpTls};
 use pgdr_config::{Cluster, Config, Node, Tier};
 use pgdr_model::{ClusterName, Epoch, Lsn, NodeName, Role};
 use pgdr_store::{ClusterState, ClusterStore, Event, EventLog, HeldLease, StateStore};
@@ -54,12 +54,14 @@ pub trait ProxyControl: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Clone)]
 pub struct HttpProxies {
     http: reqwest::Client,
+    scheme: &'static str,
     /// Admin API addresses per cluster, with each one's token.
     apis: HashMap<ClusterName, Vec<(String, Option<pgdr_config::Redacted>)>>,
 }
 
 impl HttpProxies {
-    pub fn from_config(config: &Config) -> HttpProxies {
+    /// Over HTTPS, trusting the cluster's CA, under `[tls]`.
+    pub fn from_config(config: &Config) -> Result<HttpProxies, pgdr_tls::TlsError> {
         let mut apis: HashMap<ClusterName, Vec<(String, Option<pgdr_config::Redacted>)>> = HashMap::new();
         for p in &config.proxies {
             if let Some(a) = p.api {
@@ -70,14 +72,18 @@ impl HttpProxies {
                 apis.entry(p.cluster.clone()).or_default().push((a.to_string(), token));
             }
         }
-        let http = reqwest::Client::builder().no_proxy().build().unwrap_or_default();
-        HttpProxies { http, apis }
+        let tls = match &config.tls {
+            Some(t) => HttpTls::new(&t.ca, None)?,
+            None => HttpTls::plain(),
+        };
+        let http = tls.client(Duration::from_secs(2)).unwrap_or_default();
+        Ok(HttpProxies { http, scheme: tls.scheme(), apis })
     }
 
     async fn call(&self, cluster: &ClusterName, what: &str) -> Result<(), String> {
         let mut errors = Vec::new();
         for (api, token) in self.apis.get(cluster).into_iter().flatten() {
-            let url = format!("http://{api}/v1/clusters/{cluster}/{what}");
+            let url = format!("{}://{api}/v1/clusters/{cluster}/{what}", self.scheme);
             let mut req = self.http.post(&url).timeout(Duration::from_secs(60));
             if let Some(t) = token {
                 req = req.bearer_auth(t.expose());
@@ -114,7 +120,7 @@ impl ProxyControl for HttpProxies {
             "replicas": route.replicas.iter().map(backend).collect::<Vec<_>>(),
         });
         for (api, token) in self.apis.get(cluster).into_iter().flatten() {
-            let url = format!("http://{api}/v1/clusters/{cluster}/route");
+            let url = format!("{}://{api}/v1/clusters/{cluster}/route", self.scheme);
             let mut req = self.http.post(&url).json(&body).timeout(Duration::from_secs(2));
             if let Some(t) = token {
                 req = req.bearer_auth(t.expose());
@@ -304,6 +310,13 @@ pub struct Shared {
     pub agent_token: Option<pgdr_config::Redacted>,
     /// The tokens the API accepts.
     pub tokens: pgdr_config::auth::TokenSet,
+    /// TLS toward PostgreSQL (`[tls]`), for probes and queries.
+    pub pg_tls: Option<pgdr_tls::pg::PgTls>,
+    /// How the controller calls agents: HTTPS with its own certificate
+    /// (shown when agents ask for one) under `[tls]`.
+    pub http_tls: HttpTls,
+    /// HTTPS for the controller's API under `[tls]`.
+    pub https: Option<Arc<rustls::ServerConfig>>,
     pub webhooks: crate::webhook::Webhooks,
     /// The latest readiness findings (`None` until the first run ends).
     pub readiness: Mutex<Option<crate::readiness::ReadinessView>>,
@@ -319,7 +332,7 @@ impl Shared {
     }
 
     pub fn agent(&self, node: &Node) -> Result<AgentClient, ApiError> {
-        Ok(AgentClient::new(&node.agent, self.agent_token.clone())?
+        Ok(AgentClient::new_with(&node.agent, self.agent_token.clone(), &self.http_tls)?
             .with_timeout(self.config.timing.probe_timeout.max(Duration::from_millis(500))))
     }
 
@@ -331,6 +344,7 @@ impl Shared {
             user: cluster.user.clone(),
             password: cluster.password.as_ref().and_then(|s| s.resolve().ok()),
             database: cluster.database.clone(),
+            tls: self.pg_tls.clone(),
         }
     }
 

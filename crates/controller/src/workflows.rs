@@ -270,8 +270,9 @@ async fn fence_old_primary(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, S
         let mut set = tokio::task::JoinSet::new();
         for n in cluster.nodes.iter().filter(|n| n.name != old) {
             let (req, addr, token, name) = (req.clone(), n.agent.clone(), c.sh.agent_token.clone(), n.name.clone());
+            let tls = c.sh.http_tls.clone();
             set.spawn(async move {
-                let ok = match PeerClient::new(&addr, token, Duration::from_secs(2)) {
+                let ok = match PeerClient::new_with(&addr, token, Duration::from_secs(2), &tls) {
                     Ok(p) => p.withdraw(&req).await.is_ok(),
                     Err(_) => false,
                 };

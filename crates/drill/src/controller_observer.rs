@@ -23,12 +23,14 @@ pub struct ControllerObserver {
 }
 
 impl ControllerObserver {
+    /// The controller at `addr`, over `tls`.
     pub fn new(
         addr: &str,
         token: Option<pgdr_config::Redacted>,
+        tls: &pgdr_api::HttpTls,
         cluster: &str,
     ) -> Result<ControllerObserver, DrillError> {
-        let client = ControllerClient::new(addr, token)
+        let client = ControllerClient::new_with(addr, token, tls)
             .map_err(|e| DrillError::Other(format!("controller at {addr}: {e}")))?
             .with_timeout(Duration::from_secs(3));
         Ok(ControllerObserver { client, cluster: cluster.to_owned(), workflow_timeout: Duration::from_secs(120) })

@@ -42,6 +42,8 @@ pub mod writable;
 pub enum DrillError {
     #[error("cannot connect to {what}: {source}")]
     Connect { what: String, source: tokio_postgres::Error },
+    #[error("cannot connect to {what}: {source}")]
+    Tls { what: String, source: pgdr_tls::TlsError },
     #[error("query on {what} failed: {source}")]
     Query { what: String, source: tokio_postgres::Error },
     #[error("{0}")]

@@ -146,8 +146,14 @@ pub trait DrillObserver: Send + Sync {
     async fn failback(&self) -> Result<(), DrillError>;
 }
 
-/// libpq connection string for a node, straight to PostgreSQL.
-pub fn node_conninfo(cluster: &Cluster, node: &Node, connect_timeout_s: u32) -> Result<String, DrillError> {
+/// libpq connection string for a node, straight to PostgreSQL; with `tls`,
+/// over TLS verified against its CA.
+pub fn node_conninfo(
+    cluster: &Cluster,
+    node: &Node,
+    connect_timeout_s: u32,
+    tls: Option<&pgdr_config::Tls>,
+) -> Result<String, DrillError> {
     let mut s = format!(
         "host={} port={} user={} dbname={} connect_timeout={} application_name=pgdr-drill",
         node.host,
@@ -159,6 +165,9 @@ pub fn node_conninfo(cluster: &Cluster, node: &Node, connect_timeout_s: u32) -> 
     if let Some(p) = &cluster.password {
         s.push_str(&format!(" password={}", pgdr_node::local::conn_quote(&p.resolve()?)));
     }
+    if let Some(t) = tls {
+        s.push_str(&pgdr_tls::pg::libpq_params(&t.ca));
+    }
     Ok(s)
 }
 
@@ -167,22 +176,21 @@ pub async fn connect_node(
     cluster: &Cluster,
     node: &Node,
     timeout: Duration,
+    tls: Option<&pgdr_config::Tls>,
 ) -> Result<tokio_postgres::Client, DrillError> {
-    let conninfo = node_conninfo(cluster, node, timeout.as_secs() as u32)?;
+    let conninfo = node_conninfo(cluster, node, timeout.as_secs() as u32, tls)?;
     connect(&conninfo, &format!("node {}", node.name), timeout).await
 }
 
-/// Connects with a deadline; the connection's task is spawned.
+/// Connects with a deadline (a libpq connection string: `sslmode` and
+/// `sslrootcert` ask for TLS); the connection's task is spawned.
 pub async fn connect(conninfo: &str, what: &str, timeout: Duration) -> Result<tokio_postgres::Client, DrillError> {
-    match tokio::time::timeout(timeout, tokio_postgres::connect(conninfo, tokio_postgres::NoTls)).await {
+    let (conninfo, tls) =
+        pgdr_tls::pg::split_conninfo(conninfo).map_err(|source| DrillError::Tls { what: what.to_owned(), source })?;
+    match tokio::time::timeout(timeout, pgdr_tls::pg::connect_str(&conninfo, tls.as_ref())).await {
         Err(_) => Err(DrillError::Timeout { what: format!("a connection to {what}"), seconds: timeout.as_secs_f64() }),
         Ok(Err(source)) => Err(DrillError::Connect { what: what.to_owned(), source }),
-        Ok(Ok((client, conn))) => {
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            Ok(client)
-        }
+        Ok(Ok(client)) => Ok(client),
     }
 }
 
@@ -191,15 +199,17 @@ pub async fn connect(conninfo: &str, what: &str, timeout: Duration) -> Result<to
 pub struct SqlObserver {
     cluster: Cluster,
     timeout: Duration,
+    tls: Option<pgdr_config::Tls>,
 }
 
 impl SqlObserver {
-    pub fn new(cluster: Cluster) -> SqlObserver {
-        SqlObserver { cluster, timeout: Duration::from_secs(2) }
+    /// With `tls` (the config's `[tls]`), connections use TLS.
+    pub fn new(cluster: Cluster, tls: Option<pgdr_config::Tls>) -> SqlObserver {
+        SqlObserver { cluster, timeout: Duration::from_secs(2), tls }
     }
 
     async fn role_of(&self, node: &Node) -> Role {
-        let Ok(client) = connect_node(&self.cluster, node, self.timeout).await else {
+        let Ok(client) = connect_node(&self.cluster, node, self.timeout, self.tls.as_ref()).await else {
             return Role::Down;
         };
         let q = client

@@ -59,8 +59,8 @@ struct NodeFacts {
     receiver: Option<String>,
 }
 
-async fn facts(cluster: &Cluster, node: &Node) -> Result<NodeFacts, String> {
-    let c = connect_node(cluster, node, Duration::from_secs(3)).await.map_err(|e| e.to_string())?;
+async fn facts(cluster: &Cluster, node: &Node, tls: Option<&pgdr_config::Tls>) -> Result<NodeFacts, String> {
+    let c = connect_node(cluster, node, Duration::from_secs(3), tls).await.map_err(|e| e.to_string())?;
     let q = |e: tokio_postgres::Error| e.to_string();
     let in_recovery: bool = c.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(q)?.get(0);
     let mut settings = BTreeMap::new();
@@ -146,7 +146,7 @@ async fn check_cluster(config: &Config, cluster: &Cluster, out: &mut Vec<Finding
     let tier = config.tier(cluster.tier.as_str());
     let mut all = Vec::new();
     for n in &cluster.nodes {
-        match facts(cluster, n).await {
+        match facts(cluster, n, config.tls.as_ref()).await {
             Ok(f) => all.push((n, f)),
             Err(e) => push(
                 Severity::Error,

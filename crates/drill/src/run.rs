@@ -82,7 +82,9 @@ pub async fn endpoints_where(
     } else {
         proxies.iter().find(|p| Some(&p.region) == region.as_ref()).or(proxies.first())
     };
-    let auth = |host: String, port: u16| -> Result<String, DrillError> {
+    // `tls`: whether this endpoint speaks TLS (nodes do under [tls]; a proxy
+    // when it has a certificate for its clients).
+    let auth = |host: String, port: u16, tls: bool| -> Result<String, DrillError> {
         let mut s = format!(
             "host={host} port={port} user={} dbname={} connect_timeout=10 application_name=pgdr-drill",
             pgdr_node::local::conn_quote(&cluster.user),
@@ -91,13 +93,16 @@ pub async fn endpoints_where(
         if let Some(p) = &cluster.password {
             s.push_str(&format!(" password={}", pgdr_node::local::conn_quote(&p.resolve()?)));
         }
+        if let Some(t) = cfg.tls.as_ref().filter(|_| tls) {
+            s.push_str(&pgdr_tls::pg::libpq_params(&t.ca));
+        }
         Ok(s)
     };
     match proxy {
         Some(p) => {
-            let w = auth(p.writer.ip().to_string(), p.writer.port())?;
+            let w = auth(p.writer.ip().to_string(), p.writer.port(), p.tls.is_some())?;
             let r = match p.reader {
-                Some(r) => Some(auth(r.ip().to_string(), r.port())?),
+                Some(r) => Some(auth(r.ip().to_string(), r.port(), p.tls.is_some())?),
                 None => None,
             };
             Ok((
@@ -114,7 +119,7 @@ pub async fn endpoints_where(
         None => {
             let n = cluster.node(primary).ok_or_else(|| DrillError::Topology(format!("no node {primary}")))?;
             Ok((
-                auth(n.host.clone(), n.port)?,
+                auth(n.host.clone(), n.port, true)?,
                 None,
                 if silent.is_empty() {
                     format!("node {primary} directly (the cluster has no proxy: clients see the role change)")
@@ -272,7 +277,7 @@ impl Drill<'_> {
             .cluster
             .node(&primary)
             .ok_or_else(|| DrillError::Topology(format!("primary {primary} is not in the config")))?;
-        let direct = connect_node(self.cluster, pnode, Duration::from_secs(5)).await?;
+        let direct = connect_node(self.cluster, pnode, Duration::from_secs(5), self.config.tls.as_ref()).await?;
         prepare(&direct).await?;
         drop(direct);
 
@@ -390,7 +395,7 @@ impl Drill<'_> {
             check_on.clone().ok_or_else(|| DrillError::Topology("no primary to check the ledger on".into()))?;
         let cnode =
             self.cluster.node(&check_node).ok_or_else(|| DrillError::Topology(format!("no node {check_node}")))?;
-        let client = connect_node(self.cluster, cnode, Duration::from_secs(10)).await?;
+        let client = connect_node(self.cluster, cnode, Duration::from_secs(10), self.config.tls.as_ref()).await?;
         let mut loss = checker::check_ledger(&client, &record, Some(fault_ms)).await?;
         let mut stranded_report = None;
         if let Some(st) = &stranded {

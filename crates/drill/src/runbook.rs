@@ -78,7 +78,8 @@ pub fn render(
     );
     let _ = writeln!(
         s,
-        "\nLook first: `pgdr status --config {cfg}`; the controller's status page at http://{}/ ; readiness: `pgdr check --config {cfg} --cluster {c}`.",
+        "\nLook first: `pgdr status --config {cfg}`; the controller's status page at {}://{}/ ; readiness: `pgdr check --config {cfg} --cluster {c}`.",
+        if config.tls.is_some() { "https" } else { "http" },
         config.controller.listen
     );
     let _ = writeln!(s, "\n## Procedures\n");

@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -337,15 +336,12 @@ impl Drop for Workload {
 }
 
 async fn connect(conninfo: &str, timeout: Duration) -> Result<tokio_postgres::Client, (ErrorKind, String)> {
-    match tokio::time::timeout(timeout, tokio_postgres::connect(conninfo, NoTls)).await {
+    let (conninfo, tls) =
+        pgdr_tls::pg::split_conninfo(conninfo).map_err(|e| (ErrorKind::ConnectFailed, e.to_string()))?;
+    match tokio::time::timeout(timeout, pgdr_tls::pg::connect_str(&conninfo, tls.as_ref())).await {
         Err(_) => Err((ErrorKind::ConnectTimeout, format!("no connection within {timeout:?}"))),
         Ok(Err(e)) => Err((ErrorKind::of_connect(&e), e.to_string())),
-        Ok(Ok((client, conn))) => {
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            Ok(client)
-        }
+        Ok(Ok(client)) => Ok(client),
     }
 }
 

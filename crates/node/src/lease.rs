@@ -152,14 +152,14 @@ async fn fence(agent: &AgentState, why: &str) {
 }
 
 /// Counts the agents (itself included) that support this primary.
-async fn count_support(settings: &LeaseSettings, epoch: Epoch) -> usize {
+async fn count_support(settings: &LeaseSettings, tls: &pgdr_api::HttpTls, epoch: Epoch) -> usize {
     let req = SupportRequest { cluster: settings.cluster.clone(), primary: settings.node.clone(), epoch };
     let timeout = settings.renew.max(Duration::from_millis(200));
     let mut calls = tokio::task::JoinSet::new();
     for (_, addr) in &settings.peers {
-        let (req, addr, token) = (req.clone(), addr.clone(), settings.agent_token.clone());
+        let (req, addr, token, tls) = (req.clone(), addr.clone(), settings.agent_token.clone(), tls.clone());
         calls.spawn(async move {
-            match PeerClient::new(&addr, token, timeout) {
+            match PeerClient::new_with(&addr, token, timeout, &tls) {
                 Ok(c) => c.support(&req).await.map(|r| r.support).unwrap_or(false),
                 Err(_) => false,
             }
@@ -182,7 +182,8 @@ fn majority(n: usize) -> usize {
 /// Renews the lease while PostgreSQL is primary; fences as described in the
 /// module docs. Runs until `cancel` fires.
 pub async fn run(agent: Arc<AgentState>, settings: LeaseSettings, cancel: CancellationToken) {
-    let client = match ControllerClient::new(&settings.controller, settings.controller_token.clone()) {
+    let tls = agent.cfg.http_tls.clone();
+    let client = match ControllerClient::new_with(&settings.controller, settings.controller_token.clone(), &tls) {
         Ok(c) => c.with_timeout(settings.renew.max(Duration::from_millis(200))),
         Err(e) => {
             tracing::error!(node = %settings.node, "lease loop cannot start: {e}");
@@ -234,7 +235,7 @@ pub async fn run(agent: Arc<AgentState>, settings: LeaseSettings, cancel: Cancel
         if sent.duration_since(last_ok) + settings.renew * 2 < settings.ttl {
             continue;
         }
-        let support = count_support(&settings, epoch).await;
+        let support = count_support(&settings, &tls, epoch).await;
         if support >= majority(total) {
             tracing::warn!(node = %settings.node, support, total, "lease lapsed but a majority of agents support this primary: keep taking writes");
         } else {
@@ -257,6 +258,7 @@ pub async fn serve(
         tracker.spawn(run(agent.clone(), s, cancel.clone()));
     }
     tracing::info!(node = %agent.cfg.node, addr = %listener.local_addr()?, "agent listening (with lease and peer support)");
+    let listener = pgdr_tls::ApiListener::new(listener, agent.cfg.https.clone());
     let res = axum::serve(listener, app).with_graceful_shutdown(cancel.clone().cancelled_owned()).await;
     cancel.cancel();
     tracker.close();

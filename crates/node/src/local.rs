@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
+pub use pgdr_tls::pg::PgTls;
+
 use crate::bin::PgBinaries;
 use crate::files;
 use crate::os::{OsError, RunAs};
@@ -101,12 +103,14 @@ pub struct LocalPg {
     pub run_as: RunAs,
 }
 
-/// Credentials pgdr connects with.
+/// Credentials pgdr connects with, and how it checks the server.
 #[derive(Debug, Clone)]
 pub struct Login {
     pub user: String,
     pub password: Option<String>,
     pub database: String,
+    /// TLS with the cluster's CA (`verify-full`), or plain TCP when `None`.
+    pub tls: Option<PgTls>,
 }
 
 impl LocalPg {
@@ -322,7 +326,8 @@ impl LocalPg {
         }
     }
 
-    /// A connection string for this server.
+    /// A tokio-postgres connection string for this server (TLS is
+    /// [`Login::tls`], not part of the string).
     pub fn conninfo(&self, login: &Login) -> String {
         let mut s = format!(
             "host={} port={} user={} dbname={} connect_timeout=5",
@@ -339,19 +344,14 @@ impl LocalPg {
 
     /// Connects with tokio-postgres over TCP; the connection task is spawned.
     pub async fn connect(&self, login: &Login) -> Result<tokio_postgres::Client, PgError> {
-        connect(&self.conninfo(login), &format!("{}:{}", self.host, self.port)).await
+        connect(&self.conninfo(login), &format!("{}:{}", self.host, self.port), login.tls.as_ref()).await
     }
 }
 
-/// Connects to `conninfo`, spawning the connection's task.
-pub async fn connect(conninfo: &str, addr: &str) -> Result<tokio_postgres::Client, PgError> {
-    let (client, conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
-        .await
-        .map_err(|source| PgError::Connect { addr: addr.to_owned(), source })?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
+/// Connects to `conninfo` (a tokio-postgres connection string), over TLS
+/// when `tls` is given, spawning the connection's task.
+pub async fn connect(conninfo: &str, addr: &str, tls: Option<&PgTls>) -> Result<tokio_postgres::Client, PgError> {
+    pgdr_tls::pg::connect_str(conninfo, tls).await.map_err(|source| PgError::Connect { addr: addr.to_owned(), source })
 }
 
 /// A client error with the server's message (tokio-postgres's own Display

@@ -48,10 +48,15 @@ impl RunAs {
         self.user.as_ref().map(|(n, _, _)| n.as_str())
     }
 
-    /// Applies the user to a command about to be spawned.
+    /// Applies the user to a command about to be spawned, with the user's
+    /// own `HOME`: libpq looks for a client certificate under
+    /// `~/.postgresql/`, and root's is unreadable to the server's user.
     pub fn apply(&self, cmd: &mut tokio::process::Command) {
         if let Some((_, uid, gid)) = &self.user {
             cmd.uid(*uid).gid(*gid);
+            if let Some(home) = home_of(*uid) {
+                cmd.env("HOME", home);
+            }
         }
     }
 
@@ -60,6 +65,9 @@ impl RunAs {
         use std::os::unix::process::CommandExt;
         if let Some((_, uid, gid)) = &self.user {
             cmd.uid(*uid).gid(*gid);
+            if let Some(home) = home_of(*uid) {
+                cmd.env("HOME", home);
+            }
         }
     }
 
@@ -105,4 +113,8 @@ impl RunAs {
         }
         Ok(())
     }
+}
+
+fn home_of(uid: u32) -> Option<std::path::PathBuf> {
+    User::from_uid(Uid::from_raw(uid)).ok().flatten().map(|u| u.dir)
 }

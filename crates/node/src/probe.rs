@@ -16,7 +16,6 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::State;
 use pgdr_api::agent::{ProbeKind, ProbeReply, ProbeRequest};
-use tokio_postgres::NoTls;
 
 use crate::agent::{AgentError, AgentState, parse_body};
 
@@ -94,10 +93,7 @@ async fn write(
     if let Some(p) = &login.password {
         cfg.password(p);
     }
-    let (client, conn) = cfg.connect(NoTls).await.map_err(|e| classify(&e))?;
-    let conn = tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let client = pgdr_tls::pg::connect(&cfg, login.tls.as_ref()).await.map_err(|e| classify(&e))?;
     let row = req.row.unwrap_or(DEFAULT_ROW);
     let res = match client.query_one(UPSERT, &[&row, &written_by]).await {
         Err(e) if e.as_db_error().is_some_and(|d| d.code().code() == "42P01" || d.code().code() == "3F000") => {
@@ -110,7 +106,6 @@ async fn write(
         other => other,
     };
     drop(client);
-    conn.abort();
     let row = res.map_err(|e| classify(&e))?;
     row.try_get::<_, f64>(0).map_err(|e| (ProbeKind::Error, e.to_string()))
 }

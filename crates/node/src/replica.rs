@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::files;
-use crate::local::{LocalPg, Login, PgError, StopMode, conn_quote, connect, quote, valid_host};
+use crate::local::{LocalPg, Login, PgError, PgTls, StopMode, conn_quote, connect, quote, valid_host};
 
 /// The file pgdr keeps the standby settings in, included from
 /// `postgresql.conf` after `pgdr.conf`.
@@ -72,7 +72,15 @@ impl LocalPg {
     /// Writes `standby.signal` and the upstream settings, and makes
     /// `postgresql.conf` include them. Takes effect on start, or on reload
     /// for a running replica (PostgreSQL 13+).
-    pub fn write_standby_config(&self, upstream: &Upstream, user: &str, application_name: &str) -> Result<(), PgError> {
+    /// With `tls`, the WAL receiver connects with `sslmode=verify-full` and
+    /// the cluster's CA.
+    pub fn write_standby_config(
+        &self,
+        upstream: &Upstream,
+        user: &str,
+        application_name: &str,
+        tls: Option<&PgTls>,
+    ) -> Result<(), PgError> {
         valid_host(&upstream.host).map_err(PgError::Invalid)?;
         self.write_file("standby.signal", b"")?;
         let mut conninfo = format!(
@@ -83,7 +91,10 @@ impl LocalPg {
             conn_quote(application_name),
             conn_quote(&self.passfile().display().to_string()),
         );
-        conninfo.push_str(" sslmode=disable");
+        match tls {
+            Some(t) => conninfo.push_str(&t.libpq_params()),
+            None => conninfo.push_str(" sslmode=disable"),
+        }
         let mut body = String::from("# Written by pgdr: where this replica streams from.\n");
         body.push_str(&format!("primary_conninfo = {}\n", quote(&conninfo)));
         body.push_str(&format!("primary_slot_name = {}\n", quote(upstream.slot.as_deref().unwrap_or(""))));
@@ -154,9 +165,13 @@ impl LocalPg {
         if plan.no_sync() {
             args.push("--no-sync");
         }
-        self.run("pg_basebackup", &args, &[("PGPASSFILE", &passfile), ("PGAPPNAME", &plan.application_name)])
-            .await
-            .map(|_| ())
+        let ssl = plan.login.tls.as_ref().map(PgTls::libpq_env);
+        let mut env = vec![("PGPASSFILE", passfile.as_str()), ("PGAPPNAME", plan.application_name.as_str())];
+        match &ssl {
+            Some(vars) => env.extend(vars.iter().map(|(k, v)| (*k, v.as_str()))),
+            None => env.push(("PGSSLMODE", "disable")),
+        }
+        self.run("pg_basebackup", &args, &env).await.map(|_| ())
     }
 
     /// `pg_rewind` from the upstream. The server must be stopped; PostgreSQL
@@ -164,8 +179,12 @@ impl LocalPg {
     /// first so it is cleanly shut down.
     pub async fn pg_rewind(&self, plan: &ReplicaPlan) -> Result<(), PgError> {
         let data = format!("--target-pgdata={}", self.data_dir.display());
+        let ssl = match &plan.login.tls {
+            Some(t) => t.libpq_params(),
+            None => " sslmode=disable".to_owned(),
+        };
         let source = format!(
-            "--source-server=host={} port={} user={} dbname={} passfile={} connect_timeout=5 sslmode=disable",
+            "--source-server=host={} port={} user={} dbname={} passfile={} connect_timeout=5{ssl}",
             conn_quote(&plan.upstream.host),
             plan.upstream.port,
             conn_quote(&plan.login.user),
@@ -208,7 +227,7 @@ fn upstream_conninfo(upstream: &Upstream, login: &Login) -> String {
 /// Runs `CHECKPOINT` on the upstream.
 pub async fn checkpoint(upstream: &Upstream, login: &Login) -> Result<(), PgError> {
     let addr = format!("{}:{}", upstream.host, upstream.port);
-    let client = connect(&upstream_conninfo(upstream, login), &addr).await?;
+    let client = connect(&upstream_conninfo(upstream, login), &addr, login.tls.as_ref()).await?;
     client.batch_execute("checkpoint").await.map_err(|source| PgError::Query { addr, source })
 }
 
@@ -217,7 +236,7 @@ pub async fn checkpoint(upstream: &Upstream, login: &Login) -> Result<(), PgErro
 pub async fn ensure_slot(upstream: &Upstream, login: &Login) -> Result<bool, PgError> {
     let Some(slot) = &upstream.slot else { return Ok(false) };
     let addr = format!("{}:{}", upstream.host, upstream.port);
-    let client = connect(&upstream_conninfo(upstream, login), &addr).await?;
+    let client = connect(&upstream_conninfo(upstream, login), &addr, login.tls.as_ref()).await?;
     let rows = client
         .query(
             "select pg_create_physical_replication_slot($1::text::name, true) \
@@ -289,7 +308,7 @@ pub async fn rewind(pg: &LocalPg, plan: &ReplicaPlan) -> Result<Vec<String>, PgE
 async fn finish_as_replica(pg: &LocalPg, plan: &ReplicaPlan, steps: &mut Vec<String>) -> Result<(), PgError> {
     // The copy carries the source's pgdr.conf (its port): write ours.
     pg.configure(&plan.settings)?;
-    pg.write_standby_config(&plan.upstream, &plan.replication_user, &plan.application_name)?;
+    pg.write_standby_config(&plan.upstream, &plan.replication_user, &plan.application_name, plan.login.tls.as_ref())?;
     steps.push(format!(
         "standby config: primary {}:{} slot {}",
         plan.upstream.host,

@@ -124,6 +124,7 @@ async fn metrics(State(h): State<ProxyHandle>) -> Response {
 }
 
 pub(crate) async fn serve(handle: ProxyHandle, listener: TcpListener, token: CancellationToken) {
+    let listener = pgdr_tls::ApiListener::new(listener, handle.inner.api_tls.clone());
     let r = axum::serve(listener, router(handle)).with_graceful_shutdown(token.cancelled_owned()).await;
     if let Err(e) = r {
         tracing::error!(error = %e, "proxy admin API stopped");

@@ -51,12 +51,15 @@ impl StoredSecret {
     }
 }
 
-/// The superuser credential used to read `pg_authid` in `auto` mode.
+/// The superuser credential used to read `pg_authid` in `auto` mode, and
+/// to find the primary.
 #[derive(Clone)]
 pub struct AdminLogin {
     pub user: String,
     pub password: Option<String>,
     pub database: String,
+    /// TLS toward the servers (the cluster's CA), or plain TCP.
+    pub tls: Option<pgdr_tls::pg::PgTls>,
 }
 
 impl std::fmt::Debug for AdminLogin {
@@ -190,13 +193,10 @@ pub async fn fetch_from_backend(
     if let Some(p) = &login.password {
         cfg.password(p);
     }
-    let (client, conn) = tokio::time::timeout(timeout, cfg.connect(tokio_postgres::NoTls))
+    let client = tokio::time::timeout(timeout, pgdr_tls::pg::connect(&cfg, login.tls.as_ref()))
         .await
         .map_err(|_| err("connect timed out".into()))?
         .map_err(|e| err(e.to_string()))?;
-    let task = tokio::spawn(async move {
-        let _ = conn.await;
-    });
     let rows = tokio::time::timeout(
         timeout,
         client.query(
@@ -208,7 +208,6 @@ pub async fn fetch_from_backend(
     .map_err(|_| err("query timed out".into()))?
     .map_err(|e| err(e.to_string()))?;
     drop(client);
-    task.abort();
     let mut users = HashMap::new();
     for row in rows {
         let (Ok(name), Ok(secret)) = (row.try_get::<_, String>(0), row.try_get::<_, String>(1)) else { continue };

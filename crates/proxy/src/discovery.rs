@@ -44,13 +44,9 @@ async fn probe(b: &Backend, login: &AdminLogin, timeout: Duration) -> Seen {
         cfg.password(p);
     }
     let fut = async {
-        let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.ok()?;
-        let task = tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let client = pgdr_tls::pg::connect(&cfg, login.tls.as_ref()).await.ok()?;
         let row = client.query_one("SELECT pg_is_in_recovery()", &[]).await.ok();
         drop(client);
-        task.abort();
         row?.try_get::<_, bool>(0).ok()
     };
     match tokio::time::timeout(timeout, fut).await {

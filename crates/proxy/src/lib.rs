@@ -150,6 +150,9 @@ pub struct ProxySpec {
     /// Bearer token the admin API requires on every route (`None`: open,
     /// which config validation allows only on a loopback address).
     pub api_token: Option<pgdr_model::Redacted>,
+    /// Certificate and key the admin API serves HTTPS with (`[tls.proxy]`);
+    /// plain HTTP when `None`.
+    pub api_tls: Option<pgdr_tls::Identity>,
 }
 
 /// Per-cluster live state shared by its sessions.
@@ -203,6 +206,7 @@ pub(crate) struct Inner {
     pub clusters: HashMap<String, Arc<ClusterState>>,
     pub cancel: Mutex<HashMap<i32, CancelTarget>>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub api_tls: Option<Arc<rustls::ServerConfig>>,
     pub metrics: metrics::Metrics,
     pub tcp: TcpSettings,
     /// Random per proxy: derives the mock SCRAM salt of unknown users.
@@ -282,11 +286,16 @@ impl ProxyHandle {
             None => None,
         };
         let api_tokens = pgdr_config::auth::TokenSet::single("admin", pgdr_config::Access::Operator, spec.api_token);
+        let api_tls = match &spec.api_tls {
+            Some(id) => Some(pgdr_tls::server_config(id, None).map_err(|e| ProxyError::Tls(e.to_string()))?),
+            None => None,
+        };
         Ok(ProxyHandle {
             inner: Arc::new(Inner {
                 clusters,
                 cancel: Mutex::new(HashMap::new()),
                 tls,
+                api_tls,
                 metrics,
                 tcp,
                 mock_secret: rand::random(),

@@ -11,6 +11,7 @@
 
 use std::path::PathBuf;
 
+pub mod certs;
 pub mod down;
 mod guard;
 pub mod record;
@@ -57,6 +58,8 @@ pub enum SandboxError {
     NoSuchNode(String),
     #[error("WAN links: {0}")]
     Wan(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("query on {node} failed: {detail}")]
     Query { node: String, detail: String },
 }

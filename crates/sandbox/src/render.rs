@@ -71,6 +71,9 @@ pub struct ConfigText<'a> {
     pub wan_delay: Option<std::time::Duration>,
     /// The backup engine's archive settings (see [`node_settings`]).
     pub archive: &'a [(String, String)],
+    /// The sandbox's folder, when it made certificates (`tls/`, see
+    /// [`crate::certs`]): TLS everywhere.
+    pub tls_dir: Option<&'a std::path::Path>,
 }
 
 fn q(s: &str) -> String {
@@ -122,6 +125,17 @@ pub fn render(c: &ConfigText<'_>) -> String {
         "# Every agent route but /v1/health needs this token (the controller, pgdr and the peers send it)."
     );
     let _ = writeln!(t, "[agents]\ntoken = {{ file = \"secrets/agent.token\" }}\n");
+    if c.tls_dir.is_some() {
+        let _ = writeln!(t, "# TLS everywhere: HTTPS on every API, TLS to PostgreSQL and for replication, each");
+        let _ =
+            writeln!(t, "# client checking the server's certificate against the sandbox's CA and the name it dialled.");
+        let _ = writeln!(t, "# Agents accept only clients showing a certificate of this CA (mTLS).");
+        let _ = writeln!(t, "[tls]\nmode = \"verify-full\"\nca = \"tls/ca.crt\"\nclient_certs = true");
+        for part in crate::certs::PARTS {
+            let _ = writeln!(t, "{part} = {{ cert = \"tls/{part}.crt\", key = \"tls/{part}.key\" }}");
+        }
+        let _ = writeln!(t);
+    }
     // Loopback links are fast and reliable: a sandbox detects and fences in
     // about two seconds. See docs/failover-math.md for the inequalities.
     // Across a WAN a probe's (re)connection takes several round trips
@@ -157,9 +171,12 @@ pub fn render(c: &ConfigText<'_>) -> String {
     }
     let _ = writeln!(t);
     let replicas = c.nodes.len().saturating_sub(1);
-    let settings: Vec<String> =
-        node_settings(replicas, c.archive).iter().map(|(k, v)| format!("{k} = {}", q(v))).collect();
     for n in c.nodes {
+        let mut all = node_settings(replicas, c.archive);
+        if let Some(dir) = c.tls_dir {
+            all.extend(crate::certs::node_settings(dir, &n.name));
+        }
+        let settings: Vec<String> = all.iter().map(|(k, v)| format!("{k} = {}", q(v))).collect();
         let _ = writeln!(t, "[[clusters.nodes]]");
         let _ = writeln!(t, "name = {}", q(&n.name));
         let _ = writeln!(t, "region = {}", q(&n.region));

@@ -10,8 +10,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use pgdr_api::HttpTls;
 use pgdr_api::agent::{AgentClient, slot_name};
-use pgdr_node::local::Login;
+use pgdr_node::local::{Login, PgTls};
 use pgdr_node::replica::{self, ReplicaPlan, Upstream};
 use pgdr_node::{LocalPg, PgBinaries, RunAs};
 
@@ -36,6 +37,8 @@ pub struct SandboxBuilder {
     on_crash: Option<String>,
     /// One-way delay on every cross-region path (relays; see [`crate::wan`]).
     wan_delay: Option<Duration>,
+    /// A CA and certificates, and TLS on every connection (the default).
+    tls: bool,
 }
 
 /// A running sandbox.
@@ -46,6 +49,10 @@ pub struct Sandbox {
     pub record: Record,
     password: String,
     token: String,
+    /// TLS toward PostgreSQL with the sandbox's CA, when it made one.
+    tls: Option<PgTls>,
+    /// HTTPS toward the APIs with the sandbox's CA and the CLI's certificate.
+    http: HttpTls,
 }
 
 impl Sandbox {
@@ -60,6 +67,7 @@ impl Sandbox {
             base_port: 0,
             on_crash: None,
             wan_delay: None,
+            tls: true,
         }
     }
 
@@ -70,7 +78,10 @@ impl Sandbox {
             let p = dir.join("secrets").join(f);
             std::fs::read_to_string(&p).map(|s| s.trim().to_owned()).map_err(SandboxError::io(&p))
         };
+        let (tls, http) = crate::certs::clients(dir)?;
         Ok(Some(Sandbox {
+            tls,
+            http,
             dir: record.dir.clone(),
             config: record.config.clone(),
             password: read("postgres.password")?,
@@ -108,13 +119,29 @@ impl Sandbox {
     }
 
     pub fn login(&self) -> Login {
-        Login { user: "postgres".into(), password: Some(self.password.clone()), database: "postgres".into() }
+        Login {
+            user: "postgres".into(),
+            password: Some(self.password.clone()),
+            database: "postgres".into(),
+            tls: self.tls.clone(),
+        }
+    }
+
+    /// TLS toward the sandbox's servers (`None` when made without TLS).
+    pub fn pg_tls(&self) -> Option<&PgTls> {
+        self.tls.as_ref()
+    }
+
+    /// How to call the sandbox's APIs (HTTPS with its CA and the CLI's
+    /// certificate, or plain HTTP).
+    pub fn http_tls(&self) -> &HttpTls {
+        &self.http
     }
 
     /// A client of a node's agent, with the sandbox's token.
     pub fn agent(&self, node: &str) -> Result<AgentClient, SandboxError> {
         let n = self.node(node)?;
-        AgentClient::new(&n.agent, Some(self.token.as_str().into()))
+        AgentClient::new_with(&n.agent, Some(self.token.as_str().into()), &self.http)
             .map_err(|e| SandboxError::Agent { node: node.to_owned(), detail: e.to_string() })
     }
 
@@ -128,7 +155,7 @@ impl Sandbox {
             n.port,
             pgdr_node::local::conn_quote(&self.password)
         );
-        let client = pgdr_node::local::connect(&conninfo, &format!("{}:{}", n.host, n.port))
+        let client = pgdr_node::local::connect(&conninfo, &format!("{}:{}", n.host, n.port), self.tls.as_ref())
             .await
             .map_err(|e| err(e.to_string()))?;
         let msgs = client.simple_query(query).await.map_err(|e| err(pgdr_node::local::pg_detail(&e)))?;
@@ -183,6 +210,13 @@ impl SandboxBuilder {
     /// partitions (see [`crate::wan`]).
     pub fn wan_delay(mut self, delay: Duration) -> Self {
         self.wan_delay = Some(delay);
+        self
+    }
+
+    /// TLS on every connection, with a CA and certificates made for the
+    /// sandbox (on by default); `false` leaves everything plaintext.
+    pub fn tls(mut self, on: bool) -> Self {
+        self.tls = on;
         self
     }
 
@@ -346,6 +380,8 @@ impl SandboxBuilder {
         for d in ["logs", "state"] {
             set_mode(&dir.join(d), 0o700)?;
         }
+        let tls_dir = if self.tls { Some(crate::certs::make(&dir, &record.nodes, &run_as)?) } else { None };
+        let (tls, http) = crate::certs::clients(&dir)?;
         // Every node archives through `pgdr wal-push` from its first start
         // (archive_mode needs no restart then); archive_command runs as the
         // server's user, who must read the config and the destination's key.
@@ -359,6 +395,7 @@ impl SandboxBuilder {
             on_crash: self.on_crash.as_deref(),
             wan_delay: self.wan_delay,
             archive: &archive,
+            tls_dir: tls_dir.as_ref().map(|_| dir.as_path()),
         });
         std::fs::write(&record.config, config_text).map_err(SandboxError::io(&record.config))?;
         let config = pgdr_config::Config::load(&record.config).map_err(|e| SandboxError::Config(e.to_string()))?;
@@ -368,8 +405,15 @@ impl SandboxBuilder {
             .and_then(|d| d.prepare_wal_dir("main", &run_as))
             .map_err(|e| SandboxError::Config(format!("backup destination: {e}")))?;
 
-        let sandbox =
-            Sandbox { dir: dir.clone(), config: record.config.clone(), record: record.clone(), password, token };
+        let sandbox = Sandbox {
+            dir: dir.clone(),
+            config: record.config.clone(),
+            record: record.clone(),
+            password,
+            token,
+            tls,
+            http,
+        };
         match bring_up(&sandbox, &mut record, &bin, &run_as, &pgdr).await {
             Ok(()) => Ok(Sandbox { record, ..sandbox }),
             Err(e) => {
@@ -421,6 +465,13 @@ async fn bring_up(
 ) -> Result<(), SandboxError> {
     let archive = pgdr_backup::archive_settings_with(pgdr, &record.config, "main");
     let settings = render::node_settings(record.nodes.len().saturating_sub(1), &archive);
+    let settings_of = |n: &NodeRecord| {
+        let mut s = settings.clone();
+        if sb.tls.is_some() {
+            s.extend(crate::certs::node_settings(&sb.dir, &n.name));
+        }
+        s
+    };
     let local = |n: &NodeRecord| LocalPg::new(bin.clone(), n.data_dir.clone(), n.host.clone(), n.port, run_as.clone());
     for n in &record.nodes {
         let d = sb.dir.join(&n.name);
@@ -437,7 +488,7 @@ async fn bring_up(
         .ok_or_else(|| SandboxError::Topology("no primary".into()))?;
     let ppg = local(&primary);
     ppg.initdb("postgres", &sb.password).await?;
-    ppg.configure(&settings)?;
+    ppg.configure(&settings_of(&primary))?;
     ppg.start(PG_WAIT).await?;
     set_postmaster(record, &primary.name, ppg.postmaster_pid());
     record.save()?;
@@ -463,7 +514,7 @@ async fn bring_up(
                 login: sb.login(),
                 replication_user: "postgres".into(),
                 application_name: n.name.clone(),
-                settings: settings.clone(),
+                settings: settings_of(n),
                 wait: PG_WAIT,
             };
             (n.clone(), local(n), plan)
@@ -628,7 +679,7 @@ fn allocate_ports(base: u16, count: usize) -> Result<Vec<u16>, SandboxError> {
     Ok(out)
 }
 
-fn set_mode(path: &Path, mode: u32) -> Result<(), SandboxError> {
+pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<(), SandboxError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(SandboxError::io(path))
 }

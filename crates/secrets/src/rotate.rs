@@ -199,6 +199,8 @@ struct Admin {
     user: String,
     password: Option<String>,
     database: String,
+    /// TLS toward the nodes under `[tls]` (`verify-full` with its CA).
+    tls: Option<pgdr_node::local::PgTls>,
 }
 
 fn admin(cfg: &Config, c: &Cluster) -> Result<Admin, RotateError> {
@@ -212,7 +214,11 @@ fn admin(cfg: &Config, c: &Cluster) -> Result<Admin, RotateError> {
         ),
         None => None,
     };
-    Ok(Admin { user: c.user.clone(), password, database: c.database.clone() })
+    let tls = match &cfg.tls {
+        Some(t) => Some(pgdr_node::local::PgTls::new(&t.ca).map_err(|e| RotateError::Config(format!("tls.ca: {e}")))?),
+        None => None,
+    };
+    Ok(Admin { user: c.user.clone(), password, database: c.database.clone(), tls })
 }
 
 async fn connect(
@@ -221,6 +227,7 @@ async fn connect(
     user: &str,
     password: Option<&str>,
     db: &str,
+    tls: Option<&pgdr_node::local::PgTls>,
 ) -> Result<tokio_postgres::Client, String> {
     let mut info = format!(
         "host={} port={port} user={} dbname={} connect_timeout=5 application_name=pgdr-secrets",
@@ -232,7 +239,7 @@ async fn connect(
         info.push_str(&format!(" password={}", conn_quote(p)));
     }
     let addr = format!("{host}:{port}");
-    match tokio::time::timeout(Duration::from_secs(10), pgdr_node::local::connect(&info, &addr)).await {
+    match tokio::time::timeout(Duration::from_secs(10), pgdr_node::local::connect(&info, &addr, tls)).await {
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("{addr}: no answer within 10s")),
@@ -242,7 +249,9 @@ async fn connect(
 /// Logs in with a stored secret at the endpoint it names (or `at`).
 pub async fn login(v: &SecretValue, at: Option<(&str, u16)>) -> Result<(), String> {
     let (host, port) = at.unwrap_or((&v.host, v.port));
-    let c = connect(host, port, &v.username, Some(&v.password), &v.dbname).await?;
+    // Through a proxy: its client side speaks TLS only when given a
+    // certificate, and the stored endpoint may be one.
+    let c = connect(host, port, &v.username, Some(&v.password), &v.dbname, None).await?;
     let row = c.query_one("SELECT current_user::text", &[]).await.map_err(|e| pg_detail(&e))?;
     let user: String = row.get(0);
     if user != v.username && !user.is_empty() {
@@ -518,10 +527,13 @@ async fn rotate_role(
 async fn resolve_unknown(c: &Cluster, admin: &Admin, mut t: Topology) -> Topology {
     for name in std::mem::take(&mut t.unknown) {
         let Some(n) = c.node(&name) else { continue };
-        let standby = match connect(&n.host, n.port, &admin.user, admin.password.as_deref(), &admin.database).await {
-            Ok(db) => db.query_one("SELECT pg_is_in_recovery()", &[]).await.map(|r| r.get::<_, bool>(0)).ok(),
-            Err(_) => None,
-        };
+        let standby =
+            match connect(&n.host, n.port, &admin.user, admin.password.as_deref(), &admin.database, admin.tls.as_ref())
+                .await
+            {
+                Ok(db) => db.query_one("SELECT pg_is_in_recovery()", &[]).await.map(|r| r.get::<_, bool>(0)).ok(),
+                Err(_) => None,
+            };
         match standby {
             Some(true) => t.replicas.push(name),
             Some(false) => t.excluded.push((name, "its agent did not answer and it is not in recovery".into())),
@@ -555,7 +567,7 @@ async fn apply(
     let verifier = tokio::task::spawn_blocking(move || password::scram_verifier(&pw))
         .await
         .map_err(|e| Apply::Failed(e.to_string()))?;
-    let mut db = connect(&node.host, node.port, &admin.user, admin.password.as_deref(), &admin.database)
+    let mut db = connect(&node.host, node.port, &admin.user, admin.password.as_deref(), &admin.database, admin.tls.as_ref())
         .await
         .map_err(|e| Apply::Failed(format!("cannot reach primary {}: {e}", t.primary)))?;
     let tx = db.transaction().await.map_err(f)?;
@@ -613,7 +625,7 @@ async fn wait_replay(c: &Cluster, admin: &Admin, node: &str, lsn: &str) -> Resul
     let deadline = tokio::time::Instant::now() + REPLAY_TIMEOUT;
     let mut last = String::new();
     while tokio::time::Instant::now() < deadline {
-        match connect(&n.host, n.port, &admin.user, admin.password.as_deref(), &admin.database).await {
+        match connect(&n.host, n.port, &admin.user, admin.password.as_deref(), &admin.database, admin.tls.as_ref()).await {
             Ok(db) => loop {
                 match db
                     .query_one("SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false)", &[&lsn])

@@ -23,7 +23,7 @@ pub fn wal_exe() -> PathBuf {
 }
 
 pub fn login() -> Login {
-    Login { user: "postgres".into(), password: Some(PASSWORD.into()), database: "postgres".into() }
+    Login { user: "postgres".into(), password: Some(PASSWORD.into()), database: "postgres".into(), tls: None }
 }
 
 /// A temp dir under /tmp the `postgres` user can enter.

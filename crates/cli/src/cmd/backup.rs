@@ -511,7 +511,11 @@ fn cluster_login(config: &Config, cluster: &str) -> anyhow::Result<pgdr_node::lo
         Some(s) => Some(s.resolve().with_context(|| format!("cluster {cluster}: password"))?),
         None => None,
     };
-    Ok(pgdr_node::local::Login { user: c.user.clone(), password, database: c.database.clone() })
+    let tls = match &config.tls {
+        Some(t) => Some(pgdr_node::local::PgTls::new(&t.ca).context("tls.ca")?),
+        None => None,
+    };
+    Ok(pgdr_node::local::Login { user: c.user.clone(), password, database: c.database.clone(), tls })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -643,7 +647,8 @@ async fn enable(
         if let Some(p) = &login.password {
             conninfo.push_str(&format!(" password={}", pgdr_node::local::conn_quote(p)));
         }
-        let client = pgdr_node::local::connect(&conninfo, &format!("{}:{}", n.host, n.port)).await?;
+        let client =
+            pgdr_node::local::connect(&conninfo, &format!("{}:{}", n.host, n.port), login.tls.as_ref()).await?;
         for (k, v) in &settings {
             client
                 .batch_execute(&format!("ALTER SYSTEM SET {k} = {v}"))

@@ -56,6 +56,7 @@ fn check(global: &Global, json: bool) -> anyhow::Result<ExitCode> {
                         "regions": cfg.regions.len(),
                         "proxies": cfg.proxies.len(),
                         "failover_math": math,
+                        "tls_warnings": cfg.tls_warnings(),
                     })
                 );
             } else {
@@ -68,6 +69,9 @@ fn check(global: &Global, json: bool) -> anyhow::Result<ExitCode> {
                     cfg.proxies.len()
                 );
                 print_math(&math);
+                for w in cfg.tls_warnings() {
+                    println!("warning: {w}");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -162,7 +162,7 @@ pub fn run(_global: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
     if args.keep && result.is_ok() {
         progress.line("left running (--keep)");
         progress.finish();
-        eprintln!("  status page:   http://{}/", cfg.controller.listen);
+        eprintln!("  status page:   {}://{}/", if cfg.tls.is_some() { "https" } else { "http" }, cfg.controller.listen);
         for p in cfg.proxies_of(&cluster) {
             eprintln!(
                 "  {:<5} proxy:   writer {}{}   (psql \"host={} port={} user=postgres dbname=postgres\", password in {})",
@@ -232,7 +232,7 @@ fn demo_body(
     let c = run_child.insert(child);
     let rt = tokio::runtime::Runtime::new()?;
     let token = cfg.controller_client_token(pgdr_config::Access::Operator)?;
-    let obs = ControllerObserver::new(&cfg.controller.listen.to_string(), token, cluster)?;
+    let obs = ControllerObserver::new(&cfg.controller.listen.to_string(), token, &crate::tls::http(cfg)?, cluster)?;
     let t = Instant::now();
     loop {
         if let Ok(Some(status)) = c.try_wait() {

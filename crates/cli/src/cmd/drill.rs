@@ -52,13 +52,15 @@ pub struct DrillArgs {
 /// Picks the controller's API when it answers, else SQL on the nodes.
 pub async fn observer(cfg: &Config, cluster: &str) -> Box<dyn DrillObserver> {
     let token = cfg.controller_client_token(pgdr_config::Access::Operator).ok().flatten();
-    if let Ok(c) = ControllerObserver::new(&cfg.controller.listen.to_string(), token, cluster)
+    // A bad [tls] section fails in the plain client's call: SQL observes then.
+    let tls = crate::tls::http(cfg).unwrap_or_default();
+    if let Ok(c) = ControllerObserver::new(&cfg.controller.listen.to_string(), token, &tls, cluster)
         && c.reachable().await
     {
         return Box::new(c);
     }
     let cl = cfg.cluster(cluster).cloned();
-    Box::new(SqlObserver::new(cl.unwrap_or_else(|| cfg.clusters[0].clone())))
+    Box::new(SqlObserver::new(cl.unwrap_or_else(|| cfg.clusters[0].clone()), cfg.tls.clone()))
 }
 
 /// Confirms a drill on a topology that is not a sandbox.

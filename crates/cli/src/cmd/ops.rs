@@ -148,7 +148,7 @@ pub fn controller(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> 
         tokio::spawn(signal(cancel.clone()));
         let tracker = TaskTracker::new();
         let store = open_store(&cfg).await?;
-        let proxies = Arc::new(HttpProxies::from_config(&cfg));
+        let proxies = Arc::new(HttpProxies::from_config(&cfg).context("[tls]")?);
         let hooks = webhooks(&cfg, &tracker, &cancel);
         let name = owner(&cfg);
         let ctl = Controller::new(cfg, store, proxies, &name, hooks).await?;
@@ -242,6 +242,7 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
                         user: cluster.user.clone(),
                         password: Some(pw),
                         database: cluster.database.clone(),
+                        tls: crate::tls::pg(&cfg)?,
                     }),
                     None => AuthConfig::Passthrough,
                 },
@@ -255,6 +256,7 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
                 }],
                 tls: p.tls.clone(),
                 api_token: cfg.proxy_api_token(p).map_err(|e| Usage(e.to_string()))?,
+                api_tls: crate::tls::proxy_api(&cfg),
             };
             let handle = ProxyHandle::new(spec).with_context(|| format!("proxy {}", p.name))?;
             let listeners = Listeners {
@@ -302,7 +304,7 @@ pub fn client_for(cfg: &Config, need: pgdr_config::Access) -> anyhow::Result<Con
         Ok(t) if !t.trim().is_empty() => Some(pgdr_config::Redacted::from(t.trim())),
         _ => cfg.controller_client_token(need).map_err(|e| Usage(e.to_string()))?,
     };
-    Ok(ControllerClient::new(&cfg.controller.listen.to_string(), token)?)
+    Ok(ControllerClient::new_with(&cfg.controller.listen.to_string(), token, &crate::tls::http(cfg)?)?)
 }
 
 fn client(cfg: &Config) -> anyhow::Result<ControllerClient> {

@@ -97,6 +97,7 @@ pub fn auth_for(cfg: &Config, p: &pgdr_config::Proxy) -> anyhow::Result<AuthConf
                 user: cluster.user.clone(),
                 password: Some(pw),
                 database: cluster.database.clone(),
+                tls: crate::tls::pg(cfg)?,
             }),
             None => AuthConfig::Passthrough,
         },
@@ -132,7 +133,8 @@ async fn serve(cfg: Config, cluster: Option<String>, name: Option<String>, poll:
         let (tx, _) = watch::channel(Routing::default());
         let nodes = c.nodes.iter().map(|n| Backend::new(n.name.as_str(), n.host.clone(), n.port)).collect();
         let password = c.password.as_ref().map(|s| s.resolve()).transpose()?;
-        let login = AdminLogin { user: c.user.clone(), password, database: c.database.clone() };
+        let login =
+            AdminLogin { user: c.user.clone(), password, database: c.database.clone(), tls: crate::tls::pg(&cfg)? };
         let (ptx, prx) = watch::channel(None);
         tracker.spawn(pgdr_proxy::discovery::run(nodes, login, tx.clone(), prx, poll, cancel.clone()));
         routes.insert(c.name.to_string(), tx);
@@ -149,6 +151,7 @@ async fn serve(cfg: Config, cluster: Option<String>, name: Option<String>, poll:
             }],
             tls: p.tls.clone(),
             api_token: cfg.proxy_api_token(p).map_err(|e| Usage(e.to_string()))?,
+            api_tls: crate::tls::proxy_api(&cfg),
         };
         let handle = ProxyHandle::new(spec).with_context(|| format!("proxy {}", p.name))?;
         if let Some(ptx) = published.get(p.cluster.as_str()) {
@@ -215,13 +218,15 @@ async fn admin(cfg: &Config, cluster: Option<&str>, method: &str, what: &str, js
     if targets.is_empty() {
         return Err(Usage("no matching [[proxies]] entry has an `api` address".into()).into());
     }
-    let http = reqwest::Client::new();
+    let tls = crate::tls::http(cfg)?;
+    let http = tls.client(Duration::from_secs(5))?;
+    let scheme = tls.scheme();
     let mut failed = false;
     let mut results = Vec::new();
     for (p, api) in targets {
         let url = match what {
-            "status" => format!("http://{api}/v1/status"),
-            w => format!("http://{api}/v1/clusters/{}/{w}", p.cluster),
+            "status" => format!("{scheme}://{api}/v1/status"),
+            w => format!("{scheme}://{api}/v1/clusters/{}/{w}", p.cluster),
         };
         let mut req = if method == "POST" { http.post(&url) } else { http.get(&url) };
         if let Some(t) = cfg.proxy_api_token(p).map_err(|e| Usage(e.to_string()))? {

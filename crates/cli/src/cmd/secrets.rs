@@ -99,8 +99,10 @@ pub fn run(global: &Global, cmd: SecretsCmd) -> anyhow::Result<ExitCode> {
                         ));
                     }
                 }
-                let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
-                let source = Source { client, cluster: args.cluster.clone(), proxies, http };
+                // The proxies' admin APIs serve HTTPS under [tls].
+                let tls = crate::tls::http(&cfg)?;
+                let http = tls.client(Duration::from_secs(10))?;
+                let source = Source { client, cluster: args.cluster.clone(), proxies, http, scheme: tls.scheme() };
                 Ok::<Report, anyhow::Error>(
                     pgdr_secrets::rotate::rotate(&cfg, &args.cluster, args.role.as_deref(), &source).await?,
                 )
@@ -118,6 +120,8 @@ struct Source {
     /// Each proxy of the cluster with an admin API: name, address, token.
     proxies: Vec<(String, String, Option<pgdr_config::Redacted>)>,
     http: reqwest::Client,
+    /// `https` under `[tls]`.
+    scheme: &'static str,
 }
 
 #[async_trait]
@@ -134,8 +138,8 @@ impl TopologySource for Source {
     async fn refresh_proxies(&self) -> Vec<(String, Result<(), String>)> {
         let mut out = Vec::new();
         for (name, addr, token) in &self.proxies {
-            let url = format!("http://{addr}/v1/clusters/{}/users/refresh", self.cluster);
-            let mut req = self.http.post(&url);
+            let url = format!("{}://{addr}/v1/clusters/{}/users/refresh", self.scheme, self.cluster);
+            let mut req = self.http.post(&url).timeout(Duration::from_secs(10));
             if let Some(t) = token {
                 req = req.bearer_auth(t.expose());
             }

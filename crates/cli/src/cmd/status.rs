@@ -69,9 +69,10 @@ pub async fn collect(
     timeout: Duration,
 ) -> anyhow::Result<StatusReport> {
     let mut futures = Vec::new();
+    let tls = crate::tls::http(cfg)?;
     for c in &cfg.clusters {
         for n in &c.nodes {
-            let client = AgentClient::new(&n.agent, token.clone())?.with_timeout(timeout);
+            let client = AgentClient::new_with(&n.agent, token.clone(), &tls)?.with_timeout(timeout);
             futures.push(async move { client.status().await.map_err(|e| e.to_string()) });
         }
     }

@@ -426,3 +426,54 @@ fn bad_secrets_config_names_the_key() {
     let err = parse(&text).expect_err("west has a node and no store");
     assert!(err.to_string().contains("region \"west\" has nodes of this cluster but no secret store"), "{err}");
 }
+
+#[test]
+fn tls_section() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("ca.crt"), "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n")
+        .expect("ca");
+    std::fs::write(dir.path().join("not-a-key.pem"), "hello").expect("key");
+    let file = dir.path().join("pgdr.toml");
+    let with = |tls: &str| Config::parse(&file, &format!("{GOOD}\n{tls}"));
+
+    // Off by default; a warning for every address outside loopback.
+    let c = parse(GOOD).expect("valid");
+    assert!(c.tls.is_none() && c.tls_warnings().is_empty());
+    // (An agent off loopback needs a token: the config check refuses one without.)
+    let far = parse(&format!(
+        "{}\n[agents]\ntoken = {{ value = \"t\" }}\n",
+        GOOD.replace("agent = \"127.0.0.1:7401\"", "agent = \"10.0.0.5:7401\"")
+    ))
+    .expect("valid");
+    let w = far.tls_warnings();
+    assert!(w.len() == 1 && w[0].contains("clusters[0].nodes[0].agent") && w[0].contains("[tls]"), "{w:?}");
+
+    let ok = with(
+        "[tls]\nmode = \"verify-full\"\nca = \"ca.crt\"\nclient_certs = true\n\
+         controller = { cert = \"c.crt\", key = \"c.key\" }\nagent = { cert = \"a.crt\", key = \"a.key\" }\n",
+    )
+    .expect("valid");
+    let t = ok.tls.as_ref().expect("tls on");
+    assert_eq!(t.ca, dir.path().join("ca.crt"));
+    assert!(t.client_certs);
+    assert_eq!(t.cli_identity().map(|i| i.cert.clone()), Some(dir.path().join("c.crt")));
+    assert!(ok.tls_warnings().is_empty());
+
+    for (tls, key, words) in [
+        ("[tls]\nmode = \"on\"\n", "tls.mode", "\"verify-full\""),
+        ("[tls]\nmode = \"verify-full\"\n", "tls.ca", "needs `ca`"),
+        ("[tls]\nmode = \"verify-full\"\nca = \"missing.crt\"\n", "tls.ca", "cannot read"),
+        ("[tls]\nmode = \"verify-full\"\nca = \"ca.crt\"\n", "tls.agent", "[tls.agent]"),
+        (
+            "[tls]\nmode = \"verify-full\"\nca = \"ca.crt\"\ncontroller = { cert = \"ca.crt\", key = \"not-a-key.pem\" }\n\
+             agent = { cert = \"ca.crt\", key = \"ca.crt\" }\n",
+            "tls.controller.key",
+            "PEM private key",
+        ),
+    ] {
+        let err = with(tls).expect_err(tls);
+        let p = err.problems().iter().find(|p| p.key == key).unwrap_or_else(|| panic!("no {key} in {err}"));
+        assert!(p.message.contains(words), "{key}: {}", p.message);
+        assert!(err.to_string().contains(&format!("key `{key}`")), "{err}");
+    }
+}

@@ -29,7 +29,7 @@ pub(crate) async fn start_pg(dir: &std::path::Path) -> (PgGuard, Login) {
     pg.configure(&[("fsync".into(), "off".into())]).expect("configure");
     let guard = PgGuard(pg.clone());
     pg.start(Duration::from_secs(30)).await.expect("start");
-    (guard, Login { user: "postgres".into(), password: Some("secret".into()), database: "postgres".into() })
+    (guard, Login { user: "postgres".into(), password: Some("secret".into()), database: "postgres".into(), tls: None })
 }
 
 #[tokio::test]

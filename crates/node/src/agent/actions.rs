@@ -110,7 +110,7 @@ pub(crate) async fn confirm_jump(state: &AgentState, given: Epoch) -> Result<(),
     let Some(ctl) = &state.cfg.controller else {
         return Err(unconfirmed("no controller is configured to confirm it".to_owned()));
     };
-    let client = ControllerClient::new(&ctl.addr, ctl.token.clone())
+    let client = ControllerClient::new_with(&ctl.addr, ctl.token.clone(), &state.cfg.http_tls)
         .map_err(|e| unconfirmed(format!("the controller cannot be asked ({e})")))?
         .with_timeout(EPOCH_CONFIRM_TIMEOUT);
     let view = client
@@ -426,7 +426,7 @@ async fn upstream(state: &AgentState, r: UpstreamRequest) -> Result<Done, AgentE
         ));
     }
     pg.write_passfile(plan.login.password.as_deref())?;
-    pg.write_standby_config(&plan.upstream, &plan.replication_user, &plan.application_name)?;
+    pg.write_standby_config(&plan.upstream, &plan.replication_user, &plan.application_name, plan.login.tls.as_ref())?;
     let after = pg.read_file(replica::UPSTREAM_CONF).unwrap_or_default();
     if before == after {
         return Ok(Done::new(!steps.is_empty(), format!("already streaming from {}:{}", r.host, r.port), steps));

@@ -22,6 +22,7 @@ use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
+use pgdr_api::HttpTls;
 use pgdr_api::agent::{Action, ActionResponse, Health, Status};
 use pgdr_api::error::ErrorBody;
 use pgdr_config::auth::{Denied, TokenSet};
@@ -31,7 +32,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::bin::{BinError, PgBinaries};
-use crate::local::{LocalPg, Login, PgError};
+use crate::local::{LocalPg, Login, PgError, PgTls};
 use crate::os::{OsError, RunAs};
 
 mod actions;
@@ -123,6 +124,11 @@ pub struct AgentConfig {
     pub promote_timeout: Duration,
     /// How long start and stop may take.
     pub pg_wait: Duration,
+    /// HTTPS for the agent's API (`[tls]`), asking clients for a certificate
+    /// when `tls.client_certs` is on; plain HTTP when `None`.
+    pub https: Option<Arc<rustls::ServerConfig>>,
+    /// How the agent calls the controller and its peers.
+    pub http_tls: HttpTls,
     /// The only servers this agent connects to when a request names one
     /// (`rebuild`, `rewind`, `upstream`, `probe`): the cluster's nodes and
     /// its proxies, from the config. A request naming anything else is
@@ -214,6 +220,23 @@ impl AgentConfig {
         // Confirming an epoch jump reads the cluster: a viewer's token.
         let controller_token =
             cfg.controller_client_token(Access::Viewer).map_err(|e| AgentError::Setup(e.to_string()))?;
+        let tls = match &cfg.tls {
+            Some(t) => Some(PgTls::new(&t.ca).map_err(|e| AgentError::Setup(format!("tls.ca: {e}")))?),
+            None => None,
+        };
+        let (https, http_tls) = match &cfg.tls {
+            Some(t) => {
+                let setup = |e: pgdr_tls::TlsError| AgentError::Setup(format!("[tls]: {e}"));
+                let id = t.agent.as_ref().ok_or_else(|| AgentError::Setup("[tls] has no [tls.agent]".into()))?;
+                let id = pgdr_tls::Identity { cert: id.cert.clone(), key: id.key.clone() };
+                let client_ca = t.client_certs.then_some(t.ca.as_path());
+                (
+                    Some(pgdr_tls::server_config(&id, client_ca).map_err(setup)?),
+                    HttpTls::new(&t.ca, Some(&id)).map_err(setup)?,
+                )
+            }
+            None => (None, HttpTls::plain()),
+        };
         Ok(AgentConfig {
             targets,
             controller: Some(ControllerRef { addr: cfg.controller.listen.to_string(), token: controller_token }),
@@ -221,12 +244,14 @@ impl AgentConfig {
             cluster: cluster.name.clone(),
             region: node.region.clone(),
             pg: LocalPg::new(bin, data_dir, node.host.clone(), node.port, run_as),
-            login: Login { user: cluster.user.clone(), password, database: cluster.database.clone() },
+            login: Login { user: cluster.user.clone(), password, database: cluster.database.clone(), tls },
             replication_user: cluster.replication_user.clone(),
             settings: node.settings.clone(),
             token,
             promote_timeout: cfg.timing.promote_timeout,
             pg_wait: Duration::from_secs(60),
+            https,
+            http_tls,
         })
     }
 }
@@ -341,6 +366,7 @@ async fn guard(
 pub async fn serve(listener: TcpListener, state: Arc<AgentState>, cancel: CancellationToken) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(node = %state.cfg.node, %addr, epoch = %state.epoch.current(), "agent listening");
+    let listener = pgdr_tls::ApiListener::new(listener, state.cfg.https.clone());
     axum::serve(listener, router(state)).with_graceful_shutdown(cancel.cancelled_owned()).await
 }
 

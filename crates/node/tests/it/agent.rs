@@ -87,7 +87,8 @@ async fn agent_actions_on_one_server() {
     let settings = vec![("fsync".to_owned(), "off".to_owned())];
     pg.configure(&settings).expect("configure");
     pg.start(Duration::from_secs(30)).await.expect("start");
-    let login = Login { user: "postgres".into(), password: Some("secret".into()), database: "postgres".into() };
+    let login =
+        Login { user: "postgres".into(), password: Some("secret".into()), database: "postgres".into(), tls: None };
     let cfg = AgentConfig {
         node: "n1".into(),
         cluster: "main".into(),
@@ -102,6 +103,8 @@ async fn agent_actions_on_one_server() {
         // A replica elsewhere, the only server rebuild/rewind may copy from.
         targets: vec![Target { name: "n2".into(), host: "127.0.0.1".into(), port: free_port(), proxy: false }],
         controller: None,
+        https: None,
+        http_tls: Default::default(),
     };
     let agent = Agent::start(cfg.clone()).await;
     let c = &agent.client;

@@ -29,7 +29,7 @@ async fn every_agent_route_refuses_a_missing_or_wrong_token() {
         cluster: "main".into(),
         region: "east".into(),
         pg,
-        login: Login { user: "postgres".into(), password: Some("pw".into()), database: "postgres".into() },
+        login: Login { user: "postgres".into(), password: Some("pw".into()), database: "postgres".into(), tls: None },
         replication_user: "postgres".into(),
         settings: Vec::new(),
         token: Some("the-agents-token".into()),
@@ -37,6 +37,8 @@ async fn every_agent_route_refuses_a_missing_or_wrong_token() {
         pg_wait: Duration::from_secs(5),
         targets: Vec::new(),
         controller: None,
+        https: None,
+        http_tls: Default::default(),
     };
     let state = AgentState::new(cfg).expect("agent state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -22,7 +22,8 @@ async fn initdb_start_query_stop() {
     pg.configure(&[("fsync".into(), "off".into())]).expect("configure");
     pg.start(Duration::from_secs(30)).await.expect("start");
     pg.start(Duration::from_secs(30)).await.expect("start again is a no-op");
-    let login = Login { user: "postgres".into(), password: Some("secret".into()), database: "postgres".into() };
+    let login =
+        Login { user: "postgres".into(), password: Some("secret".into()), database: "postgres".into(), tls: None };
     let client = pg.connect(&login).await.expect("connect");
     let row = client.query_one("select 40 + 2", &[]).await.expect("query");
     assert_eq!(row.get::<_, i32>(0), 42);
@@ -73,7 +74,7 @@ async fn planted_links_and_hostile_setting_values() {
     pg.configure(&settings).expect("configure");
     pg.write_passfile(Some("secret")).expect("passfile");
     let upstream = pgdr_node::replica::Upstream { host: "127.0.0.1".into(), port: 1, slot: Some("s".into()) };
-    pg.write_standby_config(&upstream, "postgres", "n1").expect("standby config");
+    pg.write_standby_config(&upstream, "postgres", "n1", None).expect("standby config");
     std::fs::remove_file(pg.data_dir.join("standby.signal")).expect("not a replica");
     assert_eq!(std::fs::read_to_string(&victim).expect("read"), "precious\n", "a planted link was followed");
     for name in ["pgdr.conf", "standby.signal", "pgdr-upstream.conf"] {
@@ -88,7 +89,8 @@ async fn planted_links_and_hostile_setting_values() {
     pg.configure(&settings).expect("configure");
 
     pg.start(Duration::from_secs(30)).await.expect("start");
-    let login = Login { user: "postgres".into(), password: Some("secret".into()), database: "postgres".into() };
+    let login =
+        Login { user: "postgres".into(), password: Some("secret".into()), database: "postgres".into(), tls: None };
     let client = pg.connect(&login).await.expect("connect");
     let got: String = client.query_one("show pgdr.probe", &[]).await.expect("show").get(0);
     assert_eq!(got, hostile, "the server reads back exactly the value written");

@@ -45,7 +45,8 @@ async fn probe_outcomes_from_the_agent() {
     let settings = vec![("fsync".to_owned(), "off".to_owned())];
     pg.configure(&settings).expect("configure");
     pg.start(Duration::from_secs(30)).await.expect("start");
-    let login = Login { user: "postgres".into(), password: Some("secret".into()), database: "postgres".into() };
+    let login =
+        Login { user: "postgres".into(), password: Some("secret".into()), database: "postgres".into(), tls: None };
     // The agent probes only nodes and proxies of its config: these three
     // stand for them (a server, a port where nothing listens, a silent host).
     let refused_port = free_port();
@@ -66,6 +67,8 @@ async fn probe_outcomes_from_the_agent() {
         pg_wait: Duration::from_secs(30),
         targets: vec![target("w1", pg.port, false), target("e1", refused_port, false), target("px", silent_port, true)],
         controller: None,
+        https: None,
+        http_tls: Default::default(),
     };
     let state = AgentState::new(cfg).expect("agent state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

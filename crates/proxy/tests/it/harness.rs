@@ -100,9 +100,14 @@ impl Servers {
     }
 
     pub async fn admin(pg: &LocalPg) -> tokio_postgres::Client {
-        pg.connect(&Login { user: "postgres".into(), password: Some(PASSWORD.into()), database: "postgres".into() })
-            .await
-            .expect("connect directly")
+        pg.connect(&Login {
+            user: "postgres".into(),
+            password: Some(PASSWORD.into()),
+            database: "postgres".into(),
+            tls: None,
+        })
+        .await
+        .expect("connect directly")
     }
 }
 
@@ -130,6 +135,7 @@ pub fn auto_auth() -> AuthConfig {
         user: "postgres".into(),
         password: Some(PASSWORD.into()),
         database: "postgres".into(),
+        tls: None,
     })
 }
 
@@ -149,6 +155,7 @@ impl Proxy {
             clusters: vec![ClusterSpec { name: "main".into(), routing: rx, settings, auth }],
             tls,
             api_token: None,
+            api_tls: None,
         })
         .expect("proxy");
         let writer = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

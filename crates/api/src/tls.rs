@@ -1,0 +1,54 @@
+//! How a client reaches pgdr's HTTP APIs: plain HTTP, or HTTPS trusting only
+//! the cluster's CA (and showing a certificate when the server asks for one:
+//! mTLS between controller and agents).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::ApiError;
+
+pub use pgdr_tls::Identity;
+
+/// Plain HTTP (`HttpTls::plain()`), or HTTPS with a rustls config. Cheap
+/// to clone.
+#[derive(Clone, Default)]
+pub struct HttpTls {
+    config: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for HttpTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.config.is_some() { "HttpTls(https)" } else { "HttpTls(http)" })
+    }
+}
+
+impl HttpTls {
+    pub fn plain() -> HttpTls {
+        HttpTls::default()
+    }
+
+    /// HTTPS trusting `ca`; `identity` is shown to servers that ask for a
+    /// client certificate.
+    pub fn new(ca: &Path, identity: Option<&Identity>) -> Result<HttpTls, pgdr_tls::TlsError> {
+        Ok(HttpTls { config: Some(pgdr_tls::client_config(ca, identity)?) })
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.config.is_some()
+    }
+
+    /// `https` or `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.config.is_some() { "https" } else { "http" }
+    }
+
+    /// A reqwest client: no proxy, this connect timeout, this TLS.
+    pub fn client(&self, connect_timeout: Duration) -> Result<reqwest::Client, ApiError> {
+        let mut b = reqwest::Client::builder().no_proxy().connect_timeout(connect_timeout);
+        if let Some(c) = &self.config {
+            b = b.tls_backend_preconfigured(rustls::ClientConfig::clone(c)).https_only(true);
+        }
+        b.build().map_err(|e| ApiError::Client(e.to_string()))
+    }
+}
