@@ -392,7 +392,7 @@ impl WriteWatch {
         let cluster = env.cfg.cluster("main").expect("cluster main");
         let origin_unix_ms = pgdr_drill::unix_ms(std::time::SystemTime::now());
         WriteWatch {
-            probe: pgdr_drill::writable::WritableProbe::start(cluster).expect("overlap checker"),
+            probe: pgdr_drill::writable::WritableProbe::start(cluster, env.cfg.tls.as_ref()).expect("overlap checker"),
             origin_unix_ms,
         }
     }

@@ -400,7 +400,7 @@ async fn switchover_under_load_keeps_a_direct_writers_commits() {
     drop(setup);
     let proxy = cfg.proxies.iter().find(|p| p.region == old_node.region).expect("a proxy in the primary's region");
 
-    let probe = pgdr_drill::writable::WritableProbe::start(&cluster).expect("overlap checker");
+    let probe = pgdr_drill::writable::WritableProbe::start(&cluster, cfg.tls.as_ref()).expect("overlap checker");
     let mut direct_spec = WorkloadSpec::new(direct_conninfo);
     direct_spec.writers = 1;
     direct_spec.readers = 0;

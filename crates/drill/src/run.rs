@@ -221,11 +221,11 @@ impl Drill<'_> {
         // alongside the setup.
         if let Some(p) = self.topology().await.ok().and_then(|t| t.primary)
             && let Some(node) = self.cluster.node(&p)
-            && let Ok(c) = connect_node(self.cluster, node, Duration::from_secs(5)).await
+            && let Ok(c) = connect_node(self.cluster, node, Duration::from_secs(5), self.config.tls.as_ref()).await
         {
             let _ = prepare(&c).await;
         }
-        let probe = WritableProbe::start(self.cluster)?;
+        let probe = WritableProbe::start(self.cluster, self.config.tls.as_ref())?;
         let mut fault: Option<FaultGuard> = None;
         let result = self.one_inner(spec, run, home, &mut fault).await;
         if let Some(guard) = fault.take() {

@@ -236,11 +236,12 @@ pub struct WritableProbe {
 
 impl WritableProbe {
     /// Starts probing every node of `cluster`.
-    pub fn start(cluster: &Cluster) -> Result<WritableProbe, DrillError> {
+    /// With `tls` (the config's `[tls]`), over TLS.
+    pub fn start(cluster: &Cluster, tls: Option<&pgdr_config::Tls>) -> Result<WritableProbe, DrillError> {
         let targets: Vec<(String, String)> = cluster
             .nodes
             .iter()
-            .map(|n| Ok((n.name.to_string(), probe_conninfo(cluster, n)?)))
+            .map(|n| Ok((n.name.to_string(), probe_conninfo(cluster, n, tls)?)))
             .collect::<Result<_, DrillError>>()?;
         Ok(WritableProbe::start_conninfos(targets))
     }
@@ -279,8 +280,8 @@ impl Drop for WritableProbe {
     }
 }
 
-fn probe_conninfo(cluster: &Cluster, node: &Node) -> Result<String, DrillError> {
-    Ok(crate::observer::node_conninfo(cluster, node, CONNECT_TIMEOUT.as_secs() as u32)?
+fn probe_conninfo(cluster: &Cluster, node: &Node, tls: Option<&pgdr_config::Tls>) -> Result<String, DrillError> {
+    Ok(crate::observer::node_conninfo(cluster, node, CONNECT_TIMEOUT.as_secs() as u32, tls)?
         .replace("application_name=pgdr-drill", "application_name=pgdr-drill-writable-probe"))
 }
 
@@ -323,19 +324,18 @@ async fn probe_loop(node: usize, conninfo: String, shared: Arc<Shared>, cancel: 
 
 async fn probe_once(conninfo: &str, client: &mut Option<tokio_postgres::Client>) -> (Answer, Option<String>) {
     if client.is_none() {
-        match tokio::time::timeout(CONNECT_TIMEOUT, tokio_postgres::connect(conninfo, tokio_postgres::NoTls)).await {
+        let (conninfo, tls) = match pgdr_tls::pg::split_conninfo(conninfo) {
+            Ok(split) => split,
+            Err(e) => return (Answer::Unreachable, Some(e.to_string())),
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, pgdr_tls::pg::connect_str(&conninfo, tls.as_ref())).await {
             Err(_) => return (Answer::Unreachable, Some(format!("no connection within {CONNECT_TIMEOUT:?}"))),
             Ok(Err(e)) => {
                 // A server that answers "starting up" or "shutting down" refuses.
                 let answer = if e.as_db_error().is_some() { Answer::Refused } else { Answer::Unreachable };
                 return (answer, Some(db_detail(&e)));
             }
-            Ok(Ok((c, conn))) => {
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                *client = Some(c);
-            }
+            Ok(Ok(c)) => *client = Some(c),
         }
     }
     let Some(c) = client.as_ref() else { return (Answer::Unreachable, None) };
