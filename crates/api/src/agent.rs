@@ -356,6 +356,14 @@ impl AgentClient {
         })
     }
 
+    /// The same client for the agent at `addr`, sharing this one's
+    /// connection pool: a caller that talks to many agents over and over
+    /// (the controller's monitor, every probe interval) keeps its HTTPS
+    /// connections open instead of paying a TLS handshake per call.
+    pub fn at(&self, addr: &str) -> AgentClient {
+        AgentClient { addr: addr.to_owned(), ..self.clone() }
+    }
+
     /// The same client with another limit for `status` and `health`.
     pub fn with_timeout(mut self, timeout: Duration) -> AgentClient {
         self.timeout = timeout;

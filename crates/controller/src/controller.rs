@@ -106,6 +106,9 @@ impl Controller {
             }
             None => (None, pgdr_api::HttpTls::plain(), None),
         };
+        // One pool for every agent call; `Shared::agent` sets the address.
+        let agents = pgdr_api::agent::AgentClient::new_with("", agent_token.clone(), &http_tls)
+            .map_err(|e| ControllerError::Config(format!("HTTP client for the agents: {e}")))?;
         let sh = Arc::new(Shared {
             clusters: ClusterStore::new(store.clone(), clock.clone()),
             events: EventLog::new(store.clone(), pgdr_store::DEFAULT_EVENT_RETENTION),
@@ -119,6 +122,7 @@ impl Controller {
             tokens,
             pg_tls,
             http_tls,
+            agents,
             https,
             webhooks,
             readiness: Default::default(),

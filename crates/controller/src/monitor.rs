@@ -20,6 +20,7 @@
 //! outage needs one of them to agree (see [`crate::detect`] and
 //! docs/failover-math.md, "Vantage points").
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use pgdr_api::ApiError;
@@ -233,6 +234,8 @@ async fn watch(ctl: Controller, cluster: Cluster, cancel: &CancellationToken, tr
     let mut cut_off = false;
     let mut direct: Option<Prober> = None;
     let mut via_proxy: Vec<Prober> = Vec::new();
+    // One kept connection per replica for the lag reads.
+    let mut lag_readers: HashMap<NodeName, probe::LagReader> = HashMap::new();
     let mut published: Option<RouteInfo> = None;
     let mut breached: std::collections::HashSet<NodeName> = Default::default();
     let mut hold = Hold::start(&ctl, &cluster.name, cancel, tracker);
@@ -363,8 +366,11 @@ async fn watch(ctl: Controller, cluster: Cluster, cancel: &CancellationToken, tr
                 if !matches!(statuses.get(&node.name), Some(Ok(s)) if s.up) {
                     continue;
                 }
-                if let Ok(Some(r)) = probe::replicated_heartbeat(&sh.target(&cluster, node), timing.probe_timeout).await
-                {
+                let target = sh.target(&cluster, node);
+                let reader =
+                    lag_readers.entry(node.name.clone()).or_insert_with(|| probe::LagReader::new(target.clone()));
+                reader.retarget(target);
+                if let Ok(Some(r)) = reader.read(timing.probe_timeout).await {
                     let l = probe::heartbeat_lag(hb, r);
                     lag.insert(node.name.clone(), l);
                     sh.metrics

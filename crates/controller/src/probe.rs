@@ -7,6 +7,15 @@
 //! healthy path costs one round trip per probe; a dead postmaster shows as a
 //! broken connection and then as refused connections, a silent host as a
 //! timeout at the probe's deadline.
+//!
+//! Opening a connection has its own deadline ([`CONNECT_DEADLINE`]), apart
+//! from the probe's: a connection (TCP, the TLS handshake, SCRAM) that is
+//! still being opened when a probe's deadline passes keeps going in the
+//! background, and the next probe writes over it. The late probe still
+//! counts as timed out; what changes is that on a loaded host, where a full
+//! handshake can take longer than `probe_timeout`, the probes no longer
+//! throw each handshake away at the deadline and start another, failing
+//! every probe (and so declaring an outage) while the primary answers.
 
 use std::time::Duration;
 
@@ -86,13 +95,43 @@ pub async fn connect(target: &Target, timeout: Duration, app: &str) -> Result<to
     }
 }
 
+/// How long opening a probe's connection may take, whatever the probe's
+/// own deadline (see the module docs).
+pub const CONNECT_DEADLINE: Duration = Duration::from_secs(5);
+
+/// A kept connection of a probe (see the module docs).
+type Kept = pgdr_tls::pg::KeptClient<ProbeOutcome>;
+
+/// Opens `target` for a [`Kept`]: the attempt's own deadline.
+fn open(target: &Target, app: &'static str) -> impl Future<Output = Result<tokio_postgres::Client, ProbeOutcome>> + use<> {
+    let target = target.clone();
+    async move { connect(&target, CONNECT_DEADLINE, app).await }
+}
+
+/// [`open`] for the canary writer.
+fn open_canary(target: &Target) -> impl Future<Output = Result<tokio_postgres::Client, ProbeOutcome>> + use<> {
+    let opening = open(target, "pgdr-probe");
+    async move {
+        let c = opening.await?;
+        // The canary asks "does the primary take writes", not "is a
+        // synchronous standby there": a primary whose commits wait for
+        // one is degraded, not down, and must never be fenced for it.
+        c.batch_execute("SET synchronous_commit = local").await.map_err(|e| classify(&e))?;
+        Ok(c)
+    }
+}
+
+fn lost(e: String) -> ProbeOutcome {
+    ProbeOutcome::Failed(format!("connecting: {e}"))
+}
+
 /// One path's canary writer, keeping its connection between probes.
 #[derive(Debug)]
 pub struct Prober {
     pub target: Target,
     pub row: i32,
     pub written_by: String,
-    client: Option<tokio_postgres::Client>,
+    conn: Kept,
 }
 
 /// A probe's result: the outcome, and on success the heartbeat time the
@@ -106,50 +145,47 @@ pub struct ProbeResult {
 
 impl Prober {
     pub fn new(target: Target, row: i32, written_by: impl Into<String>) -> Prober {
-        Prober { target, row, written_by: written_by.into(), client: None }
+        Prober { target, row, written_by: written_by.into(), conn: Kept::default() }
     }
 
     /// Points the prober at another server (after a role change).
     pub fn retarget(&mut self, target: Target) {
         if target.addr() != self.target.addr() {
-            self.client = None;
+            self.conn.reset();
         }
         self.target = target;
     }
 
     /// Drops the connection (the next probe reconnects).
     pub fn disconnect(&mut self) {
-        self.client = None;
+        self.conn.reset();
     }
 
     /// One heartbeat write, bounded by `timeout` as a whole.
     pub async fn probe(&mut self, timeout: Duration) -> ProbeResult {
         let start = tokio::time::Instant::now();
-        let res = tokio::time::timeout(timeout, self.write(timeout)).await;
+        let res = tokio::time::timeout(timeout, self.write()).await;
         let (outcome, at) = match res {
             Err(_) => {
-                self.client = None;
+                // A write that did not answer in time drops its connection
+                // (a connection still being opened is kept: see `Kept`).
+                self.conn.close();
                 (ProbeOutcome::TimedOut, None)
             }
-            Ok(Ok(at)) => (ProbeOutcome::Ok, Some(at)),
+            Ok(Ok(at)) => {
+                self.conn.release();
+                (ProbeOutcome::Ok, Some(at))
+            }
             Ok(Err(o)) => {
-                self.client = None;
+                self.conn.close();
                 (o, None)
             }
         };
         ProbeResult { outcome, heartbeat_at: at, took: start.elapsed() }
     }
 
-    async fn write(&mut self, timeout: Duration) -> Result<f64, ProbeOutcome> {
-        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
-            let c = connect(&self.target, timeout, "pgdr-probe").await?;
-            // The canary asks "does the primary take writes", not "is a
-            // synchronous standby there": a primary whose commits wait for
-            // one is degraded, not down, and must never be fenced for it.
-            c.batch_execute("SET synchronous_commit = local").await.map_err(|e| classify(&e))?;
-            self.client = Some(c);
-        }
-        let Some(client) = self.client.as_ref() else { return Err(ProbeOutcome::Failed("no connection".into())) };
+    async fn write(&mut self) -> Result<f64, ProbeOutcome> {
+        let client = self.conn.get(|| open_canary(&self.target), lost).await?;
         let row = match client.query_one(UPSERT, &[&self.row, &self.written_by]).await {
             Ok(r) => r,
             Err(e) if e.as_db_error().is_some_and(|d| d.code().code() == "42P01" || d.code().code() == "3F000") => {
@@ -164,11 +200,55 @@ impl Prober {
     }
 }
 
+/// Reads one replica's replicated heartbeat, keeping its connection
+/// between reads like a [`Prober`].
+#[derive(Debug)]
+pub struct LagReader {
+    pub target: Target,
+    conn: Kept,
+}
+
+impl LagReader {
+    pub fn new(target: Target) -> LagReader {
+        LagReader { target, conn: Kept::default() }
+    }
+
+    /// Points the reader at another address (a node's config changed).
+    pub fn retarget(&mut self, target: Target) {
+        if target.addr() != self.target.addr() {
+            self.conn.reset();
+        }
+        self.target = target;
+    }
+
+    /// [`replicated_heartbeat`] over the kept connection.
+    pub async fn read(&mut self, timeout: Duration) -> Result<Option<f64>, ProbeOutcome> {
+        let res = tokio::time::timeout(timeout, async {
+            let client = self.conn.get(|| open(&self.target, "pgdr-lag"), lost).await?;
+            read_heartbeat(client).await
+        })
+        .await
+        .unwrap_or(Err(ProbeOutcome::TimedOut));
+        match res {
+            Ok(_) => self.conn.release(),
+            Err(_) => self.conn.close(),
+        }
+        res
+    }
+}
+
 /// Reads the replicated heartbeat on a replica: the time of the last
 /// heartbeat it has replayed (seconds since the Unix epoch, primary's clock).
 pub async fn replicated_heartbeat(target: &Target, timeout: Duration) -> Result<Option<f64>, ProbeOutcome> {
     let fut = async {
         let client = connect(target, timeout, "pgdr-lag").await?;
+        read_heartbeat(&client).await
+    };
+    tokio::time::timeout(timeout, fut).await.unwrap_or(Err(ProbeOutcome::TimedOut))
+}
+
+async fn read_heartbeat(client: &tokio_postgres::Client) -> Result<Option<f64>, ProbeOutcome> {
+    {
         let row = client
             .query_opt("SELECT extract(epoch from at)::float8 FROM pgdr.heartbeat WHERE id = $1", &[&ROW_DIRECT])
             .await;
@@ -180,8 +260,7 @@ pub async fn replicated_heartbeat(target: &Target, timeout: Duration) -> Result<
             }
             Err(e) => Err(classify(&e)),
         }
-    };
-    tokio::time::timeout(timeout, fut).await.unwrap_or(Err(ProbeOutcome::TimedOut))
+    }
 }
 
 /// A replica's lag in seconds from the heartbeat: how far the heartbeat it

@@ -315,6 +315,12 @@ pub struct Shared {
     /// How the controller calls agents: HTTPS with its own certificate
     /// (shown when agents ask for one) under `[tls]`.
     pub http_tls: HttpTls,
+    /// The one HTTP client (and connection pool) every agent call goes
+    /// through, built from `agent_token` and `http_tls`; [`Shared::agent`]
+    /// points it at a node. A client per call would open a connection, and
+    /// under `[tls]` do a full mTLS handshake, for every status and probe
+    /// request: on a loaded host that alone outlasted the probe deadline.
+    pub agents: AgentClient,
     /// HTTPS for the controller's API under `[tls]`.
     pub https: Option<Arc<rustls::ServerConfig>>,
     pub webhooks: crate::webhook::Webhooks,
@@ -331,9 +337,11 @@ impl Shared {
         self.config.tier(cluster.tier.as_str())
     }
 
+    /// A client of `node`'s agent. Every client shares one connection
+    /// pool ([`Shared::agents`]), so the monitor's calls each probe
+    /// interval reuse open HTTPS connections.
     pub fn agent(&self, node: &Node) -> Result<AgentClient, ApiError> {
-        Ok(AgentClient::new_with(&node.agent, self.agent_token.clone(), &self.http_tls)?
-            .with_timeout(self.config.timing.probe_timeout.max(Duration::from_millis(500))))
+        Ok(self.agents.at(&node.agent).with_timeout(self.config.timing.probe_timeout.max(Duration::from_millis(500))))
     }
 
     /// A login to `node` as the cluster's pgdr user.

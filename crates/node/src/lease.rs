@@ -124,16 +124,15 @@ pub(crate) async fn withdraw(
 /// Whether PostgreSQL here is a writable primary (not in recovery, not
 /// fenced read-only: a fenced node takes no writes and needs no lease).
 async fn is_primary(agent: &AgentState) -> bool {
-    let Ok(client) = agent.cfg.pg.connect(&agent.cfg.login).await else { return false };
-    match tokio::time::timeout(
-        Duration::from_secs(2),
-        client.query_one(
-            "select not pg_is_in_recovery() and current_setting('default_transaction_read_only') = 'off'",
-            &[],
-        ),
-    )
-    .await
-    {
+    let check = agent.with_local(async |client| {
+        client
+            .query_one(
+                "select not pg_is_in_recovery() and current_setting('default_transaction_read_only') = 'off'",
+                &[],
+            )
+            .await
+    });
+    match tokio::time::timeout(Duration::from_secs(2), check).await {
         Ok(Ok(row)) => row.try_get::<_, bool>(0).unwrap_or(false),
         _ => false,
     }

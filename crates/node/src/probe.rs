@@ -1,10 +1,17 @@
 //! `POST /v1/probe`: the agent as a vantage point in its region. It runs the
 //! canary write (an upsert of one `pgdr.heartbeat` row) against the target it
 //! is given (a primary directly, or a proxy's writer endpoint) as its
-//! cluster's login, on a fresh connection, bounded by the request's timeout,
-//! and says what it saw: ok, refused (the host answers, nothing listens),
-//! timeout (nothing answered by the deadline) or error (the server refused
-//! the write, or the transport failed otherwise), with the latency.
+//! cluster's login, bounded by the request's timeout, and says what it saw:
+//! ok, refused (the host answers, nothing listens), timeout (nothing
+//! answered by the deadline) or error (the server refused the write, or the
+//! transport failed otherwise), with the latency.
+//!
+//! The connection to each target is kept between probes (a real write over
+//! it each time) and dropped after any failure. Opening one has its own
+//! deadline ([`CONNECT_DEADLINE`]): an attempt still under way when a
+//! probe's deadline passes goes on, and the next probe writes over it,
+//! rather than every probe starting a TLS handshake and SCRAM over that a
+//! loaded host cannot finish within the probe's deadline.
 //!
 //! The controller asks the agents of regions other than the primary's, so
 //! one observer's blip never declares an outage and a controller cut off
@@ -22,6 +29,12 @@ use crate::agent::{AgentError, AgentState, parse_body};
 /// The heartbeat row an agent writes when the request names none.
 pub const DEFAULT_ROW: i32 = 10;
 const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long opening a probe's connection may take, whatever the probe's
+/// deadline.
+pub const CONNECT_DEADLINE: Duration = Duration::from_secs(5);
+
+/// A probe target's kept connection.
+pub(crate) type Kept = pgdr_tls::pg::KeptClient<(ProbeKind, String)>;
 
 const SCHEMA_SQL: &str = "CREATE SCHEMA IF NOT EXISTS pgdr; \
      CREATE TABLE IF NOT EXISTS pgdr.heartbeat (id int PRIMARY KEY, counter bigint NOT NULL, at timestamptz NOT NULL, written_by text NOT NULL)";
@@ -55,7 +68,7 @@ pub async fn handle(State(state): State<Arc<AgentState>>, body: Bytes) -> Result
     let timeout = Duration::from_millis(req.timeout_ms).min(MAX_TIMEOUT);
     let written_by = format!("pgdr-agent-{}", state.cfg.node);
     let started = tokio::time::Instant::now();
-    let res = tokio::time::timeout(timeout, write(&state, &req, timeout, &written_by)).await;
+    let res = tokio::time::timeout(timeout, write(&state, &req, &written_by)).await;
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let (outcome, error, heartbeat_at) = match res {
         Err(_) => (ProbeKind::Timeout, Some(format!("no answer within {} ms", timeout.as_millis())), None),
@@ -76,7 +89,6 @@ pub async fn handle(State(state): State<Arc<AgentState>>, body: Bytes) -> Result
 async fn write(
     state: &AgentState,
     req: &ProbeRequest,
-    timeout: Duration,
     written_by: &str,
 ) -> Result<f64, (ProbeKind, String)> {
     let login = &state.cfg.login;
@@ -85,7 +97,7 @@ async fn write(
         .port(req.port)
         .user(&login.user)
         .dbname(&login.database)
-        .connect_timeout(timeout)
+        .connect_timeout(CONNECT_DEADLINE)
         .application_name("pgdr-agent-probe")
         // Does the primary take writes, not: is a synchronous standby
         // there (a primary whose commits wait for one is not down).
@@ -93,7 +105,18 @@ async fn write(
     if let Some(p) = &login.password {
         cfg.password(p);
     }
-    let client = pgdr_tls::pg::connect(&cfg, login.tls.as_ref()).await.map_err(|e| classify(&e))?;
+    let tls = login.tls.clone();
+    let open = move || async move {
+        match tokio::time::timeout(CONNECT_DEADLINE, pgdr_tls::pg::connect(&cfg, tls.as_ref())).await {
+            Ok(r) => r.map_err(|e| classify(&e)),
+            Err(_) => Err((ProbeKind::Timeout, format!("not connected within {} s", CONNECT_DEADLINE.as_secs()))),
+        }
+    };
+    let mut probes = state.probes.lock().await;
+    let kept = probes.entry((req.host.clone(), req.port)).or_default();
+    // If this probe's deadline passes mid-write, the connection is not
+    // released, and the next probe opens another.
+    let client = kept.get(open, |e| (ProbeKind::Error, format!("connecting: {e}"))).await?;
     let row = req.row.unwrap_or(DEFAULT_ROW);
     let res = match client.query_one(UPSERT, &[&row, &written_by]).await {
         Err(e) if e.as_db_error().is_some_and(|d| d.code().code() == "42P01" || d.code().code() == "3F000") => {
@@ -105,9 +128,12 @@ async fn write(
         }
         other => other,
     };
-    drop(client);
-    let row = res.map_err(|e| classify(&e))?;
-    row.try_get::<_, f64>(0).map_err(|e| (ProbeKind::Error, e.to_string()))
+    let at = res.map_err(|e| classify(&e)).and_then(|row| row.try_get::<_, f64>(0).map_err(|e| (ProbeKind::Error, e.to_string())));
+    match at {
+        Ok(_) => kept.release(),
+        Err(_) => kept.close(),
+    }
+    at
 }
 
 /// Refused or timed out at the socket, else an error with its message.

@@ -165,6 +165,113 @@ pub async fn connect_str(conninfo: &str, tls: Option<&PgTls>) -> Result<tokio_po
     connect(&cfg, tls).await
 }
 
+/// A connection kept between uses, and the attempt to open one, which may
+/// outlive the caller that started it.
+///
+/// Probes keep their connections: a TLS handshake and SCRAM on every probe
+/// would cost several round trips each time, and on a loaded host longer
+/// than a probe's deadline. When a connection must be (re)opened, the
+/// attempt runs in its own task with its own deadline (the `open` future's):
+/// a caller whose deadline passes drops [`KeptClient::get`], the attempt
+/// goes on, and the next call takes its connection instead of starting the
+/// handshake over. The late caller still sees its own deadline pass.
+///
+/// A connection handed out by [`KeptClient::get`] is in use until
+/// [`KeptClient::release`]: a caller dropped mid-query (its deadline passed)
+/// never releases it, and the next `get` drops that connection, whose state
+/// is unknown, and opens another.
+pub struct KeptClient<E> {
+    client: Option<tokio_postgres::Client>,
+    in_use: bool,
+    opening: Option<tokio::task::JoinHandle<Result<tokio_postgres::Client, E>>>,
+}
+
+impl<E> std::fmt::Debug for KeptClient<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeptClient")
+            .field("open", &self.client.is_some())
+            .field("opening", &self.opening.is_some())
+            .finish()
+    }
+}
+
+impl<E> Default for KeptClient<E> {
+    fn default() -> Self {
+        KeptClient { client: None, in_use: false, opening: None }
+    }
+}
+
+impl<E: Send + 'static> KeptClient<E> {
+    /// The open connection, else the one being opened, else a new attempt
+    /// with `open` (spawned). Cancel-safe: see the type's docs. An attempt
+    /// that failed between two calls is not this call's answer: it is
+    /// dropped and a new one started. `lost` names a failure of the
+    /// attempt's task itself (a panic).
+    pub async fn get<F>(
+        &mut self,
+        open: impl FnOnce() -> F,
+        lost: impl FnOnce(String) -> E,
+    ) -> Result<&tokio_postgres::Client, E>
+    where
+        F: Future<Output = Result<tokio_postgres::Client, E>> + Send + 'static,
+    {
+        if self.in_use || self.client.as_ref().is_some_and(|c| c.is_closed()) {
+            self.close();
+        }
+        if self.client.is_none()
+            && self.opening.as_ref().is_some_and(|h| h.is_finished())
+            && let Some(h) = self.opening.take()
+            && let Ok(Ok(c)) = h.await
+        {
+            // (Finished: the await returns at once.)
+            self.client = Some(c);
+        }
+        let client = match self.client.take() {
+            Some(c) => c,
+            None => {
+                let handle = self.opening.get_or_insert_with(|| tokio::spawn(open()));
+                let res = handle.await;
+                self.opening = None;
+                match res {
+                    Ok(r) => r?,
+                    Err(e) => return Err(lost(e.to_string())),
+                }
+            }
+        };
+        self.in_use = true;
+        Ok(self.client.insert(client))
+    }
+
+    /// The connection from the last [`KeptClient::get`] answered and may be
+    /// used again.
+    pub fn release(&mut self) {
+        self.in_use = false;
+    }
+
+    /// Drops the connection (after an error or a late answer); an attempt
+    /// under way goes on.
+    pub fn close(&mut self) {
+        self.client = None;
+        self.in_use = false;
+    }
+
+    /// Drops the connection and stops any attempt to open one.
+    pub fn reset(&mut self) {
+        self.close();
+        if let Some(h) = self.opening.take() {
+            h.abort();
+        }
+    }
+}
+
+impl<E> Drop for KeptClient<E> {
+    fn drop(&mut self) {
+        if let Some(h) = self.opening.take() {
+            h.abort();
+        }
+    }
+}
+
 impl<S> MakeTlsConnect<S> for PgTls
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,

@@ -12,6 +12,7 @@
 //! auth guard reads it, so no route exists without a requirement. All but
 //! `/v1/health` need the agents' bearer token (`agents.token`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bin::{BinError, PgBinaries};
 use crate::local::{LocalPg, Login, PgError, PgTls};
+use pgdr_tls::pg::KeptClient;
 use crate::os::{OsError, RunAs};
 
 mod actions;
@@ -266,6 +268,14 @@ pub struct AgentState {
     /// Support given to, or withdrawn from, primaries (the peer routes).
     pub(crate) peers: crate::lease::PeerState,
     tokens: TokenSet,
+    /// The agent's own connection to its PostgreSQL for status reads and
+    /// the lease loop's role check, kept between them: these run every
+    /// probe interval, and a fresh connection each time (TCP, a TLS
+    /// handshake under `[tls]`, SCRAM) outlasted the controller's status
+    /// deadline on a loaded host.
+    local: tokio::sync::Mutex<KeptClient<String>>,
+    /// `POST /v1/probe`'s connections, one per target (see `crate::probe`).
+    pub(crate) probes: tokio::sync::Mutex<HashMap<(String, u16), crate::probe::Kept>>,
 }
 
 impl AgentState {
@@ -281,7 +291,30 @@ impl AgentState {
             actions: tokio::sync::Mutex::new(()),
             peers: crate::lease::PeerState::default(),
             tokens,
+            local: Default::default(),
+            probes: Default::default(),
         }))
+    }
+
+    /// Runs `query` over the agent's kept connection to its own
+    /// PostgreSQL, opening one when there is none; an error closes it so
+    /// the next call starts afresh. Settings changed by a reload are seen
+    /// as on a new connection: a backend applies a reload before its next
+    /// command.
+    pub(crate) async fn with_local<T>(
+        &self,
+        query: impl AsyncFnOnce(&tokio_postgres::Client) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T, String> {
+        let mut kept = self.local.lock().await;
+        let (pg, login) = (self.cfg.pg.clone(), self.cfg.login.clone());
+        let open = move || async move { pg.connect(&login).await.map_err(|e| e.to_string()) };
+        let client = kept.get(open, |e| format!("connecting: {e}")).await?;
+        let res = query(client).await.map_err(|e| crate::local::pg_detail(&e));
+        match res {
+            Ok(_) => kept.release(),
+            Err(_) => kept.close(),
+        }
+        res
     }
 }
 

@@ -38,11 +38,7 @@ pub(crate) async fn collect(state: &AgentState) -> Status {
         server_version: None,
         error: None,
     };
-    let res = tokio::time::timeout(QUERY_TIMEOUT, async {
-        let client = cfg.pg.connect(&cfg.login).await.map_err(|e| e.to_string())?;
-        query(&client, &mut s).await.map_err(|e| crate::local::pg_detail(&e))
-    })
-    .await;
+    let res = tokio::time::timeout(QUERY_TIMEOUT, state.with_local(async |client| query(client, &mut s).await)).await;
     match res {
         Ok(Ok(())) => s.up = true,
         Ok(Err(e)) => {
