@@ -282,7 +282,12 @@ async fn scheduled_backups_to_two_destinations_pitr_from_each_and_verify() {
     let get = |path: String| {
         let (http, viewer) = (http.clone(), viewer.clone());
         async move {
-            let r = http.get(format!("{}://{api}{path}", tls.scheme())).bearer_auth(viewer.expose()).send().await.expect("GET");
+            let r = http
+                .get(format!("{}://{api}{path}", tls.scheme()))
+                .bearer_auth(viewer.expose())
+                .send()
+                .await
+                .expect("GET");
             r.json::<Value>().await.expect("JSON")
         }
     };

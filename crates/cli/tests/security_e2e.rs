@@ -85,7 +85,7 @@ async fn no_route_answers_without_the_right_token_and_no_secret_shows() {
         sb.http_tls(),
     )
     .expect("client")
-        .with_timeout(Duration::from_secs(5));
+    .with_timeout(Duration::from_secs(5));
     let t = Instant::now();
     let before = loop {
         if let Ok(c) = api.cluster("main").await
@@ -154,6 +154,23 @@ async fn no_route_answers_without_the_right_token_and_no_secret_shows() {
         }
     }
     eprintln!("{refused} routes refused every wrong credential");
+
+    // The proxies' client side speaks TLS with the sandbox's certificate:
+    // a client verifying it against the CA (verify-full) gets in.
+    let ca = &cfg.tls.as_ref().expect("the sandbox turns TLS on").ca;
+    for p in &cfg.proxies {
+        let conninfo = format!(
+            "host={} port={} user=postgres dbname=postgres password='{}'{}",
+            p.writer.ip(),
+            p.writer.port(),
+            sb.password(),
+            pgdr_tls::pg::libpq_params(ca)
+        );
+        let client = pgdr_drill::observer::connect(&conninfo, &p.name, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("{}: TLS: {e}", p.name));
+        client.simple_query("select 1").await.unwrap_or_else(|e| panic!("{}: over TLS: {e}", p.name));
+    }
 
     // Nothing changed.
     let after = api.cluster("main").await.expect("cluster");

@@ -595,7 +595,11 @@ pub struct Proxy {
     pub connect_timeout: Duration,
     pub tcp_user_timeout: Duration,
     pub auth: ProxyAuth,
+    /// Certificate and key the client endpoints answer an SSLRequest with.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Refuse a client that did not start TLS, before any password crosses
+    /// the network (needs `tls_cert` and `tls_key`).
+    pub require_tls: bool,
     /// How clients share backends.
     pub pool: PoolMode,
     /// Backends per (endpoint, user, database) when pooling.

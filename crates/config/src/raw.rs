@@ -246,6 +246,7 @@ pub struct RawProxy {
     pub users_file: Option<String>,
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
+    pub require_tls: Option<bool>,
     pub pool: Option<String>,
     pub pool_size: Option<u32>,
     pub pool_min_idle: Option<u32>,

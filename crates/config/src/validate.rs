@@ -415,6 +415,10 @@ fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
                 None
             }
         };
+        let require_tls = p.require_tls.unwrap_or(false);
+        if require_tls && p.tls_cert.is_none() {
+            c.bad(k("require_tls"), "require_tls needs tls_cert and tls_key: the proxy has no certificate to offer");
+        }
         let pool = match p.pool.as_deref() {
             Some("transaction") => PoolMode::Transaction,
             None | Some("session") => PoolMode::Session,
@@ -461,6 +465,7 @@ fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
             tcp_user_timeout: c.duration(k("tcp_user_timeout"), p.tcp_user_timeout.as_deref(), Duration::from_secs(2)),
             auth,
             tls,
+            require_tls,
             pool,
             pool_size: pool_size.max(1),
             pool_min_idle: pool_min_idle.min(pool_size),

@@ -103,7 +103,10 @@ pub const CONNECT_DEADLINE: Duration = Duration::from_secs(5);
 type Kept = pgdr_tls::pg::KeptClient<ProbeOutcome>;
 
 /// Opens `target` for a [`Kept`]: the attempt's own deadline.
-fn open(target: &Target, app: &'static str) -> impl Future<Output = Result<tokio_postgres::Client, ProbeOutcome>> + use<> {
+fn open(
+    target: &Target,
+    app: &'static str,
+) -> impl Future<Output = Result<tokio_postgres::Client, ProbeOutcome>> + use<> {
     let target = target.clone();
     async move { connect(&target, CONNECT_DEADLINE, app).await }
 }

@@ -86,11 +86,7 @@ pub async fn handle(State(state): State<Arc<AgentState>>, body: Bytes) -> Result
     }))
 }
 
-async fn write(
-    state: &AgentState,
-    req: &ProbeRequest,
-    written_by: &str,
-) -> Result<f64, (ProbeKind, String)> {
+async fn write(state: &AgentState, req: &ProbeRequest, written_by: &str) -> Result<f64, (ProbeKind, String)> {
     let login = &state.cfg.login;
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(&req.host)
@@ -128,7 +124,9 @@ async fn write(
         }
         other => other,
     };
-    let at = res.map_err(|e| classify(&e)).and_then(|row| row.try_get::<_, f64>(0).map_err(|e| (ProbeKind::Error, e.to_string())));
+    let at = res
+        .map_err(|e| classify(&e))
+        .and_then(|row| row.try_get::<_, f64>(0).map_err(|e| (ProbeKind::Error, e.to_string())));
     match at {
         Ok(_) => kept.release(),
         Err(_) => kept.close(),

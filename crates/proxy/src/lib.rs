@@ -147,6 +147,9 @@ pub struct ProxySpec {
     pub clusters: Vec<ClusterSpec>,
     /// PEM certificate chain and key for client TLS.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Refuse clients that do not start TLS, before authentication (so no
+    /// password or proof crosses the network in the clear).
+    pub require_tls: bool,
     /// Bearer token the admin API requires on every route (`None`: open,
     /// which config validation allows only on a loopback address).
     pub api_token: Option<pgdr_model::Redacted>,
@@ -206,6 +209,8 @@ pub(crate) struct Inner {
     pub clusters: HashMap<String, Arc<ClusterState>>,
     pub cancel: Mutex<HashMap<i32, CancelTarget>>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// See [`ProxySpec::require_tls`].
+    pub require_tls: bool,
     pub api_tls: Option<Arc<rustls::ServerConfig>>,
     pub metrics: metrics::Metrics,
     pub tcp: TcpSettings,
@@ -295,6 +300,7 @@ impl ProxyHandle {
                 clusters,
                 cancel: Mutex::new(HashMap::new()),
                 tls,
+                require_tls: spec.require_tls,
                 api_tls,
                 metrics,
                 tcp,

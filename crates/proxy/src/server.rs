@@ -345,6 +345,23 @@ async fn too_many<S: AsyncWrite + Unpin>(state: &ClusterState, s: &mut S) -> Res
     Err(ClientError::Closed(msg))
 }
 
+/// Refuses a client that sent its startup packet without starting TLS
+/// while `require_tls` is set: before authentication, so neither a
+/// password nor a proof crosses the network in the clear. The same code
+/// and words as PostgreSQL's for a `hostssl`-only server.
+async fn tls_required<S: AsyncWrite + Unpin>(state: &ClusterState, s: &mut S) -> Result<(), ClientError> {
+    state.metrics.error("tls_required");
+    let msg = format!(
+        "the proxy of cluster {} accepts only TLS connections (require_tls): connect with sslmode=require or stronger",
+        state.name
+    );
+    let mut out = BytesMut::new();
+    protocol::put_error(&mut out, "FATAL", "28000", &msg);
+    s.write_all(&out).await?;
+    let _ = s.flush().await;
+    Err(ClientError::Closed(msg))
+}
+
 async fn handle_client(
     inner: Arc<Inner>,
     state: Arc<ClusterState>,
@@ -363,6 +380,7 @@ async fn handle_client(
         .map_err(|_| ClientError::StartupTimeout)??;
     match first {
         Next::Done => Ok(()),
+        Next::Startup(_) if inner.require_tls => tls_required(&state, &mut stream).await,
         Next::Startup(_) if slot.is_none() => too_many(&state, &mut stream).await,
         Next::Startup(st) => crate::session::run(inner, state, endpoint, stream, buf, st, token).await,
         Next::Tls => {

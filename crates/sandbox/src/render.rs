@@ -208,6 +208,11 @@ pub fn render(c: &ConfigText<'_>) -> String {
     }
     for p in c.proxies {
         let _ = writeln!(t, "[[proxies]]\ncluster = \"main\"\nregion = {}", q(&p.region));
+        if c.tls_dir.is_some() {
+            // Clients may start TLS with the proxy (sslmode=require and up);
+            // set require_tls = true to refuse those that do not.
+            let _ = writeln!(t, "tls_cert = \"tls/proxy.crt\"\ntls_key = \"tls/proxy.key\"");
+        }
         let _ = writeln!(
             t,
             "writer = {}\nreader = {}\napi = {}\napi_token = {{ file = {} }}\n",

@@ -567,9 +567,10 @@ async fn apply(
     let verifier = tokio::task::spawn_blocking(move || password::scram_verifier(&pw))
         .await
         .map_err(|e| Apply::Failed(e.to_string()))?;
-    let mut db = connect(&node.host, node.port, &admin.user, admin.password.as_deref(), &admin.database, admin.tls.as_ref())
-        .await
-        .map_err(|e| Apply::Failed(format!("cannot reach primary {}: {e}", t.primary)))?;
+    let mut db =
+        connect(&node.host, node.port, &admin.user, admin.password.as_deref(), &admin.database, admin.tls.as_ref())
+            .await
+            .map_err(|e| Apply::Failed(format!("cannot reach primary {}: {e}", t.primary)))?;
     let tx = db.transaction().await.map_err(f)?;
     let row =
         tx.query_one("SELECT pg_is_in_recovery(), current_setting('is_superuser') = 'on'", &[]).await.map_err(f)?;
@@ -625,7 +626,9 @@ async fn wait_replay(c: &Cluster, admin: &Admin, node: &str, lsn: &str) -> Resul
     let deadline = tokio::time::Instant::now() + REPLAY_TIMEOUT;
     let mut last = String::new();
     while tokio::time::Instant::now() < deadline {
-        match connect(&n.host, n.port, &admin.user, admin.password.as_deref(), &admin.database, admin.tls.as_ref()).await {
+        match connect(&n.host, n.port, &admin.user, admin.password.as_deref(), &admin.database, admin.tls.as_ref())
+            .await
+        {
             Ok(db) => loop {
                 match db
                     .query_one("SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false)", &[&lsn])

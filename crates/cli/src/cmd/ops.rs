@@ -255,6 +255,7 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
                     auth,
                 }],
                 tls: p.tls.clone(),
+                require_tls: p.require_tls,
                 api_token: cfg.proxy_api_token(p).map_err(|e| Usage(e.to_string()))?,
                 api_tls: crate::tls::proxy_api(&cfg),
             };

@@ -150,6 +150,7 @@ async fn serve(cfg: Config, cluster: Option<String>, name: Option<String>, poll:
                 auth: auth_for(&cfg, p)?,
             }],
             tls: p.tls.clone(),
+            require_tls: p.require_tls,
             api_token: cfg.proxy_api_token(p).map_err(|e| Usage(e.to_string()))?,
             api_tls: crate::tls::proxy_api(&cfg),
         };

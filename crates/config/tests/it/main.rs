@@ -448,6 +448,20 @@ fn tls_section() {
     let w = far.tls_warnings();
     assert!(w.len() == 1 && w[0].contains("clusters[0].nodes[0].agent") && w[0].contains("[tls]"), "{w:?}");
 
+    // A proxy's require_tls needs a certificate to offer.
+    let strict = GOOD.replacen("[[proxies]]\n", "[[proxies]]\nrequire_tls = true\n", 1);
+    let err = parse(&strict).expect_err("require_tls without tls_cert");
+    assert!(
+        err.problems().iter().any(|p| p.key == "proxies[0].require_tls" && p.message.contains("tls_cert")),
+        "{err}"
+    );
+    let strict = GOOD.replacen(
+        "[[proxies]]\n",
+        "[[proxies]]\nrequire_tls = true\ntls_cert = \"p.crt\"\ntls_key = \"p.key\"\n",
+        1,
+    );
+    assert!(parse(&strict).expect("valid").proxies[0].require_tls);
+
     let ok = with(
         "[tls]\nmode = \"verify-full\"\nca = \"ca.crt\"\nclient_certs = true\n\
          controller = { cert = \"c.crt\", key = \"c.key\" }\nagent = { cert = \"a.crt\", key = \"a.key\" }\n",

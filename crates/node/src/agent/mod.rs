@@ -34,8 +34,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bin::{BinError, PgBinaries};
 use crate::local::{LocalPg, Login, PgError, PgTls};
-use pgdr_tls::pg::KeptClient;
 use crate::os::{OsError, RunAs};
+use pgdr_tls::pg::KeptClient;
 
 mod actions;
 pub mod epoch;

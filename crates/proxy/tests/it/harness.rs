@@ -150,10 +150,22 @@ impl Proxy {
         settings: Settings,
         tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     ) -> Proxy {
+        Self::start_spec(routing, auth, settings, tls, false).await
+    }
+
+    /// With `require_tls`: clients that do not start TLS are refused.
+    pub async fn start_spec(
+        routing: Routing,
+        auth: AuthConfig,
+        settings: Settings,
+        tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+        require_tls: bool,
+    ) -> Proxy {
         let (tx, rx) = watch::channel(routing);
         let handle = ProxyHandle::new(ProxySpec {
             clusters: vec![ClusterSpec { name: "main".into(), routing: rx, settings, auth }],
             tls,
+            require_tls,
             api_token: None,
             api_tls: None,
         })

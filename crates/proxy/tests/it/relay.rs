@@ -143,7 +143,8 @@ async fn tls_when_configured_clear_refusal_otherwise() {
         .status()
         .expect("openssl");
     assert!(st.success());
-    let proxy = Proxy::start_tls(servers.routing(), auto_auth(), Settings::default(), Some((cert, key))).await;
+    let proxy =
+        Proxy::start_tls(servers.routing(), auto_auth(), Settings::default(), Some((cert.clone(), key.clone()))).await;
     let (ok, out, err) = client_program(
         "psql",
         proxy.writer.port(),
@@ -181,4 +182,27 @@ async fn tls_when_configured_clear_refusal_otherwise() {
     )
     .await;
     assert!(ok, "sslmode=prefer falls back to plaintext: {err}");
+
+    // require_tls: TLS works, a client that does not start TLS is refused
+    // before any password is asked for (28000, as a hostssl-only server).
+    let strict = Proxy::start_spec(servers.routing(), auto_auth(), Settings::default(), Some((cert, key)), true).await;
+    let (ok, out, err) = client_program(
+        "psql",
+        strict.writer.port(),
+        &["-X", "-A", "-t", "-d", "dbname=postgres sslmode=require", "-c", "SELECT 9"],
+        None,
+    )
+    .await;
+    assert!(ok, "psql over TLS to a require_tls proxy failed: {err}");
+    assert_eq!(out.trim(), "9");
+    let (ok, _, err) = client_program(
+        "psql",
+        strict.writer.port(),
+        &["-X", "-d", "dbname=postgres gssencmode=disable sslmode=disable", "-c", "SELECT 1"],
+        None,
+    )
+    .await;
+    assert!(!ok, "a client without TLS must be refused by a require_tls proxy");
+    assert!(err.contains("accepts only TLS connections"), "{err}");
+    assert!(!err.contains("password authentication"), "refused before authentication: {err}");
 }
