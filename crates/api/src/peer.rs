@@ -23,6 +23,11 @@ pub struct SupportRequest {
     pub cluster: ClusterName,
     pub primary: NodeName,
     pub epoch: Epoch,
+    /// A digest of the requester's view of the cluster's members
+    /// (`pgdr_decide::support::members_digest`): a peer whose view differs
+    /// refuses (a majority of another member list is not a majority).
+    #[serde(default)]
+    pub members: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -607,7 +607,8 @@ async fn controller_killed_mid_failover_resumes_and_finishes() {
     let primary = env.one_primary().await;
     assert_ne!(primary, old);
     let after = env.cluster().await.expect("cluster");
-    assert_eq!(after.epoch.0, before.epoch.0 + 1, "one promotion, one epoch");
+    // The fence epoch (no primary) written before fencing, then the promotion's.
+    assert_eq!(after.epoch.0, before.epoch.0 + 2, "one fence epoch, one promotion");
     assert_eq!(after.primary.as_ref().map(|p| p.to_string()), Some(primary));
     env.wait_ready().await;
 }

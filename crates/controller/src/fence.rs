@@ -13,9 +13,10 @@
 //! control-plane outage alone never demotes a healthy primary. Before relying
 //! on the lease, the controller therefore asks every agent it reaches to
 //! withdraw its support; the lease path is open only once enough agents
-//! withdrew that the old primary cannot assemble a majority, and one renewal
-//! interval plus the margin has passed since, so its next support check
-//! failed and it fenced.
+//! withdrew that the old primary cannot assemble a majority, and two renewal
+//! intervals (the longest a support round sent before the withdrawal
+//! covers it) plus the margin have passed since. The rule itself is
+//! [`pgdr_decide::fence`]'s; this module adapts it to tokio's clock.
 
 use serde::Serialize;
 use tokio::time::{Duration, Instant};
@@ -54,20 +55,21 @@ pub fn lease_expiry(last_grant: Instant, ttl: Duration, margin: Duration) -> Ins
 
 /// A majority of `n` agents.
 pub fn majority(n: usize) -> usize {
-    n / 2 + 1
+    pgdr_decide::support::majority(n)
 }
 
 /// Agents (besides the old primary's) that must withdraw their support so
 /// that the old primary cannot count a majority of `n` agents.
 pub fn withdrawals_needed(n: usize) -> usize {
-    (n + 1).saturating_sub(majority(n)).max(1)
+    pgdr_decide::fence::withdrawals_needed(n)
 }
 
 /// What the controller knows about the old primary's lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaseView {
-    /// The last renewal this controller granted the old primary, or the
-    /// controller's start when it has granted none since it started.
+    /// The last renewal this controller granted the old primary (or was
+    /// granting when the fence began), or the controller's start when it
+    /// has granted none since it started. Re-read at every check.
     pub last_grant: Instant,
     /// When the last needed agent acknowledged withdrawing its support, if
     /// enough have (see [`withdrawals_needed`]).
@@ -77,25 +79,32 @@ pub struct LeaseView {
     pub margin: Duration,
 }
 
-/// Decides whether the old primary is fenced.
+/// Decides whether the old primary is fenced: the pure gate of
+/// [`pgdr_decide::fence::FenceGate`], on this process's clock.
 pub fn decide(agent: &AgentFence, lease: &LeaseView, now: Instant) -> FenceDecision {
+    use pgdr_decide::At;
+    use pgdr_decide::fence::{Decision, Evidence, FenceGate, FenceTiming};
+    let origin = lease.support_withdrawn_at.map_or(lease.last_grant, |w| w.min(lease.last_grant)).min(now);
+    let at = |i: Instant| At(i.saturating_duration_since(origin).as_millis() as u64);
+    let ms = |d: Duration| d.as_millis() as u64;
+    let timing = FenceTiming { ttl: ms(lease.ttl), renew: ms(lease.renew), margin: ms(lease.margin) };
+    let mut gate = FenceGate::new(timing, 0, at(lease.last_grant));
+    gate.withdrawn_at = lease.support_withdrawn_at.map(at);
     if let AgentFence::Confirmed(how) = agent {
-        return FenceDecision::Fenced(FenceEvidence::AgentConfirmed(how.clone()));
+        gate.agent = Some(pgdr_decide::fence::AgentFence::Confirmed(how.clone()));
     }
-    let Some(withdrawn) = lease.support_withdrawn_at else {
-        return FenceDecision::NoQuorum;
-    };
-    let (last_grant, ttl, margin) = (lease.last_grant, lease.ttl, lease.margin);
-    let expiry = lease_expiry(last_grant, ttl, margin).max(withdrawn + lease.renew + margin);
-    if now >= expiry {
-        FenceDecision::Fenced(FenceEvidence::LeaseExpired(format!(
-            "no renewal for {:.1}s (lease {} + margin {})",
-            (now - last_grant).as_secs_f64(),
-            pgdr_model::format_duration(ttl),
-            pgdr_model::format_duration(margin)
-        )))
-    } else {
-        FenceDecision::WaitUntil(expiry)
+    match gate.decide(at(now)) {
+        Decision::Fenced(Evidence::AgentConfirmed(how)) => FenceDecision::Fenced(FenceEvidence::AgentConfirmed(how)),
+        Decision::Fenced(Evidence::LeaseExpired { .. }) => FenceDecision::Fenced(FenceEvidence::LeaseExpired(format!(
+            "no renewal for {:.1}s (lease {} + margin {}) and support withdrawn {:.1}s ago (hold {} + margin)",
+            (now - lease.last_grant).as_secs_f64(),
+            pgdr_model::format_duration(lease.ttl),
+            pgdr_model::format_duration(lease.margin),
+            lease.support_withdrawn_at.map(|w| (now - w).as_secs_f64()).unwrap_or(0.0),
+            pgdr_model::format_duration(lease.renew * 2),
+        ))),
+        Decision::WaitUntil(t) => FenceDecision::WaitUntil(origin + Duration::from_millis(t.0)),
+        Decision::NoQuorum => FenceDecision::NoQuorum,
     }
 }
 
@@ -137,7 +146,7 @@ mod tests {
         let silent = AgentFence::NotConfirmed("timed out".into());
         assert_eq!(decide(&silent, &view(granted, None), granted + Duration::from_secs(60)), FenceDecision::NoQuorum);
         let w = granted + Duration::from_secs(10);
-        assert_eq!(decide(&silent, &view(granted, Some(w)), w), FenceDecision::WaitUntil(w + Duration::from_secs(3)));
+        assert_eq!(decide(&silent, &view(granted, Some(w)), w), FenceDecision::WaitUntil(w + Duration::from_secs(4)));
     }
 
     #[test]

@@ -58,6 +58,17 @@ pub fn lease_wait(t: &Timing) -> Duration {
     t.lease_ttl + t.lease_margin
 }
 
+/// After the fence step's withdrawals: a support round the old primary
+/// sent just before them covers it for `2 × lease_renew`, then the margin.
+pub fn withdrawal_wait(t: &Timing) -> Duration {
+    t.lease_renew * 2 + t.lease_margin
+}
+
+/// The shortest `lease_renew`: the agent bounds its fence by it (an
+/// immediate stop, then SIGKILL of the postmaster after half of it) and a
+/// support round by a quarter of it.
+pub const MIN_LEASE_RENEW: Duration = Duration::from_millis(200);
+
 /// Inequalities beyond the basic ones `pgdr-config` checks.
 pub fn violations(t: &Timing) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = t.check().into_iter().map(|(k, m)| (k.to_owned(), m)).collect();
@@ -65,8 +76,17 @@ pub fn violations(t: &Timing) -> Vec<(String, String)> {
         v.push((
             "timing.lease_margin".into(),
             format!(
-                "must be at least timing.lease_renew ({}): it covers the old primary's fencing action, which the agent bounds by lease_renew, and clock-rate drift",
+                "must be at least timing.lease_renew ({}): the agent starts its fence lease_renew before its lease ends and bounds it by that, and the margin covers what is left: an agent restarted just before its deadline decides within lease_renew / 2, and clock drift and timer lateness take the other half",
                 pgdr_model::format_duration(t.lease_renew)
+            ),
+        ));
+    }
+    if !t.lease_renew.is_zero() && t.lease_renew < MIN_LEASE_RENEW {
+        v.push((
+            "timing.lease_renew".into(),
+            format!(
+                "must be at least {}: the slowest fence the agent allows is lease_renew (an immediate stop, SIGKILL after half of it), and a support round gets lease_renew / 4",
+                pgdr_model::format_duration(MIN_LEASE_RENEW)
             ),
         ));
     }
@@ -87,7 +107,9 @@ impl Math {
         // Crash: refused probes; the agent answers and confirms the fence in
         // at most one probe timeout.
         let crash_decision = det_r + t.probe_timeout + if restart_first { t.restart_deadline } else { Duration::ZERO };
-        let silent_decision = det_s.max(lease);
+        // The lease from the last grant, or the withdrawals made once the
+        // outage is declared, whichever ends later.
+        let silent_decision = lease.max(det_s + withdrawal_wait(t));
         let mut classes = vec![
             ClassRto {
                 class: "primary-crash",
@@ -103,7 +125,7 @@ impl Math {
                 class: "host-loss",
                 decision_seconds: s(silent_decision),
                 worst_rto_seconds: s(silent_decision + promote),
-                formula: "max(failure_threshold × probe_interval + probe_timeout, lease_ttl + lease_margin) + promote_timeout".into(),
+                formula: "max(lease_ttl + lease_margin, failure_threshold × probe_interval + probe_timeout + 2 × lease_renew + lease_margin) + promote_timeout".into(),
             },
             ClassRto {
                 class: "region-loss",
@@ -161,5 +183,14 @@ mod tests {
         assert_eq!(lease_wait(&t), Duration::from_secs(8));
         let bad = Timing { lease_margin: Duration::from_millis(100), ..Timing::default() };
         assert_eq!(violations(&bad)[0].0, "timing.lease_margin");
+        let fast = Timing {
+            lease_renew: Duration::from_millis(100),
+            lease_ttl: Duration::from_millis(300),
+            lease_margin: Duration::from_millis(100),
+            ..Timing::default()
+        };
+        assert_eq!(violations(&fast)[0].0, "timing.lease_renew");
+        // Host loss: the withdrawals after detection end later than the lease.
+        assert_eq!(withdrawal_wait(&t), Duration::from_secs(4));
     }
 }

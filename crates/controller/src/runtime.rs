@@ -186,6 +186,12 @@ struct Grant {
 pub struct LeaseBook {
     started: Instant,
     grants: Mutex<HashMap<ClusterName, Grant>>,
+    /// Renewals being decided: (cluster, node, id) → when the request
+    /// came. Counted by [`LeaseBook::last_grant`] as if granted, so a fence
+    /// step that wrote the fence epoch while a renewal was between reading
+    /// the store and answering still waits for it.
+    pending: Mutex<HashMap<(ClusterName, NodeName, u64), Instant>>,
+    ids: std::sync::atomic::AtomicU64,
     /// Old primaries whose renewals are refused (a failover of their
     /// cluster has begun). Only the old primary: the new one must renew.
     blocked: Mutex<HashSet<(ClusterName, NodeName)>>,
@@ -204,17 +210,30 @@ pub enum LeaseRefused {
 
 impl LeaseBook {
     pub fn new() -> LeaseBook {
-        LeaseBook { started: Instant::now(), grants: Mutex::new(HashMap::new()), blocked: Mutex::new(HashSet::new()) }
+        LeaseBook {
+            started: Instant::now(),
+            grants: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            ids: std::sync::atomic::AtomicU64::new(0),
+            blocked: Mutex::new(HashSet::new()),
+        }
     }
 
     /// The last renewal granted to `node` of `cluster`, or the controller's
     /// start when there was none since.
     pub fn last_grant(&self, cluster: &ClusterName, node: &NodeName) -> Instant {
-        self.grants
+        let granted = self
+            .grants
             .lock()
             .ok()
             .and_then(|g| g.get(cluster).filter(|g| g.node == *node).map(|g| g.at))
-            .unwrap_or(self.started)
+            .unwrap_or(self.started);
+        let pending = self
+            .pending
+            .lock()
+            .ok()
+            .and_then(|p| p.iter().filter(|((c, n, _), _)| c == cluster && n == node).map(|(_, at)| *at).max());
+        pending.map_or(granted, |p| p.max(granted))
     }
 
     /// Refuses `old_primary`'s renewals from now on (a failover began).
@@ -243,6 +262,25 @@ impl LeaseBook {
         node: &NodeName,
         ttl: Duration,
     ) -> Result<Epoch, LeaseRefused> {
+        let id = self.ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let key = (cluster.clone(), node.clone(), id);
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(key.clone(), Instant::now());
+        }
+        let out = self.decide_renewal(store, cluster, node, ttl).await;
+        if let Ok(mut p) = self.pending.lock() {
+            p.remove(&key);
+        }
+        out
+    }
+
+    async fn decide_renewal(
+        &self,
+        store: &ClusterStore,
+        cluster: &ClusterName,
+        node: &NodeName,
+        ttl: Duration,
+    ) -> Result<Epoch, LeaseRefused> {
         if self.is_blocked(cluster, node) {
             return Err(LeaseRefused::Refused(format!("a failover of cluster {cluster} is under way")));
         }
@@ -251,15 +289,15 @@ impl LeaseBook {
             .await
             .map_err(|e| LeaseRefused::NotReady(format!("state store: {e}")))?
             .ok_or_else(|| LeaseRefused::NotReady(format!("cluster {cluster} has no state yet")))?;
-        if state.primary.as_ref() != Some(node) {
-            return Err(LeaseRefused::Refused(format!(
-                "{node} is not the primary of cluster {cluster} at epoch {} (the primary is {})",
-                state.epoch,
-                state.primary.as_ref().map(|p| p.as_str()).unwrap_or("none")
-            )));
+        // The rule reads the store (pgdr_decide::renewal): a failover's
+        // fence epoch names no primary, so this refuses the old primary in
+        // any controller, a restarted one included.
+        let now = Instant::now();
+        let view = pgdr_decide::renewal::StoreView { epoch: state.epoch, primary: state.primary.clone() };
+        if let Err(pgdr_decide::renewal::Refused(why)) = pgdr_decide::renewal::renew(&view, node) {
+            return Err(LeaseRefused::Refused(format!("cluster {cluster}: {why}")));
         }
         let existing = self.grants.lock().ok().and_then(|g| g.get(cluster).cloned());
-        let now = Instant::now();
         if let Some(g) = existing.filter(|g| g.node == *node && g.epoch == state.epoch)
             && store.renew(&g.held).await.is_ok()
         {

@@ -243,6 +243,11 @@ async fn fence_old_primary(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, S
     let node = c.node(&old)?;
     let timing = &c.sh.config.timing;
     let started = Instant::now();
+    // 0. Block its renewals in the store, where every controller reads
+    //    them (a restarted one included): the next epoch, naming no
+    //    primary. From here its agent's renewals are refused and it fences
+    //    at once when it hears so.
+    let fence_epoch = raise_fence_epoch(&c, &sc, &old).await?;
     // 1. Ask its agent (fast path). It runs alongside the withdrawals: an
     //    agent cut off by a partition must not hold the step for its whole
     //    timeout when the lease already proves the old primary fenced.
@@ -292,7 +297,7 @@ async fn fence_old_primary(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, S
         }
     }
     let withdrawn_at = (withdrawn.len() >= fence::withdrawals_needed(cluster.nodes.len())).then_some(Instant::now());
-    let view = LeaseView {
+    let mut view = LeaseView {
         last_grant: c.sh.leases.last_grant(&cluster.name, &old),
         support_withdrawn_at: withdrawn_at,
         ttl: timing.lease_ttl,
@@ -304,6 +309,9 @@ async fn fence_old_primary(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, S
     //    counts as not confirmed).
     let mut agent_fence: Option<AgentFence> = None;
     let evidence = loop {
+        // Re-read at every check: a renewal that was being granted when
+        // the fence epoch was written moves it.
+        view.last_grant = c.sh.leases.last_grant(&cluster.name, &old);
         let seen = agent_fence.clone().unwrap_or_else(|| AgentFence::NotConfirmed("no answer yet".into()));
         let wait_until = match fence::decide(&seen, &view, Instant::now()) {
             FenceDecision::Fenced(e) => break e,
@@ -340,12 +348,55 @@ async fn fence_old_primary(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, S
     let _ = c.sh.clusters.break_primary_lease(&cluster.name).await;
     Ok(StepOutput::json(json!({
         "node": old,
+        "fence_epoch": fence_epoch,
         "evidence": evidence,
         "agent": match &agent_fence { AgentFence::Confirmed(m) => json!({"confirmed": m}), AgentFence::NotConfirmed(e) => json!({"not_confirmed": e}) },
         "hook": hook,
         "support_withdrawn_by": withdrawn,
         "took_ms": started.elapsed().as_millis() as u64,
     })))
+}
+
+/// The fence step's first act: the epoch after the old primary's, naming
+/// no primary (compare-and-set from the old epoch; already done when a
+/// resumed workflow runs the step again). The rule is
+/// [`pgdr_decide::renewal::fence_epoch`].
+async fn raise_fence_epoch(c: &Ctx, sc: &StepContext, old: &NodeName) -> Result<Epoch, StepError> {
+    use pgdr_decide::renewal::{FenceEpoch, StoreView};
+    let cluster = c.cluster()?;
+    let state =
+        c.sh.clusters.state(&cluster.name).await.map_err(retry)?.ok_or_else(|| fatal("the cluster has no state"))?;
+    let view = StoreView { epoch: state.epoch, primary: state.primary.clone() };
+    match pgdr_decide::renewal::fence_epoch(&view, c.p.old_epoch) {
+        FenceEpoch::Raise(next) => {
+            let reason = format!("fence {old}: {} {}", sc.kind, sc.workflow.as_str());
+            let s =
+                c.sh.clusters
+                    .raise_epoch(&cluster.name, c.p.old_epoch, None, &reason)
+                    .await
+                    .map_err(|e| if e.is_retryable() { retry(e) } else { fatal(e) })?;
+            tracing::warn!(cluster = %cluster.name, epoch = %s.epoch, old_primary = %old, "fence epoch written: renewals of {old} are refused from now on");
+            debug_assert_eq!(s.epoch, next.epoch);
+            Ok(s.epoch)
+        }
+        FenceEpoch::Already => Ok(state.epoch),
+        FenceEpoch::Moved => Err(fatal(format!(
+            "the epoch moved from {} to {} (primary {}) under this workflow: another controller acted",
+            c.p.old_epoch,
+            state.epoch,
+            state.primary.as_ref().map(|p| p.as_str()).unwrap_or("none")
+        ))),
+    }
+}
+
+/// The epoch a failover's raise_epoch step raises from: the fence epoch
+/// when the fence step wrote one, else the old primary's.
+fn epoch_before_promotion(c: &Ctx, sc: &StepContext) -> Epoch {
+    sc.output("fence_old_primary")
+        .and_then(|v| v.get("fence_epoch"))
+        .and_then(Value::as_u64)
+        .map(Epoch)
+        .unwrap_or(c.p.old_epoch)
 }
 
 /// Aborts a spawned task when dropped.
@@ -666,8 +717,9 @@ async fn raise_epoch(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepErr
     let cluster = c.cluster()?;
     let node = chosen(&sc)?;
     let state = c.sh.clusters.state(&cluster.name).await.map_err(retry)?;
+    let from = epoch_before_promotion(&c, &sc);
     if let Some(s) = &state
-        && s.epoch == c.p.old_epoch.next()
+        && s.epoch == from.next()
         && s.primary.as_ref() == Some(&node)
     {
         return Ok(StepOutput::json(json!({"epoch": s.epoch, "primary": node, "already": true})).with_epoch(s.epoch));
@@ -675,7 +727,7 @@ async fn raise_epoch(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepErr
     let reason = format!("{} {}", sc.kind, sc.workflow.as_str());
     let s =
         c.sh.clusters
-            .raise_epoch(&cluster.name, c.p.old_epoch, Some(node.clone()), &reason)
+            .raise_epoch(&cluster.name, from, Some(node.clone()), &reason)
             .await
             .map_err(|e| if e.is_retryable() { retry(e) } else { fatal(e) })?;
     c.sh.metrics

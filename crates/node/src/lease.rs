@@ -1,30 +1,40 @@
-//! The primary's lease and self-fencing, on the agent's side.
+//! The primary's lease and self-fencing, on the agent's side: the IO loop
+//! around [`pgdr_decide::lease::AgentLease`], which decides (see its docs
+//! and `docs/failover-math.md`). This loop only carries events in (the
+//! role PostgreSQL reports, renewal and support answers, timers, the end of
+//! a fence) and commands out (ask PostgreSQL, renew through the controller,
+//! ask the peers, stop PostgreSQL), and journals every decision with its
+//! reason.
 //!
-//! While its PostgreSQL is a writable primary, the agent renews a lease
-//! through the controller every `timing.lease_renew`
-//! (`POST /v1/clusters/{c}/lease`). If the controller refuses the renewal (a
-//! newer epoch names another primary, or a failover has begun) the agent
-//! fences at once. If the controller cannot be reached for
-//! `timing.lease_ttl - 2 × timing.lease_renew` since the last renewal it
-//! *sent* that was granted (so that it is fenced within `lease_ttl`), the
-//! agent asks its cluster's other agents for support (`/v1/peer/support`):
-//! with a majority
-//! (itself included) it keeps PostgreSQL writable — a control-plane outage
-//! alone never demotes a healthy primary — otherwise it stops PostgreSQL
-//! (immediate stop: the fastest way to end every write).
+//! In short: the agent renews every `timing.lease_renew`
+//! (`POST /v1/clusters/{c}/lease`); a refused renewal fences at once; when
+//! renewals stop being granted it asks its cluster's other agents for
+//! support (`/v1/peer/support`) and keeps PostgreSQL writable only while a
+//! majority supports it (a control-plane outage alone never demotes a
+//! healthy primary); the fence itself (an immediate stop, then SIGKILL of
+//! the postmaster, within `lease_renew`) starts on a timer at the deadline,
+//! not after the calls. A freshly started agent is lapsed: a PostgreSQL it
+//! finds writable must get a renewal or a majority within `lease_renew / 2`.
 //!
-//! The same module serves the peer endpoints: support is given unless the
-//! controller withdrew it for that primary and epoch (`/v1/peer/withdraw`).
-//! See `docs/failover-math.md` for why this keeps one writer.
+//! The same module serves the peer endpoints with the support rule of
+//! [`pgdr_decide::support`]: support is refused to a requester with another
+//! view of the members, below this agent's durable epoch, or where the
+//! controller withdrew it (`/v1/peer/withdraw`, written to the epoch file
+//! before it is acknowledged, so a restarted agent still refuses).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use pgdr_api::controller::{ControllerClient, LeaseRequest};
 use pgdr_api::peer::{PeerClient, SupportReply, SupportRequest, WithdrawRequest};
 use pgdr_config::{Access, Config, Redacted};
-use pgdr_model::{ClusterName, Epoch, NodeName};
+use pgdr_decide::At;
+use pgdr_decide::lease::{AgentLease, Command, Event, LeaseTiming, Renewal, Role};
+use pgdr_decide::support::{SupportAsk, members_digest};
+use pgdr_model::{ClusterName, NodeName};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -47,6 +57,8 @@ pub struct LeaseSettings {
     pub renew: Duration,
     /// The other agents of the cluster: (node, address).
     pub peers: Vec<(NodeName, String)>,
+    /// This agent's view of the cluster's members ([`members_digest`]).
+    pub members: String,
 }
 
 impl LeaseSettings {
@@ -74,27 +86,12 @@ impl LeaseSettings {
                 .filter(|n| n.name != node.name)
                 .map(|n| (n.name.clone(), n.agent.clone()))
                 .collect(),
+            members: members_digest(cluster.nodes.iter().map(|n| n.name.as_str())),
         })
     }
-}
 
-/// Support this agent withdrew, and what the lease loop last did.
-#[derive(Debug, Default)]
-pub struct PeerState {
-    /// (primary, epoch): no support for that primary at that epoch or older.
-    withdrawn: Mutex<Vec<(NodeName, Epoch)>>,
-}
-
-impl PeerState {
-    fn supports(&self, primary: &NodeName, epoch: Epoch) -> bool {
-        self.withdrawn.lock().map(|w| !w.iter().any(|(p, e)| p == primary && epoch <= *e)).unwrap_or(false)
-    }
-
-    fn withdraw(&self, primary: NodeName, epoch: Epoch) {
-        if let Ok(mut w) = self.withdrawn.lock() {
-            w.retain(|(p, _)| *p != primary);
-            w.push((primary, epoch));
-        }
+    fn timing(&self) -> LeaseTiming {
+        LeaseTiming { ttl: self.ttl.as_millis() as u64, renew: self.renew.as_millis() as u64 }
     }
 }
 
@@ -103,11 +100,26 @@ pub(crate) async fn support(
     State(agent): State<Arc<AgentState>>,
     axum::Json(req): axum::Json<SupportRequest>,
 ) -> axum::Json<SupportReply> {
-    let support = req.cluster == agent.cfg.cluster && agent.peers.supports(&req.primary, req.epoch);
+    let members = agent.members.get();
+    let mine = members.cloned().unwrap_or_default();
+    let ask = SupportAsk {
+        same_cluster: req.cluster == agent.cfg.cluster && members.is_some(),
+        primary: &req.primary,
+        epoch: req.epoch,
+        members: &req.members,
+        my_members: &mine,
+    };
+    let verdict = agent.epoch.durable().support(&ask);
+    if let Err(why) = &verdict {
+        tracing::info!(node = %agent.cfg.node, primary = %req.primary, epoch = %req.epoch, "support refused: {why}");
+    }
     axum::Json(SupportReply {
         node: agent.cfg.node.clone(),
-        support,
-        message: if support { "supported".into() } else { "support withdrawn by the controller".into() },
+        support: verdict.is_ok(),
+        message: match verdict {
+            Ok(()) => "supported".into(),
+            Err(why) => why.to_string(),
+        },
     })
 }
 
@@ -115,16 +127,31 @@ pub(crate) async fn support(
 pub(crate) async fn withdraw(
     State(agent): State<Arc<AgentState>>,
     axum::Json(req): axum::Json<WithdrawRequest>,
-) -> axum::Json<SupportReply> {
+) -> Response {
     tracing::warn!(node = %agent.cfg.node, primary = %req.primary, epoch = %req.epoch, "controller withdrew support for the primary");
-    agent.peers.withdraw(req.primary, req.epoch);
-    axum::Json(SupportReply { node: agent.cfg.node.clone(), support: false, message: "support withdrawn".into() })
+    if req.cluster != agent.cfg.cluster {
+        return (StatusCode::BAD_REQUEST, "another cluster").into_response();
+    }
+    // Durable before it is acknowledged: the controller counts on it.
+    match agent.epoch.withdraw(&req.primary, req.epoch).await {
+        Ok(()) => axum::Json(SupportReply {
+            node: agent.cfg.node.clone(),
+            support: false,
+            message: "support withdrawn".into(),
+        })
+        .into_response(),
+        Err(e) => {
+            tracing::error!(node = %agent.cfg.node, "cannot record the withdrawal: {e}");
+            (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+        }
+    }
 }
 
 /// Whether PostgreSQL here is a writable primary (not in recovery, not
-/// fenced read-only: a fenced node takes no writes and needs no lease).
-async fn is_primary(agent: &AgentState) -> bool {
-    let check = agent.with_local(async |client| {
+/// fenced read-only: a fenced node takes no writes and needs no lease);
+/// [`Role::Unknown`] when it cannot be asked.
+async fn check_role(agent: &AgentState, within: Duration) -> Role {
+    let ask = agent.with_local(async |client| {
         client
             .query_one(
                 "select not pg_is_in_recovery() and current_setting('default_transaction_read_only') = 'off'",
@@ -132,55 +159,37 @@ async fn is_primary(agent: &AgentState) -> bool {
             )
             .await
     });
-    match tokio::time::timeout(Duration::from_secs(2), check).await {
-        Ok(Ok(row)) => row.try_get::<_, bool>(0).unwrap_or(false),
-        _ => false,
+    match tokio::time::timeout(within, ask).await {
+        Ok(Ok(row)) => match row.try_get::<_, bool>(0) {
+            Ok(true) => Role::Primary,
+            Ok(false) => Role::NotPrimary,
+            Err(_) => Role::Unknown,
+        },
+        _ => Role::Unknown,
     }
 }
 
-/// Stops PostgreSQL at once: the self-fence.
-async fn fence(agent: &AgentState, why: &str) {
+/// Stops PostgreSQL at once, within `within`: the self-fence. `true` once
+/// it is down.
+async fn fence(agent: &AgentState, why: &str, within: Duration) -> bool {
     tracing::error!(node = %agent.cfg.node, "fencing PostgreSQL: {why}");
-    if let Err(e) = agent.cfg.pg.stop(StopMode::Immediate, Duration::from_secs(10)).await {
-        tracing::error!(node = %agent.cfg.node, "self-fence failed: {e}");
-        // Last resort: kill the postmaster.
-        if let Some(pid) = agent.cfg.pg.postmaster_pid() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-        }
-    }
-}
-
-/// Counts the agents (itself included) that support this primary.
-async fn count_support(settings: &LeaseSettings, tls: &pgdr_api::HttpTls, epoch: Epoch) -> usize {
-    let req = SupportRequest { cluster: settings.cluster.clone(), primary: settings.node.clone(), epoch };
-    let timeout = settings.renew.max(Duration::from_millis(200));
-    let mut calls = tokio::task::JoinSet::new();
-    for (_, addr) in &settings.peers {
-        let (req, addr, token, tls) = (req.clone(), addr.clone(), settings.agent_token.clone(), tls.clone());
-        calls.spawn(async move {
-            match PeerClient::new_with(&addr, token, timeout, &tls) {
-                Ok(c) => c.support(&req).await.map(|r| r.support).unwrap_or(false),
-                Err(_) => false,
+    match agent.cfg.pg.stop(StopMode::Immediate, within / 2).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(node = %agent.cfg.node, "immediate stop did not finish ({e}): killing the postmaster");
+            match agent.cfg.pg.postmaster_pid() {
+                Some(pid) => {
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).is_ok()
+                }
+                None => true,
             }
-        });
-    }
-    let mut n = 1;
-    while let Some(r) = calls.join_next().await {
-        if r.unwrap_or(false) {
-            n += 1;
         }
     }
-    n
 }
 
-/// A majority of `n` agents.
-fn majority(n: usize) -> usize {
-    n / 2 + 1
-}
-
-/// Renews the lease while PostgreSQL is primary; fences as described in the
-/// module docs. Runs until `cancel` fires.
+/// Runs the lease machine until `cancel` fires.
 pub async fn run(agent: Arc<AgentState>, settings: LeaseSettings, cancel: CancellationToken) {
+    let timing = settings.timing();
     let tls = agent.cfg.http_tls.clone();
     let client = match ControllerClient::new_with(&settings.controller, settings.controller_token.clone(), &tls) {
         Ok(c) => c.with_timeout(settings.renew.max(Duration::from_millis(200))),
@@ -189,56 +198,104 @@ pub async fn run(agent: Arc<AgentState>, settings: LeaseSettings, cancel: Cancel
             return;
         }
     };
-    let total = settings.peers.len() + 1;
-    // Counting starts when the loop does: a fresh agent has `ttl` to renew.
-    let mut last_ok = Instant::now();
-    let mut tick = tokio::time::interval(settings.renew);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let origin = Instant::now();
+    let at = move || At(origin.elapsed().as_millis() as u64);
+    let mut machine = AgentLease::new(timing, settings.peers.len() + 1, at());
+    let mut calls: tokio::task::JoinSet<Event> = tokio::task::JoinSet::new();
+    let mut wake = origin;
+    let mut role_in_flight = false;
+    let mut lapsed_logged = false;
+    let mut cmds = machine.on(Event::Tick, at());
+    tracing::info!(node = %settings.node, "lease: started lapsed; a writable PostgreSQL needs a renewal or a majority of support");
     loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if !is_primary(&agent).await {
-            last_ok = Instant::now();
-            continue;
-        }
-        let epoch = agent.epoch.current();
-        let sent = Instant::now();
-        let req = LeaseRequest { node: settings.node.clone(), epoch };
-        match client.renew_lease(settings.cluster.as_str(), &req).await {
-            Ok(reply) if reply.granted => {
-                last_ok = sent;
-                continue;
-            }
-            Ok(reply) => {
-                fence(&agent, &format!("the controller refused the lease: {}", reply.message)).await;
-                continue;
-            }
-            Err(pgdr_api::ApiError::Failed { status: 409, message, .. }) => {
-                fence(&agent, &format!("the controller refused the lease: {message}")).await;
-                continue;
-            }
-            Err(e) => {
-                // Once per lapse, not every renewal.
-                if sent.duration_since(last_ok) < settings.renew * 2 {
-                    tracing::warn!(node = %settings.node, "lease renewal failed: {e}");
+        for c in cmds.drain(..) {
+            match c {
+                Command::CheckRole => {
+                    if role_in_flight {
+                        continue;
+                    }
+                    role_in_flight = true;
+                    let (agent, within) = (agent.clone(), settings.renew / 2);
+                    calls.spawn(async move { Event::Role(check_role(&agent, within).await) });
                 }
+                Command::Renew { id } => {
+                    let req = LeaseRequest { node: settings.node.clone(), epoch: agent.epoch.current() };
+                    let (client, cluster, node) = (client.clone(), settings.cluster.clone(), settings.node.clone());
+                    calls.spawn(async move {
+                        let outcome = match client.renew_lease(cluster.as_str(), &req).await {
+                            Ok(r) if r.granted => Renewal::Granted,
+                            Ok(r) => {
+                                tracing::warn!(%node, "lease refused: {}", r.message);
+                                Renewal::Refused
+                            }
+                            Err(pgdr_api::ApiError::Failed { status: 409, message, .. }) => {
+                                tracing::warn!(%node, "lease refused: {message}");
+                                Renewal::Refused
+                            }
+                            Err(e) => {
+                                tracing::debug!(%node, "lease renewal failed: {e}");
+                                Renewal::Failed
+                            }
+                        };
+                        Event::Renewed { id, outcome }
+                    });
+                }
+                Command::AskSupport { round } => {
+                    let req = SupportRequest {
+                        cluster: settings.cluster.clone(),
+                        primary: settings.node.clone(),
+                        epoch: agent.epoch.current(),
+                        members: settings.members.clone(),
+                    };
+                    let timeout = Duration::from_millis(timing.support_timeout());
+                    for (_, addr) in &settings.peers {
+                        let (req, addr, token, tls) =
+                            (req.clone(), addr.clone(), settings.agent_token.clone(), tls.clone());
+                        calls.spawn(async move {
+                            let yes = match PeerClient::new_with(&addr, token, timeout, &tls) {
+                                Ok(c) => matches!(
+                                    tokio::time::timeout(timeout, c.support(&req)).await,
+                                    Ok(Ok(r)) if r.support
+                                ),
+                                Err(_) => false,
+                            };
+                            Event::Support { round, yes }
+                        });
+                    }
+                }
+                Command::Fence { reason } => {
+                    let (agent, lead) = (agent.clone(), Duration::from_millis(timing.fence_lead()));
+                    calls.spawn(async move { Event::Fenced { ok: fence(&agent, reason.describe(), lead).await } });
+                }
+                Command::WakeAt(t) => wake = origin + Duration::from_millis(t.0),
             }
         }
-        // Act early enough to be fenced by `ttl` after the last granted
-        // renewal: the next check may come one `renew` later and asking the
-        // peers takes up to one `renew`. The controller presumes this node
-        // fenced only `ttl + lease_margin` after it granted that renewal,
-        // so the margin is left for the stop itself.
-        if sent.duration_since(last_ok) + settings.renew * 2 < settings.ttl {
-            continue;
+        let event = tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep_until(wake) => Event::Tick,
+            Some(done) = calls.join_next(), if !calls.is_empty() => match done {
+                Ok(ev) => ev,
+                Err(e) => {
+                    tracing::error!(node = %settings.node, "a lease call failed: {e}");
+                    Event::Tick
+                }
+            },
+        };
+        if let Event::Role(role) = event {
+            role_in_flight = false;
+            if role == Role::Unknown && machine.is_primary() {
+                tracing::warn!(node = %settings.node, "cannot ask PostgreSQL its role: it is still treated as the primary it was");
+            }
         }
-        let support = count_support(&settings, &tls, epoch).await;
-        if support >= majority(total) {
-            tracing::warn!(node = %settings.node, support, total, "lease lapsed but a majority of agents support this primary: keep taking writes");
-        } else {
-            fence(&agent, &format!("lease lapsed and only {support} of {total} agents support this primary")).await;
+        let now = at();
+        cmds = machine.on(event, now);
+        // Journal the lapse once, not at every support round.
+        let covered = machine.leased(now);
+        if machine.is_primary() && !covered && !lapsed_logged {
+            tracing::warn!(node = %settings.node, fence_at_ms = machine.fence_at().0, "lease not renewed: asking the other agents for support");
+            lapsed_logged = true;
+        } else if covered {
+            lapsed_logged = false;
         }
     }
 }
@@ -251,6 +308,10 @@ pub async fn serve(
     settings: Option<LeaseSettings>,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
+    if let Some(s) = &settings {
+        // Only an agent run with a lease supports anyone (set once).
+        let _ = agent.members.set(s.members.clone());
+    }
     let app = crate::agent::router(agent.clone());
     let tracker = tokio_util::task::TaskTracker::new();
     if let Some(s) = settings {
@@ -263,22 +324,4 @@ pub async fn serve(
     tracker.close();
     tracker.wait().await;
     res
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn withdrawal_covers_older_epochs() {
-        let p = PeerState::default();
-        let a = NodeName::new("a");
-        assert!(p.supports(&a, Epoch(3)));
-        p.withdraw(a.clone(), Epoch(3));
-        assert!(!p.supports(&a, Epoch(3)));
-        assert!(!p.supports(&a, Epoch(2)));
-        assert!(p.supports(&a, Epoch(4)));
-        assert!(p.supports(&NodeName::new("b"), Epoch(3)));
-        assert_eq!(majority(3), 2);
-    }
 }

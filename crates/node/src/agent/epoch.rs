@@ -1,11 +1,17 @@
-//! The highest epoch this agent has seen, kept in a small file beside the
-//! data directory (`<data>.epoch`) and replaced atomically (write a
-//! temporary file, fsync, rename, fsync the folder), so a restarted agent
-//! still refuses commands from a deposed controller.
+//! What this agent keeps across restarts ([`PeerDurable`]): the highest
+//! epoch it has seen and the support the controller withdrew, in a small
+//! file beside the data directory (`<data>.epoch`) replaced atomically
+//! (write a temporary file, fsync, rename, fsync the folder), so a
+//! restarted agent still refuses commands from a deposed controller and
+//! support to a deposed primary.
+//!
+//! The file's first line is the epoch (the format before withdrawals were
+//! kept, still read as is); each further line is `withdrawn <node> <epoch>`.
 
 use std::path::{Path, PathBuf};
 
-use pgdr_model::Epoch;
+use pgdr_decide::support::PeerDurable;
+use pgdr_model::{Epoch, NodeName};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EpochError {
@@ -15,31 +21,93 @@ pub enum EpochError {
     Stale { seen: Epoch, given: Epoch },
     #[error("epoch file {}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("epoch file {} holds {text:?}, not a number: fix or remove it", path.display())]
+    #[error("epoch file {} holds {text:?}, not an epoch and withdrawals: fix or remove it", path.display())]
     Corrupt { path: PathBuf, text: String },
 }
 
-/// The durable highest-seen epoch.
+/// The durable highest-seen epoch and withdrawals.
 #[derive(Debug)]
 pub struct EpochStore {
     path: PathBuf,
-    current: tokio::sync::Mutex<Epoch>,
-    /// A copy for readers that must not wait behind a write.
+    current: tokio::sync::Mutex<PeerDurable>,
+    /// A copy of the epoch for readers that must not wait behind a write.
     seen: std::sync::atomic::AtomicU64,
+    /// A copy of the whole for the support rule (never behind the file:
+    /// updated after each write).
+    snapshot: std::sync::Mutex<PeerDurable>,
+}
+
+fn parse(path: &Path, text: &str) -> Result<PeerDurable, EpochError> {
+    let corrupt = || EpochError::Corrupt { path: path.to_owned(), text: text.trim().to_owned() };
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let epoch = match lines.next() {
+        Some(first) => Epoch(first.parse().map_err(|_| corrupt())?),
+        None => Epoch::ZERO,
+    };
+    let mut d = PeerDurable { epoch, ..PeerDurable::default() };
+    for line in lines {
+        let mut w = line.split_whitespace();
+        match (w.next(), w.next(), w.next().map(str::parse::<u64>), w.next()) {
+            (Some("withdrawn"), Some(node), Some(Ok(e)), None) => {
+                d.withdraw(&NodeName::new(node), Epoch(e));
+            }
+            _ => return Err(corrupt()),
+        }
+    }
+    Ok(d)
+}
+
+fn render(d: &PeerDurable) -> String {
+    let mut s = format!("{}\n", d.epoch.0);
+    for (node, e) in &d.withdrawn {
+        s.push_str(&format!("withdrawn {node} {}\n", e.0));
+    }
+    s
 }
 
 impl EpochStore {
-    /// Reads the file; a missing file means epoch 0.
+    /// Reads the file; a missing file means epoch 0 and no withdrawals.
     pub fn open(path: PathBuf) -> Result<EpochStore, EpochError> {
-        let epoch = match crate::files::read_limited(&path, 64) {
-            Ok(text) => {
-                let t = text.trim();
-                Epoch(t.parse().map_err(|_| EpochError::Corrupt { path: path.clone(), text: t.to_owned() })?)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Epoch::ZERO,
+        let durable = match crate::files::read_limited(&path, 1 << 20) {
+            Ok(text) => parse(&path, &text)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => PeerDurable::default(),
             Err(source) => return Err(EpochError::Io { path, source }),
         };
-        Ok(EpochStore { path, current: tokio::sync::Mutex::new(epoch), seen: epoch.0.into() })
+        Ok(EpochStore {
+            path,
+            seen: durable.epoch.0.into(),
+            snapshot: std::sync::Mutex::new(durable.clone()),
+            current: tokio::sync::Mutex::new(durable),
+        })
+    }
+
+    /// What is on disk now (the support rule reads this).
+    pub fn durable(&self) -> PeerDurable {
+        self.snapshot.lock().map(|d| d.clone()).unwrap_or_default()
+    }
+
+    /// Records the controller's withdrawal of support for `primary` at
+    /// `epoch` and older, durably, before returning.
+    pub async fn withdraw(&self, primary: &NodeName, epoch: Epoch) -> Result<(), EpochError> {
+        let mut cur = self.current.lock().await;
+        let mut next = cur.clone();
+        if next.withdraw(primary, epoch) {
+            self.write(&next).await?;
+            *cur = next;
+        }
+        Ok(())
+    }
+
+    async fn write(&self, d: &PeerDurable) -> Result<(), EpochError> {
+        let (path, text) = (self.path.clone(), render(d));
+        tokio::task::spawn_blocking(move || write_atomic(&path, &text))
+            .await
+            .map_err(|e| EpochError::Io { path: self.path.clone(), source: std::io::Error::other(e) })??;
+        if let Ok(mut s) = self.snapshot.lock() {
+            *s = d.clone();
+        }
+        self.seen.store(d.epoch.0, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -55,28 +123,25 @@ impl EpochStore {
     /// durably before returning.
     pub async fn check(&self, given: Epoch) -> Result<Epoch, EpochError> {
         let mut cur = self.current.lock().await;
-        if given < *cur {
-            return Err(EpochError::Stale { seen: *cur, given });
+        if given < cur.epoch {
+            return Err(EpochError::Stale { seen: cur.epoch, given });
         }
-        if given > *cur {
-            let path = self.path.clone();
-            tokio::task::spawn_blocking(move || write_atomic(&path, given))
-                .await
-                .map_err(|e| EpochError::Io { path: self.path.clone(), source: std::io::Error::other(e) })??;
-            *cur = given;
-            self.seen.store(given.0, std::sync::atomic::Ordering::SeqCst);
+        if given > cur.epoch {
+            let mut next = cur.clone();
+            next.see_epoch(given);
+            self.write(&next).await?;
+            *cur = next;
         }
-        Ok(*cur)
+        Ok(cur.epoch)
     }
 }
 
-fn write_atomic(path: &Path, epoch: Epoch) -> Result<(), EpochError> {
+fn write_atomic(path: &Path, text: &str) -> Result<(), EpochError> {
     let io = |source| EpochError::Io { path: path.to_owned(), source };
     // A fresh O_EXCL|O_NOFOLLOW temporary file, renamed over the old one:
     // the folder may belong to the server's user, who must not be able to
     // point the write elsewhere with a link.
-    crate::files::write_atomic(path, format!("{}\n", epoch.0).as_bytes(), 0o600, &crate::os::RunAs::default())
-        .map_err(io)?;
+    crate::files::write_atomic(path, text.as_bytes(), 0o600, &crate::os::RunAs::default()).map_err(io)?;
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
     }
@@ -98,6 +163,14 @@ mod tests {
         assert!(matches!(store.check(Epoch(2)).await, Err(EpochError::Stale { seen: Epoch(3), given: Epoch(2) })));
         let again = EpochStore::open(path.clone()).expect("reopen");
         assert_eq!(again.current(), Epoch(3));
+        // Withdrawals survive a restart too.
+        let a = NodeName::new("east-1");
+        again.withdraw(&a, Epoch(3)).await.expect("withdraw");
+        let third = EpochStore::open(path.clone()).expect("reopen");
+        assert_eq!(third.durable().withdrawn.get(&a), Some(&Epoch(3)));
+        assert_eq!(third.current(), Epoch(3));
+        std::fs::write(&path, "4\nwithdrawn a 3\nwithdrawn b\n").expect("write");
+        assert!(matches!(EpochStore::open(path.clone()), Err(EpochError::Corrupt { .. })));
         std::fs::write(&path, "garbage").expect("write");
         assert!(matches!(EpochStore::open(path), Err(EpochError::Corrupt { .. })));
     }

@@ -265,8 +265,9 @@ pub struct AgentState {
     pub epoch: EpochStore,
     /// Mutating actions run one at a time.
     actions: tokio::sync::Mutex<()>,
-    /// Support given to, or withdrawn from, primaries (the peer routes).
-    pub(crate) peers: crate::lease::PeerState,
+    /// This agent's view of its cluster's members (a digest), set when it
+    /// runs with a lease; until then the peer routes support nobody.
+    pub(crate) members: std::sync::OnceLock<String>,
     tokens: TokenSet,
     /// The agent's own connection to its PostgreSQL for status reads and
     /// the lease loop's role check, kept between them: these run every
@@ -289,7 +290,7 @@ impl AgentState {
             cfg,
             epoch,
             actions: tokio::sync::Mutex::new(()),
-            peers: crate::lease::PeerState::default(),
+            members: std::sync::OnceLock::new(),
             tokens,
             local: Default::default(),
             probes: Default::default(),
