@@ -62,6 +62,11 @@ pub struct Status {
     pub read_only: bool,
     /// Fenced by pgdr: read-only set through `ALTER SYSTEM` by a fence call.
     pub fenced: bool,
+    /// A primary that came up without its agent and runs in standby mode
+    /// under pgdr's boot guard: read-only until the controller restarts it
+    /// as the primary (`start`) or re-establishes it as a replica.
+    #[serde(default)]
+    pub boot_guard: bool,
     /// The highest epoch this agent has seen.
     pub epoch: Epoch,
     /// `server_version` when up.

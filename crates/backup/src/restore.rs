@@ -260,7 +260,7 @@ fn configure_recovery(pg: &LocalPg, opts: &RestoreOptions) -> Result<()> {
         std::fs::write(&auto, kept.join("\n") + "\n")
             .map_err(BackupError::io(format!("cannot write {}", auto.display())))?;
     }
-    for f in ["standby.signal", "postmaster.pid"] {
+    for f in ["standby.signal", "postmaster.pid", pgdr_node::guard::MARKER] {
         let _ = std::fs::remove_file(opts.to.join(f));
     }
     let signal = opts.to.join("recovery.signal");

@@ -79,8 +79,9 @@ impl Drop for Env {
             return;
         }
         self.kill_run();
-        for i in 1..=self.runs {
-            let p = self.sb.dir.join("logs").join(format!("run-{i}.log"));
+        let agents = self.node_names().into_iter().map(|n| format!("agent-{n}.log"));
+        for name in (1..=self.runs).map(|i| format!("run-{i}.log")).chain(agents) {
+            let p = self.sb.dir.join("logs").join(name);
             let text = std::fs::read_to_string(&p).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             eprintln!("---- [{}] {} (last 60 lines)", self.name, p.display());
@@ -137,13 +138,22 @@ impl Env {
         let cfg = Config::load(&sb.config).expect("config with test timings");
         let hosts = LocalHosts::new(&cfg, PathBuf::from(PGDR));
         let cluster = cfg.cluster("main").expect("cluster main").clone();
+        // One at a time, the primary's last: with no controller yet, a
+        // restarted agent of a writable primary keeps it only with a majority
+        // of support (it starts lapsed), so its peers must be up to answer.
+        let mut order: Vec<&pgdr_config::Node> = Vec::new();
         for node in &cluster.nodes {
+            let primary = sb
+                .sql(node.name.as_str(), "select pg_is_in_recovery()::text")
+                .await
+                .is_ok_and(|rows| rows.first().is_some_and(|r| r[0].as_deref() == Some("false")));
+            if primary { order.push(node) } else { order.insert(0, node) }
+        }
+        for node in order {
             let pid = hosts.agent_pid(node).expect("agent pid");
             sig(pid, Signal::SIGTERM);
             wait_for("the agent to exit", Duration::from_secs(20), || async { (!pid_alive(pid)).then_some(()) }).await;
             hosts.start_agent(node).await.expect("start agent");
-        }
-        for node in &cluster.nodes {
             let a = sb.agent(node.name.as_str()).expect("agent client").with_timeout(Duration::from_millis(500));
             wait_for("the agent to answer", Duration::from_secs(30), || async { a.health().await.ok() }).await;
         }
@@ -1035,4 +1045,61 @@ async fn crash_restarts_in_place_by_default() {
     assert_eq!(after.epoch, before.epoch, "nothing was promoted");
     let lost = env.check(&old, &record, Some(fault_ms)).await;
     assert_eq!(lost, 0, "crash recovery lost acknowledged commits");
+}
+
+/// Issue 14, finding 1, as tried on a sandbox: after a host-loss failover,
+/// the agent of the third node restarted, the controller stopped, and the
+/// old primary's PostgreSQL started as it was (a host coming back with
+/// PostgreSQL enabled at boot), then its agent. The old primary must not
+/// take a single write: every node is asked directly for a real write every
+/// 50 ms, and two writable servers at any instant fail the test.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_returning_old_primary_never_takes_a_write() {
+    let mut env = Env::start("host-returns", Opts::default()).await;
+    let old = env.cluster().await.expect("cluster").primary.expect("primary").to_string();
+    let seen = Env::ids(&env.workflows().await);
+    sig(env.agent_pid(&old), Signal::SIGKILL);
+    sig(env.postmaster_pid(&old), Signal::SIGKILL);
+    let wf = env.new_workflow("failover", &seen, Duration::from_secs(30)).await;
+    let wf = env.finished(&wf.id, Duration::from_secs(60)).await;
+    env.print_workflow(&wf);
+    assert_eq!(wf.state, "succeeded", "{wf:#?}");
+    let new = env.one_primary().await;
+    assert_ne!(new, old);
+    let cluster = env.cfg.cluster("main").expect("main").clone();
+    let probe = pgdr_drill::writable::WritableProbe::start(&cluster).expect("overlap checker");
+    // The third node's agent restarts (it forgets what lived only in memory).
+    let third = env.node_names().into_iter().find(|n| *n != old && *n != new).expect("a third node");
+    let pid = env.agent_pid(&third);
+    sig(pid, Signal::SIGTERM);
+    wait_for("the agent to exit", Duration::from_secs(20), || async { (!pid_alive(pid)).then_some(()) }).await;
+    env.hosts.start_agent(&env.node(&third)).await.expect("restart the third agent");
+    // No controller from here on.
+    env.kill_run();
+    // The old host comes back: PostgreSQL first (started at boot), then its agent.
+    env.hosts.start_postgres(&env.node(&old)).await.expect("start the old primary's PostgreSQL");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    env.hosts.start_agent(&env.node(&old)).await.expect("start the old primary's agent");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let log = probe.stop().await;
+    let timeline =
+        log.analyse(log.nodes.iter().flat_map(|(_, p)| p.first()).map(|p| p.sent_unix_ms).fold(f64::MAX, f64::min));
+    eprintln!("[{}] {}", env.name, timeline.describe_overlaps());
+    let old_probes = &log.nodes.iter().find(|(n, _)| *n == old).expect("old primary's lane").1;
+    let answered: Vec<_> =
+        old_probes.iter().filter(|p| p.answer != pgdr_drill::writable::Answer::Unreachable).collect();
+    eprintln!(
+        "[{}] {old}: {} probes, {} answered, {} writable",
+        env.name,
+        old_probes.len(),
+        answered.len(),
+        answered.iter().filter(|p| p.answer == pgdr_drill::writable::Answer::Writable).count()
+    );
+    assert!(!answered.is_empty(), "the old primary never answered: the test saw nothing");
+    assert!(
+        answered.iter().all(|p| p.answer == pgdr_drill::writable::Answer::Refused),
+        "the returning old primary took a write: {:?}",
+        answered.iter().find(|p| p.answer == pgdr_drill::writable::Answer::Writable)
+    );
+    assert!(timeline.overlaps.is_empty(), "two writable servers: {:?}", timeline.overlaps);
 }

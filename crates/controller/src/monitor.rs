@@ -582,7 +582,10 @@ async fn watch(ctl: Controller, cluster: Cluster, cancel: &CancellationToken, tr
         for node in cluster.nodes.iter().filter(|n| n.name != primary) {
             let flagged =
                 sh.needs_rejoin.lock().map(|r| r.contains(&(cluster.name.clone(), node.name.clone()))).unwrap_or(false);
-            let stale_primary = matches!(statuses.get(&node.name), Some(Ok(s)) if s.up && s.role == Role::Primary);
+            // A deposed primary writable again, or one that came back under
+            // the boot guard (read-only, standby mode, following no one).
+            let stale_primary =
+                matches!(statuses.get(&node.name), Some(Ok(s)) if s.up && (s.role == Role::Primary || s.boot_guard));
             let answers = matches!(statuses.get(&node.name), Some(Ok(_)));
             if answers && (flagged || stale_primary) {
                 let params = Params {

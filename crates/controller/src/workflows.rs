@@ -498,7 +498,9 @@ pub(crate) fn candidate_infos(
                 node: n.name.clone(),
                 region: n.region.clone(),
                 reachable: st.is_some_and(|s| s.up),
-                role: st.map(|s| s.role).unwrap_or(Role::Unknown),
+                // A primary back under the boot guard runs in standby mode but
+                // holds the old primary's history: never a candidate.
+                role: st.map(|s| if s.boot_guard { Role::Primary } else { s.role }).unwrap_or(Role::Unknown),
                 lsn,
                 lag_seconds: lag.get(&n.name).copied().or(caught_up.then_some(0.0)),
             }

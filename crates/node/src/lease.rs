@@ -198,6 +198,22 @@ pub async fn run(agent: Arc<AgentState>, settings: LeaseSettings, cancel: Cancel
             return;
         }
     };
+    // One client per peer for the loop's life: connections are kept, so a
+    // support round does not pay a connect (and a client build) per call.
+    let support_timeout = Duration::from_millis(timing.support_timeout());
+    let peers: Vec<PeerClient> = settings
+        .peers
+        .iter()
+        .filter_map(|(node, addr)| {
+            match PeerClient::new_with(addr, settings.agent_token.clone(), support_timeout, &tls) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::error!(node = %settings.node, peer = %node, "cannot ask this peer for support: {e}");
+                    None
+                }
+            }
+        })
+        .collect();
     let origin = Instant::now();
     let at = move || At(origin.elapsed().as_millis() as u64);
     let mut machine = AgentLease::new(timing, settings.peers.len() + 1, at());
@@ -247,18 +263,13 @@ pub async fn run(agent: Arc<AgentState>, settings: LeaseSettings, cancel: Cancel
                         epoch: agent.epoch.current(),
                         members: settings.members.clone(),
                     };
-                    let timeout = Duration::from_millis(timing.support_timeout());
-                    for (_, addr) in &settings.peers {
-                        let (req, addr, token, tls) =
-                            (req.clone(), addr.clone(), settings.agent_token.clone(), tls.clone());
+                    for peer in &peers {
+                        let (req, peer) = (req.clone(), peer.clone());
                         calls.spawn(async move {
-                            let yes = match PeerClient::new_with(&addr, token, timeout, &tls) {
-                                Ok(c) => matches!(
-                                    tokio::time::timeout(timeout, c.support(&req)).await,
-                                    Ok(Ok(r)) if r.support
-                                ),
-                                Err(_) => false,
-                            };
+                            let yes = matches!(
+                                tokio::time::timeout(support_timeout, peer.support(&req)).await,
+                                Ok(Ok(r)) if r.support
+                            );
                             Event::Support { round, yes }
                         });
                     }
@@ -283,6 +294,14 @@ pub async fn run(agent: Arc<AgentState>, settings: LeaseSettings, cancel: Cancel
         };
         if let Event::Role(role) = event {
             role_in_flight = false;
+            if role == Role::Primary && !crate::guard::armed(&agent.cfg.pg.data_dir) {
+                match crate::guard::arm(&agent.cfg.pg) {
+                    Ok(()) => {
+                        tracing::info!(node = %settings.node, "boot guard written: a start without this agent comes up read-only (standby mode)")
+                    }
+                    Err(e) => tracing::warn!(node = %settings.node, "cannot write the boot guard: {e}"),
+                }
+            }
             if role == Role::Unknown && machine.is_primary() {
                 tracing::warn!(node = %settings.node, "cannot ask PostgreSQL its role: it is still treated as the primary it was");
             }

@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod bin;
 pub mod files;
+pub mod guard;
 pub mod lease;
 pub mod local;
 pub mod os;

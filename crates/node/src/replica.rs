@@ -82,6 +82,8 @@ impl LocalPg {
         tls: Option<&PgTls>,
     ) -> Result<(), PgError> {
         valid_host(&upstream.host).map_err(PgError::Invalid)?;
+        // A replica's standby.signal is its own, never the boot guard's.
+        crate::guard::forget(&self.data_dir)?;
         self.write_file("standby.signal", b"")?;
         let mut conninfo = format!(
             "host={} port={} user={} application_name={} passfile={} connect_timeout=2 keepalives=1 keepalives_idle=5 keepalives_interval=1 keepalives_count=3",

@@ -32,6 +32,10 @@ pub fn node_settings(replicas: usize, archive: &[(String, String)]) -> Vec<(Stri
 
 /// PostgreSQL settings suited to a sandbox: fast (no fsync), replication on,
 /// `wal_log_hints` for `pg_rewind`. Archive settings are the backup engine's.
+/// `restart_after_crash = off`, as PostgreSQL advises under clusterware: a
+/// crash reinitialisation rereads `standby.signal`, so under the boot guard
+/// (`pgdr_node::guard`) a primary would come back read-only; the controller
+/// restarts it in place instead (`on_crash`).
 /// WAL senders and slots: 10, more when `replicas` streaming replicas plus
 /// the base backups in flight need more.
 pub fn sandbox_settings(replicas: usize) -> Vec<(String, String)> {
@@ -45,6 +49,7 @@ pub fn sandbox_settings(replicas: usize) -> Vec<(String, String)> {
         ("hot_standby", "on"),
         ("wal_log_hints", "on"),
         ("hot_standby_feedback", "on"),
+        ("restart_after_crash", "off"),
         ("shared_buffers", "32MB"),
         ("wal_keep_size", "256MB"),
         ("max_connections", "100"),

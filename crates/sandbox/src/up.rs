@@ -533,8 +533,19 @@ async fn bring_up(
     }
     record.save()?;
 
-    // Agents.
-    for i in 0..record.nodes.len() {
+    // Agents: the replicas' first, then the primary's once they answer. An
+    // agent starts lapsed: it keeps a writable primary only with a renewal
+    // (no controller runs yet) or a majority of support, so its peers must be
+    // up to answer.
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut order: Vec<usize> = (0..record.nodes.len()).collect();
+    order.sort_by_key(|&i| record.nodes[i].role == SandboxRole::Primary);
+    for i in order {
+        if record.nodes[i].role == SandboxRole::Primary {
+            for n in record.nodes.iter().filter(|n| n.role != SandboxRole::Primary) {
+                wait_agent(&sb, n, deadline).await?;
+            }
+        }
         let name = record.nodes[i].name.clone();
         let log_path = sb.dir.join("logs").join(format!("agent-{name}.log"));
         let log = std::fs::File::create(&log_path).map_err(SandboxError::io(&log_path))?;
@@ -560,34 +571,8 @@ async fn bring_up(
     }
 
     // Ready: every agent answers, every replica streams.
-    let deadline = Instant::now() + READY_TIMEOUT;
     for n in &record.nodes {
-        let client = sb.agent(&n.name)?.with_timeout(Duration::from_millis(500));
-        loop {
-            match client.health().await {
-                Ok(_) => break,
-                Err(e) => {
-                    if let Some(pid) = n.agent_pid
-                        && !crate::down::alive(pid)
-                    {
-                        return Err(SandboxError::Agent {
-                            node: n.name.clone(),
-                            detail: format!(
-                                "the agent exited; see {}",
-                                sb.dir.join("logs").join(format!("agent-{}.log", n.name)).display()
-                            ),
-                        });
-                    }
-                    if Instant::now() >= deadline {
-                        return Err(SandboxError::Agent {
-                            node: n.name.clone(),
-                            detail: format!("no answer on /v1/health: {e}"),
-                        });
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_agent(&sb, n, deadline).await?;
     }
     let want: Vec<&str> =
         record.nodes.iter().filter(|n| n.role != SandboxRole::Primary).map(|n| n.name.as_str()).collect();
@@ -720,4 +705,36 @@ fn random_hex(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
     rand::rng().fill_bytes(&mut b);
     hex::encode(b)
+}
+
+/// Waits until `n`'s agent answers `/v1/health`; an agent that exited or
+/// stays silent past `deadline` is an error naming its log.
+async fn wait_agent(sb: &Sandbox, n: &NodeRecord, deadline: Instant) -> Result<(), SandboxError> {
+    let client = sb.agent(&n.name)?.with_timeout(Duration::from_millis(500));
+    loop {
+        match client.health().await {
+            Ok(_) => break,
+            Err(e) => {
+                if let Some(pid) = n.agent_pid
+                    && !crate::down::alive(pid)
+                {
+                    return Err(SandboxError::Agent {
+                        node: n.name.clone(),
+                        detail: format!(
+                            "the agent exited; see {}",
+                            sb.dir.join("logs").join(format!("agent-{}.log", n.name)).display()
+                        ),
+                    });
+                }
+                if Instant::now() >= deadline {
+                    return Err(SandboxError::Agent {
+                        node: n.name.clone(),
+                        detail: format!("no answer on /v1/health: {e}"),
+                    });
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
 }

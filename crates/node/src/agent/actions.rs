@@ -162,14 +162,30 @@ async fn role(state: &AgentState, client: &Client) -> Result<(bool, bool), Agent
 
 async fn start(state: &AgentState) -> Result<Done, AgentError> {
     let pg = &state.cfg.pg;
+    let mut steps = Vec::new();
+    // A primary that came up without its agent (at boot, by hand) runs in
+    // standby mode under the boot guard: this start is the decision it was
+    // waiting for, so stop it and start it as what it was.
+    if pg.is_running().await && crate::guard::armed(&pg.data_dir) {
+        let client = connect(state).await?;
+        if role(state, &client).await?.0 {
+            drop(client);
+            pg.stop(local::StopMode::Fast, state.cfg.pg_wait).await?;
+            steps.push("stopped the server that came up in standby mode under the boot guard".to_owned());
+        }
+    }
     let was_running = pg.is_running().await;
+    if !was_running && crate::guard::lift(&pg.data_dir)? {
+        steps.push("lifted the boot guard (standby.signal written by pgdr)".to_owned());
+    }
     pg.start(state.cfg.pg_wait).await?;
     wait_until(state.cfg.pg_wait, "PostgreSQL to accept connections", || async { connect(state).await.is_ok() })
         .await?;
     if was_running {
-        Ok(Done::new(false, "PostgreSQL was already running", vec![]))
+        Ok(Done::new(false, "PostgreSQL was already running", steps))
     } else {
-        Ok(Done::new(true, "started PostgreSQL", vec!["pg_ctl start".to_owned()]))
+        steps.push("pg_ctl start".to_owned());
+        Ok(Done::new(true, "started PostgreSQL", steps))
     }
 }
 
@@ -236,6 +252,9 @@ async fn promote(state: &AgentState, timeout_ms: Option<u64>) -> Result<Done, Ag
     })
     .await?;
     steps.push("checked a write commits".to_owned());
+    if let Err(e) = crate::guard::arm(&state.cfg.pg) {
+        tracing::warn!(node = %state.cfg.node, "cannot write the boot guard: {e}");
+    }
     if in_recovery {
         Ok(Done::new(true, "promoted to primary; it takes writes", steps))
     } else if fenced {

@@ -34,13 +34,17 @@ pub(crate) async fn collect(state: &AgentState) -> Status {
         replication: Vec::new(),
         read_only: false,
         fenced: false,
+        boot_guard: false,
         epoch: state.epoch.current(),
         server_version: None,
         error: None,
     };
     let res = tokio::time::timeout(QUERY_TIMEOUT, state.with_local(async |client| query(client, &mut s).await)).await;
     match res {
-        Ok(Ok(())) => s.up = true,
+        Ok(Ok(())) => {
+            s.up = true;
+            s.boot_guard = s.role == Role::Replica && crate::guard::armed(&cfg.pg.data_dir);
+        }
         Ok(Err(e)) => {
             s.role = Role::Down;
             s.error = Some(if running { e } else { format!("PostgreSQL is not running ({e})") });
