@@ -630,7 +630,12 @@ async fn catch_up(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepError>
     let target = c.node(&node)?;
     let source = c.node(&from)?;
     let agent = c.sh.agent(target).map_err(fatal)?;
-    let req = UpstreamRequest { epoch: c.p.old_epoch, host: source.host.clone(), port: source.port, slot: None };
+    let req = UpstreamRequest {
+        epoch: epoch_before_promotion(&c, &sc),
+        host: source.host.clone(),
+        port: source.port,
+        slot: None,
+    };
     let outcome: Result<Value, String> = async {
         agent.clone().with_action_timeout(CATCH_UP_TIMEOUT).upstream(&req).await.map_err(|e| e.to_string())?;
         loop {

@@ -543,7 +543,7 @@ async fn bring_up(
     for i in order {
         if record.nodes[i].role == SandboxRole::Primary {
             for n in record.nodes.iter().filter(|n| n.role != SandboxRole::Primary) {
-                wait_agent(&sb, n, deadline).await?;
+                wait_agent(sb, n, deadline).await?;
             }
         }
         let name = record.nodes[i].name.clone();
@@ -572,7 +572,7 @@ async fn bring_up(
 
     // Ready: every agent answers, every replica streams.
     for n in &record.nodes {
-        wait_agent(&sb, n, deadline).await?;
+        wait_agent(sb, n, deadline).await?;
     }
     let want: Vec<&str> =
         record.nodes.iter().filter(|n| n.role != SandboxRole::Primary).map(|n| n.name.as_str()).collect();
