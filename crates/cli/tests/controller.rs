@@ -1067,7 +1067,7 @@ async fn a_returning_old_primary_never_takes_a_write() {
     let new = env.one_primary().await;
     assert_ne!(new, old);
     let cluster = env.cfg.cluster("main").expect("main").clone();
-    let probe = pgdr_drill::writable::WritableProbe::start(&cluster).expect("overlap checker");
+    let probe = pgdr_drill::writable::WritableProbe::start(&cluster, env.cfg.tls.as_ref()).expect("overlap checker");
     // The third node's agent restarts (it forgets what lived only in memory).
     let third = env.node_names().into_iter().find(|n| *n != old && *n != new).expect("a third node");
     let pid = env.agent_pid(&third);
