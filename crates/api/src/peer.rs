@@ -75,6 +75,13 @@ impl PeerClient {
         &self.addr
     }
 
+    /// Opens the connection (TLS handshake included) ahead of the first
+    /// support round, with a deadline of its own: `GET /v1/health`, the
+    /// answer ignored. A round then pays only its request.
+    pub async fn warm(&self, within: Duration) {
+        let _ = self.http.get(format!("{}://{}/v1/health", self.scheme, self.addr)).timeout(within).send().await;
+    }
+
     pub async fn support(&self, req: &SupportRequest) -> Result<SupportReply, ApiError> {
         self.post("/v1/peer/support", req).await
     }

@@ -187,6 +187,10 @@ async fn fence(agent: &AgentState, why: &str, within: Duration) -> bool {
     }
 }
 
+/// The peer clients' own deadline (connect, TLS handshake); each support
+/// round is cut at the machine's `support_timeout` around it.
+const PEER_CONNECT: Duration = Duration::from_secs(2);
+
 /// Runs the lease machine until `cancel` fires.
 pub async fn run(agent: Arc<AgentState>, settings: LeaseSettings, cancel: CancellationToken) {
     let timing = settings.timing();
@@ -204,16 +208,21 @@ pub async fn run(agent: Arc<AgentState>, settings: LeaseSettings, cancel: Cancel
     let peers: Vec<PeerClient> = settings
         .peers
         .iter()
-        .filter_map(|(node, addr)| {
-            match PeerClient::new_with(addr, settings.agent_token.clone(), support_timeout, &tls) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    tracing::error!(node = %settings.node, peer = %node, "cannot ask this peer for support: {e}");
-                    None
-                }
+        .filter_map(|(node, addr)| match PeerClient::new_with(addr, settings.agent_token.clone(), PEER_CONNECT, &tls) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(node = %settings.node, peer = %node, "cannot ask this peer for support: {e}");
+                None
             }
         })
         .collect();
+    // A fresh agent has one support round before its deadline: open the
+    // connections meanwhile (alongside the first role check, delaying
+    // nothing), so the round's short timeout is not spent on handshakes.
+    for peer in &peers {
+        let peer = peer.clone();
+        tokio::spawn(async move { peer.warm(PEER_CONNECT).await });
+    }
     let origin = Instant::now();
     let at = move || At(origin.elapsed().as_millis() as u64);
     let mut machine = AgentLease::new(timing, settings.peers.len() + 1, at());

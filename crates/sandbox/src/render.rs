@@ -145,16 +145,21 @@ pub fn render(c: &ConfigText<'_>) -> String {
     // about two seconds. See docs/failover-math.md for the inequalities.
     // Across a WAN a probe's (re)connection takes several round trips
     // (startup, SCRAM, the canary write): give it ten one-way delays more.
-    let (interval_ms, timeout_ms) = match c.wan_delay {
+    // A support round must fit in lease_renew / 4 even on a new TLS
+    // connection (TCP, handshake, request: about four round trips, eight
+    // one-way delays): a freshly started agent has one round to keep its
+    // primary (docs/failover-math.md).
+    let (interval_ms, timeout_ms, renew_ms, ttl_ms) = match c.wan_delay {
         Some(d) => {
             let timeout = 400 + 10 * d.as_millis();
-            (timeout + 200, timeout)
+            let renew = 500 + 32 * d.as_millis();
+            (timeout + 200, timeout, renew, 3 * renew)
         }
-        None => (500, 400),
+        None => (500, 400, 500, 2000),
     };
     let _ = writeln!(
         t,
-        "[timing]\nprobe_interval = \"{interval_ms}ms\"\nprobe_timeout = \"{timeout_ms}ms\"\nfailure_threshold = 3\nlease_renew = \"500ms\"\nlease_ttl = \"2s\"\nlease_margin = \"500ms\"\nrestart_deadline = \"5s\"\n"
+        "[timing]\nprobe_interval = \"{interval_ms}ms\"\nprobe_timeout = \"{timeout_ms}ms\"\nfailure_threshold = 3\nlease_renew = \"{renew_ms}ms\"\nlease_ttl = \"{ttl_ms}ms\"\nlease_margin = \"{renew_ms}ms\"\nrestart_deadline = \"5s\"\n"
     );
     for r in c.regions {
         let _ = writeln!(t, "[[regions]]\nname = {}\n", q(r));
