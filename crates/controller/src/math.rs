@@ -158,6 +158,7 @@ impl Math {
                 }
             }
         }
+        warnings.extend(boot_guard_warnings(config));
         Math {
             detection_refused_seconds: s(det_r),
             detection_silent_seconds: s(det_s),
@@ -170,9 +171,45 @@ impl Math {
     }
 }
 
+/// Nodes whose settings in the config leave `restart_after_crash` on: a
+/// backend crash makes PostgreSQL reinitialise, which rereads the boot
+/// guard's `standby.signal`, so a primary would come back read-only until
+/// the controller restarts it (see `pgdr_node::guard`).
+fn boot_guard_warnings(config: &Config) -> Vec<String> {
+    config
+        .clusters
+        .iter()
+        .flat_map(|c| c.nodes.iter())
+        .filter(|n| !n.settings.iter().any(|(k, v)| k == "restart_after_crash" && matches!(v.as_str(), "off" | "false" | "0")))
+        .map(|n| {
+            format!(
+                "node {}: its settings do not set restart_after_crash = off; unless postgresql.conf does, a backend crash brings the primary back read-only under the boot guard until the controller restarts it",
+                n.name
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_left_restarting_after_a_crash_is_warned_about() {
+        let text = |settings: &str| {
+            format!(
+                "[[regions]]\nname = \"east\"\n[[tiers]]\nname = \"gold\"\nrpo = \"5s\"\nrto = \"30s\"\n\
+                 [[clusters]]\nname = \"main\"\ntier = \"gold\"\n[[clusters.nodes]]\nname = \"n1\"\n\
+                 region = \"east\"\nagent = \"127.0.0.1:7401\"\nhost = \"127.0.0.1\"\nport = 5432\n{settings}"
+            )
+        };
+        let load = |t: String| Config::parse(std::path::Path::new("pgdr.toml"), &t).expect("config");
+        let warned = boot_guard_warnings(&load(text("")));
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(warned[0].contains("n1") && warned[0].contains("restart_after_crash"), "{warned:?}");
+        let off = load(text("settings = { restart_after_crash = \"off\" }\n"));
+        assert!(boot_guard_warnings(&off).is_empty());
+    }
 
     #[test]
     fn defaults_obey_the_inequalities() {
