@@ -410,4 +410,37 @@ mod tests {
         assert_eq!(open(&moved, &b, AT, None).expect("open"), b"payload");
         assert!(open(&moved, &a, AT, None).is_err());
     }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+            /// Any stored bytes are refused or opened, never a panic, and a
+            /// hostile size hint allocates nothing unbounded.
+            #[test]
+            fn any_bytes_open_or_fail(bytes in proptest::collection::vec(any::<u8>(), 0..4096), hint in any::<Option<usize>>()) {
+                let keys = ring("k1", 7);
+                let _ = parse_header(&bytes);
+                let _ = open(&bytes, &keys, AT, hint);
+            }
+
+            /// A sealed object with one byte changed or cut short never opens
+            /// to other bytes than the original.
+            #[test]
+            fn any_edit_of_a_sealed_object_is_refused(plain in proptest::collection::vec(any::<u8>(), 0..3000), at in any::<prop::sample::Index>(), byte in any::<u8>(), cut in any::<bool>()) {
+                let keys = ring("k1", 7);
+                let good = seal(&plain, 3, &keys, AT).expect("seal");
+                let i = at.index(good.len());
+                let mut bad = good.clone();
+                if cut { bad.truncate(i) } else { bad[i] = byte }
+                if let Ok(opened) = open(&bad, &keys, AT, None) {
+                    prop_assert_eq!(opened, plain);
+                }
+            }
+        }
+    }
 }

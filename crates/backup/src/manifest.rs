@@ -247,8 +247,12 @@ impl Manifest {
             key_id: m.key_id.clone(),
             known: keys.ids().join(", "),
         })?;
+        // Only the canonical (lower-case) spelling: `from_hex` also takes
+        // upper case, which would let an edited manifest pass as authentic.
         let claimed = blake3::Hash::from_hex(&m.mac)
-            .map_err(|_| ManifestError::Unauthentic { key: key.to_owned(), key_id: m.key_id.clone() })?;
+            .ok()
+            .filter(|h| h.to_hex().as_str() == m.mac)
+            .ok_or_else(|| ManifestError::Unauthentic { key: key.to_owned(), key_id: m.key_id.clone() })?;
         // blake3::Hash equality is constant-time.
         if k.mac(&m.body()) != claimed {
             return Err(ManifestError::Unauthentic { key: key.to_owned(), key_id: m.key_id.clone() });
@@ -364,5 +368,39 @@ mod tests {
         assert!(matches!(Manifest::parse(&at, &big, &keys), Err(ManifestError::TooLarge { .. })));
         assert!(parse_manifest_key("c/backups/x/manifest.json") == Some(("c", "x")));
         assert!(parse_manifest_key("c/backups/x/y/manifest.json").is_none());
+    }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+            /// Any bytes at any path are an error or a manifest, never a panic.
+            #[test]
+            fn any_bytes_parse_or_fail(bytes in proptest::collection::vec(any::<u8>(), 0..2048), path in ".{0,60}") {
+                let keys = Keyring::new("k1", [3; 32], vec![]);
+                let _ = Manifest::parse(&path, &bytes, &keys);
+            }
+
+            /// A sealed manifest with any one byte changed, cut short or grown
+            /// never parses as authentic unless the change is JSON whitespace;
+            /// and it never panics.
+            #[test]
+            fn any_edit_of_a_sealed_manifest_is_refused(at in any::<prop::sample::Index>(), byte in any::<u8>(), cut in any::<bool>()) {
+                let keys = Keyring::new("k1", [3; 32], vec![]);
+                let mut m = sample("c", "x");
+                let good = m.seal(keys.current());
+                let i = at.index(good.len());
+                let mut bad = good.clone();
+                if cut { bad.truncate(i) } else { bad[i] = byte }
+                let path = manifest_key("c", "x");
+                if let Ok(parsed) = Manifest::parse(&path, &bad, &keys) {
+                    prop_assert_eq!(parsed, m, "an edited manifest parsed as another one");
+                }
+            }
+        }
     }
 }

@@ -33,8 +33,8 @@ const UPSERT: &str = "INSERT INTO pgdr.heartbeat AS h (id, counter, at, written_
      ON CONFLICT (id) DO UPDATE SET counter = h.counter + 1, at = now(), written_by = excluded.written_by \
      RETURNING extract(epoch from at)::float8";
 
-/// Where and as whom to connect.
-#[derive(Debug, Clone)]
+/// Where and as whom to connect. Its `Debug` never shows the password.
+#[derive(Clone)]
 pub struct Target {
     pub host: String,
     pub port: u16,
@@ -43,6 +43,18 @@ pub struct Target {
     pub database: String,
     /// TLS with the cluster's CA, or plain TCP.
     pub tls: Option<pgdr_tls::pg::PgTls>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("addr", &self.addr())
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("database", &self.database)
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 impl Target {
@@ -270,4 +282,21 @@ async fn read_heartbeat(client: &tokio_postgres::Client) -> Result<Option<f64>, 
 /// replayed trails the last one the primary committed.
 pub fn heartbeat_lag(primary_at: f64, replica_at: f64) -> f64 {
     (primary_at - replica_at).max(0.0)
+}
+
+#[cfg(test)]
+mod debug_tests {
+    #[test]
+    fn a_target_never_prints_its_password() {
+        let t = super::Target {
+            host: "127.0.0.1".into(),
+            port: 5432,
+            user: "pgdr".into(),
+            password: Some("hunter2-pw".into()),
+            database: "postgres".into(),
+            tls: None,
+        };
+        let shown = format!("{t:?} {t:#?}");
+        assert!(!shown.contains("hunter2") && shown.contains("***") && shown.contains("127.0.0.1:5432"), "{shown}");
+    }
 }

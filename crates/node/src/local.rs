@@ -103,14 +103,26 @@ pub struct LocalPg {
     pub run_as: RunAs,
 }
 
-/// Credentials pgdr connects with, and how it checks the server.
-#[derive(Debug, Clone)]
+/// Credentials pgdr connects with, and how it checks the server. Its
+/// `Debug` shows whether there is a password, never the password.
+#[derive(Clone)]
 pub struct Login {
     pub user: String,
     pub password: Option<String>,
     pub database: String,
     /// TLS with the cluster's CA (`verify-full`), or plain TCP when `None`.
     pub tls: Option<PgTls>,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login")
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("database", &self.database)
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 impl LocalPg {
@@ -466,6 +478,14 @@ pub fn pid_alive(pid: i32) -> bool {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_login_never_prints_its_password() {
+        let l =
+            Login { user: "pgdr".into(), password: Some("hunter2-pw".into()), database: "postgres".into(), tls: None };
+        let shown = format!("{l:?} {l:#?}");
+        assert!(!shown.contains("hunter2") && shown.contains("***") && shown.contains("pgdr"), "{shown}");
+    }
 
     /// What the server's configuration lexer makes of a quoted literal
     /// (`GUC_scanstr`): `''` is a quote, `\b \f \n \r \t`, `\ooo` octal,

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use pgdr_api::HttpTls;
 use pgdr_api::agent::{AgentClient, slot_name};
+use pgdr_model::Redacted;
 use pgdr_node::local::{Login, PgTls};
 use pgdr_node::replica::{self, ReplicaPlan, Upstream};
 use pgdr_node::{LocalPg, PgBinaries, RunAs};
@@ -47,8 +48,8 @@ pub struct Sandbox {
     pub dir: PathBuf,
     pub config: PathBuf,
     pub record: Record,
-    password: String,
-    token: String,
+    password: Redacted,
+    token: Redacted,
     /// TLS toward PostgreSQL with the sandbox's CA, when it made one.
     tls: Option<PgTls>,
     /// HTTPS toward the APIs with the sandbox's CA and the CLI's certificate.
@@ -84,8 +85,8 @@ impl Sandbox {
             http,
             dir: record.dir.clone(),
             config: record.config.clone(),
-            password: read("postgres.password")?,
-            token: read("agent.token")?,
+            password: read("postgres.password")?.into(),
+            token: read("agent.token")?.into(),
             record,
         }))
     }
@@ -105,23 +106,23 @@ impl Sandbox {
 
     /// The `postgres` superuser's password.
     pub fn password(&self) -> &str {
-        &self.password
+        self.password.expose()
     }
 
     /// The agents' bearer token.
     pub fn token(&self) -> &str {
-        &self.token
+        self.token.expose()
     }
 
     /// `postgresql://postgres:PASSWORD@127.0.0.1:PORT/postgres`.
     pub fn uri(&self, node: &NodeRecord) -> String {
-        format!("postgresql://postgres:{}@{}:{}/postgres", self.password, node.host, node.port)
+        format!("postgresql://postgres:{}@{}:{}/postgres", self.password.expose(), node.host, node.port)
     }
 
     pub fn login(&self) -> Login {
         Login {
             user: "postgres".into(),
-            password: Some(self.password.clone()),
+            password: Some(self.password.expose().to_owned()),
             database: "postgres".into(),
             tls: self.tls.clone(),
         }
@@ -141,7 +142,7 @@ impl Sandbox {
     /// A client of a node's agent, with the sandbox's token.
     pub fn agent(&self, node: &str) -> Result<AgentClient, SandboxError> {
         let n = self.node(node)?;
-        AgentClient::new_with(&n.agent, Some(self.token.as_str().into()), &self.http)
+        AgentClient::new_with(&n.agent, Some(self.token.clone()), &self.http)
             .map_err(|e| SandboxError::Agent { node: node.to_owned(), detail: e.to_string() })
     }
 
@@ -153,7 +154,7 @@ impl Sandbox {
             "host={} port={} user=postgres dbname=postgres password={} connect_timeout=5",
             n.host,
             n.port,
-            pgdr_node::local::conn_quote(&self.password)
+            pgdr_node::local::conn_quote(self.password.expose())
         );
         let client = pgdr_node::local::connect(&conninfo, &format!("{}:{}", n.host, n.port), self.tls.as_ref())
             .await
@@ -409,8 +410,8 @@ impl SandboxBuilder {
             dir: dir.clone(),
             config: record.config.clone(),
             record: record.clone(),
-            password,
-            token,
+            password: password.into(),
+            token: token.into(),
             tls,
             http,
         };
@@ -487,7 +488,7 @@ async fn bring_up(
         .cloned()
         .ok_or_else(|| SandboxError::Topology("no primary".into()))?;
     let ppg = local(&primary);
-    ppg.initdb("postgres", &sb.password).await?;
+    ppg.initdb("postgres", sb.password.expose()).await?;
     ppg.configure(&settings_of(&primary))?;
     ppg.start(PG_WAIT).await?;
     set_postmaster(record, &primary.name, ppg.postmaster_pid());
