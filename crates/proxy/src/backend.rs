@@ -119,6 +119,17 @@ pub struct BackendConn {
 }
 
 impl BackendConn {
+    /// Whether an idle connection still looks usable: nothing to read (an
+    /// idle backend says nothing unprompted but a shutdown notice or an
+    /// error before it closes) and not closed. One non-blocking read.
+    pub fn idle_alive(&self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut b = [0u8; 1];
+        matches!(self.stream.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
     pub fn new(stream: TcpStream, backend: Backend, epoch: Epoch) -> BackendConn {
         BackendConn {
             stream,

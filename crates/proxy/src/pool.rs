@@ -142,13 +142,14 @@ impl Pool {
     }
 
     /// An idle backend on `target` (most recently used first); idle
-    /// backends elsewhere (an old primary) or read-only are closed.
+    /// backends elsewhere (an old primary), read-only or closed by their
+    /// server are closed.
     pub fn take_idle(&self, target: &Backend, writer: bool) -> Option<Pooled> {
         let mut stale = Vec::new();
         let found = {
             let Ok(mut idle) = self.idle.lock() else { return None };
             idle.retain_mut(|p| {
-                let keep = p.conn.backend == *target && !(writer && p.conn.read_only);
+                let keep = p.conn.backend == *target && !(writer && p.conn.read_only) && p.conn.idle_alive();
                 if !keep {
                     let _ = p.conn.stream.try_write(&[b'X', 0, 0, 0, 4]);
                     stale.push(());

@@ -139,6 +139,9 @@ struct Session<S> {
     /// Client messages rewritten for the backend (pooled statement names).
     bout: BytesMut,
     key: (i32, i32),
+    /// A routing change was seen by the relay (an idle listener): the
+    /// next transaction start checks the backend against it.
+    route_seen: bool,
     cskip: usize,
     bskip: usize,
 }
@@ -198,6 +201,7 @@ pub(crate) async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
         pinned_metric: 0,
         bout: BytesMut::new(),
         key: (0, 0),
+        route_seen: false,
         cskip: 0,
         bskip: 0,
     };

@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::Session;
-use super::state::{PIN_CHECK, PINS};
+use super::state::{PIN_CHECK, PINS, STATE_CHECK};
 use crate::backend::{self, BackendConn, BackendError};
 use crate::pool::BackendState;
 use crate::protocol::{self, Startup};
@@ -51,7 +51,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let must_move = match &mut self.be {
             None => true,
             Some(be) => {
-                if self.routing.has_changed().unwrap_or(false) || be.read_only {
+                if self.routing.has_changed().unwrap_or(false) || std::mem::take(&mut self.route_seen) || be.read_only {
                     let r = self.routing.borrow_and_update();
                     match self.endpoint {
                         Endpoint::Writer => {
@@ -74,6 +74,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         if must_move {
             self.move_backend().await?;
+        }
+        Ok(())
+    }
+
+    /// An idle listening session whose backend ended or whose primary
+    /// changed: it moves now (through the pause gate, like a transaction's
+    /// start), so its LISTENs are replayed on the new primary and it is
+    /// told notifications may have been missed, without waiting for the
+    /// client to send anything.
+    pub(super) async fn relisten(&mut self) -> Result<(), ClientError> {
+        self.begin_tx().await?;
+        if self.busy {
+            self.busy = false;
+            self.state.gate.end();
         }
         Ok(())
     }
@@ -115,14 +129,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             }
         }
-        let (conn, bst) = self.backend_for_session().await?;
-        self.land(conn, bst, had_backend).await
+        // A pooled connection can die unnoticed while idle (its server
+        // crashed a moment ago): replaying on it fails before anything of
+        // the client ran, so another is taken.
+        for attempt in 0.. {
+            let (conn, bst, reused) = self.backend_for_session().await?;
+            if self.land(conn, bst, had_backend, reused && attempt < 3).await? {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// A backend for this session on the backend the routing names: an
     /// idle pooled one, or a new connection (held while the primary is
     /// unreachable, see `hold_unreachable`).
-    async fn backend_for_session(&mut self) -> Result<(BackendConn, BackendState), ClientError> {
+    async fn backend_for_session(&mut self) -> Result<(BackendConn, BackendState, bool), ClientError> {
         let pool = self.pool.clone();
         if let Some(pool) = &pool
             && self.permit.is_none()
@@ -146,12 +168,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.state.metrics.pool_wait.observe(t0.elapsed().as_secs_f64());
         }
         let mut hold = None;
-        let (conn, bst, epoch) = loop {
+        let (conn, bst, epoch, reused) = loop {
             let (target, epoch) = self.pick().await?;
             if let Some(pool) = &pool
                 && let Some(p) = pool.take_idle(&target, self.endpoint == Endpoint::Writer)
             {
-                break (p.conn, p.state, epoch);
+                break (p.conn, p.state, epoch, true);
             }
             let startup = match &pool {
                 Some(_) => self.pool_startup(),
@@ -163,7 +185,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         pool.open.fetch_add(1, Ordering::Relaxed);
                         self.state.metrics.pool_opened.inc();
                     }
-                    break (c, BackendState::default(), epoch);
+                    break (c, BackendState::default(), epoch, false);
                 }
                 Err(e) => {
                     if self.hold_unreachable(&mut hold, &target, &e).await? {
@@ -182,7 +204,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         let mut conn = conn;
         conn.epoch = epoch;
-        Ok((conn, bst))
+        Ok((conn, bst, reused))
     }
 
     /// The startup a pooled backend is opened with: only user and
@@ -196,7 +218,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Puts the session on `conn`: SETs, SQL prepared statements and
     /// LISTENs replayed, reported settings the client knows restored; the
     /// client is told about reported values that still differ.
-    async fn land(&mut self, mut conn: BackendConn, mut bst: BackendState, moved: bool) -> Result<(), ClientError> {
+    /// Returns false when `retry` and the connection failed (closed): the
+    /// caller takes another.
+    async fn land(
+        &mut self,
+        mut conn: BackendConn,
+        mut bst: BackendState,
+        moved: bool,
+        retry: bool,
+    ) -> Result<bool, ClientError> {
         self.out.clear();
         let mut n = 0;
         if std::mem::take(&mut bst.unknown) {
@@ -225,6 +255,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if let Err(e) = r {
             if let Some(p) = &self.pool {
                 p.closed(Some(&conn));
+            }
+            if retry && !matches!(e, BackendError::Refused { .. }) {
+                return Ok(false);
             }
             return Err(self
                 .fatal("08006", format!("terminating connection: cannot restore session state on the server: {e}"))
@@ -259,7 +292,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         self.be = Some(conn);
         self.bst = bst;
-        Ok(())
+        Ok(true)
     }
 
     /// At the end of a transaction: a pooled session gives its backend
@@ -268,6 +301,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(super) async fn release(&mut self) -> Result<(), ClientError> {
         if self.st.pins != 0 && self.st.recheck {
             self.check_pins().await?;
+        }
+        if self.st.sync {
+            self.check_state().await?;
         }
         let Some(pool) = self.pool.clone() else { return Ok(()) };
         let pinned = self.st.pins;
@@ -312,31 +348,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Asks the backend which pinning state it still holds.
     async fn check_pins(&mut self) -> Result<(), ClientError> {
         let Some(be) = self.be.as_mut() else { return Ok(()) };
-        let mut q = BytesMut::new();
-        protocol::put_query(&mut q, PIN_CHECK);
-        let r = async {
-            be.stream.write_all(&q).await?;
-            let mut counts = None;
-            loop {
-                let m = be.read_message().await?;
-                match m[0] {
-                    b'D' => {
-                        counts = protocol::parse_data_row(protocol::body(&m)).map(|cols| {
-                            cols.iter()
-                                .map(|c| c.and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok()))
-                                .collect::<Vec<_>>()
-                        })
-                    }
-                    b'Z' => return Ok::<_, BackendError>(counts),
-                    _ => {}
-                }
-            }
-        }
-        .await;
-        match r {
-            Ok(Some(c)) if c.len() == 4 => {
-                let n = |i: usize| c[i];
-                self.st.on_pin_check(n(0).unwrap_or(1), n(1).unwrap_or(1), n(2).unwrap_or(1), n(3).unwrap_or(1));
+        match ask(be, PIN_CHECK).await {
+            Ok(Some(rows)) if rows.len() == 1 && rows[0].len() == 4 => {
+                let n = |i: usize| rows[0][i].as_deref().and_then(|v| v.parse::<i64>().ok()).unwrap_or(1);
+                self.st.on_pin_check(n(0), n(1), n(2), n(3));
                 Ok(())
             }
             Ok(_) => {
@@ -344,6 +359,54 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Ok(())
             }
             Err(_) => self.backend_lost().await,
+        }
+    }
+
+    /// Asks the backend for the SQL prepared statements, channels and
+    /// session settings a statement changed where its text did not show.
+    async fn check_state(&mut self) -> Result<(), ClientError> {
+        let Some(be) = self.be.as_mut() else { return Ok(()) };
+        match ask(be, STATE_CHECK).await {
+            Ok(None) => {
+                self.st.sync = false;
+                Ok(())
+            }
+            Ok(Some(rows)) => {
+                let rows: Vec<_> = rows
+                    .into_iter()
+                    .filter_map(|r| {
+                        let mut r = r.into_iter();
+                        let kind = r.next()??.bytes().next()?;
+                        Some((kind, r.next()??, r.next()?))
+                    })
+                    .collect();
+                self.st.on_state_check(&rows);
+                Ok(())
+            }
+            Err(_) => self.backend_lost().await,
+        }
+    }
+}
+
+/// Runs one query of the proxy's own on `be` (idle), returning its rows
+/// (`None` when the server answered with an error).
+async fn ask(be: &mut BackendConn, sql: &str) -> Result<Option<Vec<Vec<Option<String>>>>, BackendError> {
+    let mut q = BytesMut::new();
+    protocol::put_query(&mut q, sql);
+    be.stream.write_all(&q).await?;
+    let mut rows = Vec::new();
+    let mut failed = false;
+    loop {
+        let m = be.read_message().await?;
+        match m[0] {
+            b'D' => {
+                if let Some(cols) = protocol::parse_data_row(protocol::body(&m)) {
+                    rows.push(cols.iter().map(|c| c.map(|v| String::from_utf8_lossy(v).into_owned())).collect());
+                }
+            }
+            b'E' => failed = true,
+            b'Z' => return Ok((!failed).then_some(rows)),
+            _ => {}
         }
     }
 }

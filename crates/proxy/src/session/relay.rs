@@ -17,8 +17,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         enum Ev {
             Client(std::io::Result<usize>),
             Backend(std::io::Result<usize>),
+            Routing(bool),
             Shutdown,
         }
+        let mut routing_open = true;
         // Registered once: polling a fresh `cancelled()` every iteration
         // would lock the token's shared waiter list on the hot path.
         let shutdown = token.cancelled();
@@ -27,10 +29,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             if self.cbuf.capacity() - self.cbuf.len() < 4096 {
                 self.cbuf.reserve(BUF_SIZE);
             }
+            // An idle listener does not wait for its client to speak to
+            // follow the primary: notifications must keep coming.
+            let listener = self.endpoint == Endpoint::Writer
+                && self.is_idle()
+                && !self.failed
+                && (!self.st.listening.is_empty() || self.st.listen_unknown);
+            if listener && self.be.is_none() {
+                self.relisten().await?;
+                continue;
+            }
             let ev = {
                 let be = &mut self.be;
                 let client = &mut self.client;
                 let cbuf = &mut self.cbuf;
+                let routing = &mut self.routing;
                 let be_read = async move {
                     match be.as_mut() {
                         Some(be) => {
@@ -46,6 +59,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     biased;
                     r = be_read => Ev::Backend(r),
                     r = client.read_buf(cbuf) => Ev::Client(r),
+                    r = routing.changed(), if listener && routing_open => Ev::Routing(r.is_ok()),
                     _ = &mut shutdown => Ev::Shutdown,
                 }
             };
@@ -61,6 +75,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Ev::Backend(Ok(n)) => {
                     self.state.metrics.bytes_out.inc_by(n as u64);
                     self.on_backend().await?;
+                }
+                Ev::Routing(open) => {
+                    routing_open = open;
+                    if open {
+                        self.route_seen = true;
+                        self.relisten().await?;
+                    }
                 }
                 Ev::Shutdown => {
                     return Err(self.fatal("57P01", "terminating connection: the proxy is shutting down".into()).await);
@@ -519,7 +540,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         if lost {
             self.backend_lost().await?;
-        } else if end_tx && self.is_idle() && (self.pool.is_some() || self.st.recheck) {
+        } else if end_tx && self.is_idle() && (self.pool.is_some() || self.st.recheck || self.st.sync) {
             self.release().await?;
         }
         Ok(())

@@ -29,17 +29,31 @@ pub(super) const PIN_TEMP: u8 = 1;
 pub(super) const PIN_ADVISORY: u8 = 2;
 pub(super) const PIN_LISTEN: u8 = 4;
 pub(super) const PIN_HOLD_CURSOR: u8 = 8;
+/// A SQL prepared statement made where the proxy could not see its text
+/// (dynamic SQL, a function): it cannot be prepared anywhere else.
+pub(super) const PIN_UNTRACKED_PREPARE: u8 = 16;
 /// Every pin reason with its metrics label and its words for people.
-pub(super) const PINS: [(u8, &str, &str); 4] = [
+pub(super) const PINS: [(u8, &str, &str); 5] = [
     (PIN_TEMP, "temp_table", "a temporary table"),
     (PIN_ADVISORY, "advisory_lock", "a session advisory lock"),
     (PIN_LISTEN, "listen", "LISTEN"),
     (PIN_HOLD_CURSOR, "with_hold_cursor", "a WITH HOLD cursor"),
+    (
+        PIN_UNTRACKED_PREPARE,
+        "untracked_prepare",
+        "a prepared statement made by dynamic SQL or a function, whose text the proxy cannot know",
+    ),
 ];
 
 /// Asks a backend which pinning state it holds (one row: advisory locks,
 /// channels listened to, holdable cursors, temporary relations).
 pub(super) const PIN_CHECK: &str = "SELECT (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()), (SELECT count(*) FROM pg_listening_channels()), (SELECT count(*) FROM pg_cursors WHERE is_holdable), (SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema())";
+
+/// Asks a backend for the session state the proxy follows, when a
+/// statement may have changed it in a way the text did not show (PREPARE
+/// or LISTEN in dynamic SQL, `set_config`): SQL prepared statements,
+/// channels listened to, session-level settings.
+pub(super) const STATE_CHECK: &str = "SELECT 'p', name, NULL FROM pg_prepared_statements WHERE from_sql UNION ALL SELECT 'l', c, NULL FROM pg_listening_channels() c UNION ALL SELECT 's', name, setting FROM pg_settings WHERE source = 'session'";
 
 /// A change to session state that counts once its statement succeeded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +99,11 @@ pub(super) struct Tracked {
     pub pins: u8,
     /// A statement that may have ended a pin ran: ask the backend.
     pub recheck: bool,
+    /// A statement may have changed prepared statements or channels in a
+    /// way its text did not show: ask the backend (`STATE_CHECK`).
+    pub sync: bool,
+    /// ... and settings (`set_config`, `SET SESSION CHARACTERISTICS`).
+    pub sync_settings: bool,
     /// Changes of the statements in flight with the number of the batch
     /// (Sync or Query) they belong to, kept once it succeeds.
     pending: Vec<(u64, Change)>,
@@ -95,10 +114,17 @@ pub(super) struct Tracked {
 }
 
 impl Tracked {
-    /// A simple Query's text (with or without its NUL), or a Parse's.
+    /// A simple Query's text (with or without its NUL), or a Parse's; a
+    /// query of several statements is followed statement by statement.
     pub fn on_query(&mut self, sql: &[u8]) {
         let sql = sql.strip_suffix(&[0]).unwrap_or(sql);
         self.note_pins(sql);
+        for stmt in split_statements(sql) {
+            self.on_statement(stmt);
+        }
+    }
+
+    fn on_statement(&mut self, sql: &[u8]) {
         if protocol::is_session_set(sql) {
             if self.sets.len() < MAX_TRACKED_SETS {
                 self.pending.push((self.batch, Change::Set(String::from_utf8_lossy(sql).trim().to_owned())));
@@ -107,10 +133,23 @@ impl Tracked {
         }
         match sql_change(sql) {
             Some(c) => self.pending.push((self.batch, c)),
-            None if self.pins & PIN_LISTEN != 0 && protocol::unmovable_state(sql) == Some("LISTEN") => {
-                self.listen_unknown = true;
+            None => {
+                // State changed where the text does not show it: the
+                // backend is asked once the batch is over.
+                if self.pins & PIN_LISTEN != 0 && protocol::unmovable_state(sql) == Some("LISTEN") {
+                    self.listen_unknown = true;
+                }
+                if contains_word(sql, b"prepare")
+                    || contains_word(sql, b"listen")
+                    || self.pins & PIN_UNTRACKED_PREPARE != 0 && contains_word(sql, b"deallocate")
+                {
+                    self.sync = true;
+                }
+                if protocol::contains_ci(sql, b"set_config") || protocol::contains_ci(sql, b"session characteristics") {
+                    self.sync = true;
+                    self.sync_settings = true;
+                }
             }
-            None => {}
         }
     }
 
@@ -188,9 +227,9 @@ impl Tracked {
     fn apply(&mut self, c: Change) {
         match c {
             Change::Set(sql) => {
-                if !self.sets.contains(&sql) {
-                    self.sets.push(sql);
-                }
+                // The last run counts: an earlier equal SET moves to the end.
+                self.sets.retain(|s| *s != sql);
+                self.sets.push(sql);
             }
             Change::Prepare(name, text) => {
                 self.sql_prepared.retain(|(n, _)| *n != name);
@@ -198,6 +237,7 @@ impl Tracked {
             }
             Change::Deallocate(name) => self.sql_prepared.retain(|(n, _)| *n != name),
             Change::DeallocateAll => {
+                self.pins &= !PIN_UNTRACKED_PREPARE;
                 self.sql_prepared.clear();
                 self.prepared.clear();
                 self.unprepared.clear();
@@ -248,8 +288,46 @@ impl Tracked {
             self.listening.clear();
             self.listen_unknown = false;
         }
-        self.pins = pins;
+        self.pins = pins | (self.pins & PIN_UNTRACKED_PREPARE);
         self.recheck = false;
+    }
+
+    /// The state check's answer (rows of kind `p` prepared statement name,
+    /// `l` channel, `s` setting name and value): the backend's word
+    /// replaces what the text suggested. A SQL prepared statement the
+    /// proxy has no text for pins the session (and cannot move); channels
+    /// are taken as listed; settings made by `set_config` become tracked
+    /// `set_config` calls.
+    pub fn on_state_check(&mut self, rows: &[(u8, String, Option<String>)]) {
+        let prepared: Vec<&str> = rows.iter().filter(|r| r.0 == b'p').map(|r| r.1.as_str()).collect();
+        self.sql_prepared.retain(|(n, _)| prepared.contains(&n.as_str()));
+        if prepared.iter().any(|p| !self.sql_prepared.iter().any(|(n, _)| n == p)) {
+            self.pins |= PIN_UNTRACKED_PREPARE;
+        } else {
+            self.pins &= !PIN_UNTRACKED_PREPARE;
+        }
+        self.listening = rows.iter().filter(|r| r.0 == b'l').map(|r| r.1.clone()).collect();
+        self.listen_unknown = false;
+        if self.listening.is_empty() {
+            self.pins &= !PIN_LISTEN;
+        } else {
+            self.pins |= PIN_LISTEN;
+        }
+        if std::mem::take(&mut self.sync_settings) {
+            for (_, name, value) in rows.iter().filter(|r| r.0 == b's') {
+                let sql = format!(
+                    "SELECT set_config('{}', '{}', false)",
+                    name.replace('\'', "''"),
+                    value.as_deref().unwrap_or("").replace('\'', "''")
+                );
+                if !self.sets.contains(&sql) && self.sets.len() < MAX_TRACKED_SETS {
+                    let prefix = format!("SELECT set_config('{}',", name.replace('\'', "''"));
+                    self.sets.retain(|s| !s.starts_with(&prefix));
+                    self.sets.push(sql);
+                }
+            }
+        }
+        self.sync = false;
     }
 
     /// Why the session cannot move to another backend, if it cannot: a
@@ -401,43 +479,160 @@ pub(super) fn backend_name(hash: u64) -> String {
     format!("pgdr_{hash:016x}")
 }
 
+/// Whether `word` occurs in `sql` as a whole word (ASCII case ignored).
+fn contains_word(sql: &[u8], word: &[u8]) -> bool {
+    let ident = |c: &u8| c.is_ascii_alphanumeric() || *c == b'_';
+    sql.windows(word.len()).enumerate().any(|(i, w)| {
+        w.eq_ignore_ascii_case(word) && (i == 0 || !ident(&sql[i - 1])) && !sql.get(i + word.len()).is_some_and(ident)
+    })
+}
+
+/// The statements of a simple query, split at semicolons outside quotes,
+/// dollar quotes and comments (empty statements left out).
+pub(super) fn split_statements(sql: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let (mut start, mut i) = (0, 0);
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
+    while i < sql.len() {
+        match sql[i] {
+            b'\'' => {
+                // E'...' strings take backslash escapes.
+                let escapes = i > 0 && sql[i - 1].eq_ignore_ascii_case(&b'e') && (i < 2 || !ident(sql[i - 2]));
+                i += 1;
+                while i < sql.len() {
+                    match sql[i] {
+                        b'\\' if escapes => i += 1,
+                        b'\'' if sql.get(i + 1) == Some(&b'\'') => i += 1,
+                        b'\'' => break,
+                        _ => {}
+                    }
+                    i += 1;
+                }
+            }
+            b'"' => {
+                i += 1;
+                while i < sql.len() && sql[i] != b'"' {
+                    i += 1;
+                }
+            }
+            b'-' if sql.get(i + 1) == Some(&b'-') => {
+                while i < sql.len() && sql[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if sql.get(i + 1) == Some(&b'*') => {
+                let mut depth = 0;
+                while i < sql.len() {
+                    if sql[i..].starts_with(b"/*") {
+                        depth += 1;
+                        i += 1;
+                    } else if sql[i..].starts_with(b"*/") {
+                        depth -= 1;
+                        i += 1;
+                        if depth == 0 {
+                            break;
+                        }
+                    }
+                    i += 1;
+                }
+            }
+            b'$' if i == 0 || !ident(sql[i - 1]) => {
+                // $tag$ ... $tag$ ($1, a parameter, is not a tag).
+                let end = sql[i + 1..].iter().position(|&c| !ident(c)).map(|p| i + 1 + p);
+                if let Some(e) = end
+                    && sql[e] == b'$'
+                    && !sql.get(i + 1).is_some_and(u8::is_ascii_digit)
+                {
+                    let tag = &sql[i..=e];
+                    match sql[e + 1..].windows(tag.len()).position(|w| w == tag) {
+                        Some(p) => i = e + p + tag.len(),
+                        None => i = sql.len(),
+                    }
+                }
+            }
+            b';' => {
+                if sql[start..i].iter().any(|c| !c.is_ascii_whitespace()) {
+                    out.push(&sql[start..i]);
+                }
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if sql.get(start..).is_some_and(|r| r.iter().any(|c| !c.is_ascii_whitespace())) {
+        out.push(&sql[start..]);
+    }
+    out
+}
+
 /// A SQL-level change the proxy follows: PREPARE, DEALLOCATE, LISTEN,
-/// UNLISTEN, DISCARD ALL (one statement per query).
+/// UNLISTEN, DISCARD ALL (one statement).
 fn sql_change(sql: &[u8]) -> Option<Change> {
     let text = std::str::from_utf8(sql).ok()?.trim().trim_end_matches(';').trim();
-    if text.contains(';') {
-        return None;
-    }
-    let mut words = text.split_ascii_whitespace();
-    let first = words.next()?.to_ascii_lowercase();
-    let ident = |w: &str| -> String {
-        let w = w.trim_end_matches(['(', ';']);
-        match w.strip_prefix('"').and_then(|w| w.strip_suffix('"')) {
-            Some(q) => q.replace("\"\"", "\""),
-            None => w.to_ascii_lowercase(),
-        }
-    };
-    match first.as_str() {
-        "prepare" => {
-            let name = words.next()?;
-            let name = ident(name.split('(').next()?);
-            Some(Change::Prepare(name, text.to_owned()))
-        }
-        "deallocate" => {
-            let mut w = words.next()?;
-            if w.eq_ignore_ascii_case("prepare") {
-                w = words.next()?;
+    let (first, rest) = ident_at(text)?;
+    match first.0.as_str() {
+        "prepare" if !first.1 => {
+            let (name, rest) = ident_at(rest)?;
+            if !rest.starts_with(|c: char| c.is_whitespace() || c == '(') {
+                return None;
             }
-            if w.eq_ignore_ascii_case("all") { Some(Change::DeallocateAll) } else { Some(Change::Deallocate(ident(w))) }
+            Some(Change::Prepare(name.0, text.to_owned()))
         }
-        "listen" => Some(Change::Listen(ident(words.next()?))),
-        "unlisten" => {
-            let w = words.next()?;
-            if w == "*" { Some(Change::UnlistenAll) } else { Some(Change::Unlisten(ident(w))) }
+        "deallocate" if !first.1 => {
+            let (mut w, mut rest) = ident_at(rest)?;
+            if w == ("prepare".to_owned(), false) {
+                (w, rest) = ident_at(rest)?;
+            }
+            if !rest.trim().is_empty() {
+                return None;
+            }
+            if w == ("all".to_owned(), false) { Some(Change::DeallocateAll) } else { Some(Change::Deallocate(w.0)) }
         }
-        "discard" if words.next()?.eq_ignore_ascii_case("all") => Some(Change::DiscardAll),
+        "listen" if !first.1 => {
+            let (ch, rest) = ident_at(rest)?;
+            rest.trim().is_empty().then_some(Change::Listen(ch.0))
+        }
+        "unlisten" if !first.1 => {
+            if rest.trim() == "*" {
+                return Some(Change::UnlistenAll);
+            }
+            let (ch, rest) = ident_at(rest)?;
+            rest.trim().is_empty().then_some(Change::Unlisten(ch.0))
+        }
+        "discard" if !first.1 => {
+            let (w, rest) = ident_at(rest)?;
+            (w == ("all".to_owned(), false) && rest.trim().is_empty()).then_some(Change::DiscardAll)
+        }
         _ => None,
     }
+}
+
+/// The identifier at the start of `s` (after blanks): its name as
+/// PostgreSQL folds it and whether it was quoted, and the text after it.
+fn ident_at(s: &str) -> Option<((String, bool), &str)> {
+    let s = s.trim_start();
+    if let Some(q) = s.strip_prefix('"') {
+        let mut name = String::new();
+        let mut chars = q.char_indices();
+        while let Some((i, c)) = chars.next() {
+            if c == '"' {
+                if q[i + 1..].starts_with('"') {
+                    name.push('"');
+                    chars.next();
+                    continue;
+                }
+                return (!name.is_empty()).then(|| ((name, true), &q[i + 1..]));
+            }
+            name.push(c);
+        }
+        return None;
+    }
+    let end = s.find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$')).unwrap_or(s.len());
+    if end == 0 || s.starts_with(|c: char| c.is_ascii_digit() || c == '$') {
+        return None;
+    }
+    Some(((s[..end].to_ascii_lowercase(), false), &s[end..]))
 }
 
 pub(super) fn quote_ident(s: &str) -> String {
@@ -515,6 +710,53 @@ mod tests {
         t.on_ready(b'I', t.batch);
         t.batch += 1;
         assert_eq!(t.sql_prepared.len(), 1);
+    }
+
+    #[test]
+    fn splits_statements_outside_quotes_and_comments() {
+        let sql =
+            b"SELECT 'a;b', E'c\\';d', \"e;f\"; -- g;h\nPREPARE q AS SELECT $x$;$x$ /* i; /* j; */ k; */ ;; SET x = 1";
+        let got: Vec<_> =
+            split_statements(sql).into_iter().map(|s| String::from_utf8_lossy(s).trim().to_owned()).collect();
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(got[1].ends_with("$x$;$x$ /* i; /* j; */ k; */"), "{got:?}");
+        assert_eq!(got[2], "SET x = 1");
+        assert_eq!(split_statements(b"SELECT $1; SELECT $2").len(), 2);
+    }
+
+    #[test]
+    fn follows_state_in_queries_of_several_statements() {
+        let mut t = Tracked::default();
+        t.on_query(b"SELECT 1; PREPARE q AS SELECT ';'; SET a.b = 1; SET a.b = 2; SET a.b = 1; LISTEN ch\0");
+        t.on_ready(b'I', t.batch);
+        assert_eq!(t.sql_prepared, vec![("q".to_owned(), "PREPARE q AS SELECT ';'".to_owned())]);
+        assert_eq!(t.sets, vec!["SET a.b = 2".to_owned(), "SET a.b = 1".to_owned()], "the last SET wins");
+        assert_eq!(t.listening, vec!["ch".to_owned()]);
+        assert!(!t.sync);
+        t.on_query(b"LISTEN \"Other \"\"Ch\"; PREPARE \"My Q\"(int) AS SELECT $1; DEALLOCATE PREPARE q\0");
+        t.on_ready(b'I', t.batch);
+        assert_eq!(t.listening, vec!["ch".to_owned(), "Other \"Ch".to_owned()]);
+        assert_eq!(t.sql_prepared[0].0, "My Q");
+        assert_eq!(t.sql_prepared.len(), 1);
+    }
+
+    #[test]
+    fn asks_the_backend_when_the_text_does_not_show_the_state() {
+        let mut t = Tracked::default();
+        t.on_query(b"SELECT * FROM prepared_orders\0");
+        assert!(!t.sync, "a word inside a name is not PREPARE");
+        t.on_query(b"DO $$ BEGIN EXECUTE 'PREPARE dyn AS SELECT 1'; END $$\0");
+        assert!(t.sync);
+        t.on_state_check(&[(b'p', "dyn".into(), None), (b'l', "Ch".into(), None)]);
+        assert!(!t.sync);
+        assert_eq!(t.pins, PIN_UNTRACKED_PREPARE | PIN_LISTEN);
+        assert!(t.unmovable().is_some_and(|w| w.contains("dynamic SQL")));
+        assert_eq!(t.listening, vec!["Ch".to_owned()]);
+        t.on_query(b"SELECT set_config('work_mem', '1MB', false)\0");
+        assert!(t.sync && t.sync_settings);
+        t.on_state_check(&[(b's', "work_mem".into(), Some("1024".into()))]);
+        assert_eq!(t.sets, vec!["SELECT set_config('work_mem', '1024', false)".to_owned()]);
+        assert_eq!(t.pins, 0);
     }
 
     #[test]

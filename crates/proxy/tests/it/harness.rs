@@ -99,6 +99,42 @@ impl Servers {
         }
     }
 
+    /// Waits (up to 20 s) until the replica replayed all the primary wrote.
+    pub async fn wait_caught_up(&self) {
+        let old = Self::admin(&self.primary).await;
+        let target: String = old.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.expect("lsn").get(0);
+        drop(old);
+        let new = Self::admin(self.replica.as_ref().expect("replica")).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let caught: bool = new
+                .query_one("SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", &[&target])
+                .await
+                .expect("replay lsn")
+                .get(0);
+            if caught {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "replica did not catch up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Promotes the replica and routes the proxy's writers to it at epoch
+    /// 2; returns an admin connection to it.
+    pub async fn promote_and_route(&self, routing: &watch::Sender<Routing>) -> tokio_postgres::Client {
+        let replica = self.replica.as_ref().expect("replica");
+        let new = Self::admin(replica).await;
+        let promoted: bool = new.query_one("SELECT pg_promote(true, 30)", &[]).await.expect("promote").get(0);
+        assert!(promoted);
+        routing.send_replace(Routing {
+            epoch: Epoch(2),
+            primary: Some(Self::backend(replica, "n2")),
+            replicas: vec![],
+        });
+        new
+    }
+
     pub async fn admin(pg: &LocalPg) -> tokio_postgres::Client {
         pg.connect(&Login {
             user: "postgres".into(),

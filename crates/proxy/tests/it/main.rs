@@ -3,6 +3,7 @@
 mod clientside;
 mod harness;
 mod malformed;
+mod moves;
 mod pause;
 mod pool;
 mod props;

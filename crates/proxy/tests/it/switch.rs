@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use pgdr_model::Epoch;
 use pgdr_node::local::StopMode;
-use pgdr_proxy::{Routing, Settings};
+use pgdr_proxy::Settings;
 
 use crate::harness::{Proxy, Servers, auto_auth, client_program};
 
@@ -57,30 +57,8 @@ async fn pgbench_and_idle_sessions_survive_a_primary_switch() {
     let out = proxy.handle.pause("main").await.expect("pause");
     // Everything drained but the session left inside its transaction.
     assert_eq!(out.active, 1, "{out:?}");
-    let old = Servers::admin(&servers.primary).await;
-    let target: String = old.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.expect("lsn").get(0);
-    let new = Servers::admin(&replica).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let caught: bool = new
-            .query_one("SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", &[&target])
-            .await
-            .expect("replay lsn")
-            .get(0);
-        if caught {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "replica did not catch up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    drop(old);
-    let promoted: bool = new.query_one("SELECT pg_promote(true, 30)", &[]).await.expect("promote").get(0);
-    assert!(promoted);
-    proxy.routing.send_replace(Routing {
-        epoch: Epoch(2),
-        primary: Some(Servers::backend(&replica, "n2")),
-        replicas: vec![],
-    });
+    servers.wait_caught_up().await;
+    let new = servers.promote_and_route(&proxy.routing).await;
     servers.primary.stop(StopMode::Fast, Duration::from_secs(30)).await.expect("stop old primary");
     let resumed = proxy.handle.resume("main").expect("resume");
     eprintln!("pause: {out:?}, resume: {resumed:?}");

@@ -5,9 +5,8 @@
 
 use std::time::Duration;
 
-use pgdr_model::Epoch;
 use pgdr_node::local::StopMode;
-use pgdr_proxy::{Routing, Settings};
+use pgdr_proxy::Settings;
 use tokio_postgres::error::SqlState;
 
 use crate::harness::{Proxy, Servers, auto_auth, connect};
@@ -53,14 +52,7 @@ async fn writer_waits_for_a_new_primary_while_the_old_one_refuses() {
     }
     assert!(!new_conn.is_finished() && !idle_tx.is_finished(), "held clients must not fail");
 
-    let new = Servers::admin(&replica).await;
-    let promoted: bool = new.query_one("SELECT pg_promote(true, 30)", &[]).await.expect("promote").get(0);
-    assert!(promoted);
-    proxy.routing.send_replace(Routing {
-        epoch: Epoch(2),
-        primary: Some(Servers::backend(&replica, "n2")),
-        replicas: vec![],
-    });
+    servers.promote_and_route(&proxy.routing).await;
 
     let row = new_conn.await.expect("new connection task");
     assert!(!row.get::<_, bool>(0), "the new connection must reach the new primary");
