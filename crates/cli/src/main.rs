@@ -51,6 +51,11 @@ pub enum Command {
     /// Managed database credentials: rotate, status, verify (docs/secrets.md).
     #[command(subcommand)]
     Secrets(cmd::secrets::SecretsCmd),
+    /// Take a running PostgreSQL that pgdr did not create into a new cluster as its primary.
+    Adopt(cmd::adopt::AdoptArgs),
+    /// Add a replica or standby to a cluster, built from its primary: replica add.
+    #[command(subcommand)]
+    Replica(cmd::replica::ReplicaCmd),
     /// Every cluster's nodes, roles, LSNs and lag, from the agents.
     Status(cmd::status::StatusArgs),
     /// Base backups: run, list, verify, prune, copy, pull, enable archiving.
@@ -88,6 +93,8 @@ fn main() -> ExitCode {
         Command::Agent(a) => cmd::agent::run(&global, a),
         Command::Sandbox(c) => cmd::sandbox::run(&global, c),
         Command::Secrets(c) => cmd::secrets::run(&global, c),
+        Command::Adopt(a) => cmd::adopt::run(&global, a),
+        Command::Replica(c) => cmd::replica::run(&global, c),
         Command::Status(a) => cmd::status::run(&global, a),
         Command::Backup(c) => cmd::backup::run(&global, c),
         Command::WalPush(a) => cmd::backup::wal_push(&global, a),

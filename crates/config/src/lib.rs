@@ -18,6 +18,7 @@ pub use pgdr_model::Redacted;
 pub use pgdr_model::{ClusterName, NodeName, RegionName, ReplicationMode, TierName};
 
 pub mod auth;
+pub mod edit;
 pub mod raw;
 mod spans;
 mod validate;

@@ -7,6 +7,7 @@
 //! [`probe`] its canary-write endpoint (the agent as a vantage point). This
 //! crate must not depend on the controller or the proxy.
 
+pub mod adopt;
 pub mod agent;
 pub mod bin;
 pub mod files;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use pgdr_config::Config;
 
+pub mod adopt;
 pub mod agent;
 pub mod backup;
 pub mod check;
@@ -12,6 +13,7 @@ pub mod demo;
 pub mod drill;
 pub mod ops;
 pub mod proxy;
+pub mod replica;
 pub mod runbook;
 pub mod sandbox;
 pub mod secrets;
