@@ -260,7 +260,10 @@ fn add(global: &Global, a: AddArgs) -> anyhow::Result<ExitCode> {
         let mut build = tokio::spawn(async move { builder.rebuild(&req).await });
         let started = Instant::now();
         let mut last: Option<(i64, i64)> = None;
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut printed = Instant::now() - Duration::from_secs(5);
+        // Sampled often (a small database is copied in a second), printed
+        // at most once a second.
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
         let outcome = loop {
             tokio::select! {
                 r = &mut build => break r,
@@ -279,15 +282,23 @@ fn add(global: &Global, a: AddArgs) -> anyhow::Result<ExitCode> {
                 let (done, total, phase): (i64, i64, String) = (r.get(0), r.get(1), r.get(2));
                 let secs = started.elapsed().as_secs_f64().max(0.001);
                 let rate = mib(done) / secs;
-                let left = if total > done && rate > 0.0 { format!("{:.0}s left", mib(total - done) / rate) } else { "-".into() };
-                if last != Some((done, total)) {
+                let left = if total > done && rate > 0.0 {
+                    format!("{:.0}s left", mib(total - done) / rate)
+                } else {
+                    "-".into()
+                };
+                if last != Some((done, total)) && printed.elapsed() >= Duration::from_secs(1) {
                     if a.json {
-                        eprintln!("{}", json!({"progress": {"copied_bytes": done, "total_bytes": total, "mib_per_s": rate, "phase": phase}}));
+                        eprintln!(
+                            "{}",
+                            json!({"progress": {"copied_bytes": done, "total_bytes": total, "mib_per_s": rate, "phase": phase}})
+                        );
                     } else {
                         println!("  {phase}: {:.1} of {:.1} MiB, {rate:.1} MiB/s, {left}", mib(done), mib(total));
                     }
-                    last = Some((done, total));
+                    printed = Instant::now();
                 }
+                last = Some((done, total));
             }
         };
         let steps = match outcome {
@@ -299,6 +310,10 @@ fn add(global: &Global, a: AddArgs) -> anyhow::Result<ExitCode> {
             say(format!("  {s}"));
         }
         let built = started.elapsed();
+        let copied = last.map(|(done, total)| done.max(total));
+        if let Some(b) = copied {
+            say(format!("copied {:.1} MiB in {:.1}s ({:.1} MiB/s)", mib(b), built.as_secs_f64(), mib(b) / built.as_secs_f64().max(0.001)));
+        }
         // 5. Until it streams.
         let lag = loop {
             let rows = client
@@ -328,7 +343,7 @@ fn add(global: &Global, a: AddArgs) -> anyhow::Result<ExitCode> {
             println!(
                 "{}",
                 serde_json::to_string_pretty(&json!({"ok": true, "node": a.node, "streaming_from": primary.name,
-                    "replay_lag_bytes": lag, "build_seconds": built.as_secs_f64(), "total_seconds": t0.elapsed().as_secs_f64(),
+                    "replay_lag_bytes": lag, "build_seconds": built.as_secs_f64(), "copied_bytes": copied, "total_seconds": t0.elapsed().as_secs_f64(),
                     "steps": steps, "agent_pid": agent_pid}))?
             );
         } else {
