@@ -37,6 +37,8 @@ pub enum Command {
     Switchover(cmd::ops::RoleChangeArgs),
     /// Switchover back to the original primary region.
     Failback(cmd::ops::RoleChangeArgs),
+    /// Move the primary live to --to NODE: preparation ahead, an approval gate, then a switchover through the proxy.
+    Migrate(cmd::ops::RoleChangeArgs),
     /// Let a workflow waiting at its approval gate go on.
     Approve(cmd::ops::ApproveArgs),
     /// List workflows, or show one with its step journal.
@@ -87,6 +89,7 @@ fn main() -> ExitCode {
         Command::Failover(a) => cmd::ops::role_change(&global, "failover", a),
         Command::Switchover(a) => cmd::ops::role_change(&global, "switchover", a),
         Command::Failback(a) => cmd::ops::role_change(&global, "failback", a),
+        Command::Migrate(a) => cmd::ops::role_change(&global, "migrate", a),
         Command::Approve(a) => cmd::ops::approve(&global, a),
         Command::Workflows(a) => cmd::ops::workflows(&global, a),
         Command::Proxy(a) => cmd::proxy::run(&global, a),

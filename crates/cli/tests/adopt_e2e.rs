@@ -141,7 +141,6 @@ struct World {
     password_file: PathBuf,
     password: String,
     ca: pgdr_tls::ca::Authority,
-    #[allow(dead_code)]
     controller: u16,
     children: Vec<Child>,
     pids: Vec<i32>,
@@ -271,7 +270,6 @@ impl World {
         out
     }
 
-    #[allow(dead_code)]
     fn start_agent(&mut self, node: &str) {
         let log = std::fs::File::create(self.path().join(format!("state/agent-{node}.test.log"))).expect("log");
         let err = log.try_clone().expect("log");
@@ -437,12 +435,9 @@ async fn adopt_reports_gaps_dry_run_changes_nothing_then_adopts() {
     assert!(!text(&out).contains("secret"), "the password is never echoed");
 }
 
-/// Adopt, then `replica add` in the second region: a streaming standby.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn adopt_then_replica_add_streams() {
-    let mut w = World::new();
-    let l = w.legacy("legacy");
-    adopt(&mut w, &l).await;
+/// `replica add` of west-1 (a standby in region west) with its agent
+/// started by the command; returns its port.
+async fn add_standby(w: &mut World, primary_port: u16) -> u16 {
     let (crt, key) = w.server_cert("west-1");
     let home = w.path().join("west-1");
     std::fs::create_dir_all(&home).expect("mkdir");
@@ -474,6 +469,8 @@ async fn adopt_then_replica_add_streams() {
         key.to_str().unwrap_or(""),
         "--setting",
         "fsync=off",
+        "--setting",
+        "wal_log_hints=on",
         "--start-agent",
         "--json",
         "--timeout",
@@ -487,16 +484,26 @@ async fn adopt_then_replica_add_streams() {
     assert_eq!(out.status.code(), Some(0), "replica add:\n{t}");
     let copied = v.get("copied_bytes").and_then(serde_json::Value::as_i64).unwrap_or(0);
     assert!(copied > 1 << 20, "the copy's progress was read on the primary:\n{t}");
-    let port: u16 = port.parse().expect("port");
     let rows = w
-        .sql(
-            l.port,
-            "select application_name, state, sync_state from pg_stat_replication where application_name = 'west-1'",
-        )
+        .sql(primary_port, "select application_name, state from pg_stat_replication where application_name = 'west-1'")
         .await;
     assert_eq!(rows.first().and_then(|r| r[1].clone()).as_deref(), Some("streaming"), "{rows:?}");
-    let slot = w.sql(l.port, "select active::text from pg_replication_slots where slot_name = 'pgdr_west_1'").await;
+    let slot =
+        w.sql(primary_port, "select active::text from pg_replication_slots where slot_name = 'pgdr_west_1'").await;
     assert_eq!(slot.first().and_then(|r| r[0].clone()).as_deref(), Some("true"), "streams through its slot: {slot:?}");
+    let port: u16 = port.parse().expect("port");
+    let cert = w.sql(port, "show ssl_cert_file").await;
+    assert_eq!(cert[0][0].as_deref(), crt.to_str(), "the standby serves its own certificate");
+    port
+}
+
+/// Adopt, then `replica add` in the second region: a streaming standby.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adopt_then_replica_add_streams() {
+    let mut w = World::new();
+    let l = w.legacy("legacy");
+    adopt(&mut w, &l).await;
+    let port = add_standby(&mut w, l.port).await;
     // A write on the primary reaches the standby.
     w.sql(l.port, "create table t_adopt(x int); insert into t_adopt values (42)").await;
     let end = Instant::now() + Duration::from_secs(30);
@@ -508,8 +515,240 @@ async fn adopt_then_replica_add_streams() {
         assert!(Instant::now() < end, "the standby did not replay");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let cert = w.sql(port, "show ssl_cert_file").await;
-    assert_eq!(cert[0][0].as_deref(), crt.to_str(), "the standby serves its own certificate");
     let cfg = pgdr_config::Config::load(&w.config).expect("config");
     assert!(cfg.cluster("main").and_then(|c| c.node("west-1")).is_some());
+}
+
+impl World {
+    fn api(&self) -> pgdr_api::controller::ControllerClient {
+        let d = self.path();
+        let id = pgdr_tls::Identity { cert: d.join("tls/client.crt"), key: d.join("tls/client.key") };
+        let tls = pgdr_api::HttpTls::new(&d.join("tls/ca.crt"), Some(&id)).expect("https");
+        let token = std::fs::read_to_string(d.join("secrets/operator.token")).expect("token");
+        pgdr_api::controller::ControllerClient::new_with(
+            &format!("127.0.0.1:{}", self.controller),
+            Some(token.trim().into()),
+            &tls,
+        )
+        .expect("controller client")
+        .with_timeout(Duration::from_secs(5))
+    }
+
+    fn start_run(&mut self) {
+        let log = std::fs::File::create(self.path().join("state/run.test.log")).expect("log");
+        let err = log.try_clone().expect("log");
+        let child = Command::new(PGDR)
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .expect("pgdr run");
+        self.children.push(child);
+    }
+
+    fn tail(&self, file: &str) {
+        let t = std::fs::read_to_string(self.path().join("state").join(file)).unwrap_or_default();
+        let lines: Vec<&str> = t.lines().collect();
+        eprintln!("---- {file} (last 40 lines)");
+        for l in &lines[lines.len().saturating_sub(40)..] {
+            eprintln!("{l}");
+        }
+    }
+}
+
+async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "gave up waiting for {what} after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The whole story: a server pgdr did not create is adopted, gains a
+/// standby in another region, the proxy takes over its clients while it is
+/// still a single server, and `pgdr migrate` moves the primary to the other
+/// region under pgbench through the proxy: the dry run changes nothing,
+/// the approval gate holds, no client error, every acknowledged commit on
+/// the new primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_moves_the_adopted_primary_live_through_the_proxy() {
+    let mut w = World::new();
+    let l = w.legacy("legacy");
+    adopt(&mut w, &l).await;
+    w.sql(l.port, "create table acked(id bigserial primary key, client int not null, at timestamptz default now())")
+        .await;
+    let west_port = add_standby(&mut w, l.port).await;
+
+    // The proxy in front of the cluster, written into the config.
+    let (writer, api) = (free_port(), free_port());
+    std::fs::write(w.path().join("secrets/proxy-api.token"), "proxyapitoken0123456789abcdef").expect("token");
+    let mut conf = std::fs::read_to_string(&w.config).expect("config");
+    conf.push_str(&format!(
+        "\n[[proxies]]\ncluster = \"main\"\nregion = \"east\"\ntls_cert = \"tls/proxy.crt\"\ntls_key = \"tls/proxy.key\"\nwriter = \"127.0.0.1:{writer}\"\napi = \"127.0.0.1:{api}\"\napi_token = {{ file = \"secrets/proxy-api.token\" }}\n"
+    ));
+    std::fs::write(&w.config, conf).expect("config");
+    pgdr_config::Config::load(&w.config).expect("config with the proxy");
+
+    // The controller (and proxy) first, then the primary's agent: a
+    // freshly started agent of a writable primary needs a renewal.
+    w.start_run();
+    let api_client = w.api();
+    wait_for("the controller", Duration::from_secs(60), || async { api_client.cluster("main").await.ok() }).await;
+    w.start_agent("east-1");
+    let view = wait_for("both nodes up, east-1 primary", Duration::from_secs(60), || async {
+        let v = api_client.cluster("main").await.ok()?;
+        (v.primary.as_ref().map(|p| p.as_str()) == Some("east-1")
+            && v.nodes.iter().all(|n| n.reachable)
+            && v.detection == "healthy")
+            .then_some(v)
+    })
+    .await;
+    let epoch = view.epoch;
+    let pgbench = |args: &[&str]| {
+        let mut c = Command::new("pgbench");
+        c.args(args).env("PGPASSWORD", &w.password).env("PGCONNECT_TIMEOUT", "10");
+        c
+    };
+    let writer_s = writer.to_string();
+    wait_for("the proxy to serve", Duration::from_secs(30), || async {
+        let out = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &writer_s, "-U", "postgres", "-d", "postgres", "-Atc", "select 1"])
+            .env("PGPASSWORD", &w.password)
+            .output()
+            .ok()?;
+        out.status.success().then_some(())
+    })
+    .await;
+
+    // Dry run: the checks against the live topology, nothing changes.
+    let before = std::fs::read(&w.config).expect("config");
+    let out = w.pgdr(&["migrate", "--cluster", "main", "--to", "west-1", "--dry-run"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(t.contains("catch_up_target") && t.contains("approve") && t.contains("stop_old_primary"), "{t}");
+    assert!(t.contains("west-1 is ready to be the primary"), "{t}");
+    assert_eq!(std::fs::read(&w.config).expect("config"), before, "a dry run changed the config");
+    let v = api_client.cluster("main").await.expect("view");
+    assert_eq!((v.epoch, v.primary.clone()), (epoch, Some("east-1".into())), "a dry run changed the topology");
+    assert!(api_client.workflows().await.expect("workflows").is_empty(), "a dry run started a workflow");
+
+    // pgbench through the proxy, one committed row per transaction.
+    let script = w.path().join("acked.sql");
+    std::fs::write(&script, "insert into acked(client) values (:client_id);\n").expect("script");
+    let bench = pgbench(&[
+        "-n",
+        "-c",
+        "4",
+        "-j",
+        "2",
+        "-T",
+        "45",
+        "-P",
+        "5",
+        "-f",
+        script.to_str().unwrap_or(""),
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &writer_s,
+        "-U",
+        "postgres",
+        "postgres",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("pgbench");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let out = w.pgdr(&["migrate", "--cluster", "main", "--to", "west-1", "--yes", "--no-wait", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let started: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let id = started.get("id").and_then(serde_json::Value::as_str).expect("workflow id").to_owned();
+    let waiting = wait_for("the approval gate", Duration::from_secs(120), || async {
+        let v = api_client.workflow(&id).await.ok()?;
+        assert_ne!(v.state, "failed", "the preparation failed: {v:?}");
+        (v.state == "waiting_approval").then_some(v)
+    })
+    .await;
+    // The gate holds: nothing moves while it waits.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let v = api_client.cluster("main").await.expect("view");
+    assert_eq!((v.epoch, v.primary.clone()), (epoch, Some("east-1".into())), "the cutover ran before approval");
+    assert_eq!(api_client.workflow(&id).await.expect("workflow").state, "waiting_approval");
+    let east = w.sql(l.port, "select pg_is_in_recovery()::text").await;
+    assert_eq!(east[0][0].as_deref(), Some("false"), "east-1 is still the primary at the gate");
+    eprintln!(
+        "preparation before the gate: {:?}",
+        waiting.steps.iter().map(|s| (&s.name, s.duration_ms)).collect::<Vec<_>>()
+    );
+
+    let out = w.pgdr(&["approve", &id]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let done = wait_for("the migrate to end", Duration::from_secs(180), || async {
+        let v = api_client.workflow(&id).await.ok()?;
+        matches!(v.state.as_str(), "succeeded" | "failed" | "cancelled").then_some(v)
+    })
+    .await;
+    let out = w.pgdr(&["workflows", &id]);
+    let journal = text(&out);
+    if done.state != "succeeded" {
+        w.tail("run.test.log");
+        w.tail("agent-east-1.test.log");
+    }
+    assert_eq!(done.state, "succeeded", "{journal}");
+    let ms = |name: &str| done.steps.iter().find(|s| s.name == name).and_then(|s| s.duration_ms).unwrap_or(0);
+    let paused: u64 = [
+        "pause_proxy",
+        "stop_old_primary",
+        "check_replayed",
+        "raise_epoch",
+        "set_sync_standbys",
+        "promote",
+        "resume_proxy",
+    ]
+    .iter()
+    .map(|s| ms(s))
+    .sum();
+    eprintln!("[migrate] writes paused for about {paused} ms (pause_proxy .. resume_proxy, from the journal)");
+
+    let out = bench.wait_with_output().expect("pgbench");
+    let (so, se) =
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    eprintln!("pgbench:\n{so}{se}");
+    assert!(out.status.success(), "pgbench had client errors:\n{so}{se}");
+    assert!(!se.to_lowercase().contains("error"), "pgbench saw an error:\n{se}");
+    let processed: i64 = so
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|s| s.split('/').next())
+        .and_then(|s| s.trim().parse().ok())
+        .expect("pgbench's count");
+    if let Some(f) = so.lines().find(|l| l.starts_with("number of failed transactions")) {
+        assert!(f.contains(": 0 "), "failed transactions: {f}");
+    }
+    // Every acknowledged commit is on the new primary.
+    let v = api_client.cluster("main").await.expect("view");
+    assert_eq!(v.primary.as_ref().map(|p| p.as_str()), Some("west-1"), "{v:?}");
+    assert!(v.epoch > epoch);
+    let west = w.sql(west_port, "select pg_is_in_recovery()::text, count(*)::text from acked").await;
+    assert_eq!(west[0][0].as_deref(), Some("false"), "west-1 is the primary");
+    let rows: i64 = west[0][1].as_deref().and_then(|s| s.parse().ok()).expect("count");
+    eprintln!("[migrate] pgbench acknowledged {processed} transactions; the new primary holds {rows} rows");
+    assert!(processed > 0);
+    assert!(rows >= processed, "lost acknowledged commits: {processed} acknowledged, {rows} on the new primary");
+    // The old primary came back as a standby of the new one.
+    let east = w.sql(l.port, "select pg_is_in_recovery()::text").await;
+    assert_eq!(east[0][0].as_deref(), Some("true"), "east-1 rejoined as a standby:\n{journal}");
 }

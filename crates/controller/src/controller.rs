@@ -266,6 +266,16 @@ impl Controller {
                 }
                 Some(req.to.clone().unwrap_or_else(|| home.to_string()))
             }
+            workflows::MIGRATE => {
+                let to =
+                    req.to.clone().ok_or_else(|| ControllerError::BadRequest("a migrate needs --to NODE".into()))?;
+                if c.node(&to).is_none() {
+                    return Err(ControllerError::BadRequest(format!(
+                        "{to:?} is not a node of cluster {cluster}: a migrate moves the primary to one node (add it with pgdr replica add)"
+                    )));
+                }
+                Some(to)
+            }
             workflows::SWITCHOVER => Some(
                 req.to
                     .clone()
@@ -289,7 +299,8 @@ impl Controller {
             reason: format!("{kind} requested by {}", req.requested_by.as_deref().unwrap_or("an operator")),
             to,
             allow_data_loss: req.allow_data_loss,
-            require_approval: req.require_approval,
+            // A migrate always waits at its approval gate.
+            require_approval: req.require_approval || kind == workflows::MIGRATE,
             requested_by: req.requested_by.clone(),
             old_primary: Some(old),
             old_epoch: state.epoch,
@@ -307,7 +318,7 @@ impl Controller {
         kind: &str,
         req: RoleChangeRequest,
     ) -> Result<WorkflowStarted, ControllerError> {
-        if ![workflows::FAILOVER, workflows::SWITCHOVER, workflows::FAILBACK].contains(&kind) {
+        if ![workflows::FAILOVER, workflows::SWITCHOVER, workflows::FAILBACK, workflows::MIGRATE].contains(&kind) {
             return Err(ControllerError::BadRequest(format!("no role change {kind:?}")));
         }
         let params = self.params(cluster, kind, &req).await?;
@@ -323,6 +334,9 @@ impl Controller {
             }
         }
         lines.push(self.would_choose(&params).await);
+        if kind == workflows::MIGRATE {
+            lines.extend(crate::migrate::dry_run(&self.sh, &params).await);
+        }
         if let Some(b) = &plan.blocked_by {
             lines.push(format!("blocked: {} workflow {} is running on the cluster", b.kind, b.workflow.as_str()));
         }

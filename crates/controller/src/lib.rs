@@ -17,6 +17,7 @@ pub mod detect;
 pub mod fence;
 pub mod math;
 pub mod metrics;
+pub mod migrate;
 pub mod monitor;
 pub mod page;
 pub mod probe;

@@ -30,6 +30,9 @@ pub const FAILOVER: &str = "failover";
 pub const SWITCHOVER: &str = "switchover";
 pub const FAILBACK: &str = "failback";
 pub const REESTABLISH: &str = "reestablish";
+/// A live move of the primary (`pgdr migrate`): preparation, an approval
+/// gate, then the switchover's cutover; see [`crate::migrate`].
+pub const MIGRATE: &str = "migrate";
 
 /// How long a step waits for an agent's status: longer than a probe's, as a
 /// busy host answering slowly is not a down one.
@@ -83,39 +86,39 @@ pub struct Params {
     pub keep_tail: bool,
 }
 
-fn fatal(e: impl std::fmt::Display) -> StepError {
+pub(crate) fn fatal(e: impl std::fmt::Display) -> StepError {
     StepError::fatal(e.to_string())
 }
 
-fn retry(e: impl std::fmt::Display) -> StepError {
+pub(crate) fn retry(e: impl std::fmt::Display) -> StepError {
     StepError::retryable(e.to_string())
 }
 
-struct Ctx {
-    sh: Arc<Shared>,
-    p: Params,
+pub(crate) struct Ctx {
+    pub(crate) sh: Arc<Shared>,
+    pub(crate) p: Params,
 }
 
 impl Ctx {
-    fn cluster(&self) -> Result<&Cluster, StepError> {
+    pub(crate) fn cluster(&self) -> Result<&Cluster, StepError> {
         self.sh
             .cluster(self.p.cluster.as_str())
             .ok_or_else(|| fatal(format!("no cluster {} in the config", self.p.cluster)))
     }
 
-    fn node(&self, name: &NodeName) -> Result<&Node, StepError> {
+    pub(crate) fn node(&self, name: &NodeName) -> Result<&Node, StepError> {
         self.cluster()?
             .node(name.as_str())
             .ok_or_else(|| fatal(format!("no node {name} in cluster {}", self.p.cluster)))
     }
 
-    fn old_primary(&self) -> Result<&NodeName, StepError> {
+    pub(crate) fn old_primary(&self) -> Result<&NodeName, StepError> {
         self.p.old_primary.as_ref().ok_or_else(|| fatal("the workflow names no old primary"))
     }
 }
 
 /// Builds a step whose body gets the shared state and the params.
-fn step<F, Fut>(sh: &Arc<Shared>, p: &Params, name: &str, description: &str, f: F) -> Step
+pub(crate) fn step<F, Fut>(sh: &Arc<Shared>, p: &Params, name: &str, description: &str, f: F) -> Step
 where
     F: Fn(Arc<Ctx>, StepContext) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<StepOutput, StepError>> + Send + 'static,
@@ -1103,6 +1106,7 @@ pub fn registry(sh: &Arc<Shared>) -> pgdr_workflow::Registry {
         .register(Def { kind: SWITCHOVER, sh: sh.clone() })
         .register(Def { kind: FAILBACK, sh: sh.clone() })
         .register(Def { kind: REESTABLISH, sh: sh.clone() })
+        .register(Def { kind: MIGRATE, sh: sh.clone() })
 }
 
 struct Def {
@@ -1212,8 +1216,15 @@ impl WorkflowDef for Def {
                         .into(),
                 );
             }
-            SWITCHOVER | FAILBACK => {
-                gate(&p, &mut s);
+            SWITCHOVER | FAILBACK | MIGRATE => {
+                if self.kind == MIGRATE {
+                    // The slow steps first, side by side; the gate before
+                    // anything changes; then the switchover's cutover.
+                    s.push(crate::migrate::prepare(sh, &p));
+                    s.push(Step::approval("approve", "wait for an operator: pgdr approve <id>").into());
+                } else {
+                    gate(&p, &mut s);
+                }
                 s.push(
                     step(sh, &p, "check_target", "check the primary is up and choose the target", check_target)
                         .retry(quick)

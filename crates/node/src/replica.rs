@@ -308,6 +308,9 @@ pub async fn rewind(pg: &LocalPg, plan: &ReplicaPlan) -> Result<Vec<String>, PgE
 }
 
 async fn finish_as_replica(pg: &LocalPg, plan: &ReplicaPlan, steps: &mut Vec<String>) -> Result<(), PgError> {
+    // The socket folder `configure` names may not exist yet: a server pgdr
+    // adopted kept its own until its first rewind or rebuild.
+    pg.prepare_dirs()?;
     // The copy carries the source's pgdr.conf (its port): write ours.
     pg.configure(&plan.settings)?;
     pg.write_standby_config(&plan.upstream, &plan.replication_user, &plan.application_name, plan.login.tls.as_ref())?;

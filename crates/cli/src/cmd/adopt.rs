@@ -444,7 +444,16 @@ pub fn run(global: &Global, args: AdoptArgs) -> anyhow::Result<ExitCode> {
             if let Some(f) = &args.password_file {
                 block.push_str(&format!("password = {{ file = {} }}\n", q(&abs(f)?)));
             }
-            block.push_str(&node_block(&args.node, &args.region, &agent, &target.host, target.port, &data_dir, args.bin_dir.as_deref()));
+block.push_str(&node_block(
+                &args.node,
+                &args.region,
+                &agent,
+                &target.host,
+                target.port,
+                &data_dir,
+                args.bin_dir.as_deref(),
+                &tls_settings(&facts),
+            ));
             text = pgdr_config::edit::append(&text, &block);
             let (cluster, node) = (args.cluster.clone(), args.node.clone());
             pgdr_config::edit::write_checked(&path, &text, |c| match c.cluster(&cluster).and_then(|c| c.node(&node)) {
@@ -482,6 +491,7 @@ fn abs(p: &Path) -> anyhow::Result<String> {
 }
 
 /// A `[[clusters.nodes]]` table.
+#[allow(clippy::too_many_arguments)]
 pub fn node_block(
     name: &str,
     region: &str,
@@ -490,6 +500,7 @@ pub fn node_block(
     port: u16,
     data_dir: &Path,
     bin_dir: Option<&Path>,
+    settings: &[(String, String)],
 ) -> String {
     let mut b = format!(
         "\n[[clusters.nodes]]\nname = {}\nregion = {}\nagent = {}\nhost = {}\nport = {port}\ndata_dir = {}\n",
@@ -505,7 +516,30 @@ pub fn node_block(
     if let Some(d) = bin_dir {
         b.push_str(&format!("bin_dir = {}\n", q(&d.display().to_string())));
     }
+    if !settings.is_empty() {
+        let s: Vec<String> = settings.iter().map(|(k, v)| format!("{k} = {}", q(v))).collect();
+        b.push_str(&format!("settings = {{ {} }}\n", s.join(", ")));
+    }
     b
+}
+
+/// The node's own TLS settings, as the server serves them now (paths made
+/// absolute): they go into the node's `settings`, so a rewind or rebuild
+/// (which writes `pgdr.conf` and copies the new primary's files) keeps its
+/// certificate.
+fn tls_settings(f: &Facts) -> Vec<(String, String)> {
+    if f.setting("ssl") != "on" {
+        return Vec::new();
+    }
+    let abs = |v: &str| {
+        let p = Path::new(v);
+        if p.is_absolute() { v.to_owned() } else { Path::new(&f.data_directory).join(p).display().to_string() }
+    };
+    vec![
+        ("ssl".to_owned(), "on".to_owned()),
+        ("ssl_cert_file".to_owned(), abs(f.setting("ssl_cert_file"))),
+        ("ssl_key_file".to_owned(), abs(f.setting("ssl_key_file"))),
+    ]
 }
 
 /// Records the cluster's first state (epoch 1, `node` primary) in the

@@ -219,14 +219,19 @@ fn add(global: &Global, a: AddArgs) -> anyhow::Result<ExitCode> {
         }
         // 2. The config names the node.
         if !existing {
-            let mut block = super::adopt::node_block(&a.node, &a.region, &a.agent, &a.host, a.port, &a.data_dir, a.bin_dir.as_deref());
+            let mut block = super::adopt::node_block(
+                &a.node,
+                &a.region,
+                &a.agent,
+                &a.host,
+                a.port,
+                &a.data_dir,
+                a.bin_dir.as_deref(),
+                &settings,
+            );
             // node_block writes the data directory's owner; a new one has none yet.
             if !block.contains("os_user") && let Some(u) = &a.os_user {
                 block.push_str(&format!("os_user = {}\n", q(u)));
-            }
-            if !settings.is_empty() {
-                let s: Vec<String> = settings.iter().map(|(k, v)| format!("{k} = {}", q(v))).collect();
-                block.push_str(&format!("settings = {{ {} }}\n", s.join(", ")));
             }
             let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
             let text = pgdr_config::edit::insert_node(&text, &a.cluster, &block).ok_or_else(|| {
