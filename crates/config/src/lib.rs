@@ -619,10 +619,10 @@ pub enum PoolMode {
     /// A client holds a backend for one transaction (or one statement
     /// outside a transaction), longer only while it holds state that
     /// cannot move (temporary tables, session advisory locks, LISTEN,
-    /// WITH HOLD cursors).
+    /// WITH HOLD cursors). The default.
+    #[default]
     Transaction,
     /// One backend per client for its whole session.
-    #[default]
     Session,
 }
 

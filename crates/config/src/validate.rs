@@ -420,8 +420,8 @@ fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
             c.bad(k("require_tls"), "require_tls needs tls_cert and tls_key: the proxy has no certificate to offer");
         }
         let pool = match p.pool.as_deref() {
-            Some("transaction") => PoolMode::Transaction,
-            None | Some("session") => PoolMode::Session,
+            None | Some("transaction") => PoolMode::Transaction,
+            Some("session") => PoolMode::Session,
             Some(other) => {
                 c.bad(k("pool"), format!("expected \"transaction\" or \"session\", got {other:?}"));
                 PoolMode::Transaction

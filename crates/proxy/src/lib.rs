@@ -124,7 +124,7 @@ impl Default for Settings {
             drain_timeout: Duration::from_secs(5),
             reader_fallback: true,
             tcp: TcpSettings { connect_timeout: Duration::from_secs(2), user_timeout: Duration::from_secs(2) },
-            pool: pgdr_config::PoolMode::Session,
+            pool: pgdr_config::PoolMode::Transaction,
             pool_size: 20,
             pool_min_idle: 0,
             pool_timeout: Duration::from_secs(10),

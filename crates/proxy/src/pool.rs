@@ -1,8 +1,10 @@
-//! Backend pools: per cluster, one pool per (endpoint, user, database) when
-//! `pool = "transaction"`. A session holds a backend for one transaction
-//! (longer while it holds state that cannot move) and gives it back idle;
-//! clients beyond the pool size wait in a fair (FIFO) queue up to
-//! `pool_timeout`.
+//! Backend pools: per cluster, one pool per (endpoint, user, database)
+//! under `pool = "transaction"` (the default). A session holds a backend
+//! for one transaction (longer while it holds state that cannot move) and
+//! gives it back idle; clients beyond `pool_size` wait in a fair (FIFO)
+//! queue up to `pool_timeout`, then get SQLSTATE 53300 naming the pool;
+//! `pool_min_idle` idle backends are kept open (opened one per given-back
+//! backend until there are that many).
 //!
 //! The pool only keeps connections and what sessions left on them
 //! ([`BackendState`]); deciding what to replay where a session lands is
@@ -132,6 +134,11 @@ impl Pool {
         self.known.lock().map(|k| k.contains(&hash)).unwrap_or(false)
     }
 
+    /// Counts one more open backend if the pool has room for it.
+    pub fn reserve_open(&self) -> bool {
+        self.open.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < self.size).then_some(n + 1)).is_ok()
+    }
+
     /// Backends in use now.
     pub fn in_use(&self) -> usize {
         self.size - self.permits.available_permits()
@@ -141,15 +148,16 @@ impl Pool {
         self.idle.lock().map(|v| v.len()).unwrap_or(0)
     }
 
-    /// An idle backend on `target` (most recently used first); idle
-    /// backends elsewhere (an old primary), read-only or closed by their
-    /// server are closed.
-    pub fn take_idle(&self, target: &Backend, writer: bool) -> Option<Pooled> {
+    /// An idle backend on one of `allowed` (the primary, or the routed
+    /// replicas; most recently used first); idle backends elsewhere (an old
+    /// primary), read-only on the writer endpoint or closed by their server
+    /// are closed.
+    pub fn take_idle(&self, allowed: &[Backend], writer: bool) -> Option<Pooled> {
         let mut stale = Vec::new();
         let found = {
             let Ok(mut idle) = self.idle.lock() else { return None };
             idle.retain_mut(|p| {
-                let keep = p.conn.backend == *target && !(writer && p.conn.read_only) && p.conn.idle_alive();
+                let keep = allowed.contains(&p.conn.backend) && !(writer && p.conn.read_only) && p.conn.idle_alive();
                 if !keep {
                     let _ = p.conn.stream.try_write(&[b'X', 0, 0, 0, 4]);
                     stale.push(());

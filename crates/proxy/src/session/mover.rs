@@ -170,8 +170,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let mut hold = None;
         let (conn, bst, epoch, reused) = loop {
             let (target, epoch) = self.pick().await?;
+            // A reader takes an idle backend on any routed replica (the
+            // round robin is for new connections).
+            let allowed = match self.endpoint {
+                Endpoint::Reader if self.routing.borrow().replicas.contains(&target) => {
+                    self.routing.borrow().replicas.clone()
+                }
+                _ => vec![target.clone()],
+            };
             if let Some(pool) = &pool
-                && let Some(p) = pool.take_idle(&target, self.endpoint == Endpoint::Writer)
+                && let Some(p) = pool.take_idle(&allowed, self.endpoint == Endpoint::Writer)
             {
                 break (p.conn, p.state, epoch, true);
             }
@@ -326,9 +334,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         {
             bst.sql_prepared = self.st.sql_prepared.iter().cloned().collect();
         }
+        let (target, epoch) = (conn.backend.clone(), conn.epoch);
         pool.put(conn, bst);
         self.permit = None;
+        self.warm(&pool, &target, epoch).await;
         Ok(())
+    }
+
+    /// Opens one more idle backend while the pool has fewer than
+    /// `pool_min_idle` idle (and room), so bursts find them ready.
+    async fn warm(&mut self, pool: &crate::pool::Pool, target: &crate::routing::Backend, epoch: pgdr_model::Epoch) {
+        if pool.idle_count() >= pool.min_idle || !pool.reserve_open() {
+            return;
+        }
+        let startup = self.pool_startup();
+        match backend::open(target, epoch, self.state.settings.tcp, &startup, &self.cred).await {
+            Ok(conn) => {
+                self.state.metrics.pool_opened.inc();
+                pool.put(conn, BackendState::default());
+            }
+            Err(e) => {
+                pool.open.fetch_sub(1, Ordering::Relaxed);
+                tracing::debug!(cluster = %self.state.name, error = %e, "could not open an idle backend for pool_min_idle");
+            }
+        }
     }
 
     /// Keeps the pins-by-reason gauge in step with this session.

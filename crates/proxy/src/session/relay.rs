@@ -159,6 +159,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 if whole_needed {
                     break;
                 }
+                if pooled && h.tag == b'B' {
+                    // A large Bind of a named statement: its name is
+                    // rewritten in the part at hand, the rest streamed.
+                    let partial = &self.cbuf[fwd..];
+                    let name = match protocol::bind_statement_name(&partial[5..]) {
+                        Some(n) => n,
+                        None if avail < MAX_DECODED => break,
+                        None => {
+                            self.write_assembled(fwd, copied).await;
+                            return Err(self
+                                .fatal("08P01", "invalid frontend message: Bind names too long".into())
+                                .await);
+                        }
+                    };
+                    let st = (!name.is_empty()).then(|| self.st.prepared.get(name)).flatten();
+                    if let Some(st) = st {
+                        let (hash, parse) = (st.hash, st.parse.clone());
+                        self.bout.extend_from_slice(&self.cbuf[copied..fwd]);
+                        if !self.bst.statements.contains(&hash) {
+                            self.put_injected_parse(hash, &parse);
+                        }
+                        let partial = &self.cbuf[fwd..];
+                        put_renamed_bind_prefix(&mut self.bout, partial, h.total, &state::backend_name(hash));
+                        copied = self.cbuf.len();
+                    }
+                } else if h.tag == b'B' && !self.st.unprepared.is_empty() {
+                    // Session mode after a move: re-prepare first.
+                    let Some(name) = protocol::bind_statement_name(&self.cbuf[fwd + 5..]) else { break };
+                    if let Some(parse) = self.st.take_unprepared(name) {
+                        self.bout.extend_from_slice(&self.cbuf[copied..fwd]);
+                        copied = fwd;
+                        self.expect.push_back((true, self.syncs_sent, 0));
+                        self.bout.extend_from_slice(&parse);
+                    }
+                }
                 // Stream the part we have; the rest follows in later reads.
                 self.note_client_tag(h.tag);
                 self.cskip = h.total - avail;
@@ -655,6 +690,21 @@ fn rename_statement(out: &mut BytesMut, msg: &[u8], name: &str) {
     });
 }
 
+/// Writes the first part (`partial`, header included) of a Bind whose
+/// whole length is `total`, with its statement name replaced by `name`
+/// and its length adjusted; the rest of the message follows unchanged.
+fn put_renamed_bind_prefix(out: &mut BytesMut, partial: &[u8], total: usize, name: &str) {
+    let body = &partial[5..];
+    let portal = protocol::take_cstr(body).map_or(0, |(p, _)| p.len());
+    let old = protocol::bind_statement_name(body).map_or(0, |n| n.len());
+    let len = total - 1 - old + name.len();
+    out.extend_from_slice(b"B");
+    out.extend_from_slice(&(len as u32).to_be_bytes());
+    out.extend_from_slice(&body[..portal + 1]);
+    protocol::put_cstr(out, name);
+    out.extend_from_slice(body.get(portal + 1 + old + 1..).unwrap_or(&[]));
+}
+
 /// A query that may drop prepared statements on its backend (`DEALLOCATE`,
 /// `DISCARD`), or prepare them in ways the proxy does not follow.
 fn sql_may_drop_statements(sql: &[u8]) -> bool {
@@ -697,5 +747,11 @@ mod tests {
         out.clear();
         rename_statement(&mut out, &close, "pgdr_x");
         assert_eq!(protocol::target(protocol::body(&out)), Some((b'S', &b"pgdr_x"[..])));
+        let mut streamed = BytesMut::new();
+        put_renamed_bind_prefix(&mut streamed, &bind[..bind.len() - 3], bind.len(), "pgdr_x");
+        streamed.extend_from_slice(&bind[bind.len() - 3..]);
+        out.clear();
+        rename_statement(&mut out, &bind, "pgdr_x");
+        assert_eq!(streamed, out, "a streamed Bind is renamed like a whole one");
     }
 }

@@ -187,3 +187,72 @@ async fn a_thousand_pgbench_clients_on_a_server_allowing_a_hundred() {
     let m = proxy.handle.metrics_text();
     assert!(m.contains("pgdr_proxy_pool_size{"), "{m}");
 }
+
+/// The value of a metric line starting with `prefix` (labels included).
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pool_queues_in_order_and_keeps_idle_backends_warm() {
+    let servers = Servers::start(false).await;
+    let settings = Settings { pool_min_idle: 2, pool_timeout: Duration::from_secs(5), ..pooled(2) };
+    let proxy = Proxy::start(servers.routing(), auto_auth(), settings).await;
+    let labels = "{cluster=\"main\",endpoint=\"writer\",user=\"postgres\",database=\"postgres\"}";
+
+    // A client's first transaction leaves the pool with min_idle ready.
+    let a = proxy.connect().await;
+    a.simple_query("SELECT 1").await.expect("first");
+    a.simple_query("SELECT 1").await.expect("second");
+    // (The backend is given back and a new one opened just after the
+    // client has its answer.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut m = proxy.handle.metrics_text();
+    while metric(&m, &format!("pgdr_proxy_pool_idle{labels}")) < 2.0 {
+        assert!(std::time::Instant::now() < deadline, "{m}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        m = proxy.handle.metrics_text();
+    }
+    assert_eq!(metric(&m, "pgdr_proxy_pool_backends_opened_total{cluster=\"main\"}"), 2.0, "{m}");
+
+    // Both backends held inside transactions: the next clients wait, in
+    // the order they came, and are counted while they do.
+    a.batch_execute("CREATE TABLE served (id serial, i int)").await.expect("create");
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(proxy.connect().await);
+    }
+    let b = proxy.connect().await;
+    a.batch_execute("BEGIN").await.expect("begin a");
+    b.batch_execute("BEGIN").await.expect("begin b");
+    let mut waiters = Vec::new();
+    for (i, c) in clients.into_iter().enumerate() {
+        waiters.push(tokio::spawn(async move {
+            c.batch_execute(&format!("INSERT INTO served (i) VALUES ({i})")).await.expect("waited insert");
+        }));
+        // Each waiter queued before the next one comes.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while metric(&proxy.handle.metrics_text(), &format!("pgdr_proxy_pool_waiting{labels}")) < (i + 1) as f64 {
+            assert!(std::time::Instant::now() < deadline, "client {i} is not waiting");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let m = proxy.handle.metrics_text();
+    assert_eq!(metric(&m, &format!("pgdr_proxy_pool_in_use{labels}")), 2.0, "{m}");
+    a.batch_execute("COMMIT").await.expect("commit a");
+    for w in waiters {
+        w.await.expect("waiter");
+    }
+    let served: Vec<i32> =
+        a.query("SELECT i FROM served ORDER BY id", &[]).await.expect("served").iter().map(|r| r.get(0)).collect();
+    assert_eq!(served, vec![0, 1, 2], "first come, first served");
+    b.batch_execute("COMMIT").await.expect("commit b");
+    let m = proxy.handle.metrics_text();
+    assert_eq!(metric(&m, &format!("pgdr_proxy_pool_waiting{labels}")), 0.0, "{m}");
+    assert!(metric(&m, "pgdr_proxy_pool_wait_seconds_count{cluster=\"main\"}") >= 3.0, "{m}");
+    assert_eq!(metric(&m, "pgdr_proxy_pool_backends_opened_total{cluster=\"main\"}"), 2.0, "no churn: {m}");
+}
