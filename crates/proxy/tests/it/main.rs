@@ -1,6 +1,7 @@
 //! Integration tests of the proxy against real PostgreSQL, psql and pgbench.
 
 mod clientside;
+mod drivers;
 mod harness;
 mod malformed;
 mod moves;
