@@ -37,6 +37,8 @@ struct Opts {
     failover_on_crash: bool,
     /// `replication = "sync"` with quorum 1.
     sync: bool,
+    /// The state store on the sandbox's three-member etcd (`--store etcd`).
+    etcd: bool,
 }
 
 /// `pgdr run` as a child process, killed (SIGKILL) and reaped on drop.
@@ -114,7 +116,9 @@ where
 impl Env {
     async fn start(name: &'static str, opts: Opts) -> Env {
         let t0 = Instant::now();
-        let sb = SandboxGuard::start_temp(Sandbox::builder(), std::path::Path::new(PGDR)).await.expect("sandbox up");
+        let sb = SandboxGuard::start_temp(Sandbox::builder().etcd(opts.etcd), std::path::Path::new(PGDR))
+            .await
+            .expect("sandbox up");
         // Short timings and the cluster's options, then agents that read them.
         let mut text = std::fs::read_to_string(&sb.config).expect("read pgdr.toml");
         let mut extra = String::new();
@@ -585,6 +589,82 @@ async fn blip_shorter_than_the_window_causes_no_failover() {
 #[tokio::test(flavor = "multi_thread")]
 async fn controller_killed_mid_failover_resumes_and_finishes() {
     let mut env = Env::start("controller-crash", Opts::default()).await;
+    controller_killed_mid_failover(&mut env).await;
+}
+
+/// The same with the state (the cluster's epoch and the workflow's journal)
+/// in the sandbox's three-member etcd: the restarted controller resumes
+/// the failover from the journal it reads back from etcd.
+#[tokio::test(flavor = "multi_thread")]
+async fn etcd_store_controller_killed_mid_failover_resumes_and_finishes() {
+    let mut env = Env::start("etcd-controller-crash", Opts { etcd: true, ..Opts::default() }).await;
+    let etcd = etcd_store(&env).await;
+    let before = etcd_state(&etcd).await;
+    controller_killed_mid_failover(&mut env).await;
+    let after = etcd_state(&etcd).await;
+    eprintln!("[etcd-controller-crash] in etcd: {before} -> {after}");
+    assert_eq!(after["epoch"].as_u64(), before["epoch"].as_u64().map(|e| e + 2), "the epochs were written to etcd");
+}
+
+/// kill -9 of the primary's postmaster with the state in etcd: the
+/// failover runs, raises the epoch in etcd, and the writer endpoint works.
+#[tokio::test(flavor = "multi_thread")]
+async fn etcd_store_kill_primary_fails_over() {
+    let env = Env::start("etcd-kill-primary", Opts { failover_on_crash: true, etcd: true, ..Opts::default() }).await;
+    let text = std::fs::read_to_string(&env.sb.config).expect("config");
+    assert!(text.contains("store = \"etcd\""), "the sandbox config selects etcd:\n{text}");
+    assert_eq!(env.sb.record.etcd.as_ref().map(|e| e.members.len()), Some(3));
+    let etcd = etcd_store(&env).await;
+    let before = env.cluster().await.expect("cluster");
+    assert_eq!(etcd_state(&etcd).await["epoch"].as_u64(), Some(before.epoch.0));
+    let old = before.primary.clone().expect("primary").to_string();
+    let seen = Env::ids(&env.workflows().await);
+    let w = env.workload(2);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let fault_ms = w.now_ms();
+    sig(env.postmaster_pid(&old), Signal::SIGKILL);
+    let wf = env.new_workflow("failover", &seen, Duration::from_secs(30)).await;
+    let wf = env.finished(&wf.id, Duration::from_secs(60)).await;
+    env.print_workflow(&wf);
+    assert_eq!(wf.state, "succeeded", "{wf:#?}");
+    wait_recovered(&w, fault_ms).await;
+    let record = w.stop().await;
+    let primary = env.one_primary().await;
+    assert_ne!(primary, old);
+    let after = env.cluster().await.expect("cluster");
+    assert!(after.epoch > before.epoch);
+    let in_etcd = etcd_state(&etcd).await;
+    eprintln!("[{}] cluster state in etcd: {in_etcd}", env.name);
+    assert_eq!(in_etcd["epoch"].as_u64(), Some(after.epoch.0));
+    assert_eq!(in_etcd["primary"].as_str(), Some(primary.as_str()));
+    let journal = pgdr_store::StateStore::list(&etcd, &format!("/pgdr/workflows/{}/steps/", wf.id))
+        .await
+        .expect("journal in etcd");
+    assert!(!journal.is_empty(), "the failover's journal is in etcd");
+    env.check(&primary, &record, Some(fault_ms)).await;
+}
+
+/// A client of the sandbox's etcd as the controller sees it (its prefix,
+/// the sandbox's CA and the controller's client certificate).
+async fn etcd_store(env: &Env) -> pgdr_store::EtcdStore {
+    let pgdr_config::StoreKind::Etcd(e) = &env.cfg.controller.store else { panic!("not an etcd sandbox") };
+    let mut o = pgdr_store::EtcdOptions::new(e.endpoints.clone());
+    o.prefix = e.prefix.clone();
+    if let (Some(ca), Some(id)) = (&e.ca, &e.identity) {
+        let read = |p: &std::path::Path| std::fs::read(p).expect("read a certificate");
+        o.tls = Some(pgdr_store::EtcdTls { ca_pem: read(ca), identity: Some((read(&id.cert), read(&id.key))) });
+    }
+    pgdr_store::EtcdStore::connect(o).await.expect("connect to the sandbox's etcd")
+}
+
+async fn etcd_state(etcd: &pgdr_store::EtcdStore) -> Value {
+    use pgdr_store::StateStore;
+    let v =
+        etcd.get(&pgdr_store::keys::cluster_state("main")).await.expect("read etcd").expect("cluster state in etcd");
+    serde_json::from_slice(&v.value).expect("json")
+}
+
+async fn controller_killed_mid_failover(env: &mut Env) {
     let before = env.cluster().await.expect("cluster");
     let old = before.primary.clone().expect("primary").to_string();
     let seen = Env::ids(&env.workflows().await);
@@ -811,7 +891,7 @@ async fn switchover_refused_when_the_target_has_not_replayed_restarts_the_old_pr
 /// acknowledged commit is lost.
 #[tokio::test(flavor = "multi_thread")]
 async fn sync_mode_kill_primary_loses_no_acknowledged_commit() {
-    let env = Env::start("sync", Opts { failover_on_crash: true, sync: true }).await;
+    let env = Env::start("sync", Opts { failover_on_crash: true, sync: true, ..Opts::default() }).await;
     let before = env.cluster().await.expect("cluster");
     let old = before.primary.clone().expect("primary").to_string();
     let names = wait_for("synchronous_standby_names on the primary", Duration::from_secs(30), || async {

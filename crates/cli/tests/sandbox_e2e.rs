@@ -401,3 +401,44 @@ async fn failed_up_stops_what_it_started() {
     assert_eq!(code, 2);
     assert!(err.contains("stopped sandbox") && err.contains("--purge"), "{err}");
 }
+
+/// `sandbox up --store etcd`: three etcd members started by PID and
+/// recorded, the config selects them (TLS with the sandbox's CA and the
+/// controller's client certificate), `config check` accepts it, and `down`
+/// stops exactly those members.
+#[tokio::test(flavor = "multi_thread")]
+async fn up_with_etcd_and_down_stops_its_members() {
+    let dir = Dir::new();
+    let sb_dir = dir.sandbox();
+    let d = sb_dir.display().to_string();
+    let (code, _, err) = pgdr(&["sandbox", "up", "--dir", &d, "--store", "etcd", "--replicas-per-region", "0"]);
+    assert_eq!(code, 0, "sandbox up --store etcd failed: {err}");
+    let config = sb_dir.join("pgdr.toml");
+    let text = std::fs::read_to_string(&config).expect("pgdr.toml");
+    assert!(text.contains("store = \"etcd\"") && text.contains("etcd_prefix"), "{text}");
+    let (code, out, err) = pgdr(&["config", "check", "--config", &config.display().to_string()]);
+    assert_eq!(code, 0, "config check: {out} {err}");
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(sb_dir.join("sandbox.json")).expect("record")).expect("json");
+    let members = record["etcd"]["members"].as_array().expect("etcd members recorded").clone();
+    assert_eq!(members.len(), 3);
+    for m in &members {
+        assert!(alive(m["pid"].as_i64().expect("pid")), "member {m} not running");
+        assert!(listening(m["client_port"].as_u64().expect("port")));
+    }
+    let cfg = pgdr_config::Config::load(&config).expect("load");
+    let pgdr_config::StoreKind::Etcd(e) = &cfg.controller.store else { panic!("not etcd") };
+    assert!(e.endpoints.iter().all(|u| u.starts_with("https://127.0.0.1:")), "{:?}", e.endpoints);
+    assert!(e.ca.is_some() && e.identity.is_some(), "TLS with a client certificate");
+
+    let (code, out, err) = pgdr(&["sandbox", "down", "--dir", &d, "--json"]);
+    assert_eq!(code, 0, "{out} {err}");
+    let down: Value = serde_json::from_str(&out).expect("down --json");
+    assert_eq!(down["etcd_stopped"], 3, "{down}");
+    for m in &members {
+        assert!(!alive(m["pid"].as_i64().expect("pid")), "member {m} still alive");
+        for key in ["client_port", "peer_port", "metrics_port"] {
+            assert!(!listening(m[key].as_u64().expect("port")), "{key} of {m} still listening");
+        }
+    }
+}

@@ -298,8 +298,30 @@ pub struct Controller {
 pub enum StoreKind {
     /// One redb file in `state_dir`: a single controller.
     Embedded,
-    /// etcd at these endpoints: controllers in several regions.
-    Etcd { endpoints: Vec<String> },
+    /// An etcd cluster: controllers in several regions.
+    Etcd(EtcdConfig),
+}
+
+/// `controller.store = "etcd"` and its `controller.etcd_*` keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdConfig {
+    /// `http://host:port`, `https://host:port`, or `host:port` (then
+    /// `https` when `ca` is set).
+    pub endpoints: Vec<String>,
+    /// Every pgdr key is stored under this prefix, so several deployments
+    /// can share one etcd: empty, or `/name` (starts with `/`, does not end with one).
+    pub prefix: String,
+    /// etcd user name, when etcd has authentication enabled.
+    pub user: Option<String>,
+    /// That user's password (never inline in logs or `Debug`).
+    pub password: Option<Secret>,
+    /// PEM of the CA that signed the etcd members' certificates: TLS on.
+    pub ca: Option<PathBuf>,
+    /// A client certificate, for members started with `--client-cert-auth`.
+    pub identity: Option<TlsIdentity>,
+    /// The longest one etcd request may take before it counts as failed
+    /// (the store is then "unavailable": nothing is decided on it).
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -70,6 +70,13 @@ pub struct RawController {
     pub store: Option<String>,
     #[serde(default)]
     pub etcd_endpoints: Vec<String>,
+    pub etcd_prefix: Option<String>,
+    pub etcd_user: Option<String>,
+    pub etcd_password: Option<RawSecret>,
+    pub etcd_ca: Option<String>,
+    pub etcd_cert: Option<String>,
+    pub etcd_key: Option<String>,
+    pub etcd_timeout: Option<String>,
     /// One operator token (kept from before named tokens).
     pub token: Option<RawSecret>,
     /// Named tokens, each with a role.

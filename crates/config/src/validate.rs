@@ -490,17 +490,24 @@ fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
     }
     let store = match rc.store.as_deref() {
         None | Some("embedded") => {
-            if !rc.etcd_endpoints.is_empty() {
-                c.bad("controller.etcd_endpoints", "only used with store = \"etcd\"");
+            let etcd_keys = [
+                ("etcd_endpoints", !rc.etcd_endpoints.is_empty()),
+                ("etcd_prefix", rc.etcd_prefix.is_some()),
+                ("etcd_user", rc.etcd_user.is_some()),
+                ("etcd_password", rc.etcd_password.is_some()),
+                ("etcd_ca", rc.etcd_ca.is_some()),
+                ("etcd_cert", rc.etcd_cert.is_some()),
+                ("etcd_key", rc.etcd_key.is_some()),
+                ("etcd_timeout", rc.etcd_timeout.is_some()),
+            ];
+            for (key, set) in etcd_keys {
+                if set {
+                    c.bad(format!("controller.{key}"), "only used with store = \"etcd\"");
+                }
             }
             StoreKind::Embedded
         }
-        Some("etcd") => {
-            if rc.etcd_endpoints.is_empty() {
-                c.bad("controller.etcd_endpoints", "store = \"etcd\" needs at least one endpoint");
-            }
-            StoreKind::Etcd { endpoints: rc.etcd_endpoints.clone() }
-        }
+        Some("etcd") => StoreKind::Etcd(etcd(c, rc)),
         Some(other) => {
             c.bad("controller.store", format!("expected \"embedded\" or \"etcd\", got {other:?}"));
             StoreKind::Embedded
@@ -624,6 +631,105 @@ fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
 /// `ca`. Files that exist here are checked for PEM content; a part's own
 /// certificate may live only on its host, so a missing one is reported when
 /// that part starts.
+/// `controller.store = "etcd"`: endpoints, prefix, credentials, TLS.
+fn etcd(c: &mut Checker, rc: &RawController) -> EtcdConfig {
+    if rc.etcd_endpoints.is_empty() {
+        c.bad(
+            "controller.etcd_endpoints",
+            "store = \"etcd\" needs at least one endpoint, like \"https://10.0.0.1:2379\"",
+        );
+    }
+    for (i, e) in rc.etcd_endpoints.iter().enumerate() {
+        let key = format!("controller.etcd_endpoints[{i}]");
+        let (scheme, rest) = match e.split_once("://") {
+            Some((s, r)) => (Some(s), r),
+            None => (None, e.as_str()),
+        };
+        let port_ok =
+            rest.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !matches!(scheme, None | Some("http") | Some("https")) || !port_ok || rest.contains('/') {
+            c.bad(key, format!("expected \"http://host:port\", \"https://host:port\" or \"host:port\", got {e:?}"));
+        } else if scheme == Some("https") && rc.etcd_ca.is_none() {
+            c.bad(
+                key,
+                format!(
+                    "{e:?} uses https: set controller.etcd_ca, the PEM file of the CA that signed etcd's certificates"
+                ),
+            );
+        } else if scheme == Some("http") && rc.etcd_ca.is_some() {
+            c.bad(key, format!("{e:?} uses http but controller.etcd_ca turns TLS on: use https://"));
+        }
+    }
+    let prefix = rc.etcd_prefix.clone().unwrap_or_default();
+    if !prefix.is_empty()
+        && (!prefix.starts_with('/')
+            || prefix.ends_with('/')
+            || !prefix[1..].split('/').all(|part| check_name(part).is_ok()))
+    {
+        c.bad(
+            "controller.etcd_prefix",
+            format!("expected a key prefix like \"/pgdr-prod\" (starts with /, no trailing /, names of letters, digits, - and _), got {prefix:?}"),
+        );
+    }
+    let password = c.secret("controller.etcd_password".into(), &rc.etcd_password);
+    match (&rc.etcd_user, rc.etcd_password.is_some()) {
+        (Some(u), _) if u.trim().is_empty() => {
+            c.bad("controller.etcd_user", "expected an etcd user name, got an empty one")
+        }
+        (Some(_), false) => c.bad(
+            "controller.etcd_password",
+            "controller.etcd_user is set: expected its password too (`{ file = \"...\" }` or `{ env = \"...\" }`)",
+        ),
+        (None, true) => {
+            c.bad("controller.etcd_user", "controller.etcd_password is set: expected the etcd user name too")
+        }
+        _ => {}
+    }
+    let read_pem =
+        |c: &mut Checker, key: &str, path: &PathBuf, marker: &str, what: &str| match std::fs::read_to_string(path) {
+            Ok(text) if text.contains(marker) => {}
+            Ok(_) => c.bad(key, format!("{}: expected {what}", path.display())),
+            Err(e) => c.bad(key, format!("cannot read {}: {e}", path.display())),
+        };
+    let ca = rc.etcd_ca.as_deref().map(|p| c.path(p));
+    if let Some(ca) = &ca {
+        read_pem(c, "controller.etcd_ca", ca, "-----BEGIN CERTIFICATE-----", "a PEM certificate");
+    }
+    let identity = match (&rc.etcd_cert, &rc.etcd_key) {
+        (Some(cert), Some(key)) => {
+            let id = TlsIdentity { cert: c.path(cert), key: c.path(key) };
+            read_pem(c, "controller.etcd_cert", &id.cert, "-----BEGIN CERTIFICATE-----", "a PEM certificate");
+            read_pem(c, "controller.etcd_key", &id.key, "PRIVATE KEY-----", "a PEM private key");
+            if ca.is_none() {
+                c.bad("controller.etcd_cert", "a client certificate needs TLS: set controller.etcd_ca too");
+            }
+            Some(id)
+        }
+        (Some(_), None) => {
+            c.bad("controller.etcd_key", "controller.etcd_cert is set: expected its private key (PEM file) too");
+            None
+        }
+        (None, Some(_)) => {
+            c.bad("controller.etcd_cert", "controller.etcd_key is set: expected the client certificate (PEM file) too");
+            None
+        }
+        (None, None) => None,
+    };
+    let timeout = c.duration("controller.etcd_timeout".into(), rc.etcd_timeout.as_deref(), Duration::from_secs(2));
+    if timeout < Duration::from_millis(100) {
+        c.bad("controller.etcd_timeout", format!("expected at least 100ms, got {timeout:?}"));
+    }
+    EtcdConfig {
+        endpoints: rc.etcd_endpoints.clone(),
+        prefix,
+        user: rc.etcd_user.clone(),
+        password,
+        ca,
+        identity,
+        timeout,
+    }
+}
+
 fn tls(c: &mut Checker, raw: &RawTls) -> Option<Tls> {
     let on = match raw.mode.as_deref() {
         None | Some("off") => false,

@@ -18,6 +18,9 @@ use crate::record::NodeRecord;
 pub const DIR: &str = "tls";
 /// The parts with a certificate of their own besides the nodes.
 pub const PARTS: [&str; 4] = ["controller", "agent", "proxy", "client"];
+/// The etcd members' certificate and key (`--store etcd`), in [`DIR`].
+pub const ETCD_CERT: &str = "etcd.crt";
+pub const ETCD_KEY: &str = "etcd.key";
 
 fn tls_err(e: pgdr_tls::TlsError) -> SandboxError {
     SandboxError::Tls(e.to_string())
@@ -42,6 +45,9 @@ pub fn make(dir: &Path, nodes: &[NodeRecord], run_as: &RunAs) -> Result<PathBuf,
         write_new(&tls.join(format!("{part}.crt")), &c.cert_pem, 0o644).map_err(tls_err)?;
         write_new(&tls.join(format!("{part}.key")), &c.key_pem, 0o600).map_err(tls_err)?;
     }
+    let c = ca.issue("pgdr etcd", &names).map_err(tls_err)?;
+    write_new(&tls.join(ETCD_CERT), &c.cert_pem, 0o644).map_err(tls_err)?;
+    write_new(&tls.join(ETCD_KEY), &c.key_pem, 0o600).map_err(tls_err)?;
     for n in nodes {
         let c = ca.issue(&n.name, &names).map_err(tls_err)?;
         let (crt, key) = node_files(dir, &n.name);

@@ -24,6 +24,8 @@ pub struct DownReport {
     pub was_up: bool,
     pub agents_stopped: usize,
     pub servers_stopped: usize,
+    /// etcd members stopped (`--store etcd`).
+    pub etcd_stopped: usize,
     pub purged: bool,
 }
 
@@ -136,6 +138,15 @@ pub(crate) fn stop_record(record: &Record, report: &mut DownReport) -> Result<()
         if alive(pid) {
             let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL).or_else(|_| kill(Pid::from_raw(pid), Signal::SIGKILL));
         }
+    }
+
+    // etcd after everything that could write to it.
+    if let Some(etcd) = &record.etcd {
+        let mut etcd = etcd.clone();
+        if let Err(e) = etcd.stop_all() {
+            tracing::warn!("stopping etcd: {e}");
+        }
+        report.etcd_stopped = etcd.members.len();
     }
 
     // Verify: no PID alive, no port listening (a killed postmaster's

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 
 pub mod certs;
 pub mod down;
+pub mod etcd;
 mod guard;
 pub mod record;
 mod render;
@@ -60,6 +61,8 @@ pub enum SandboxError {
     Wan(String),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("etcd: {0}")]
+    Etcd(String),
     #[error("query on {node} failed: {detail}")]
     Query { node: String, detail: String },
 }

@@ -73,6 +73,9 @@ pub struct Record {
     /// Relays between regions, when started with a WAN delay.
     #[serde(default)]
     pub wan: Option<crate::wan::WanRecord>,
+    /// The etcd members, when started with `--store etcd`.
+    #[serde(default)]
+    pub etcd: Option<crate::etcd::EtcdRecord>,
 }
 
 impl Record {
@@ -106,6 +109,9 @@ impl Record {
         let mut ports: Vec<u16> = self.nodes.iter().flat_map(|n| [n.port, n.agent_port]).collect();
         if let Some(w) = &self.wan {
             ports.extend(w.routes.iter().map(|r| r.listen.port()));
+        }
+        if let Some(e) = &self.etcd {
+            ports.extend(e.ports());
         }
         ports
     }

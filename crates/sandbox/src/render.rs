@@ -79,6 +79,8 @@ pub struct ConfigText<'a> {
     /// The sandbox's folder, when it made certificates (`tls/`, see
     /// [`crate::certs`]): TLS everywhere.
     pub tls_dir: Option<&'a std::path::Path>,
+    /// The etcd members' client URLs, with `--store etcd`.
+    pub etcd: Option<Vec<String>>,
 }
 
 fn q(s: &str) -> String {
@@ -107,6 +109,19 @@ pub fn render(c: &ConfigText<'_>) -> String {
         q(&c.controller.to_string()),
         q(region)
     );
+    if let Some(endpoints) = &c.etcd {
+        let _ = writeln!(t, "# The state store: the sandbox's three etcd members (listed in sandbox.json),");
+        let _ = writeln!(t, "# every key under etcd_prefix. `pgdr sandbox down` stops them.");
+        let list = endpoints.iter().map(|e| q(e)).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(t, "store = \"etcd\"\netcd_endpoints = [{list}]\netcd_prefix = \"/pgdr-sandbox\"");
+        if c.tls_dir.is_some() {
+            let _ = writeln!(
+                t,
+                "etcd_ca = \"tls/ca.crt\"\netcd_cert = \"tls/controller.crt\"\netcd_key = \"tls/controller.key\""
+            );
+        }
+        let _ = writeln!(t);
+    }
     let _ = writeln!(
         t,
         "# Who may call the controller's API. viewer: the read routes, the status page's data and /metrics\n\

@@ -40,6 +40,8 @@ pub struct SandboxBuilder {
     wan_delay: Option<Duration>,
     /// A CA and certificates, and TLS on every connection (the default).
     tls: bool,
+    /// A three-member etcd as the state store instead of the embedded one.
+    etcd: bool,
 }
 
 /// A running sandbox.
@@ -69,6 +71,7 @@ impl Sandbox {
             on_crash: None,
             wan_delay: None,
             tls: true,
+            etcd: false,
         }
     }
 
@@ -221,6 +224,14 @@ impl SandboxBuilder {
         self
     }
 
+    /// The state store: a three-member etcd on loopback (`true`, recorded
+    /// in `sandbox.json` and stopped by `down`) or the embedded one (the
+    /// default).
+    pub fn etcd(mut self, on: bool) -> Self {
+        self.etcd = on;
+        self
+    }
+
     /// The cluster's `on_crash`: `restart-first` (the default) or `failover`.
     pub fn on_crash(mut self, on_crash: impl Into<String>) -> Self {
         self.on_crash = Some(on_crash.into());
@@ -344,6 +355,7 @@ impl SandboxBuilder {
                 relay_pid: None,
             }),
             nodes,
+            etcd: None,
         };
         record.save()?;
         if let Some(w) = &record.wan {
@@ -382,6 +394,22 @@ impl SandboxBuilder {
             set_mode(&dir.join(d), 0o700)?;
         }
         let tls_dir = if self.tls { Some(crate::certs::make(&dir, &record.nodes, &run_as)?) } else { None };
+        if self.etcd {
+            // Members serve clients over TLS with the sandbox's CA and require
+            // a client certificate when the sandbox has TLS.
+            let tls = tls_dir.as_ref().map(|t| crate::etcd::EtcdTlsFiles {
+                ca: t.join("ca.crt"),
+                cert: t.join(crate::certs::ETCD_CERT),
+                key: t.join(crate::certs::ETCD_KEY),
+                client_cert_auth: true,
+            });
+            let etcd_dir = dir.join("etcd");
+            let started = tokio::task::spawn_blocking(move || crate::etcd::EtcdRecord::start(&etcd_dir, 3, tls))
+                .await
+                .map_err(|e| SandboxError::Etcd(format!("start task failed: {e}")))??;
+            record.etcd = Some(started);
+            record.save()?;
+        }
         let (tls, http) = crate::certs::clients(&dir)?;
         // Every node archives through `pgdr wal-push` from its first start
         // (archive_mode needs no restart then); archive_command runs as the
@@ -397,6 +425,7 @@ impl SandboxBuilder {
             wan_delay: self.wan_delay,
             archive: &archive,
             tls_dir: tls_dir.as_ref().map(|_| dir.as_path()),
+            etcd: record.etcd.as_ref().map(|e| e.endpoints()),
         });
         std::fs::write(&record.config, config_text).map_err(SandboxError::io(&record.config))?;
         let config = pgdr_config::Config::load(&record.config).map_err(|e| SandboxError::Config(e.to_string()))?;
@@ -642,7 +671,7 @@ fn set_postmaster(record: &mut Record, name: &str, pid: Option<i32>) {
 
 /// `count` ports: free ones (all bound at once so they differ) when `base`
 /// is 0, else `base..base+count`, each checked free.
-fn allocate_ports(base: u16, count: usize) -> Result<Vec<u16>, SandboxError> {
+pub(crate) fn allocate_ports(base: u16, count: usize) -> Result<Vec<u16>, SandboxError> {
     if base == 0 {
         let listeners: Vec<TcpListener> = (0..count)
             .map(|_| TcpListener::bind("127.0.0.1:0"))

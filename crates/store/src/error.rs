@@ -11,9 +11,14 @@ pub enum StoreError {
     #[error("lease {0} has expired or was revoked")]
     LeaseExpired(LeaseId),
     /// The store cannot be reached or is busy right now (etcd without a
-    /// quorum, a timeout). Retry with backoff.
+    /// quorum, a timeout). Retry with backoff. For a write the outcome is
+    /// unknown (etcd may still apply it when its quorum is back): re-read.
     #[error("state store unavailable: {0}")]
     Unavailable(String),
+    /// The store refused our credentials or this request (etcd
+    /// authentication). Not retryable: the configuration must change.
+    #[error("state store refused access: {0}")]
+    Denied(String),
     /// The storage under the store failed (I/O, a damaged file).
     #[error("state store storage failed: {0}")]
     Storage(String),
@@ -50,6 +55,7 @@ impl StoreError {
         match self {
             StoreError::LeaseExpired(_) => "lease_expired",
             StoreError::Unavailable(_) => "unavailable",
+            StoreError::Denied(_) => "denied",
             StoreError::Storage(_) => "storage",
             StoreError::Open { .. } => "open",
             StoreError::Corrupt { .. } => "corrupt",

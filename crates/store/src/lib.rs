@@ -11,10 +11,13 @@
 //!    revision (and multi-key [`Txn`]s), **leases** with a TTL and keep-alive
 //!    to which keys are attached (they disappear when the lease expires or is
 //!    revoked), and **watches** by key prefix that report every change with its
-//!    revision. Implementations: [`MemoryStore`] (tests, one process) and
+//!    revision. Implementations: [`MemoryStore`] (tests, one process),
 //!    [`EmbeddedStore`] (one redb file in the controller's `state_dir`, the
-//!    default). Both share one implementation of the semantics
-//!    (`kv::KvStore`) over different tables, so they behave identically.
+//!    default) and, with the `etcd` feature, `EtcdStore` (an etcd cluster,
+//!    for controllers in several regions; every key under a configurable
+//!    prefix). The first two share one implementation of the semantics
+//!    (`kv::KvStore`) over different tables, so they behave identically;
+//!    the same conformance tests run against all three.
 //! 2. A typed layer used by the controller, agents and proxies:
 //!    [`ClusterStore`] (cluster state with the epoch raised by
 //!    compare-and-set, node health, the primary agent's lease) and
@@ -52,6 +55,8 @@ mod clock;
 mod cluster;
 mod embedded;
 mod error;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod events;
 pub mod keys;
 mod kv;
@@ -67,6 +72,8 @@ pub use clock::{Clock, SystemClock, TokioClock};
 pub use cluster::{ClusterError, ClusterState, ClusterStore, HeldLease, NodeHealth, PrimaryLease};
 pub use embedded::EmbeddedStore;
 pub use error::StoreError;
+#[cfg(feature = "etcd")]
+pub use etcd::{EtcdOptions, EtcdPassword, EtcdStore, EtcdTls};
 pub use events::{DEFAULT_EVENT_RETENTION, Event, EventLog};
 pub use kv::Watch;
 pub use memory::MemoryStore;

@@ -103,8 +103,8 @@ async fn signal(cancel: CancellationToken) {
 }
 
 async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn pgdr_store::StateStore>> {
-    if let pgdr_config::StoreKind::Etcd { .. } = cfg.controller.store {
-        return Err(Usage("controller.store = \"etcd\" is not supported by this build; use \"embedded\"".into()).into());
+    if let pgdr_config::StoreKind::Etcd(etcd) = &cfg.controller.store {
+        return open_etcd(cfg, etcd).await;
     }
     let dir = &cfg.controller.state_dir;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -112,6 +112,40 @@ async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn pgdr_store::StateSto
         .await
         .with_context(|| format!("cannot open the state store in {}", dir.display()))?;
     Ok(Arc::new(store))
+}
+
+#[cfg(feature = "etcd")]
+async fn open_etcd(cfg: &Config, etcd: &pgdr_config::EtcdConfig) -> anyhow::Result<Arc<dyn pgdr_store::StateStore>> {
+    let file = cfg.file.display();
+    let read = |key: &str, path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("{file}: controller.{key}: cannot read {}", path.display()))
+    };
+    let mut options = pgdr_store::EtcdOptions::new(etcd.endpoints.clone());
+    options.prefix = etcd.prefix.clone();
+    options.timeout = etcd.timeout;
+    if let Some(ca) = &etcd.ca {
+        let identity = match &etcd.identity {
+            Some(id) => Some((read("etcd_cert", &id.cert)?, read("etcd_key", &id.key)?)),
+            None => None,
+        };
+        options.tls = Some(pgdr_store::EtcdTls { ca_pem: read("etcd_ca", ca)?, identity });
+    }
+    if let (Some(user), Some(password)) = (&etcd.user, &etcd.password) {
+        let password = password
+            .resolve()
+            .with_context(|| format!("{file}: controller.etcd_password: cannot read the password"))?;
+        options.user = Some((user.clone(), pgdr_store::EtcdPassword::new(password)));
+    }
+    let store = pgdr_store::EtcdStore::connect(options)
+        .await
+        .with_context(|| format!("cannot use the etcd state store at {}", etcd.endpoints.join(", ")))?;
+    tracing::info!(endpoints = ?etcd.endpoints, prefix = %etcd.prefix, "state store: etcd");
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn open_etcd(_: &Config, _: &pgdr_config::EtcdConfig) -> anyhow::Result<Arc<dyn pgdr_store::StateStore>> {
+    Err(Usage("controller.store = \"etcd\": this pgdr was built without the `etcd` feature; rebuild with it (the default) or use \"embedded\"".into()).into())
 }
 
 fn webhooks(cfg: &Config, tracker: &TaskTracker, cancel: &CancellationToken) -> Webhooks {

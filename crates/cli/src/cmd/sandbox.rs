@@ -50,6 +50,10 @@ pub enum SandboxCmd {
         /// First port to use; 0 picks free ports.
         #[arg(long, default_value_t = 0)]
         base_port: u16,
+        /// The state store: `embedded` (one redb file, the default) or `etcd` (a three-member
+        /// etcd on loopback, started here and stopped by `down`).
+        #[arg(long, default_value = "embedded", value_parser = ["embedded", "etcd"])]
+        store: String,
         /// Print the nodes as JSON.
         #[arg(long)]
         json: bool,
@@ -110,6 +114,7 @@ pub fn run(_global: &Global, cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
             wan_delay,
             on_crash,
             base_port,
+            store,
             json,
         } => {
             let mut b = Sandbox::builder().dir(&dir).regions(regions).replicas_per_region(replicas_per_region);
@@ -122,7 +127,7 @@ pub fn run(_global: &Global, cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
             if let Some(d) = wan_delay {
                 b = b.wan_delay(d);
             }
-            up(b.base_port(base_port), json)
+            up(b.base_port(base_port).etcd(store == "etcd"), json)
         }
         SandboxCmd::Down { dir, purge, keep_data: _, json } => down(dir, purge, json),
     }
@@ -217,15 +222,17 @@ fn down(dir: PathBuf, purge: bool, json: bool) -> anyhow::Result<ExitCode> {
             "was_up": report.was_up,
             "agents_stopped": report.agents_stopped,
             "servers_stopped": report.servers_stopped,
+            "etcd_stopped": report.etcd_stopped,
             "purged": report.purged,
         });
         outln!("{out}");
     } else if report.was_up {
         outln!(
-            "sandbox in {} stopped ({} agents, {} PostgreSQL servers){}",
+            "sandbox in {} stopped ({} agents, {} PostgreSQL servers{}){}",
             dir.display(),
             report.agents_stopped,
             report.servers_stopped,
+            if report.etcd_stopped > 0 { format!(", {} etcd members", report.etcd_stopped) } else { String::new() },
             if report.purged { "; folder removed" } else { "; folder kept (remove it with --purge)" }
         );
     } else if report.purged {

@@ -72,6 +72,24 @@ fn good_config_loads() {
     assert_eq!(c.base_dir, Path::new("/etc/pgdr"));
 }
 
+#[test]
+fn etcd_store_loads() {
+    let text = GOOD.replacen(
+        "region = \"west\"\n",
+        "region = \"west\"\nstore = \"etcd\"\netcd_endpoints = [\"10.0.0.1:2379\", \"http://10.0.0.2:2379\"]\n\
+         etcd_prefix = \"/prod-eu\"\netcd_user = \"pgdr\"\netcd_password = { env = \"PGDR_ETCD_PASSWORD\" }\n\
+         etcd_timeout = \"1500ms\"\n",
+        1,
+    );
+    let c = parse(&text).expect("valid");
+    let pgdr_config::StoreKind::Etcd(e) = &c.controller.store else { panic!("etcd expected") };
+    assert_eq!(e.endpoints, ["10.0.0.1:2379", "http://10.0.0.2:2379"]);
+    assert_eq!((e.prefix.as_str(), e.user.as_deref()), ("/prod-eu", Some("pgdr")));
+    assert_eq!(e.timeout, std::time::Duration::from_millis(1500));
+    assert!(e.ca.is_none() && e.identity.is_none());
+    assert!(!format!("{e:?}").contains("PGDR_ETCD_PASSWORD="), "no secret value in Debug");
+}
+
 /// (what to change in GOOD, into what, the key the error must name, text on
 /// the line the error must point at, words the message must contain)
 const BAD: &[(&str, &str, &str, &str, &str)] = &[
@@ -162,6 +180,49 @@ const BAD: &[(&str, &str, &str, &str, &str)] = &[
         "clusters[0].password",
         "password =",
         "exactly one of",
+    ),
+    // the etcd store: endpoints, TLS, credentials, prefix
+    (
+        "region = \"west\"\n",
+        "region = \"west\"\nstore = \"etcd\"\n",
+        "controller.etcd_endpoints",
+        "[controller]",
+        "needs at least one endpoint",
+    ),
+    (
+        "region = \"west\"\n",
+        "region = \"west\"\nstore = \"etcd\"\netcd_endpoints = [\"https://10.0.0.1:2379\"]\n",
+        "controller.etcd_endpoints[0]",
+        "etcd_endpoints",
+        "set controller.etcd_ca",
+    ),
+    (
+        "region = \"west\"\n",
+        "region = \"west\"\nstore = \"etcd\"\netcd_endpoints = [\"10.0.0.1\"]\n",
+        "controller.etcd_endpoints[0]",
+        "etcd_endpoints",
+        "expected \"http://host:port\"",
+    ),
+    (
+        "region = \"west\"\n",
+        "region = \"west\"\nstore = \"etcd\"\netcd_endpoints = [\"10.0.0.1:2379\"]\netcd_user = \"pgdr\"\n",
+        "controller.etcd_password",
+        "[controller]",
+        "expected its password too",
+    ),
+    (
+        "region = \"west\"\n",
+        "region = \"west\"\nstore = \"etcd\"\netcd_endpoints = [\"10.0.0.1:2379\"]\netcd_prefix = \"prod/\"\n",
+        "controller.etcd_prefix",
+        "etcd_prefix",
+        "expected a key prefix like \"/pgdr-prod\"",
+    ),
+    (
+        "region = \"west\"\n",
+        "region = \"west\"\netcd_endpoints = [\"10.0.0.1:2379\"]\n",
+        "controller.etcd_endpoints",
+        "etcd_endpoints",
+        "only used with store = \"etcd\"",
     ),
     // timing inequalities
     (

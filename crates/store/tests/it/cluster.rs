@@ -5,15 +5,14 @@ use std::time::Duration;
 
 use pgdr_model::{ClusterName, Epoch, NodeName, Role};
 use pgdr_store::{ClusterError, ClusterStore, NodeHealth, StateStore, TokioClock, WatchEvent, keys};
-use tokio::time::advance;
 
-use crate::{both, both_threaded};
+use crate::{Time, both, both_threaded};
 
 fn cs(s: Arc<dyn StateStore>) -> ClusterStore {
     ClusterStore::new(s, Arc::new(TokioClock::new()))
 }
 
-async fn epochs(s: Arc<dyn StateStore>) {
+async fn epochs(s: Arc<dyn StateStore>, _t: Time) {
     let c = cs(s);
     let main = ClusterName::new("main");
     assert_eq!(c.state(&main).await.expect("state"), None);
@@ -38,7 +37,7 @@ async fn epochs(s: Arc<dyn StateStore>) {
 }
 both!(epochs_, epochs);
 
-async fn racing_raise(s: Arc<dyn StateStore>) {
+async fn racing_raise(s: Arc<dyn StateStore>, _t: Time) {
     let c = cs(s);
     let main = ClusterName::new("main");
     c.init(&main, Epoch(5), Some(NodeName::new("n1")), "bootstrap").await.expect("init");
@@ -63,7 +62,7 @@ async fn racing_raise(s: Arc<dyn StateStore>) {
 }
 both_threaded!(racing_raise_, racing_raise);
 
-async fn primary_lease(s: Arc<dyn StateStore>) {
+async fn primary_lease(s: Arc<dyn StateStore>, t: Time) {
     let c = cs(s.clone());
     let main = ClusterName::new("main");
     let (n1, n2) = (NodeName::new("n1"), NodeName::new("n2"));
@@ -83,17 +82,18 @@ async fn primary_lease(s: Arc<dyn StateStore>) {
 
     let mut w = c.watch(&main).await.expect("watch");
     for _ in 0..3 {
-        advance(Duration::from_secs(4)).await;
+        t.pass(Duration::from_secs(4)).await;
         c.renew(&held).await.expect("renew within the TTL");
     }
     let (info, left) = c.primary_lease(&main).await.expect("lease").expect("held");
-    assert_eq!((info.holder, left), (n1.clone(), ttl));
+    assert_eq!(info.holder, n1.clone());
+    t.assert_close(left, ttl, "a renewed lease has its whole TTL left");
 
     // The agent stops renewing: the lease's expiry is observable.
     let start = tokio::time::Instant::now();
     let ev = w.next().await.expect("watch").expect("event");
     assert_eq!(ev, WatchEvent::Delete { key: keys::cluster_lease("main"), revision: ev.revision() });
-    assert_eq!(start.elapsed(), ttl);
+    t.assert_close(start.elapsed(), ttl, "the lease expires at its TTL");
     assert_eq!(c.primary_lease(&main).await.expect("lease"), None);
     assert!(matches!(c.renew(&held).await, Err(ClusterError::LeaseLost { .. })));
 
@@ -110,7 +110,7 @@ async fn primary_lease(s: Arc<dyn StateStore>) {
 }
 both!(primary_lease_, primary_lease);
 
-async fn health(s: Arc<dyn StateStore>) {
+async fn health(s: Arc<dyn StateStore>, t: Time) {
     let c = cs(s.clone());
     let main = ClusterName::new("main");
     let lease = s.grant_lease(Duration::from_secs(3)).await.expect("grant");
@@ -131,7 +131,7 @@ async fn health(s: Arc<dyn StateStore>) {
     let all = c.health(&main).await.expect("health");
     assert_eq!(all.iter().map(|h| h.node.as_str()).collect::<Vec<_>>(), ["n1", "n2"]);
     assert_eq!(all[0].role, Role::Primary);
-    advance(Duration::from_secs(3)).await;
+    t.pass_expiry(Duration::from_secs(3)).await;
     assert_eq!(c.health(&main).await.expect("health").len(), 1, "the leased record went with its lease");
 }
 both!(health_, health);

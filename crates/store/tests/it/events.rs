@@ -6,7 +6,7 @@ use pgdr_model::{ClusterName, Epoch};
 use pgdr_store::{Event, EventLog, StateStore, keys};
 use time::macros::datetime;
 
-use crate::{both, both_threaded};
+use crate::{Time, both, both_threaded};
 
 fn ev(i: u64) -> Event {
     let mut e = Event::new(ClusterName::new("main"), "started", datetime!(2026-01-01 00:00 UTC));
@@ -15,7 +15,7 @@ fn ev(i: u64) -> Event {
     e
 }
 
-async fn ordered_and_bounded(s: Arc<dyn StateStore>) {
+async fn ordered_and_bounded(s: Arc<dyn StateStore>, _t: Time) {
     let log = EventLog::new(s.clone(), 5);
     for i in 1..=8 {
         assert_eq!(log.append(&ev(i)).await.expect("append"), i);
@@ -42,7 +42,7 @@ async fn ordered_and_bounded(s: Arc<dyn StateStore>) {
 }
 both!(ordered_and_bounded_, ordered_and_bounded);
 
-async fn concurrent_appenders(s: Arc<dyn StateStore>) {
+async fn concurrent_appenders(s: Arc<dyn StateStore>, _t: Time) {
     let log = EventLog::new(s, 1000);
     let mut tasks = Vec::new();
     for t in 0..4u64 {

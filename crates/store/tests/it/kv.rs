@@ -4,14 +4,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgdr_store::{Expect, Outcome, StateStore, StoreError, Txn, TxnOutcome, WatchEvent};
-use tokio::time::advance;
 
-use crate::{both, both_threaded};
+use crate::{Time, both, both_threaded};
 
-async fn put_get_list(s: Arc<dyn StateStore>) {
-    assert_eq!(s.revision().await.expect("rev"), 0);
+async fn put_get_list(s: Arc<dyn StateStore>, _t: Time) {
+    let base = s.revision().await.expect("rev");
     assert_eq!(s.get("/a/x").await.expect("get"), None);
     let r1 = s.put("/a/x", b"1".to_vec(), None).await.expect("put");
+    assert!(r1 > base, "a put raises the revision");
     let r2 = s.put("/a/y", b"2".to_vec(), None).await.expect("put");
     let r3 = s.put("/ab", b"3".to_vec(), None).await.expect("put");
     assert!(r1 < r2 && r2 < r3, "revisions rise: {r1} {r2} {r3}");
@@ -26,7 +26,7 @@ async fn put_get_list(s: Arc<dyn StateStore>) {
 }
 both!(put_get_list_, put_get_list);
 
-async fn compare_and_set(s: Arc<dyn StateStore>) {
+async fn compare_and_set(s: Arc<dyn StateStore>, _t: Time) {
     let Outcome::Done(r1) = s.compare_and_set("/k", Expect::Absent, b"a".to_vec(), None).await.expect("cas") else {
         panic!("first create must win");
     };
@@ -59,7 +59,7 @@ async fn compare_and_set(s: Arc<dyn StateStore>) {
 }
 both!(compare_and_set_, compare_and_set);
 
-async fn transactions(s: Arc<dyn StateStore>) {
+async fn transactions(s: Arc<dyn StateStore>, _t: Time) {
     s.put("/t/a", b"a".to_vec(), None).await.expect("put");
     let before = s.revision().await.expect("rev");
     let failing = Txn::new().check("/t/a", Expect::Absent).put("/t/b", b"b".to_vec(), None).delete("/t/a");
@@ -88,7 +88,7 @@ async fn transactions(s: Arc<dyn StateStore>) {
 }
 both!(transactions_, transactions);
 
-async fn leases(s: Arc<dyn StateStore>) {
+async fn leases(s: Arc<dyn StateStore>, t: Time) {
     assert!(matches!(s.grant_lease(Duration::ZERO).await, Err(StoreError::Invalid(_))));
     let lease = s.grant_lease(Duration::from_secs(10)).await.expect("grant");
     s.put("/l/held", b"x".to_vec(), Some(lease)).await.expect("put");
@@ -98,14 +98,14 @@ async fn leases(s: Arc<dyn StateStore>) {
     s.put("/l/plain", b"x".to_vec(), None).await.expect("put");
     assert_eq!(s.get("/l/held").await.expect("get").expect("held").lease, Some(lease));
 
-    advance(Duration::from_secs(6)).await;
+    t.pass(Duration::from_secs(6)).await;
     s.keep_alive(lease).await.expect("keep alive within the TTL");
-    advance(Duration::from_secs(6)).await;
+    t.pass(Duration::from_secs(6)).await;
     assert!(s.get("/l/held").await.expect("get").is_some(), "kept alive 6 s ago with a 10 s TTL");
     let left = s.lease_remaining(lease).await.expect("remaining").expect("alive");
-    assert_eq!(left, Duration::from_secs(4));
+    t.assert_close(left, Duration::from_secs(4), "what is left of the lease");
 
-    advance(Duration::from_secs(4)).await;
+    t.pass_expiry(Duration::from_secs(4)).await;
     assert_eq!(s.get("/l/held").await.expect("get"), None, "gone once the TTL passed");
     assert_eq!(s.lease_remaining(lease).await.expect("remaining"), None);
     assert!(matches!(s.keep_alive(lease).await, Err(StoreError::LeaseExpired(l)) if l == lease));
@@ -122,7 +122,7 @@ async fn leases(s: Arc<dyn StateStore>) {
 }
 both!(leases_, leases);
 
-async fn watches(s: Arc<dyn StateStore>) {
+async fn watches(s: Arc<dyn StateStore>, t: Time) {
     s.put("/w/before", vec![], None).await.expect("put");
     let mut w = s.watch("/w/").await.expect("watch");
     assert_eq!(w.start_revision(), s.revision().await.expect("rev"));
@@ -143,11 +143,11 @@ async fn watches(s: Arc<dyn StateStore>) {
     let start = tokio::time::Instant::now();
     let e = w.next().await.expect("next").expect("expiry event");
     assert!(matches!(&e, WatchEvent::Delete { key, revision } if key == "/w/leased" && *revision > r3));
-    assert_eq!(start.elapsed(), Duration::from_secs(3), "expired exactly at the TTL");
+    t.assert_close(start.elapsed(), Duration::from_secs(3), "expired at the TTL");
 }
 both!(watches_, watches);
 
-async fn racing_cas(s: Arc<dyn StateStore>) {
+async fn racing_cas(s: Arc<dyn StateStore>, _t: Time) {
     let mut tasks = Vec::new();
     for i in 0..16u8 {
         let s = s.clone();
