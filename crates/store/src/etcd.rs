@@ -290,15 +290,42 @@ impl EtcdStore {
         Ok(k.strip_prefix(self.inner.prefix.as_str()).unwrap_or(k).to_owned())
     }
 
-    /// Runs one request within the time limit.
-    async fn call<T>(
-        &self,
-        what: &str,
-        fut: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<Result<T, etcd_client::Error>, StoreError> {
-        tokio::time::timeout(self.inner.timeout, fut)
-            .await
-            .map_err(|_| StoreError::Unavailable(format!("etcd did not answer {what} within {:?}", self.inner.timeout)))
+    /// Runs one request within the time limit. A request that could not
+    /// even connect (one member down: the client balances over every
+    /// endpoint) was never sent, so it is tried again, on another member,
+    /// while time is left.
+    async fn call<T, F, Fut>(&self, what: &str, mut f: F) -> Result<Result<T, etcd_client::Error>, StoreError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.inner.timeout;
+        loop {
+            let r = tokio::time::timeout_at(deadline, f(self.inner.client.clone())).await.map_err(|_| {
+                StoreError::Unavailable(format!("etcd did not answer {what} within {:?}", self.inner.timeout))
+            })?;
+            match r {
+                Err(e) if is_connect_error(&e) && tokio::time::Instant::now() + CONNECT_RETRY < deadline => {
+                    tokio::time::sleep(CONNECT_RETRY).await;
+                }
+                r => return Ok(r),
+            }
+        }
+    }
+}
+
+/// The pause before trying a request that could not connect again.
+const CONNECT_RETRY: Duration = Duration::from_millis(20);
+
+/// The request failed before it was sent: no connection to the member the
+/// balancer picked.
+fn is_connect_error(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            s.code() == tonic::Code::Unavailable
+                && (s.message().contains("connect error") || s.message().contains("Connection refused"))
+        }
+        _ => false,
     }
 }
 
@@ -306,29 +333,44 @@ impl EtcdStore {
 impl StateStore for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
         check_key(key)?;
-        let mut kv = self.inner.client.kv_client();
-        let resp = self.call("a read", kv.get(self.full(key), None)).await?.map_err(classify)?;
+        let full = self.full(key);
+        let resp = self
+            .call("a read", |mut c| {
+                let k = full.clone();
+                async move { c.get(k, None).await }
+            })
+            .await?
+            .map_err(classify)?;
         Ok(resp.kvs().first().map(versioned))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, StoreError> {
         let full = self.full(prefix);
-        let mut kv = self.inner.client.kv_client();
-        let resp = if full.is_empty() {
-            self.call("a list", kv.get(vec![0u8], Some(GetOptions::new().with_from_key()))).await?
+        let (key, opts) = if full.is_empty() {
+            (vec![0u8], GetOptions::new().with_from_key())
         } else {
-            self.call("a list", kv.get(full, Some(GetOptions::new().with_prefix()))).await?
-        }
-        .map_err(classify)?;
+            (full.into_bytes(), GetOptions::new().with_prefix())
+        };
+        let resp = self
+            .call("a list", |mut c| {
+                let (k, o) = (key.clone(), opts.clone());
+                async move { c.get(k, Some(o)).await }
+            })
+            .await?
+            .map_err(classify)?;
         resp.kvs().iter().map(|kv| Ok(KeyValue { key: self.strip(kv.key())?, value: versioned(kv) })).collect()
     }
 
     async fn revision(&self) -> Result<Revision, StoreError> {
         // Any single-key read returns the cluster's revision in its header.
-        let mut kv = self.inner.client.kv_client();
         let probe = format!("{}/", self.inner.prefix);
-        let resp =
-            self.call("a read", kv.get(probe, Some(GetOptions::new().with_count_only()))).await?.map_err(classify)?;
+        let resp = self
+            .call("a read", |mut c| {
+                let k = probe.clone();
+                async move { c.get(k, Some(GetOptions::new().with_count_only())).await }
+            })
+            .await?
+            .map_err(classify)?;
         revision_of(resp.header())
     }
 
@@ -374,8 +416,13 @@ impl StateStore for EtcdStore {
         }
         let reads: Vec<TxnOp> = txn.checks.iter().map(|(key, _)| TxnOp::get(self.full(key), None)).collect();
         let request = etcd_client::Txn::new().when(compares).and_then(ops).or_else(reads);
-        let mut kv = self.inner.client.kv_client();
-        let resp = match self.call("a transaction", kv.txn(request)).await? {
+        let resp = match self
+            .call("a transaction", |mut c| {
+                let r = request.clone();
+                async move { c.txn(r).await }
+            })
+            .await?
+        {
             Ok(r) => r,
             Err(e) if is_lease_not_found(&e) => {
                 return Err(StoreError::LeaseExpired(leases.first().copied().unwrap_or(LeaseId(0))));
@@ -409,8 +456,10 @@ impl StateStore for EtcdStore {
             return Err(StoreError::Invalid("a lease needs a TTL above zero".into()));
         }
         let secs = i64::try_from(ttl.as_millis().div_ceil(1000)).unwrap_or(i64::MAX).max(1);
-        let mut lease = self.inner.client.lease_client();
-        let resp = self.call("a lease grant", lease.grant(secs, None)).await?.map_err(classify)?;
+        let resp = self
+            .call("a lease grant", |mut c| async move { c.lease_grant(secs, None).await })
+            .await?
+            .map_err(classify)?;
         if !resp.error().is_empty() {
             return Err(StoreError::Unavailable(format!("etcd refused a lease: {}", resp.error())));
         }
@@ -418,10 +467,9 @@ impl StateStore for EtcdStore {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
-        let mut client = self.inner.client.lease_client();
         // One request on a fresh keep-alive stream: the client sends it and
         // waits for etcd's answer (TTL 0 when the lease is gone).
-        match self.call("a lease keep-alive", client.keep_alive(lease_id(lease))).await? {
+        match self.call("a lease keep-alive", |mut c| async move { c.lease_keep_alive(lease_id(lease)).await }).await? {
             Ok(_) => Ok(()),
             Err(e) if is_lease_not_found(&e) => Err(StoreError::LeaseExpired(lease)),
             Err(e) => Err(classify(e)),
@@ -429,8 +477,7 @@ impl StateStore for EtcdStore {
     }
 
     async fn revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
-        let mut client = self.inner.client.lease_client();
-        match self.call("a lease revoke", client.revoke(lease_id(lease))).await? {
+        match self.call("a lease revoke", |mut c| async move { c.lease_revoke(lease_id(lease)).await }).await? {
             Ok(_) => Ok(()),
             Err(e) if is_lease_not_found(&e) => Ok(()),
             Err(e) => Err(classify(e)),
@@ -438,8 +485,10 @@ impl StateStore for EtcdStore {
     }
 
     async fn lease_remaining(&self, lease: LeaseId) -> Result<Option<Duration>, StoreError> {
-        let mut client = self.inner.client.lease_client();
-        let resp = match self.call("a lease lookup", client.time_to_live(lease_id(lease), None)).await? {
+        let resp = match self
+            .call("a lease lookup", |mut c| async move { c.lease_time_to_live(lease_id(lease), None).await })
+            .await?
+        {
             Ok(r) => r,
             Err(e) if is_lease_not_found(&e) => return Ok(None),
             Err(e) => return Err(classify(e)),
@@ -460,10 +509,18 @@ impl StateStore for EtcdStore {
             opts = opts.with_prefix();
             full.into_bytes()
         };
-        let mut client = self.inner.client.watch_client();
-        let mut stream = self.call("a watch", client.watch(key, Some(opts))).await?.map_err(classify)?;
+        let mut stream = self
+            .call("a watch", |mut c| {
+                let (k, o) = (key.clone(), opts.clone());
+                async move { c.watch(k, Some(o)).await }
+            })
+            .await?
+            .map_err(classify)?;
         // The first answer confirms the watch (or says why not).
-        match self.call("a watch", stream.message()).await?.map_err(classify)? {
+        let first = tokio::time::timeout(self.inner.timeout, stream.message())
+            .await
+            .map_err(|_| StoreError::Unavailable("etcd did not confirm a watch in time".into()))?;
+        match first.map_err(classify)? {
             Some(r) if r.created() && !r.canceled() => {}
             Some(r) if r.compact_revision() > 0 => return Err(StoreError::WatchLagged),
             Some(r) => {

@@ -193,3 +193,35 @@ async fn a_frozen_etcd_times_out() {
     assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
     assert!(took < Duration::from_millis(1500), "timed out after the 1 s limit, took {took:?}");
 }
+
+/// One member of three killed: the client balances over every endpoint, so
+/// requests that could not connect are tried again on another member and,
+/// once the two left have a leader, callers see no error at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_member_down_is_invisible_to_callers() {
+    let mut c = cluster(false).await;
+    let s = EtcdStore::connect(options(&c, "/one")).await.expect("connect");
+    let mut rev = s.put("/pgdr/k", b"0".to_vec(), None).await.expect("put");
+    // If m3 led, the others elect a new leader first (an election timeout
+    // or two, during which writes wait): then nothing more shows.
+    tokio::task::block_in_place(|| {
+        c.record.kill_member(2).expect("kill m3");
+        c.record.wait_healthy(Duration::from_secs(30)).expect("a leader among the two left");
+    });
+    let lease = s.grant_lease(Duration::from_secs(10)).await.expect("lease with a member down");
+    for i in 1..=60u32 {
+        let o = s
+            .compare_and_set("/pgdr/k", Expect::Revision(rev), i.to_string().into_bytes(), Some(lease))
+            .await
+            .unwrap_or_else(|e| panic!("write {i} with one member down: {e}"));
+        let pgdr_store::Outcome::Done(r) = o else { panic!("write {i} conflicted: {o:?}") };
+        rev = r;
+        assert_eq!(s.get("/pgdr/k").await.expect("read").expect("k").revision, rev);
+        s.keep_alive(lease).await.expect("keep-alive with a member down");
+    }
+    tokio::task::block_in_place(|| {
+        c.record.start_member(2).expect("start m3");
+        c.record.wait_healthy(Duration::from_secs(30)).expect("healthy");
+    });
+    assert_eq!(s.get("/pgdr/k").await.expect("read").expect("k").value, b"60");
+}
