@@ -63,6 +63,8 @@ impl Drop for Run {
 /// first (so it does not react to the teardown), then the sandbox.
 struct Env {
     run: Option<Run>,
+    /// Further `pgdr run`s on the same config (standbys, with etcd).
+    standbys: Vec<Run>,
     runs: u32,
     sb: SandboxGuard,
     cfg: Config,
@@ -174,7 +176,7 @@ impl Env {
         )
         .expect("controller client")
         .with_timeout(Duration::from_secs(5));
-        let mut env = Env { run: None, runs: 0, sb, cfg, hosts, api, writer, name };
+        let mut env = Env { run: None, standbys: Vec::new(), runs: 0, sb, cfg, hosts, api, writer, name };
         env.start_run();
         env.wait_ready().await;
         eprintln!("[{name}] sandbox and pgdr run ready in {:.1}s", t0.elapsed().as_secs_f64());
@@ -183,6 +185,19 @@ impl Env {
 
     fn start_run(&mut self) {
         assert!(self.run.is_none(), "pgdr run is already running");
+        self.run = Some(self.spawn_run());
+    }
+
+    /// Another `pgdr run` on the same config, kept apart from the leader's
+    /// (with the etcd store it stands by until it leads).
+    fn start_standby(&mut self) -> (i32, PathBuf) {
+        let r = self.spawn_run();
+        let out = (r.pid(), self.sb.dir.join("logs").join(format!("run-{}.log", self.runs)));
+        self.standbys.push(r);
+        out
+    }
+
+    fn spawn_run(&mut self) -> Run {
         self.runs += 1;
         let log_path = self.sb.dir.join("logs").join(format!("run-{}.log", self.runs));
         let log = std::fs::File::create(&log_path).expect("run log");
@@ -198,7 +213,7 @@ impl Env {
             .stderr(err)
             .spawn()
             .expect("start pgdr run");
-        self.run = Some(Run { child });
+        Run { child }
     }
 
     /// SIGKILL to `pgdr run` (controller and proxies die together).
@@ -642,6 +657,64 @@ async fn etcd_store_kill_primary_fails_over() {
         .expect("journal in etcd");
     assert!(!journal.is_empty(), "the failover's journal is in etcd");
     env.check(&primary, &record, Some(fault_ms)).await;
+}
+
+/// Two controllers (`pgdr run`) on the sandbox's etcd: the second stands by
+/// (binds nothing) while the first leads. The leader is killed (SIGKILL) in
+/// the middle of a failover, while the fence step waits for the lost host's
+/// lease: the standby is elected once the leader's lease runs out, resumes
+/// the failover from the journal in etcd and finishes it, with the next
+/// leader term.
+#[tokio::test(flavor = "multi_thread")]
+async fn etcd_store_standby_controller_finishes_the_failover_its_leader_died_in() {
+    let mut env = Env::start("etcd-standby", Opts { etcd: true, ..Opts::default() }).await;
+    let etcd = etcd_store(&env).await;
+    let leader = |v: Option<pgdr_store::Versioned>| -> Value {
+        serde_json::from_slice(&v.expect("a leader key").value).expect("json")
+    };
+    let first = leader(pgdr_store::StateStore::get(&etcd, pgdr_store::keys::CONTROLLER_LEADER).await.expect("read"));
+    assert!(first["holder"].as_str().is_some_and(|h| h.contains(&format!("pid {}", env.run_pid()))), "{first}");
+    let (standby_pid, standby_log) = env.start_standby();
+    wait_for("the second controller to stand by", Duration::from_secs(30), || async {
+        std::fs::read_to_string(&standby_log).unwrap_or_default().contains("standing by").then_some(())
+    })
+    .await;
+    let before = env.cluster().await.expect("cluster");
+    let old = before.primary.clone().expect("primary").to_string();
+    let seen = Env::ids(&env.workflows().await);
+    sig(env.agent_pid(&old), Signal::SIGKILL);
+    sig(env.postmaster_pid(&old), Signal::SIGKILL);
+    let wf = env.new_workflow("failover", &seen, Duration::from_secs(30)).await;
+    wait_for("the fence step to start", Duration::from_secs(30), || async {
+        let v = env.api.workflow(&wf.id).await.ok()?;
+        let s = v.steps.iter().find(|s| s.name == "fence_old_primary")?;
+        (s.state == "started" || s.state == "retrying").then_some(())
+    })
+    .await;
+    let killed = Instant::now();
+    sig(env.run_pid(), Signal::SIGKILL);
+    env.kill_run();
+    eprintln!("[{}] leader (pgdr run) killed with fence_old_primary running", env.name);
+    let v = env.finished(&wf.id, Duration::from_secs(90)).await;
+    env.print_workflow(&v);
+    eprintln!(
+        "[{}] the standby finished the failover {:.2}s after the leader was killed",
+        env.name,
+        killed.elapsed().as_secs_f64()
+    );
+    assert_eq!(v.state, "succeeded", "{v:#?}");
+    let now = leader(pgdr_store::StateStore::get(&etcd, pgdr_store::keys::CONTROLLER_LEADER).await.expect("read"));
+    eprintln!("[{}] leader in etcd: {first} -> {now}", env.name);
+    assert!(now["holder"].as_str().is_some_and(|h| h.contains(&format!("pid {standby_pid}"))), "{now}");
+    assert_eq!(now["term"].as_u64(), first["term"].as_u64().map(|t| t + 1));
+    let log = std::fs::read_to_string(&standby_log).unwrap_or_default();
+    assert!(log.contains("this controller leads"), "the standby's log: {log}");
+    let primary = env.one_primary().await;
+    assert_ne!(primary, old);
+    let after = env.cluster().await.expect("cluster");
+    assert_eq!(after.epoch.0, before.epoch.0 + 2, "one fence epoch, one promotion");
+    assert_eq!(after.primary.as_ref().map(|p| p.to_string()), Some(primary));
+    env.wait_ready().await;
 }
 
 /// A client of the sandbox's etcd as the controller sees it (its prefix,

@@ -19,6 +19,10 @@ pub enum StoreError {
     /// authentication). Not retryable: the configuration must change.
     #[error("state store refused access: {0}")]
     Denied(String),
+    /// A write made through a [`crate::FencedStore`] by a controller that
+    /// no longer leads: nothing was changed. Not retryable.
+    #[error("write refused: {0}")]
+    Fenced(String),
     /// The storage under the store failed (I/O, a damaged file).
     #[error("state store storage failed: {0}")]
     Storage(String),
@@ -56,6 +60,7 @@ impl StoreError {
             StoreError::LeaseExpired(_) => "lease_expired",
             StoreError::Unavailable(_) => "unavailable",
             StoreError::Denied(_) => "denied",
+            StoreError::Fenced(_) => "fenced",
             StoreError::Storage(_) => "storage",
             StoreError::Open { .. } => "open",
             StoreError::Corrupt { .. } => "corrupt",

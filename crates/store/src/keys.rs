@@ -7,6 +7,10 @@ pub const ROOT: &str = "/pgdr/";
 pub const CLUSTERS: &str = "/pgdr/clusters/";
 /// Every workflow's keys.
 pub const WORKFLOWS: &str = "/pgdr/workflows/";
+/// The controller leader: who, which term, attached to its lease.
+pub const CONTROLLER_LEADER: &str = "/pgdr/controller/leader";
+/// The last leader term (decimal), raised at every election.
+pub const CONTROLLER_TERM: &str = "/pgdr/controller/term";
 /// The last event sequence number.
 pub const EVENTS_SEQ: &str = "/pgdr/events/seq";
 /// The events, one key each.

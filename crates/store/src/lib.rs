@@ -18,7 +18,10 @@
 //!    prefix). The first two share one implementation of the semantics
 //!    (`kv::KvStore`) over different tables, so they behave identically;
 //!    the same conformance tests run against all three.
-//! 2. A typed layer used by the controller, agents and proxies:
+//! 2. One leader among controllers sharing a store: [`Election`], and
+//!    [`FencedStore`], through which every write of the leader carries the
+//!    check that it still leads, in the same transaction.
+//! 3. A typed layer used by the controller, agents and proxies:
 //!    [`ClusterStore`] (cluster state with the epoch raised by
 //!    compare-and-set, node health, the primary agent's lease) and
 //!    [`EventLog`] (an ordered, bounded, append-only log of [`Event`]s).
@@ -46,6 +49,8 @@
 //! | `/pgdr/workflows/<id>/steps/<stage:03>/<step>` | one step's journal (attempts, outcome, output) | `pgdr-workflow` |
 //! | `/pgdr/workflows/<id>/approvals/<step>` | who approved a gate, when | `pgdr-workflow` |
 //! | `/pgdr/workflows/<id>/cancel` | who asked to cancel, when | `pgdr-workflow` |
+//! | `/pgdr/controller/leader` | [`LeaderInfo`]: the leading controller and its term, attached to its lease | [`Election`] (CAS, absent → held) |
+//! | `/pgdr/controller/term` | the last leader term (decimal) | [`Election`], in the same txn |
 //! | `/pgdr/events/seq` | the last event sequence number (decimal) | [`EventLog::append`] |
 //! | `/pgdr/events/log/<seq:020>` | one [`Event`] | [`EventLog::append`] |
 //!
@@ -60,6 +65,7 @@ mod etcd;
 mod events;
 pub mod keys;
 mod kv;
+mod leader;
 mod memory;
 
 use std::fmt;
@@ -76,6 +82,7 @@ pub use error::StoreError;
 pub use etcd::{EtcdOptions, EtcdPassword, EtcdStore, EtcdTls};
 pub use events::{DEFAULT_EVENT_RETENTION, Event, EventLog};
 pub use kv::Watch;
+pub use leader::{Election, FencedStore, LeaderInfo, Leadership};
 pub use memory::MemoryStore;
 
 /// A store-wide, monotonically increasing change counter. Every committed

@@ -170,6 +170,63 @@ fn owner(cfg: &Config) -> String {
     format!("controller@{}", cfg.controller.listen)
 }
 
+/// With the etcd store, several controllers may share the state: wait to
+/// be elected leader (standing by meanwhile), then write only through the
+/// fenced store, so every write checks in its own transaction that this
+/// controller still leads. Losing leadership cancels `cancel` and returns
+/// the token saying so. The embedded store is one controller's by
+/// construction (its file is locked).
+async fn lead(
+    cfg: &Config,
+    store: Arc<dyn pgdr_store::StateStore>,
+    cancel: &CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<(Arc<dyn pgdr_store::StateStore>, Option<CancellationToken>)> {
+    if !matches!(cfg.controller.store, pgdr_config::StoreKind::Etcd(_)) {
+        return Ok((store, None));
+    }
+    let region = cfg.controller.region.as_ref().map(|r| r.to_string()).unwrap_or_else(|| "-".into());
+    let name = format!("{} region {region} pid {}", owner(cfg), std::process::id());
+    let election = pgdr_store::Election::new(store, name.clone(), cfg.timing.lease_ttl);
+    let mut waited = None::<String>;
+    let leadership = election
+        .campaign(cancel, |holder| {
+            if waited.as_deref() != Some(holder.holder.as_str()) {
+                tracing::info!(leader = %holder.holder, term = holder.term, "standing by: another controller leads");
+                waited = Some(holder.holder.clone());
+            }
+        })
+        .await
+        .context("campaigning for controller leadership")?;
+    tracing::info!(term = leadership.info.term, "this controller leads ({name})");
+    let fenced = leadership.fenced();
+    let lost = leadership.lost();
+    let (c, l) = (cancel.clone(), lost.clone());
+    tracker.spawn(async move {
+        tokio::select! {
+            _ = c.cancelled() => {
+                // Stopping: give leadership up so a standby takes over at once.
+                if let Err(e) = leadership.resign().await {
+                    tracing::warn!(error = %e, "cannot resign controller leadership; it expires by itself");
+                }
+            }
+            _ = l.cancelled() => {
+                tracing::error!("this controller no longer leads: stopping (restart it to stand by)");
+                c.cancel();
+            }
+        }
+    });
+    Ok((fenced, Some(lost)))
+}
+
+/// The error when the controller stopped because it lost leadership.
+fn check_lost(lost: &Option<CancellationToken>) -> anyhow::Result<()> {
+    if lost.as_ref().is_some_and(|l| l.is_cancelled()) {
+        anyhow::bail!("this controller lost its leadership (another controller leads now)");
+    }
+    Ok(())
+}
+
 /// `pgdr controller`: the controller alone; proxies are driven over their admin API.
 pub fn controller(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logs();
@@ -182,15 +239,18 @@ pub fn controller(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> 
         tokio::spawn(signal(cancel.clone()));
         let tracker = TaskTracker::new();
         let store = open_store(&cfg).await?;
+        let (store, lost) = lead(&cfg, store, &cancel, &tracker).await?;
         let proxies = Arc::new(HttpProxies::from_config(&cfg).context("[tls]")?);
         let hooks = webhooks(&cfg, &tracker, &cancel);
         let name = owner(&cfg);
         let ctl = Controller::new(cfg, store, proxies, &name, hooks).await?;
         let listener =
             tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-        ctl.run(listener, cancel).await?;
+        ctl.run(listener, cancel.clone()).await?;
+        cancel.cancel();
         tracker.close();
         tracker.wait().await;
+        check_lost(&lost)?;
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -262,6 +322,9 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
         tokio::spawn(signal(cancel.clone()));
         let tracker = TaskTracker::new();
         let store = open_store(&cfg).await?;
+        // A standby binds nothing (its proxies' and API's ports may be the
+        // leader's, on the same host) until it leads.
+        let (store, lost) = lead(&cfg, store, &cancel, &tracker).await?;
         let mut routes: HashMap<ClusterName, Vec<(String, watch::Sender<Routing>)>> = HashMap::new();
         let mut handles: HashMap<ClusterName, Vec<ProxyHandle>> = HashMap::new();
         for p in &cfg.proxies {
@@ -328,6 +391,7 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracker.close();
         tracker.wait().await;
         res?;
+        check_lost(&lost)?;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -11,6 +11,7 @@ mod cluster;
 mod etcd;
 mod events;
 mod kv;
+mod leader;
 mod reopen;
 
 use std::sync::Arc;

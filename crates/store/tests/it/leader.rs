@@ -1,0 +1,75 @@
+//! One leader among controllers: the election, the term, and a deposed
+//! leader (frozen past its lease, then awake) that cannot change anything.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgdr_store::{Election, Expect, StateStore, StoreError};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Time, both};
+
+async fn deposed_leader_changes_nothing(s: Arc<dyn StateStore>, t: Time) {
+    let ttl = Duration::from_secs(3);
+    let cancel = CancellationToken::new();
+    let a = Election::new(s.clone(), "controller-a", ttl);
+    let la = a.campaign(&cancel, |_| {}).await.expect("a leads");
+    assert_eq!((la.info.holder.as_str(), la.info.term), ("controller-a", 1));
+    let fa = la.fenced();
+    fa.put("/pgdr/x", b"a".to_vec(), None).await.expect("the leader writes");
+
+    // b waits while a renews.
+    let b = Election::new(s.clone(), "controller-b", ttl);
+    let mut seen = Vec::new();
+    let b_task = tokio::spawn({
+        let cancel = cancel.clone();
+        async move {
+            let l = b.campaign(&cancel, |holder| seen.push(holder.holder.clone())).await;
+            (l, seen)
+        }
+    });
+    // A sleep, not a jump of paused time: the leader's renewals (on the
+    // blocking pool for the redb store) run in between.
+    let _ = t;
+    tokio::time::sleep(ttl * 2).await;
+    assert!(!b_task.is_finished(), "b must wait while a renews its lease");
+    assert_eq!(a.leader().await.expect("leader").map(|l| l.term), Some(1));
+
+    // a freezes (stops renewing, gives nothing up): after its TTL, b leads
+    // with the next term.
+    la.stop_renewing().await;
+    let (lb, seen) = tokio::time::timeout(ttl * 4, b_task).await.expect("b leads in time").expect("join");
+    let lb = lb.expect("b leads");
+    assert!(seen.iter().all(|h| h == "controller-a"), "b saw a as the holder: {seen:?}");
+    assert_eq!((lb.info.holder.as_str(), lb.info.term), ("controller-b", 2));
+
+    // a wakes up: every write it tries is refused in the same transaction,
+    // and says who leads now.
+    let x = s.get("/pgdr/x").await.expect("get").expect("x");
+    match fa.put("/pgdr/x", b"stale".to_vec(), None).await {
+        Err(StoreError::Fenced(msg)) => assert!(msg.contains("controller-b (term 2)"), "{msg}"),
+        other => panic!("a deposed leader's write must be fenced, got {other:?}"),
+    }
+    assert!(matches!(
+        fa.compare_and_set("/pgdr/x", Expect::Revision(x.revision), b"stale".to_vec(), None).await,
+        Err(StoreError::Fenced(_))
+    ));
+    assert!(matches!(fa.delete("/pgdr/x", Expect::Any).await, Err(StoreError::Fenced(_))));
+    assert_eq!(s.get("/pgdr/x").await.expect("get").expect("x").value, b"a", "nothing changed");
+    lb.fenced().put("/pgdr/x", b"b".to_vec(), None).await.expect("the new leader writes");
+
+    // Leadership lost in the store (its lease gone) is noticed.
+    let lost = lb.lost();
+    assert!(!lost.is_cancelled());
+    s.revoke(lb.lease).await.expect("revoke");
+    tokio::time::timeout(ttl, lost.cancelled()).await.expect("the leader notices it lost the key");
+    assert!(matches!(lb.fenced().put("/pgdr/x", vec![], None).await, Err(StoreError::Fenced(_))));
+
+    // The next election raises the term again.
+    let c = Election::new(s.clone(), "controller-c", ttl);
+    let lc = c.campaign(&cancel, |_| {}).await.expect("c leads");
+    assert_eq!(lc.info.term, 3);
+    lc.resign().await.expect("resign");
+    assert_eq!(c.leader().await.expect("leader"), None, "resigning frees the key at once");
+}
+both!(deposed_leader_changes_nothing_, deposed_leader_changes_nothing);
