@@ -153,22 +153,29 @@ impl Pool {
     /// primary), read-only on the writer endpoint or closed by their server
     /// are closed.
     pub fn take_idle(&self, allowed: &[Backend], writer: bool) -> Option<Pooled> {
-        let mut stale = Vec::new();
+        let mut stale = 0;
         let found = {
             let Ok(mut idle) = self.idle.lock() else { return None };
             idle.retain_mut(|p| {
-                let keep = allowed.contains(&p.conn.backend) && !(writer && p.conn.read_only) && p.conn.idle_alive();
+                let keep = allowed.contains(&p.conn.backend) && !(writer && p.conn.read_only);
                 if !keep {
                     let _ = p.conn.stream.try_write(&[b'X', 0, 0, 0, 4]);
-                    stale.push(());
+                    stale += 1;
                 }
                 keep
             });
-            idle.pop()
+            // Only the one handed out is checked (one non-blocking read).
+            loop {
+                match idle.pop() {
+                    Some(p) if p.conn.idle_alive() => break Some(p),
+                    Some(_) => stale += 1,
+                    None => break None,
+                }
+            }
         };
-        if !stale.is_empty() {
-            self.open.fetch_sub(stale.len(), Ordering::Relaxed);
-            self.closed_total.inc_by(stale.len() as u64);
+        if stale > 0 {
+            self.open.fetch_sub(stale, Ordering::Relaxed);
+            self.closed_total.inc_by(stale as u64);
         }
         found
     }
