@@ -143,13 +143,20 @@ struct World {
     ca: pgdr_tls::ca::Authority,
     controller: u16,
     children: Vec<Child>,
+    /// `pgdr` processes started by name, stopped in reverse order.
+    named: Vec<(String, Child)>,
+    agents: std::collections::HashMap<String, Child>,
     pids: Vec<i32>,
     servers: Vec<PathBuf>,
 }
 
 impl Drop for World {
     fn drop(&mut self) {
-        for c in &mut self.children {
+        while let Some((_, mut c)) = self.named.pop() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for c in self.agents.values_mut().chain(self.children.iter_mut()) {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -224,6 +231,8 @@ impl World {
             ca,
             controller,
             children: Vec::new(),
+            named: Vec::new(),
+            agents: Default::default(),
             pids: Vec::new(),
             servers: Vec::new(),
         }
@@ -270,8 +279,20 @@ impl World {
         out
     }
 
+    /// Stops the agent [`Self::start_agent`] started (SIGTERM, then its end) and starts it again.
+    fn restart_agent(&mut self, node: &str) {
+        let mut child = self.agents.remove(node).expect("agent started by the test");
+        kill(child.id() as i32, nix::sys::signal::Signal::SIGTERM);
+        let _ = child.wait();
+        self.start_agent(node);
+    }
+
     fn start_agent(&mut self, node: &str) {
-        let log = std::fs::File::create(self.path().join(format!("state/agent-{node}.test.log"))).expect("log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path().join(format!("state/agent-{node}.test.log")))
+            .expect("log");
         let err = log.try_clone().expect("log");
         let child = Command::new(PGDR)
             .args(["agent", "--config"])
@@ -282,7 +303,7 @@ impl World {
             .stderr(err)
             .spawn()
             .expect("start agent");
-        self.children.push(child);
+        self.agents.insert(node.to_owned(), child);
     }
 
     async fn sql(&self, port: u16, q: &str) -> Vec<Vec<Option<String>>> {
@@ -534,11 +555,12 @@ impl World {
         .with_timeout(Duration::from_secs(5))
     }
 
-    fn start_run(&mut self) {
-        let log = std::fs::File::create(self.path().join("state/run.test.log")).expect("log");
+    /// `pgdr ARGS --config F` as a child, its log in `state/NAME.test.log`.
+    fn start_process(&mut self, name: &str, args: &[&str]) {
+        let log = std::fs::File::create(self.path().join(format!("state/{name}.test.log"))).expect("log");
         let err = log.try_clone().expect("log");
         let child = Command::new(PGDR)
-            .arg("run")
+            .args(args)
             .arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "info")
@@ -546,8 +568,22 @@ impl World {
             .stdout(log)
             .stderr(err)
             .spawn()
-            .expect("pgdr run");
-        self.children.push(child);
+            .expect("start pgdr");
+        self.named.push((name.to_owned(), child));
+    }
+
+    /// SIGTERM to a child started by [`Self::start_process`], and its end.
+    fn stop_process(&mut self, name: &str) {
+        if let Some(i) = self.named.iter().position(|(n, _)| n == name) {
+            let (_, mut c) = self.named.remove(i);
+            kill(c.id() as i32, nix::sys::signal::Signal::SIGTERM);
+            let end = Instant::now() + Duration::from_secs(20);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     fn tail(&self, file: &str) {
@@ -588,9 +624,9 @@ async fn migrate_moves_the_adopted_primary_live_through_the_proxy() {
     adopt(&mut w, &l).await;
     w.sql(l.port, "create table acked(id bigserial primary key, client int not null, at timestamptz default now())")
         .await;
-    let west_port = add_standby(&mut w, l.port).await;
 
-    // The proxy in front of the cluster, written into the config.
+    // 1. The proxy in front of the single server, as its own process
+    //    (routing by polling the nodes until a controller publishes routes).
     let (writer, api) = (free_port(), free_port());
     std::fs::write(w.path().join("secrets/proxy-api.token"), "proxyapitoken0123456789abcdef").expect("token");
     let mut conf = std::fs::read_to_string(&w.config).expect("config");
@@ -599,27 +635,7 @@ async fn migrate_moves_the_adopted_primary_live_through_the_proxy() {
     ));
     std::fs::write(&w.config, conf).expect("config");
     pgdr_config::Config::load(&w.config).expect("config with the proxy");
-
-    // The controller (and proxy) first, then the primary's agent: a
-    // freshly started agent of a writable primary needs a renewal.
-    w.start_run();
-    let api_client = w.api();
-    wait_for("the controller", Duration::from_secs(60), || async { api_client.cluster("main").await.ok() }).await;
-    w.start_agent("east-1");
-    let view = wait_for("both nodes up, east-1 primary", Duration::from_secs(60), || async {
-        let v = api_client.cluster("main").await.ok()?;
-        (v.primary.as_ref().map(|p| p.as_str()) == Some("east-1")
-            && v.nodes.iter().all(|n| n.reachable)
-            && v.detection == "healthy")
-            .then_some(v)
-    })
-    .await;
-    let epoch = view.epoch;
-    let pgbench = |args: &[&str]| {
-        let mut c = Command::new("pgbench");
-        c.args(args).env("PGPASSWORD", &w.password).env("PGCONNECT_TIMEOUT", "10");
-        c
-    };
+    w.start_process("proxy", &["proxy"]);
     let writer_s = writer.to_string();
     wait_for("the proxy to serve", Duration::from_secs(30), || async {
         let out = Command::new("psql")
@@ -631,7 +647,70 @@ async fn migrate_moves_the_adopted_primary_live_through_the_proxy() {
     })
     .await;
 
-    // Dry run: the checks against the live topology, nothing changes.
+    // 2. pgbench through the proxy from now to after the migrate, one
+    //    committed row per transaction.
+    let script = w.path().join("acked.sql");
+    std::fs::write(&script, "insert into acked(client) values (:client_id);\n").expect("script");
+    let mut bench = Command::new("pgbench")
+        .args([
+            "-n",
+            "-c",
+            "4",
+            "-j",
+            "2",
+            "-T",
+            "50",
+            "-P",
+            "5",
+            "-f",
+            script.to_str().unwrap_or(""),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &writer_s,
+            "-U",
+            "postgres",
+            "postgres",
+        ])
+        .env("PGPASSWORD", &w.password)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pgbench");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // 3. The controller, then the primary's agent (a freshly started agent
+    //    of a writable primary needs a renewal).
+    w.start_process("controller-1", &["controller"]);
+    let api_client = w.api();
+    wait_for("the controller", Duration::from_secs(60), || async { api_client.cluster("main").await.ok() }).await;
+    w.start_agent("east-1");
+
+    // 4. A standby in the second region, under load; then the controller
+    //    restarted to watch it (the proxy, a process of its own, keeps its clients).
+    let west_port = add_standby(&mut w, l.port).await;
+    w.stop_process("controller-1");
+    w.start_process("controller-2", &["controller"]);
+    wait_for("the controller", Duration::from_secs(60), || async {
+        api_client.cluster("main").await.ok().filter(|v| v.nodes.len() == 2)
+    })
+    .await;
+    // Then the primary's agent, so it counts west-1 as a member (and may
+    // connect to it: the old primary rejoins from it).
+    w.restart_agent("east-1");
+    let view = wait_for("both nodes up, east-1 primary", Duration::from_secs(60), || async {
+        let v = api_client.cluster("main").await.ok()?;
+        (v.nodes.len() == 2
+            && v.primary.as_ref().map(|p| p.as_str()) == Some("east-1")
+            && v.nodes.iter().all(|n| n.reachable)
+            && v.detection == "healthy")
+            .then_some(v)
+    })
+    .await;
+    let epoch = view.epoch;
+
+    // 5. Dry run: the checks against the live topology, nothing changes.
     let before = std::fs::read(&w.config).expect("config");
     let out = w.pgdr(&["migrate", "--cluster", "main", "--to", "west-1", "--dry-run"]);
     let t = text(&out);
@@ -643,35 +722,7 @@ async fn migrate_moves_the_adopted_primary_live_through_the_proxy() {
     assert_eq!((v.epoch, v.primary.clone()), (epoch, Some("east-1".into())), "a dry run changed the topology");
     assert!(api_client.workflows().await.expect("workflows").is_empty(), "a dry run started a workflow");
 
-    // pgbench through the proxy, one committed row per transaction.
-    let script = w.path().join("acked.sql");
-    std::fs::write(&script, "insert into acked(client) values (:client_id);\n").expect("script");
-    let bench = pgbench(&[
-        "-n",
-        "-c",
-        "4",
-        "-j",
-        "2",
-        "-T",
-        "45",
-        "-P",
-        "5",
-        "-f",
-        script.to_str().unwrap_or(""),
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &writer_s,
-        "-U",
-        "postgres",
-        "postgres",
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("pgbench");
-    tokio::time::sleep(Duration::from_secs(3)).await;
-
+    // 6. The migrate: preparation, the gate, the cutover.
     let out = w.pgdr(&["migrate", "--cluster", "main", "--to", "west-1", "--yes", "--no-wait", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let started: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
@@ -694,6 +745,7 @@ async fn migrate_moves_the_adopted_primary_live_through_the_proxy() {
         waiting.steps.iter().map(|s| (&s.name, s.duration_ms)).collect::<Vec<_>>()
     );
 
+    assert!(bench.try_wait().expect("pgbench").is_none(), "pgbench ended before the cutover: lengthen -T");
     let out = w.pgdr(&["approve", &id]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let done = wait_for("the migrate to end", Duration::from_secs(180), || async {
@@ -704,7 +756,8 @@ async fn migrate_moves_the_adopted_primary_live_through_the_proxy() {
     let out = w.pgdr(&["workflows", &id]);
     let journal = text(&out);
     if done.state != "succeeded" {
-        w.tail("run.test.log");
+        w.tail("controller-2.test.log");
+        w.tail("proxy.test.log");
         w.tail("agent-east-1.test.log");
     }
     assert_eq!(done.state, "succeeded", "{journal}");
@@ -721,12 +774,41 @@ async fn migrate_moves_the_adopted_primary_live_through_the_proxy() {
     .iter()
     .map(|s| ms(s))
     .sum();
-    eprintln!("[migrate] writes paused for about {paused} ms (pause_proxy .. resume_proxy, from the journal)");
+    eprintln!("[migrate] pause_proxy .. resume_proxy took {paused} ms by the journal");
+    // The proxy's own measure: how long it held the writer endpoint.
+    let log = std::fs::read_to_string(w.path().join("state/proxy.test.log")).unwrap_or_default();
+    let held: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("writer endpoint resumed"))
+        .filter_map(|l| {
+            // Without the colour codes around the value.
+            let mut plain = String::new();
+            let mut esc = false;
+            for c in l.chars() {
+                match (esc, c) {
+                    (false, '\u{1b}') => esc = true,
+                    (true, 'm') => esc = false,
+                    (true, _) => {}
+                    (false, c) => plain.push(c),
+                }
+            }
+            let rest = plain[plain.find("paused_ms=")? + "paused_ms=".len()..].to_owned();
+            let digits: String =
+                rest.chars().skip_while(|c| !c.is_ascii_digit()).take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .collect();
+    eprintln!("[migrate] the proxy held writes for {:?} ms (every pause it logged; the last is the cutover's)", held);
 
     let out = bench.wait_with_output().expect("pgbench");
     let (so, se) =
         (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
     eprintln!("pgbench:\n{so}{se}");
+    if !out.status.success() {
+        for f in ["agent-east-1.test.log", "proxy.test.log", "controller-2.test.log", "controller-1.test.log"] {
+            w.tail(f);
+        }
+    }
     assert!(out.status.success(), "pgbench had client errors:\n{so}{se}");
     assert!(!se.to_lowercase().contains("error"), "pgbench saw an error:\n{se}");
     let processed: i64 = so

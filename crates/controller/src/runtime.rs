@@ -48,6 +48,14 @@ pub trait ProxyControl: Send + Sync + std::fmt::Debug {
     async fn resume(&self, cluster: &ClusterName) -> Result<(), String>;
     /// Publishes the routing (a no-op for proxies that discover it).
     fn publish(&self, cluster: &ClusterName, route: &RouteInfo);
+    /// Publishes the routing and resumes only once the proxies have it: a
+    /// resume that overtook its route would release the held transactions
+    /// onto the old primary (stopped by then: client errors). The default
+    /// suits proxies whose `publish` takes effect before it returns.
+    async fn publish_and_resume(&self, cluster: &ClusterName, route: &RouteInfo) -> Result<(), String> {
+        self.publish(cluster, route);
+        self.resume(cluster).await
+    }
 }
 
 /// Proxies driven through their admin HTTP API (`POST /v1/clusters/{c}/pause`).
@@ -113,26 +121,66 @@ impl ProxyControl for HttpProxies {
     /// /v1/clusters/{c}/route`) without waiting: a proxy refuses a route of
     /// an older epoch than its own, and the monitor publishes again.
     fn publish(&self, cluster: &ClusterName, route: &RouteInfo) {
+        for (url, req) in self.route_requests(cluster, route) {
+            tokio::spawn(async move {
+                if let Err(e) = send_route(req).await {
+                    tracing::warn!(url, "{e}");
+                }
+            });
+        }
+    }
+
+    /// The route first, to every proxy, waited for; then the resume.
+    async fn publish_and_resume(&self, cluster: &ClusterName, route: &RouteInfo) -> Result<(), String> {
+        let mut sends = tokio::task::JoinSet::new();
+        for (url, req) in self.route_requests(cluster, route) {
+            sends.spawn(async move { send_route(req).await.map_err(|e| format!("{url}: {e}")) });
+        }
+        let mut routed: Vec<String> = Vec::new();
+        while let Some(r) = sends.join_next().await {
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => routed.push(e),
+                Err(e) => routed.push(format!("the route's task failed: {e}")),
+            }
+        }
+        // Resumed even when a proxy did not take the route (it may hold a
+        // newer one): held clients must not wait out max_pause.
+        let resumed = self.resume(cluster).await;
+        match (routed.is_empty(), resumed) {
+            (true, r) => r,
+            (false, Ok(())) => Err(format!("route not taken: {}", routed.join("; "))),
+            (false, Err(e)) => Err(format!("route not taken: {}; {e}", routed.join("; "))),
+        }
+    }
+}
+
+impl HttpProxies {
+    fn route_requests(&self, cluster: &ClusterName, route: &RouteInfo) -> Vec<(String, reqwest::RequestBuilder)> {
         let backend = |(n, h, p): &(NodeName, String, u16)| serde_json::json!({"node": n, "host": h, "port": p});
         let body = serde_json::json!({
             "epoch": route.epoch,
             "primary": route.primary.as_ref().map(backend),
             "replicas": route.replicas.iter().map(backend).collect::<Vec<_>>(),
         });
+        let mut out = Vec::new();
         for (api, token) in self.apis.get(cluster).into_iter().flatten() {
             let url = format!("{}://{api}/v1/clusters/{cluster}/route", self.scheme);
             let mut req = self.http.post(&url).json(&body).timeout(Duration::from_secs(2));
             if let Some(t) = token {
                 req = req.bearer_auth(t.expose());
             }
-            tokio::spawn(async move {
-                match req.send().await {
-                    Ok(r) if r.status().is_success() => {}
-                    Ok(r) => tracing::warn!(url, status = %r.status(), "proxy refused the route"),
-                    Err(e) => tracing::warn!(url, "cannot publish the route: {e}"),
-                }
-            });
+            out.push((url, req));
         }
+        out
+    }
+}
+
+async fn send_route(req: reqwest::RequestBuilder) -> Result<(), String> {
+    match req.send().await {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) => Err(format!("proxy refused the route: HTTP {}", r.status())),
+        Err(e) => Err(format!("cannot publish the route: {e}")),
     }
 }
 

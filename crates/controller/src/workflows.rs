@@ -847,8 +847,8 @@ async fn resume_proxy(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepEr
     let state =
         c.sh.clusters.state(&cluster.name).await.map_err(retry)?.ok_or_else(|| fatal("the cluster has no state"))?;
     let route = c.sh.route(cluster, &state);
-    c.sh.proxies.publish(&cluster.name, &route);
-    let res = c.sh.proxies.resume(&cluster.name).await;
+    // The route reaches every proxy before the resume does.
+    let res = c.sh.proxies.publish_and_resume(&cluster.name, &route).await;
     Ok(StepOutput::json(
         json!({"epoch": state.epoch, "primary": state.primary, "resumed": res.is_ok(), "error": res.err()}),
     )
