@@ -315,10 +315,27 @@ fn add(global: &Global, a: AddArgs) -> anyhow::Result<ExitCode> {
             say(format!("  {s}"));
         }
         let built = started.elapsed();
-        let copied = last.map(|(done, total)| done.max(total));
-        if let Some(b) = copied {
-            say(format!("copied {:.1} MiB in {:.1}s ({:.1} MiB/s)", mib(b), built.as_secs_f64(), mib(b) / built.as_secs_f64().max(0.001)));
+        // From the progress view; when the copy was over between two
+        // samples, the primary's databases are what was copied.
+        let mut source = "pg_stat_progress_basebackup";
+        let mut copied = last.map(|(done, total)| done.max(total)).filter(|b| *b > 0);
+        if copied.is_none() {
+            source = "the primary's database sizes";
+            copied = client
+                .query_one("select sum(pg_database_size(oid))::bigint from pg_database", &[])
+                .await
+                .ok()
+                .and_then(|r| r.get::<_, Option<i64>>(0));
         }
+        if let Some(b) = copied {
+            say(format!(
+                "copied {:.1} MiB in {:.1}s ({:.1} MiB/s; by {source})",
+                mib(b),
+                built.as_secs_f64(),
+                mib(b) / built.as_secs_f64().max(0.001)
+            ));
+        }
+
         // 5. Until it streams.
         let lag = loop {
             let rows = client
@@ -348,7 +365,7 @@ fn add(global: &Global, a: AddArgs) -> anyhow::Result<ExitCode> {
             println!(
                 "{}",
                 serde_json::to_string_pretty(&json!({"ok": true, "node": a.node, "streaming_from": primary.name,
-                    "replay_lag_bytes": lag, "build_seconds": built.as_secs_f64(), "copied_bytes": copied, "total_seconds": t0.elapsed().as_secs_f64(),
+                    "replay_lag_bytes": lag, "build_seconds": built.as_secs_f64(), "copied_bytes": copied, "copied_bytes_by": source, "total_seconds": t0.elapsed().as_secs_f64(),
                     "steps": steps, "agent_pid": agent_pid}))?
             );
         } else {
