@@ -73,6 +73,11 @@ pub struct Status {
     pub server_version: Option<String>,
     /// Why PostgreSQL could not be queried, when it could not.
     pub error: Option<String>,
+    /// The nodes of its cluster in the config this agent loaded when it
+    /// started (it acts only toward those): a node added later is unknown
+    /// to it until it restarts. Empty from an agent older than this field.
+    #[serde(default)]
+    pub members: Vec<String>,
 }
 
 /// One row of `pg_stat_wal_receiver`.

@@ -717,8 +717,12 @@ async fn migrate_moves_the_adopted_primary_live_through_the_proxy() {
         api_client.cluster("main").await.ok().filter(|v| v.nodes.len() == 2)
     })
     .await;
-    // Then the primary's agent, so it counts west-1 as a member (and may
-    // connect to it: the old primary rejoins from it).
+    // The primary's agent still acts only toward the nodes it loaded: a
+    // migrate now could not bring east-1 back from west-1, and says so.
+    let out = w.pgdr(&["migrate", "--cluster", "main", "--to", "west-1", "--dry-run"]);
+    let t = text(&out);
+    assert!(t.contains("NOT ready") && t.contains("the agent of east-1 was started before west-1 joined"), "{t}");
+    // So the primary's agent restarts, and counts west-1 as a member.
     w.restart_agent("east-1");
     let view = wait_for("both nodes up, east-1 primary", Duration::from_secs(60), || async {
         let v = api_client.cluster("main").await.ok()?;

@@ -146,12 +146,50 @@ pub(crate) async fn readiness(sh: &Shared, cluster: &Cluster, old: &Node, target
             old.name
         ));
     }
+    problems.extend(stale_agents(sh, cluster).await);
     if problems.is_empty() {
         Ok(json!({"target": target.name, "version": tf.version_num, "checked_hosts": needs.peer_hosts,
             "old_primary_rewindable": true}))
     } else {
         Err(problems.join("; "))
     }
+}
+
+/// Agents started before a node was added to the config act only toward
+/// the nodes they loaded: the old primary's could not rejoin from a target
+/// it does not know (after the cutover, leaving the cluster without its
+/// standby). Each agent's status says what it loaded.
+pub(crate) async fn stale_agents(sh: &Shared, cluster: &Cluster) -> Vec<String> {
+    let mut want: Vec<String> = cluster.nodes.iter().map(|n| n.name.to_string()).collect();
+    want.sort();
+    let mut set = tokio::task::JoinSet::new();
+    for n in &cluster.nodes {
+        let (name, agent) = (n.name.clone(), sh.agent(n).map(|a| a.with_timeout(Duration::from_secs(3))));
+        set.spawn(async move {
+            match agent {
+                Ok(a) => (name, a.status().await.map(|s| s.members).map_err(|e| e.to_string())),
+                Err(e) => (name, Err(e.to_string())),
+            }
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(r) = set.join_next().await {
+        match r {
+            // An agent older than the field reports none: not judged.
+            Ok((_, Ok(members))) if members.is_empty() || members == want => {}
+            Ok((name, Ok(members))) => {
+                let missing: Vec<&String> = want.iter().filter(|w| !members.contains(w)).collect();
+                out.push(format!(
+                    "the agent of {name} was started before {} joined the config: restart it (pgdr agent --node {name})",
+                    missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                ));
+            }
+            Ok((name, Err(e))) => out.push(format!("the agent of {name} does not answer: {e}")),
+            Err(e) => out.push(format!("an agent status task failed: {e}")),
+        }
+    }
+    out.sort();
+    out
 }
 
 async fn check_readiness(c: Arc<Ctx>, _sc: StepContext) -> Result<StepOutput, StepError> {

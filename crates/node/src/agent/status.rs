@@ -38,6 +38,11 @@ pub(crate) async fn collect(state: &AgentState) -> Status {
         epoch: state.epoch.current(),
         server_version: None,
         error: None,
+        members: {
+            let mut m: Vec<String> = cfg.targets.iter().filter(|t| !t.proxy).map(|t| t.name.clone()).collect();
+            m.sort();
+            m
+        },
     };
     let res = tokio::time::timeout(QUERY_TIMEOUT, state.with_local(async |client| query(client, &mut s).await)).await;
     match res {
