@@ -576,6 +576,43 @@ impl World {
         .with_timeout(Duration::from_secs(5))
     }
 
+    /// PgBouncer (as `postgres`, transaction pooling) in front of
+    /// `127.0.0.1:port`, as a team runs it today; returns its port.
+    fn start_pgbouncer(&mut self, port: u16) -> u16 {
+        let dir = self.path().join("bouncer");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let run_as = RunAs::for_node(None).expect("postgres");
+        let listen = free_port();
+        std::fs::write(dir.join("userlist.txt"), format!("\"postgres\" \"{}\"\n", self.password)).expect("userlist");
+        self.write_bouncer_ini(listen, port);
+        for f in ["", "userlist.txt", "pgbouncer.ini"] {
+            let p = dir.join(f);
+            if let Some((_, uid, gid)) = &run_as.user {
+                nix::unistd::chown(&p, Some(nix::unistd::Uid::from_raw(*uid)), Some(nix::unistd::Gid::from_raw(*gid)))
+                    .expect("chown");
+            }
+        }
+        mode(&dir.join("userlist.txt"), 0o600);
+        let mut cmd = Command::new("/usr/sbin/pgbouncer");
+        cmd.arg(dir.join("pgbouncer.ini")).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        run_as.apply_std(&mut cmd);
+        self.named.push(("pgbouncer".into(), cmd.spawn().expect("pgbouncer")));
+        listen
+    }
+
+    fn write_bouncer_ini(&self, listen: u16, port: u16) {
+        let dir = self.path().join("bouncer");
+        let ini = format!(
+            "[databases]\npostgres = host=127.0.0.1 port={port} dbname=postgres\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {listen}\n\
+             unix_socket_dir =\nauth_type = scram-sha-256\nauth_file = {}\npool_mode = transaction\nmax_client_conn = 100\n\
+             default_pool_size = 10\nadmin_users = postgres\nserver_tls_sslmode = prefer\nlogfile = {}\n",
+            dir.join("userlist.txt").display(),
+            dir.join("pgbouncer.log").display()
+        );
+        // Replaced in place: PgBouncer (as postgres) rereads it on RELOAD.
+        std::fs::write(dir.join("pgbouncer.ini"), ini).expect("pgbouncer.ini");
+    }
+
     /// `pgdr ARGS --config F` as a child, its log in `state/NAME.test.log`.
     fn start_process(&mut self, name: &str, args: &[&str]) {
         let log = std::fs::File::create(self.path().join(format!("state/{name}.test.log"))).expect("log");
@@ -646,6 +683,50 @@ async fn migrate_moves_the_adopted_primary_live_through_the_proxy() {
     w.sql(l.port, "create table acked(id bigserial primary key, client int not null, at timestamptz default now())")
         .await;
 
+    // 0. The team's PgBouncer in front of the server, and clients on it.
+    let script = w.path().join("acked.sql");
+    std::fs::write(&script, "insert into acked(client) values (:client_id);\n").expect("script");
+    let bouncer = w.start_pgbouncer(l.port);
+    let bouncer_s = bouncer.to_string();
+    let password = w.password.clone();
+    let psql_ok = |port: String, db: &'static str, sql: &'static str| {
+        let pw = password.clone();
+        async move {
+            let out = Command::new("psql")
+                .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-d", db, "-Atc", sql])
+                .env("PGPASSWORD", &pw)
+                .output()
+                .ok()?;
+            out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        }
+    };
+    wait_for("PgBouncer to serve", Duration::from_secs(30), || psql_ok(bouncer_s.clone(), "postgres", "select 1"))
+        .await;
+    let bench_b = Command::new("pgbench")
+        .args([
+            "-n",
+            "-c",
+            "2",
+            "-j",
+            "1",
+            "-T",
+            "55",
+            "-f",
+            script.to_str().unwrap_or(""),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &bouncer_s,
+            "-U",
+            "postgres",
+            "postgres",
+        ])
+        .env("PGPASSWORD", &w.password)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pgbench through PgBouncer");
+
     // 1. The proxy in front of the single server, as its own process
     //    (routing by polling the nodes until a controller publishes routes).
     let (writer, api) = (free_port(), free_port());
@@ -670,8 +751,6 @@ async fn migrate_moves_the_adopted_primary_live_through_the_proxy() {
 
     // 2. pgbench through the proxy from now to after the migrate, one
     //    committed row per transaction.
-    let script = w.path().join("acked.sql");
-    std::fs::write(&script, "insert into acked(client) values (:client_id);\n").expect("script");
     let mut bench = Command::new("pgbench")
         .args([
             "-n",
@@ -707,6 +786,21 @@ async fn migrate_moves_the_adopted_primary_live_through_the_proxy() {
     let api_client = w.api();
     wait_for("the controller", Duration::from_secs(60), || async { api_client.cluster("main").await.ok() }).await;
     w.start_agent("east-1");
+
+    // PgBouncer now points at the pgdr proxy: RELOAD, and its server
+    // connections are reopened through the proxy as transactions end.
+    w.write_bouncer_ini(bouncer, writer);
+    psql_ok(bouncer_s.clone(), "pgbouncer", "RELOAD").await.expect("RELOAD");
+    wait_for("PgBouncer's server connections through the proxy", Duration::from_secs(30), || {
+        let (b, wr) = (bouncer_s.clone(), writer_s.clone());
+        let check = psql_ok(b, "pgbouncer", "SHOW SERVERS");
+        async move {
+            let out = check.await?;
+            let rows: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+            (!rows.is_empty() && rows.iter().all(|r| r.contains(&format!("|{wr}|")))).then_some(())
+        }
+    })
+    .await;
 
     // 4. A standby in the second region, under load; then the controller
     //    restarted to watch it (the proxy, a process of its own, keeps its clients).
@@ -845,6 +939,18 @@ async fn migrate_moves_the_adopted_primary_live_through_the_proxy() {
     if let Some(f) = so.lines().find(|l| l.starts_with("number of failed transactions")) {
         assert!(f.contains(": 0 "), "failed transactions: {f}");
     }
+    let out_b = bench_b.wait_with_output().expect("pgbench through PgBouncer");
+    let (so_b, se_b) =
+        (String::from_utf8_lossy(&out_b.stdout).into_owned(), String::from_utf8_lossy(&out_b.stderr).into_owned());
+    eprintln!("pgbench through PgBouncer:\n{so_b}{se_b}");
+    assert!(out_b.status.success(), "pgbench through PgBouncer had client errors:\n{so_b}{se_b}");
+    let processed_b: i64 = so_b
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|s| s.split('/').next())
+        .and_then(|s| s.trim().parse().ok())
+        .expect("pgbench's count");
+    let processed = processed + processed_b;
     // Every acknowledged commit is on the new primary.
     let v = api_client.cluster("main").await.expect("view");
     assert_eq!(v.primary.as_ref().map(|p| p.as_str()), Some("west-1"), "{v:?}");
@@ -852,7 +958,9 @@ async fn migrate_moves_the_adopted_primary_live_through_the_proxy() {
     let west = w.sql(west_port, "select pg_is_in_recovery()::text, count(*)::text from acked").await;
     assert_eq!(west[0][0].as_deref(), Some("false"), "west-1 is the primary");
     let rows: i64 = west[0][1].as_deref().and_then(|s| s.parse().ok()).expect("count");
-    eprintln!("[migrate] pgbench acknowledged {processed} transactions; the new primary holds {rows} rows");
+    eprintln!(
+        "[migrate] pgbench acknowledged {processed} transactions ({processed_b} through PgBouncer); the new primary holds {rows} rows"
+    );
     assert!(processed > 0);
     assert!(rows >= processed, "lost acknowledged commits: {processed} acknowledged, {rows} on the new primary");
     // The old primary came back as a standby of the new one.
