@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Proxy throughput: pgbench directly against PostgreSQL, through `pgdr proxy`
-# and through PgBouncer (session mode), in one run on the same database.
-# Scripts: select-only (-S) and the default TPC-B-like; protocols -M simple
-# and -M prepared; 16 clients, 2 pgbench threads. Prints TPS, average
-# latency and the ratio to direct for every combination. Cleans up
+# Proxy throughput and CPU: pgbench directly against PostgreSQL, through
+# `pgdr proxy` pooling (pool = "transaction", pool_size = 20) and through
+# PgBouncer in transaction mode (default_pool_size = 20), in one run on the
+# same database (max_connections = 100). Rows: select-only (-S) and the
+# default TPC-B-like script, -M simple, at 16 clients, at 500 clients (not
+# direct: more than max_connections) and with -C (a new connection per
+# transaction) at 16 clients; then -M prepared at 16 and 500 clients through
+# both proxies. For each proxy run: TPS, average latency and the proxy
+# process's CPU (user + system from /proc/PID/stat, all threads) per 1,000
+# transactions. A failed pgbench run is reported as such. Cleans up
 # everything it started (trap), also on failure.
 #
 # Usage: bench/proxy.sh [SECONDS_PER_RUN] [SCALE]     (defaults 15, 10)
@@ -11,10 +16,11 @@
 # Needs: root (PostgreSQL and PgBouncer run as `postgres`), PostgreSQL server
 # binaries, pgbench, psql; installs Debian's pgbouncer when missing.
 set -euo pipefail
+ulimit -n 4096
 
 DURATION="${1:-15}"
 SCALE="${2:-10}"
-CLIENTS=16
+POOL=20
 THREADS=2
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PGBIN="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
@@ -64,6 +70,8 @@ wait_port() {
   return 1
 }
 
+LOAD0="$(cut -d' ' -f1-3 /proc/loadavg)"
+
 # --- PostgreSQL ------------------------------------------------------------
 echo "starting PostgreSQL on port $PG_PORT, pgbench scale $SCALE..." >&2
 mkdir -p "$DATA" "$WORK/run" && chown postgres: "$DATA" "$WORK/run" && chmod 700 "$DATA"
@@ -106,9 +114,13 @@ cluster = "bench"
 region = "local"
 writer = "127.0.0.1:$PGDR_PORT"
 api = "127.0.0.1:$PGDR_API"
+pool = "transaction"
+pool_size = $POOL
+pool_timeout = "60s"
 EOF
 RUST_LOG=warn "$PGDR" --config "$WORK/pgdr.toml" proxy >"$WORK/pgdr.log" 2>&1 &
-PIDS+=($!)
+PGDR_PID=$!
+PIDS+=($PGDR_PID)
 wait_port "$PGDR_PORT" || { cat "$WORK/pgdr.log" >&2; exit 1; }
 
 # --- PgBouncer -------------------------------------------------------------
@@ -123,9 +135,9 @@ listen_port = $BOUNCER_PORT
 unix_socket_dir =
 auth_type = scram-sha-256
 auth_file = $WORK/userlist.txt
-pool_mode = session
-max_client_conn = 200
-default_pool_size = 40
+pool_mode = transaction
+max_client_conn = 1000
+default_pool_size = $POOL
 logfile = $WORK/bouncer/pgbouncer.log
 pidfile = $WORK/bouncer/pgbouncer.pid
 EOF
@@ -134,6 +146,9 @@ chown postgres: "$WORK/userlist.txt" "$WORK/pgbouncer.ini" "$WORK/bouncer"
 "${RUN[@]}" pgbouncer "$WORK/pgbouncer.ini" >/dev/null 2>&1 &
 PIDS+=($!)
 wait_port "$BOUNCER_PORT" || { cat "$WORK/bouncer/pgbouncer.log" >&2; exit 1; }
+for _ in $(seq 1 50); do [ -s "$WORK/bouncer/pgbouncer.pid" ] && break; sleep 0.1; done
+BOUNCER_PID="$(cat "$WORK/bouncer/pgbouncer.pid")"
+PIDS+=("$BOUNCER_PID")
 
 # The discovery task needs a poll to find the primary: wait until a query works.
 for _ in $(seq 1 50); do
@@ -142,40 +157,67 @@ for _ in $(seq 1 50); do
 done
 
 # --- runs ------------------------------------------------------------------
-declare -A TPS LAT
-bench() { # target port mode script
-  local out
-  out="$(pgbench -h 127.0.0.1 -p "$2" -U postgres -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -M "$3" $4 postgres 2>&1)"
-  TPS["$1/$3/$5"]="$(echo "$out" | sed -n 's/^tps = \([0-9.]*\) .*/\1/p' | head -1)"
-  LAT["$1/$3/$5"]="$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' | head -1)"
-  if [ -z "${TPS["$1/$3/$5"]}" ]; then
-    echo "pgbench against $1 failed:" >&2
-    echo "$out" >&2
-    exit 1
+TCK="$(getconf CLK_TCK)"
+cpu_ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
+declare -A TPS LAT CPU
+KEYS=()
+bench() { # target port pid clients mode script extra-flags
+  local key="$6/$4$7/$5/$1" out t0 t1 n
+  KEYS+=("$key")
+  t0="$(cpu_ticks "$3")"
+  local rc=0
+  out="$(pgbench -h 127.0.0.1 -p "$2" -U postgres -c "$4" -j "$THREADS" -T "$DURATION" -M "$5" $8 postgres 2>&1)" || rc=$?
+  t1="$(cpu_ticks "$3")"
+  TPS["$key"]="$(echo "$out" | sed -n 's/^tps = \([0-9.]*\) .*/\1/p' | head -1)"
+  LAT["$key"]="$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' | head -1)"
+  n="$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' | head -1)"
+  if [ "$rc" != 0 ] || [ -z "${TPS["$key"]}" ] || [ -z "$n" ] || [ "$n" = 0 ] || echo "$out" | grep -q "^number of failed transactions: [1-9]"; then
+    echo "  $key: pgbench failed (exit $rc): $(echo "$out" | grep -m1 -iE 'error|abort|fatal')" >&2
+    TPS["$key"]="failed"; LAT["$key"]="-"; CPU["$key"]="-"
+    return
   fi
-  echo "  $1 -M $3 $5: ${TPS["$1/$3/$5"]} tps" >&2
+  if [ -n "$3" ]; then
+    CPU["$key"]="$(python3 -c "print(f'{($t1 - $t0) / $TCK * 1000 / ($n / 1000):.1f}')")"
+  else
+    CPU["$key"]="-"
+  fi
+  echo "  $key: ${TPS["$key"]} tps, proxy CPU ${CPU["$key"]} ms per 1,000 transactions" >&2
 }
 for script in select-only tpcb; do
   flag=""; [ "$script" = select-only ] && flag="-S"
-  for mode in simple prepared; do
-    echo "pgbench $script -M $mode, $CLIENTS clients, ${DURATION}s each..." >&2
-    bench direct "$PG_PORT" "$mode" "$flag" "$script"
-    bench pgdr "$PGDR_PORT" "$mode" "$flag" "$script"
-    bench pgbouncer "$BOUNCER_PORT" "$mode" "$flag" "$script"
+  echo "pgbench $script -M simple, ${DURATION}s each..." >&2
+  for target in direct pgdr pgbouncer; do
+    case $target in direct) port=$PG_PORT pid="" ;; pgdr) port=$PGDR_PORT pid=$PGDR_PID ;; *) port=$BOUNCER_PORT pid=$BOUNCER_PID ;; esac
+    bench $target "$port" "$pid" 16 simple "$script" "" "$flag"
   done
+  for target in pgdr pgbouncer; do
+    case $target in pgdr) port=$PGDR_PORT pid=$PGDR_PID ;; *) port=$BOUNCER_PORT pid=$BOUNCER_PID ;; esac
+    bench $target "$port" "$pid" 500 simple "$script" "" "$flag"
+  done
+  for target in direct pgdr pgbouncer; do
+    case $target in direct) port=$PG_PORT pid="" ;; pgdr) port=$PGDR_PORT pid=$PGDR_PID ;; *) port=$BOUNCER_PORT pid=$BOUNCER_PID ;; esac
+    bench $target "$port" "$pid" 16 simple "$script" " -C" "$flag -C"
+  done
+done
+echo "pgbench select-only -M prepared, ${DURATION}s each..." >&2
+for clients in 16 500; do
+  bench pgdr "$PGDR_PORT" "$PGDR_PID" "$clients" prepared select-only "" "-S"
+  bench pgbouncer "$BOUNCER_PORT" "$BOUNCER_PID" "$clients" prepared select-only "" "-S"
 done
 
 echo
-echo "pgbench, $CLIENTS clients, -j $THREADS, ${DURATION}s per run, scale $SCALE, $(nproc) cores, PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}'), pgbouncer $(pgbouncer --version | head -1 | awk '{print $2}')"
-printf "| %-11s | %-8s | %-9s | %10s | %12s | %9s |\n" script mode target tps "latency ms" "vs direct"
-printf "|%s|%s|%s|%s|%s|%s|\n" "-------------" "----------" "-----------" "------------" "--------------" "-----------"
-for script in select-only tpcb; do
-  for mode in simple prepared; do
-    d="${TPS["direct/$mode/$script"]}"
-    for target in direct pgdr pgbouncer; do
-      t="${TPS["$target/$mode/$script"]}"
-      ratio="$(python3 -c "print(f'{$t / $d:.2f}x')")"
-      printf "| %-11s | %-8s | %-9s | %10s | %12s | %9s |\n" "$script" "$mode" "$target" "$t" "${LAT["$target/$mode/$script"]}" "$ratio"
-    done
-  done
+echo "pgbench -j $THREADS, ${DURATION}s per run, scale $SCALE, pool of $POOL backends per proxy, max_connections 100, $(nproc) cores, load average before: $LOAD0, after: $(cut -d' ' -f1-3 /proc/loadavg), PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}'), pgbouncer $(pgbouncer --version | head -1 | awk '{print $2}')"
+printf "| %-11s | %-7s | %-8s | %-9s | %9s | %10s | %17s | %11s |\n" script clients mode target tps "latency ms" "CPU ms / 1,000 tx" "vs bouncer"
+printf "|%s|%s|%s|%s|%s|%s|%s|%s|\n" "-------------" "---------" "----------" "-----------" "----------:" "-----------:" "------------------:" "-----------:"
+for key in "${KEYS[@]}"; do
+  IFS=/ read -r script clients mode target <<<"$key"
+  b="${TPS["$script/$clients/$mode/pgbouncer"]:-}"
+  t="${TPS["$key"]}"
+  ratio="-"
+  if [ "$target" = pgdr ] && [ -n "$b" ] && [ "$b" != failed ] && [ "$t" != failed ]; then
+    ratio="$(python3 -c "print(f'{$t / $b:.2f}x tps')")"
+    bc="${CPU["$script/$clients/$mode/pgbouncer"]}"
+    ratio="$ratio, $(python3 -c "print(f'{${CPU["$key"]} / $bc:.2f}x cpu')")"
+  fi
+  printf "| %-11s | %-7s | %-8s | %-9s | %9s | %10s | %17s | %11s |\n" "$script" "$clients" "$mode" "$target" "$t" "${LAT["$key"]}" "${CPU["$key"]}" "$ratio"
 done
