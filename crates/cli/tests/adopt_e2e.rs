@@ -417,6 +417,7 @@ async fn adopt(w: &mut World, l: &Legacy) -> String {
         "[reload] ssl",
         "ALTER SYSTEM SET ssl = 'on';",
         "[advice] archive_mode",
+        "[reload] restart_after_crash",
         "dry run: nothing changed",
         "need a restart: wal_log_hints",
     ] {
@@ -451,6 +452,12 @@ async fn adopt(w: &mut World, l: &Legacy) -> String {
     let cfg = pgdr_config::Config::load(&w.config).expect("config after adopt");
     let node = cfg.cluster("main").and_then(|c| c.node("east-1")).expect("east-1 in cluster main");
     assert_eq!(node.port, l.port);
+    // What a rebuild must keep is in the node's settings: no config check warning.
+    for k in ["restart_after_crash", "ssl_cert_file"] {
+        assert!(node.settings.iter().any(|(n, _)| n == k), "{k} in the node's settings: {:?}", node.settings);
+    }
+    let out = w.pgdr(&["config", "check"]);
+    assert!(!text(&out).contains("restart_after_crash"), "{}", text(&out));
     let hints = w.sql(l.port, "show wal_log_hints").await;
     assert_eq!(hints[0][0].as_deref(), Some("on"));
     agent

@@ -60,12 +60,13 @@ pub struct Facts {
 }
 
 /// The settings [`Facts::read`] asks for.
-pub const SETTINGS: [&str; 14] = [
+pub const SETTINGS: [&str; 15] = [
     "wal_level",
     "max_wal_senders",
     "max_replication_slots",
     "wal_log_hints",
     "hot_standby",
+    "restart_after_crash",
     "archive_mode",
     "archive_command",
     "ssl",
@@ -341,6 +342,15 @@ pub fn gaps(f: &Facts, n: &Needs) -> Vec<Gap> {
             vec![set("hot_standby", "on")],
         );
     }
+    if f.setting("restart_after_crash") == "on" {
+        push(
+            "restart_after_crash",
+            have(f, "restart_after_crash"),
+            "off: under pgdr's boot guard a crash reinitialisation would bring the primary back read-only; the controller restarts it instead".into(),
+            Level::Reload,
+            vec![set("restart_after_crash", "off")],
+        );
+    }
     if f.setting("listen_addresses").trim().is_empty() {
         push(
             "listen_addresses",
@@ -572,6 +582,21 @@ mod tests {
             "add to /d/pg_hba.conf, before its other rules: host replication postgres 127.0.0.1/32 scram-sha-256  SELECT pg_reload_conf();"
         );
         assert!(!g[2].level.blocks());
+    }
+
+    #[test]
+    fn restart_after_crash_on_is_a_reload_away() {
+        let mut f = facts();
+        f.settings.insert(
+            "restart_after_crash".into(),
+            Setting { value: "on".into(), context: "sighup".into(), pending_restart: false },
+        );
+        let g = gaps(&f, &needs());
+        let r = g.iter().find(|g| g.what == "restart_after_crash").map(|g| (g.level, g.fix_text()));
+        assert_eq!(
+            r,
+            Some((Level::Reload, "ALTER SYSTEM SET restart_after_crash = 'off';  SELECT pg_reload_conf();".into()))
+        );
     }
 
     #[test]

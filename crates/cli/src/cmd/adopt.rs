@@ -452,7 +452,7 @@ block.push_str(&node_block(
                 target.port,
                 &data_dir,
                 args.bin_dir.as_deref(),
-                &tls_settings(&facts),
+                &kept_settings(&facts),
             ));
             text = pgdr_config::edit::append(&text, &block);
             let (cluster, node) = (args.cluster.clone(), args.node.clone());
@@ -523,23 +523,29 @@ pub fn node_block(
     b
 }
 
-/// The node's own TLS settings, as the server serves them now (paths made
-/// absolute): they go into the node's `settings`, so a rewind or rebuild
-/// (which writes `pgdr.conf` and copies the new primary's files) keeps its
-/// certificate.
-fn tls_settings(f: &Facts) -> Vec<(String, String)> {
+/// The node's own settings pgdr must keep, as the server has them now:
+/// `restart_after_crash = off` (which `pgdr config check` looks for) and its
+/// TLS certificate (paths made absolute). They go into the node's
+/// `settings`, so a rewind or rebuild (which writes `pgdr.conf` and copies
+/// the new primary's files) keeps them.
+fn kept_settings(f: &Facts) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if f.setting("restart_after_crash") == "off" {
+        out.push(("restart_after_crash".to_owned(), "off".to_owned()));
+    }
     if f.setting("ssl") != "on" {
-        return Vec::new();
+        return out;
     }
     let abs = |v: &str| {
         let p = Path::new(v);
         if p.is_absolute() { v.to_owned() } else { Path::new(&f.data_directory).join(p).display().to_string() }
     };
-    vec![
+    out.extend([
         ("ssl".to_owned(), "on".to_owned()),
         ("ssl_cert_file".to_owned(), abs(f.setting("ssl_cert_file"))),
         ("ssl_key_file".to_owned(), abs(f.setting("ssl_key_file"))),
-    ]
+    ]);
+    out
 }
 
 /// Records the cluster's first state (epoch 1, `node` primary) in the

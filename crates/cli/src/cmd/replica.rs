@@ -147,6 +147,11 @@ fn add(global: &Global, a: AddArgs) -> anyhow::Result<ExitCode> {
         let (k, v) = s.split_once('=').ok_or_else(|| Usage(format!("--setting {s:?}: expected KEY=VALUE")))?;
         settings.push((k.trim().to_owned(), v.trim().to_owned()));
     }
+    // Under the boot guard a crash reinitialisation would bring a node
+    // promoted later back read-only (pgdr config check warns without it).
+    if !settings.iter().any(|(k, _)| k == "restart_after_crash") {
+        settings.push(("restart_after_crash".into(), "off".into()));
+    }
     if let (Some(c), Some(k)) = (&a.ssl_cert, &a.ssl_key) {
         let abs = |p: &Path| p.canonicalize().map_err(|e| Usage(format!("{}: {e}", p.display())));
         settings.push(("ssl".into(), "on".into()));
