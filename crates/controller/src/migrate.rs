@@ -175,14 +175,14 @@ pub(crate) async fn stale_agents(sh: &Shared, cluster: &Cluster) -> Vec<String> 
     let mut out = Vec::new();
     while let Some(r) = set.join_next().await {
         match r {
-            // An agent older than the field reports none: not judged.
-            Ok((_, Ok(members))) if members.is_empty() || members == want => {}
             Ok((name, Ok(members))) => {
-                let missing: Vec<&String> = want.iter().filter(|w| !members.contains(w)).collect();
-                out.push(format!(
-                    "the agent of {name} was started before {} joined the config: restart it (pgdr agent --node {name})",
-                    missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-                ));
+                let missing = unknown_to(&want, &members);
+                if !missing.is_empty() {
+                    out.push(format!(
+                        "the agent of {name} was started before {} joined the config: restart it (pgdr agent --node {name})",
+                        missing.join(", ")
+                    ));
+                }
             }
             Ok((name, Err(e))) => out.push(format!("the agent of {name} does not answer: {e}")),
             Err(e) => out.push(format!("an agent status task failed: {e}")),
@@ -190,6 +190,15 @@ pub(crate) async fn stale_agents(sh: &Shared, cluster: &Cluster) -> Vec<String> 
     }
     out.sort();
     out
+}
+
+/// The configured nodes an agent that loaded `members` does not know. An
+/// agent older than the field reports none and is not judged.
+pub(crate) fn unknown_to<'a>(want: &'a [String], members: &[String]) -> Vec<&'a str> {
+    if members.is_empty() {
+        return Vec::new();
+    }
+    want.iter().filter(|w| !members.contains(w)).map(String::as_str).collect()
 }
 
 async fn check_readiness(c: Arc<Ctx>, _sc: StepContext) -> Result<StepOutput, StepError> {
@@ -274,4 +283,23 @@ pub(crate) async fn dry_run(sh: &Shared, p: &Params) -> Vec<String> {
         Err(e) => lines.push(format!("live check: NOT ready: {e}")),
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn an_agent_started_before_a_node_joined_is_stale() {
+        let want = v(&["east-1", "west-1"]);
+        assert_eq!(unknown_to(&want, &v(&["east-1"])), ["west-1"]);
+        assert!(unknown_to(&want, &v(&["east-1", "west-1"])).is_empty());
+        // A node removed since is no reason to restart; an old agent is not judged.
+        assert!(unknown_to(&want, &v(&["east-1", "old-1", "west-1"])).is_empty());
+        assert!(unknown_to(&want, &[]).is_empty());
+    }
 }
