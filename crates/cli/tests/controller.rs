@@ -717,6 +717,125 @@ async fn etcd_store_standby_controller_finishes_the_failover_its_leader_died_in(
     env.wait_ready().await;
 }
 
+/// A fault of the sandbox's etcd, held for four times the lease TTL.
+#[derive(Debug, Clone, Copy)]
+enum EtcdFault {
+    /// Two of three members stopped: no quorum, no leader.
+    Stopped,
+    /// Every member frozen (SIGSTOP): connections open, nothing answers
+    /// (a store that hangs).
+    Frozen,
+}
+
+/// The etcd quorum lost two ways (stopped members; every member frozen, so
+/// requests hang) for four times the lease TTL, under a write workload
+/// through the proxy: the healthy primary stays writable through the proxy
+/// the whole time, no workflow starts and the epoch does not move; once the
+/// members are back the controller carries on with the same leader.
+#[tokio::test(flavor = "multi_thread")]
+async fn etcd_quorum_lost_keeps_the_healthy_primary_writable() {
+    etcd_fault_keeps_the_primary(EtcdFault::Stopped).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etcd_frozen_keeps_the_healthy_primary_writable() {
+    etcd_fault_keeps_the_primary(EtcdFault::Frozen).await;
+}
+
+async fn etcd_fault_keeps_the_primary(fault: EtcdFault) {
+    let name = match fault {
+        EtcdFault::Stopped => "etcd-quorum-lost",
+        EtcdFault::Frozen => "etcd-frozen",
+    };
+    let env = Env::start(name, Opts { etcd: true, failover_on_crash: true, ..Opts::default() }).await;
+    let before = env.cluster().await.expect("cluster");
+    let old = before.primary.clone().expect("primary").to_string();
+    let seen = Env::ids(&env.workflows().await);
+    let etcd_client = etcd_store(&env).await;
+    let leader_before = pgdr_store::StateStore::get(&etcd_client, pgdr_store::keys::CONTROLLER_LEADER)
+        .await
+        .expect("read")
+        .expect("a leader");
+    let w = env.workload(2);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let outage = env.cfg.timing.lease_ttl * 4;
+    let mut etcd = env.sb.record.etcd.clone().expect("etcd members");
+    let fault_ms = w.now_ms();
+    etcd = tokio::task::spawn_blocking(move || {
+        match fault {
+            EtcdFault::Stopped => {
+                etcd.stop_member(1).expect("stop m2");
+                etcd.stop_member(2).expect("stop m3");
+            }
+            EtcdFault::Frozen => {
+                for i in 0..3 {
+                    etcd.freeze_member(i, true).expect("freeze");
+                }
+            }
+        }
+        etcd
+    })
+    .await
+    .expect("join");
+    eprintln!("[{}] etcd {fault:?} for {outage:?}", env.name);
+    tokio::time::sleep(outage).await;
+    let during = w.now_ms();
+    let dir = env.sb.dir.clone();
+    tokio::task::spawn_blocking(move || {
+        match fault {
+            EtcdFault::Stopped => {
+                etcd.start_member(1).expect("start m2");
+                etcd.start_member(2).expect("start m3");
+                // The sandbox's record names the members' new PIDs, so teardown stops them.
+                let mut r = pgdr_sandbox::Record::load(&dir).expect("record").expect("a record");
+                r.etcd = Some(etcd.clone());
+                r.save().expect("save record");
+            }
+            EtcdFault::Frozen => {
+                for i in 0..3 {
+                    etcd.freeze_member(i, false).expect("thaw");
+                }
+            }
+        }
+        etcd.wait_healthy(Duration::from_secs(30)).expect("etcd healthy again");
+    })
+    .await
+    .expect("join");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let record = w.stop().await;
+    let after = wait_for("the controller to answer again", Duration::from_secs(30), || env.cluster()).await;
+    let new: Vec<WorkflowView> = env.workflows().await.into_iter().filter(|w| !seen.contains(&w.id)).collect();
+    let failures: Vec<_> = record.write_failures().collect();
+    let commits_during = record.acks.iter().filter(|a| a.sent_ms >= fault_ms && a.sent_ms < during).count();
+    eprintln!(
+        "[{}] epoch {} -> {}, new workflows {:?}, commits through the proxy while etcd was out: {commits_during}, write errors: {}",
+        env.name,
+        before.epoch,
+        after.epoch,
+        new.iter().map(|w| &w.kind).collect::<Vec<_>>(),
+        failures.len()
+    );
+    assert!(new.is_empty(), "the outage started workflows: {new:#?}");
+    assert_eq!(after.epoch, before.epoch, "no role change");
+    assert_eq!(env.writable_primaries().await, vec![old.clone()], "the same writable primary");
+    assert!(commits_during > 0, "nothing committed through the proxy during the outage");
+    assert!(failures.is_empty(), "clients saw errors while etcd was out: {failures:?}");
+    assert_eq!(env.check(&old, &record, None).await, 0);
+    let leader_after = pgdr_store::StateStore::get(&etcd_client, pgdr_store::keys::CONTROLLER_LEADER)
+        .await
+        .expect("read")
+        .expect("a leader after the outage");
+    // A frozen etcd expires leases when it thaws (its clock ran on), so the
+    // leader may have lost its key: its controller part stood by and won
+    // again (the next term), while its proxies served throughout.
+    let (b, a): (Value, Value) = (
+        serde_json::from_slice(&leader_before.value).expect("json"),
+        serde_json::from_slice(&leader_after.value).expect("json"),
+    );
+    eprintln!("[{}] leader before {b}, after {a}", env.name);
+    assert_eq!(a["holder"], b["holder"], "the same controller leads");
+}
+
 /// A client of the sandbox's etcd as the controller sees it (its prefix,
 /// the sandbox's CA and the controller's client certificate).
 async fn etcd_store(env: &Env) -> pgdr_store::EtcdStore {

@@ -173,13 +173,15 @@ fn owner(cfg: &Config) -> String {
 /// With the etcd store, several controllers may share the state: wait to
 /// be elected leader (standing by meanwhile), then write only through the
 /// fenced store, so every write checks in its own transaction that this
-/// controller still leads. Losing leadership cancels `cancel` and returns
-/// the token saying so. The embedded store is one controller's by
+/// controller still leads. Losing leadership cancels `ctl` (the controller
+/// part only: proxies keep serving) and the returned token says so; a stop
+/// of `root` gives leadership up. The embedded store is one controller's by
 /// construction (its file is locked).
 async fn lead(
     cfg: &Config,
     store: Arc<dyn pgdr_store::StateStore>,
-    cancel: &CancellationToken,
+    root: &CancellationToken,
+    ctl: &CancellationToken,
     tracker: &TaskTracker,
 ) -> anyhow::Result<(Arc<dyn pgdr_store::StateStore>, Option<CancellationToken>)> {
     if !matches!(cfg.controller.store, pgdr_config::StoreKind::Etcd(_)) {
@@ -190,7 +192,7 @@ async fn lead(
     let election = pgdr_store::Election::new(store, name.clone(), cfg.timing.lease_ttl);
     let mut waited = None::<String>;
     let leadership = election
-        .campaign(cancel, |holder| {
+        .campaign(root, |holder| {
             if waited.as_deref() != Some(holder.holder.as_str()) {
                 tracing::info!(leader = %holder.holder, term = holder.term, "standing by: another controller leads");
                 waited = Some(holder.holder.clone());
@@ -201,17 +203,17 @@ async fn lead(
     tracing::info!(term = leadership.info.term, "this controller leads ({name})");
     let fenced = leadership.fenced();
     let lost = leadership.lost();
-    let (c, l) = (cancel.clone(), lost.clone());
+    let (r, c, l) = (root.clone(), ctl.clone(), lost.clone());
     tracker.spawn(async move {
         tokio::select! {
-            _ = c.cancelled() => {
+            _ = r.cancelled() => {
                 // Stopping: give leadership up so a standby takes over at once.
                 if let Err(e) = leadership.resign().await {
                     tracing::warn!(error = %e, "cannot resign controller leadership; it expires by itself");
                 }
             }
             _ = l.cancelled() => {
-                tracing::error!("this controller no longer leads: stopping (restart it to stand by)");
+                tracing::error!("this controller no longer leads: stopping its controller part, standing by again");
                 c.cancel();
             }
         }
@@ -219,12 +221,10 @@ async fn lead(
     Ok((fenced, Some(lost)))
 }
 
-/// The error when the controller stopped because it lost leadership.
-fn check_lost(lost: &Option<CancellationToken>) -> anyhow::Result<()> {
-    if lost.as_ref().is_some_and(|l| l.is_cancelled()) {
-        anyhow::bail!("this controller lost its leadership (another controller leads now)");
-    }
-    Ok(())
+/// Whether the controller part stopped because leadership was lost (then
+/// it campaigns again) rather than because the process stops.
+fn lost_leadership(root: &CancellationToken, lost: &Option<CancellationToken>) -> bool {
+    !root.is_cancelled() && lost.as_ref().is_some_and(|l| l.is_cancelled())
 }
 
 /// `pgdr controller`: the controller alone; proxies are driven over their admin API.
@@ -238,19 +238,28 @@ pub fn controller(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> 
         let cancel = CancellationToken::new();
         tokio::spawn(signal(cancel.clone()));
         let tracker = TaskTracker::new();
-        let store = open_store(&cfg).await?;
-        let (store, lost) = lead(&cfg, store, &cancel, &tracker).await?;
+        let shared = open_store(&cfg).await?;
         let proxies = Arc::new(HttpProxies::from_config(&cfg).context("[tls]")?);
-        let hooks = webhooks(&cfg, &tracker, &cancel);
         let name = owner(&cfg);
-        let ctl = Controller::new(cfg, store, proxies, &name, hooks).await?;
-        let listener =
-            tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-        ctl.run(listener, cancel.clone()).await?;
+        loop {
+            let part = cancel.child_token();
+            let (store, lost) = match lead(&cfg, shared.clone(), &cancel, &part, &tracker).await {
+                Err(_) if cancel.is_cancelled() => break,
+                r => r?,
+            };
+            let hooks = webhooks(&cfg, &tracker, &part);
+            let ctl = Controller::new(cfg.clone(), store, proxies.clone(), &name, hooks).await?;
+            let listener =
+                tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+            ctl.run(listener, part.clone()).await?;
+            part.cancel();
+            if !lost_leadership(&cancel, &lost) {
+                break;
+            }
+        }
         cancel.cancel();
         tracker.close();
         tracker.wait().await;
-        check_lost(&lost)?;
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -321,10 +330,15 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
         let cancel = CancellationToken::new();
         tokio::spawn(signal(cancel.clone()));
         let tracker = TaskTracker::new();
-        let store = open_store(&cfg).await?;
+        let shared = open_store(&cfg).await?;
         // A standby binds nothing (its proxies' and API's ports may be the
-        // leader's, on the same host) until it leads.
-        let (store, lost) = lead(&cfg, store, &cancel, &tracker).await?;
+        // leader's, on the same host) until it first leads. Later losses stop
+        // only the controller part: the proxies keep serving.
+        let mut part = cancel.child_token();
+        let mut leading = Some(match lead(&cfg, shared.clone(), &cancel, &part, &tracker).await {
+            Err(_) if cancel.is_cancelled() => return Ok(ExitCode::SUCCESS),
+            r => r?,
+        });
         let mut routes: HashMap<ClusterName, Vec<(String, watch::Sender<Routing>)>> = HashMap::new();
         let mut handles: HashMap<ClusterName, Vec<ProxyHandle>> = HashMap::new();
         for p in &cfg.proxies {
@@ -381,17 +395,32 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
             handles.entry(p.cluster.clone()).or_default().push(handle);
         }
         let control = Arc::new(InProcess { routes, backends, handles });
-        let hooks = webhooks(&cfg, &tracker, &cancel);
         let name = owner(&cfg);
-        let ctl = Controller::new(cfg, store, control, &name, hooks).await?;
-        let listener =
-            tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-        let res = ctl.run(listener, cancel.clone()).await;
+        let res = loop {
+            let (store, lost) = match leading.take() {
+                Some(l) => l,
+                None => {
+                    part = cancel.child_token();
+                    match lead(&cfg, shared.clone(), &cancel, &part, &tracker).await {
+                        Err(_) if cancel.is_cancelled() => break Ok(()),
+                        r => r?,
+                    }
+                }
+            };
+            let hooks = webhooks(&cfg, &tracker, &part);
+            let ctl = Controller::new(cfg.clone(), store, control.clone(), &name, hooks).await?;
+            let listener =
+                tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+            let res = ctl.run(listener, part.clone()).await;
+            part.cancel();
+            if res.is_err() || !lost_leadership(&cancel, &lost) {
+                break res;
+            }
+        };
         cancel.cancel();
         tracker.close();
         tracker.wait().await;
         res?;
-        check_lost(&lost)?;
         Ok(ExitCode::SUCCESS)
     })
 }
