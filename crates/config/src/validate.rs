@@ -647,7 +647,13 @@ fn etcd(c: &mut Checker, rc: &RawController) -> EtcdConfig {
         };
         let port_ok =
             rest.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
-        if !matches!(scheme, None | Some("http") | Some("https")) || !port_ok || rest.contains('/') {
+        if rest.contains('@') {
+            // Credentials in a URL would reach logs and status output.
+            c.bad(
+                key,
+                "an endpoint must not carry credentials (user@): set controller.etcd_user and controller.etcd_password",
+            );
+        } else if !matches!(scheme, None | Some("http") | Some("https")) || !port_ok || rest.contains('/') {
             c.bad(key, format!("expected \"http://host:port\", \"https://host:port\" or \"host:port\", got {e:?}"));
         } else if scheme == Some("https") && rc.etcd_ca.is_none() {
             c.bad(

@@ -198,6 +198,13 @@ const BAD: &[(&str, &str, &str, &str, &str)] = &[
     ),
     (
         "region = \"west\"\n",
+        "region = \"west\"\nstore = \"etcd\"\netcd_endpoints = [\"http://pgdr:hunter2@10.0.0.1:2379\"]\n",
+        "controller.etcd_endpoints[0]",
+        "etcd_endpoints",
+        "must not carry credentials",
+    ),
+    (
+        "region = \"west\"\n",
         "region = \"west\"\nstore = \"etcd\"\netcd_endpoints = [\"10.0.0.1\"]\n",
         "controller.etcd_endpoints[0]",
         "etcd_endpoints",
