@@ -30,3 +30,14 @@ pub fn proxy_api(cfg: &Config) -> Option<pgdr_tls::Identity> {
     let id = cfg.tls.as_ref()?.proxy.as_ref()?;
     Some(pgdr_tls::Identity { cert: id.cert.clone(), key: id.key.clone() })
 }
+
+/// A proxy's settings from its `[[proxies]]` entry; under `[tls]` its
+/// connections to PostgreSQL start TLS and verify the server's
+/// certificate with `tls.ca` for the node's host name (verify-full).
+pub fn proxy_settings(cfg: &Config, p: &pgdr_config::Proxy) -> anyhow::Result<pgdr_proxy::Settings> {
+    let mut s = pgdr_proxy::Settings::from_config(p);
+    if let Some(t) = &cfg.tls {
+        s.backend_tls = Some(pgdr_tls::client_config(&t.ca, None).context("tls.ca")?);
+    }
+    Ok(s)
+}

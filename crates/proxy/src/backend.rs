@@ -1,13 +1,19 @@
 //! Connections from the proxy to PostgreSQL servers: TCP with dead-peer
 //! detection (keepalive, `TCP_USER_TIMEOUT`, connect timeout), startup and
 //! login with a credential the proxy may reuse (a SCRAM ClientKey, an md5
-//! hash, or nothing for trust), up to the first ReadyForQuery.
+//! hash, or nothing for trust), up to the first ReadyForQuery. With a TLS
+//! client configuration (the cluster's CA under `[tls]`), every connection
+//! starts TLS and verifies the server's certificate for the backend's host
+//! name (verify-full); a server that does not accept TLS is refused.
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, BytesMut};
 use pgdr_model::Epoch;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::protocol::{self, MAX_DECODED, ProtocolError, Startup, auth};
@@ -35,6 +41,8 @@ pub enum BackendError {
     Scram(#[from] ScramError),
     #[error("unexpected message {0:?} from the server during login")]
     Unexpected(char),
+    #[error("TLS with the server at {addr} failed: {detail}")]
+    Tls { addr: String, detail: String },
 }
 
 impl BackendError {
@@ -46,6 +54,7 @@ impl BackendError {
             BackendError::Protocol(_) | BackendError::Unexpected(_) => "backend_protocol",
             BackendError::Refused { .. } => "backend_refused",
             BackendError::NeedsPassword { .. } | BackendError::Scram(_) => "backend_auth",
+            BackendError::Tls { .. } => "backend_tls",
         }
     }
 }
@@ -101,10 +110,92 @@ pub async fn connect_tcp(b: &Backend, s: TcpSettings) -> Result<TcpStream, Backe
     }
 }
 
+/// The byte stream to a backend: plain TCP, or TLS over it.
+#[derive(Debug)]
+pub enum BackendStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl BackendStream {
+    /// A write that never waits (a polite Terminate on close); nothing
+    /// under TLS, where a record cannot be written without waiting.
+    pub fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            BackendStream::Plain(s) => s.try_write(buf),
+            BackendStream::Tls(_) => Ok(0),
+        }
+    }
+
+    /// A read of the socket that never waits (under TLS, of its raw bytes:
+    /// only to tell whether an idle connection has anything to say).
+    pub fn try_read_raw(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            BackendStream::Plain(s) => s.try_read(buf),
+            BackendStream::Tls(s) => s.get_ref().0.try_read(buf),
+        }
+    }
+}
+
+impl AsyncRead for BackendStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for BackendStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Starts TLS on `tcp` (SSLRequest, then a handshake verifying the
+/// certificate for the backend's host name).
+async fn start_tls(
+    b: &Backend,
+    mut tcp: TcpStream,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<BackendStream, BackendError> {
+    let addr = b.addr();
+    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await?;
+    if answer[0] != b'S' {
+        return Err(BackendError::Tls { addr, detail: "the server does not accept TLS".into() });
+    }
+    let name = rustls::pki_types::ServerName::try_from(b.host.clone())
+        .map_err(|e| BackendError::Tls { addr: addr.clone(), detail: format!("host name {:?}: {e}", b.host) })?;
+    let s = tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| BackendError::Tls { addr, detail: e.to_string() })?;
+    Ok(BackendStream::Tls(Box::new(s)))
+}
+
 /// A logged-in backend connection.
 #[derive(Debug)]
 pub struct BackendConn {
-    pub stream: TcpStream,
+    pub stream: BackendStream,
     pub buf: BytesMut,
     pub backend: Backend,
     pub epoch: Epoch,
@@ -127,10 +218,10 @@ impl BackendConn {
             return false;
         }
         let mut b = [0u8; 1];
-        matches!(self.stream.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        matches!(self.stream.try_read_raw(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 
-    pub fn new(stream: TcpStream, backend: Backend, epoch: Epoch) -> BackendConn {
+    pub fn new(stream: BackendStream, backend: Backend, epoch: Epoch) -> BackendConn {
         BackendConn {
             stream,
             buf: BytesMut::with_capacity(BUF_SIZE),
@@ -141,6 +232,12 @@ impl BackendConn {
             read_only: false,
             used_password: false,
         }
+    }
+
+    /// Writes `data` to the server, flushed (TLS keeps records until then).
+    pub async fn send(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(data).await?;
+        self.stream.flush().await
     }
 
     /// Reads one whole message (for login and small exchanges).
@@ -207,19 +304,39 @@ pub fn refused(body: &[u8]) -> BackendError {
     }
 }
 
+/// Connects, with TLS when `tls` is given.
+pub async fn connect(
+    b: &Backend,
+    tcp: TcpSettings,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<BackendStream, BackendError> {
+    let stream = connect_tcp(b, tcp).await?;
+    match tls {
+        None => Ok(BackendStream::Plain(stream)),
+        Some(cfg) => {
+            match tokio::time::timeout(tcp.connect_timeout.max(Duration::from_secs(5)), start_tls(b, stream, cfg)).await
+            {
+                Ok(r) => r,
+                Err(_) => Err(BackendError::Timeout { addr: b.addr() }),
+            }
+        }
+    }
+}
+
 /// Connects and logs in with `cred`.
 pub async fn open(
     b: &Backend,
     epoch: Epoch,
     tcp: TcpSettings,
+    tls: Option<&Arc<rustls::ClientConfig>>,
     startup: &Startup,
     cred: &Credential,
 ) -> Result<BackendConn, BackendError> {
-    let stream = connect_tcp(b, tcp).await?;
+    let stream = connect(b, tcp, tls).await?;
     let mut conn = BackendConn::new(stream, b.clone(), epoch);
     let mut out = BytesMut::with_capacity(256);
     startup.encode(&mut out);
-    conn.stream.write_all(&out).await?;
+    conn.send(&out).await?;
     let login = async {
         let mut scram: Option<ScramClient> = None;
         loop {
@@ -261,7 +378,7 @@ pub async fn open(
                     }
                     if !out.is_empty() {
                         conn.used_password = true;
-                        conn.stream.write_all(&out).await?;
+                        conn.send(&out).await?;
                     }
                 }
                 b'E' => return Err(refused(body)),

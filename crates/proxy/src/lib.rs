@@ -93,6 +93,10 @@ pub struct Settings {
     pub pool_size: usize,
     pub pool_min_idle: usize,
     pub pool_timeout: Duration,
+    /// TLS toward PostgreSQL (the cluster's CA under `[tls]`): every
+    /// backend connection starts TLS and verifies the server's certificate
+    /// for the backend's host name. `None`: plain TCP.
+    pub backend_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Settings {
@@ -128,6 +132,7 @@ impl Default for Settings {
             pool_size: 20,
             pool_min_idle: 0,
             pool_timeout: Duration::from_secs(10),
+            backend_tls: None,
         }
     }
 }

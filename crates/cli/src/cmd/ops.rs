@@ -20,7 +20,6 @@ use pgdr_controller::{Controller, webhook::Webhooks};
 use pgdr_model::ClusterName;
 use pgdr_proxy::{
     AdminLogin, AuthConfig, Backend, ClusterListeners, ClusterSpec, Listeners, ProxyHandle, ProxySpec, Routing,
-    Settings,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -362,7 +361,7 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
                 clusters: vec![ClusterSpec {
                     name: p.cluster.clone(),
                     routing,
-                    settings: Settings::from_config(p),
+                    settings: crate::tls::proxy_settings(&cfg, p)?,
                     auth,
                 }],
                 tls: p.tls.clone(),

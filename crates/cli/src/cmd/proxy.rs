@@ -21,7 +21,6 @@ use clap::{Args, Subcommand};
 use pgdr_config::{Config, ProxyAuth};
 use pgdr_proxy::{
     AdminLogin, AuthConfig, Backend, ClusterListeners, ClusterSpec, Listeners, ProxyHandle, ProxySpec, Routing,
-    Settings,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -146,7 +145,7 @@ async fn serve(cfg: Config, cluster: Option<String>, name: Option<String>, poll:
             clusters: vec![ClusterSpec {
                 name: p.cluster.clone(),
                 routing: tx.subscribe(),
-                settings: Settings::from_config(p),
+                settings: crate::tls::proxy_settings(&cfg, p)?,
                 auth: auth_for(&cfg, p)?,
             }],
             tls: p.tls.clone(),

@@ -60,21 +60,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 AuthConfig::Passthrough if trusted => break None,
                 // Only the TCP connect can be retried: after it the client
                 // takes part in the backend's authentication.
-                AuthConfig::Passthrough => match backend::connect_tcp(&target, tcp).await {
-                    Ok(stream) => {
-                        let limit = self.state.settings.auth_timeout;
-                        match tokio::time::timeout(limit, self.login_passthrough(stream, &target, epoch)).await {
-                            Ok(r) => Ok(r?),
-                            Err(_) => return Err(self.auth_timeout().await),
+                AuthConfig::Passthrough => {
+                    match backend::connect(&target, tcp, self.state.settings.backend_tls.as_ref()).await {
+                        Ok(stream) => {
+                            let limit = self.state.settings.auth_timeout;
+                            match tokio::time::timeout(limit, self.login_passthrough(stream, &target, epoch)).await {
+                                Ok(r) => Ok(r?),
+                                Err(_) => return Err(self.auth_timeout().await),
+                            }
                         }
+                        Err(e) => Err(e),
                     }
-                    Err(e) => Err(e),
-                },
+                }
                 AuthConfig::UsersFile(_) | AuthConfig::Auto(_) => {
                     if self.pool.is_some() {
                         break None;
                     }
-                    backend::open(&target, epoch, tcp, &self.startup, &self.cred).await
+                    backend::open(
+                        &target,
+                        epoch,
+                        tcp,
+                        self.state.settings.backend_tls.as_ref(),
+                        &self.startup,
+                        &self.cred,
+                    )
+                    .await
                 }
             };
             match r {
@@ -155,14 +165,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Passthrough: the backend authenticates; the exchange is relayed.
     async fn login_passthrough(
         &mut self,
-        stream: tokio::net::TcpStream,
+        stream: backend::BackendStream,
         target: &Backend,
         epoch: Epoch,
     ) -> Result<BackendConn, ClientError> {
         let mut conn = BackendConn::new(stream, target.clone(), epoch);
         self.out.clear();
         self.startup.encode(&mut self.out);
-        conn.stream.write_all(&self.out).await.map_err(|e| ClientError::Closed(e.to_string()))?;
+        conn.send(&self.out).await.map_err(|e| ClientError::Closed(e.to_string()))?;
         loop {
             let m = match conn.read_message().await {
                 Ok(m) => m,
@@ -172,7 +182,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             match m[0] {
                 b'R' if body.len() >= 4 => {
                     let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
-                    self.client.write_all(&m).await?;
+                    if code == auth::SASL {
+                        // Channel binding would bind to the backend's TLS,
+                        // which the client does not see: plain SCRAM only.
+                        self.out.clear();
+                        protocol::put_message(&mut self.out, b'R', |o| {
+                            o.extend_from_slice(&body[..4]);
+                            for mech in backend::sasl_mechanisms(&body[4..]).filter(|m| *m != b"SCRAM-SHA-256-PLUS") {
+                                o.extend_from_slice(mech);
+                                o.extend_from_slice(&[0]);
+                            }
+                            o.extend_from_slice(&[0]);
+                        });
+                        self.client.write_all(&self.out).await?;
+                    } else {
+                        self.client.write_all(&m).await?;
+                    }
                     match code {
                         auth::OK => break,
                         auth::SASL_FINAL => {}
@@ -182,7 +207,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                             if reply[0] != b'p' {
                                 return Err(self.fatal("08P01", "expected a password message".into()).await);
                             }
-                            conn.stream.write_all(&reply).await.map_err(|e| ClientError::Closed(e.to_string()))?;
+                            conn.send(&reply).await.map_err(|e| ClientError::Closed(e.to_string()))?;
                         }
                     }
                 }

@@ -187,7 +187,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Some(_) => self.pool_startup(),
                 None => self.startup.clone(),
             };
-            match backend::open(&target, epoch, self.state.settings.tcp, &startup, &self.cred).await {
+            match backend::open(
+                &target,
+                epoch,
+                self.state.settings.tcp,
+                self.state.settings.backend_tls.as_ref(),
+                &startup,
+                &self.cred,
+            )
+            .await
+            {
                 Ok(c) => {
                     if let Some(pool) = &pool {
                         pool.open.fetch_add(1, Ordering::Relaxed);
@@ -348,7 +357,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return;
         }
         let startup = self.pool_startup();
-        match backend::open(target, epoch, self.state.settings.tcp, &startup, &self.cred).await {
+        match backend::open(
+            target,
+            epoch,
+            self.state.settings.tcp,
+            self.state.settings.backend_tls.as_ref(),
+            &startup,
+            &self.cred,
+        )
+        .await
+        {
             Ok(conn) => {
                 self.state.metrics.pool_opened.inc();
                 pool.put(conn, BackendState::default());
@@ -422,7 +440,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 async fn ask(be: &mut BackendConn, sql: &str) -> Result<Option<Vec<Vec<Option<String>>>>, BackendError> {
     let mut q = BytesMut::new();
     protocol::put_query(&mut q, sql);
-    be.stream.write_all(&q).await?;
+    be.send(&q).await?;
     let mut rows = Vec::new();
     let mut failed = false;
     loop {
@@ -442,7 +460,7 @@ async fn ask(be: &mut BackendConn, sql: &str) -> Result<Option<Vec<Vec<Option<St
 
 /// Sends the replay queries and waits for their `n` ReadyForQuery.
 async fn replay(conn: &mut BackendConn, queries: &[u8], n: usize) -> Result<(), BackendError> {
-    conn.stream.write_all(queries).await?;
+    conn.send(queries).await?;
     let mut seen = 0;
     let mut err = None;
     while seen < n {
@@ -468,7 +486,7 @@ async fn replay(conn: &mut BackendConn, queries: &[u8], n: usize) -> Result<(), 
 pub(super) async fn abort_tx(conn: &mut BackendConn) -> Result<(), BackendError> {
     let mut q = BytesMut::new();
     protocol::put_query(&mut q, "BEGIN; SELECT 1/0");
-    conn.stream.write_all(&q).await?;
+    conn.send(&q).await?;
     loop {
         let m = conn.read_message().await?;
         if m[0] == b'Z' {

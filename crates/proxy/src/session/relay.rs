@@ -96,7 +96,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let n = self.cskip.min(self.cbuf.len());
             self.cskip -= n;
             if let Some(be) = self.be.as_mut()
-                && be.stream.write_all(&self.cbuf[..n]).await.is_err()
+                && be.send(&self.cbuf[..n]).await.is_err()
             {
                 self.cbuf.advance(n);
                 self.backend_lost().await?;
@@ -385,7 +385,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         self.cbuf.advance(n);
         let ok = match self.be.as_mut() {
-            Some(be) => be.stream.write_all(&self.bout).await.is_ok(),
+            Some(be) => be.send(&self.bout).await.is_ok(),
             None => false,
         };
         self.bout.clear();
@@ -408,7 +408,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return true;
         }
         let ok = match self.be.as_mut() {
-            Some(be) => be.stream.write_all(&self.cbuf[..n]).await.is_ok(),
+            Some(be) => be.send(&self.cbuf[..n]).await.is_ok(),
             None => false,
         };
         self.cbuf.advance(n);

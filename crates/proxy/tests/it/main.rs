@@ -1,5 +1,6 @@
 //! Integration tests of the proxy against real PostgreSQL, psql and pgbench.
 
+mod backend_tls;
 mod clientside;
 mod drivers;
 mod harness;
