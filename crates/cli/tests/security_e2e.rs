@@ -156,7 +156,8 @@ async fn no_route_answers_without_the_right_token_and_no_secret_shows() {
     eprintln!("{refused} routes refused every wrong credential");
 
     // The proxies' client side speaks TLS with the sandbox's certificate:
-    // a client verifying it against the CA (verify-full) gets in.
+    // a client verifying it against the CA (verify-full) gets in; the
+    // proxy's own connection to PostgreSQL is TLS too.
     let ca = &cfg.tls.as_ref().expect("the sandbox turns TLS on").ca;
     for p in &cfg.proxies {
         let conninfo = format!(
@@ -169,7 +170,15 @@ async fn no_route_answers_without_the_right_token_and_no_secret_shows() {
         let client = pgdr_drill::observer::connect(&conninfo, &p.name, Duration::from_secs(10))
             .await
             .unwrap_or_else(|e| panic!("{}: TLS: {e}", p.name));
-        client.simple_query("select 1").await.unwrap_or_else(|e| panic!("{}: over TLS: {e}", p.name));
+        let rows = client
+            .simple_query("select ssl::text from pg_stat_ssl where pid = pg_backend_pid()")
+            .await
+            .unwrap_or_else(|e| panic!("{}: over TLS: {e}", p.name));
+        let ssl = rows.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        });
+        assert_eq!(ssl.as_deref(), Some("true"), "{}: the proxy reaches PostgreSQL without TLS", p.name);
     }
 
     // Nothing changed.
