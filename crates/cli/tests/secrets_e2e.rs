@@ -25,6 +25,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pgdr_config::{Access, Config};
+use pgdr_drill::scenario::Hosts;
 use pgdr_sandbox::{Sandbox, SandboxGuard};
 use pgdr_secrets::SecretValue;
 use serde_json::Value;
@@ -320,4 +321,283 @@ async fn rotate_writes_every_region_logs_in_everywhere_and_leaks_nothing() {
     files_containing(&sb.dir, &passwords, &sb.dir.join("secret-stores"), &mut found);
     assert!(found.is_empty(), "a password in {found:?}");
     assert!(sb.dir.join("logs").join("run.log").metadata().is_ok_and(|m| m.len() > 0), "pgdr run logged nothing");
+}
+
+/// Starts `pgdr run` on the sandbox and waits until the controller names a
+/// primary with `replicas` nodes following it.
+async fn run_and_wait(
+    sb: &SandboxGuard,
+    cfg: &Config,
+    replicas: usize,
+) -> (Run, pgdr_api::controller::ControllerClient) {
+    let log = std::fs::File::create(sb.dir.join("logs").join("run.log")).expect("run log");
+    let run = Run(Command::new(PGDR)
+        .arg("run")
+        .arg("--config")
+        .arg(&sb.config)
+        .current_dir(&sb.dir)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("pgdr run"));
+    let operator = cfg.controller_client_token(Access::Operator).expect("token");
+    let api =
+        pgdr_api::controller::ControllerClient::new_with(&cfg.controller.listen.to_string(), operator, sb.http_tls())
+            .expect("client")
+            .with_timeout(Duration::from_secs(5));
+    let t = Instant::now();
+    loop {
+        if let Ok(c) = api.cluster("main").await
+            && c.primary.is_some()
+            && c.epoch.0 > 0
+            && c.nodes.iter().filter(|n| n.role == pgdr_model::Role::Replica).count() == replicas
+        {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "the controller did not record the cluster");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    (run, api)
+}
+
+/// Rotates (retrying while the controller still lists a role change's
+/// follow-up) and returns the report.
+async fn rotate_now(config: &Path, state: &str) -> Value {
+    let t = Instant::now();
+    loop {
+        let (code, out, err) = pgdr_async(config, &["secrets", "rotate", "--cluster", "main", "--json"]).await;
+        if code == 0 {
+            return rotation(&out, &err);
+        }
+        assert!(
+            out.contains("is running on cluster") && t.elapsed() < Duration::from_secs(60),
+            "rotate in state {state}: exit {code}\n{out}\n{err}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Waits until the controller's view satisfies `f`.
+async fn wait_view(
+    api: &pgdr_api::controller::ControllerClient,
+    what: &str,
+    limit: Duration,
+    f: impl Fn(&pgdr_api::controller::ClusterView) -> bool,
+) -> pgdr_api::controller::ClusterView {
+    let t = Instant::now();
+    loop {
+        if let Ok(c) = api.cluster("main").await
+            && f(&c)
+        {
+            return c;
+        }
+        assert!(t.elapsed() < limit, "gave up waiting for {what} after {limit:?}: {:#?}", api.cluster("main").await);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn role_of(c: &pgdr_api::controller::ClusterView, node: &str) -> Option<pgdr_model::Role> {
+    c.nodes.iter().find(|n| n.name.as_str() == node).map(|n| n.role)
+}
+
+/// Every store of the replica set holds `version` and logs in through its
+/// region's proxy and directly on the primary.
+async fn assert_stores(sb: &SandboxGuard, regions: &[&str], version: u64, primary: (&str, u16), state: &str) {
+    for region in regions {
+        let v = stored(&sb.dir, region);
+        assert_eq!(v.version, version, "state {state}: {region}'s store");
+        let t = Instant::now();
+        // The proxy may still be moving to a new primary.
+        while let Err(e) = pgdr_secrets::rotate::login(&v, None).await {
+            assert!(t.elapsed() < Duration::from_secs(20), "state {state}: {region}'s secret through its proxy: {e}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        pgdr_secrets::rotate::login(&v, Some(primary))
+            .await
+            .unwrap_or_else(|e| panic!("state {state}: {region}'s secret on the primary: {e}"));
+    }
+}
+
+/// The five states of a failover and failback (issue 16), with a rotation
+/// in each, on a sandbox of one node per region (east-1 primary, west-1
+/// standby), so that losing east takes every node of a region out of the
+/// replica set:
+///
+/// 1. primary east: both stores rotate;
+/// 2. east's host lost, west promoted, the old east primary out of the
+///    set: the rotation writes west's store and leaves east's untouched
+///    (byte for byte);
+/// 3. the old east host back, re-established by the controller as a
+///    standby of west: its workflow brings east's store up to the version
+///    west holds (before any rotation), then a rotation writes both;
+/// 4. failback by switchover to east-1: both stores rotate on the new
+///    primary;
+/// 5. back at the start (east primary, west standby): a last rotation,
+///    every store logs in.
+#[tokio::test(flavor = "multi_thread")]
+async fn five_states_of_a_failover_and_failback_keep_every_store_valid() {
+    let sb =
+        SandboxGuard::start_temp(Sandbox::builder().replicas_per_region(0).standbys_per_region(1), Path::new(PGDR))
+            .await
+            .expect("sandbox up");
+    let cfg = Config::load(&sb.config).expect("the sandbox's config");
+    let (run, api) = run_and_wait(&sb, &cfg, 1).await;
+    let cluster = cfg.cluster("main").expect("main").clone();
+    let at = |name: &str| -> (String, u16) {
+        let n = cluster.node(name).expect("node");
+        (n.host.clone(), n.port)
+    };
+    let hosts = pgdr_drill::hosts::LocalHosts::new(&cfg, PathBuf::from(PGDR));
+    let east1 = cluster.node("east-1").expect("east-1").clone();
+    let mut passwords = Vec::new();
+    let t0 = Instant::now();
+
+    // 1. Primary east.
+    let r = rotate_now(&sb.config, "1").await;
+    assert_eq!(r["roles"][0]["primary"], "east-1", "{r:#}");
+    let (h, p) = at("east-1");
+    assert_stores(&sb, &["east", "west"], 1, (&h, p), "1").await;
+    passwords.push(stored(&sb.dir, "east").password);
+
+    // 2. East's host is lost (agent and server killed): west is promoted
+    // and the old primary is out of the set.
+    let before = api.cluster("main").await.expect("cluster");
+    for pid in [hosts.agent_pid(&east1).expect("agent"), hosts.postmaster_pid(&east1).expect("postmaster")] {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill");
+    }
+    let c = wait_view(&api, "west-1 promoted", Duration::from_secs(90), |c| {
+        c.primary.as_ref().is_some_and(|p| p.as_str() == "west-1") && c.epoch > before.epoch && c.workflow.is_none()
+    })
+    .await;
+    eprintln!("state 2: west-1 primary at epoch {}", c.epoch.0);
+    let east_before = std::fs::read(sb.dir.join("secret-stores").join("east").join("main.app.json")).expect("east");
+    eprintln!(
+        "state 2 reached after {:.1}s: {:?}",
+        t0.elapsed().as_secs_f64(),
+        api.cluster("main").await.map(|c| c
+            .nodes
+            .iter()
+            .map(|n| (n.name.to_string(), n.role, n.reachable))
+            .collect::<Vec<_>>())
+    );
+    let r = rotate_now(&sb.config, "2").await;
+    assert_eq!(r["roles"][0]["primary"], "west-1", "{r:#}");
+    let east_rep = r["roles"][0]["stores"].as_array().and_then(|s| s.iter().find(|s| s["region"] == "east")).cloned();
+    assert!(east_rep.as_ref().is_some_and(|s| s["skipped"].is_string()), "east must be skipped: {r:#}");
+    let east_after = std::fs::read(sb.dir.join("secret-stores").join("east").join("main.app.json")).expect("east");
+    assert_eq!(east_before, east_after, "state 2: the store of the region out of the set was touched");
+    let (h, p) = at("west-1");
+    assert_stores(&sb, &["west"], 2, (&h, p), "2").await;
+    passwords.push(stored(&sb.dir, "west").password);
+
+    // 3. The old east host comes back (server first, as at boot, then its
+    // agent); the controller re-establishes it as a standby of west.
+    hosts.start_postgres(&east1).await.expect("start east-1's server");
+    hosts.start_agent(&east1).await.expect("start east-1's agent");
+    wait_view(&api, "east-1 re-established as a replica", Duration::from_secs(120), |c| {
+        role_of(c, "east-1") == Some(pgdr_model::Role::Replica)
+            && c.nodes.iter().any(|n| n.name.as_str() == "east-1" && n.reachable && !n.fenced)
+            && c.workflow.is_none()
+    })
+    .await;
+    // Its region's store is brought up to date as it rejoins (the
+    // re-establish workflow's sync_secrets step), before any rotation.
+    let t = Instant::now();
+    while stored(&sb.dir, "east").version != 2 {
+        assert!(t.elapsed() < Duration::from_secs(60), "east's store was not brought up to date at the rejoin");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let synced = stored(&sb.dir, "east");
+    assert_eq!(synced.password, stored(&sb.dir, "west").password, "east's store holds west's secret");
+    pgdr_secrets::rotate::login(&synced, None).await.expect("east's synced secret through its proxy");
+    eprintln!(
+        "state 3 reached after {:.1}s: {:?}",
+        t0.elapsed().as_secs_f64(),
+        api.cluster("main").await.map(|c| c
+            .nodes
+            .iter()
+            .map(|n| (n.name.to_string(), n.role, n.reachable))
+            .collect::<Vec<_>>())
+    );
+    let r = rotate_now(&sb.config, "3").await;
+    assert_eq!(r["roles"][0]["primary"], "west-1", "{r:#}");
+    assert!(
+        r["roles"][0]["replicas"]
+            .as_array()
+            .is_some_and(|x| x.iter().any(|x| x["node"] == "east-1" && x["replayed"] == true)),
+        "state 3: the returned east-1 must have replayed the change: {r:#}"
+    );
+    assert_stores(&sb, &["east", "west"], 3, (&h, p), "3").await;
+    passwords.push(stored(&sb.dir, "east").password);
+
+    // 4. Failback: a switchover to east-1.
+    let (code, wout, werr) =
+        pgdr_async(&sb.config, &["switchover", "--cluster", "main", "--to", "east-1", "--yes", "--json"]).await;
+    assert_eq!(code, 0, "failback: {wout}\n{werr}");
+    wait_view(&api, "east-1 primary again", Duration::from_secs(60), |c| {
+        c.primary.as_ref().is_some_and(|p| p.as_str() == "east-1") && c.workflow.is_none()
+    })
+    .await;
+    // The old primary (west-1) may still be on its way back into the set:
+    // a store of a region out of the set is left as it was.
+    let before4: Vec<(&str, Vec<u8>)> = ["east", "west"]
+        .into_iter()
+        .map(|r| (r, std::fs::read(sb.dir.join("secret-stores").join(r).join("main.app.json")).expect("store")))
+        .collect();
+    eprintln!(
+        "state 4 reached after {:.1}s: {:?}",
+        t0.elapsed().as_secs_f64(),
+        api.cluster("main").await.map(|c| c
+            .nodes
+            .iter()
+            .map(|n| (n.name.to_string(), n.role, n.reachable))
+            .collect::<Vec<_>>())
+    );
+    let r = rotate_now(&sb.config, "4").await;
+    assert_eq!(r["roles"][0]["primary"], "east-1", "{r:#}");
+    let skipped: Vec<&str> = r["roles"][0]["stores"]
+        .as_array()
+        .map(|s| s.iter().filter(|s| s["skipped"].is_string()).filter_map(|s| s["region"].as_str()).collect())
+        .unwrap_or_default();
+    eprintln!("state 4: stores skipped (region out of the set): {skipped:?}");
+    assert!(!skipped.contains(&"east"), "{r:#}");
+    for (region, bytes) in &before4 {
+        if skipped.contains(region) {
+            let now = std::fs::read(sb.dir.join("secret-stores").join(region).join("main.app.json")).expect("store");
+            assert_eq!(&now, bytes, "state 4: {region} was out of the set and its store changed");
+        }
+    }
+    let (h, p) = at("east-1");
+    let written: Vec<&str> = ["east", "west"].into_iter().filter(|r| !skipped.contains(r)).collect();
+    assert_stores(&sb, &written, 4, (&h, p), "4").await;
+    passwords.push(stored(&sb.dir, "east").password);
+
+    // 5. Back at the start, with west following east again.
+    wait_view(&api, "west-1 following east-1", Duration::from_secs(60), |c| {
+        role_of(c, "west-1") == Some(pgdr_model::Role::Replica)
+    })
+    .await;
+    eprintln!(
+        "state 5 reached after {:.1}s: {:?}",
+        t0.elapsed().as_secs_f64(),
+        api.cluster("main").await.map(|c| c
+            .nodes
+            .iter()
+            .map(|n| (n.name.to_string(), n.role, n.reachable))
+            .collect::<Vec<_>>())
+    );
+    let r = rotate_now(&sb.config, "5").await;
+    assert_eq!(r["roles"][0]["replicas"].as_array().map(Vec::len), Some(1), "{r:#}");
+    assert_stores(&sb, &["east", "west"], 5, (&h, p), "5").await;
+    passwords.push(stored(&sb.dir, "east").password);
+
+    // No password in the controller's events or any file but the stores.
+    let events = serde_json::to_string(&api.events(None).await.expect("events")).expect("json");
+    assert!(passwords.iter().all(|p| !events.contains(p.as_str())), "a password in the controller's events");
+    drop(run);
+    let mut found = Vec::new();
+    files_containing(&sb.dir, &passwords, &sb.dir.join("secret-stores"), &mut found);
+    assert!(found.is_empty(), "a password in {found:?}");
 }

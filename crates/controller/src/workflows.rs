@@ -1097,6 +1097,49 @@ async fn reestablish(c: Arc<Ctx>, _sc: StepContext) -> Result<StepOutput, StepEr
     Ok(StepOutput::json(out).with_epoch(state.epoch))
 }
 
+/// A node back in the replica set: the secret stores of its region are
+/// brought up to the newest version that logs in on the primary (a
+/// rotation that ran while the region was out of the set skipped them).
+/// A store that cannot be brought up to date is reported in the output
+/// and an event; the rejoin itself stands.
+async fn sync_secrets(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepError> {
+    let cluster = c.cluster()?;
+    if cluster.secrets.is_none() {
+        return Ok(StepOutput::json(json!({"skipped": "no managed roles"})));
+    }
+    let (node, primary) = if sc.kind == REESTABLISH {
+        if sc.output("rejoin").and_then(|v| v.get("skipped")).is_some() {
+            return Ok(StepOutput::json(json!({"skipped": "the node did not rejoin"})));
+        }
+        let state =
+            c.sh.clusters.state(&cluster.name).await.map_err(retry)?.ok_or_else(|| fatal("no cluster state"))?;
+        let node = c.p.node.clone().ok_or_else(|| fatal("no node"))?;
+        (node, state.primary.clone().ok_or_else(|| retry("the cluster has no primary now"))?)
+    } else {
+        (c.old_primary()?.clone(), chosen(&sc)?)
+    };
+    let mut regions: Vec<String> =
+        [&node, &primary].iter().map(|n| c.node(n).map(|n| n.region.to_string())).collect::<Result<_, _>>()?;
+    regions.dedup();
+    let report = pgdr_secrets::rotate::sync(&c.sh.config, cluster.name.as_str(), primary.as_str(), &regions)
+        .await
+        .map_err(|e| fatal(e.to_string()))?;
+    let written: Vec<String> = report
+        .roles
+        .iter()
+        .flat_map(|r| {
+            r.stores
+                .iter()
+                .filter(|s| s.written || s.version.is_some())
+                .map(move |s| format!("{}@{}", r.role, s.region))
+        })
+        .collect();
+    if !report.ok {
+        tracing::warn!(cluster = %cluster.name, node = %node, "secret stores not brought up to date at rejoin");
+    }
+    Ok(StepOutput::json(json!({"ok": report.ok, "regions": regions, "stores": written, "report": report})))
+}
+
 // ---------------------------------------------------------------- definitions
 
 /// The workflows this controller runs, for the engine's registry.
@@ -1112,6 +1155,22 @@ pub fn registry(sh: &Arc<Shared>) -> pgdr_workflow::Registry {
 struct Def {
     kind: &'static str,
     sh: Arc<Shared>,
+}
+
+fn secrets_step(sh: &Arc<Shared>, p: &Params) -> Step {
+    step(
+        sh,
+        p,
+        "sync_secrets",
+        "bring the secret stores of the rejoined node's region up to the newest version that logs in",
+        sync_secrets,
+    )
+    .retry(RetryPolicy {
+        max_attempts: 3,
+        initial: Duration::from_secs(1),
+        factor: 2.0,
+        max: Duration::from_secs(5),
+    })
 }
 
 fn gate(p: &Params, stages: &mut Vec<Stage>) {
@@ -1296,6 +1355,7 @@ impl WorkflowDef for Def {
                     })
                     .into(),
                 );
+                s.push(secrets_step(sh, &p).into());
             }
             REESTABLISH => {
                 s.push(
@@ -1308,6 +1368,7 @@ impl WorkflowDef for Def {
                         })
                         .into(),
                 );
+                s.push(secrets_step(sh, &p).into());
             }
             other => return Err(format!("unknown workflow kind {other}")),
         }

@@ -297,6 +297,130 @@ fn set_regions(c: &Cluster, t: &Topology) -> Vec<String> {
     r
 }
 
+/// A store of the replica set, as read: its report, the store, its value.
+type Held = (StoreReport, Box<dyn SecretStore>, Option<SecretValue>);
+
+/// Steps 1 and 2: reads every store of `regions` (the others are reported
+/// as skipped) and brings those behind up to the newest version that logs
+/// in on `primary`. Returns the stores and that newest value (`None` when
+/// none is stored or it does not log in), or why nothing may change.
+async fn read_and_repair(
+    cfg: &Config,
+    c: &Cluster,
+    role: &ManagedRole,
+    key: &SecretKey,
+    primary: &str,
+    regions: &[String],
+    r: &mut RoleReport,
+) -> Result<(Vec<Held>, Option<SecretValue>, Option<SecretValue>), String> {
+    // 1. Read every store of the replica set.
+    let mut stores = Vec::new();
+    let mut unreadable = Vec::new();
+    for (sc, opened) in stores_of(cfg, c) {
+        let mut rep = StoreReport { region: sc.region.to_string(), ..Default::default() };
+        let store = match opened {
+            Ok(s) => s,
+            Err(e) => {
+                rep.store = sc.key.clone();
+                rep.error = Some(e.to_string());
+                unreadable.push(sc.region.to_string());
+                r.stores.push(rep);
+                continue;
+            }
+        };
+        rep.store = store.describe();
+        if !regions.contains(&rep.region) {
+            rep.skipped = Some("no node of the replica set in this region".into());
+            r.stores.push(rep);
+            continue;
+        }
+        match store.get(key).await {
+            Ok(v) => {
+                rep.version = v.as_ref().map(|v| v.version);
+                rep.login = v.as_ref().map(|v| v.username.clone());
+                stores.push((rep, store, v));
+            }
+            Err(e) => {
+                rep.error = Some(e.to_string());
+                unreadable.push(rep.region.clone());
+                r.stores.push(rep);
+            }
+        }
+    }
+    if !unreadable.is_empty() {
+        r.stores.extend(stores.into_iter().map(|(rep, _, _)| rep));
+        return Err(format!(
+            "the secret store of {} cannot be read: nothing changed (rerun once it is back)",
+            unreadable.join(", ")
+        ));
+    }
+    // 2. Repair stores behind the newest version that still logs in.
+    let newest = stores.iter().filter_map(|(_, _, v)| v.clone()).max_by_key(|v| v.version);
+    let mut current = None;
+    if let Some(n) = &newest {
+        let pnode = c.node(primary).ok_or_else(|| format!("no node {primary} in the config"))?;
+        if login(n, Some((&pnode.host, pnode.port))).await.is_ok() {
+            current = Some(n.clone());
+            for (rep, store, v) in stores.iter_mut() {
+                if v.as_ref().map(|v| v.version) != Some(n.version) {
+                    let (h, p) = endpoint(cfg, c, &rep.region, primary);
+                    let fixed = n.at(&h, p);
+                    match put_with_retry(store.as_ref(), key, &fixed).await {
+                        Ok(()) => {
+                            tracing::info!(role = %role.name, region = %rep.region, version = n.version, "secret store brought up to date");
+                            rep.version = Some(n.version);
+                            rep.login = Some(n.username.clone());
+                            *v = Some(fixed);
+                        }
+                        Err(e) => {
+                            rep.error = Some(e.to_string());
+                        }
+                    }
+                }
+            }
+            if stores.iter().any(|(rep, _, _)| rep.error.is_some()) {
+                r.stores.extend(stores.into_iter().map(|(rep, _, _)| rep));
+                return Err("a secret store behind the others could not be brought up to date: nothing changed".into());
+            }
+        }
+    }
+    Ok((stores, newest, current))
+}
+
+/// Brings the stores of `regions` (a node's region rejoining the replica
+/// set, and the primary's) up to the newest version that logs in on
+/// `primary`, without rotating: what a node that comes back into the set
+/// needs before it serves again. A cluster without managed roles is
+/// nothing to do.
+pub async fn sync(cfg: &Config, cluster: &str, primary: &str, regions: &[String]) -> Result<Report, RotateError> {
+    let (c, roles) = match managed(cfg, cluster, None) {
+        Ok(m) => m,
+        Err(RotateError::NotManaged(_)) => return Ok(Report { cluster: cluster.to_owned(), roles: vec![], ok: true }),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for role in roles {
+        let mut r = RoleReport { role: role.name.clone(), strategy: strategy_name(role).into(), ..Default::default() };
+        let key = SecretKey::new(c.name.as_str(), &role.name);
+        match read_and_repair(cfg, c, role, &key, primary, regions, &mut r).await {
+            Ok((stores, newest, current)) => {
+                r.version = newest.as_ref().map(|v| v.version);
+                r.login = current.as_ref().map(|v| v.username.clone());
+                r.primary = Some(primary.to_owned());
+                if newest.is_some() && current.is_none() {
+                    r.error = Some(format!("the newest stored secret does not log in on {primary}: rotate"));
+                }
+                r.stores.extend(stores.into_iter().map(|(rep, _, _)| rep));
+            }
+            Err(e) => r.error = Some(e),
+        }
+        r.ok = r.error.is_none() && r.stores.iter().all(|s| s.error.is_none());
+        out.push(r);
+    }
+    let ok = out.iter().all(|r| r.ok);
+    Ok(Report { cluster: cluster.to_owned(), roles: out, ok })
+}
+
 /// Rotates the roles `only` names (all when `None`) of `cluster`.
 pub async fn rotate(
     cfg: &Config,
@@ -338,77 +462,7 @@ async fn rotate_role(
         return Err(format!("{b} is running on cluster {}: rotate once it ends", c.name));
     }
     let regions = set_regions(c, &t);
-    // 1. Read every store of the replica set.
-    let mut stores = Vec::new();
-    let mut unreadable = Vec::new();
-    for (sc, opened) in stores_of(cfg, c) {
-        let mut rep = StoreReport { region: sc.region.to_string(), ..Default::default() };
-        let store = match opened {
-            Ok(s) => s,
-            Err(e) => {
-                rep.store = sc.key.clone();
-                rep.error = Some(e.to_string());
-                unreadable.push(sc.region.to_string());
-                r.stores.push(rep);
-                continue;
-            }
-        };
-        rep.store = store.describe();
-        if !regions.contains(&rep.region) {
-            rep.skipped = Some("no node of the replica set in this region".into());
-            r.stores.push(rep);
-            continue;
-        }
-        match store.get(&key).await {
-            Ok(v) => {
-                rep.version = v.as_ref().map(|v| v.version);
-                rep.login = v.as_ref().map(|v| v.username.clone());
-                stores.push((rep, store, v));
-            }
-            Err(e) => {
-                rep.error = Some(e.to_string());
-                unreadable.push(rep.region.clone());
-                r.stores.push(rep);
-            }
-        }
-    }
-    if !unreadable.is_empty() {
-        r.stores.extend(stores.into_iter().map(|(rep, _, _)| rep));
-        return Err(format!(
-            "the secret store of {} cannot be read: nothing changed (rerun once it is back)",
-            unreadable.join(", ")
-        ));
-    }
-    // 2. Repair stores behind the newest version that still logs in.
-    let newest = stores.iter().filter_map(|(_, _, v)| v.clone()).max_by_key(|v| v.version);
-    let mut current = None;
-    if let Some(n) = &newest {
-        let primary = c.node(&t.primary).ok_or_else(|| format!("no node {} in the config", t.primary))?;
-        if login(n, Some((&primary.host, primary.port))).await.is_ok() {
-            current = Some(n.clone());
-            for (rep, store, v) in stores.iter_mut() {
-                if v.as_ref().map(|v| v.version) != Some(n.version) {
-                    let (h, p) = endpoint(cfg, c, &rep.region, &t.primary);
-                    let fixed = n.at(&h, p);
-                    match put_with_retry(store.as_ref(), &key, &fixed).await {
-                        Ok(()) => {
-                            tracing::info!(role = %role.name, region = %rep.region, version = n.version, "secret store brought up to date");
-                            rep.version = Some(n.version);
-                            rep.login = Some(n.username.clone());
-                            *v = Some(fixed);
-                        }
-                        Err(e) => {
-                            rep.error = Some(e.to_string());
-                        }
-                    }
-                }
-            }
-            if stores.iter().any(|(rep, _, _)| rep.error.is_some()) {
-                r.stores.extend(stores.into_iter().map(|(rep, _, _)| rep));
-                return Err("a secret store behind the others could not be brought up to date: nothing changed".into());
-            }
-        }
-    }
+    let (stores, newest, current) = read_and_repair(cfg, c, role, &key, &t.primary, &regions, r).await?;
     // 3. The login to change.
     let logins = role.logins();
     let login_name = match (&role.strategy, &current) {
