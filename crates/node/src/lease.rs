@@ -169,9 +169,28 @@ async fn check_role(agent: &AgentState, within: Duration) -> Role {
     }
 }
 
+/// Whether PostgreSQL here is in recovery; `None` when it cannot be asked
+/// within `within`.
+async fn in_recovery(agent: &AgentState, within: Duration) -> Option<bool> {
+    let ask = agent.with_local(async |client| client.query_one("select pg_is_in_recovery()", &[]).await);
+    match tokio::time::timeout(within, ask).await {
+        Ok(Ok(row)) => row.try_get::<_, bool>(0).ok(),
+        _ => None,
+    }
+}
+
 /// Stops PostgreSQL at once, within `within`: the self-fence. `true` once
 /// it is down.
 async fn fence(agent: &AgentState, why: &str, within: Duration) -> bool {
+    // A server in recovery takes no write: nothing to fence. The machine's
+    // last known role can be stale by a controller's action (the old
+    // primary of a switchover, stopped and rewound to follow the new one
+    // while a renewal was in flight): stopping that replica would undo the
+    // rejoin. Read-only alone is not enough (a session can lift it).
+    if in_recovery(agent, within / 4).await == Some(true) {
+        tracing::info!(node = %agent.cfg.node, "not fencing ({why}): PostgreSQL is in recovery, it takes no writes");
+        return true;
+    }
     tracing::error!(node = %agent.cfg.node, "fencing PostgreSQL: {why}");
     match agent.cfg.pg.stop(StopMode::Immediate, within / 2).await {
         Ok(()) => true,
