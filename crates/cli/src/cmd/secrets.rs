@@ -55,19 +55,17 @@ fn topology(v: pgdr_api::controller::ClusterView) -> Result<Topology, String> {
         if n.name == primary {
             continue;
         }
-        if n.role == Role::Replica && n.reachable && !n.fenced {
+        if n.fenced {
+            excluded.push((n.name.to_string(), "fenced".to_owned()));
+        } else if n.role == Role::Replica && n.reachable {
             replicas.push(n.name.to_string());
-        } else if !n.reachable {
+        } else if !n.reachable || matches!(n.role, Role::Down | Role::Unknown) {
+            // The controller's last probe may predate a restart (a node
+            // rejoined a moment ago reads "down" until the next probe):
+            // its server is asked directly.
             unknown.push(n.name.to_string());
         } else {
-            let why = if n.fenced {
-                "fenced".to_owned()
-            } else if !n.reachable {
-                "unreachable".to_owned()
-            } else {
-                format!("role {}", n.role)
-            };
-            excluded.push((n.name.to_string(), why));
+            excluded.push((n.name.to_string(), format!("role {}", n.role)));
         }
     }
     Ok(Topology { epoch: v.epoch.0, primary: primary.to_string(), replicas, excluded, unknown, busy: v.workflow })
