@@ -53,8 +53,33 @@ impl Deref for SandboxGuard {
 
 impl Drop for SandboxGuard {
     fn drop(&mut self) {
+        // A failing test's logs, kept when asked (PGDR_KEEP_LOGS=<dir>).
+        if let Some(to) = std::env::var_os("PGDR_KEEP_LOGS").filter(|_| std::thread::panicking()) {
+            let to = Path::new(&to).join(format!("sandbox-{}", std::process::id()));
+            match keep_logs(&self.sandbox.dir, &to) {
+                Ok(()) => eprintln!("sandbox guard: logs kept in {}", to.display()),
+                Err(e) => eprintln!("sandbox guard: keeping the logs in {} failed: {e}", to.display()),
+            }
+        }
         if let Err(e) = crate::down(&self.sandbox.dir, false) {
             eprintln!("sandbox guard: tearing down {} failed: {e}", self.sandbox.dir.display());
         }
     }
+}
+
+/// Copies every `*.log` file under `from` (pgdr's and PostgreSQL's) to `to`,
+/// keeping the folder layout.
+fn keep_logs(from: &Path, to: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let path = entry.path();
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            keep_logs(&path, &target)?;
+        } else if path.extension().is_some_and(|e| e == "log") {
+            std::fs::create_dir_all(to)?;
+            std::fs::copy(&path, &target)?;
+        }
+    }
+    Ok(())
 }
