@@ -45,10 +45,22 @@ impl HttpTls {
 
     /// A reqwest client: no proxy, this connect timeout, this TLS.
     pub fn client(&self, connect_timeout: Duration) -> Result<reqwest::Client, ApiError> {
-        let mut b = reqwest::Client::builder().no_proxy().connect_timeout(connect_timeout);
-        if let Some(c) = &self.config {
-            b = b.tls_backend_preconfigured(rustls::ClientConfig::clone(c)).https_only(true);
-        }
+        let b = reqwest::Client::builder().no_proxy().connect_timeout(connect_timeout);
+        let b = match &self.config {
+            Some(c) => b.tls_backend_preconfigured(rustls::ClientConfig::clone(c)).https_only(true),
+            // Plain HTTP still names its TLS backend: reqwest is built
+            // without a default crypto provider, and this one trusts no
+            // certificate, so an https URL fails instead of trusting any.
+            None => b.tls_backend_preconfigured(no_trust()?),
+        };
         b.build().map_err(|e| ApiError::Client(e.to_string()))
     }
+}
+
+fn no_trust() -> Result<rustls::ClientConfig, ApiError> {
+    Ok(rustls::ClientConfig::builder_with_provider(pgdr_tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ApiError::Client(e.to_string()))?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth())
 }

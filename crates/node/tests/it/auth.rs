@@ -45,7 +45,7 @@ async fn every_agent_route_refuses_a_missing_or_wrong_token() {
     let addr = listener.local_addr().expect("addr");
     let cancel = CancellationToken::new();
     let task = tokio::spawn(serve(listener, Arc::clone(&state), cancel.clone()));
-    let http = reqwest::Client::builder().no_proxy().build().expect("http");
+    let http = pgdr_api::tls::HttpTls::plain().client(std::time::Duration::from_secs(5)).expect("http");
 
     // A body that would act if it got through: promote at a new epoch,
     // withdraw support for n2 at epoch 5.
