@@ -442,3 +442,71 @@ async fn up_with_etcd_and_down_stops_its_members() {
         }
     }
 }
+
+/// `sandbox up --clusters 3`: three two-node clusters c01..c03 in one
+/// sandbox, each streaming with a primary (as `pgdr status` sees it through
+/// the agents), small settings on every server, one proxy per cluster and
+/// region in `pgdr.toml`; `down` stops every server and agent.
+#[tokio::test(flavor = "multi_thread")]
+async fn up_three_clusters_status_down() {
+    let dir = Dir::new();
+    let sb_dir = dir.sandbox();
+    let d = sb_dir.display().to_string();
+    let (code, out, err) = pgdr(&[
+        "sandbox",
+        "up",
+        "--dir",
+        &d,
+        "--clusters",
+        "3",
+        "--replicas-per-region",
+        "0",
+        "--standbys-per-region",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "sandbox up failed: {err}");
+    let up: Value = serde_json::from_str(&out).expect("up --json");
+    assert_eq!(up["clusters"], serde_json::json!(["c01", "c02", "c03"]));
+    let names: Vec<&str> = up["nodes"].as_array().expect("nodes").iter().filter_map(|n| n["name"].as_str()).collect();
+    assert_eq!(names, ["c01-east-1", "c01-west-1", "c02-east-1", "c02-west-1", "c03-east-1", "c03-west-1"]);
+
+    let config = sb_dir.join("pgdr.toml");
+    let cfg = pgdr_config::Config::load(&config).expect("pgdr.toml validates");
+    assert_eq!(cfg.proxies.len(), 6, "a proxy per cluster and region");
+    let sb = Sandbox::open(&sb_dir).expect("open").expect("a sandbox");
+    let rows = sb.sql("c02-east-1", "show shared_buffers").await.expect("sql");
+    assert_eq!(rows[0][0].as_deref(), Some("16MB"));
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, v) = status_json(&config);
+        let clusters = v["clusters"].as_array().cloned().unwrap_or_default();
+        let seen: Vec<(String, String)> = clusters
+            .iter()
+            .map(|c| (c["name"].as_str().unwrap_or("").to_owned(), c["primary"].as_str().unwrap_or("").to_owned()))
+            .collect();
+        let streaming = clusters.iter().all(|c| {
+            c["nodes"]
+                .as_array()
+                .is_some_and(|ns| ns.iter().any(|n| n["role"] == "replica" && n["health"] == "streaming"))
+        });
+        let want = [("c01", "c01-east-1"), ("c02", "c02-east-1"), ("c03", "c03-east-1")];
+        if code == 0 && streaming && seen.iter().map(|(a, b)| (a.as_str(), b.as_str())).eq(want) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "status never showed 3 streaming clusters: {v:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let record = sb.record.clone();
+    let (code, out, err) = pgdr(&["sandbox", "down", "--dir", &d]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(out.contains("6 agents, 6 PostgreSQL servers"), "{out}");
+    for n in &record.nodes {
+        for pid in [n.agent_pid, n.postmaster_pid].into_iter().flatten() {
+            assert!(!alive(i64::from(pid)), "{} pid {pid} still alive", n.name);
+        }
+        assert!(!listening(u64::from(n.port)), "port {} still listening", n.port);
+    }
+}

@@ -22,7 +22,7 @@ pub mod wan;
 
 pub use down::{DownReport, down};
 pub use guard::SandboxGuard;
-pub use record::{NodeRecord, Record, SandboxRole};
+pub use record::{MAIN_CLUSTER, NodeRecord, Record, SandboxRole, cluster_names};
 pub use up::{Sandbox, SandboxBuilder};
 
 #[derive(Debug, thiserror::Error)]

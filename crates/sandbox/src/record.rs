@@ -43,6 +43,9 @@ impl std::fmt::Display for SandboxRole {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
     pub name: String,
+    /// The cluster the node belongs to (`main` unless `up --clusters N`).
+    #[serde(default = "main_cluster")]
+    pub cluster: String,
     pub region: String,
     pub role: SandboxRole,
     pub host: String,
@@ -55,6 +58,19 @@ pub struct NodeRecord {
     /// The postmaster `up` started; an agent may have restarted it since, so
     /// `down` also reads the data directory's `postmaster.pid`.
     pub postmaster_pid: Option<i32>,
+}
+
+fn main_cluster() -> String {
+    MAIN_CLUSTER.to_owned()
+}
+
+/// The name of a sandbox's only cluster (with `up --clusters N`, N > 1, the
+/// clusters are `c01`..: see [`cluster_names`]).
+pub const MAIN_CLUSTER: &str = "main";
+
+/// The names of a sandbox's `n` clusters: `main` alone, else `c01`, `c02`...
+pub fn cluster_names(n: usize) -> Vec<String> {
+    if n <= 1 { vec![MAIN_CLUSTER.to_owned()] } else { (1..=n).map(|i| format!("c{i:02}")).collect() }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,5 +134,38 @@ impl Record {
 
     pub fn node(&self, name: &str) -> Option<&NodeRecord> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The clusters, in the order `up` made them.
+    pub fn clusters(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for n in &self.nodes {
+            if !out.contains(&n.cluster) {
+                out.push(n.cluster.clone());
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_cluster_is_main_many_are_numbered() {
+        assert_eq!(cluster_names(1), ["main"]);
+        assert_eq!(cluster_names(3), ["c01", "c02", "c03"]);
+        assert_eq!(cluster_names(100).last().map(String::as_str), Some("c100"));
+    }
+
+    #[test]
+    fn a_record_without_clusters_reads_as_main() {
+        let n: NodeRecord = serde_json::from_str(
+            r#"{"name":"east-1","region":"east","role":"primary","host":"127.0.0.1","port":1,"data_dir":"/d",
+                "agent":"127.0.0.1:2","agent_port":2,"agent_pid":null,"postmaster_pid":null}"#,
+        )
+        .expect("an older record");
+        assert_eq!(n.cluster, "main");
     }
 }

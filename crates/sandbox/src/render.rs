@@ -20,8 +20,17 @@ pub const PARALLEL_BACKUPS: usize = 4;
 /// The sandbox settings plus the backup engine's archive settings
 /// (`archive_mode`, `archive_command` through `pgdr wal-push`), which every
 /// node gets so that whichever node is primary archives its WAL.
-pub fn node_settings(replicas: usize, archive: &[(String, String)]) -> Vec<(String, String)> {
+/// With `small`, [`small_settings`] replace their defaults.
+pub fn node_settings(replicas: usize, archive: &[(String, String)], small: bool) -> Vec<(String, String)> {
     let mut out = sandbox_settings(replicas);
+    if small {
+        for (k, v) in small_settings() {
+            match out.iter_mut().find(|(have, _)| have == k) {
+                Some(slot) => slot.1 = v.to_owned(),
+                None => out.push((k.to_owned(), v.to_owned())),
+            }
+        }
+    }
     for (k, v) in archive {
         if !out.iter().any(|(have, _)| have == k) {
             out.push((k.clone(), v.clone()));
@@ -59,7 +68,27 @@ pub fn sandbox_settings(replicas: usize) -> Vec<(String, String)> {
     .collect()
 }
 
+/// Settings of the servers of a sandbox of many clusters (`up --clusters
+/// N`): a small footprint each (memory, WAL kept, connections, background
+/// workers), so a hundred two-node clusters fit on a laptop. Enough for the
+/// controller's probes, the agents, a proxy's pool and a base backup.
+pub fn small_settings() -> [(&'static str, &'static str); 9] {
+    [
+        ("shared_buffers", "16MB"),
+        ("max_connections", "25"),
+        ("wal_keep_size", "32MB"),
+        ("min_wal_size", "32MB"),
+        ("max_wal_size", "64MB"),
+        ("max_worker_processes", "2"),
+        ("max_parallel_workers", "0"),
+        ("autovacuum_max_workers", "1"),
+        ("wal_buffers", "512kB"),
+    ]
+}
+
 pub struct ProxyPorts {
+    /// The cluster it serves (a proxy serves one).
+    pub cluster: String,
     pub region: String,
     pub writer: SocketAddr,
     pub reader: SocketAddr,
@@ -67,6 +96,8 @@ pub struct ProxyPorts {
 }
 
 pub struct ConfigText<'a> {
+    /// The clusters, each with the nodes of `nodes` that name it.
+    pub clusters: &'a [String],
     pub regions: &'a [String],
     pub controller: SocketAddr,
     pub nodes: &'a [NodeRecord],
@@ -74,8 +105,8 @@ pub struct ConfigText<'a> {
     pub proxies: &'a [ProxyPorts],
     pub on_crash: Option<&'a str>,
     pub wan_delay: Option<std::time::Duration>,
-    /// The backup engine's archive settings (see [`node_settings`]).
-    pub archive: &'a [(String, String)],
+    /// The backup engine's archive settings of a cluster (see [`node_settings`]).
+    pub archive: &'a dyn Fn(&str) -> Vec<(String, String)>,
     /// The sandbox's folder, when it made certificates (`tls/`, see
     /// [`crate::certs`]): TLS everywhere.
     pub tls_dir: Option<&'a std::path::Path>,
@@ -187,52 +218,57 @@ pub fn render(c: &ConfigText<'_>) -> String {
         t,
         "[[tiers]]\nname = \"gold\"\nrpo = \"5s\"\nrto = \"30s\"\n\n# Every node archives its WAL here through `pgdr wal-push` (archive_command below);\n# the controller (`pgdr run`) takes a base backup on this cron schedule (5 fields, or 6 with seconds first),\n# copies it to the destinations listed in `copies`, and prunes by retain_count / retain_age.\n[tiers.backup]\nschedule = \"0 */6 * * *\"\ndestination = \"local\"\nretain_count = 7\n"
     );
-    let _ = writeln!(
-        t,
-        "[[clusters]]\nname = \"main\"\ntier = \"gold\"\npassword = {{ file = \"secrets/postgres.password\" }}"
-    );
-    if let Some(o) = c.on_crash {
-        let _ = writeln!(t, "on_crash = {}", q(o));
-    }
-    let _ = writeln!(t);
-    let replicas = c.nodes.len().saturating_sub(1);
-    for n in c.nodes {
-        let mut all = node_settings(replicas, c.archive);
-        if let Some(dir) = c.tls_dir {
-            all.extend(crate::certs::node_settings(dir, &n.name));
-        }
-        let settings: Vec<String> = all.iter().map(|(k, v)| format!("{k} = {}", q(v))).collect();
-        let _ = writeln!(t, "[[clusters.nodes]]");
-        let _ = writeln!(t, "name = {}", q(&n.name));
-        let _ = writeln!(t, "region = {}", q(&n.region));
-        let _ = writeln!(t, "agent = {}", q(&n.agent));
-        let _ = writeln!(t, "host = {}", q(&n.host));
-        let _ = writeln!(t, "port = {}", n.port);
-        let _ = writeln!(t, "data_dir = {}", q(&format!("{}/data", n.name)));
-        if let Some(u) = c.os_user {
-            let _ = writeln!(t, "os_user = {}", q(u));
-        }
-        let _ = writeln!(t, "settings = {{ {} }}\n", settings.join(", "));
-    }
-    let _ = writeln!(
-        t,
-        "# Managed credentials: `pgdr secrets rotate --cluster main` changes the password of role app\n\
-         # (alternating with app_b, created on the first rotation) on the primary only, waits for every\n\
-         # standby to replay it, and writes it to each region's store below with that region's proxy\n\
-         # writer endpoint as host/port. See docs/secrets.md.\n\
-         [clusters.secrets]\nschedule = \"0 3 * * *\"\nmax_age = \"30d\"\n\n\
-         [[clusters.secrets.roles]]\nname = \"app\"\nstrategy = \"alternating\"\n"
-    );
-    for r in c.regions {
+    let small = c.clusters.len() > 1;
+    for cluster in c.clusters {
         let _ = writeln!(
             t,
-            "[[clusters.secrets.stores]]\nregion = {}\nkind = \"file\"\ndir = {}\n",
-            q(r),
-            q(&format!("{SECRET_STORES}/{r}"))
+            "[[clusters]]\nname = {}\ntier = \"gold\"\npassword = {{ file = \"secrets/postgres.password\" }}",
+            q(cluster)
         );
+        if let Some(o) = c.on_crash {
+            let _ = writeln!(t, "on_crash = {}", q(o));
+        }
+        let _ = writeln!(t);
+        let nodes: Vec<&NodeRecord> = c.nodes.iter().filter(|n| &n.cluster == cluster).collect();
+        let archive = (c.archive)(cluster);
+        for n in &nodes {
+            let mut all = node_settings(nodes.len().saturating_sub(1), &archive, small);
+            if let Some(dir) = c.tls_dir {
+                all.extend(crate::certs::node_settings(dir, &n.name));
+            }
+            let settings: Vec<String> = all.iter().map(|(k, v)| format!("{k} = {}", q(v))).collect();
+            let _ = writeln!(t, "[[clusters.nodes]]");
+            let _ = writeln!(t, "name = {}", q(&n.name));
+            let _ = writeln!(t, "region = {}", q(&n.region));
+            let _ = writeln!(t, "agent = {}", q(&n.agent));
+            let _ = writeln!(t, "host = {}", q(&n.host));
+            let _ = writeln!(t, "port = {}", n.port);
+            let _ = writeln!(t, "data_dir = {}", q(&format!("{}/data", n.name)));
+            if let Some(u) = c.os_user {
+                let _ = writeln!(t, "os_user = {}", q(u));
+            }
+            let _ = writeln!(t, "settings = {{ {} }}\n", settings.join(", "));
+        }
+        let _ = writeln!(
+            t,
+            "# Managed credentials: `pgdr secrets rotate --cluster {cluster}` changes the password of role app\n\
+             # (alternating with app_b, created on the first rotation) on the primary only, waits for every\n\
+             # standby to replay it, and writes it to each region's store below with that region's proxy\n\
+             # writer endpoint as host/port. See docs/secrets.md.\n\
+             [clusters.secrets]\nschedule = \"0 3 * * *\"\nmax_age = \"30d\"\n\n\
+             [[clusters.secrets.roles]]\nname = \"app\"\nstrategy = \"alternating\"\n"
+        );
+        for r in c.regions {
+            let _ = writeln!(
+                t,
+                "[[clusters.secrets.stores]]\nregion = {}\nkind = \"file\"\ndir = {}\n",
+                q(r),
+                q(&format!("{SECRET_STORES}/{r}"))
+            );
+        }
     }
     for p in c.proxies {
-        let _ = writeln!(t, "[[proxies]]\ncluster = \"main\"\nregion = {}", q(&p.region));
+        let _ = writeln!(t, "[[proxies]]\ncluster = {}\nregion = {}", q(&p.cluster), q(&p.region));
         if c.tls_dir.is_some() {
             // Clients may start TLS with the proxy (sslmode=require and up);
             // set require_tls = true to refuse those that do not.

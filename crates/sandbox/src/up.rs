@@ -24,6 +24,11 @@ use crate::render::{self, ConfigText, ProxyPorts};
 
 const PG_WAIT: Duration = Duration::from_secs(60);
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// The most clusters one sandbox makes (`--clusters`).
+pub const MAX_CLUSTERS: usize = 200;
+/// How many clusters `up` brings up at once (initdb and base backups are
+/// CPU- and disk-bound).
+const PARALLEL_CLUSTERS: usize = 4;
 
 /// How to build a sandbox; see [`Sandbox::builder`].
 #[derive(Debug, Clone)]
@@ -42,6 +47,9 @@ pub struct SandboxBuilder {
     tls: bool,
     /// A three-member etcd as the state store instead of the embedded one.
     etcd: bool,
+    /// How many clusters, each with the topology above (1: one named
+    /// `main`; more: `c01`.. with small PostgreSQL settings).
+    clusters: usize,
 }
 
 /// A running sandbox.
@@ -72,6 +80,7 @@ impl Sandbox {
             wan_delay: None,
             tls: true,
             etcd: false,
+            clusters: 1,
         }
     }
 
@@ -232,6 +241,15 @@ impl SandboxBuilder {
         self
     }
 
+    /// `n` clusters of the same topology, watched by one controller: `main`
+    /// when `n` is 1 (the default), else `c01`..`cNN`, whose nodes are named
+    /// after their cluster (`c01-east-1`) and run small PostgreSQL settings
+    /// (see [`render::small_settings`]) so that many fit on one machine.
+    pub fn clusters(mut self, n: usize) -> Self {
+        self.clusters = n;
+        self
+    }
+
     /// The cluster's `on_crash`: `restart-first` (the default) or `failover`.
     pub fn on_crash(mut self, on_crash: impl Into<String>) -> Self {
         self.on_crash = Some(on_crash.into());
@@ -271,28 +289,35 @@ impl SandboxBuilder {
         let bin = PgBinaries::find(None)?;
         let pgdr = pgdr.canonicalize().map_err(SandboxError::io(pgdr))?;
 
-        // Topology and ports.
-        let mut layout: Vec<(String, String, SandboxRole)> = Vec::new();
+        // Topology and ports: every cluster the same shape.
+        let clusters = crate::record::cluster_names(self.clusters);
+        let mut layout: Vec<(String, String, String, SandboxRole)> = Vec::new();
         let primary_region = &regions[0];
-        layout.push((format!("{primary_region}-1"), primary_region.clone(), SandboxRole::Primary));
-        for i in 0..self.replicas_per_region {
-            layout.push((format!("{primary_region}-{}", i + 2), primary_region.clone(), SandboxRole::Replica));
-        }
-        for r in &regions[1..] {
-            for i in 0..self.standbys_per_region.unwrap_or(self.replicas_per_region) {
-                layout.push((format!("{r}-{}", i + 1), r.clone(), SandboxRole::Standby));
+        for c in &clusters {
+            let prefix = if clusters.len() > 1 { format!("{c}-") } else { String::new() };
+            let mut add = |name: String, region: &String, role| layout.push((name, c.clone(), region.clone(), role));
+            add(format!("{prefix}{primary_region}-1"), primary_region, SandboxRole::Primary);
+            for i in 0..self.replicas_per_region {
+                add(format!("{prefix}{primary_region}-{}", i + 2), primary_region, SandboxRole::Replica);
+            }
+            for r in &regions[1..] {
+                for i in 0..self.standbys_per_region.unwrap_or(self.replicas_per_region) {
+                    add(format!("{prefix}{r}-{}", i + 1), r, SandboxRole::Standby);
+                }
             }
         }
         let n = layout.len();
         let controller_region = regions.get(1).unwrap_or(&regions[0]).clone();
-        let fixed = 2 * n + 1 + 3 * regions.len();
+        // A proxy per cluster and region (a proxy serves one cluster).
+        let fixed = 2 * n + 1 + 3 * regions.len() * clusters.len();
         // Relay ports, when there are links between regions.
         let wan_ports = match self.wan_delay {
             Some(_) => {
                 let probe: Vec<NodeRecord> = layout
                     .iter()
-                    .map(|(name, region, role)| NodeRecord {
+                    .map(|(name, cluster, region, role)| NodeRecord {
                         name: name.clone(),
+                        cluster: cluster.clone(),
                         region: region.clone(),
                         role: *role,
                         host: String::new(),
@@ -312,8 +337,9 @@ impl SandboxBuilder {
         let nodes: Vec<NodeRecord> = layout
             .iter()
             .enumerate()
-            .map(|(i, (name, region, role))| NodeRecord {
+            .map(|(i, (name, cluster, region, role))| NodeRecord {
                 name: name.clone(),
+                cluster: cluster.clone(),
                 region: region.clone(),
                 role: *role,
                 host: "127.0.0.1".into(),
@@ -327,12 +353,14 @@ impl SandboxBuilder {
             .collect();
         let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
         let controller = addr(ports[2 * n]);
-        let proxies: Vec<ProxyPorts> = regions
+        let proxies: Vec<ProxyPorts> = clusters
             .iter()
+            .flat_map(|c| regions.iter().map(move |r| (c, r)))
             .enumerate()
-            .map(|(i, r)| {
+            .map(|(i, (c, r))| {
                 let b = 2 * n + 1 + 3 * i;
                 ProxyPorts {
+                    cluster: c.clone(),
                     region: r.clone(),
                     writer: addr(ports[b]),
                     reader: addr(ports[b + 1]),
@@ -414,8 +442,9 @@ impl SandboxBuilder {
         // Every node archives through `pgdr wal-push` from its first start
         // (archive_mode needs no restart then); archive_command runs as the
         // server's user, who must read the config and the destination's key.
-        let archive = pgdr_backup::archive_settings_with(&pgdr, &record.config, "main");
+        let archive_of = |c: &str| pgdr_backup::archive_settings_with(&pgdr, &record.config, c);
         let config_text = render::render(&ConfigText {
+            clusters: &clusters,
             regions: &regions,
             controller,
             nodes: &record.nodes,
@@ -423,7 +452,7 @@ impl SandboxBuilder {
             proxies: &proxies,
             on_crash: self.on_crash.as_deref(),
             wan_delay: self.wan_delay,
-            archive: &archive,
+            archive: &archive_of,
             tls_dir: tls_dir.as_ref().map(|_| dir.as_path()),
             etcd: record.etcd.as_ref().map(|e| e.endpoints()),
         });
@@ -431,9 +460,11 @@ impl SandboxBuilder {
         let config = pgdr_config::Config::load(&record.config).map_err(|e| SandboxError::Config(e.to_string()))?;
         set_mode(&record.config, 0o644)?;
         share_backup_key(&secrets, &run_as)?;
-        pgdr_backup::Dest::open_named(&config, "local")
-            .and_then(|d| d.prepare_wal_dir("main", &run_as))
+        let dest = pgdr_backup::Dest::open_named(&config, "local")
             .map_err(|e| SandboxError::Config(format!("backup destination: {e}")))?;
+        for c in &clusters {
+            dest.prepare_wal_dir(c, &run_as).map_err(|e| SandboxError::Config(format!("backup destination: {e}")))?;
+        }
 
         let sandbox = Sandbox {
             dir: dir.clone(),
@@ -482,6 +513,12 @@ impl SandboxBuilder {
         if self.replicas_per_region > 20 || self.standbys_per_region.is_some_and(|n| n > 20) {
             return Err(SandboxError::Topology("at most 20 replicas per region".into()));
         }
+        if !(1..=MAX_CLUSTERS).contains(&self.clusters) {
+            return Err(SandboxError::Topology(format!("--clusters {}: expected 1 to {MAX_CLUSTERS}", self.clusters)));
+        }
+        if self.clusters > 1 && self.wan_delay.is_some() {
+            return Err(SandboxError::Topology("--wan-delay needs --clusters 1 (relays serve one cluster)".into()));
+        }
         Ok(self.regions.clone())
     }
 }
@@ -493,8 +530,51 @@ async fn bring_up(
     run_as: &RunAs,
     pgdr: &Path,
 ) -> Result<(), SandboxError> {
-    let archive = pgdr_backup::archive_settings_with(pgdr, &record.config, "main");
-    let settings = render::node_settings(record.nodes.len().saturating_sub(1), &archive);
+    for n in &record.nodes {
+        let d = sb.dir.join(&n.name);
+        std::fs::create_dir_all(&d).map_err(SandboxError::io(&d))?;
+        set_mode(&d, 0o755)?;
+    }
+    let clusters = record.clusters();
+    let small = clusters.len() > 1;
+    let plans: Vec<Vec<NodeRecord>> =
+        clusters.iter().map(|c| record.nodes.iter().filter(|n| &n.cluster == c).cloned().collect()).collect();
+    // Every started process is recorded (and saved) as soon as it runs, so a
+    // failure anywhere leaves `down` a complete list.
+    let shared = std::sync::Mutex::new(record);
+    let shared = &shared;
+    let results: Vec<Result<(), SandboxError>> = futures::stream::iter(
+        plans.into_iter().map(|nodes| bring_up_cluster(sb, shared, nodes, bin, run_as, pgdr, small)),
+    )
+    .buffer_unordered(PARALLEL_CLUSTERS)
+    .collect()
+    .await;
+    results.into_iter().collect::<Result<Vec<()>, _>>()?;
+    with_record(shared, |_| {})
+}
+
+/// Runs `f` on the record and saves it.
+fn with_record(shared: &std::sync::Mutex<&mut Record>, f: impl FnOnce(&mut Record)) -> Result<(), SandboxError> {
+    let mut r = shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    f(&mut r);
+    r.save()
+}
+
+/// One cluster: the primary's initdb, parallel base backups with slots for
+/// its other nodes, their agents, then a wait until every agent answers and
+/// every replica streams.
+async fn bring_up_cluster(
+    sb: &Sandbox,
+    shared: &std::sync::Mutex<&mut Record>,
+    mut nodes: Vec<NodeRecord>,
+    bin: &PgBinaries,
+    run_as: &RunAs,
+    pgdr: &Path,
+    small: bool,
+) -> Result<(), SandboxError> {
+    let cluster = nodes.first().map(|n| n.cluster.clone()).unwrap_or_default();
+    let archive = pgdr_backup::archive_settings_with(pgdr, &sb.config, &cluster);
+    let settings = render::node_settings(nodes.len().saturating_sub(1), &archive, small);
     let settings_of = |n: &NodeRecord| {
         let mut s = settings.clone();
         if sb.tls.is_some() {
@@ -503,15 +583,9 @@ async fn bring_up(
         s
     };
     let local = |n: &NodeRecord| LocalPg::new(bin.clone(), n.data_dir.clone(), n.host.clone(), n.port, run_as.clone());
-    for n in &record.nodes {
-        let d = sb.dir.join(&n.name);
-        std::fs::create_dir_all(&d).map_err(SandboxError::io(&d))?;
-        set_mode(&d, 0o755)?;
-    }
 
     // The primary: the only initdb.
-    let primary = record
-        .nodes
+    let primary = nodes
         .iter()
         .find(|n| n.role == SandboxRole::Primary)
         .cloned()
@@ -520,20 +594,19 @@ async fn bring_up(
     ppg.initdb("postgres", sb.password.expose()).await?;
     ppg.configure(&settings_of(&primary))?;
     ppg.start(PG_WAIT).await?;
-    set_postmaster(record, &primary.name, ppg.postmaster_pid());
-    record.save()?;
-    if record.wan.is_some() {
-        start_relay(sb, record, pgdr).await?;
+    with_record(shared, |r| set_postmaster(r, &primary.name, ppg.postmaster_pid()))?;
+    if sb.record.wan.is_some() {
+        start_relay(sb, shared, pgdr).await?;
     }
 
     // Every other node: a base backup with its slot, in parallel.
-    let plans: Vec<(NodeRecord, LocalPg, ReplicaPlan)> = record
-        .nodes
+    let wan = sb.record.wan.clone();
+    let plans: Vec<(NodeRecord, LocalPg, ReplicaPlan)> = nodes
         .iter()
         .filter(|n| n.role != SandboxRole::Primary)
         .map(|n| {
             // A standby in another region streams through its region's relay.
-            let (host, port) = match &record.wan {
+            let (host, port) = match &wan {
                 Some(w) if n.region != primary.region => {
                     crate::wan::Links { routes: w.routes.clone() }.backend_from(&n.region, &primary.host, primary.port)
                 }
@@ -556,34 +629,37 @@ async fn bring_up(
     .buffer_unordered(render::PARALLEL_BACKUPS)
     .collect()
     .await;
-    for (n, pg, res) in results {
-        // Record what started even when a sibling failed.
-        set_postmaster(record, &n.name, pg.postmaster_pid());
+    // Record what started even when a sibling failed.
+    with_record(shared, |r| {
+        for (n, pg, _) in &results {
+            set_postmaster(r, &n.name, pg.postmaster_pid());
+        }
+    })?;
+    for (n, _, res) in results {
         res.map_err(|e| SandboxError::Agent { node: n.name.clone(), detail: format!("base backup: {e}") })?;
     }
-    record.save()?;
 
     // Agents: the replicas' first, then the primary's once they answer. An
     // agent starts lapsed: it keeps a writable primary only with a renewal
     // (no controller runs yet) or a majority of support, so its peers must be
     // up to answer.
     let deadline = Instant::now() + READY_TIMEOUT;
-    let mut order: Vec<usize> = (0..record.nodes.len()).collect();
-    order.sort_by_key(|&i| record.nodes[i].role == SandboxRole::Primary);
+    let mut order: Vec<usize> = (0..nodes.len()).collect();
+    order.sort_by_key(|&i| nodes[i].role == SandboxRole::Primary);
     for i in order {
-        if record.nodes[i].role == SandboxRole::Primary {
-            for n in record.nodes.iter().filter(|n| n.role != SandboxRole::Primary) {
+        if nodes[i].role == SandboxRole::Primary {
+            for n in nodes.iter().filter(|n| n.role != SandboxRole::Primary) {
                 wait_agent(sb, n, deadline).await?;
             }
         }
-        let name = record.nodes[i].name.clone();
+        let name = nodes[i].name.clone();
         let log_path = sb.dir.join("logs").join(format!("agent-{name}.log"));
         let log = std::fs::File::create(&log_path).map_err(SandboxError::io(&log_path))?;
         let err_log = log.try_clone().map_err(SandboxError::io(&log_path))?;
         let child = Command::new(pgdr)
             .arg("agent")
             .arg("--config")
-            .arg(&record.config)
+            .arg(&sb.config)
             .arg("--node")
             .arg(&name)
             .current_dir(&sb.dir)
@@ -596,16 +672,20 @@ async fn bring_up(
                 node: name.clone(),
                 detail: format!("cannot run {}: {e}", pgdr.display()),
             })?;
-        record.nodes[i].agent_pid = Some(child.id() as i32);
-        record.save()?;
+        let pid = Some(child.id() as i32);
+        nodes[i].agent_pid = pid;
+        with_record(shared, |r| {
+            if let Some(n) = r.nodes.iter_mut().find(|n| n.name == name) {
+                n.agent_pid = pid;
+            }
+        })?;
     }
 
     // Ready: every agent answers, every replica streams.
-    for n in &record.nodes {
+    for n in &nodes {
         wait_agent(sb, n, deadline).await?;
     }
-    let want: Vec<&str> =
-        record.nodes.iter().filter(|n| n.role != SandboxRole::Primary).map(|n| n.name.as_str()).collect();
+    let want: Vec<&str> = nodes.iter().filter(|n| n.role != SandboxRole::Primary).map(|n| n.name.as_str()).collect();
     loop {
         let rows =
             sb.sql(&primary.name, "select application_name from pg_stat_replication where state = 'streaming'").await?;
@@ -620,13 +700,12 @@ async fn bring_up(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    record.save()?;
     Ok(())
 }
 
 /// Starts `pgdr sandbox relay` (detached, recorded) and waits until its
 /// listeners accept.
-async fn start_relay(sb: &Sandbox, record: &mut Record, pgdr: &Path) -> Result<(), SandboxError> {
+async fn start_relay(sb: &Sandbox, shared: &std::sync::Mutex<&mut Record>, pgdr: &Path) -> Result<(), SandboxError> {
     let log_path = sb.dir.join("logs").join("relay.log");
     let log = std::fs::File::create(&log_path).map_err(SandboxError::io(&log_path))?;
     let err_log = log.try_clone().map_err(SandboxError::io(&log_path))?;
@@ -643,11 +722,12 @@ async fn start_relay(sb: &Sandbox, record: &mut Record, pgdr: &Path) -> Result<(
         .spawn()
         .map_err(|e| SandboxError::Wan(format!("cannot run {} sandbox relay: {e}", pgdr.display())))?;
     let pid = child.id() as i32;
-    if let Some(w) = record.wan.as_mut() {
-        w.relay_pid = Some(pid);
-    }
-    record.save()?;
-    let listens: Vec<SocketAddr> = record.wan.iter().flat_map(|w| w.routes.iter().map(|r| r.listen)).collect();
+    with_record(shared, |r| {
+        if let Some(w) = r.wan.as_mut() {
+            w.relay_pid = Some(pid);
+        }
+    })?;
+    let listens: Vec<SocketAddr> = sb.record.wan.iter().flat_map(|w| w.routes.iter().map(|r| r.listen)).collect();
     let deadline = Instant::now() + Duration::from_secs(15);
     for a in listens {
         while tokio::net::TcpStream::connect(a).await.is_err() {

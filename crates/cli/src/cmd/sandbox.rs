@@ -40,6 +40,11 @@ pub enum SandboxCmd {
         /// Standbys in each region other than the primary's (default: --replicas-per-region).
         #[arg(long)]
         standbys_per_region: Option<usize>,
+        /// How many clusters of this topology: 1 is `main`; more are c01, c02.. (nodes named
+        /// c01-east-1..., small PostgreSQL settings, one proxy per cluster and region), all
+        /// watched by one controller.
+        #[arg(long, default_value_t = 1)]
+        clusters: usize,
         /// Put a relay on every cross-region path adding this delay each way (e.g. 40ms);
         /// enables `pgdr sandbox partition`.
         #[arg(long, value_parser = pgdr_model::parse_duration)]
@@ -111,13 +116,18 @@ pub fn run(_global: &Global, cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
             regions,
             replicas_per_region,
             standbys_per_region,
+            clusters,
             wan_delay,
             on_crash,
             base_port,
             store,
             json,
         } => {
-            let mut b = Sandbox::builder().dir(&dir).regions(regions).replicas_per_region(replicas_per_region);
+            let mut b = Sandbox::builder()
+                .dir(&dir)
+                .regions(regions)
+                .replicas_per_region(replicas_per_region)
+                .clusters(clusters);
             if let Some(n) = standbys_per_region {
                 b = b.standbys_per_region(n);
             }
@@ -183,6 +193,7 @@ fn up(builder: pgdr_sandbox::SandboxBuilder, json: bool) -> anyhow::Result<ExitC
             .map(|n| {
                 serde_json::json!({
                     "name": n.name,
+                    "cluster": n.cluster,
                     "region": n.region,
                     "role": n.role.to_string(),
                     "host": n.host,
@@ -199,13 +210,17 @@ fn up(builder: pgdr_sandbox::SandboxBuilder, json: bool) -> anyhow::Result<ExitC
             "status_command": format!("pgdr status --config {config}"),
             "down_command": format!("pgdr sandbox down --dir {}", sb.dir.display()),
             "took_seconds": took.as_secs_f64(),
+            "clusters": sb.record.clusters(),
             "nodes": nodes,
         });
         outln!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        outln!("sandbox up in {} ({} nodes, {:.1}s)\n", sb.dir.display(), sb.nodes().len(), took.as_secs_f64());
+        let clusters = sb.record.clusters();
+        let of = if clusters.len() > 1 { format!(", {} clusters", clusters.len()) } else { String::new() };
+        outln!("sandbox up in {} ({} nodes{of}, {:.1}s)\n", sb.dir.display(), sb.nodes().len(), took.as_secs_f64());
+        let w = sb.nodes().iter().map(|n| n.name.len()).max().unwrap_or(0).max(10);
         for n in sb.nodes() {
-            outln!("  {:<10} {:<8} {:<8} psql \"{}\"", n.name, n.role.to_string(), n.region, sb.uri(n));
+            outln!("  {:<w$} {:<8} {:<8} psql \"{}\"", n.name, n.role.to_string(), n.region, sb.uri(n));
         }
         outln!("\nconfig:  {config}");
         outln!("status:  pgdr status --config {config}");
