@@ -245,6 +245,10 @@ fn configure_recovery(pg: &LocalPg, opts: &RestoreOptions) -> Result<()> {
     }
     settings.extend(recovery_minimums(&opts.to.join("pgdr.conf")));
     pg.configure(&settings)?;
+    // The source's pg_hba.conf may take TCP logins only over TLS (a
+    // sandbox's does), which this copy, on loopback without a certificate,
+    // cannot serve: SCRAM from this host only.
+    pg.write_file("pg_hba.conf", pgdr_node::local::loopback_hba().as_bytes())?;
     // A replica's auto.conf may name a primary and slot; ALTER SYSTEM values there override pgdr.conf.
     let auto = opts.to.join("postgresql.auto.conf");
     if let Ok(text) = std::fs::read_to_string(&auto) {

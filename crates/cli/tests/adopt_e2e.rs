@@ -417,6 +417,7 @@ async fn adopt(w: &mut World, l: &Legacy) -> String {
         "[reload] ssl",
         "ALTER SYSTEM SET ssl = 'on';",
         "[advice] archive_mode",
+        "[advice] pg_hba.conf TLS",
         "[reload] restart_after_crash",
         "dry run: nothing changed",
         "need a restart: wal_log_hints",

@@ -348,10 +348,11 @@ impl Env {
     async fn check(&self, primary: &str, record: &WorkloadRecord, fault_ms: Option<f64>) -> u64 {
         let n = self.node(primary);
         let conninfo = format!(
-            "host={} port={} user=postgres dbname=postgres password={} connect_timeout=5",
+            "host={} port={} user=postgres dbname=postgres password={} connect_timeout=5{}",
             n.host,
             n.port,
-            self.sb.password()
+            self.sb.password(),
+            self.sb.tls_params()
         );
         let c = pgdr_drill::observer::connect(&conninfo, primary, Duration::from_secs(10)).await.expect("connect");
         let loss = pgdr_drill::checker::check_ledger(&c, record, fault_ms).await.expect("check ledger");
@@ -402,10 +403,11 @@ async fn wait_recovered(w: &Workload, fault_ms: f64) {
 fn direct(env: &Env, name: &str) -> String {
     let n = env.node(name);
     format!(
-        "host={} port={} user=postgres dbname=postgres password={} connect_timeout=1",
+        "host={} port={} user=postgres dbname=postgres password={} connect_timeout=1{}",
         n.host,
         n.port,
-        env.sb.password()
+        env.sb.password(),
+        env.sb.tls_params()
     )
 }
 

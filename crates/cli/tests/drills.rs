@@ -391,8 +391,9 @@ async fn switchover_under_load_keeps_a_direct_writers_commits() {
         .name
         .to_string();
     let password = env.sb.password().to_owned();
+    let tls = env.sb.tls_params();
     let conninfo = |host: &str, port: u16| {
-        format!("host={host} port={port} user=postgres dbname=postgres password={password} connect_timeout=2")
+        format!("host={host} port={port} user=postgres dbname=postgres password={password} connect_timeout=2{tls}")
     };
     let direct_conninfo = conninfo(&old_node.host, old_node.port);
     let setup = pgdr_drill::observer::connect(&direct_conninfo, &old, Duration::from_secs(10)).await.expect("connect");

@@ -150,9 +150,11 @@ async fn rotate_writes_every_region_logs_in_everywhere_and_leaks_nothing() {
             .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
             .expect("meta");
         assert_eq!(mode, 0o600);
-        pgdr_secrets::rotate::login(&v, None).await.unwrap_or_else(|e| panic!("{region} through its proxy: {e}"));
+        pgdr_secrets::rotate::login(&v, None, sb.pg_tls())
+            .await
+            .unwrap_or_else(|e| panic!("{region} through its proxy: {e}"));
         for n in sb.nodes() {
-            pgdr_secrets::rotate::login(&v, Some((&n.host, n.port)))
+            pgdr_secrets::rotate::login(&v, Some((&n.host, n.port)), sb.pg_tls())
                 .await
                 .unwrap_or_else(|e| panic!("{region}'s secret directly on {}: {e}", n.name));
         }
@@ -194,8 +196,10 @@ async fn rotate_writes_every_region_logs_in_everywhere_and_leaks_nothing() {
     let v2 = stored(&sb.dir, "west");
     passwords.push(v2.password.clone());
     assert_eq!((v2.username.as_str(), v2.version), ("app_b", 2));
-    pgdr_secrets::rotate::login(&v2, None).await.expect("the new secret through the west proxy");
-    pgdr_secrets::rotate::login(&v1, None).await.expect("the previous secret still logs in until the next rotation");
+    pgdr_secrets::rotate::login(&v2, None, sb.pg_tls()).await.expect("the new secret through the west proxy");
+    pgdr_secrets::rotate::login(&v1, None, sb.pg_tls())
+        .await
+        .expect("the previous secret still logs in until the next rotation");
 
     // 3. An unreachable store: nothing changes, exit 1; back, a rerun works.
     let west = sb.dir.join("secret-stores").join("west");
@@ -217,7 +221,9 @@ async fn rotate_writes_every_region_logs_in_everywhere_and_leaks_nothing() {
     for region in ["east", "west"] {
         let v = stored(&sb.dir, region);
         assert_eq!((v.username.as_str(), v.version), ("app", 3), "{region}");
-        pgdr_secrets::rotate::login(&v, None).await.unwrap_or_else(|e| panic!("{region} after the rerun: {e}"));
+        pgdr_secrets::rotate::login(&v, None, sb.pg_tls())
+            .await
+            .unwrap_or_else(|e| panic!("{region} after the rerun: {e}"));
         passwords.push(v.password);
     }
 
@@ -254,7 +260,7 @@ async fn rotate_writes_every_region_logs_in_everywhere_and_leaks_nothing() {
         let v = stored(&sb.dir, region);
         let t = Instant::now();
         // The proxy routes to the new primary once the workflow resumed it.
-        while let Err(e) = pgdr_secrets::rotate::login(&v, None).await {
+        while let Err(e) = pgdr_secrets::rotate::login(&v, None, sb.pg_tls()).await {
             assert!(t.elapsed() < Duration::from_secs(20), "{region}'s secret after the switchover: {e}");
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -275,7 +281,9 @@ async fn rotate_writes_every_region_logs_in_everywhere_and_leaks_nothing() {
     for region in ["east", "west"] {
         let v = stored(&sb.dir, region);
         assert_eq!((v.username.as_str(), v.version, v.epoch), ("app_b", 4, after.epoch.0), "{region}");
-        pgdr_secrets::rotate::login(&v, None).await.unwrap_or_else(|e| panic!("{region} after the switchover: {e}"));
+        pgdr_secrets::rotate::login(&v, None, sb.pg_tls())
+            .await
+            .unwrap_or_else(|e| panic!("{region} after the switchover: {e}"));
         passwords.push(v.password);
     }
 
@@ -296,12 +304,14 @@ async fn rotate_writes_every_region_logs_in_everywhere_and_leaks_nothing() {
         for region in ["east", "west"] {
             let v = batch(region);
             assert_eq!((v.username.as_str(), v.version), ("batch", version), "{region}");
-            pgdr_secrets::rotate::login(&v, None).await.unwrap_or_else(|e| panic!("batch in {region}: {e}"));
+            pgdr_secrets::rotate::login(&v, None, sb.pg_tls())
+                .await
+                .unwrap_or_else(|e| panic!("batch in {region}: {e}"));
             passwords.push(v.password.clone());
         }
         if let Some(old) = &previous {
             assert!(
-                pgdr_secrets::rotate::login(old, None).await.is_err(),
+                pgdr_secrets::rotate::login(old, None, sb.pg_tls()).await.is_err(),
                 "single: the old password must stop working"
             );
         }
@@ -410,11 +420,11 @@ async fn assert_stores(sb: &SandboxGuard, regions: &[&str], version: u64, primar
         assert_eq!(v.version, version, "state {state}: {region}'s store");
         let t = Instant::now();
         // The proxy may still be moving to a new primary.
-        while let Err(e) = pgdr_secrets::rotate::login(&v, None).await {
+        while let Err(e) = pgdr_secrets::rotate::login(&v, None, sb.pg_tls()).await {
             assert!(t.elapsed() < Duration::from_secs(20), "state {state}: {region}'s secret through its proxy: {e}");
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        pgdr_secrets::rotate::login(&v, Some(primary))
+        pgdr_secrets::rotate::login(&v, Some(primary), sb.pg_tls())
             .await
             .unwrap_or_else(|e| panic!("state {state}: {region}'s secret on the primary: {e}"));
     }
@@ -511,7 +521,7 @@ async fn five_states_of_a_failover_and_failback_keep_every_store_valid() {
     }
     let synced = stored(&sb.dir, "east");
     assert_eq!(synced.password, stored(&sb.dir, "west").password, "east's store holds west's secret");
-    pgdr_secrets::rotate::login(&synced, None).await.expect("east's synced secret through its proxy");
+    pgdr_secrets::rotate::login(&synced, None, sb.pg_tls()).await.expect("east's synced secret through its proxy");
     eprintln!(
         "state 3 reached after {:.1}s: {:?}",
         t0.elapsed().as_secs_f64(),

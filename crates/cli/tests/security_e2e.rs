@@ -10,7 +10,10 @@
 //!   the backup key) shows in a log file, an event, a workflow's journal or
 //!   a process's command line;
 //! - the sandbox writes no `trust` line in pg_hba.conf, and its secrets,
-//!   sockets and logs are private to their owner.
+//!   sockets and logs are private to their owner;
+//! - its servers take TCP logins (replication too) only over TLS: none of
+//!   pgdr's own connections was refused for lack of it, a plain client is
+//!   refused with "no encryption", a `verify-full` one gets in.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -279,6 +282,58 @@ async fn no_route_answers_without_the_right_token_and_no_secret_shows() {
         assert!(trust.is_empty(), "{}: trust in pg_hba.conf: {trust:?}", n.name);
         let sockets = n.data_dir.with_file_name("data.run");
         assert_eq!(mode(&sockets) & 0o077, 0, "{} is open to others", sockets.display());
+    }
+
+    // TCP logins only over TLS (`hostssl`, `hostnossl ... reject`): none of
+    // pgdr's own connections, made all along this test, was refused for
+    // lack of TLS; a plain client is refused and says why, a verify-full
+    // one gets in; the same for replication connections.
+    for n in sb.nodes() {
+        let pg_log = std::fs::read_to_string(n.data_dir.with_file_name("data.log")).unwrap_or_default();
+        let plain: Vec<&str> = pg_log.lines().filter(|l| l.contains("no encryption")).collect();
+        assert!(plain.is_empty(), "{}: something of pgdr logged in without TLS: {plain:?}", n.name);
+    }
+    for n in sb.nodes() {
+        let base = format!(
+            "host={} port={} user=postgres dbname=postgres password='{}' connect_timeout=5",
+            n.host,
+            n.port,
+            sb.password()
+        );
+        let refused =
+            pgdr_drill::observer::connect(&format!("{base} sslmode=disable"), &n.name, Duration::from_secs(10))
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{}: a login without TLS was let in", n.name));
+        // The server's message is in the error's source.
+        let refused = format!("{refused:?}");
+        assert!(refused.contains("no encryption"), "{}: {refused}", n.name);
+        let client =
+            pgdr_drill::observer::connect(&format!("{base}{}", sb.tls_params()), &n.name, Duration::from_secs(10))
+                .await
+                .unwrap_or_else(|e| panic!("{}: verify-full: {e}", n.name));
+        client.simple_query("select 1").await.unwrap_or_else(|e| panic!("{}: over TLS: {e}", n.name));
+        let ca = &cfg.tls.as_ref().expect("tls").ca;
+        for (sslmode, ok) in [("disable", false), ("verify-full", true)] {
+            let out = Command::new("psql")
+                .arg("-X")
+                .arg("-d")
+                .arg(format!(
+                    "host={} port={} user=postgres dbname=postgres replication=true connect_timeout=5 sslmode={sslmode} sslrootcert={}",
+                    n.host,
+                    n.port,
+                    ca.display()
+                ))
+                .args(["-c", "IDENTIFY_SYSTEM"])
+                .env("PGPASSWORD", sb.password())
+                .output()
+                .expect("psql");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.success(), ok, "{}: replication with sslmode={sslmode}: {err}", n.name);
+            if !ok {
+                assert!(err.contains("no encryption"), "{}: {err}", n.name);
+            }
+        }
     }
     drop(run);
     drop(sb);

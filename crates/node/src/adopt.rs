@@ -423,6 +423,32 @@ pub fn gaps(f: &Facts, n: &Needs) -> Vec<Gap> {
             );
         }
     }
+    // Under [tls], TCP logins only over TLS: a `host` line lets a client
+    // (an application, a replica) send its password and data in the clear.
+    // Advice: pgdr's own connections use TLS either way.
+    if n.tls {
+        let plain: Vec<String> = f
+            .hba
+            .iter()
+            .filter(|r| r.kind == "host" && r.auth.as_deref() != Some("reject"))
+            .map(|r| r.line.to_string())
+            .collect();
+        if !plain.is_empty() {
+            let lines = plain.join(", ");
+            push(
+                "pg_hba.conf TLS",
+                format!("TCP logins without TLS accepted (line {lines})"),
+                "hostssl lines only, hostnossl rejected".into(),
+                Level::Advice,
+                vec![Fix::Manual {
+                    what: format!(
+                        "in {}, make `host` on line {lines} `hostssl`, and put `hostnossl all all all reject` and `hostnossl replication all all reject` before the other TCP lines; then SELECT pg_reload_conf();",
+                        f.hba_file
+                    ),
+                }],
+            );
+        }
+    }
     // TLS under [tls].
     if n.tls && !(f.setting("ssl") == "on" && n.tls_verified) {
         let have_tls = if f.setting("ssl") == "on" {
@@ -636,6 +662,17 @@ mod tests {
             g.iter().find(|g| g.what == "pg_hba.conf replication").map(|g| g.want.starts_with("hostssl")),
             Some(true)
         );
+        // ... and is advice to turn into `hostssl` (TCP logins only over TLS).
+        let plain = g.iter().find(|g| g.what == "pg_hba.conf TLS").cloned();
+        assert_eq!(
+            plain.as_ref().map(|g| (g.level, g.have.as_str())),
+            Some((Level::Advice, "TCP logins without TLS accepted (line 1)"))
+        );
+        let mut f = facts();
+        f.hba[0].kind = "hostssl".into();
+        assert!(!names(&gaps(&f, &n)).contains(&"pg_hba.conf TLS"));
+        // Without [tls] there is nothing to advise.
+        assert!(!names(&gaps(&facts(), &needs())).contains(&"pg_hba.conf TLS"));
     }
 
     #[test]

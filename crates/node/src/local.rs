@@ -451,6 +451,41 @@ pub fn valid_host(h: &str) -> Result<(), String> {
     pgdr_model::check_host(h)
 }
 
+/// A `pg_hba.conf` taking TCP logins only over TLS: SCRAM on the Unix
+/// socket (what the server's own user and local tools use), `hostssl ...
+/// scram-sha-256` from `networks` (CIDR, such as `127.0.0.1/32`) for every
+/// database and for replication, and `hostnossl ... reject` before
+/// anything else, so a client that does not start TLS is told why it is
+/// refused ("no encryption") instead of meeting no rule. No `trust`.
+pub fn tls_only_hba(networks: &[&str]) -> String {
+    let mut s = String::from(
+        "# Written by pgdr: TCP logins only over TLS, SCRAM everywhere, no trust.\n\
+         # TYPE    DATABASE     USER  ADDRESS  METHOD\n\
+         local     all          all            scram-sha-256\n\
+         local     replication  all            scram-sha-256\n\
+         hostnossl all          all   all      reject\n\
+         hostnossl replication  all   all      reject\n",
+    );
+    for net in networks {
+        s.push_str(&format!("hostssl   all          all   {net}  scram-sha-256\n"));
+        s.push_str(&format!("hostssl   replication  all   {net}  scram-sha-256\n"));
+    }
+    s
+}
+
+/// The `pg_hba.conf` of a server that listens on loopback only and has no
+/// certificate (a restored copy): SCRAM on the Unix socket and from
+/// 127.0.0.1 and ::1, nothing from elsewhere, no `trust`.
+pub fn loopback_hba() -> String {
+    "# Written by pgdr: a restored copy, reachable from this host only, SCRAM, no trust.\n\
+     # TYPE  DATABASE     USER  ADDRESS       METHOD\n\
+     local   all          all                 scram-sha-256\n\
+     local   replication  all                 scram-sha-256\n\
+     host    all          all   127.0.0.1/32  scram-sha-256\n\
+     host    all          all   ::1/128       scram-sha-256\n"
+        .to_owned()
+}
+
 /// Quotes a value for a libpq connection string.
 pub fn conn_quote(v: &str) -> String {
     format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
@@ -478,6 +513,19 @@ pub fn pid_alive(pid: i32) -> bool {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_tls_only_hba_refuses_plain_tcp_first_and_trusts_no_one() {
+        let hba = tls_only_hba(&["127.0.0.1/32", "::1/128"]);
+        let rules: Vec<Vec<&str>> =
+            hba.lines().filter(|l| !l.trim_start().starts_with('#')).map(|l| l.split_whitespace().collect()).collect();
+        assert!(rules.iter().all(|r| r.last() != Some(&"trust")), "{hba}");
+        // Every TCP rule is TLS-only or a reject, and the rejects come first.
+        let tcp: Vec<&Vec<&str>> = rules.iter().filter(|r| r[0] != "local").collect();
+        assert!(tcp.iter().all(|r| r[0] == "hostssl" || (r[0] == "hostnossl" && r[4] == "reject")), "{hba}");
+        assert_eq!(tcp.iter().take(2).map(|r| r[0]).collect::<Vec<_>>(), ["hostnossl", "hostnossl"]);
+        assert_eq!(tcp.iter().filter(|r| r[0] == "hostssl" && r[1] == "replication").count(), 2);
+    }
 
     #[test]
     fn a_login_never_prints_its_password() {

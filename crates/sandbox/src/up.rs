@@ -29,6 +29,9 @@ pub const MAX_CLUSTERS: usize = 200;
 /// How many clusters `up` brings up at once (initdb and base backups are
 /// CPU- and disk-bound).
 const PARALLEL_CLUSTERS: usize = 4;
+/// Where TCP logins to a sandbox's servers come from (every part runs on
+/// this host), over TLS only when the sandbox has certificates.
+const HBA_NETWORKS: [&str; 2] = ["127.0.0.1/32", "::1/128"];
 
 /// How to build a sandbox; see [`Sandbox::builder`].
 #[derive(Debug, Clone)]
@@ -126,9 +129,22 @@ impl Sandbox {
         self.token.expose()
     }
 
-    /// `postgresql://postgres:PASSWORD@127.0.0.1:PORT/postgres`.
+    /// `postgresql://postgres:PASSWORD@127.0.0.1:PORT/postgres`, with
+    /// `?sslmode=verify-full&sslrootcert=CA` when the sandbox has TLS (its
+    /// servers take TCP logins only over TLS).
     pub fn uri(&self, node: &NodeRecord) -> String {
-        format!("postgresql://postgres:{}@{}:{}/postgres", self.password.expose(), node.host, node.port)
+        let mut uri = format!("postgresql://postgres:{}@{}:{}/postgres", self.password.expose(), node.host, node.port);
+        if let Some(t) = &self.tls {
+            uri.push_str(&format!("?sslmode=verify-full&sslrootcert={}", uri_encode(&t.ca().display().to_string())));
+        }
+        uri
+    }
+
+    /// The libpq parameters a client of this sandbox's servers and proxies
+    /// adds to its connection string: ` sslmode=verify-full sslrootcert='CA'`
+    /// with TLS, empty without.
+    pub fn tls_params(&self) -> String {
+        self.tls.as_ref().map(PgTls::libpq_params).unwrap_or_default()
     }
 
     pub fn login(&self) -> Login {
@@ -592,6 +608,10 @@ async fn bring_up_cluster(
         .ok_or_else(|| SandboxError::Topology("no primary".into()))?;
     let ppg = local(&primary);
     ppg.initdb("postgres", sb.password.expose()).await?;
+    if sb.tls.is_some() {
+        // TCP logins only over TLS; the replicas' base backups copy it.
+        ppg.write_file("pg_hba.conf", pgdr_node::local::tls_only_hba(&HBA_NETWORKS).as_bytes())?;
+    }
     ppg.configure(&settings_of(&primary))?;
     ppg.start(PG_WAIT).await?;
     with_record(shared, |r| set_postmaster(r, &primary.name, ppg.postmaster_pid()))?;
@@ -847,4 +867,18 @@ async fn wait_agent(sb: &Sandbox, n: &NodeRecord, deadline: Instant) -> Result<(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
+}
+
+/// Percent-encodes a URI query value (everything but unreserved characters
+/// and `/`).
+fn uri_encode(v: &str) -> String {
+    let mut out = String::new();
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

@@ -246,12 +246,35 @@ async fn connect(
     }
 }
 
-/// Logs in with a stored secret at the endpoint it names (or `at`).
-pub async fn login(v: &SecretValue, at: Option<(&str, u16)>) -> Result<(), String> {
+/// How pgdr logs in at `host:port` with a stored secret: a proxy of the
+/// config is reached over TLS when it serves TLS (`tls_cert`) and `[tls]`
+/// is on, a node whenever `[tls]` is on; verified against `tls.ca` either
+/// way (`verify-full`), never TLS without a check.
+pub fn endpoint_tls(
+    cfg: &Config,
+    cluster: &Cluster,
+    host: &str,
+    port: u16,
+) -> Result<Option<pgdr_node::local::PgTls>, String> {
+    let Some(t) = &cfg.tls else { return Ok(None) };
+    let proxy = cfg
+        .proxies_of(cluster.name.as_str())
+        .find(|p| [Some(p.writer), p.reader].iter().flatten().any(|a| a.ip().to_string() == host && a.port() == port));
+    if proxy.is_some_and(|p| p.tls.is_none()) {
+        return Ok(None);
+    }
+    pgdr_node::local::PgTls::new(&t.ca).map(Some).map_err(|e| format!("tls.ca: {e}"))
+}
+
+/// Logs in with a stored secret at the endpoint it names (or `at`), over
+/// `tls` when given ([`endpoint_tls`] says which the endpoint needs).
+pub async fn login(
+    v: &SecretValue,
+    at: Option<(&str, u16)>,
+    tls: Option<&pgdr_node::local::PgTls>,
+) -> Result<(), String> {
     let (host, port) = at.unwrap_or((&v.host, v.port));
-    // Through a proxy: its client side speaks TLS only when given a
-    // certificate, and the stored endpoint may be one.
-    let c = connect(host, port, &v.username, Some(&v.password), &v.dbname, None).await?;
+    let c = connect(host, port, &v.username, Some(&v.password), &v.dbname, tls).await?;
     let row = c.query_one("SELECT current_user::text", &[]).await.map_err(|e| pg_detail(&e))?;
     let user: String = row.get(0);
     if user != v.username && !user.is_empty() {
@@ -359,7 +382,8 @@ async fn read_and_repair(
     let mut current = None;
     if let Some(n) = &newest {
         let pnode = c.node(primary).ok_or_else(|| format!("no node {primary} in the config"))?;
-        if login(n, Some((&pnode.host, pnode.port))).await.is_ok() {
+        let tls = endpoint_tls(cfg, c, &pnode.host, pnode.port)?;
+        if login(n, Some((&pnode.host, pnode.port)), tls.as_ref()).await.is_ok() {
             current = Some(n.clone());
             for (rep, store, v) in stores.iter_mut() {
                 if v.as_ref().map(|v| v.version) != Some(n.version) {
@@ -555,7 +579,10 @@ async fn rotate_role(
                 tracing::info!(role = %role.name, region = %rep.region, version, "secret store written");
                 let back = store.get(&key).await.ok().flatten().filter(|v| v.version == version);
                 let res = match back {
-                    Some(v) => login(&v, None).await,
+                    Some(v) => match endpoint_tls(cfg, c, &v.host, v.port) {
+                        Ok(tls) => login(&v, None, tls.as_ref()).await,
+                        Err(e) => Err(e),
+                    },
                     None => Err("the store does not return the version just written".into()),
                 };
                 rep.verified = Some(res.is_ok());
@@ -734,7 +761,10 @@ pub async fn status(cfg: &Config, cluster: &str, only: Option<&str>, verify: boo
                             rep.age_seconds = v.age(now).map(|d| d.as_secs());
                             rep.too_old = matches!((v.age(now), max_age), (Some(a), Some(m)) if !m.is_zero() && a > m);
                             if verify {
-                                let res = login(&v, None).await;
+                                let res = match endpoint_tls(cfg, c, &v.host, v.port) {
+                                    Ok(tls) => login(&v, None, tls.as_ref()).await,
+                                    Err(e) => Err(e),
+                                };
                                 rep.verified = Some(res.is_ok());
                                 if let Err(e) = res {
                                     rep.error = Some(format!("does not log in through {}: {e}", v.host));
