@@ -38,6 +38,9 @@ pub struct ClusterLabel {
     pub cluster: String,
 }
 
+/// Upper bounds of the probe jitter histogram: 1 ms to 5 s.
+const JITTER_BUCKETS: [f64; 12] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0];
+
 fn hist() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 14))
 }
@@ -52,6 +55,10 @@ pub struct Metrics {
     pub lag_seconds: Family<NodeLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub rpo_breaches: Family<NodeLabel, Counter>,
     pub epoch: Family<ClusterLabel, Gauge>,
+    /// How far the time between two probes of a cluster by the controller
+    /// strays from `timing.probe_interval`, over every cluster: the probe
+    /// schedule's jitter (a loaded controller starts probes late).
+    pub probe_jitter_seconds: Histogram,
     /// `pgdr_backup_*` (see [`crate::backups`]).
     pub backup: crate::backups::BackupMetrics,
 }
@@ -67,6 +74,7 @@ impl Default for Metrics {
             lag_seconds: Family::default(),
             rpo_breaches: Family::default(),
             epoch: Family::default(),
+            probe_jitter_seconds: Histogram::new(JITTER_BUCKETS),
             backup: Default::default(),
             registry: Registry::default(),
         };
@@ -89,6 +97,11 @@ impl Default for Metrics {
         );
         registry.register("pgdr_rpo_breaches", "Times a replica's lag passed the tier's RPO", m.rpo_breaches.clone());
         registry.register("pgdr_cluster_epoch", "The cluster's epoch", m.epoch.clone());
+        registry.register(
+            "pgdr_probe_jitter_seconds",
+            "How far the time between two controller probes of a cluster strays from probe_interval",
+            m.probe_jitter_seconds.clone(),
+        );
         m.backup.register(&mut registry);
         Metrics { registry, ..m }
     }

@@ -242,6 +242,8 @@ async fn watch(ctl: Controller, cluster: Cluster, cancel: &CancellationToken, tr
     let mut tick = tokio::time::interval(timing.probe_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut n: u64 = 0;
+    // When the controller's last probe of this cluster started (jitter).
+    let mut last_probe: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -307,6 +309,10 @@ async fn watch(ctl: Controller, cluster: Cluster, cancel: &CancellationToken, tr
             out
         };
         let t0 = Instant::now();
+        if let Some(prev) = last_probe.replace(t0) {
+            let gap = t0.duration_since(prev).as_secs_f64();
+            sh.metrics.probe_jitter_seconds.observe((gap - timing.probe_interval.as_secs_f64()).abs());
+        }
         det.probe_started(VANTAGE_CONTROLLER, t0 + timing.probe_timeout);
         let (res, statuses, remote_seen) =
             tokio::join!(prober.probe(timing.probe_timeout), sh.observe(&cluster), remote_fut);

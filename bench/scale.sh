@@ -1,0 +1,284 @@
+#!/usr/bin/env bash
+# The cost of watching many clusters from one controller: for each N, a
+# sandbox of N two-node clusters (`pgdr sandbox up --clusters N`: primary in
+# east, standby in west, small PostgreSQL settings when N > 1) and one
+# `pgdr run` (the controller and every proxy, in one process); after a
+# warm-up (every cluster probed, the first scheduled backups done) it stays
+# idle for IDLE seconds and reports, per process kind, CPU seconds per
+# cluster per minute (utime+stime of /proc/<pid>/stat, children reaped in the
+# window included through cutime+cstime) and memory (PSS, from
+# /proc/<pid>/smaps_rollup, so PostgreSQL's shared memory is not counted once
+# per process), and the probe schedule's jitter (the controller's
+# pgdr_probe_jitter_seconds histogram over the window: how far the time
+# between two probes of a cluster strays from probe_interval).
+#
+# It goes up the list of N and stops early, saying why, when a sandbox does
+# not come up, or when the memory left would not hold the next N (sandboxes
+# live in /dev/shm). Writes bench/RESULTS-scale.md (and prints it).
+#
+# Usage: bench/scale.sh [N...]                 (default: 1 10 30 100)
+#   IDLE=60         seconds measured idle per N
+#   PROFILE=release release (default) or debug build
+#   WORKDIR=/dev/shm where sandboxes live (tmpfs: no disk used)
+#   PROBE_INTERVAL= e.g. 1s: the controller's probe_interval (default: the sandbox's, 500ms)
+# Needs: root (PostgreSQL runs as `postgres`), PostgreSQL server binaries, python3.
+set -euo pipefail
+
+LIST=("$@")
+[ ${#LIST[@]} -eq 0 ] && LIST=(1 10 30 100)
+for n in "${LIST[@]}"; do
+  case "$n" in ''|*[!0-9]*) echo "bench/scale.sh: N must be a whole number, got '$n'" >&2; exit 2;; esac
+done
+IDLE="${IDLE:-60}"
+PROFILE="${PROFILE:-release}"
+WORKDIR="${WORKDIR:-/dev/shm}"
+PROBE_INTERVAL="${PROBE_INTERVAL:-}"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+
+if [ "$PROFILE" = release ]; then FLAG=--release; else FLAG=; fi
+echo "building pgdr ($PROFILE)..." >&2
+nice -n 10 cargo build $FLAG -q -p pgdr-cli
+PGDR="$ROOT/target/$PROFILE/pgdr"
+COMMIT="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates bench/scale.sh || echo '+changes')"
+
+WORK="$(mktemp -d "$WORKDIR/pgdr-bench-scale.XXXXXX")"
+chmod 755 "$WORK"
+RUN_PID=
+SB=
+cleanup() {
+  if [ -n "$RUN_PID" ]; then kill "$RUN_PID" 2>/dev/null || true; wait "$RUN_PID" 2>/dev/null || true; fi
+  RUN_PID=
+  if [ -n "$SB" ]; then "$PGDR" sandbox down --dir "$SB" --purge >/dev/null 2>&1 || true; fi
+  SB=
+}
+trap 'cleanup; rm -rf "$WORK"' EXIT
+
+# Every measurement is done by this helper (python3, standard library only).
+cat >"$WORK/probe.py" <<'PY'
+import json, os, ssl, sys, urllib.request
+
+def sandbox(sb):
+    return json.load(open(os.path.join(sb, "sandbox.json")))
+
+def metrics(sb):
+    """The controller's /metrics text (viewer token, the sandbox's CA and client certificate)."""
+    import re
+    conf = open(os.path.join(sb, "pgdr.toml")).read()
+    listen = re.search(r'^\[controller\]\s*\nlisten = "([^"]+)"', conf, re.M).group(1)
+    token = open(os.path.join(sb, "secrets", "viewer.token")).read().strip()
+    tls = os.path.isdir(os.path.join(sb, "tls"))
+    ctx = None
+    if tls:
+        ctx = ssl.create_default_context(cafile=os.path.join(sb, "tls", "ca.crt"))
+        ctx.load_cert_chain(os.path.join(sb, "tls", "client.crt"), os.path.join(sb, "tls", "client.key"))
+    url = ("https" if tls else "http") + "://" + listen + "/metrics"
+    req = urllib.request.Request(url, headers={"Authorization": "Bearer " + token})
+    return urllib.request.urlopen(req, context=ctx, timeout=10).read().decode()
+
+def samples(text, name):
+    out = []
+    for line in text.splitlines():
+        if line.startswith(name):
+            key, _, val = line.rpartition(" ")
+            out.append((key, float(val)))
+    return out
+
+def ready(sb, n):
+    """Every cluster probed ok directly and its first backup done (or failed)."""
+    t = metrics(sb)
+    ok = {k.split('cluster="')[1].split('"')[0] for k, v in samples(t, "pgdr_probes_total")
+          if 'path="direct"' in k and 'outcome="ok"' in k and v > 0}
+    backups = {k.split('cluster="')[1].split('"')[0] for k, v in samples(t, "pgdr_backup_runs_total") if v > 0}
+    return len(ok) >= n and len(backups) >= n
+
+def children(pid):
+    out = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                st = open(f"/proc/{p}/stat").read()
+            except OSError:
+                continue
+            fields = st.rpartition(")")[2].split()
+            if int(fields[1]) == pid:
+                out.append(int(p))
+    return out
+
+def cpu(pid, with_children):
+    try:
+        f = open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()
+    except OSError:
+        return 0
+    t = int(f[11]) + int(f[12])
+    if with_children:
+        t += int(f[13]) + int(f[14])
+    return t
+
+def pss(pid):
+    try:
+        for line in open(f"/proc/{pid}/smaps_rollup"):
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+def kinds(sb, run_pid):
+    """pid lists per kind: (pids whose reaped children count, live children counted on their own)."""
+    rec = sandbox(sb)
+    agents = [n["agent_pid"] for n in rec["nodes"] if n.get("agent_pid")]
+    postmasters = []
+    for n in rec["nodes"]:
+        try:
+            postmasters.append(int(open(os.path.join(n["data_dir"], "postmaster.pid")).readline()))
+        except (OSError, ValueError):
+            pass
+    return {"controller": [run_pid], "agents": agents, "postgres": postmasters}
+
+def snapshot(sb, run_pid):
+    clk = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for kind, roots in kinds(sb, run_pid).items():
+        ticks, mem, procs = 0, 0, 0
+        for r in roots:
+            ticks += cpu(r, True)
+            mem += pss(r)
+            procs += 1
+            for c in children(r):
+                ticks += cpu(c, False)
+                mem += pss(c)
+                procs += 1
+        out[kind] = {"cpu": ticks / clk, "pss": mem, "procs": procs}
+    try:
+        out["metrics"] = metrics(sb)
+    except Exception as e:  # the report says so
+        out["metrics"] = ""
+        out["metrics_error"] = str(e)
+    return out
+
+def jitter(before, after):
+    def hist(t):
+        b = {}
+        for k, v in samples(t, "pgdr_probe_jitter_seconds_bucket"):
+            b[float(k.split('le="')[1].split('"')[0])] = v
+        s = dict(samples(t, "pgdr_probe_jitter_seconds_sum"))
+        c = dict(samples(t, "pgdr_probe_jitter_seconds_count"))
+        return b, sum(s.values()), sum(c.values())
+    b0, s0, c0 = hist(before)
+    b1, s1, c1 = hist(after)
+    count = c1 - c0
+    if count <= 0:
+        return None
+    def q(p):
+        for le in sorted(b1):
+            if b1[le] - b0.get(le, 0) >= p * count:
+                return le
+        return float("inf")
+    return {"count": int(count), "mean": (s1 - s0) / count, "p50": q(0.5), "p99": q(0.99)}
+
+cmd = sys.argv[1]
+if cmd == "ready":
+    try:
+        sys.exit(0 if ready(sys.argv[2], int(sys.argv[3])) else 1)
+    except Exception:
+        sys.exit(1)
+elif cmd == "snapshot":
+    json.dump(snapshot(sys.argv[2], int(sys.argv[3])), open(sys.argv[4], "w"))
+elif cmd == "row":
+    n, secs = int(sys.argv[2]), float(sys.argv[3])
+    a, b = json.load(open(sys.argv[4])), json.load(open(sys.argv[5]))
+    per = lambda k: (b[k]["cpu"] - a[k]["cpu"]) / n / (secs / 60)
+    core = lambda k: (b[k]["cpu"] - a[k]["cpu"]) / secs * 100
+    mb = lambda k: b[k]["pss"] / 2**20
+    j = jitter(a["metrics"], b["metrics"])
+    fmt = lambda v: "n/a" if v is None else ("> 5 s" if v == float("inf") else f"≤ {v*1000:g} ms")
+    cells = [str(n)]
+    for k in ("controller", "agents", "postgres"):
+        cells.append(f"{per(k):.3f} ({core(k):.1f}%)")
+    for k in ("controller", "agents", "postgres"):
+        cells.append(f"{mb(k):.0f} ({b[k]['procs']})")
+    cells.append("n/a" if j is None else f"{fmt(j['p50'])} / {fmt(j['p99'])} (mean {j['mean']*1000:.1f} ms, {j['count']} gaps)")
+    print("| " + " | ".join(cells) + " |")
+    json.dump({"n": n, "seconds": secs, "cpu_per_cluster_min": {k: per(k) for k in ("controller", "agents", "postgres")},
+               "core_percent": {k: core(k) for k in ("controller", "agents", "postgres")},
+               "pss_mb": {k: mb(k) for k in ("controller", "agents", "postgres")}, "jitter": j},
+              open(sys.argv[6], "w"))
+PY
+
+mem_avail_mb() { awk '/MemAvailable/ {print int($2/1024)}' /proc/meminfo; }
+ROWS=()
+LARGEST=0
+STOPPED="every N in the list ran"
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
+for N in "${LIST[@]}"; do
+  # About 100 MB per node in tmpfs and memory (data, WAL, shared buffers,
+  # processes), and 3 GB left for everyone else.
+  NEED=$(( N * 2 * 100 + 3072 ))
+  if [ "$(mem_avail_mb)" -lt "$NEED" ]; then
+    STOPPED="N=$N not tried: $(mem_avail_mb) MB of memory available, about $NEED MB needed"
+    break
+  fi
+  SB="$WORK/sb-$N"
+  echo "N=$N: sandbox up..." >&2
+  T0=$(date +%s)
+  if ! "$PGDR" sandbox up --dir "$SB" --clusters "$N" --replicas-per-region 0 --standbys-per-region 1 >"$WORK/up-$N.log" 2>&1; then
+    STOPPED="N=$N: sandbox up failed: $(tail -1 "$WORK/up-$N.log")"
+    cleanup
+    break
+  fi
+  UP_SECS=$(( $(date +%s) - T0 ))
+  CONFIG="$SB/pgdr.toml"
+  if [ -n "$PROBE_INTERVAL" ]; then
+    sed -i "s/^probe_interval = .*/probe_interval = \"$PROBE_INTERVAL\"/" "$CONFIG"
+  fi
+  INTERVAL="$(sed -n 's/^probe_interval = "\(.*\)"/\1/p' "$CONFIG")"
+  setsid "$PGDR" run --config "$CONFIG" >"$WORK/run-$N.log" 2>&1 &
+  RUN_PID=$!
+  echo "N=$N: up in ${UP_SECS}s; pgdr run (pid $RUN_PID), warming up..." >&2
+  READY=
+  for _ in $(seq 1 $(( 120 + N * 3 ))); do
+    if python3 "$WORK/probe.py" ready "$SB" "$N"; then READY=1; break; fi
+    if ! kill -0 "$RUN_PID" 2>/dev/null; then break; fi
+    sleep 1
+  done
+  if [ -z "$READY" ]; then
+    STOPPED="N=$N: the controller did not probe every cluster and finish the first backups in time (see the run log)"
+    cleanup
+    break
+  fi
+  sleep 10
+  python3 "$WORK/probe.py" snapshot "$SB" "$RUN_PID" "$WORK/a-$N.json"
+  LOAD_START="$(cut -d' ' -f1 /proc/loadavg)"
+  S0=$(date +%s.%N)
+  echo "N=$N: measuring ${IDLE}s idle..." >&2
+  sleep "$IDLE"
+  S1=$(date +%s.%N)
+  python3 "$WORK/probe.py" snapshot "$SB" "$RUN_PID" "$WORK/b-$N.json"
+  SECS=$(python3 -c "print($S1 - $S0)")
+  ROW="$(python3 "$WORK/probe.py" row "$N" "$SECS" "$WORK/a-$N.json" "$WORK/b-$N.json" "$WORK/r-$N.json")"
+  ROWS+=("${ROW% |} | ${INTERVAL} | ${UP_SECS} s | ${LOAD_START} |")
+  echo "$ROW" >&2
+  LARGEST=$N
+  cleanup
+done
+
+OUT="$ROOT/bench/RESULTS-scale.md"
+{
+  echo "# The cost of watching many clusters"
+  echo
+  echo "\`bench/scale.sh ${LIST[*]}\` (IDLE=$IDLE, $PROFILE build${PROBE_INTERVAL:+, PROBE_INTERVAL=$PROBE_INTERVAL}) at commit \`$COMMIT\`, $(date -u '+%Y-%m-%d %H:%M') UTC;"
+  echo "$(nproc) vCPU ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)), $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo) memory, load average before the run $LOAD_BEFORE;"
+  echo "$(pg_config --version 2>/dev/null || echo 'PostgreSQL (version unknown)'); sandboxes in $WORKDIR; the machine is shared with other builds and tests."
+  echo
+  echo "Each cluster: a primary (east) and a standby (west) with their agents; one \`pgdr run\` (controller and the proxies, one per cluster and region, in one process). Measured after every cluster was probed and its first scheduled backup done, over $IDLE s idle. CPU: seconds per cluster per minute (in brackets: % of one core for all clusters). Memory: PSS in MB (in brackets: processes)."
+  echo
+  echo "| N | controller+proxies CPU | agents CPU | PostgreSQL CPU | controller MB | agents MB | PostgreSQL MB | probe jitter p50 / p99 | probe_interval | sandbox up | load at start |"
+  echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: |"
+  for r in "${ROWS[@]}"; do echo "$r"; done
+  echo
+  echo "Largest N reached: $LARGEST. $STOPPED."
+  echo
+  echo "Jitter percentiles are histogram bucket bounds (1, 2, 5, 10, 20, 50, 100, 200, 500 ms...): \"≤ 5 ms\" means the quantile falls in the bucket ending at 5 ms."
+} >"$OUT"
+cat "$OUT"
