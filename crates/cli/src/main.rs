@@ -50,6 +50,9 @@ pub enum Command {
     /// A local sandbox of real PostgreSQL: up, down.
     #[command(subcommand)]
     Sandbox(cmd::sandbox::SandboxCmd),
+    /// Certificates for a deployment's [tls]: certs init.
+    #[command(subcommand)]
+    Certs(cmd::certs::CertsCmd),
     /// Managed database credentials: rotate, status, verify (docs/secrets.md).
     #[command(subcommand)]
     Secrets(cmd::secrets::SecretsCmd),
@@ -95,6 +98,7 @@ fn main() -> ExitCode {
         Command::Proxy(a) => cmd::proxy::run(&global, a),
         Command::Agent(a) => cmd::agent::run(&global, a),
         Command::Sandbox(c) => cmd::sandbox::run(&global, c),
+        Command::Certs(c) => cmd::certs::run(&global, c),
         Command::Secrets(c) => cmd::secrets::run(&global, c),
         Command::Adopt(a) => cmd::adopt::run(&global, a),
         Command::Replica(c) => cmd::replica::run(&global, c),

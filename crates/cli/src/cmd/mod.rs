@@ -7,6 +7,7 @@ use pgdr_config::Config;
 pub mod adopt;
 pub mod agent;
 pub mod backup;
+pub mod certs;
 pub mod check;
 pub mod config;
 pub mod demo;
