@@ -71,7 +71,8 @@ PORT="$(status | python3 -c '
 import json, sys
 c = json.load(sys.stdin)["clusters"][0]
 print([e for e in c["endpoints"] if e["region"] == "east"][0]["writer"].rsplit(":", 1)[1].split("/")[0])')"
-CONNINFO="host=127.0.0.1 port=$PORT user=postgres dbname=postgres password=$PASSWORD connect_timeout=10"
+# The sandbox's proxies take only TLS clients (require_tls): verify-full with its CA.
+CONNINFO="host=127.0.0.1 port=$PORT user=postgres dbname=postgres password=$PASSWORD connect_timeout=10 sslmode=verify-full sslrootcert=$SB/tls/ca.crt"
 
 RESULTS="$WORK/results.jsonl"
 for i in $(seq 1 "$RUNS"); do

@@ -165,9 +165,10 @@ impl Env {
         }
         let proxy = cfg.proxies.iter().find(|p| p.region.as_str() == "east").expect("east proxy");
         let writer = format!(
-            "host=127.0.0.1 port={} user=postgres dbname=postgres password={} connect_timeout=10",
+            "host=127.0.0.1 port={} user=postgres dbname=postgres password={} connect_timeout=10{}",
             proxy.writer.port(),
-            sb.password()
+            sb.password(),
+            sb.tls_params()
         );
         let api = ControllerClient::new_with(
             &cfg.controller.listen.to_string(),

@@ -11,6 +11,7 @@
 //!   a process's command line;
 //! - the sandbox writes no `trust` line in pg_hba.conf, and its secrets,
 //!   sockets and logs are private to their owner;
+//! - its proxies refuse clients that do not start TLS (`require_tls`);
 //! - its servers take TCP logins (replication too) only over TLS: none of
 //!   pgdr's own connections was refused for lack of it, a plain client is
 //!   refused with "no encryption", a `verify-full` one gets in.
@@ -182,6 +183,21 @@ async fn no_route_answers_without_the_right_token_and_no_secret_shows() {
             _ => None,
         });
         assert_eq!(ssl.as_deref(), Some("true"), "{}: the proxy reaches PostgreSQL without TLS", p.name);
+        // require_tls: a client that does not start TLS is refused, told
+        // why, before it is asked for a password.
+        assert!(p.require_tls, "{}: the sandbox's proxy takes clients without TLS", p.name);
+        let plain = format!(
+            "host={} port={} user=postgres dbname=postgres password='{}' sslmode=disable",
+            p.writer.ip(),
+            p.writer.port(),
+            sb.password()
+        );
+        let refused = pgdr_drill::observer::connect(&plain, &p.name, Duration::from_secs(10))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{}: a client without TLS was let in", p.name));
+        let refused = format!("{refused:?}");
+        assert!(refused.contains("accepts only TLS connections"), "{}: {refused}", p.name);
     }
 
     // Nothing changed.

@@ -16,8 +16,6 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio_postgres::NoTls;
-
 struct Args {
     conninfo: String,
     pgdr: String,
@@ -52,15 +50,16 @@ fn args() -> Result<Args, String> {
     if a.conninfo.is_empty() || a.to.is_empty() {
         return Err("--conninfo and --to are required".into());
     }
+    pgdr_tls::pg::split_conninfo(&a.conninfo).map_err(|e| format!("--conninfo: {e}"))?;
     Ok(a)
 }
 
+/// Connects over TLS when the conninfo asks for it (`sslmode=verify-full
+/// sslrootcert=CA`: the sandbox's proxies take only TLS clients); the
+/// conninfo was checked by `args`.
 async fn connect(conninfo: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, conn) = tokio_postgres::connect(conninfo, NoTls).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
+    let (info, tls) = pgdr_tls::pg::split_conninfo(conninfo).unwrap_or_else(|_| (conninfo.to_owned(), None));
+    pgdr_tls::pg::connect_str(&info, tls.as_ref()).await
 }
 
 #[derive(Default)]

@@ -270,9 +270,10 @@ pub fn render(c: &ConfigText<'_>) -> String {
     for p in c.proxies {
         let _ = writeln!(t, "[[proxies]]\ncluster = {}\nregion = {}", q(&p.cluster), q(&p.region));
         if c.tls_dir.is_some() {
-            // Clients may start TLS with the proxy (sslmode=require and up);
-            // set require_tls = true to refuse those that do not.
-            let _ = writeln!(t, "tls_cert = \"tls/proxy.crt\"\ntls_key = \"tls/proxy.key\"");
+            // Clients must start TLS with the proxy (sslmode=require and up,
+            // verify-full against tls/ca.crt): one that does not is refused
+            // before any password crosses the network.
+            let _ = writeln!(t, "tls_cert = \"tls/proxy.crt\"\ntls_key = \"tls/proxy.key\"\nrequire_tls = true");
         }
         let _ = writeln!(
             t,

@@ -164,8 +164,13 @@ pub fn run(_global: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
         progress.finish();
         eprintln!("  status page:   {}://{}/", if cfg.tls.is_some() { "https" } else { "http" }, cfg.controller.listen);
         for p in cfg.proxies_of(&cluster) {
+            // The sandbox's proxies take only TLS clients (require_tls).
+            let tls = match (&cfg.tls, &p.tls) {
+                (Some(t), Some(_)) => format!(" sslmode=verify-full sslrootcert={}", t.ca.display()),
+                _ => String::new(),
+            };
             eprintln!(
-                "  {:<5} proxy:   writer {}{}   (psql \"host={} port={} user=postgres dbname=postgres\", password in {})",
+                "  {:<5} proxy:   writer {}{}   (psql \"host={} port={} user=postgres dbname=postgres{tls}\", password in {})",
                 p.region.as_str(),
                 p.writer,
                 p.reader.map(|r| format!(", reader {r}")).unwrap_or_default(),
