@@ -306,6 +306,31 @@ impl LocalPg {
         if !self.is_running().await {
             return Ok(());
         }
+        // Signal the postmaster and watch its pid file at 10 ms, as pg_ctl
+        // does at 100 ms: the shutdown itself takes tens of milliseconds,
+        // and a switchover's write pause waits on it. pg_ctl when the
+        // signal cannot be sent (another user's server).
+        if let Some(pid) = self.postmaster_pid() {
+            let sig = match mode {
+                StopMode::Fast => nix::sys::signal::Signal::SIGINT,
+                StopMode::Immediate => nix::sys::signal::Signal::SIGQUIT,
+            };
+            if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).is_ok() {
+                let deadline = tokio::time::Instant::now() + wait;
+                // The postmaster removes its pid file last, once every
+                // child exited (and, fast, after the shutdown checkpoint).
+                while self.postmaster_pid() == Some(pid) && pid_alive(pid) {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(PgError::Timeout {
+                            what: format!("PostgreSQL to stop ({})", mode.as_arg()),
+                            secs: wait.as_secs(),
+                        });
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                return Ok(());
+            }
+        }
         let data = self.data_dir.display().to_string();
         let secs = wait.as_secs().max(1).to_string();
         match self.run("pg_ctl", &["-D", &data, "-m", mode.as_arg(), "-w", "-t", &secs, "stop"], &[]).await {

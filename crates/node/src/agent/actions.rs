@@ -233,9 +233,23 @@ async fn promote(state: &AgentState, timeout_ms: Option<u64>) -> Result<Done, Ag
         steps.push(format!("wait limited to {} s (asked {} ms)", timeout.as_secs(), asked.as_millis()));
     }
     if in_recovery {
-        let secs = timeout.as_secs().clamp(1, i32::MAX as u64) as i32;
-        let promoted: bool =
-            client.query_one("select pg_promote(true, $1)", &[&secs]).await.map_err(query_err(state))?.get(0);
+        // Signal, then watch recovery end at 10 ms on this session
+        // (pg_promote's own wait polls at 100 ms, inside the write pause of
+        // a switchover).
+        let sent: bool = client.query_one("select pg_promote(false)", &[]).await.map_err(query_err(state))?.get(0);
+        if !sent {
+            return Err(AgentError::Pg(PgError::Invalid("pg_promote could not signal the postmaster".into())));
+        }
+        let mut promoted = false;
+        while Instant::now() < deadline {
+            let recovering: bool =
+                client.query_one("select pg_is_in_recovery()", &[]).await.map_err(query_err(state))?.get(0);
+            if !recovering {
+                promoted = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         steps.push(format!("pg_promote (done within the wait: {promoted})"));
     }
     if fenced {
@@ -469,7 +483,7 @@ where
         if Instant::now() >= deadline {
             return Err(AgentError::Pg(PgError::Timeout { what: what.to_owned(), secs: timeout.as_secs() }));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
