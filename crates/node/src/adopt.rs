@@ -430,7 +430,7 @@ pub fn gaps(f: &Facts, n: &Needs) -> Vec<Gap> {
         let plain: Vec<String> = f
             .hba
             .iter()
-            .filter(|r| r.kind == "host" && r.auth.as_deref() != Some("reject"))
+            .filter(|r| matches!(r.kind.as_str(), "host" | "hostnossl") && r.auth.as_deref() != Some("reject"))
             .map(|r| r.line.to_string())
             .collect();
         if !plain.is_empty() {
@@ -442,7 +442,7 @@ pub fn gaps(f: &Facts, n: &Needs) -> Vec<Gap> {
                 Level::Advice,
                 vec![Fix::Manual {
                     what: format!(
-                        "in {}, make `host` on line {lines} `hostssl`, and put `hostnossl all all all reject` and `hostnossl replication all all reject` before the other TCP lines; then SELECT pg_reload_conf();",
+                        "in {}, make line {lines} `hostssl` (or `reject`), and put `hostnossl all all all reject` and `hostnossl replication all all reject` before the other TCP lines; then SELECT pg_reload_conf();",
                         f.hba_file
                     ),
                 }],
@@ -670,6 +670,15 @@ mod tests {
         );
         let mut f = facts();
         f.hba[0].kind = "hostssl".into();
+        assert!(!names(&gaps(&f, &n)).contains(&"pg_hba.conf TLS"));
+        // A `hostnossl` line that does not reject takes plain logins too.
+        let mut r = f.hba[0].clone();
+        (r.line, r.kind) = (2, "hostnossl".into());
+        f.hba.push(r.clone());
+        let g = gaps(&f, &n);
+        let plain = g.iter().find(|g| g.what == "pg_hba.conf TLS").map(|g| g.have.clone());
+        assert_eq!(plain.as_deref(), Some("TCP logins without TLS accepted (line 2)"));
+        f.hba[1].auth = Some("reject".into());
         assert!(!names(&gaps(&f, &n)).contains(&"pg_hba.conf TLS"));
         // Without [tls] there is nothing to advise.
         assert!(!names(&gaps(&facts(), &needs())).contains(&"pg_hba.conf TLS"));
