@@ -120,6 +120,14 @@ async fn up_status_down_through_the_binary() {
     assert_eq!(c["tier"], "gold");
     assert_eq!(c["primary"], "east-1");
     assert!(c["writer"].as_str().is_some_and(|w| w.starts_with("postgresql://127.0.0.1:")));
+    // The proxies take only TLS: the URI a user copies says how to check them.
+    assert!(
+        c["writer"]
+            .as_str()
+            .is_some_and(|w| w.contains("?sslmode=verify-full&sslrootcert=") && w.ends_with("/tls/ca.crt")),
+        "{}",
+        c["writer"]
+    );
     assert_eq!(c["endpoints"].as_array().map(Vec::len), Some(2));
     let ns = c["nodes"].as_array().expect("nodes");
     assert_eq!(ns.iter().filter(|n| n["role"] == "primary").count(), 1);

@@ -23,7 +23,7 @@ pub mod wan;
 pub use down::{DownReport, down};
 pub use guard::SandboxGuard;
 pub use record::{MAIN_CLUSTER, NodeRecord, Record, SandboxRole, cluster_names};
-pub use up::{Sandbox, SandboxBuilder};
+pub use up::{Sandbox, SandboxBuilder, uri_encode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {

@@ -871,7 +871,8 @@ async fn wait_agent(sb: &Sandbox, n: &NodeRecord, deadline: Instant) -> Result<(
 
 /// Percent-encodes a URI query value (everything but unreserved characters
 /// and `/`).
-fn uri_encode(v: &str) -> String {
+/// Percent-encodes `v` for a postgresql:// URI (a path or a query value).
+pub fn uri_encode(v: &str) -> String {
     let mut out = String::new();
     for b in v.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {

@@ -94,14 +94,24 @@ fn cluster_status(cfg: &Config, c: &Cluster, got: Vec<(&Node, Result<Status, Str
         .filter_map(|(n, r)| r.as_ref().ok().filter(|s| s.role == Role::Primary).map(|s| (*n, s)))
         .max_by_key(|(_, s)| s.timeline.map(|t| t.0).unwrap_or(0));
     let primaries = got.iter().filter(|(_, r)| r.as_ref().is_ok_and(|s| s.role == Role::Primary)).count();
-    let endpoint = |a: std::net::SocketAddr| format!("postgresql://{}:{}/{}", a.ip(), a.port(), c.database);
+    // A proxy serving TLS: the URI says how to check it (the [tls] CA).
+    let endpoint = |p: &pgdr_config::Proxy, a: std::net::SocketAddr| {
+        let tls = match (&p.tls, &cfg.tls) {
+            (Some(_), Some(t)) => {
+                format!("?sslmode=verify-full&sslrootcert={}", pgdr_sandbox::uri_encode(&t.ca.display().to_string()))
+            }
+            (Some(_), None) => "?sslmode=require".to_owned(),
+            (None, _) => String::new(),
+        };
+        format!("postgresql://{}:{}/{}{tls}", a.ip(), a.port(), c.database)
+    };
     let endpoints: Vec<EndpointStatus> = cfg
         .proxies_of(c.name.as_str())
         .map(|p| EndpointStatus {
             proxy: p.name.clone(),
             region: p.region.to_string(),
-            writer: endpoint(p.writer),
-            reader: p.reader.map(endpoint),
+            writer: endpoint(p, p.writer),
+            reader: p.reader.map(|a| endpoint(p, a)),
         })
         .collect();
     let nodes = got
