@@ -66,20 +66,19 @@ for _ in $(seq 1 120); do
   if status | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["clusters"][0]["epoch"] > 0 else 1)' 2>/dev/null; then break; fi
   sleep 0.5
 done
-PASSWORD="$(cat "$SB/secrets/postgres.password")"
 PORT="$(status | python3 -c '
 import json, sys
 c = json.load(sys.stdin)["clusters"][0]
 print([e for e in c["endpoints"] if e["region"] == "east"][0]["writer"].rsplit(":", 1)[1].split("/")[0])')"
 # The sandbox's proxies take only TLS clients (require_tls): verify-full with its CA.
-CONNINFO="host=127.0.0.1 port=$PORT user=postgres dbname=postgres password=$PASSWORD connect_timeout=10 sslmode=verify-full sslrootcert=$SB/tls/ca.crt"
+CONNINFO="host=127.0.0.1 port=$PORT user=postgres dbname=postgres connect_timeout=10 sslmode=verify-full sslrootcert=$SB/tls/ca.crt"
 
 RESULTS="$WORK/results.jsonl"
 for i in $(seq 1 "$RUNS"); do
   wait_whole
   PRIMARY="$(status | python3 -c 'import json,sys; print(json.load(sys.stdin)["clusters"][0]["primary"])')"
   if [ "$PRIMARY" = east-1 ]; then TO=east-2; else TO=east-1; fi
-  "$CLIENT" --conninfo "$CONNINFO" --pgdr "$PGDR" --config "$CONFIG" --cluster main --to "$TO" --idle "$IDLE" \
+  "$CLIENT" --conninfo "$CONNINFO" --password-file "$SB/secrets/postgres.password" --pgdr "$PGDR" --config "$CONFIG" --cluster main --to "$TO" --idle "$IDLE" \
     | tee -a "$RESULTS" >&2
   # Let the old primary rejoin as a replica before the next run.
   sleep 2

@@ -10,7 +10,11 @@
 //! and how many idle sessions and prepared statements survived.
 //!
 //! Usage: switchover_pause --conninfo 'host=... port=<proxy writer> ...'
-//!        --pgdr PATH --config pgdr.toml --cluster main --to NODE [--idle 50]
+//!        [--password-file F] --pgdr PATH --config pgdr.toml --cluster main
+//!        --to NODE [--idle 50]
+//!
+//! The password comes from a file, never the command line (where `ps`
+//! shows it).
 
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -34,11 +38,18 @@ fn args() -> Result<Args, String> {
         to: String::new(),
         idle: 50,
     };
+    let mut password = None;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--conninfo" => a.conninfo = value()?,
+            "--password-file" => {
+                let f = value()?;
+                let pw = std::fs::read_to_string(&f).map_err(|e| format!("--password-file {f}: {e}"))?;
+                let pw = pw.trim_end_matches(['\n', '\r']).replace('\\', "\\\\").replace('\'', "\\'");
+                password = Some(format!(" password='{pw}'"));
+            }
             "--pgdr" => a.pgdr = value()?,
             "--config" => a.config = value()?,
             "--cluster" => a.cluster = value()?,
@@ -49,6 +60,9 @@ fn args() -> Result<Args, String> {
     }
     if a.conninfo.is_empty() || a.to.is_empty() {
         return Err("--conninfo and --to are required".into());
+    }
+    if let Some(p) = password {
+        a.conninfo.push_str(&p);
     }
     pgdr_tls::pg::split_conninfo(&a.conninfo).map_err(|e| format!("--conninfo: {e}"))?;
     Ok(a)
