@@ -611,3 +611,73 @@ async fn five_states_of_a_failover_and_failback_keep_every_store_valid() {
     files_containing(&sb.dir, &passwords, &sb.dir.join("secret-stores"), &mut found);
     assert!(found.is_empty(), "a password in {found:?}");
 }
+
+/// A rotation racing a failover: `pgdr secrets rotate` started, and the
+/// primary's host lost (postmaster and agent SIGKILLed) while it runs. A
+/// watcher logs in with every region's stored secret through the region's
+/// proxy every 100 ms from before the rotation until the end: no stored
+/// secret is ever refused by the server (SQLSTATE 28P01, at any instant;
+/// other errors, the proxies pausing, are expected). Then a rerun succeeds
+/// on the new primary and every store logs in there.
+#[tokio::test(flavor = "multi_thread")]
+async fn rotation_racing_a_failover_never_stores_a_refused_secret() {
+    let sb = SandboxGuard::start_temp(Sandbox::builder(), Path::new(PGDR)).await.expect("sandbox up");
+    let cfg = Config::load(&sb.config).expect("the sandbox's config");
+    let (_run, api) = run_and_wait(&sb, &cfg, 2).await;
+    let hosts = pgdr_drill::hosts::LocalHosts::new(&cfg, PathBuf::from(PGDR));
+    let cluster = cfg.cluster("main").expect("main").clone();
+    let east1 = cluster.node("east-1").expect("east-1").clone();
+    let first = rotate_now(&sb.config, "before").await;
+    assert_eq!(first["roles"][0]["primary"], "east-1", "{first:#}");
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (dir, tls, stop) = (sb.dir.clone(), sb.pg_tls().cloned(), stop.clone());
+        tokio::spawn(async move {
+            let (mut tries, mut refused) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for region in ["east", "west"] {
+                    let v = stored(&dir, region);
+                    tries += 1;
+                    if let Err(e) = pgdr_secrets::rotate::login(&v, None, tls.as_ref()).await
+                        && (e.contains("28P01") || e.contains("password authentication failed"))
+                    {
+                        refused.push(format!("{region} v{}: {e}", v.version));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (tries, refused)
+        })
+    };
+    let rotation = tokio::spawn({
+        let config = sb.config.clone();
+        async move { pgdr_async(&config, &["secrets", "rotate", "--cluster", "main", "--json"]).await }
+    });
+    // Mid-way: the rotation has started (its CLI is connecting, reading
+    // the stores, changing the password) when the host goes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for pid in [hosts.agent_pid(&east1).expect("agent"), hosts.postmaster_pid(&east1).expect("postmaster")] {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill");
+    }
+    let (code, out, err) = rotation.await.expect("rotation task");
+    eprintln!("the racing rotation exited {code}: {out}");
+    assert!(code == 0 || code == 1, "exit {code}\n{out}\n{err}");
+    let c = wait_view(&api, "a new primary", Duration::from_secs(90), |c| {
+        c.primary.as_ref().is_some_and(|p| p.as_str() != "east-1") && c.workflow.is_none()
+    })
+    .await;
+    let primary = c.primary.expect("primary").to_string();
+    // A rerun repairs whatever the race left, on the new primary.
+    let r = rotate_now(&sb.config, "after").await;
+    assert_eq!(r["roles"][0]["primary"], primary.as_str(), "{r:#}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (tries, refused) = watcher.await.expect("watcher");
+    eprintln!("watcher: {tries} logins with stored secrets, {} refused", refused.len());
+    assert!(refused.is_empty(), "a stored secret was refused by the server: {refused:#?}");
+    let version = r["roles"][0]["version"].as_u64().expect("version");
+    let node = cluster.node(&primary).expect("primary node");
+    // Each region keeps a node of the set (east-2 or west-1 promoted, the
+    // other one a standby): both stores are written and log in.
+    assert_stores(&sb, &["east", "west"], version, (&node.host, node.port), "after the race").await;
+}

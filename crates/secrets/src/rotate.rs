@@ -549,12 +549,41 @@ async fn rotate_role(
         }
         r.proxies.push(ProxyReport { proxy, refreshed: res.is_ok(), error: res.err() });
     }
+    // With two logins, the stores keep the other one (it still logs in)
+    // unless every standby has the change and every proxy knows it: a
+    // store must never hand out a secret a promoted standby or a proxy
+    // would refuse. A rerun rotates again. (`single` changed the only
+    // login in place: the old secret is dead, so the stores get the new.)
+    let unready: Vec<String> = r
+        .replicas
+        .iter()
+        .filter(|x| !x.replayed)
+        .map(|x| format!("standby {} has not replayed the change", x.node))
+        .chain(
+            r.proxies
+                .iter()
+                .filter(|x| !x.refreshed)
+                .map(|x| format!("proxy {} did not reload its verifiers", x.proxy)),
+        )
+        .collect();
+    let hold = matches!(role.strategy, RotationStrategy::Alternating { .. }) && !unready.is_empty();
+    if hold {
+        tracing::warn!(cluster = %c.name, role = %role.name, version, "secret stores not written: {}", unready.join("; "));
+    }
     // 6. Every region's store of the set, 7. verified through its proxy.
     let regions = set_regions(c, &t);
     let now = chrono::Utc::now();
     for (mut rep, store, _) in stores {
         if !regions.contains(&rep.region) {
             rep.skipped = Some("no node of the replica set in this region any more".into());
+            r.stores.push(rep);
+            continue;
+        }
+        if hold {
+            rep.error = Some(format!(
+                "not written: {}; the store keeps the other login, which still logs in (rerun to rotate)",
+                unready.join("; ")
+            ));
             r.stores.push(rep);
             continue;
         }
