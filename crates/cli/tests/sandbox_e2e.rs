@@ -330,9 +330,21 @@ async fn promote_rewind_upstream_rebuild_through_agents() {
         }
         other => panic!("rewinding a writable primary must be refused, got {other:?}"),
     }
-    // A crash-like stop: pg_rewind must first bring the target to a clean shutdown.
+    // A crash-like stop of a primary under the boot guard (its agent keeps
+    // pgdr.boot-guard and standby.signal beside a running primary; written
+    // here so the test does not depend on when the lease loop does it):
+    // pg_rewind's own crash recovery (single-user) refuses standby mode, so
+    // the agent must bring the target to a clean shutdown first.
+    let data = sb.node("east-1").expect("east-1").data_dir.clone();
+    let owner = std::fs::metadata(&data).expect("data dir");
+    for (f, text) in [("pgdr.boot-guard", "pgdr: boot guard (test)\n"), ("standby.signal", "")] {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::write(data.join(f), text).expect("guard file");
+        std::os::unix::fs::chown(data.join(f), Some(owner.uid()), Some(owner.gid())).expect("chown");
+    }
     e1.stop(&StopRequest { epoch, mode: StopMode::Immediate }).await.expect("immediate stop");
     let r = e1.rewind(&RewindRequest { epoch, from: from_e2.clone(), slot: None }).await.expect("rewind");
+    assert!(r.steps.iter().any(|s| s.starts_with("crash recovery under the boot guard")), "{r:?}");
     assert!(r.steps.iter().any(|s| s.starts_with("pg_rewind")), "{r:?}");
     let s = e1.status().await.expect("status");
     assert_eq!(s.role, Role::Replica);

@@ -288,6 +288,22 @@ pub async fn rewind(pg: &LocalPg, plan: &ReplicaPlan) -> Result<Vec<String>, PgE
         pg.stop(StopMode::Fast, plan.wait).await?;
         steps.push("stopped PostgreSQL (fast)".to_owned());
     }
+    // After a crash pg_rewind runs the target's crash recovery in
+    // single-user mode, which refuses standby mode: the boot guard's
+    // standby.signal. Lifting the guard would let a start meanwhile (a
+    // host reboot mid-rewind) take writes on the old timeline, so recover
+    // under it instead: a start comes up read-only in standby mode, and a
+    // fast stop leaves the data directory "shut down in recovery", which
+    // pg_rewind takes as clean.
+    if crate::guard::armed(&pg.data_dir)
+        && let Ok(c) = pg.control_data().await
+        && c.state != "shut down"
+        && c.state != "shut down in recovery"
+    {
+        pg.start(plan.wait).await?;
+        pg.stop(StopMode::Fast, plan.wait).await?;
+        steps.push(format!("crash recovery under the boot guard (read-only start, fast stop; was {})", c.state));
+    }
     pg.write_passfile(plan.login.password.as_deref())?;
     // A just-promoted source records its new timeline in pg_control only at
     // its next checkpoint; before that pg_rewind sees no divergence.
