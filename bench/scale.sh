@@ -21,6 +21,8 @@
 #   PROFILE=release release (default) or debug build
 #   WORKDIR=/dev/shm where sandboxes live (tmpfs: no disk used)
 #   PROBE_INTERVAL= e.g. 1s: the controller's probe_interval (default: the sandbox's, 500ms)
+#   PERF=1          after the last N's measurement, `perf record` pgdr run for 20 s into
+#                   bench/scale-profile.txt (flat, and inclusive by symbol)
 # Needs: root (PostgreSQL runs as `postgres`), PostgreSQL server binaries, python3.
 set -euo pipefail
 
@@ -204,17 +206,51 @@ elif cmd == "row":
                "core_percent": {k: core(k) for k in ("controller", "agents", "postgres")},
                "pss_mb": {k: mb(k) for k in ("controller", "agents", "postgres")}, "jitter": j},
               open(sys.argv[6], "w"))
+elif cmd == "plot":
+    # A plain SVG (no plotting library): % of one core against N, per kind.
+    rows = sorted((json.load(open(f)) for f in sys.argv[3:]), key=lambda r: r["n"])
+    kinds = [("controller", "#d62728", "controller + proxies"), ("agents", "#1f77b4", "agents"),
+             ("postgres", "#2ca02c", "PostgreSQL")]
+    W, H, L, B, T, R = 640, 400, 60, 50, 30, 170
+    xmax = max(r["n"] for r in rows) or 1
+    ymax = max(max(r["core_percent"].values()) for r in rows) * 1.1 or 1
+    X = lambda n: L + (W - L - R) * n / xmax
+    Y = lambda v: H - B - (H - B - T) * v / ymax
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{W}" height="{H}" fill="white"/>',
+           f'<line x1="{L}" y1="{H-B}" x2="{W-R}" y2="{H-B}" stroke="black"/>',
+           f'<line x1="{L}" y1="{T}" x2="{L}" y2="{H-B}" stroke="black"/>',
+           f'<text x="{(L+W-R)/2}" y="{H-12}" text-anchor="middle">clusters watched (N)</text>',
+           f'<text x="14" y="{(T+H-B)/2}" transform="rotate(-90 14 {(T+H-B)/2})" text-anchor="middle">% of one core, idle</text>',
+           f'<text x="{L}" y="18">{sys.argv[2]}</text>']
+    for i in range(5):
+        v = ymax * i / 4
+        out.append(f'<text x="{L-6}" y="{Y(v)+4}" text-anchor="end">{v:.0f}</text>')
+        out.append(f'<line x1="{L}" y1="{Y(v)}" x2="{W-R}" y2="{Y(v)}" stroke="#ddd"/>')
+    for r in rows:
+        out.append(f'<text x="{X(r["n"])}" y="{H-B+16}" text-anchor="middle">{r["n"]}</text>')
+    for j, (k, color, label) in enumerate(kinds):
+        pts = " ".join(f'{X(r["n"]):.1f},{Y(r["core_percent"][k]):.1f}' for r in rows)
+        out.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="2"/>')
+        for r in rows:
+            out.append(f'<circle cx="{X(r["n"]):.1f}" cy="{Y(r["core_percent"][k]):.1f}" r="3" fill="{color}"/>')
+        out.append(f'<rect x="{W-R+15}" y="{T+20*j}" width="12" height="12" fill="{color}"/>')
+        out.append(f'<text x="{W-R+32}" y="{T+20*j+10}">{label}</text>')
+    out.append("</svg>")
+    print("\n".join(out))
 PY
 
 mem_avail_mb() { awk '/MemAvailable/ {print int($2/1024)}' /proc/meminfo; }
 ROWS=()
+RESULTS=()
 LARGEST=0
 STOPPED="every N in the list ran"
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 for N in "${LIST[@]}"; do
-  # About 100 MB per node in tmpfs and memory (data, WAL, shared buffers,
-  # processes), and 3 GB left for everyone else.
-  NEED=$(( N * 2 * 100 + 3072 ))
+  # About 110 MB per node in tmpfs and memory (seen at N=100 during the
+  # first backups: 80 MB of data and WAL per node in tmpfs; then about 20 MB
+  # PSS of PostgreSQL and 6 MB of agent), and 4 GB left for everyone else.
+  NEED=$(( N * 2 * 110 + 4096 ))
   if [ "$(mem_avail_mb)" -lt "$NEED" ]; then
     STOPPED="N=$N not tried: $(mem_avail_mb) MB of memory available, about $NEED MB needed"
     break
@@ -237,11 +273,19 @@ for N in "${LIST[@]}"; do
   RUN_PID=$!
   echo "N=$N: up in ${UP_SECS}s; pgdr run (pid $RUN_PID), warming up..." >&2
   READY=
+  LOW=
   for _ in $(seq 1 $(( 120 + N * 3 ))); do
     if python3 "$WORK/probe.py" ready "$SB" "$N"; then READY=1; break; fi
+    # The machine is shared: give up before memory runs out.
+    if [ "$(mem_avail_mb)" -lt 3072 ]; then LOW="$(mem_avail_mb)"; break; fi
     if ! kill -0 "$RUN_PID" 2>/dev/null; then break; fi
     sleep 1
   done
+  if [ -n "$LOW" ]; then
+    STOPPED="N=$N: stopped during the warm-up, memory available down to $LOW MB"
+    cleanup
+    break
+  fi
   if [ -z "$READY" ]; then
     STOPPED="N=$N: the controller did not probe every cluster and finish the first backups in time (see the run log)"
     cleanup
@@ -259,11 +303,25 @@ for N in "${LIST[@]}"; do
   ROW="$(python3 "$WORK/probe.py" row "$N" "$SECS" "$WORK/a-$N.json" "$WORK/b-$N.json" "$WORK/r-$N.json")"
   ROWS+=("${ROW% |} | ${INTERVAL} | ${UP_SECS} s | ${LOAD_START} |")
   echo "$ROW" >&2
+  if [ -n "${PERF:-}" ] && [ "$N" = "${LIST[$(( ${#LIST[@]} - 1 ))]}" ]; then
+    # After the measurement (perf costs CPU): where the controller's time goes.
+    echo "N=$N: perf record of pgdr run for 20 s..." >&2
+    perf record -q -F 99 --call-graph dwarf,16384 -p "$RUN_PID" -o "$WORK/perf.data" -- sleep 20 >/dev/null 2>&1 || true
+    perf report -i "$WORK/perf.data" --no-children --percent-limit 0.7 --stdio -g none --sort dso,symbol 2>/dev/null \
+      | grep -v '^$' >"$ROOT/bench/scale-profile.txt" || true
+    perf report -i "$WORK/perf.data" --children --percent-limit 3 --stdio -g none --sort symbol 2>/dev/null \
+      | grep -v '^$' >>"$ROOT/bench/scale-profile.txt" || true
+    rm -f "$WORK/perf.data"
+  fi
   LARGEST=$N
+  RESULTS+=("$WORK/r-$N.json")
   cleanup
 done
 
 OUT="$ROOT/bench/RESULTS-scale.md"
+if [ ${#RESULTS[@]} -gt 0 ]; then
+  python3 "$WORK/probe.py" plot "bench/scale.sh at $COMMIT, $PROFILE build, ${IDLE}s idle" "${RESULTS[@]}" >"$ROOT/bench/scale.svg"
+fi
 {
   echo "# The cost of watching many clusters"
   echo
@@ -278,6 +336,8 @@ OUT="$ROOT/bench/RESULTS-scale.md"
   for r in "${ROWS[@]}"; do echo "$r"; done
   echo
   echo "Largest N reached: $LARGEST. $STOPPED."
+  echo
+  echo "![CPU against N](scale.svg)"
   echo
   echo "Jitter percentiles are histogram bucket bounds (1, 2, 5, 10, 20, 50, 100, 200, 500 ms...): \"≤ 5 ms\" means the quantile falls in the bucket ending at 5 ms."
 } >"$OUT"
