@@ -100,35 +100,7 @@ fn rotation(out: &str, err: &str) -> Value {
 async fn rotate_writes_every_region_logs_in_everywhere_and_leaks_nothing() {
     let sb = SandboxGuard::start_temp(Sandbox::builder(), Path::new(PGDR)).await.expect("sandbox up");
     let cfg = Config::load(&sb.config).expect("the sandbox's config");
-    let log = std::fs::File::create(sb.dir.join("logs").join("run.log")).expect("run log");
-    let _run = Run(Command::new(PGDR)
-        .arg("run")
-        .arg("--config")
-        .arg(&sb.config)
-        .current_dir(&sb.dir)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("pgdr run"));
-    let viewer = cfg.controller_client_token(Access::Viewer).expect("token");
-    let api =
-        pgdr_api::controller::ControllerClient::new_with(&cfg.controller.listen.to_string(), viewer, sb.http_tls())
-            .expect("client")
-            .with_timeout(Duration::from_secs(5));
-    let t = Instant::now();
-    loop {
-        if let Ok(c) = api.cluster("main").await
-            && c.primary.is_some()
-            && c.epoch.0 > 0
-            && c.nodes.iter().filter(|n| n.role == pgdr_model::Role::Replica).count() == 2
-        {
-            break;
-        }
-        assert!(t.elapsed() < Duration::from_secs(60), "the controller did not record the cluster");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (_run, api) = run_and_wait(&sb, &cfg, 2).await;
     let mut passwords = Vec::new();
 
     // 1. The first rotation: no setup beyond `sandbox up`.

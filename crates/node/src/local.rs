@@ -72,6 +72,12 @@ impl ControlData {
     pub fn shut_down_as_primary(&self) -> bool {
         self.state == "shut down"
     }
+
+    /// Stopped cleanly, as a primary or in recovery: what pg_rewind takes
+    /// without running crash recovery first.
+    pub fn shut_down_cleanly(&self) -> bool {
+        self.shut_down_as_primary() || self.state == "shut down in recovery"
+    }
 }
 
 /// How `stop` shuts the server down.

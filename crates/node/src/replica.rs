@@ -297,8 +297,7 @@ pub async fn rewind(pg: &LocalPg, plan: &ReplicaPlan) -> Result<Vec<String>, PgE
     // pg_rewind takes as clean.
     if crate::guard::armed(&pg.data_dir)
         && let Ok(c) = pg.control_data().await
-        && c.state != "shut down"
-        && c.state != "shut down in recovery"
+        && !c.shut_down_cleanly()
     {
         pg.start(plan.wait).await?;
         pg.stop(StopMode::Fast, plan.wait).await?;
