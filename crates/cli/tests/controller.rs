@@ -248,11 +248,24 @@ impl Env {
 
     /// Waits until the controller has the cluster's state and a write
     /// commits through the writer endpoint.
-    async fn wait_ready(&self) {
-        wait_for("the controller to record the cluster", Duration::from_secs(60), || async {
-            self.cluster().await.filter(|c| c.primary.is_some() && c.epoch.0 > 0 && c.detection == "healthy")
-        })
-        .await;
+    /// Gives up at once, with the reason in the run log, when `pgdr run`
+    /// exited (a port it was to bind taken, a config it refused).
+    async fn wait_ready(&mut self) {
+        let limit = Duration::from_secs(60);
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.run.as_mut().and_then(|r| r.child.try_wait().ok().flatten()) {
+                panic!("pgdr run exited ({status}) before the controller recorded the cluster");
+            }
+            if self.cluster().await.is_some_and(|c| c.primary.is_some() && c.epoch.0 > 0 && c.detection == "healthy") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gave up waiting for the controller to record the cluster after {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         wait_for("a write through the proxy", Duration::from_secs(60), || async {
             let c = pgdr_drill::observer::connect(&self.writer, "the writer endpoint", Duration::from_secs(5))
                 .await
@@ -1221,11 +1234,11 @@ async fn dry_run_approval_gate_and_one_workflow_at_a_time() {
 /// same lapse makes it fence itself. See docs/failover-math.md.
 #[tokio::test(flavor = "multi_thread")]
 async fn primary_cut_off_from_the_controller() {
-    let env = Env::start("partition", Opts::default()).await;
+    let mut env = Env::start("partition", Opts::default()).await;
     let before = env.cluster().await.expect("cluster");
     let old = before.primary.clone().expect("primary").to_string();
     let seen = Env::ids(&env.workflows().await);
-    let t = &env.cfg.timing;
+    let t = &env.cfg.timing.clone();
     let lapse = t.lease_ttl + t.lease_margin + t.lease_renew * 4;
 
     // 1. Controller frozen, agents support the primary: it keeps writes.

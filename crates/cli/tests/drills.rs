@@ -99,7 +99,7 @@ impl Env {
             .stderr(err)
             .spawn()
             .expect("start pgdr run");
-        let env = Env { run: Run(child), sb, log, name };
+        let mut env = Env { run: Run(child), sb, log, name };
         let cfg = pgdr_config::Config::load(&env.sb.config).expect("sandbox config");
         let api = ControllerClient::new_with(
             &cfg.controller.listen.to_string(),
@@ -108,10 +108,25 @@ impl Env {
         )
         .expect("controller client")
         .with_timeout(Duration::from_secs(5));
-        wait_for("the controller to record a healthy cluster", Duration::from_secs(60), || async {
-            api.cluster("main").await.ok().filter(|c| c.primary.is_some() && c.epoch.0 > 0 && c.detection == "healthy")
-        })
-        .await;
+        // Gives up at once, with the reason in the run log, when `pgdr run`
+        // exited (a port it was to bind taken, a config it refused).
+        let limit = Duration::from_secs(60);
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = env.run.0.try_wait() {
+                panic!("pgdr run exited ({status}) before the controller recorded a healthy cluster");
+            }
+            let seen = api.cluster("main").await;
+            if seen.as_ref().is_ok_and(|c| c.primary.is_some() && c.epoch.0 > 0 && c.detection == "healthy") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gave up waiting for the controller to record a healthy cluster after {limit:?}; last answer: {:?}",
+                seen.map(|c| (c.primary, c.epoch, c.detection))
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         eprintln!("[{name}] sandbox and pgdr run (PID {}) ready in {:.1}s", env.run.0.id(), t0.elapsed().as_secs_f64());
         env
     }

@@ -15,6 +15,7 @@ pub mod certs;
 pub mod down;
 pub mod etcd;
 mod guard;
+mod ports;
 pub mod record;
 mod render;
 mod up;

@@ -769,18 +769,12 @@ fn set_postmaster(record: &mut Record, name: &str, pid: Option<i32>) {
     }
 }
 
-/// `count` ports: free ones (all bound at once so they differ) when `base`
-/// is 0, else `base..base+count`, each checked free.
+/// `count` ports: free ones reserved for this process (see
+/// [`crate::ports`]) when `base` is 0, else `base..base+count`, each
+/// checked free.
 pub(crate) fn allocate_ports(base: u16, count: usize) -> Result<Vec<u16>, SandboxError> {
     if base == 0 {
-        let listeners: Vec<TcpListener> = (0..count)
-            .map(|_| TcpListener::bind("127.0.0.1:0"))
-            .collect::<Result<_, _>>()
-            .map_err(SandboxError::io(Path::new("127.0.0.1:0")))?;
-        return listeners
-            .iter()
-            .map(|l| l.local_addr().map(|a| a.port()).map_err(SandboxError::io(Path::new("127.0.0.1:0"))))
-            .collect();
+        return crate::ports::reserve(count);
     }
     let mut out = Vec::new();
     for i in 0..count {
