@@ -39,7 +39,18 @@ struct Opts {
     sync: bool,
     /// The state store on the sandbox's three-member etcd (`--store etcd`).
     etcd: bool,
+    /// A real BIND 9 with the cluster's writer name (`[clusters.dns]`,
+    /// [`DNS_EAST`] / [`DNS_WEST`] per region), and `region_preference =
+    /// ["west"]` so a failover crosses regions.
+    dns: bool,
 }
+
+/// The writer name's endpoint per region in the `dns` tests.
+const DNS_EAST: &str = "10.0.1.20";
+const DNS_WEST: &str = "10.0.2.20";
+const DNS_NAME: &str = "main-writer.pgdr.test";
+/// Test data only: the TSIG secret named and pgdr share.
+const DNS_SECRET: &str = "cGdkci10ZXN0LXRzaWctc2VjcmV0LTMyLWJ5dGVzISE=";
 
 /// `pgdr run` as a child process, killed (SIGKILL) and reaped on drop.
 struct Run {
@@ -65,6 +76,8 @@ struct Env {
     run: Option<Run>,
     /// Further `pgdr run`s on the same config (standbys, with etcd).
     standbys: Vec<Run>,
+    /// BIND 9 with the writer name (`Opts::dns`), killed before the sandbox goes.
+    named: Option<pgdr_dns::testing::Named>,
     runs: u32,
     sb: SandboxGuard,
     cfg: Config,
@@ -130,6 +143,18 @@ impl Env {
         if opts.sync {
             extra.push_str("replication = \"sync\"\nsync_quorum = 1\n");
         }
+        let named = opts.dns.then(|| {
+            let zone = pgdr_dns::testing::NamedZone {
+                zone: "pgdr.test".into(),
+                key_name: "pgdr-main".into(),
+                algorithm: pgdr_dns::Algorithm::HmacSha256,
+                secret: DNS_SECRET.into(),
+            };
+            pgdr_dns::testing::Named::start(&sb.dir.join("named"), &zone).expect("named (Debian's bind9)")
+        });
+        if named.is_some() {
+            extra.push_str("region_preference = [\"west\"]\n");
+        }
         let anchor = "name = \"main\"\ntier = \"gold\"\n";
         assert!(text.contains(anchor), "unexpected sandbox config:\n{text}");
         text = text.replacen(anchor, &format!("{anchor}{extra}"), 1);
@@ -140,6 +165,17 @@ impl Env {
             text.replace_range(start + 1..end, "");
         }
         text.push_str(TIMING);
+        if let Some(ns) = &named {
+            let key = sb.dir.join("secrets").join("dns-main.key");
+            std::fs::write(&key, format!("key \"pgdr-main\" {{ algorithm hmac-sha256; secret \"{DNS_SECRET}\"; }};\n"))
+                .expect("write the TSIG key");
+            text.push_str(&format!(
+                "\n[clusters.dns]\nserver = \"{}\"\nzone = \"pgdr.test\"\nname = \"{DNS_NAME}\"\nttl = \"5s\"\ntimeout = \"1s\"\n\
+                 tsig_key = \"pgdr-main\"\ntsig_secret = {{ file = \"{}\" }}\n\n[clusters.dns.endpoints]\neast = \"{DNS_EAST}\"\nwest = \"{DNS_WEST}\"\n",
+                ns.addr,
+                key.display()
+            ));
+        }
         std::fs::write(&sb.config, &text).expect("write pgdr.toml");
         let cfg = Config::load(&sb.config).expect("config with test timings");
         let hosts = LocalHosts::new(&cfg, PathBuf::from(PGDR));
@@ -177,7 +213,7 @@ impl Env {
         )
         .expect("controller client")
         .with_timeout(Duration::from_secs(5));
-        let mut env = Env { run: None, standbys: Vec::new(), runs: 0, sb, cfg, hosts, api, writer, name };
+        let mut env = Env { run: None, standbys: Vec::new(), named, runs: 0, sb, cfg, hosts, api, writer, name };
         env.start_run();
         env.wait_ready().await;
         eprintln!("[{name}] sandbox and pgdr run ready in {:.1}s", t0.elapsed().as_secs_f64());
@@ -1390,4 +1426,66 @@ async fn a_returning_old_primary_never_takes_a_write() {
         answered.iter().find(|p| p.answer == pgdr_drill::writable::Answer::Writable)
     );
     assert!(timeline.overlaps.is_empty(), "two writable servers: {:?}", timeline.overlaps);
+}
+
+/// The writer name's A records as the test's BIND answers them.
+async fn dns_answer(env: &Env) -> Vec<String> {
+    let ns = env.named.as_ref().expect("named");
+    pgdr_dns::lookup(ns.addr, DNS_NAME, "A", Duration::from_secs(2)).await.unwrap_or_default()
+}
+
+/// `[clusters.dns]` on a real BIND 9 (TSIG-protected dynamic zone on a
+/// loopback port): the controller points the writer name at the primary's
+/// region when it starts; a failover to the other region moves it there in
+/// its `update_dns` step, after the proxy resumed (checked with a real DNS
+/// query); a switchover back while BIND is frozen (SIGSTOP) still succeeds,
+/// journals the failed update and a `dns_update_failed` event, and the
+/// background retry moves the name once BIND answers again.
+#[tokio::test(flavor = "multi_thread")]
+async fn dns_writer_name_follows_the_primary_across_regions() {
+    let env = Env::start("dns", Opts { failover_on_crash: true, dns: true, ..Opts::default() }).await;
+    let before = env.cluster().await.expect("cluster");
+    let old = before.primary.clone().expect("primary").to_string();
+    assert!(env.node(&old).region.as_str() == "east", "the sandbox's primary is in east");
+    wait_for("the name to point at east", Duration::from_secs(20), || async {
+        (dns_answer(&env).await == [DNS_EAST]).then_some(())
+    })
+    .await;
+
+    // Failover: east's primary killed, west-1 promoted (region_preference).
+    let seen = Env::ids(&env.workflows().await);
+    sig(env.postmaster_pid(&old), Signal::SIGKILL);
+    let wf = env.new_workflow("failover", &seen, Duration::from_secs(30)).await;
+    let wf = env.finished(&wf.id, Duration::from_secs(60)).await;
+    env.print_workflow(&wf);
+    assert_eq!(wf.state, "succeeded", "{wf:#?}");
+    let names: Vec<&str> = wf.steps.iter().map(|s| s.name.as_str()).collect();
+    let at = |n: &str| names.iter().position(|s| *s == n).unwrap_or_else(|| panic!("no step {n}"));
+    assert!(at("resume_proxy") < at("update_dns"), "the name moves after the proxy: {names:?}");
+    let out = step(&wf, "update_dns").output.clone().expect("update_dns output");
+    eprintln!("[dns] failover update_dns: {out}");
+    assert_eq!((out["updated"].as_bool(), out["region"].as_str()), (Some(true), Some("west")), "{out}");
+    assert_eq!(out["region_changed"], true);
+    assert_eq!(dns_answer(&env).await, [DNS_WEST], "a real query right after the failover");
+
+    // Switchover back to east while BIND is frozen: the role change does
+    // not wait for DNS and is not undone by it.
+    let ns_pid = env.named.as_ref().expect("named").pid() as i32;
+    sig(ns_pid, Signal::SIGSTOP);
+    let (ok, v) = switchover(&env, "east-2").await;
+    let out = step(&v, "update_dns").output.clone().expect("update_dns output");
+    eprintln!("[dns] switchover update_dns with BIND frozen: {out}");
+    sig(ns_pid, Signal::SIGCONT);
+    let thawed = Instant::now();
+    assert!(ok, "the switchover failed: {v:#?}");
+    assert_eq!(out["updated"], false, "{out}");
+    assert_eq!(out["error_kind"], "timeout", "{out}");
+    assert_eq!(env.one_primary().await, "east-2");
+    let events = env.api.events(None).await.expect("events");
+    assert!(events.iter().any(|e| e["state"] == "dns_update_failed"), "no dns_update_failed event");
+    wait_for("the background retry to move the name to east", Duration::from_secs(30), || async {
+        (dns_answer(&env).await == [DNS_EAST]).then_some(())
+    })
+    .await;
+    eprintln!("[dns] the background retry had moved the name {:.1}s after BIND thawed", thawed.elapsed().as_secs_f64());
 }

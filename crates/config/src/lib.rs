@@ -475,6 +475,50 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     /// Managed roles and their stores (`[clusters.secrets]`), when set.
     pub secrets: Option<ClusterSecrets>,
+    /// The writer name in DNS (`[clusters.dns]`), when set.
+    pub dns: Option<ClusterDns>,
+}
+
+/// `[clusters.dns]`: a DNS name for the cluster's writer that pgdr points
+/// at the primary's region (RFC 2136 dynamic update signed with TSIG)
+/// after every role change, for clients that connect straight to a
+/// region's endpoint instead of through a proxy.
+#[derive(Debug, Clone)]
+pub struct ClusterDns {
+    /// The zone's primary server, which takes updates.
+    pub server: SocketAddr,
+    /// The zone, without a trailing dot.
+    pub zone: String,
+    /// The writer name, inside the zone, without a trailing dot.
+    pub name: String,
+    /// The records' TTL: how long resolvers may keep the old answer.
+    pub ttl: Duration,
+    pub tsig_key: String,
+    /// `hmac-sha256` (default), `hmac-sha384` or `hmac-sha512`.
+    pub tsig_algorithm: String,
+    /// Base64, or a BIND key file holding it.
+    pub tsig_secret: Secret,
+    /// How long one update may take.
+    pub timeout: Duration,
+    /// What the name points at while the primary is in each region.
+    pub endpoints: Vec<(RegionName, DnsTarget)>,
+    /// The config key it is set at (`clusters[0].dns`), for errors.
+    pub key: String,
+}
+
+impl ClusterDns {
+    pub fn endpoint(&self, region: &str) -> Option<&DnsTarget> {
+        self.endpoints.iter().find(|(r, _)| r.as_str() == region).map(|(_, t)| t)
+    }
+}
+
+/// What a writer name points at in one region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsTarget {
+    /// A and AAAA records.
+    Addresses(Vec<std::net::IpAddr>),
+    /// A CNAME to this name (no trailing dot).
+    Alias(String),
 }
 
 /// `[clusters.secrets]`: the roles pgdr rotates on the primary and the
@@ -742,6 +786,9 @@ impl Config {
                 }
             }
         }
+        for c in self.clusters.iter() {
+            all.extend(c.dns.iter().map(|d| (format!("{}.tsig_secret", d.key), &d.tsig_secret)));
+        }
         for (i, n) in self.notify.iter().enumerate() {
             all.extend(n.token.iter().map(|s| (format!("notify[{i}].token"), s)));
         }
@@ -751,6 +798,11 @@ impl Config {
                 _ => None,
             })
             .collect()
+    }
+
+    /// A cluster's TSIG secret, read now (the text of `tsig_secret`).
+    pub fn dns_secret(&self, dns: &ClusterDns) -> Result<Redacted, KeyedSecretError> {
+        self.secret(&format!("{}.tsig_secret", dns.key), &dns.tsig_secret)
     }
 
     /// The agents' bearer token, when configured.

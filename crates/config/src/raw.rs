@@ -166,6 +166,35 @@ pub struct RawCluster {
     pub nodes: Vec<RawNode>,
     /// `[clusters.secrets]`: the roles pgdr rotates and where it stores them.
     pub secrets: Option<RawSecrets>,
+    /// `[clusters.dns]`: the writer name pgdr moves with the primary's region.
+    pub dns: Option<RawDns>,
+}
+
+/// `[clusters.dns]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    /// The authoritative server taking RFC 2136 updates: `host:port` or an IP (port 53).
+    pub server: String,
+    pub zone: String,
+    /// The writer name, inside `zone`.
+    pub name: String,
+    pub ttl: Option<String>,
+    pub tsig_key: String,
+    pub tsig_algorithm: Option<String>,
+    pub tsig_secret: Option<RawSecret>,
+    /// How long one update may take.
+    pub timeout: Option<String>,
+    /// Per region: an address, a list of addresses, or a host name (CNAME).
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, RawDnsTarget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawDnsTarget {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// `[clusters.secrets]`.

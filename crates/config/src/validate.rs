@@ -348,6 +348,7 @@ fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
                 );
             }
         }
+        let dns = cl.dns.as_ref().and_then(|d| cluster_dns(c, i, d, &nodes, &region_ok));
         let user = cl.user.clone().unwrap_or_else(|| "postgres".to_owned());
         clusters.push(Cluster {
             name: ClusterName::new(&cl.name),
@@ -364,6 +365,7 @@ fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
             fence_hook: cl.fence_hook.clone(),
             nodes,
             secrets,
+            dns,
         });
     }
     let cluster_names: BTreeSet<&str> = raw.clusters.iter().map(|cl| cl.name.as_str()).collect();
@@ -796,6 +798,137 @@ fn is_role_name(s: &str) -> bool {
         && s.len() <= 63
         && s.starts_with(|ch: char| ch.is_ascii_lowercase() || ch == '_')
         && s.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_')
+}
+
+/// A DNS name as RFC 1035 has it (letters, digits, `-` and `_` for service
+/// labels; labels of 1-63; at most 253), without its trailing dot.
+fn dns_name(s: &str) -> Option<String> {
+    let s = s.strip_suffix('.').unwrap_or(s);
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+        });
+    ok.then(|| s.to_ascii_lowercase())
+}
+
+/// `[clusters.dns]`.
+fn cluster_dns(
+    c: &mut Checker,
+    i: usize,
+    raw: &RawDns,
+    nodes: &[Node],
+    region_ok: &dyn Fn(&str) -> bool,
+) -> Option<ClusterDns> {
+    let key = format!("clusters[{i}].dns");
+    let k = |f: &str| format!("clusters[{i}].dns.{f}");
+    let server = match (raw.server.parse::<SocketAddr>(), raw.server.parse::<std::net::IpAddr>()) {
+        (Ok(a), _) => Some(a),
+        (_, Ok(ip)) => Some(SocketAddr::new(ip, 53)),
+        _ => {
+            c.bad(
+                k("server"),
+                format!("expected the zone's primary server as an IP address with an optional port, like \"10.0.0.53\" or \"10.0.0.53:53\", got {:?}", raw.server),
+            );
+            None
+        }
+    };
+    let zone = dns_name(&raw.zone);
+    if zone.is_none() {
+        c.bad(k("zone"), format!("expected a DNS zone like \"db.example.com\", got {:?}", raw.zone));
+    }
+    let name = dns_name(&raw.name);
+    match (&name, &zone) {
+        (None, _) => {
+            c.bad(k("name"), format!("expected a DNS name like \"main-writer.db.example.com\", got {:?}", raw.name))
+        }
+        (Some(n), Some(z)) if !n.ends_with(&format!(".{z}")) => c.bad(
+            k("name"),
+            format!("{n:?} is not inside the zone {z:?}: expected a name ending in \".{z}\" (not the zone's apex)"),
+        ),
+        _ => {}
+    }
+    let ttl = c.duration(k("ttl"), raw.ttl.as_deref(), Duration::from_secs(30));
+    if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(86_400) || ttl.subsec_nanos() != 0 {
+        c.bad(k("ttl"), format!("expected whole seconds from 1s to 1d (a short TTL, like \"30s\", so clients follow a role change soon), got {}", pgdr_model::format_duration(ttl)));
+    }
+    let timeout = c.duration(k("timeout"), raw.timeout.as_deref(), Duration::from_secs(5));
+    if timeout < Duration::from_millis(100) {
+        c.bad(k("timeout"), format!("expected at least 100ms, got {}", pgdr_model::format_duration(timeout)));
+    }
+    if dns_name(&raw.tsig_key).is_none() {
+        c.bad(
+            k("tsig_key"),
+            format!(
+                "expected the TSIG key's name as the server knows it (a DNS name like \"pgdr-main\"), got {:?}",
+                raw.tsig_key
+            ),
+        );
+    }
+    let algorithm = raw.tsig_algorithm.clone().unwrap_or_else(|| "hmac-sha256".to_owned()).to_ascii_lowercase();
+    if !["hmac-sha256", "hmac-sha384", "hmac-sha512"].contains(&algorithm.as_str()) {
+        c.bad(
+            k("tsig_algorithm"),
+            format!("expected \"hmac-sha256\", \"hmac-sha384\" or \"hmac-sha512\", got {algorithm:?}"),
+        );
+    }
+    let secret = match &raw.tsig_secret {
+        None => {
+            c.bad(
+                k("tsig_secret"),
+                "expected the TSIG secret: `{ file = \"...\" }` (base64, or the key file tsig-keygen writes) or `{ env = \"...\" }`",
+            );
+            None
+        }
+        s => c.secret(k("tsig_secret"), s),
+    };
+    let mut endpoints = Vec::new();
+    for (region, t) in &raw.endpoints {
+        let kr = format!("clusters[{i}].dns.endpoints.{region}");
+        if !region_ok(region) {
+            c.bad(kr.clone(), format!("region {region:?} is not declared under [[regions]]"));
+        }
+        let target = match t {
+            RawDnsTarget::One(s) => match s.parse::<std::net::IpAddr>() {
+                Ok(ip) => Some(DnsTarget::Addresses(vec![ip])),
+                Err(_) => dns_name(s).map(DnsTarget::Alias),
+            },
+            RawDnsTarget::Many(list) => {
+                let ips: Vec<_> = list.iter().filter_map(|s| s.parse::<std::net::IpAddr>().ok()).collect();
+                (!list.is_empty() && ips.len() == list.len()).then_some(DnsTarget::Addresses(ips))
+            }
+        };
+        match target {
+            Some(t) => endpoints.push((RegionName::new(region), t)),
+            None => c.bad(
+                kr,
+                "expected the region's endpoint: an IP address, a list of IP addresses (A/AAAA records), or a host name (a CNAME)",
+            ),
+        }
+    }
+    let node_regions: BTreeSet<&str> = nodes.iter().map(|n| n.region.as_str()).collect();
+    for r in node_regions.into_iter().filter(|r| !raw.endpoints.contains_key(*r)) {
+        c.bad(
+            k("endpoints"),
+            format!("region {r:?} has nodes of this cluster but no endpoint: expected `{r} = \"<address or host name>\"` under [clusters.dns.endpoints]"),
+        );
+    }
+    Some(ClusterDns {
+        server: server?,
+        zone: zone?,
+        name: name?,
+        ttl,
+        tsig_key: raw.tsig_key.trim_end_matches('.').to_owned(),
+        tsig_algorithm: algorithm,
+        tsig_secret: secret?,
+        timeout,
+        endpoints,
+        key,
+    })
 }
 
 fn cluster_secrets(

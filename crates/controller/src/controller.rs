@@ -117,6 +117,7 @@ impl Controller {
             leases: LeaseBook::new(),
             observed: Default::default(),
             needs_rejoin: Default::default(),
+            dns_pending: Default::default(),
             metrics: Default::default(),
             agent_token,
             tokens,
@@ -151,6 +152,9 @@ impl Controller {
             tracker.spawn(crate::monitor::run(self.clone(), cluster, cancel.clone()));
         }
         tracker.spawn(crate::backups::run(self.clone(), cancel.clone()));
+        if self.sh.config.clusters.iter().any(|c| c.dns.is_some()) {
+            tracker.spawn(crate::dns::run(self.clone(), cancel.clone()));
+        }
         let every = self.sh.config.controller.readiness_interval;
         tracker.spawn(crate::readiness::run(self.clone(), every, cancel.clone()));
         // Engine events (every step) go to the webhooks too.

@@ -14,6 +14,7 @@ pub mod backups;
 pub mod candidate;
 pub mod controller;
 pub mod detect;
+pub mod dns;
 pub mod fence;
 pub mod math;
 pub mod metrics;

@@ -392,6 +392,8 @@ pub struct Shared {
     pub observed: Mutex<HashMap<ClusterName, Observed>>,
     /// Old primaries to bring back as replicas once their host answers.
     pub needs_rejoin: Mutex<HashSet<(ClusterName, NodeName)>>,
+    /// Clusters whose writer name in DNS may be stale ([`crate::dns`]).
+    pub dns_pending: crate::dns::Pending,
     pub metrics: Metrics,
     pub agent_token: Option<pgdr_config::Redacted>,
     /// The tokens the API accepts.

@@ -1173,6 +1173,19 @@ fn secrets_step(sh: &Arc<Shared>, p: &Params) -> Step {
     })
 }
 
+/// After the proxies moved: the writer name in DNS follows the primary's
+/// region. Never fails the workflow (see [`crate::dns`]).
+fn dns_step(sh: &Arc<Shared>, p: &Params) -> Step {
+    step(
+        sh,
+        p,
+        "update_dns",
+        "point the cluster's writer name at the new primary's region (RFC 2136 update signed with TSIG; [clusters.dns])",
+        crate::dns::step,
+    )
+    .retry(RetryPolicy::once())
+}
+
 fn gate(p: &Params, stages: &mut Vec<Stage>) {
     if p.require_approval {
         stages.push(Step::approval("approve", "wait for an operator: pgdr approve <id>").into());
@@ -1269,6 +1282,7 @@ impl WorkflowDef for Def {
                         .retry(quick)
                         .into(),
                 );
+                s.push(dns_step(sh, &p).into());
                 s.push(
                     step(sh, &p, "report", "record the data-loss window and schedule the old primary's rejoin", report)
                         .retry(quick)
@@ -1339,6 +1353,7 @@ impl WorkflowDef for Def {
                     .retry(quick)
                     .into(),
                 );
+                s.push(dns_step(sh, &p).into());
                 s.push(
                     step(
                         sh,

@@ -559,3 +559,81 @@ fn tls_section() {
         assert!(err.to_string().contains(&format!("key `{key}`")), "{err}");
     }
 }
+
+const DNS: &str = r#"
+[clusters.dns]
+server = "10.0.0.53"
+zone = "db.example.com."
+name = "main-writer.db.example.com"
+ttl = "20s"
+tsig_key = "pgdr-main"
+tsig_secret = { file = "dns-main.key" }
+
+[clusters.dns.endpoints]
+east-a = "10.0.1.20"
+west = ["10.0.2.20", "fd00::2:20"]
+"#;
+
+#[test]
+fn a_writer_name_in_dns_loads() {
+    let c = parse(&with_secrets(DNS)).expect("valid");
+    let d = c.clusters[0].dns.as_ref().expect("dns");
+    assert_eq!(d.server.to_string(), "10.0.0.53:53");
+    assert_eq!((d.zone.as_str(), d.name.as_str()), ("db.example.com", "main-writer.db.example.com"));
+    assert_eq!(d.ttl, std::time::Duration::from_secs(20));
+    assert_eq!(d.tsig_algorithm, "hmac-sha256");
+    assert_eq!(d.tsig_secret, pgdr_config::Secret::File("/etc/pgdr/dns-main.key".into()));
+    assert_eq!(d.endpoint("east-a"), Some(&pgdr_config::DnsTarget::Addresses(vec!["10.0.1.20".parse().expect("ip")])));
+    let alias = with_secrets(&DNS.replace("east-a = \"10.0.1.20\"", "east-a = \"east-pg.example.net.\""));
+    let c = parse(&alias).expect("valid");
+    let d = c.clusters[0].dns.as_ref().expect("dns");
+    assert_eq!(d.endpoint("east-a"), Some(&pgdr_config::DnsTarget::Alias("east-pg.example.net".into())));
+    assert!(!format!("{d:?}").contains("secret = "), "{d:?}");
+}
+
+#[test]
+fn bad_dns_config_names_the_file_and_key() {
+    let cases: &[(&str, &str, &str, &str)] = &[
+        ("server = \"10.0.0.53\"", "server = \"ns1.example.com\"", "clusters[0].dns.server", "IP address"),
+        ("zone = \"db.example.com.\"", "zone = \"db..example\"", "clusters[0].dns.zone", "DNS zone"),
+        ("name = \"main-writer.db.example.com\"", "name = \"main.other.org\"", "clusters[0].dns.name", "not inside"),
+        ("ttl = \"20s\"", "ttl = \"1500ms\"", "clusters[0].dns.ttl", "whole seconds"),
+        (
+            "tsig_key = \"pgdr-main\"\n",
+            "tsig_key = \"pgdr-main\"\ntsig_algorithm = \"hmac-md5\"\n",
+            "clusters[0].dns.tsig_algorithm",
+            "hmac-sha256",
+        ),
+        ("tsig_secret = { file = \"dns-main.key\" }", "", "clusters[0].dns.tsig_secret", "expected the TSIG secret"),
+        (
+            "tsig_secret = { file = \"dns-main.key\" }",
+            "tsig_secret = { file = \"a\", env = \"B\" }",
+            "clusters[0].dns.tsig_secret",
+            "exactly one",
+        ),
+        ("west = [", "mars = [", "clusters[0].dns.endpoints.mars", "not declared"),
+        (
+            "west = [",
+            "mars = [",
+            "clusters[0].dns.endpoints",
+            "region \"west\" has nodes of this cluster but no endpoint",
+        ),
+        ("east-a = \"10.0.1.20\"", "east-a = \"not a name!\"", "clusters[0].dns.endpoints.east-a", "IP address"),
+    ];
+    for (from, to, key, words) in cases {
+        assert!(DNS.contains(from), "test setup: {from:?}");
+        let text = with_secrets(&DNS.replacen(from, to, 1));
+        let err = parse(&text).expect_err(&format!("{from} -> {to} must fail"));
+        let p = err.problems().iter().find(|p| p.key == *key).unwrap_or_else(|| panic!("no problem at {key}: {err}"));
+        assert!(p.message.contains(words), "{key}: {:?} lacks {words:?}", p.message);
+        assert!(p.line.is_some(), "{key}: no line");
+        assert!(err.to_string().starts_with("/etc/pgdr/pgdr.toml"), "{err}");
+    }
+    // The secret is read where it is used; an empty one names the file and the key.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("dns-main.key"), "\n").expect("write");
+    let c = Config::parse(&dir.path().join("pgdr.toml"), &with_secrets(DNS)).expect("valid until read");
+    let err = c.dns_secret(c.clusters[0].dns.as_ref().expect("dns")).expect_err("empty").to_string();
+    assert!(err.contains("key `clusters[0].dns.tsig_secret`") && err.contains("dns-main.key"), "{err}");
+    assert_eq!(c.empty_secrets().len(), 1);
+}
