@@ -84,3 +84,45 @@ fn unknown_subcommand_is_usage_error() {
     let out = pgdr().arg("frobnicate").output().expect("run pgdr");
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// deploy/pgdr.toml, the production example the README and the .deb ship, is a
+/// valid config: copied next to every file it names (certificates made by
+/// `pgdr certs init` for its hosts, each secret a non-empty file), `pgdr config
+/// check` accepts it.
+#[test]
+fn the_deploy_example_config_checks() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/pgdr.toml");
+    let text = std::fs::read_to_string(&example).expect("deploy/pgdr.toml");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hosts = "10.0.1.10,10.0.1.11,10.0.1.12,10.0.1.20,10.0.2.10,10.0.2.11,10.0.2.20";
+    let out =
+        pgdr().args(["certs", "init", "--hosts", hosts, "--dir"]).arg(dir.path().join("tls")).output().expect("certs");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    // Every file the example names, relative to it: the certificates above, the rest here.
+    let mut named = Vec::new();
+    for part in text.split('"').skip(1).step_by(2) {
+        if part.starts_with("tls/") || part.starts_with("secrets/") {
+            named.push(part.to_owned());
+        }
+    }
+    assert!(named.len() > 20, "the example names its files: {named:?}");
+    std::fs::create_dir_all(dir.path().join("secrets")).expect("secrets dir");
+    for f in &named {
+        let path = dir.path().join(f);
+        if f.ends_with("dns-main.key") {
+            std::fs::write(&path, "key \"pgdr-main\" {\n\talgorithm hmac-sha256;\n\tsecret \"c2VjcmV0LWJ5dGVzLWZvci10aGUtdGVzdA==\";\n};\n")
+                .expect("write");
+        } else if f.ends_with("backup.key") {
+            std::fs::write(&path, format!("{}\n", "ab".repeat(32))).expect("write");
+        } else if f.starts_with("secrets/") {
+            std::fs::write(&path, "not-a-real-secret\n").expect("write");
+        }
+        assert!(path.is_file(), "{f} named by the example does not exist");
+    }
+    let cfg = dir.path().join("pgdr.toml");
+    std::fs::write(&cfg, &text).expect("write");
+    let out = pgdr().args(["config", "check", "--config"]).arg(&cfg).output().expect("run pgdr");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("ok (1 clusters, 3 nodes"), "{stdout}");
+}
