@@ -84,6 +84,15 @@ impl Pending {
             .unwrap_or_default()
     }
 
+    fn soon(&self, cluster: &ClusterName) {
+        if let Ok(mut d) = self.due.lock()
+            && let Some(r) = d.get_mut(cluster)
+        {
+            r.delay = RETRY_FIRST;
+            r.at = Instant::now() + RETRY_FIRST;
+        }
+    }
+
     fn back_off(&self, cluster: &ClusterName, error: String) {
         if let Ok(mut d) = self.due.lock()
             && let Some(r) = d.get_mut(cluster)
@@ -240,8 +249,14 @@ pub(crate) async fn step(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, Ste
     Ok(StepOutput::json(out))
 }
 
+async fn current_epoch(sh: &Shared, cluster: &ClusterName) -> Option<Epoch> {
+    sh.clusters.state(cluster).await.ok().flatten().map(|s| s.epoch)
+}
+
 /// Syncs every cluster's writer name once at start, then retries the
-/// names a step could not update, with backoff, until they succeed.
+/// names a step could not update, with backoff, until they succeed. It
+/// runs beside role changes: each update names the primary of the moment,
+/// and one the epoch overtook is sent again.
 pub async fn run(ctl: Controller, cancel: CancellationToken) {
     let sh = ctl.sh.clone();
     for c in sh.config.clusters.iter().filter(|c| c.dns.is_some()) {
@@ -258,11 +273,13 @@ pub async fn run(ctl: Controller, cancel: CancellationToken) {
                 sh.dns_pending.clear(&name);
                 continue;
             };
-            // A role change's own step updates the name.
-            if ctl.busy(&name).await {
-                continue;
-            }
             match sync(&sh, cluster).await {
+                // The primary moved while this update was on its way (a role
+                // change's own step may have been overtaken): again, with the
+                // primary the store names now.
+                Ok(s) if current_epoch(&sh, &name).await != Some(s.epoch) => {
+                    sh.dns_pending.soon(&name);
+                }
                 Ok(s) => {
                     sh.dns_pending.clear(&name);
                     let mut ev = sh.event(
