@@ -1440,10 +1440,12 @@ async fn dns_answer(env: &Env) -> Vec<String> {
 /// its `update_dns` step, after the proxy resumed (checked with a real DNS
 /// query); a switchover back while BIND is frozen (SIGSTOP) still succeeds,
 /// journals the failed update and a `dns_update_failed` event, and the
-/// background retry moves the name once BIND answers again.
+/// background retry moves the name once BIND answers again. With a wrong
+/// secret, the update is refused (BADSIG) and a `dns_update_failed` event
+/// says so.
 #[tokio::test(flavor = "multi_thread")]
 async fn dns_writer_name_follows_the_primary_across_regions() {
-    let env = Env::start("dns", Opts { failover_on_crash: true, dns: true, ..Opts::default() }).await;
+    let mut env = Env::start("dns", Opts { failover_on_crash: true, dns: true, ..Opts::default() }).await;
     let before = env.cluster().await.expect("cluster");
     let old = before.primary.clone().expect("primary").to_string();
     assert!(env.node(&old).region.as_str() == "east", "the sandbox's primary is in east");
@@ -1488,4 +1490,21 @@ async fn dns_writer_name_follows_the_primary_across_regions() {
     })
     .await;
     eprintln!("[dns] the background retry had moved the name {:.1}s after BIND thawed", thawed.elapsed().as_secs_f64());
+
+    // A wrong secret (the file is read at every update): the restarted
+    // controller's first sync is refused by BIND and reported as such.
+    let key = env.sb.dir.join("secrets").join("dns-main.key");
+    std::fs::write(&key, "key \"pgdr-main\" { algorithm hmac-sha256; secret \"d3Jvbmctc2VjcmV0\"; };\n").expect("key");
+    env.kill_run();
+    env.start_run();
+    let refused = wait_for("a dns_update_failed event naming BADSIG", Duration::from_secs(30), || async {
+        let events = env.api.events(None).await.ok()?;
+        events
+            .into_iter()
+            .find(|e| e["state"] == "dns_update_failed" && e["message"].as_str().is_some_and(|m| m.contains("BADSIG")))
+    })
+    .await;
+    eprintln!("[dns] wrong secret: {}", refused["message"]);
+    assert!(!refused["message"].as_str().unwrap_or("").contains("d3Jvbmct"), "the secret is in the event");
+    assert_eq!(dns_answer(&env).await, [DNS_EAST], "a refused update changes nothing");
 }
