@@ -111,7 +111,12 @@ pub struct EtcdStore {
 }
 
 struct Inner {
-    client: Client,
+    /// One client per endpoint (a client balanced over every endpoint
+    /// where it could not be made), so a request can go to the member that answered last and,
+    /// when that one is silent, to the next.
+    members: Vec<Client>,
+    /// Index in `members` of the member that answered last.
+    preferred: std::sync::atomic::AtomicUsize,
     prefix: String,
     endpoints: Vec<String>,
     timeout: Duration,
@@ -244,7 +249,7 @@ impl EtcdStore {
             }
             None => options.endpoints.clone(),
         };
-        let client = match tokio::time::timeout(timeout * 2, Client::connect(&endpoints, Some(connect))).await {
+        let client = match tokio::time::timeout(timeout * 2, Client::connect(&endpoints, Some(connect.clone()))).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Err(classify(e)),
             Err(_) => {
@@ -254,9 +259,21 @@ impl EtcdStore {
                 )));
             }
         };
+        // Connecting is lazy (a member down now is reached once it is back),
+        // but with a user it logs in at once: a member that cannot be asked
+        // now is reached through the balanced client instead.
+        let mut members = Vec::with_capacity(endpoints.len());
+        for e in &endpoints {
+            let one = tokio::time::timeout(timeout, Client::connect([e.as_str()], Some(connect.clone()))).await;
+            members.push(match one {
+                Ok(Ok(c)) => c,
+                _ => client.clone(),
+            });
+        }
         let store = Self {
             inner: Arc::new(Inner {
-                client,
+                members,
+                preferred: std::sync::atomic::AtomicUsize::new(0),
                 prefix: options.prefix,
                 endpoints: options.endpoints,
                 timeout,
@@ -290,35 +307,143 @@ impl EtcdStore {
         Ok(k.strip_prefix(self.inner.prefix.as_str()).unwrap_or(k).to_owned())
     }
 
-    /// Runs one request within the time limit. A request that could not
-    /// even connect (one member down: the client balances over every
-    /// endpoint) was never sent, so it is tried again, on another member,
-    /// while time is left.
+    /// The `k`-th member to try from the one that answered last: its index
+    /// and client.
+    fn member(&self, k: usize) -> (usize, Client) {
+        let n = self.inner.members.len();
+        let i = (self.inner.preferred.load(Ordering::Relaxed) + k) % n;
+        (i, self.inner.members[i].clone())
+    }
+
+    /// Member `i` answered: ask it first from now on.
+    fn answered(&self, i: usize) {
+        self.inner.preferred.store(i, Ordering::Relaxed);
+    }
+
+    /// Runs one request within the time limit, on the member that answered
+    /// last. A request that was never sent (no connection to that member:
+    /// it is down; or it has no leader, which it says before doing
+    /// anything) is tried again on the next member while time is left.
     async fn call<T, F, Fut>(&self, what: &str, mut f: F) -> Result<Result<T, etcd_client::Error>, StoreError>
     where
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         let deadline = tokio::time::Instant::now() + self.inner.timeout;
+        let mut k = 0;
         loop {
-            let r = tokio::time::timeout_at(deadline, f(self.inner.client.clone())).await.map_err(|_| {
+            let (i, client) = self.member(k);
+            let r = tokio::time::timeout_at(deadline, f(client)).await.map_err(|_| {
                 StoreError::Unavailable(format!("etcd did not answer {what} within {:?}", self.inner.timeout))
             })?;
             match r {
-                Err(e) if is_connect_error(&e) && tokio::time::Instant::now() + CONNECT_RETRY < deadline => {
+                Err(e) if not_sent(&e) && tokio::time::Instant::now() + CONNECT_RETRY < deadline => {
+                    k += 1;
                     tokio::time::sleep(CONNECT_RETRY).await;
                 }
-                r => return Ok(r),
+                r => {
+                    if r.is_ok() {
+                        self.answered(i);
+                    }
+                    return Ok(r);
+                }
             }
         }
     }
 }
 
+impl EtcdStore {
+    /// [`EtcdStore::call`] for a request that may run twice (a read, a
+    /// lease keep-alive or lookup): when no answer came within
+    /// [`EtcdStore::hedge`], the same request is sent to the next member
+    /// while the first still waits, and the first answer wins; the member
+    /// that gave it is asked first from then on (writes too). A member that
+    /// holds its connections and answers nothing (frozen, or its region
+    /// dark) then costs one hedge, not the whole timeout of every request
+    /// sent to it: before, a primary's lease renewals (reads and keep-alives
+    /// through the controller) failed for seconds when one member of three
+    /// froze, and the primary fenced itself.
+    async fn call_idempotent<T, F, Fut>(
+        &self,
+        what: &str,
+        mut f: F,
+    ) -> Result<Result<T, etcd_client::Error>, StoreError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let deadline = tokio::time::Instant::now() + self.inner.timeout;
+        let hedge = self.hedge();
+        let mut attempts = tokio::task::JoinSet::new();
+        let mut next = tokio::time::Instant::now();
+        let mut last_connect_error = None;
+        let mut k = 0;
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= next && attempts.len() < HEDGED_IN_FLIGHT {
+                let (i, client) = self.member(k);
+                k += 1;
+                let attempt = f(client);
+                attempts.spawn(async move { (i, tokio::time::timeout_at(deadline, attempt).await) });
+                next = now + hedge;
+            }
+            // The next copy's time, unless as many wait as may.
+            let wake = if attempts.len() < HEDGED_IN_FLIGHT { next.min(deadline) } else { deadline };
+            tokio::select! {
+                done = attempts.join_next(), if !attempts.is_empty() => match done {
+                    Some(Ok((_, Ok(Err(e))))) if not_sent(&e) => {
+                        // Never sent: try the next member soon.
+                        next = next.min(tokio::time::Instant::now() + CONNECT_RETRY);
+                        last_connect_error = Some(e);
+                    }
+                    Some(Ok((i, Ok(r)))) => {
+                        if r.is_ok() {
+                            self.answered(i);
+                        }
+                        return Ok(r);
+                    }
+                    // Timed out at the deadline, or the task failed: the
+                    // others are at the same deadline.
+                    Some(Ok((_, Err(_)))) | Some(Err(_)) | None => {}
+                },
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return match last_connect_error {
+                    Some(e) if attempts.is_empty() => Ok(Err(e)),
+                    _ => Err(StoreError::Unavailable(format!(
+                        "etcd did not answer {what} within {:?}",
+                        self.inner.timeout
+                    ))),
+                };
+            }
+        }
+    }
+
+    /// How long an idempotent request waits for its answer before it is
+    /// sent again: a tenth of the timeout, between 50 and 250 ms (a
+    /// healthy member answers in a round trip).
+    fn hedge(&self) -> Duration {
+        (self.inner.timeout / 10).clamp(Duration::from_millis(50), Duration::from_millis(250))
+    }
+}
+
+/// The most copies of one idempotent request waiting at once.
+const HEDGED_IN_FLIGHT: usize = 4;
+
 /// The pause before trying a request that could not connect again.
 const CONNECT_RETRY: Duration = Duration::from_millis(20);
 
-/// The request failed before it was sent: no connection to the member the
-/// balancer picked.
+/// The request was never carried out: no connection to the member, or the
+/// member has no leader (it refuses before doing anything).
+fn not_sent(e: &etcd_client::Error) -> bool {
+    is_connect_error(e)
+        || matches!(e, etcd_client::Error::GRpcStatus(s)
+            if s.code() == tonic::Code::Unavailable && s.message().contains("no leader"))
+}
+
+/// The request failed before it was sent: no connection to the member.
 fn is_connect_error(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::GRpcStatus(s) => {
@@ -335,7 +460,7 @@ impl StateStore for EtcdStore {
         check_key(key)?;
         let full = self.full(key);
         let resp = self
-            .call("a read", |mut c| {
+            .call_idempotent("a read", |mut c| {
                 let k = full.clone();
                 async move { c.get(k, None).await }
             })
@@ -352,7 +477,7 @@ impl StateStore for EtcdStore {
             (full.into_bytes(), GetOptions::new().with_prefix())
         };
         let resp = self
-            .call("a list", |mut c| {
+            .call_idempotent("a list", |mut c| {
                 let (k, o) = (key.clone(), opts.clone());
                 async move { c.get(k, Some(o)).await }
             })
@@ -365,7 +490,7 @@ impl StateStore for EtcdStore {
         // Any single-key read returns the cluster's revision in its header.
         let probe = format!("{}/", self.inner.prefix);
         let resp = self
-            .call("a read", |mut c| {
+            .call_idempotent("a read", |mut c| {
                 let k = probe.clone();
                 async move { c.get(k, Some(GetOptions::new().with_count_only())).await }
             })
@@ -469,7 +594,10 @@ impl StateStore for EtcdStore {
     async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
         // One request on a fresh keep-alive stream: the client sends it and
         // waits for etcd's answer (TTL 0 when the lease is gone).
-        match self.call("a lease keep-alive", |mut c| async move { c.lease_keep_alive(lease_id(lease)).await }).await? {
+        match self
+            .call_idempotent("a lease keep-alive", |mut c| async move { c.lease_keep_alive(lease_id(lease)).await })
+            .await?
+        {
             Ok(_) => Ok(()),
             Err(e) if is_lease_not_found(&e) => Err(StoreError::LeaseExpired(lease)),
             Err(e) => Err(classify(e)),
@@ -486,7 +614,7 @@ impl StateStore for EtcdStore {
 
     async fn lease_remaining(&self, lease: LeaseId) -> Result<Option<Duration>, StoreError> {
         let resp = match self
-            .call("a lease lookup", |mut c| async move { c.lease_time_to_live(lease_id(lease), None).await })
+            .call_idempotent("a lease lookup", |mut c| async move { c.lease_time_to_live(lease_id(lease), None).await })
             .await?
         {
             Ok(r) => r,

@@ -194,6 +194,43 @@ async fn a_frozen_etcd_times_out() {
     assert!(took < Duration::from_millis(1500), "timed out after the 1 s limit, took {took:?}");
 }
 
+/// One member of three frozen (SIGSTOP, as a region gone dark: its
+/// connections stay open, nothing answers): the two others keep a quorum,
+/// and reads and lease keep-alives are answered by them within a few
+/// hedges (the request is sent again when the member picked is silent),
+/// never at the timeout. A primary's lease renewal through the controller
+/// is such calls in a row; at the timeout, it failed for seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_frozen_member_costs_reads_and_keep_alives_a_hedge_not_the_timeout() {
+    let c = cluster(false).await;
+    let mut o = options(&c, "/f1");
+    o.timeout = Duration::from_secs(2);
+    // The frozen member first: the one the store asks first.
+    o.endpoints.rotate_right(1);
+    let s = EtcdStore::connect(o).await.expect("connect");
+    s.put("/pgdr/k", b"1".to_vec(), None).await.expect("put");
+    let lease = s.grant_lease(Duration::from_secs(30)).await.expect("lease");
+    // The last member: never the one the others elected first, so the two
+    // left keep their leader (an election is not what this measures).
+    c.record.freeze_member(2, true).expect("freeze");
+    let mut worst = Duration::ZERO;
+    let mut errors = Vec::new();
+    for _ in 0..40 {
+        let started = Instant::now();
+        if let Err(e) = s.get("/pgdr/k").await {
+            errors.push(format!("get: {e}"));
+        }
+        if let Err(e) = s.keep_alive(lease).await {
+            errors.push(format!("keep-alive: {e}"));
+        }
+        worst = worst.max(started.elapsed());
+    }
+    c.record.freeze_member(2, false).expect("thaw");
+    eprintln!("one member frozen: the slowest read + keep-alive took {worst:?}");
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(worst < Duration::from_millis(1500), "answered by the others, not at the 2 s timeout: {worst:?}");
+}
+
 /// One member of three killed: the client balances over every endpoint, so
 /// requests that could not connect are tried again on another member and,
 /// once the two left have a leader, callers see no error at all.
