@@ -22,6 +22,8 @@
 //! changes, approvals, and what a viewer may) or `agent` (the lease). 401:
 //! no token or an unknown one; 403: a token whose role does not allow it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use pgdr_model::{ClusterName, Epoch, Lsn, NodeName, Redacted, RegionName, Role};
@@ -150,11 +152,19 @@ pub struct ApproveRequest {
 }
 
 /// A typed client of the controller. Cheap to clone.
+///
+/// With several controllers ([`ControllerClient::new_multi`]: one per
+/// region, one leading), a call goes to the controller that answered last
+/// and, when that one cannot be reached or answers that it does not lead
+/// (a standby binds no API; a deposed one answers `not_leader`), to each
+/// other in turn. Clones share what they learnt about the leader.
 #[derive(Debug, Clone)]
 pub struct ControllerClient {
     http: reqwest::Client,
     scheme: &'static str,
-    addr: String,
+    addrs: Arc<[String]>,
+    /// Index in `addrs` of the controller that answered last.
+    leader: Arc<AtomicUsize>,
     token: Option<Redacted>,
     timeout: Duration,
 }
@@ -166,10 +176,20 @@ impl ControllerClient {
 
     /// [`ControllerClient::new`] over `tls` (HTTPS when the controller serves it).
     pub fn new_with(addr: &str, token: Option<Redacted>, tls: &HttpTls) -> Result<ControllerClient, ApiError> {
+        Self::new_multi(&[addr.to_owned()], token, tls)
+    }
+
+    /// A client of every controller at `addrs` (one per region, one of
+    /// them leading), in the order to try them first.
+    pub fn new_multi(addrs: &[String], token: Option<Redacted>, tls: &HttpTls) -> Result<ControllerClient, ApiError> {
+        if addrs.is_empty() {
+            return Err(ApiError::Client("no controller address".into()));
+        }
         Ok(ControllerClient {
             http: tls.client(Duration::from_secs(2))?,
             scheme: tls.scheme(),
-            addr: addr.to_owned(),
+            addrs: addrs.iter().cloned().collect(),
+            leader: Arc::new(AtomicUsize::new(0)),
             token,
             timeout: Duration::from_secs(30),
         })
@@ -181,12 +201,18 @@ impl ControllerClient {
         self
     }
 
+    /// The controller that answered last (the first before any answer).
     pub fn addr(&self) -> &str {
-        &self.addr
+        &self.addrs[self.leader.load(Ordering::Relaxed) % self.addrs.len()]
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}://{}{}", self.scheme, self.addr, path)
+    /// Every controller this client tries.
+    pub fn addrs(&self) -> &[String] {
+        &self.addrs
+    }
+
+    fn url(&self, addr: &str, path: &str) -> String {
+        format!("{}://{}{}", self.scheme, addr, path)
     }
 
     pub async fn renew_lease(&self, cluster: &str, req: &LeaseRequest) -> Result<LeaseReply, ApiError> {
@@ -231,23 +257,44 @@ impl ControllerClient {
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiError> {
-        let req = self.auth(self.http.get(self.url(path))).timeout(self.timeout);
-        self.send(req).await
+        self.send(|addr| self.auth(self.http.get(self.url(addr, path))).timeout(self.timeout)).await
     }
 
     async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ApiError> {
-        let req = self.auth(self.http.post(self.url(path))).json(body).timeout(self.timeout);
-        self.send(req).await
+        self.send(|addr| self.auth(self.http.post(self.url(addr, path))).json(body).timeout(self.timeout)).await
     }
 
     fn auth(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         http::with_token(req, self.token.as_ref())
     }
 
-    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T, ApiError> {
-        http::send(&self.addr, req, http::On409::Failed).await
+    /// Sends to the controller that answered last, then to each other while
+    /// the one asked is unreachable or does not lead; the first answer of a
+    /// leading controller (a success or its refusal) is the call's.
+    async fn send<T: DeserializeOwned>(&self, req: impl Fn(&str) -> reqwest::RequestBuilder) -> Result<T, ApiError> {
+        let n = self.addrs.len();
+        let first = self.leader.load(Ordering::Relaxed) % n;
+        let mut last = None;
+        for k in 0..n {
+            let i = (first + k) % n;
+            let addr = &self.addrs[i];
+            match http::send(addr, req(addr), http::On409::Failed).await {
+                Err(e) if n > 1 && (e.is_unreachable() || e.kind() == NOT_LEADER) => last = Some(e),
+                answer => {
+                    if i != first {
+                        self.leader.store(i, Ordering::Relaxed);
+                    }
+                    return answer;
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| ApiError::Client("no controller address".into())))
     }
 }
+
+/// The error kind of a controller that does not lead (HTTP 503): ask
+/// another.
+pub const NOT_LEADER: &str = "not_leader";
 
 /// The error body the controller sends, as [`ErrorBody`] with its kinds:
 /// `not_found`, `bad_request`, `conflict` (another workflow runs, a refused

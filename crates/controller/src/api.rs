@@ -200,6 +200,11 @@ async fn lease(
         Err(LeaseRefused::NotReady(m)) => {
             (StatusCode::SERVICE_UNAVAILABLE, axum::Json(error_body("not_ready", m))).into_response()
         }
+        Err(LeaseRefused::NotLeader(m)) => {
+            tracing::warn!(cluster = %cluster, node = %req.node, "lease not renewed here: {m}");
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(error_body(pgdr_api::controller::NOT_LEADER, m)))
+                .into_response()
+        }
     }
 }
 

@@ -254,6 +254,19 @@ pub enum LeaseRefused {
     /// The controller cannot answer now; the agent treats it as unreachable.
     #[error("{0}")]
     NotReady(String),
+    /// This controller no longer leads (the store fenced its write or
+    /// renewal): the agent asks another controller.
+    #[error("{0}")]
+    NotLeader(String),
+}
+
+/// A store failure as a renewal's answer: fenced means another controller
+/// leads.
+fn not_ready(e: pgdr_store::ClusterError) -> LeaseRefused {
+    match e {
+        pgdr_store::ClusterError::Store(pgdr_store::StoreError::Fenced(m)) => LeaseRefused::NotLeader(m),
+        e => LeaseRefused::NotReady(e.to_string()),
+    }
 }
 
 impl LeaseBook {
@@ -359,13 +372,10 @@ impl LeaseBook {
             Err(pgdr_store::ClusterError::LeaseHeld { .. }) => {
                 // A lease from before a controller restart: take it over.
                 let _ = store.break_primary_lease(cluster).await;
-                store
-                    .acquire_primary_lease(cluster, node, state.epoch, ttl)
-                    .await
-                    .map_err(|e| LeaseRefused::NotReady(e.to_string()))?
+                store.acquire_primary_lease(cluster, node, state.epoch, ttl).await.map_err(not_ready)?
             }
             Err(e @ pgdr_store::ClusterError::NotPrimary { .. }) => return Err(LeaseRefused::Refused(e.to_string())),
-            Err(e) => return Err(LeaseRefused::NotReady(e.to_string())),
+            Err(e) => return Err(not_ready(e)),
         };
         if let Ok(mut m) = self.grants.lock() {
             m.insert(cluster.clone(), Grant { node: node.clone(), epoch: state.epoch, held, at: now });

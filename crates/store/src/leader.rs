@@ -295,8 +295,13 @@ impl StateStore for FencedStore {
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
         self.inner.grant_lease(ttl).await
     }
+    /// Renews, then confirms this controller still leads: a renewal counts
+    /// (a primary's lease granted on it, say) only when the leader key was
+    /// still this leader's after the lease was extended, so a deposed
+    /// leader that has not noticed yet grants nothing.
     async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
-        self.inner.keep_alive(lease).await
+        self.inner.keep_alive(lease).await?;
+        self.confirm().await
     }
     async fn revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
         self.inner.revoke(lease).await
@@ -306,5 +311,23 @@ impl StateStore for FencedStore {
     }
     async fn watch(&self, prefix: &str) -> Result<Watch, StoreError> {
         self.inner.watch(prefix).await
+    }
+}
+
+impl FencedStore {
+    /// `Ok` while the leader key is still the one this leader wrote (a
+    /// read: linearizable on etcd), [`StoreError::Fenced`] naming the
+    /// current leader otherwise.
+    async fn confirm(&self) -> Result<(), StoreError> {
+        match self.inner.get(keys::CONTROLLER_LEADER).await? {
+            Some(v) if v.revision == self.revision => Ok(()),
+            current => {
+                let holder = current
+                    .as_ref()
+                    .and_then(|v| decode(v).ok())
+                    .map_or_else(|| "nobody".to_owned(), |i| format!("{} (term {})", i.holder, i.term));
+                Err(StoreError::Fenced(format!("this controller no longer leads; the leader is {holder}")))
+            }
+        }
     }
 }

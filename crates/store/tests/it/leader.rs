@@ -17,6 +17,10 @@ async fn deposed_leader_changes_nothing(s: Arc<dyn StateStore>, t: Time) {
     assert_eq!((la.info.holder.as_str(), la.info.term), ("controller-a", 1));
     let fa = la.fenced();
     fa.put("/pgdr/x", b"a".to_vec(), None).await.expect("the leader writes");
+    // A lease the leader keeps alive for someone (a primary's lease), long
+    // enough to outlive the leader's own.
+    let data = fa.grant_lease(ttl * 10).await.expect("grant");
+    fa.keep_alive(data).await.expect("the leader renews it");
 
     // b waits while a renews.
     let b = Election::new(s.clone(), "controller-b", ttl);
@@ -56,6 +60,13 @@ async fn deposed_leader_changes_nothing(s: Arc<dyn StateStore>, t: Time) {
     ));
     assert!(matches!(fa.delete("/pgdr/x", Expect::Any).await, Err(StoreError::Fenced(_))));
     assert_eq!(s.get("/pgdr/x").await.expect("get").expect("x").value, b"a", "nothing changed");
+    // Nor does it renew anything on the new leader's watch: the renewal is
+    // refused after the fact, so nothing is granted on it.
+    match fa.keep_alive(data).await {
+        Err(StoreError::Fenced(msg)) => assert!(msg.contains("controller-b (term 2)"), "{msg}"),
+        other => panic!("a deposed leader's renewal must be fenced, got {other:?}"),
+    }
+    lb.fenced().keep_alive(data).await.expect("the new leader renews it");
     lb.fenced().put("/pgdr/x", b"b".to_vec(), None).await.expect("the new leader writes");
 
     // Leadership lost in the store (its lease gone) is noticed.
