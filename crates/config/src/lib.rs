@@ -281,10 +281,16 @@ impl Tls {
 
 #[derive(Debug, Clone)]
 pub struct Controller {
-    /// HTTP API, `/metrics` and the status page.
+    /// HTTP API, `/metrics` and the status page: this controller's. With
+    /// [`Controller::instances`], the first instance's until
+    /// [`Config::for_controller`] selects one.
     pub listen: SocketAddr,
     /// The controller's own region: one of the probe vantage points.
     pub region: Option<RegionName>,
+    /// `[[controller.instances]]`: the controllers of a deployment in
+    /// several regions (etcd store), one leading at a time. Empty: one
+    /// controller at `listen`.
+    pub instances: Vec<ControllerInstance>,
     /// Where the embedded state store and local files live.
     pub state_dir: PathBuf,
     pub store: StoreKind,
@@ -292,6 +298,16 @@ pub struct Controller {
     /// on a loopback address).
     pub tokens: Vec<ApiToken>,
     pub readiness_interval: Duration,
+}
+
+/// One controller of a deployment in several regions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllerInstance {
+    pub name: String,
+    pub region: RegionName,
+    /// Its API address: clients (agents renewing a lease, the CLI) try
+    /// every instance's and follow the one that leads.
+    pub listen: SocketAddr,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -863,7 +879,12 @@ impl Config {
                 out.push(format!("{key} = {addr:?} is not a loopback address and [tls] is off: traffic there is unencrypted (set [tls] mode = \"verify-full\")"));
             }
         };
-        check("controller.listen".into(), self.controller.listen.to_string(), false);
+        if self.controller.instances.is_empty() {
+            check("controller.listen".into(), self.controller.listen.to_string(), false);
+        }
+        for (i, c) in self.controller.instances.iter().enumerate() {
+            check(format!("controller.instances[{i}].listen"), c.listen.to_string(), false);
+        }
         for (ci, c) in self.clusters.iter().enumerate() {
             for (ni, n) in c.nodes.iter().enumerate() {
                 check(format!("clusters[{ci}].nodes[{ni}].agent"), n.agent.clone(), false);
@@ -876,6 +897,51 @@ impl Config {
             }
         }
         out
+    }
+
+    /// Every controller's API address (`host:port`), in the config's
+    /// order: what clients of the controller try. One address without
+    /// `[[controller.instances]]`.
+    pub fn controller_addrs(&self) -> Vec<String> {
+        if self.controller.instances.is_empty() {
+            vec![self.controller.listen.to_string()]
+        } else {
+            self.controller.instances.iter().map(|i| i.listen.to_string()).collect()
+        }
+    }
+
+    /// This config as controller `name` of `[[controller.instances]]` runs
+    /// it: its `listen` and `region`. `None` selects the only instance (or
+    /// the one controller without instances); with several, a name is
+    /// required. The error names the choices.
+    pub fn for_controller(mut self, name: Option<&str>) -> Result<Config, String> {
+        let file = self.file.display().to_string();
+        let names = || self.controller.instances.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ");
+        let chosen = match (name, self.controller.instances.len()) {
+            (None, 0) => return Ok(self),
+            (Some(n), 0) => {
+                return Err(format!("{file}: --controller {n}: the config declares no [[controller.instances]]"));
+            }
+            (None, 1) => self.controller.instances[0].clone(),
+            (None, _) => {
+                return Err(format!(
+                    "{file}: [[controller.instances]] declares several controllers ({}): choose one with --controller NAME",
+                    names()
+                ));
+            }
+            (Some(n), _) => match self.controller.instances.iter().find(|i| i.name == n) {
+                Some(i) => i.clone(),
+                None => {
+                    return Err(format!(
+                        "{file}: --controller {n}: no such [[controller.instances]] name (declared: {})",
+                        names()
+                    ));
+                }
+            },
+        };
+        self.controller.listen = chosen.listen;
+        self.controller.region = Some(chosen.region);
+        Ok(self)
     }
 
     pub fn proxies_of<'a>(&'a self, cluster: &'a str) -> impl Iterator<Item = &'a Proxy> + 'a {

@@ -83,6 +83,19 @@ pub struct RawController {
     #[serde(default)]
     pub tokens: Vec<RawToken>,
     pub readiness_interval: Option<String>,
+    /// Controllers in several regions (`[[controller.instances]]`), each
+    /// with its own API address; replaces `listen` and `region`.
+    #[serde(default)]
+    pub instances: Vec<RawControllerInstance>,
+}
+
+/// `[[controller.instances]]`: `name = "east", region = "east", listen = "10.0.1.5:7400"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawControllerInstance {
+    pub name: String,
+    pub region: String,
+    pub listen: String,
 }
 
 /// `[[controller.tokens]]`: `name = "ops", role = "operator", token = { file = "..." }`.

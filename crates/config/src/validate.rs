@@ -542,7 +542,68 @@ fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
             tokens.push(ApiToken { name: t.name.clone(), role, secret, key: k("token") });
         }
     }
-    if !listen.ip().is_loopback() && tokens.is_empty() {
+    let mut instances = Vec::new();
+    for (i, inst) in rc.instances.iter().enumerate() {
+        let k = |f: &str| format!("controller.instances[{i}].{f}");
+        c.name(k("name"), &inst.name, "controller");
+        if !region_ok(&inst.region) {
+            c.bad(k("region"), format!("region {:?} is not declared under [[regions]]", inst.region));
+        }
+        let Some(addr) = c.addr(k("listen"), &inst.listen) else { continue };
+        if !addr.ip().is_loopback() && tokens.is_empty() {
+            c.bad(
+                k("listen"),
+                format!(
+                    "the controller listens on {addr}, not a loopback address, without a token: \
+                     add [[controller.tokens]] (name, role, token)"
+                ),
+            );
+        }
+        instances.push(ControllerInstance {
+            name: inst.name.clone(),
+            region: RegionName::from(inst.region.as_str()),
+            listen: addr,
+        });
+    }
+    c.unique(
+        rc.instances.iter().enumerate().map(|(i, t)| (format!("controller.instances[{i}].name"), t.name.as_str())),
+        "controller",
+    );
+    let listens: Vec<(String, String)> = rc
+        .instances
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (format!("controller.instances[{i}].listen"), t.listen.clone()))
+        .collect();
+    for (i, (key, l)) in listens.iter().enumerate() {
+        if let Some((first, _)) = listens[..i].iter().find(|(_, o)| o == l) {
+            c.bad(
+                key.clone(),
+                format!("controller address {l:?} given twice (first at `{first}`): every controller needs its own"),
+            );
+        }
+    }
+    if !rc.instances.is_empty() {
+        for (key, set) in [("listen", rc.listen.is_some()), ("region", rc.region.is_some())] {
+            if set {
+                c.bad(
+                    format!("controller.{key}"),
+                    "each [[controller.instances]] has its own listen and region: remove this key",
+                );
+            }
+        }
+    }
+    if rc.instances.len() > 1 && !matches!(store, StoreKind::Etcd(_)) {
+        c.bad(
+            "controller.instances",
+            "several controllers need a shared store: set controller.store = \"etcd\" (the embedded store is one controller's)",
+        );
+    }
+    let (listen, region) = match instances.first() {
+        Some(first) => (first.listen, Some(first.region.clone())),
+        None => (listen, rc.region.as_deref().map(RegionName::from)),
+    };
+    if instances.is_empty() && !listen.ip().is_loopback() && tokens.is_empty() {
         c.bad(
             "controller.listen",
             format!(
@@ -553,7 +614,8 @@ fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
     }
     let controller = Controller {
         listen,
-        region: rc.region.as_deref().map(RegionName::from),
+        region,
+        instances,
         state_dir: rc.state_dir.as_deref().map(|d| c.path(d)).unwrap_or_else(|| c.path("pgdr-state")),
         store,
         tokens,

@@ -23,15 +23,15 @@ pub struct ControllerObserver {
 }
 
 impl ControllerObserver {
-    /// The controller at `addr`, over `tls`.
+    /// The controllers at `addrs` (the one leading answers), over `tls`.
     pub fn new(
-        addr: &str,
+        addrs: &[String],
         token: Option<pgdr_config::Redacted>,
         tls: &pgdr_api::HttpTls,
         cluster: &str,
     ) -> Result<ControllerObserver, DrillError> {
-        let client = ControllerClient::new_with(addr, token, tls)
-            .map_err(|e| DrillError::Other(format!("controller at {addr}: {e}")))?
+        let client = ControllerClient::new_multi(addrs, token, tls)
+            .map_err(|e| DrillError::Other(format!("controller at {}: {e}", addrs.join(", "))))?
             .with_timeout(Duration::from_secs(3));
         Ok(ControllerObserver { client, cluster: cluster.to_owned(), workflow_timeout: Duration::from_secs(120) })
     }

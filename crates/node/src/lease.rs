@@ -47,8 +47,10 @@ use crate::local::StopMode;
 pub struct LeaseSettings {
     pub cluster: ClusterName,
     pub node: NodeName,
-    /// The controller's API address (`host:port`).
-    pub controller: String,
+    /// Every controller's API address (`host:port`): renewals go to the
+    /// one that leads (a standby binds no API, a deposed leader answers
+    /// `not_leader`; neither grants).
+    pub controllers: Vec<String>,
     /// An `agent`-role controller token: lease renewal is all it allows.
     pub controller_token: Option<Redacted>,
     /// The agents' token, for the peer routes.
@@ -69,7 +71,7 @@ impl LeaseSettings {
         Some(LeaseSettings {
             cluster: cluster.name.clone(),
             node: node.name.clone(),
-            controller: cfg.controller.listen.to_string(),
+            controllers: cfg.controller_addrs(),
             controller_token: cfg.controller_client_token(Access::Agent).unwrap_or_else(|e| {
                 tracing::error!("{e}: the lease cannot be renewed");
                 None
@@ -214,7 +216,7 @@ const PEER_CONNECT: Duration = Duration::from_secs(2);
 pub async fn run(agent: Arc<AgentState>, settings: LeaseSettings, cancel: CancellationToken) {
     let timing = settings.timing();
     let tls = agent.cfg.http_tls.clone();
-    let client = match ControllerClient::new_with(&settings.controller, settings.controller_token.clone(), &tls) {
+    let client = match ControllerClient::new_multi(&settings.controllers, settings.controller_token.clone(), &tls) {
         Ok(c) => c.with_timeout(settings.renew.max(Duration::from_millis(200))),
         Err(e) => {
             tracing::error!(node = %settings.node, "lease loop cannot start: {e}");

@@ -237,7 +237,7 @@ fn demo_body(
     let c = run_child.insert(child);
     let rt = tokio::runtime::Runtime::new()?;
     let token = cfg.controller_client_token(pgdr_config::Access::Operator)?;
-    let obs = ControllerObserver::new(&cfg.controller.listen.to_string(), token, &crate::tls::http(cfg)?, cluster)?;
+    let obs = ControllerObserver::new(&cfg.controller_addrs(), token, &crate::tls::http(cfg)?, cluster)?;
     let t = Instant::now();
     loop {
         if let Ok(Some(status)) = c.try_wait() {

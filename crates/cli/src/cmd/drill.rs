@@ -54,7 +54,7 @@ pub async fn observer(cfg: &Config, cluster: &str) -> Box<dyn DrillObserver> {
     let token = cfg.controller_client_token(pgdr_config::Access::Operator).ok().flatten();
     // A bad [tls] section fails in the plain client's call: SQL observes then.
     let tls = crate::tls::http(cfg).unwrap_or_default();
-    if let Ok(c) = ControllerObserver::new(&cfg.controller.listen.to_string(), token, &tls, cluster)
+    if let Ok(c) = ControllerObserver::new(&cfg.controller_addrs(), token, &tls, cluster)
         && c.reachable().await
     {
         return Box::new(c);

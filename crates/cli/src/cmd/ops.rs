@@ -30,9 +30,20 @@ use crate::exit::Usage;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address for the controller's API; defaults to `controller.listen`.
+    /// Address for the controller's API; defaults to `controller.listen`
+    /// (or the chosen instance's).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
+    /// Which of `[[controller.instances]]` this process is (its API address
+    /// and region); needed when the config declares several. `pgdr run`
+    /// then serves the proxies of that region only.
+    #[arg(long, value_name = "NAME")]
+    pub controller: Option<String>,
+}
+
+/// The config as the chosen controller instance runs it.
+fn load_for(global: &Global, args: &ServeArgs) -> anyhow::Result<Config> {
+    Ok(global.load_config()?.for_controller(args.controller.as_deref()).map_err(Usage)?)
 }
 
 #[derive(Debug, Args)]
@@ -230,7 +241,7 @@ fn lost_leadership(root: &CancellationToken, lost: &Option<CancellationToken>) -
 pub fn controller(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logs();
     // In a sandbox with links between regions, other regions are reached through relays.
-    let cfg = pgdr_sandbox::wan::view_for_controller(global.load_config()?);
+    let cfg = pgdr_sandbox::wan::view_for_controller(load_for(global, &args)?);
     let listen = args.listen.unwrap_or_else(|| cfg.controller.listen.to_string());
     refuse_open_listen(&cfg, &listen)?;
     runtime()?.block_on(async move {
@@ -319,7 +330,7 @@ async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListe
 /// `pgdr run`: the controller and every proxy of the config in one process.
 pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logs();
-    let written = global.load_config()?;
+    let written = load_for(global, &args)?;
     let backends = pgdr_sandbox::wan::Backends::of(&written);
     // In a sandbox with links between regions, other regions are reached through relays.
     let cfg = pgdr_sandbox::wan::view_for_controller(written);
@@ -340,7 +351,12 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
         });
         let mut routes: HashMap<ClusterName, Vec<(String, watch::Sender<Routing>)>> = HashMap::new();
         let mut handles: HashMap<ClusterName, Vec<ProxyHandle>> = HashMap::new();
-        for p in &cfg.proxies {
+        // With controllers in several regions each serves its own region's
+        // proxies (another region's addresses are another host's).
+        let serves = |p: &&pgdr_config::Proxy| {
+            cfg.controller.instances.len() < 2 || cfg.controller.region.as_ref() == Some(&p.region)
+        };
+        for p in cfg.proxies.iter().filter(serves) {
             let cluster = cfg.cluster(p.cluster.as_str()).context("proxy of an unknown cluster")?;
             let (tx, routing) = watch::channel(Routing::default());
             routes.entry(p.cluster.clone()).or_default().push((p.region.to_string(), tx));
@@ -431,7 +447,7 @@ pub fn client_for(cfg: &Config, need: pgdr_config::Access) -> anyhow::Result<Con
         Ok(t) if !t.trim().is_empty() => Some(pgdr_config::Redacted::from(t.trim())),
         _ => cfg.controller_client_token(need).map_err(|e| Usage(e.to_string()))?,
     };
-    Ok(ControllerClient::new_with(&cfg.controller.listen.to_string(), token, &crate::tls::http(cfg)?)?)
+    Ok(ControllerClient::new_multi(&cfg.controller_addrs(), token, &crate::tls::http(cfg)?)?)
 }
 
 fn client(cfg: &Config) -> anyhow::Result<ControllerClient> {

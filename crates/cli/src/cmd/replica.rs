@@ -115,7 +115,7 @@ pub async fn current(cfg: &Config, cluster: &str) -> anyhow::Result<(Epoch, Node
     }
     anyhow::bail!(
         "cannot tell cluster {cluster}'s primary: neither the controller ({}) nor the store answers with one",
-        cfg.controller.listen
+        cfg.controller_addrs().join(", ")
     )
 }
 

@@ -637,3 +637,60 @@ fn bad_dns_config_names_the_file_and_key() {
     assert!(err.contains("key `clusters[0].dns.tsig_secret`") && err.contains("dns-main.key"), "{err}");
     assert_eq!(c.empty_secrets().len(), 1);
 }
+
+/// `[[controller.instances]]` in place of `controller.listen` and
+/// `controller.region`: a controller per region on the etcd store.
+fn with_instances(instances: &str, store: &str) -> String {
+    GOOD.replacen("listen = \"127.0.0.1:7400\"\nregion = \"west\"\n", &format!("{store}\n{instances}"), 1)
+}
+
+const ETCD: &str = "store = \"etcd\"\netcd_endpoints = [\"10.0.0.1:2379\", \"10.0.0.2:2379\", \"10.0.0.3:2379\"]";
+const TWO: &str = "[[controller.instances]]\nname = \"east\"\nregion = \"east\"\nlisten = \"127.0.0.1:7400\"\n\n\
+[[controller.instances]]\nname = \"west\"\nregion = \"west\"\nlisten = \"127.0.0.1:7500\"\n";
+
+#[test]
+fn controller_instances_load_and_select() {
+    let c = parse(&with_instances(TWO, ETCD)).expect("valid");
+    assert_eq!(c.controller_addrs(), ["127.0.0.1:7400", "127.0.0.1:7500"], "clients try every controller");
+    let west = c.clone().for_controller(Some("west")).expect("west");
+    assert_eq!(west.controller.listen.to_string(), "127.0.0.1:7500");
+    assert_eq!(west.controller.region.as_ref().map(|r| r.as_str()), Some("west"));
+    let e = c.clone().for_controller(None).expect_err("several: a name is needed");
+    assert!(e.contains("/etc/pgdr/pgdr.toml") && e.contains("--controller") && e.contains("east, west"), "{e}");
+    let e = c.for_controller(Some("north")).expect_err("no such controller");
+    assert!(e.contains("north") && e.contains("east, west"), "{e}");
+    // Without instances: one controller, its listen the only address.
+    let one = parse(GOOD).expect("valid");
+    assert_eq!(one.controller_addrs(), ["127.0.0.1:7400"]);
+    assert!(one.clone().for_controller(None).is_ok());
+    assert!(one.for_controller(Some("east")).is_err());
+}
+
+#[test]
+fn bad_controller_instances_name_the_key() {
+    let dup_listen = TWO.replacen("127.0.0.1:7500", "127.0.0.1:7400", 1);
+    let dup_name = TWO.replacen("name = \"west\"", "name = \"east\"", 1);
+    let bad_region = TWO.replacen("region = \"west\"", "region = \"north\"", 1);
+    let bad_addr = TWO.replacen("127.0.0.1:7500", "west-host", 1);
+    let cases: Vec<(String, &str, &str)> = vec![
+        (with_instances(TWO, ""), "controller.instances", "store = \"etcd\""),
+        (with_instances(&dup_listen, ETCD), "controller.instances[1].listen", "given twice"),
+        (with_instances(&dup_name, ETCD), "controller.instances[1].name", "duplicate controller name"),
+        (with_instances(&bad_region, ETCD), "controller.instances[1].region", "not declared under [[regions]]"),
+        (with_instances(&bad_addr, ETCD), "controller.instances[1].listen", "expected an address"),
+        (
+            with_instances(TWO, &format!("listen = \"127.0.0.1:7400\"\n{ETCD}")),
+            "controller.listen",
+            "its own listen and region",
+        ),
+    ];
+    for (text, key, words) in cases {
+        let err = parse(&text).expect_err(key);
+        let shown = err.to_string();
+        assert!(shown.starts_with("/etc/pgdr/pgdr.toml"), "error must name the file: {shown}");
+        assert!(
+            err.problems().iter().any(|p| p.key == key && p.message.contains(words)),
+            "expected {key}: {words}, got {shown}"
+        );
+    }
+}

@@ -110,7 +110,7 @@ pub(crate) async fn confirm_jump(state: &AgentState, given: Epoch) -> Result<(),
     let Some(ctl) = &state.cfg.controller else {
         return Err(unconfirmed("no controller is configured to confirm it".to_owned()));
     };
-    let client = ControllerClient::new_with(&ctl.addr, ctl.token.clone(), &state.cfg.http_tls)
+    let client = ControllerClient::new_multi(&ctl.addrs, ctl.token.clone(), &state.cfg.http_tls)
         .map_err(|e| unconfirmed(format!("the controller cannot be asked ({e})")))?
         .with_timeout(EPOCH_CONFIRM_TIMEOUT);
     let view = client

@@ -155,14 +155,15 @@ pub struct Target {
 /// Where the controller's API is, to read the cluster's stored epoch.
 #[derive(Clone)]
 pub struct ControllerRef {
-    pub addr: String,
+    /// Every controller's API address (one per region, one leading).
+    pub addrs: Vec<String>,
     pub token: Option<Redacted>,
 }
 
 impl std::fmt::Debug for ControllerRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ControllerRef")
-            .field("addr", &self.addr)
+            .field("addrs", &self.addrs)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .finish()
     }
@@ -241,7 +242,7 @@ impl AgentConfig {
         };
         Ok(AgentConfig {
             targets,
-            controller: Some(ControllerRef { addr: cfg.controller.listen.to_string(), token: controller_token }),
+            controller: Some(ControllerRef { addrs: cfg.controller_addrs(), token: controller_token }),
             node: node.name.clone(),
             cluster: cluster.name.clone(),
             region: node.region.clone(),

@@ -220,7 +220,7 @@ async fn agent_actions_on_one_server() {
     // what it holds is not (a stand-in controller answers GET /v1/clusters/main).
     let (ctl_addr, ctl_stop) = stub_controller(7).await;
     let mut with_ctl = cfg.clone();
-    with_ctl.controller = Some(ControllerRef { addr: ctl_addr, token: None });
+    with_ctl.controller = Some(ControllerRef { addrs: vec![ctl_addr], token: None });
     let agent = Agent::start(with_ctl).await;
     match agent.client.start(Epoch(8)).await {
         Err(ApiError::Failed { status: 422, kind, message, .. }) => {
