@@ -16,6 +16,7 @@ pub mod controller;
 pub mod detect;
 pub mod dns;
 pub mod fence;
+pub mod handover;
 pub mod math;
 pub mod metrics;
 pub mod migrate;

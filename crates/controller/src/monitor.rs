@@ -91,6 +91,57 @@ fn remote_vantages<'a>(
         .collect()
 }
 
+/// Writes what a next leader needs of this cluster (see
+/// [`crate::handover`]); only on a store other controllers share.
+async fn hand_over(
+    sh: &crate::runtime::Shared,
+    cluster: &ClusterName,
+    primary: &NodeName,
+    primary_lsn: Option<pgdr_model::Lsn>,
+    lag: &std::collections::BTreeMap<NodeName, f64>,
+) {
+    if !matches!(sh.config.controller.store, pgdr_config::StoreKind::Etcd(_)) {
+        return;
+    }
+    let record =
+        crate::handover::Handover { at_unix_ms: unix_ms(), primary: primary.clone(), primary_lsn, lag: lag.clone() };
+    let Ok(bytes) = serde_json::to_vec(&record) else { return };
+    if let Err(e) = sh.store.put(&pgdr_store::keys::cluster_observed(cluster.as_str()), bytes, None).await {
+        tracing::debug!(cluster = %cluster, "cannot write the handover record: {e}");
+    }
+}
+
+/// Starts from what the previous leader last saw of this cluster, when this
+/// controller has seen nothing yet (it has just started leading).
+async fn take_over(sh: &crate::runtime::Shared, cluster: &ClusterName, primary: &NodeName) {
+    let known = sh.observed.lock().ok().is_some_and(|o| o.get(cluster).is_some_and(|o| o.primary_lsn.is_some()));
+    if known || !matches!(sh.config.controller.store, pgdr_config::StoreKind::Etcd(_)) {
+        return;
+    }
+    let record = match sh.store.get(&pgdr_store::keys::cluster_observed(cluster.as_str())).await {
+        Ok(Some(v)) => serde_json::from_slice::<crate::handover::Handover>(&v.value).ok(),
+        _ => None,
+    };
+    let Some(seed) = record.as_ref().and_then(|r| crate::handover::seed(r, primary, unix_ms())) else { return };
+    tracing::info!(
+        cluster = %cluster,
+        primary = %primary,
+        lag = ?seed.lag,
+        "taking over the previous leader's observations (lags aged by the time since they were seen)"
+    );
+    if let Ok(mut o) = sh.observed.lock() {
+        let e = o.entry(cluster.clone()).or_default();
+        e.primary_lsn = e.primary_lsn.or(seed.primary_lsn);
+        for (n, l) in seed.lag {
+            e.lag.entry(n).or_insert(l);
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 /// The detector's reading of an agent's probe answer.
 fn remote_outcome(r: &ProbeReply) -> ProbeOutcome {
     match r.outcome {
@@ -244,6 +295,9 @@ async fn watch(ctl: Controller, cluster: Cluster, cancel: &CancellationToken, tr
     let mut n: u64 = 0;
     // When the controller's last probe of this cluster started (jitter).
     let mut last_probe: Option<Instant> = None;
+    // The last handover record written (see crate::handover).
+    let mut handed_over: Option<Instant> = None;
+    let mut seeded = false;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -264,6 +318,10 @@ async fn watch(ctl: Controller, cluster: Cluster, cancel: &CancellationToken, tr
         let busy = ctl.busy(&cluster.name).await;
         let Some(primary) = state.primary.clone() else { continue };
         let Some(pnode) = cluster.node(primary.as_str()) else { continue };
+        if !seeded {
+            seeded = true;
+            take_over(&sh, &cluster.name, &primary).await;
+        }
         // Probe and observe together.
         let target = sh.target(&cluster, pnode);
         let prober = direct.get_or_insert_with(|| Prober::new(target.clone(), probe::ROW_DIRECT, "pgdr-controller"));
@@ -419,6 +477,13 @@ async fn watch(ctl: Controller, cluster: Cluster, cancel: &CancellationToken, tr
                 Some(Ok(s)) if s.up => s.current_lsn.or(prev.primary_lsn),
                 _ => prev.primary_lsn,
             };
+            // Fresh readings only (the primary answered, lags measured now)
+            // are handed over: a re-stamped old reading would hide its age.
+            let fresh = res.outcome.is_ok() && statuses.get(&primary).is_some_and(|s| s.as_ref().is_ok_and(|s| s.up));
+            if fresh && handed_over.is_none_or(|t| t.elapsed().as_millis() as u64 >= crate::handover::EVERY_MS) {
+                handed_over = Some(Instant::now());
+                hand_over(&sh, &cluster.name, &primary, primary_lsn, &lag).await;
+            }
             let mut merged_lag = prev.lag.clone();
             merged_lag.extend(lag);
             if let Ok(mut o) = sh.observed.lock() {
@@ -433,7 +498,7 @@ async fn watch(ctl: Controller, cluster: Cluster, cancel: &CancellationToken, tr
                         (k.clone(), v)
                     })
                     .collect();
-                e.lag = merged_lag;
+                e.lag = merged_lag.clone();
                 e.primary_lsn = primary_lsn;
                 e.heartbeat_at = primary_hb;
                 e.vantages.retain(|k, _| remote_names.contains(k));

@@ -25,6 +25,11 @@ pub fn cluster_state(cluster: &str) -> String {
 pub fn cluster_lease(cluster: &str) -> String {
     format!("{CLUSTERS}{cluster}/lease")
 }
+/// The leader's last observations of a cluster, for the next leader
+/// (`pgdr_controller::handover`).
+pub fn cluster_observed(cluster: &str) -> String {
+    format!("{CLUSTERS}{cluster}/observed")
+}
 pub fn cluster_lock(cluster: &str) -> String {
     format!("{CLUSTERS}{cluster}/lock")
 }
