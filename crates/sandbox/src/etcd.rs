@@ -45,6 +45,11 @@ pub struct EtcdTlsFiles {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EtcdMemberRecord {
     pub name: String,
+    /// Where the member stands in the sandbox's story (all run on this
+    /// host): the first members one per region, the others in `witness`, a
+    /// third place, so one region's loss leaves a quorum.
+    #[serde(default)]
+    pub region: Option<String>,
     pub pid: Option<i32>,
     pub client_port: u16,
     pub peer_port: u16,
@@ -97,6 +102,7 @@ impl EtcdRecord {
             members: (0..members)
                 .map(|i| EtcdMemberRecord {
                     name: format!("m{}", i + 1),
+                    region: None,
                     pid: None,
                     client_port: ports[3 * i],
                     peer_port: ports[3 * i + 1],
@@ -159,6 +165,9 @@ impl EtcdRecord {
             .args(["--initial-cluster", &cluster, "--initial-cluster-token", &self.token])
             .args(["--initial-cluster-state", state])
             .args(["--logger", "zap", "--log-level", "warn"])
+            // Loopback: a lost leader is replaced within 0.6-1.2 s (etcd's
+            // defaults, for WAN round trips, take 1-2 s).
+            .args(["--heartbeat-interval", "100", "--election-timeout", "600"])
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)

@@ -99,7 +99,9 @@ pub struct ConfigText<'a> {
     /// The clusters, each with the nodes of `nodes` that name it.
     pub clusters: &'a [String],
     pub regions: &'a [String],
-    pub controller: SocketAddr,
+    /// Every controller: (region, API address). One: `controller.listen`;
+    /// several: one `[[controller.instances]]` each, named after its region.
+    pub controllers: &'a [(String, SocketAddr)],
     pub nodes: &'a [NodeRecord],
     pub os_user: Option<&'a str>,
     pub proxies: &'a [ProxyPorts],
@@ -133,13 +135,17 @@ pub fn render(c: &ConfigText<'_>) -> String {
         let _ = writeln!(t, "wan_delay = {}", q(&format!("{}ms", d.as_millis())));
     }
     let _ = writeln!(t);
-    let region = c.regions.get(1).or(c.regions.first()).map(String::as_str).unwrap_or("east");
-    let _ = writeln!(
-        t,
-        "[controller]\nlisten = {}\nregion = {}\nstate_dir = \"state\"\n",
-        q(&c.controller.to_string()),
-        q(region)
-    );
+    let controller = c.controllers[0].1;
+    if let [(region, listen)] = c.controllers {
+        let _ = writeln!(
+            t,
+            "[controller]\nlisten = {}\nregion = {}\nstate_dir = \"state\"\n",
+            q(&listen.to_string()),
+            q(region)
+        );
+    } else {
+        let _ = writeln!(t, "[controller]\nstate_dir = \"state\"\n");
+    }
     if let Some(endpoints) = &c.etcd {
         let _ = writeln!(t, "# The state store: the sandbox's three etcd members (listed in sandbox.json),");
         let _ = writeln!(t, "# every key under etcd_prefix. `pgdr sandbox down` stops them.");
@@ -159,7 +165,7 @@ pub fn render(c: &ConfigText<'_>) -> String {
          # (open the page as http://{}/#token=<the viewer token>); operator: role changes and approvals too;\n\
          # agent: only the lease renewal of a primary's agent. `pgdr` commands send the first token they can\n\
          # read of the role they need (PGDR_TOKEN overrides). An approval is recorded under the token's name.",
-        c.controller
+        controller
     );
     for (file, role) in CONTROLLER_TOKENS {
         let name = file.trim_end_matches(".token");
@@ -170,6 +176,23 @@ pub fn render(c: &ConfigText<'_>) -> String {
             q(role),
             q(&format!("secrets/{file}"))
         );
+    }
+    if c.controllers.len() > 1 {
+        let _ = writeln!(
+            t,
+            "# A controller per region, all on the etcd store: one leads, the others stand by. Run each with\n\
+             # `pgdr run --config pgdr.toml --controller <name>`; it serves its region's proxies once it leads.\n\
+             # Agents and pgdr commands try every address and follow the leader."
+        );
+        for (region, listen) in c.controllers {
+            let _ = writeln!(
+                t,
+                "[[controller.instances]]\nname = {}\nregion = {}\nlisten = {}\n",
+                q(region),
+                q(region),
+                q(&listen.to_string())
+            );
+        }
     }
     let _ = writeln!(
         t,
@@ -207,6 +230,13 @@ pub fn render(c: &ConfigText<'_>) -> String {
         // host a fresh TLS connection cannot do in 125 ms (seen at 30
         // clusters: 27 of 30 primaries fenced themselves during `up`).
         None if c.clusters.len() > 1 => (500, 400, 2000, 6000),
+        // A controller per region: when a region is lost with the etcd
+        // member that led etcd, the controller cannot renew the primary's
+        // lease until etcd has elected another leader (up to two election
+        // timeouts, 1.2 s here), and a primary whose region holds no
+        // majority of agents has only its lease: ttl - 2 x renew must cover
+        // the election.
+        None if c.controllers.len() > 1 => (500, 400, 500, 3000),
         None => (500, 400, 500, 2000),
     };
     let _ = writeln!(

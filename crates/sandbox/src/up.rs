@@ -53,6 +53,9 @@ pub struct SandboxBuilder {
     /// How many clusters, each with the topology above (1: one named
     /// `main`; more: `c01`.. with small PostgreSQL settings).
     clusters: usize,
+    /// A controller per region (`[[controller.instances]]`, named after
+    /// its region) instead of one; needs `etcd`.
+    controller_per_region: bool,
 }
 
 /// A running sandbox.
@@ -84,6 +87,7 @@ impl Sandbox {
             tls: true,
             etcd: false,
             clusters: 1,
+            controller_per_region: false,
         }
     }
 
@@ -257,6 +261,15 @@ impl SandboxBuilder {
         self
     }
 
+    /// A controller per region: the config declares one
+    /// `[[controller.instances]]` per region (named after it, each with its
+    /// own API address), run each with `pgdr run --controller REGION`; one
+    /// leads (etcd election), the others stand by. Needs [`Self::etcd`].
+    pub fn controller_per_region(mut self, on: bool) -> Self {
+        self.controller_per_region = on;
+        self
+    }
+
     /// `n` clusters of the same topology, watched by one controller: `main`
     /// when `n` is 1 (the default), else `c01`..`cNN`, whose nodes are named
     /// after their cluster (`c01-east-1`) and run small PostgreSQL settings
@@ -349,7 +362,9 @@ impl SandboxBuilder {
             }
             None => 0,
         };
-        let ports = allocate_ports(self.base_port, fixed + wan_ports)?;
+        // One more API port per region past the first with a controller each.
+        let more_controllers = if self.controller_per_region { regions.len() - 1 } else { 0 };
+        let ports = allocate_ports(self.base_port, fixed + wan_ports + more_controllers)?;
         let nodes: Vec<NodeRecord> = layout
             .iter()
             .enumerate()
@@ -369,6 +384,17 @@ impl SandboxBuilder {
             .collect();
         let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
         let controller = addr(ports[2 * n]);
+        // (region, API address) of every controller: one in the second
+        // region (or the only one), or one per region.
+        let controllers: Vec<(String, SocketAddr)> = if self.controller_per_region {
+            regions
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.clone(), if i == 0 { controller } else { addr(ports[fixed + wan_ports + i - 1]) }))
+                .collect()
+        } else {
+            vec![(controller_region.clone(), controller)]
+        };
         let proxies: Vec<ProxyPorts> = clusters
             .iter()
             .flat_map(|c| regions.iter().map(move |r| (c, r)))
@@ -391,7 +417,7 @@ impl SandboxBuilder {
             config: dir.join("pgdr.toml"),
             bin_dir: bin.dir.clone(),
             os_user: run_as.name().map(str::to_owned),
-            reserved_ports: ports[2 * n..fixed].to_vec(),
+            reserved_ports: ports[2 * n..fixed].iter().chain(&ports[fixed + wan_ports..]).copied().collect(),
             wan: self.wan_delay.map(|d| crate::wan::WanRecord {
                 delay_ms: u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
                 control: dir.join(crate::wan::CONTROL_FILE),
@@ -448,9 +474,14 @@ impl SandboxBuilder {
                 client_cert_auth: true,
             });
             let etcd_dir = dir.join("etcd");
-            let started = tokio::task::spawn_blocking(move || crate::etcd::EtcdRecord::start(&etcd_dir, 3, tls))
+            let mut started = tokio::task::spawn_blocking(move || crate::etcd::EtcdRecord::start(&etcd_dir, 3, tls))
                 .await
                 .map_err(|e| SandboxError::Etcd(format!("start task failed: {e}")))??;
+            // One member per region, the rest in a third place: losing one
+            // region leaves a quorum (with two regions: east, west, witness).
+            for (i, m) in started.members.iter_mut().enumerate() {
+                m.region = Some(regions.get(i).cloned().unwrap_or_else(|| "witness".into()));
+            }
             record.etcd = Some(started);
             record.save()?;
         }
@@ -462,7 +493,7 @@ impl SandboxBuilder {
         let config_text = render::render(&ConfigText {
             clusters: &clusters,
             regions: &regions,
-            controller,
+            controllers: &controllers,
             nodes: &record.nodes,
             os_user: run_as.name(),
             proxies: &proxies,
@@ -531,6 +562,16 @@ impl SandboxBuilder {
         }
         if !(1..=MAX_CLUSTERS).contains(&self.clusters) {
             return Err(SandboxError::Topology(format!("--clusters {}: expected 1 to {MAX_CLUSTERS}", self.clusters)));
+        }
+        if self.controller_per_region && !self.etcd {
+            return Err(SandboxError::Topology(
+                "--controller-per-region needs --store etcd (controllers share their state there)".into(),
+            ));
+        }
+        if self.controller_per_region && self.wan_delay.is_some() {
+            return Err(SandboxError::Topology(
+                "--controller-per-region with --wan-delay is not supported yet (the relays know one controller)".into(),
+            ));
         }
         if self.clusters > 1 && self.wan_delay.is_some() {
             return Err(SandboxError::Topology("--wan-delay needs --clusters 1 (relays serve one cluster)".into()));

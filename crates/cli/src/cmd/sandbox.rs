@@ -59,6 +59,12 @@ pub enum SandboxCmd {
         /// etcd on loopback, started here and stopped by `down`).
         #[arg(long, default_value = "embedded", value_parser = ["embedded", "etcd"])]
         store: String,
+        /// A controller in every region (needs `--store etcd`): the config declares one
+        /// [[controller.instances]] per region; run each with `pgdr run --controller REGION`.
+        /// The etcd members stand one in each of the first regions and the rest in a third
+        /// place (`witness`), so the loss of one region keeps etcd's quorum.
+        #[arg(long)]
+        controller_per_region: bool,
         /// Print the nodes as JSON.
         #[arg(long)]
         json: bool,
@@ -121,6 +127,7 @@ pub fn run(_global: &Global, cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
             on_crash,
             base_port,
             store,
+            controller_per_region,
             json,
         } => {
             let mut b = Sandbox::builder()
@@ -137,7 +144,7 @@ pub fn run(_global: &Global, cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
             if let Some(d) = wan_delay {
                 b = b.wan_delay(d);
             }
-            up(b.base_port(base_port).etcd(store == "etcd"), json)
+            up(b.base_port(base_port).etcd(store == "etcd").controller_per_region(controller_per_region), json)
         }
         SandboxCmd::Down { dir, purge, keep_data: _, json } => down(dir, purge, json),
     }
@@ -223,6 +230,18 @@ fn up(builder: pgdr_sandbox::SandboxBuilder, json: bool) -> anyhow::Result<ExitC
             outln!("  {:<w$} {:<8} {:<8} psql \"{}\"", n.name, n.role.to_string(), n.region, sb.uri(n));
         }
         outln!("\nconfig:  {config}");
+        if let Ok(cfg) = pgdr_config::Config::load(&sb.config)
+            && cfg.controller.instances.len() > 1
+        {
+            for i in &cfg.controller.instances {
+                outln!(
+                    "run:     pgdr run --config {config} --controller {}   # region {}, API {}",
+                    i.name,
+                    i.region,
+                    i.listen
+                );
+            }
+        }
         outln!("status:  pgdr status --config {config}");
         outln!("stop:    pgdr sandbox down --dir {}", sb.dir.display());
     }

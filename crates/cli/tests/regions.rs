@@ -1,0 +1,323 @@
+//! Controllers in two regions, end to end: `pgdr sandbox up --store etcd
+//! --controller-per-region --standbys-per-region 2` (east: primary and a
+//! replica, west: two standbys; etcd members in east, west and a witness
+//! place), one `pgdr run --controller REGION` per region (each its region's
+//! controller and proxy), faults by real signals to recorded PIDs.
+//!
+//! One sandbox, two faults in a row:
+//!
+//! 1. The west region goes dark (SIGSTOP to its agents, its PostgreSQL
+//!    servers and their children, its `pgdr run`, its etcd member: every
+//!    connection stays open and nothing answers) for three lease TTLs, then
+//!    comes back. Nothing may change: the east controller keeps leading,
+//!    the same primary takes writes throughout, no workflow starts.
+//! 2. The east region is lost (SIGKILL to the same parts of east, the
+//!    leading controller and the primary among them). The west controller
+//!    takes leadership and fails over to a west node by itself; writes
+//!    work through the west proxy.
+//!
+//! The drills' overlap checker (`pgdr_drill::writable`: every node asked
+//! directly every 50 ms to accept a `BEGIN READ WRITE` write) runs from
+//! before the first fault to the end: never two writable servers at any
+//! instant. Timings are printed, not asserted.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use pgdr_api::controller::{ClusterView, ControllerClient};
+use pgdr_config::Config;
+use pgdr_drill::hosts::LocalHosts;
+use pgdr_drill::scenario::{Hosts, children_of};
+use pgdr_drill::writable::{Answer, WritableProbe};
+use pgdr_sandbox::{Sandbox, SandboxGuard};
+
+const PGDR: &str = env!("CARGO_BIN_EXE_pgdr");
+
+/// One region's `pgdr run`, killed (SIGKILL, by PID) and reaped on drop.
+struct Run {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Run {
+    fn start(sb: &Sandbox, controller: &str) -> Run {
+        let log = sb.dir.join("logs").join(format!("run-{controller}.log"));
+        let out = std::fs::File::create(&log).expect("run log");
+        let err = out.try_clone().expect("run log");
+        let child = Command::new(PGDR)
+            .args(["run", "--controller", controller, "--config"])
+            .arg(&sb.config)
+            .current_dir(&sb.dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("start pgdr run");
+        Run { child, log }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn log_has(&self, words: &str) -> bool {
+        std::fs::read_to_string(&self.log).is_ok_and(|t| t.contains(words))
+    }
+
+    fn tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.contains("user verifiers")).collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- {} (tail)\n{}", self.log.display(), self.tail());
+        }
+    }
+}
+
+/// Processes stopped with SIGSTOP, continued when dropped: a failing test
+/// leaves nothing frozen for the teardown to wait on.
+struct Frozen(Vec<i32>);
+
+impl Frozen {
+    fn stop(pids: Vec<i32>) -> Frozen {
+        for p in &pids {
+            let _ = kill(Pid::from_raw(*p), Signal::SIGSTOP);
+        }
+        Frozen(pids)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = kill(Pid::from_raw(*p), Signal::SIGCONT);
+        }
+    }
+}
+
+async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "gave up waiting for {what} after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn unix_ms() -> f64 {
+    pgdr_drill::unix_ms(std::time::SystemTime::now())
+}
+
+/// A client of the sandbox's etcd as the controllers see it.
+async fn etcd_store(cfg: &Config) -> pgdr_store::EtcdStore {
+    let pgdr_config::StoreKind::Etcd(e) = &cfg.controller.store else { panic!("not an etcd sandbox") };
+    let mut o = pgdr_store::EtcdOptions::new(e.endpoints.clone());
+    o.prefix = e.prefix.clone();
+    if let (Some(ca), Some(id)) = (&e.ca, &e.identity) {
+        let read = |p: &Path| std::fs::read(p).expect("read a certificate");
+        o.tls = Some(pgdr_store::EtcdTls { ca_pem: read(ca), identity: Some((read(&id.cert), read(&id.key))) });
+    }
+    pgdr_store::EtcdStore::connect(o).await.expect("connect to the sandbox's etcd")
+}
+
+/// The controller leader key's holder and term.
+async fn leader(etcd: &pgdr_store::EtcdStore) -> (String, u64) {
+    let v = pgdr_store::StateStore::get(etcd, pgdr_store::keys::CONTROLLER_LEADER)
+        .await
+        .expect("read the leader key")
+        .expect("a leader");
+    let info: serde_json::Value = serde_json::from_slice(&v.value).expect("json");
+    (info["holder"].as_str().unwrap_or_default().to_owned(), info["term"].as_u64().unwrap_or_default())
+}
+
+/// Every agent, postmaster and PostgreSQL child process of `region`.
+fn region_processes(cfg: &Config, hosts: &LocalHosts, region: &str) -> (Vec<i32>, Vec<i32>) {
+    let cluster = cfg.cluster("main").expect("cluster main");
+    let (mut agents, mut postgres) = (Vec::new(), Vec::new());
+    for n in cluster.nodes.iter().filter(|n| n.region.as_str() == region) {
+        agents.push(hosts.agent_pid(n).unwrap_or_else(|| panic!("agent PID of {}", n.name)));
+        let pm = hosts.postmaster_pid(n).unwrap_or_else(|| panic!("postmaster PID of {}", n.name));
+        postgres.push(pm);
+        postgres.extend(children_of(pm));
+    }
+    (agents, postgres)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn losing_either_region_leaves_one_writable_primary_and_fails_over_by_itself() {
+    let name = "regions";
+    let t0 = Instant::now();
+    let builder = Sandbox::builder().etcd(true).controller_per_region(true).standbys_per_region(2);
+    let sb = SandboxGuard::start_temp(builder, Path::new(PGDR)).await.expect("sandbox up");
+    let cfg = Config::load(&sb.config).expect("sandbox config");
+    let names: Vec<&str> = cfg.controller.instances.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["east", "west"], "a controller per region");
+    let etcd_regions: Vec<Option<String>> =
+        sb.record.etcd.as_ref().expect("etcd").members.iter().map(|m| m.region.clone()).collect();
+    assert_eq!(etcd_regions, [Some("east".into()), Some("west".into()), Some("witness".into())]);
+    let hosts = LocalHosts::new(&cfg, PathBuf::from(PGDR));
+    let api = ControllerClient::new_multi(
+        &cfg.controller_addrs(),
+        cfg.controller_client_token(pgdr_config::Access::Operator).expect("operator token"),
+        sb.http_tls(),
+    )
+    .expect("controller client")
+    .with_timeout(Duration::from_secs(2));
+    let cluster = || async { api.cluster("main").await.ok() };
+
+    // East first: it leads; west stands by.
+    let east = Run::start(&sb, "east");
+    let healthy = |c: &ClusterView| c.primary.is_some() && c.epoch.0 > 0 && c.detection == "healthy";
+    let before = wait_for("the east controller to record a healthy cluster", Duration::from_secs(60), || async {
+        cluster().await.filter(|c| healthy(c))
+    })
+    .await;
+    assert_eq!(before.primary.as_ref().map(|p| p.as_str()), Some("east-1"));
+    let west = Run::start(&sb, "west");
+    wait_for("the west controller to stand by", Duration::from_secs(30), || async {
+        west.log_has("standing by: another controller leads").then_some(())
+    })
+    .await;
+    let etcd = etcd_store(&cfg).await;
+    let (holder, term) = leader(&etcd).await;
+    assert!(holder.contains("region east"), "east leads: {holder}");
+    eprintln!(
+        "[{name}] sandbox, two controllers ready in {:.1}s; leader {holder} (term {term})",
+        t0.elapsed().as_secs_f64()
+    );
+
+    let checker = WritableProbe::start(cfg.cluster("main").expect("main"), cfg.tls.as_ref()).expect("overlap checker");
+    let origin = unix_ms();
+    let workflows_before = api.workflows().await.expect("workflows").len();
+    // Let the checker open its connections first: their server processes
+    // are children of the postmasters, frozen with them below.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // 1. West goes dark for four lease TTLs.
+    let dark = cfg.timing.lease_ttl * 3;
+    let (agents, postgres) = region_processes(&cfg, &hosts, "west");
+    let m2 = sb.record.etcd.as_ref().and_then(|e| e.members[1].pid).expect("etcd m2 PID");
+    let mut pids = agents.clone();
+    pids.extend(&postgres);
+    pids.extend([m2, west.pid()]);
+    let dark_from = unix_ms();
+    let frozen = Frozen::stop(pids);
+    eprintln!("[{name}] west dark: SIGSTOP to {} processes (agents, PostgreSQL, pgdr run, etcd m2)", frozen.0.len());
+    tokio::time::sleep(dark).await;
+    let during = cluster().await.expect("the east controller answers while west is dark");
+    let dark_until = unix_ms();
+    drop(frozen);
+    eprintln!("[{name}] west back (SIGCONT) after {dark:?}");
+    assert_eq!((during.epoch, during.primary.clone()), (before.epoch, before.primary.clone()), "no role change");
+    let after_dark = wait_for("the cluster healthy again", Duration::from_secs(60), || async {
+        cluster().await.filter(|c| healthy(c) && c.nodes.iter().all(|n| n.reachable))
+    })
+    .await;
+    assert_eq!((after_dark.epoch, after_dark.primary.clone()), (before.epoch, before.primary.clone()));
+    assert_eq!(api.workflows().await.expect("workflows").len(), workflows_before, "no workflow started");
+    assert_eq!(leader(&etcd).await, (holder.clone(), term), "the east controller kept leading");
+
+    // 2. East is lost: its agents, PostgreSQL, controller and proxy (pgdr
+    // run), and etcd member, all at once.
+    let (agents, postgres) = region_processes(&cfg, &hosts, "east");
+    let m1 = sb.record.etcd.as_ref().and_then(|e| e.members[0].pid).expect("etcd m1 PID");
+    let killed = Instant::now();
+    let killed_ms = unix_ms();
+    for p in agents.iter().chain(&postgres).chain([&m1, &(east.pid())]) {
+        let _ = kill(Pid::from_raw(*p), Signal::SIGKILL);
+    }
+    drop(east);
+    eprintln!("[{name}] east lost: SIGKILL to its agents, PostgreSQL, pgdr run and etcd m1");
+    let after = wait_for("a west primary", Duration::from_secs(90), || async {
+        cluster()
+            .await
+            .filter(|c| c.epoch > before.epoch && c.primary.as_ref().is_some_and(|p| p.as_str().starts_with("west-")))
+    })
+    .await;
+    let new_primary = after.primary.clone().expect("primary").to_string();
+    let (holder2, term2) = leader(&etcd).await;
+    eprintln!(
+        "[{name}] {:.1}s after the loss: {new_primary} primary at epoch {}, leader {holder2} (term {term2})",
+        killed.elapsed().as_secs_f64(),
+        after.epoch
+    );
+    assert!(holder2.contains("region west") && term2 > term, "the west controller leads: {holder2} (term {term2})");
+    let failover = wait_for("the failover to finish", Duration::from_secs(60), || async {
+        api.workflows().await.ok()?.into_iter().find(|w| w.kind == "failover" && w.state != "running")
+    })
+    .await;
+    assert_eq!(failover.state, "succeeded", "{failover:?}");
+    eprintln!("[{name}] automatic failover {} {} in {:?} ms", failover.id, failover.state, failover.duration_ms);
+
+    // Writes through the west proxy (served by the west controller now).
+    let proxy = cfg.proxies.iter().find(|p| p.region.as_str() == "west").expect("west proxy");
+    let writer = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres password={} connect_timeout=2{}",
+        proxy.writer.port(),
+        sb.password(),
+        sb.tls_params()
+    );
+    wait_for("a write through the west proxy", Duration::from_secs(60), || async {
+        let c =
+            pgdr_drill::observer::connect(&writer, "the west writer endpoint", Duration::from_secs(2)).await.ok()?;
+        c.batch_execute(
+            "create table if not exists region_loss (at timestamptz); insert into region_loss values (now())",
+        )
+        .await
+        .ok()
+    })
+    .await;
+    eprintln!(
+        "[{name}] a write committed through the west proxy {:.1}s after the loss",
+        killed.elapsed().as_secs_f64()
+    );
+    // A last look at every node before the checker stops.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let timeline = checker.stop().await.analyse(origin);
+    for lane in &timeline.lanes {
+        let segs: Vec<String> = lane
+            .segments
+            .iter()
+            .map(|s| format!("{} {:.2}..{:.2}s", s.answer.label(), s.from_ms / 1000.0, s.until_ms / 1000.0))
+            .collect();
+        eprintln!("[{name}] {}: {}", lane.node, segs.join(", "));
+    }
+    assert!(timeline.probes > 0, "the overlap checker probed");
+    assert_eq!(timeline.overlaps, vec![], "two servers accepted writes at once: {}", timeline.describe_overlaps());
+    // West was dark (its nodes did not answer), and east-1 took writes all
+    // through it (no demotion).
+    let (from, until) = (dark_from - origin, dark_until - origin);
+    for lane in timeline.lanes.iter().filter(|l| l.node.starts_with("west-")) {
+        let dark =
+            lane.segments.iter().any(|s| s.answer == Answer::Unreachable && s.from_ms < until && s.until_ms > from);
+        assert!(dark, "{} did not answer while west was dark: {:?}", lane.node, lane.segments);
+    }
+    let east1 = timeline.lanes.iter().find(|l| l.node == "east-1").expect("east-1 lane");
+    let covered =
+        east1.segments.iter().any(|s| s.answer == Answer::Writable && s.from_ms <= from && s.until_ms >= until);
+    assert!(covered, "east-1 writable from {from:.0} to {until:.0} ms: {:?}", east1.segments);
+    let first_west = timeline.first_writable(&new_primary, killed_ms - origin).expect("the new primary took writes");
+    eprintln!(
+        "[{name}] measured: the new primary {new_primary} first took a write {:.2}s after the east region was killed",
+        (first_west - (killed_ms - origin)) / 1000.0
+    );
+    drop(west);
+}
