@@ -37,7 +37,7 @@ pub struct ServeArgs {
     /// Which of `[[controller.instances]]` this process is (its API address
     /// and region); needed when the config declares several. `pgdr run`
     /// then serves the proxies of that region only.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", env = "PGDR_CONTROLLER")]
     pub controller: Option<String>,
 }
 
