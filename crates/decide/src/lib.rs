@@ -15,11 +15,15 @@
 //! [`renewal::StoreView`] (epoch and primary), its volatile part the grants
 //! it remembers ([`fence::FenceGate`]'s `last_grant`).
 //!
+//! [`rules`] holds the safety rules every role change and route is checked
+//! against (one writable primary, routes by epoch, RPO lag, freeze).
+//!
 //! Depends on `pgdr-model` only.
 
 pub mod fence;
 pub mod lease;
 pub mod renewal;
+pub mod rules;
 pub mod support;
 mod time;
 

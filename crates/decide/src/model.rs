@@ -12,7 +12,14 @@
 //!   restart (the workflow resumes from its journal), a PostgreSQL the agent
 //!   cannot query, and an agent clock running slow (bounded drift).
 //!
-//! The invariant: at most one PostgreSQL accepts writes at any instant.
+//! * the freeze switch turned on and off at any instant (up to twice a
+//!   run), and failovers of both origins: the controller's own (an outage
+//!   verdict) and an operator's.
+//!
+//! The invariants: at most one PostgreSQL accepts writes at any instant;
+//! while the cluster is frozen no automatic role change starts (the
+//! [`rules::admit`] gate, checked in the transaction that writes the fence
+//! epoch), and an operator's failover still promotes.
 //! A fence takes as long as the agent allows it (`fence_lead`), the worst
 //! case. Each finding of issue 14 is the same model with the old rule
 //! ([`Rules`]); its test asserts the checker finds the violation with the
@@ -31,6 +38,7 @@ use crate::At;
 use crate::fence::{AgentFence, Decision, FenceGate, FenceTiming};
 use crate::lease::{AgentLease, Command, Event, LeaseTiming, Renewal, Role};
 use crate::renewal::{self, FenceEpoch, StoreView};
+use crate::rules::{self, Frozen, Origin};
 use crate::support::{PeerDurable, SupportAsk};
 
 const N: usize = 3;
@@ -61,6 +69,9 @@ pub struct Rules {
     /// block in the controller's memory) and re-reads the last grant at
     /// every check (old: once, when the step starts).
     pub store_block: bool,
+    /// 17: the freeze gate is checked where the fence epoch is written
+    /// (old: no gate).
+    pub freeze_gate: bool,
 }
 
 impl Rules {
@@ -72,6 +83,7 @@ impl Rules {
             deadline_fence: true,
             three_valued_role: true,
             store_block: true,
+            freeze_gate: true,
         }
     }
 }
@@ -88,6 +100,9 @@ pub struct Faults {
     /// confirms; its renewals still get through).
     pub fence_lost: bool,
     pub drift: bool,
+    /// The cluster may be frozen and unfrozen (not a fault: not counted
+    /// against the budget), and an operator may start a failover.
+    pub freeze: bool,
     /// Faults per run (drift steps not counted: they have their own bound).
     pub budget: u8,
 }
@@ -172,6 +187,8 @@ pub struct Ctl {
     pub last_grant: At,
     pub gate: Option<FenceGate>,
     pub wake: Option<At>,
+    /// Who started the running failover (journalled: survives a restart).
+    pub origin: Option<Origin>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -186,6 +203,12 @@ pub struct St {
     pub held: Option<Msg>,
     pub fence_lost: bool,
     pub faults: u8,
+    /// The freeze switch (in the store).
+    pub frozen: bool,
+    /// Times the switch was turned (bounded).
+    pub switched: u8,
+    /// History: an automatic failover wrote its fence epoch while frozen.
+    pub auto_while_frozen: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -194,6 +217,10 @@ pub enum Act {
     Advance,
     /// The controller declares the primary `a` out and starts a failover.
     Failover,
+    /// An operator asks for a failover of `a`.
+    OperatorFailover,
+    Freeze,
+    Unfreeze,
     Cut(u8, u8),
     Hold(u8, u8),
     Release,
@@ -365,7 +392,21 @@ impl Sys {
         let Phase::Fencing { old_epoch } = st.ctl.phase else { return };
         if self.rules.store_block {
             match renewal::fence_epoch(&st.ctl.store, old_epoch) {
-                FenceEpoch::Raise(v) => st.ctl.store = v,
+                FenceEpoch::Raise(v) => {
+                    // The freeze keys are checked in the same transaction.
+                    let origin = st.ctl.origin.unwrap_or(Origin::Automatic);
+                    let frozen = Frozen { global: false, cluster: st.frozen };
+                    if self.rules.freeze_gate && rules::admit(origin, frozen).is_err() {
+                        // Refused: the workflow fails having changed nothing.
+                        st.ctl.phase = Phase::Idle;
+                        st.ctl.origin = None;
+                        return;
+                    }
+                    if origin == Origin::Automatic && st.frozen {
+                        st.auto_while_frozen = true;
+                    }
+                    st.ctl.store = v;
+                }
                 FenceEpoch::Already => {}
                 FenceEpoch::Moved => return,
             }
@@ -463,6 +504,9 @@ impl Sys {
             let what = match a {
                 Act::Advance => "time passes".to_owned(),
                 Act::Failover => "the controller starts a failover of a".to_owned(),
+                Act::OperatorFailover => "an operator starts a failover of a".to_owned(),
+                Act::Freeze => "the cluster is frozen".to_owned(),
+                Act::Unfreeze => "the cluster is unfrozen".to_owned(),
                 Act::Cut(f, t) => format!("cut {} -> {}", NAMES[*f as usize], NAMES[*t as usize]),
                 Act::Hold(f, t) => {
                     format!("the next message {} -> {} is delayed", NAMES[*f as usize], NAMES[*t as usize])
@@ -504,10 +548,11 @@ impl Sys {
             })
             .collect();
         format!(
-            "{} | store epoch {} primary {} | {:?}",
+            "{} | store epoch {} primary {}{} | {:?}",
             pg.join(" "),
             st.ctl.store.epoch,
             st.ctl.store.primary.as_ref().map(|p| p.as_str()).unwrap_or("none"),
+            if st.frozen { " FROZEN" } else { "" },
             st.ctl.phase
         )
     }
@@ -537,12 +582,16 @@ impl Model for Sys {
                 last_grant: At(0),
                 gate: None,
                 wake: None,
+                origin: None,
             },
             cut: 0,
             hold_next: None,
             held: None,
             fence_lost: false,
             faults: 0,
+            frozen: false,
+            switched: 0,
+            auto_while_frozen: false,
         };
         let mut q = VecDeque::new();
         for i in 0..N {
@@ -559,6 +608,12 @@ impl Model for Sys {
         // A failover that cannot promote before the horizon shows nothing.
         if st.ctl.phase == Phase::Idle && st.now + TTL + self.margin + 2 <= self.horizon {
             actions.push(Act::Failover);
+            if self.faults.freeze {
+                actions.push(Act::OperatorFailover);
+            }
+        }
+        if self.faults.freeze && st.switched < 2 {
+            actions.push(if st.frozen { Act::Unfreeze } else { Act::Freeze });
         }
         if st.held.is_some() {
             actions.push(Act::Release);
@@ -611,9 +666,15 @@ impl Model for Sys {
         let mut q = VecDeque::new();
         match action {
             Act::Advance => self.advance(&mut st),
-            Act::Failover => {
+            Act::Failover | Act::OperatorFailover => {
+                let origin = if action == Act::Failover { Origin::Automatic } else { Origin::Operator };
                 st.ctl.phase = Phase::Fencing { old_epoch: st.ctl.store.epoch };
+                st.ctl.origin = Some(origin);
                 self.fence_step(&mut st, &mut q, false);
+            }
+            Act::Freeze | Act::Unfreeze => {
+                st.frozen = action == Act::Freeze;
+                st.switched += 1;
             }
             Act::Cut(a, b) => {
                 st.faults += 1;
@@ -681,12 +742,48 @@ impl Model for Sys {
         vec![
             Property::<Self>::always("at most one writable PostgreSQL", |_, st| Sys::writable(st) <= 1),
             Property::<Self>::sometimes("a failover promotes b", |_, st| st.ctl.phase == Phase::Promoted),
+            Property::<Self>::always(FROZEN_NO_AUTO, |_, st| !st.auto_while_frozen),
+            Property::<Self>::sometimes(OPERATOR_WHILE_FROZEN, |_, st| {
+                st.frozen && st.ctl.phase == Phase::Promoted && st.ctl.origin == Some(Origin::Operator)
+            }),
         ]
     }
 
     fn within_boundary(&self, st: &St) -> bool {
         st.now <= self.horizon
     }
+}
+
+const FROZEN_NO_AUTO: &str = "frozen: no automatic role change starts";
+const OPERATOR_WHILE_FROZEN: &str = "frozen: an operator's failover promotes b";
+
+/// Runs the freeze check: the counterexample of either invariant, whether
+/// an operator's failover promoted while frozen, the states explored.
+fn check_freeze(sys: Sys, depth: usize) -> (Option<String>, bool, usize) {
+    let started = std::time::Instant::now();
+    let checker = sys
+        .clone()
+        .checker()
+        .threads(2)
+        .target_max_depth(depth)
+        .finish_when(HasDiscoveries::AnyOf(["at most one writable PostgreSQL", FROZEN_NO_AUTO].into()))
+        .spawn_bfs()
+        .join();
+    let states = checker.unique_state_count();
+    let found = ["at most one writable PostgreSQL", FROZEN_NO_AUTO]
+        .into_iter()
+        .find_map(|p| checker.discovery(p).map(|d| format!("{p} violated:\n{}", sys.trace(&d.into_actions()))));
+    let operator = checker.discovery(OPERATOR_WHILE_FROZEN).is_some();
+    println!(
+        "model check freeze (gate {}): {states} states, depth {depth}, {:.1}s: {}",
+        sys.rules.freeze_gate,
+        started.elapsed().as_secs_f64(),
+        if found.is_some() { "VIOLATION" } else { "no violation" }
+    );
+    if let Some(t) = &found {
+        println!("counterexample:\n{t}");
+    }
+    (found, operator, states)
 }
 
 /// Runs the check; returns the counterexample as a readable trace, if any.
@@ -718,6 +815,7 @@ const ALL: Faults = Faults {
     query_failures: true,
     fence_lost: true,
     drift: true,
+    freeze: false,
     budget: 1,
 };
 
@@ -796,6 +894,22 @@ fn finding_3_block_in_memory_is_caught() {
     assert!(run("3: new rules", Rules::new(), faults, HORIZON, DEPTH).is_none());
 }
 
+#[test]
+fn frozen_means_no_automatic_role_change_but_an_operator_failover_runs() {
+    // Freeze and unfreeze at any instant, failovers of both origins, one
+    // cut or delayed message or controller restart per run.
+    let faults = Faults { freeze: true, cuts: true, hold: true, controller_restarts: true, budget: 1, ..NONE };
+    let sys = Sys { rules: Rules::new(), faults, horizon: HORIZON, margin: MARGIN };
+    let (found, operator, _) = check_freeze(sys, DEPTH);
+    assert!(found.is_none(), "{}", found.unwrap_or_default());
+    assert!(operator, "no run had an operator's failover promote b while frozen");
+    // Without the gate, the checker finds an automatic failover while frozen.
+    let old = Rules { freeze_gate: false, ..Rules::new() };
+    let sys = Sys { rules: old, faults: Faults { budget: 0, ..faults }, horizon: HORIZON, margin: MARGIN };
+    let (found, _, _) = check_freeze(sys, DEPTH);
+    assert!(found.is_some_and(|t| t.starts_with(FROZEN_NO_AUTO)), "no gate: the violation is not found");
+}
+
 const NONE: Faults = Faults {
     cuts: false,
     hold: false,
@@ -804,5 +918,6 @@ const NONE: Faults = Faults {
     query_failures: false,
     fence_lost: false,
     drift: false,
+    freeze: false,
     budget: 0,
 };
