@@ -64,6 +64,32 @@ pub struct PrimaryLease {
     pub acquired_at: OffsetDateTime,
 }
 
+/// A freeze switch: while it exists, no automatic role change starts on
+/// the cluster (or, the global one, on any cluster). Stored under
+/// `/pgdr/clusters/<c>/freeze` or `/pgdr/rules/freeze`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Freeze {
+    /// The API token's name that froze it.
+    pub by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// The freeze switches that apply to one cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Freezes {
+    pub global: Option<Freeze>,
+    pub cluster: Option<Freeze>,
+}
+
+impl Freezes {
+    pub fn any(&self) -> bool {
+        self.global.is_some() || self.cluster.is_some()
+    }
+}
+
 /// A primary lease this process holds: renew it within its TTL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeldLease {
@@ -96,6 +122,8 @@ pub enum ClusterError {
     },
     #[error("cluster {cluster}: {node} lost the primary lease")]
     LeaseLost { cluster: ClusterName, node: NodeName },
+    #[error("cluster {cluster}: refused by rule freeze: {} frozen by {} at {} (an operator's switchover or failover still runs)", .global.then_some("every cluster is").unwrap_or("the cluster is"), .freeze.by, .freeze.at)]
+    Frozen { cluster: ClusterName, global: bool, freeze: Freeze },
     #[error("cluster {cluster}: {what} kept conflicting with concurrent writers")]
     Contended { cluster: ClusterName, what: &'static str },
 }
@@ -112,6 +140,10 @@ impl ClusterError {
 }
 
 const CAS_TRIES: usize = 16;
+
+fn freeze_key(cluster: Option<&ClusterName>) -> String {
+    cluster.map(|c| keys::cluster_freeze(c.as_str())).unwrap_or_else(|| keys::FREEZE_GLOBAL.to_owned())
+}
 
 /// Typed access to clusters in a [`StateStore`].
 #[derive(Clone, Debug)]
@@ -199,6 +231,98 @@ impl ClusterStore {
             }
         }
         Err(ClusterError::Contended { cluster: cluster.clone(), what: "raise_epoch" })
+    }
+
+    /// [`raise_epoch`](Self::raise_epoch) for an automatic role change: the
+    /// same compare-and-set transaction also checks that neither freeze
+    /// switch exists, so a freeze set at any moment before the write
+    /// refuses it ([`ClusterError::Frozen`]).
+    pub async fn raise_epoch_unless_frozen(
+        &self,
+        cluster: &ClusterName,
+        expected: Epoch,
+        new_primary: Option<NodeName>,
+        reason: &str,
+    ) -> Result<ClusterState, ClusterError> {
+        let key = keys::cluster_state(cluster.as_str());
+        let freeze_key = keys::cluster_freeze(cluster.as_str());
+        for _ in 0..CAS_TRIES {
+            let cur = self.state_versioned(cluster).await?;
+            let (current, primary, expect) = match &cur {
+                Some((s, v)) => (s.epoch, s.primary.clone(), Expect::Revision(v.revision)),
+                None => (Epoch::ZERO, None, Expect::Absent),
+            };
+            if current != expected {
+                return Err(ClusterError::EpochConflict { cluster: cluster.clone(), expected, current, primary });
+            }
+            let state = ClusterState {
+                cluster: cluster.clone(),
+                epoch: expected.next(),
+                primary: new_primary.clone(),
+                updated_at: self.clock.now(),
+                reason: reason.into(),
+            };
+            let txn = Txn::new()
+                .check(&key, expect)
+                .check(keys::FREEZE_GLOBAL, Expect::Absent)
+                .check(&freeze_key, Expect::Absent)
+                .put(&key, to_json(&key, &state)?, None);
+            match self.store.txn(txn).await? {
+                TxnOutcome::Done(_) => {
+                    tracing::info!(%cluster, epoch = %state.epoch, primary = ?state.primary, reason, "epoch raised");
+                    return Ok(state);
+                }
+                TxnOutcome::Conflict { key: k, current: Some(v) } if k == freeze_key || k == keys::FREEZE_GLOBAL => {
+                    return Err(ClusterError::Frozen {
+                        cluster: cluster.clone(),
+                        global: k == keys::FREEZE_GLOBAL,
+                        freeze: from_json(&k, &v.value)?,
+                    });
+                }
+                TxnOutcome::Conflict { .. } => {}
+            }
+        }
+        Err(ClusterError::Contended { cluster: cluster.clone(), what: "raise_epoch" })
+    }
+
+    /// Turns a freeze switch on (`cluster` `None`: the global one). Already
+    /// on: left as it was (who froze it first, and when), and returned.
+    pub async fn freeze(
+        &self,
+        cluster: Option<&ClusterName>,
+        by: &str,
+        reason: Option<&str>,
+    ) -> Result<Freeze, StoreError> {
+        let key = freeze_key(cluster);
+        let f = Freeze { by: by.to_owned(), at: self.clock.now(), reason: reason.map(str::to_owned) };
+        match self.store.compare_and_set(&key, Expect::Absent, to_json(&key, &f)?, None).await? {
+            crate::Outcome::Done(_) => Ok(f),
+            crate::Outcome::Conflict(Some(v)) => from_json(&key, &v.value),
+            crate::Outcome::Conflict(None) => Err(StoreError::Internal(format!("{key}: neither absent nor present"))),
+        }
+    }
+
+    /// Turns a freeze switch off; returns what it was (`None`: it was off).
+    pub async fn unfreeze(&self, cluster: Option<&ClusterName>) -> Result<Option<Freeze>, StoreError> {
+        let key = freeze_key(cluster);
+        let Some(v) = self.store.get(&key).await? else { return Ok(None) };
+        let was: Freeze = from_json(&key, &v.value)?;
+        self.store.delete(&key, Expect::Any).await?;
+        Ok(Some(was))
+    }
+
+    /// The freeze switches that apply to `cluster`.
+    pub async fn freezes(&self, cluster: &ClusterName) -> Result<Freezes, StoreError> {
+        let read = |key: String| async move {
+            match self.store.get(&key).await? {
+                Some(v) => from_json::<Freeze>(&key, &v.value).map(Some),
+                None => Ok(None),
+            }
+        };
+        Ok(Freezes {
+            global: read(keys::FREEZE_GLOBAL.to_owned()).await?,
+            cluster: read(keys::cluster_freeze(cluster.as_str())).await?,
+        })
     }
 
     /// Records what an observer saw of a node, optionally attached to a

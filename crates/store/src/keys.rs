@@ -11,6 +11,9 @@ pub const WORKFLOWS: &str = "/pgdr/workflows/";
 pub const CONTROLLER_LEADER: &str = "/pgdr/controller/leader";
 /// The last leader term (decimal), raised at every election.
 pub const CONTROLLER_TERM: &str = "/pgdr/controller/term";
+/// The global freeze switch ([`crate::Freeze`]): no automatic role change
+/// on any cluster while it exists.
+pub const FREEZE_GLOBAL: &str = "/pgdr/rules/freeze";
 /// The last event sequence number.
 pub const EVENTS_SEQ: &str = "/pgdr/events/seq";
 /// The events, one key each.
@@ -32,6 +35,10 @@ pub fn cluster_observed(cluster: &str) -> String {
 }
 pub fn cluster_lock(cluster: &str) -> String {
     format!("{CLUSTERS}{cluster}/lock")
+}
+/// The cluster's freeze switch ([`crate::Freeze`]).
+pub fn cluster_freeze(cluster: &str) -> String {
+    format!("{CLUSTERS}{cluster}/freeze")
 }
 /// The synchronous standby set, stored before the primary applies it.
 pub fn sync_standbys(cluster: &str) -> String {

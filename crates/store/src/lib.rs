@@ -43,6 +43,8 @@
 //! | `/pgdr/clusters/<cluster>/state` | [`ClusterState`]: epoch, primary, why, when | [`ClusterStore::raise_epoch`] (CAS) |
 //! | `/pgdr/clusters/<cluster>/lease` | [`PrimaryLease`], attached to a store lease | the primary's agent ([`ClusterStore::acquire_primary_lease`]) |
 //! | `/pgdr/clusters/<cluster>/health/<node>` | [`NodeHealth`] | the controller's probes, agents |
+//! | `/pgdr/clusters/<cluster>/freeze` | [`Freeze`]: who froze the cluster, when, why | [`ClusterStore::freeze`]; checked absent by [`ClusterStore::raise_epoch_unless_frozen`] |
+//! | `/pgdr/rules/freeze` | [`Freeze`]: the global freeze | the same |
 //! | `/pgdr/clusters/<cluster>/lock` | the role-changing workflow running on the cluster | `pgdr-workflow` (CAS, absent → held) |
 //! | `/pgdr/workflows/<id>/record` | the workflow record (kind, state, params, plan) | `pgdr-workflow` |
 //! | `/pgdr/workflows/<id>/owner` | the engine running it, attached to that engine's lease | `pgdr-workflow` |
@@ -75,7 +77,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub use clock::{Clock, SystemClock, TokioClock};
-pub use cluster::{ClusterError, ClusterState, ClusterStore, HeldLease, NodeHealth, PrimaryLease};
+pub use cluster::{ClusterError, ClusterState, ClusterStore, Freeze, Freezes, HeldLease, NodeHealth, PrimaryLease};
 pub use embedded::EmbeddedStore;
 pub use error::StoreError;
 #[cfg(feature = "etcd")]

@@ -37,6 +37,49 @@ async fn epochs(s: Arc<dyn StateStore>, _t: Time) {
 }
 both!(epochs_, epochs);
 
+async fn freeze_gates_automatic_raises(s: Arc<dyn StateStore>, _t: Time) {
+    let c = cs(s);
+    let main = ClusterName::new("main");
+    let other = ClusterName::new("other");
+    c.init(&main, Epoch(1), Some(NodeName::new("n1")), "bootstrap").await.expect("init");
+    c.init(&other, Epoch(1), Some(NodeName::new("o1")), "bootstrap").await.expect("init");
+    assert!(!c.freezes(&main).await.expect("freezes").any());
+
+    // A cluster freeze refuses the automatic raise of that cluster only,
+    // in the raise's own transaction, and changes nothing.
+    let f = c.freeze(Some(&main), "ops", Some("maintenance")).await.expect("freeze");
+    assert_eq!(f.by, "ops");
+    let again = c.freeze(Some(&main), "someone-else", None).await.expect("freeze again");
+    assert_eq!(again, f, "freezing a frozen cluster keeps who froze it first");
+    match c.raise_epoch_unless_frozen(&main, Epoch(1), None, "fence").await {
+        Err(e @ ClusterError::Frozen { global: false, .. }) => {
+            assert!(e.to_string().contains("refused by rule freeze"), "{e}");
+            assert!(e.to_string().contains("ops"), "{e}");
+        }
+        other => panic!("a frozen cluster must refuse, got {other:?}"),
+    }
+    assert_eq!(c.state(&main).await.expect("state").map(|s| s.epoch), Some(Epoch(1)));
+    let raised = c.raise_epoch_unless_frozen(&other, Epoch(1), None, "fence").await.expect("other is not frozen");
+    assert_eq!(raised.epoch, Epoch(2));
+    // An operator's change (plain raise_epoch) is not gated.
+    assert_eq!(c.raise_epoch(&main, Epoch(1), None, "operator").await.expect("operator").epoch, Epoch(2));
+
+    // The global freeze refuses every cluster.
+    c.freeze(None, "ops", None).await.expect("global freeze");
+    assert!(c.freezes(&other).await.expect("freezes").global.is_some());
+    assert!(matches!(
+        c.raise_epoch_unless_frozen(&other, Epoch(2), None, "fence").await,
+        Err(ClusterError::Frozen { global: true, .. })
+    ));
+    assert_eq!(c.unfreeze(None).await.expect("unfreeze").map(|f| f.by), Some("ops".into()));
+    assert_eq!(c.unfreeze(None).await.expect("unfreeze twice"), None);
+    assert_eq!(c.raise_epoch_unless_frozen(&other, Epoch(2), None, "fence").await.expect("thawed").epoch, Epoch(3));
+    assert!(c.unfreeze(Some(&main)).await.expect("unfreeze").is_some());
+    assert!(!c.freezes(&main).await.expect("freezes").any());
+    assert_eq!(c.raise_epoch_unless_frozen(&main, Epoch(2), None, "fence").await.expect("thawed").epoch, Epoch(3));
+}
+both!(freeze_gates_automatic_raises_, freeze_gates_automatic_raises);
+
 async fn racing_raise(s: Arc<dyn StateStore>, _t: Time) {
     let c = cs(s);
     let main = ClusterName::new("main");
