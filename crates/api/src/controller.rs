@@ -13,13 +13,16 @@
 //! | GET | `/v1/workflows/{id}` | → [`WorkflowView`] with steps |
 //! | POST | `/v1/workflows/{id}/approve` | [`ApproveRequest`] → [`WorkflowView`] |
 //! | GET | `/v1/events?after=N` | → `Vec<serde_json::Value>` (the store's events) |
+//! | GET | `/v1/rules` | → [`RulesView`]: the safety rules, which clusters are frozen, by whom, when |
+//! | POST | `/v1/rules/freeze` | [`FreezeRequest`] → [`RulesView`] (no `cluster`: the global freeze) |
+//! | POST | `/v1/rules/unfreeze` | [`FreezeRequest`] → [`RulesView`] |
 //! | GET | `/metrics` | Prometheus text |
 //! | GET | `/v1/snapshot` | the status page's data |
 //!
 //! Every route but the status page's files (`/`, `/status`,
 //! `/status/page.css`, `/status/page.js`) needs `Authorization: Bearer`
 //! with a token of the `viewer` role (the GET routes), `operator` (role
-//! changes, approvals, and what a viewer may) or `agent` (the lease). 401:
+//! changes, approvals, freezes, and what a viewer may) or `agent` (the lease). 401:
 //! no token or an unknown one; 403: a token whose role does not allow it.
 
 use std::sync::Arc;
@@ -83,6 +86,60 @@ pub struct ClusterView {
     pub detection: String,
     /// The role-changing workflow running now, if any.
     pub workflow: Option<String>,
+    /// The freeze switch that applies (the cluster's own, else the global
+    /// one): no automatic role change while it is on.
+    #[serde(default)]
+    pub frozen: Option<FreezeView>,
+    /// Set while the controller cannot read the state store: the cluster
+    /// runs without a control plane (why, since when).
+    #[serde(default)]
+    pub control_plane: Option<String>,
+}
+
+/// A freeze switch: who turned it on (the API token's name), when, why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FreezeView {
+    pub by: String,
+    /// RFC 3339.
+    pub at: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The global switch (every cluster), not the cluster's own.
+    #[serde(default)]
+    pub global: bool,
+}
+
+/// One safety rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleView {
+    pub name: String,
+    pub description: String,
+}
+
+/// One cluster's freeze state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterRules {
+    pub cluster: ClusterName,
+    /// The switch that applies (the cluster's own, else the global one).
+    pub frozen: Option<FreezeView>,
+}
+
+/// `GET /v1/rules`: the rules, the global freeze and each cluster's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RulesView {
+    pub rules: Vec<RuleView>,
+    pub global_freeze: Option<FreezeView>,
+    pub clusters: Vec<ClusterRules>,
+}
+
+/// Body of `freeze` and `unfreeze`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FreezeRequest {
+    /// The cluster; none: the global switch.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// Body of `switchover`, `failover` and `failback`.
@@ -235,6 +292,18 @@ impl ControllerClient {
         req: &RoleChangeRequest,
     ) -> Result<WorkflowStarted, ApiError> {
         self.post(&format!("/v1/clusters/{cluster}/{kind}"), req).await
+    }
+
+    pub async fn rules(&self) -> Result<RulesView, ApiError> {
+        self.get("/v1/rules").await
+    }
+
+    pub async fn freeze(&self, req: &FreezeRequest) -> Result<RulesView, ApiError> {
+        self.post("/v1/rules/freeze", req).await
+    }
+
+    pub async fn unfreeze(&self, req: &FreezeRequest) -> Result<RulesView, ApiError> {
+        self.post("/v1/rules/unfreeze", req).await
     }
 
     pub async fn workflows(&self) -> Result<Vec<WorkflowView>, ApiError> {

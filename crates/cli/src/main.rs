@@ -39,6 +39,12 @@ pub enum Command {
     Failback(cmd::ops::RoleChangeArgs),
     /// Move the primary live to --to NODE: preparation ahead, an approval gate, then a switchover through the proxy.
     Migrate(cmd::ops::RoleChangeArgs),
+    /// The safety rules every role change is checked against, and which clusters are frozen (by whom, when).
+    Rules(cmd::rules::RulesArgs),
+    /// Freeze CLUSTER (or --all): no automatic failover until unfrozen; an operator's switchover or failover still runs.
+    Freeze(cmd::rules::FreezeArgs),
+    /// Unfreeze CLUSTER (or --all): automatic failover again.
+    Unfreeze(cmd::rules::FreezeArgs),
     /// Let a workflow waiting at its approval gate go on.
     Approve(cmd::ops::ApproveArgs),
     /// List workflows, or show one with its step journal.
@@ -93,6 +99,9 @@ fn main() -> ExitCode {
         Command::Switchover(a) => cmd::ops::role_change(&global, "switchover", a),
         Command::Failback(a) => cmd::ops::role_change(&global, "failback", a),
         Command::Migrate(a) => cmd::ops::role_change(&global, "migrate", a),
+        Command::Rules(a) => cmd::rules::rules(&global, a),
+        Command::Freeze(a) => cmd::rules::freeze(&global, a, true),
+        Command::Unfreeze(a) => cmd::rules::freeze(&global, a, false),
         Command::Approve(a) => cmd::ops::approve(&global, a),
         Command::Workflows(a) => cmd::ops::workflows(&global, a),
         Command::Proxy(a) => cmd::proxy::run(&global, a),

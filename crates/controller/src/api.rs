@@ -15,7 +15,7 @@ use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
-use pgdr_api::controller::{LeaseReply, LeaseRequest, RoleChangeRequest, error_body};
+use pgdr_api::controller::{FreezeRequest, LeaseReply, LeaseRequest, RoleChangeRequest, error_body};
 use pgdr_config::Access;
 use pgdr_config::auth::Caller;
 use pgdr_model::ClusterName;
@@ -79,6 +79,10 @@ pub const ROUTES: &[Route] = &[
     route(Method::GET, "/v1/workflows/{id}", VIEW, || get(workflow)),
     route(Method::POST, "/v1/workflows/{id}/approve", OPERATE, || post(approve)),
     route(Method::GET, "/v1/events", VIEW, || get(events)),
+    // The safety rules; freezing gates automatic role changes.
+    route(Method::GET, "/v1/rules", VIEW, || get(rules)),
+    route(Method::POST, "/v1/rules/freeze", OPERATE, || post(freeze)),
+    route(Method::POST, "/v1/rules/unfreeze", OPERATE, || post(unfreeze)),
     route(Method::GET, "/metrics", VIEW, || get(metrics)),
     // The status page: the page and its two files are public, its data is not.
     route(Method::GET, "/", Need::Public, || get(crate::page::page)),
@@ -227,6 +231,27 @@ async fn approve(
     tracing::info!(workflow = %id, by = %caller.name, "workflow approved");
     ctl.engine.approve(&wid, &caller.name).await?;
     Ok(axum::Json(ctl.workflow_view(&id).await?).into_response())
+}
+
+async fn rules(State(ctl): State<Controller>) -> Result<Response, ControllerError> {
+    Ok(axum::Json(ctl.rules_view().await?).into_response())
+}
+
+/// Recorded under the token's name, never a name the client writes.
+async fn freeze(
+    State(ctl): State<Controller>,
+    Extension(caller): Extension<Caller>,
+    axum::Json(req): axum::Json<FreezeRequest>,
+) -> Result<Response, ControllerError> {
+    Ok(axum::Json(ctl.freeze(&req, &caller.name).await?).into_response())
+}
+
+async fn unfreeze(
+    State(ctl): State<Controller>,
+    Extension(caller): Extension<Caller>,
+    axum::Json(req): axum::Json<FreezeRequest>,
+) -> Result<Response, ControllerError> {
+    Ok(axum::Json(ctl.unfreeze(&req, &caller.name).await?).into_response())
 }
 
 #[derive(Deserialize)]

@@ -312,6 +312,7 @@ impl Controller {
             crash: false,
             node: None,
             keep_tail: true,
+            automatic: false,
         })
     }
 
@@ -394,9 +395,26 @@ impl Controller {
     /// The API view of a cluster.
     pub async fn cluster_view(&self, name: &str) -> Result<ClusterView, ControllerError> {
         let c = self.sh.cluster(name).ok_or_else(|| ControllerError::UnknownCluster(name.to_owned()))?;
-        let state = self.sh.clusters.state(&c.name).await?;
         let obs = self.sh.observed.lock().ok().and_then(|o| o.get(&c.name).cloned()).unwrap_or_default();
-        let lock = self.sh.store.get(&pgdr_store::keys::cluster_lock(name)).await?;
+        // Without a control plane the view is what the monitor last read,
+        // and says so.
+        let state = match self.sh.clusters.state(&c.name).await {
+            Ok(s) => s,
+            Err(_) if obs.control_plane.is_some() && obs.state.is_some() => obs.state.clone(),
+            Err(e) => return Err(e.into()),
+        };
+        let frozen = match self.sh.clusters.freezes(&c.name).await {
+            Ok(f) => crate::rules::applies(&f),
+            Err(_) => None,
+        };
+        let control_plane = obs.control_plane.as_ref().map(|why| match obs.control_plane_since {
+            Some(at) => format!(
+                "running without a control plane since {}: {why}",
+                at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+            ),
+            None => format!("running without a control plane: {why}"),
+        });
+        let lock = self.sh.store.get(&pgdr_store::keys::cluster_lock(name)).await.ok().flatten();
         let workflow = lock
             .and_then(|v| serde_json::from_slice::<pgdr_workflow::ClusterLock>(&v.value).ok())
             .map(|l| format!("{} {}", l.kind, l.workflow.as_str()));
@@ -437,6 +455,8 @@ impl Controller {
             nodes,
             detection: obs.detection,
             workflow,
+            frozen,
+            control_plane,
         })
     }
 

@@ -24,6 +24,7 @@ pub mod monitor;
 pub mod page;
 pub mod probe;
 pub mod readiness;
+pub mod rules;
 pub mod runtime;
 pub mod sync;
 pub mod webhook;

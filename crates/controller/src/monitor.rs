@@ -288,6 +288,12 @@ async fn watch(ctl: Controller, cluster: Cluster, cancel: &CancellationToken, tr
     // One kept connection per replica for the lag reads.
     let mut lag_readers: HashMap<NodeName, probe::LagReader> = HashMap::new();
     let mut published: Option<RouteInfo> = None;
+    // The freeze rule refused a failover for the outage going on (its
+    // event is sent once).
+    let mut freeze_refused = false;
+    // Since when the state store cannot be read (the cluster runs without
+    // a control plane).
+    let mut store_lost: Option<(Instant, time::OffsetDateTime)> = None;
     let mut breached: std::collections::HashSet<NodeName> = Default::default();
     let mut hold = Hold::start(&ctl, &cluster.name, cancel, tracker);
     let mut tick = tokio::time::interval(timing.probe_interval);
@@ -312,9 +318,43 @@ async fn watch(ctl: Controller, cluster: Cluster, cancel: &CancellationToken, tr
             },
             Err(e) => {
                 tracing::warn!(cluster = %cluster.name, "state store: {e}");
+                if store_lost.is_none() {
+                    store_lost = Some((Instant::now(), time::OffsetDateTime::now_utc()));
+                    // The store cannot record it: the log and webhooks can.
+                    sh.emit(sh.event(
+                        &cluster.name,
+                        "control_plane_lost",
+                        format!("the state store cannot be read ({e}): the cluster runs without a control plane; the primary keeps its role while a majority of agents support it, and no automatic role change happens until the store answers"),
+                    ))
+                    .await;
+                }
+                if let Ok(mut o) = sh.observed.lock() {
+                    let o = o.entry(cluster.name.clone()).or_default();
+                    o.control_plane = Some(format!("state store unreachable: {e}"));
+                    o.control_plane_since = store_lost.map(|(_, at)| at);
+                }
                 continue;
             }
         };
+        if let Ok(mut o) = sh.observed.lock() {
+            o.entry(cluster.name.clone()).or_default().state = Some(state.clone());
+        }
+        if let Some((lost, _)) = store_lost.take() {
+            sh.emit(sh.event(
+                &cluster.name,
+                "control_plane_back",
+                format!(
+                    "the state store answers again after {:.1}s without a control plane",
+                    lost.elapsed().as_secs_f64()
+                ),
+            ))
+            .await;
+            if let Ok(mut o) = sh.observed.lock() {
+                let o = o.entry(cluster.name.clone()).or_default();
+                o.control_plane = None;
+                o.control_plane_since = None;
+            }
+        }
         let busy = ctl.busy(&cluster.name).await;
         let Some(primary) = state.primary.clone() else { continue };
         let Some(pnode) = cluster.node(primary.as_str()) else { continue };
@@ -606,7 +646,41 @@ async fn watch(ctl: Controller, cluster: Cluster, cancel: &CancellationToken, tr
                 Verdict::Outage { .. } => "outage".into(),
             };
         }
+        if !matches!(verdict, Verdict::Outage { .. }) {
+            freeze_refused = false;
+        }
         if let Verdict::Outage { since, agreeing } = verdict {
+            // The freeze rule: read now (a failed read decides nothing), and
+            // again in the fence epoch's transaction.
+            let frozen = match sh.clusters.freezes(&cluster.name).await {
+                Ok(f) => pgdr_decide::rules::Frozen { global: f.global.is_some(), cluster: f.cluster.is_some() },
+                Err(e) => {
+                    tracing::warn!(cluster = %cluster.name, "state store: {e}: no failover decided");
+                    continue;
+                }
+            };
+            if let Err(refusal) = pgdr_decide::rules::admit(pgdr_decide::rules::Origin::Automatic, frozen) {
+                // Clients are not held for a failover that will not come.
+                hold.release();
+                if !freeze_refused {
+                    freeze_refused = true;
+                    let mut ev = sh.event(
+                        &cluster.name,
+                        "failover_blocked",
+                        format!(
+                            "primary {primary} is out (agreed by {}), no automatic failover: {refusal}",
+                            agreeing.join(", ")
+                        ),
+                    );
+                    ev.epoch = Some(state.epoch);
+                    sh.emit(ev).await;
+                }
+                if let Ok(mut o) = sh.observed.lock() {
+                    o.entry(cluster.name.clone()).or_default().detection =
+                        "outage; frozen: no automatic failover".into();
+                }
+                continue;
+            }
             let detection = now.duration_since(since);
             sh.metrics
                 .detection_seconds
@@ -633,6 +707,7 @@ async fn watch(ctl: Controller, cluster: Cluster, cancel: &CancellationToken, tr
                 crash,
                 node: None,
                 keep_tail: true,
+                automatic: true,
             };
             match ctl.start_params(workflows::FAILOVER, params).await {
                 Ok(id) => {
@@ -672,6 +747,7 @@ async fn watch(ctl: Controller, cluster: Cluster, cancel: &CancellationToken, tr
                     crash: false,
                     node: Some(node.name.clone()),
                     keep_tail: true,
+                    automatic: false,
                 };
                 match ctl.start_params(workflows::REESTABLISH, params).await {
                     Ok(id) => {

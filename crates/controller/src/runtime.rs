@@ -200,6 +200,12 @@ pub struct Observed {
     /// The latest reading of each vantage point in another region (an
     /// agent there probing the primary), by vantage point name.
     pub vantages: BTreeMap<String, VantageView>,
+    /// Set while the state store cannot be read: the cluster runs without
+    /// a control plane (why, and since when).
+    pub control_plane: Option<String>,
+    pub control_plane_since: Option<time::OffsetDateTime>,
+    /// The cluster state the monitor last read from the store.
+    pub state: Option<pgdr_store::ClusterState>,
 }
 
 /// What one remote vantage point (an agent in another region) last saw.

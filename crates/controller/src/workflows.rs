@@ -84,6 +84,16 @@ pub struct Params {
     /// than rewinding it, because it may hold transactions nobody else has.
     #[serde(default)]
     pub keep_tail: bool,
+    /// The controller decided it (an outage verdict), not an operator: the
+    /// freeze rule gates it ([`pgdr_decide::rules::admit`]).
+    #[serde(default)]
+    pub automatic: bool,
+}
+
+impl Params {
+    pub fn origin(&self) -> pgdr_decide::rules::Origin {
+        if self.automatic { pgdr_decide::rules::Origin::Automatic } else { pgdr_decide::rules::Origin::Operator }
+    }
 }
 
 pub(crate) fn fatal(e: impl std::fmt::Display) -> StepError {
@@ -373,11 +383,19 @@ async fn raise_fence_epoch(c: &Ctx, sc: &StepContext, old: &NodeName) -> Result<
     match pgdr_decide::renewal::fence_epoch(&view, c.p.old_epoch) {
         FenceEpoch::Raise(next) => {
             let reason = format!("fence {old}: {} {}", sc.kind, sc.workflow.as_str());
-            let s =
-                c.sh.clusters
-                    .raise_epoch(&cluster.name, c.p.old_epoch, None, &reason)
-                    .await
-                    .map_err(|e| if e.is_retryable() { retry(e) } else { fatal(e) })?;
+            // An automatic role change starts here: the freeze switches are
+            // checked in this write's own transaction.
+            let raised = if c.p.automatic {
+                c.sh.clusters.raise_epoch_unless_frozen(&cluster.name, c.p.old_epoch, None, &reason).await
+            } else {
+                c.sh.clusters.raise_epoch(&cluster.name, c.p.old_epoch, None, &reason).await
+            };
+            if let Err(e @ pgdr_store::ClusterError::Frozen { .. }) = &raised {
+                let refusal =
+                    pgdr_decide::rules::Refusal { rule: pgdr_decide::rules::Rule::Freeze, why: e.to_string() };
+                c.sh.emit(refused_event(c, sc, &refusal)).await;
+            }
+            let s = raised.map_err(|e| if e.is_retryable() { retry(e) } else { fatal(e) })?;
             tracing::warn!(cluster = %cluster.name, epoch = %s.epoch, old_primary = %old, "fence epoch written: renewals of {old} are refused from now on");
             debug_assert_eq!(s.epoch, next.epoch);
             Ok(s.epoch)
@@ -562,6 +580,17 @@ fn parse_target(cluster: &Cluster, to: &str) -> Result<Target, StepError> {
     }
 }
 
+/// The event of a change a safety rule refused: `role_change_refused`,
+/// naming the rule.
+fn refused_event(c: &Ctx, sc: &StepContext, refusal: &pgdr_decide::rules::Refusal) -> pgdr_store::Event {
+    let mut ev = c.sh.event(&c.p.cluster, "role_change_refused", refusal.to_string());
+    ev.workflow = Some(sc.workflow.as_str().to_owned());
+    ev.kind = Some(sc.kind.clone());
+    ev.step = Some(sc.step.clone());
+    ev.epoch = Some(c.p.old_epoch);
+    ev
+}
+
 /// Failover, before anything is paused or fenced: a node can be promoted.
 /// Fencing the old primary without one would stop the last server that
 /// holds the data (it may only be slow, or waiting on a synchronous
@@ -572,6 +601,16 @@ async fn check_candidate(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, Ste
     }
     let cluster = c.cluster()?;
     let old = c.old_primary()?.clone();
+    // The freeze rule, before anything is paused: the fence epoch's
+    // transaction checks it again.
+    if c.p.automatic {
+        let f = c.sh.clusters.freezes(&cluster.name).await.map_err(retry)?;
+        let frozen = pgdr_decide::rules::Frozen { global: f.global.is_some(), cluster: f.cluster.is_some() };
+        if let Err(refusal) = pgdr_decide::rules::admit(c.p.origin(), frozen) {
+            c.sh.emit(refused_event(&c, &sc, &refusal)).await;
+            return Err(fatal(format!("not fencing {old}: {refusal}")));
+        }
+    }
     let target = c.p.to.as_deref().map(|t| parse_target(cluster, t)).transpose()?;
     let infos = candidates(&c, cluster, Some(&old)).await;
     let pol = policy(&c, cluster, &old, target, c.p.allow_data_loss).await?;
@@ -733,6 +772,22 @@ async fn raise_epoch(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepErr
         && s.primary.as_ref() == Some(&node)
     {
         return Ok(StepOutput::json(json!({"epoch": s.epoch, "primary": node, "already": true})).with_epoch(s.epoch));
+    }
+    if let Some(s) = &state {
+        let view = pgdr_decide::renewal::StoreView { epoch: s.epoch, primary: s.primary.clone() };
+        let chose = sc.output("choose_candidate").or_else(|| sc.output("check_target"));
+        let promotion = pgdr_decide::rules::Promotion {
+            state: &view,
+            new_primary: &node,
+            // A switchover's old primary stopped with its shutdown checkpoint.
+            old_stopped: sc.output("stop_old_primary").is_some() && s.primary.as_ref() == c.p.old_primary.as_ref(),
+            past_rpo: chose.and_then(|v| v.get("past_rpo")).and_then(Value::as_bool).unwrap_or(false),
+            data_loss_allowed: c.p.allow_data_loss || cluster.availability_over_rpo,
+        };
+        if let Err(refusal) = pgdr_decide::rules::check_promotion(&promotion) {
+            c.sh.emit(refused_event(&c, &sc, &refusal)).await;
+            return Err(fatal(refusal));
+        }
     }
     let reason = format!("{} {}", sc.kind, sc.workflow.as_str());
     let s =

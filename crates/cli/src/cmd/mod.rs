@@ -15,6 +15,7 @@ pub mod drill;
 pub mod ops;
 pub mod proxy;
 pub mod replica;
+pub mod rules;
 pub mod runbook;
 pub mod sandbox;
 pub mod secrets;

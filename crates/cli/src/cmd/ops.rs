@@ -467,7 +467,7 @@ fn confirm(what: &str, yes: bool) -> anyhow::Result<()> {
     if matches!(line.trim(), "y" | "Y" | "yes") { Ok(()) } else { Err(Usage("not confirmed".into()).into()) }
 }
 
-fn api_err(e: pgdr_api::ApiError) -> anyhow::Error {
+pub(crate) fn api_err(e: pgdr_api::ApiError) -> anyhow::Error {
     match &e {
         pgdr_api::ApiError::Failed { kind, .. }
             if kind == "bad_request" || kind == "not_found" || kind == "conflict" =>

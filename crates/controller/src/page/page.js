@@ -198,6 +198,8 @@
     return h("section", { class: "cluster", "data-cluster": v.name },
       h("h2", null, v.name, " ", badge(v.detection || "no verdict yet", v.detection ? detectionClass : "warn", { "data-field": "detection", title: "the detector's verdict" }),
         v.degraded ? badge("sync degraded", "bad") : null,
+        v.frozen ? badge(v.frozen.global ? "frozen (every cluster)" : "frozen", "warn", { "data-field": "frozen", title: "frozen by " + v.frozen.by + " at " + v.frozen.at + (v.frozen.reason ? " (" + v.frozen.reason + ")" : "") + ": no automatic role change until unfrozen" }) : null,
+        v.control_plane ? badge("no control plane", "bad", { "data-field": "control-plane", title: v.control_plane }) : null,
         v.workflow ? badge(v.workflow, "warn") : null),
       h("dl", { class: "facts" },
         fact("primary", v.primary || "none", { "data-field": "primary" }),
@@ -249,7 +251,7 @@
     clusters.replaceChildren(...(s.clusters.length ? s.clusters.map(cluster) : [h("p", { class: "empty" }, "No cluster in the config.")]));
     document.getElementById("readiness-body").replaceChildren(readiness(s.readiness));
     document.getElementById("events-body").replaceChildren(...events(s.events));
-    const alarm = s.clusters.some((c) => c.cluster.detection !== "healthy" || c.workflow);
+    const alarm = s.clusters.some((c) => c.cluster.detection !== "healthy" || c.workflow || c.cluster.control_plane);
     document.title = (alarm ? "⚠ " : "") + "pgdr · " +
       s.clusters.map((c) => c.cluster.name + ": " + (c.cluster.primary || "no primary") + " @" + c.cluster.epoch).join(", ");
     renders += 1;

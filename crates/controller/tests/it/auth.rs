@@ -90,6 +90,8 @@ async fn every_controller_route_needs_a_token_of_the_right_role() {
     assert!(refused >= guarded * 5, "{refused} refusals for {guarded} routes");
 
     // Nothing changed: no workflow, no event, no cluster state.
+    let name = pgdr_model::ClusterName::new("c");
+    assert!(!ctl.sh.clusters.freezes(&name).await.expect("freezes").any(), "a refused request froze the cluster");
     assert!(ctl.workflows().await.expect("workflows").is_empty(), "a refused request started a workflow");
     assert_eq!(ctl.sh.events.tail(10_000).await.expect("events").len(), events_before);
 
@@ -112,6 +114,9 @@ async fn every_controller_route_needs_a_token_of_the_right_role() {
     assert_eq!(need("POST", "/v1/workflows/{id}/approve"), Need::Role(Access::Operator));
     assert_eq!(need("GET", "/metrics"), Need::Role(Access::Viewer));
     assert_eq!(need("GET", "/v1/snapshot"), Need::Role(Access::Viewer));
+    assert_eq!(need("GET", "/v1/rules"), Need::Role(Access::Viewer));
+    assert_eq!(need("POST", "/v1/rules/freeze"), Need::Role(Access::Operator));
+    assert_eq!(need("POST", "/v1/rules/unfreeze"), Need::Role(Access::Operator));
     let public: Vec<&str> = ROUTES.iter().filter(|r| r.need == Need::Public).map(|r| r.path).collect();
     assert_eq!(public, ["/", "/status", "/status/page.css", "/status/page.js"]);
     // A method a path does not list is refused before any handler.

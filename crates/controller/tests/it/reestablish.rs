@@ -27,6 +27,7 @@ fn params(node: Option<&str>, to: Option<&str>) -> Params {
         crash: false,
         node: node.map(NodeName::new),
         keep_tail: true,
+        automatic: false,
     }
 }
 
