@@ -41,9 +41,9 @@ pub enum Command {
     Migrate(cmd::ops::RoleChangeArgs),
     /// The safety rules every role change is checked against, and which clusters are frozen (by whom, when).
     Rules(cmd::rules::RulesArgs),
-    /// Freeze CLUSTER (or --all): no automatic failover until unfrozen; an operator's switchover or failover still runs.
+    /// Freeze --cluster C (or --all): no automatic failover until unfrozen; an operator's switchover or failover still runs.
     Freeze(cmd::rules::FreezeArgs),
-    /// Unfreeze CLUSTER (or --all): automatic failover again.
+    /// Unfreeze --cluster C (or --all): automatic failover again.
     Unfreeze(cmd::rules::FreezeArgs),
     /// Let a workflow waiting at its approval gate go on.
     Approve(cmd::ops::ApproveArgs),

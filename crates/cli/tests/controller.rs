@@ -1508,3 +1508,97 @@ async fn dns_writer_name_follows_the_primary_across_regions() {
     assert!(!refused["message"].as_str().unwrap_or("").contains("d3Jvbmct"), "the secret is in the event");
     assert_eq!(dns_answer(&env).await, [DNS_EAST], "a refused update changes nothing");
 }
+
+/// Issue 17, the freeze rule. A frozen cluster whose primary's postmaster
+/// is killed gets no automatic failover: checked every 100 ms while frozen
+/// (the same epoch and primary in the store, no failover workflow, no
+/// second writable server) until a `failover_blocked` event naming the rule
+/// has been there for 3 s; an operator's failover still runs; unfrozen, the
+/// controller fails over on its own again.
+#[tokio::test(flavor = "multi_thread")]
+async fn frozen_cluster_gets_no_automatic_failover_but_an_operator_one_runs() {
+    let env = Env::start("freeze", Opts { failover_on_crash: true, ..Opts::default() }).await;
+    let config = env.sb.config.display().to_string();
+    let before = env.cluster().await.expect("cluster");
+    let old = before.primary.clone().expect("primary").to_string();
+    let seen = Env::ids(&env.workflows().await);
+
+    let (code, out, err) = pgdr(&["freeze", "--cluster", "main", "--reason", "maintenance", "--config", &config]);
+    assert_eq!(code, 0, "{out} {err}");
+    eprintln!("[{}] pgdr freeze:\n{out}", env.name);
+    assert!(out.contains("FROZEN by operator") && out.contains("maintenance"), "{out}");
+    let (code, out, err) = pgdr(&["rules", "--json", "--config", &config]);
+    assert_eq!(code, 0, "{out} {err}");
+    let rules: Value = serde_json::from_str(&out).expect("rules json");
+    let names: Vec<&str> =
+        rules["rules"].as_array().expect("rules").iter().filter_map(|r| r["name"].as_str()).collect();
+    assert_eq!(names, ["one-writable-primary", "route-epoch-primary", "rpo-lag", "freeze"]);
+    assert_eq!(rules["clusters"][0]["frozen"]["by"], "operator", "{rules}");
+    assert!(rules["global_freeze"].is_null(), "{rules}");
+    let view = env.cluster().await.expect("cluster");
+    assert_eq!(view.frozen.as_ref().map(|f| f.by.as_str()), Some("operator"));
+
+    let killed = Instant::now();
+    sig(env.postmaster_pid(&old), Signal::SIGKILL);
+    let mut blocked_at: Option<Instant> = None;
+    let mut polls = 0;
+    while blocked_at.is_none_or(|b| b.elapsed() < Duration::from_secs(3)) {
+        assert!(killed.elapsed() < Duration::from_secs(30), "no failover_blocked event 30 s after the kill");
+        let c = env.cluster().await.expect("cluster");
+        assert_eq!(
+            (c.epoch, c.primary.as_ref().map(|p| p.to_string())),
+            (before.epoch, Some(old.clone())),
+            "frozen, yet the role changed"
+        );
+        let new: Vec<WorkflowView> = env.workflows().await.into_iter().filter(|w| !seen.contains(&w.id)).collect();
+        assert!(new.is_empty(), "frozen, yet a workflow started: {new:?}");
+        assert!(env.writable_primaries().await.is_empty(), "frozen: the killed primary came back writable");
+        if blocked_at.is_none() {
+            let events = env.api.events(None).await.expect("events");
+            if let Some(e) = events.iter().find(|e| e["state"] == "failover_blocked") {
+                let msg = e["message"].as_str().unwrap_or("");
+                eprintln!("[{}] {:.1}s after the kill: {msg}", env.name, killed.elapsed().as_secs_f64());
+                assert!(msg.contains("refused by rule freeze"), "{msg}");
+                blocked_at = Some(Instant::now());
+            }
+        }
+        polls += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "[{}] no role change in {polls} polls over {:.1}s while frozen",
+        env.name,
+        killed.elapsed().as_secs_f64()
+    );
+    let view = env.cluster().await.expect("cluster");
+    assert!(view.detection.contains("frozen"), "{}", view.detection);
+
+    // An operator's failover is not gated.
+    let (code, out, err) = pgdr(&["failover", "--cluster", "main", "--yes", "--json", "--config", &config]);
+    assert_eq!(code, 0, "{out} {err}");
+    let wf = env.new_workflow("failover", &seen, Duration::from_secs(10)).await;
+    let wf = env.finished(&wf.id, Duration::from_secs(60)).await;
+    env.print_workflow(&wf);
+    assert_eq!(wf.state, "succeeded", "{wf:#?}");
+    let primary = env.one_primary().await;
+    assert_ne!(primary, old);
+    let after = env.cluster().await.expect("cluster");
+    assert!(after.epoch > before.epoch);
+
+    // Unfrozen: back to normal, the controller fails over by itself.
+    let (code, out, err) = pgdr(&["unfreeze", "--cluster", "main", "--config", &config]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(env.cluster().await.expect("cluster").frozen.is_none());
+    let events = env.api.events(None).await.expect("events");
+    for state in ["frozen", "unfrozen"] {
+        assert!(events.iter().any(|e| e["state"] == state), "no {state} event");
+    }
+    env.wait_ready().await;
+    let seen = Env::ids(&env.workflows().await);
+    sig(env.postmaster_pid(&primary), Signal::SIGKILL);
+    let wf = env.new_workflow("failover", &seen, Duration::from_secs(30)).await;
+    let wf = env.finished(&wf.id, Duration::from_secs(60)).await;
+    env.print_workflow(&wf);
+    assert_eq!(wf.state, "succeeded", "{wf:#?}");
+    assert_ne!(env.one_primary().await, primary);
+}

@@ -111,7 +111,7 @@ pub enum ChoiceError {
     #[error("no candidate to promote: {}", summary(.considered))]
     NoCandidate { considered: Vec<Considered> },
     #[error(
-        "every healthy replica lags past the tier's RPO ({}): {}; fail over anyway with --allow-data-loss, or set availability_over_rpo",
+        "refused by rule rpo-lag: every healthy replica lags past the tier's RPO ({}): {}; fail over anyway with --allow-data-loss, or set availability_over_rpo",
         pgdr_model::format_duration(*.rpo),
         summary(.considered)
     )]
@@ -327,6 +327,7 @@ mod tests {
         let nodes = vec![node("r", "east", 100, 9.0)];
         let err = choose(&nodes, &policy()).expect_err("past RPO");
         assert!(matches!(err, ChoiceError::PastRpo { .. }), "{err}");
+        assert!(err.to_string().starts_with("refused by rule rpo-lag: "), "{err}");
         assert!(err.to_string().contains("--allow-data-loss"));
         let mut p = policy();
         p.allow_data_loss = true;

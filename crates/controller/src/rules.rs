@@ -15,7 +15,10 @@ use crate::controller::{Controller, ControllerError};
 pub fn view(f: &Freeze, global: bool) -> FreezeView {
     FreezeView {
         by: f.by.clone(),
-        at: f.at.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| f.at.to_string()),
+        at: {
+            let at = f.at.replace_nanosecond(0).unwrap_or(f.at);
+            at.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| at.to_string())
+        },
         reason: f.reason.clone(),
         global,
     }

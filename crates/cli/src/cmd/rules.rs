@@ -21,7 +21,7 @@ pub struct RulesArgs {
 #[derive(Debug, Args)]
 pub struct FreezeArgs {
     /// The cluster to freeze (or unfreeze).
-    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    #[arg(long, required_unless_present = "all", conflicts_with = "all")]
     pub cluster: Option<String>,
     /// The global switch: every cluster.
     #[arg(long)]
@@ -85,7 +85,7 @@ fn print(v: &RulesView, json: bool) -> anyhow::Result<()> {
     println!("global freeze: {}", frozen(&v.global_freeze));
     println!("{:<16} frozen", "cluster");
     for c in &v.clusters {
-        println!("{:<16} {}", c.cluster, frozen(&c.frozen));
+        println!("{:<16} {}", c.cluster.as_str(), frozen(&c.frozen));
     }
     Ok(())
 }
