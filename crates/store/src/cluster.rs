@@ -208,29 +208,7 @@ impl ClusterStore {
         new_primary: Option<NodeName>,
         reason: &str,
     ) -> Result<ClusterState, ClusterError> {
-        let key = keys::cluster_state(cluster.as_str());
-        for _ in 0..CAS_TRIES {
-            let cur = self.state_versioned(cluster).await?;
-            let (current, primary, expect) = match &cur {
-                Some((s, v)) => (s.epoch, s.primary.clone(), Expect::Revision(v.revision)),
-                None => (Epoch::ZERO, None, Expect::Absent),
-            };
-            if current != expected {
-                return Err(ClusterError::EpochConflict { cluster: cluster.clone(), expected, current, primary });
-            }
-            let state = ClusterState {
-                cluster: cluster.clone(),
-                epoch: expected.next(),
-                primary: new_primary.clone(),
-                updated_at: self.clock.now(),
-                reason: reason.into(),
-            };
-            if self.store.compare_and_set(&key, expect, to_json(&key, &state)?, None).await?.is_done() {
-                tracing::info!(%cluster, epoch = %state.epoch, primary = ?state.primary, reason, "epoch raised");
-                return Ok(state);
-            }
-        }
-        Err(ClusterError::Contended { cluster: cluster.clone(), what: "raise_epoch" })
+        self.raise(cluster, expected, new_primary, reason, false).await
     }
 
     /// [`raise_epoch`](Self::raise_epoch) for an automatic role change: the
@@ -243,6 +221,17 @@ impl ClusterStore {
         expected: Epoch,
         new_primary: Option<NodeName>,
         reason: &str,
+    ) -> Result<ClusterState, ClusterError> {
+        self.raise(cluster, expected, new_primary, reason, true).await
+    }
+
+    async fn raise(
+        &self,
+        cluster: &ClusterName,
+        expected: Epoch,
+        new_primary: Option<NodeName>,
+        reason: &str,
+        unless_frozen: bool,
     ) -> Result<ClusterState, ClusterError> {
         let key = keys::cluster_state(cluster.as_str());
         let freeze_key = keys::cluster_freeze(cluster.as_str());
@@ -262,12 +251,11 @@ impl ClusterStore {
                 updated_at: self.clock.now(),
                 reason: reason.into(),
             };
-            let txn = Txn::new()
-                .check(&key, expect)
-                .check(keys::FREEZE_GLOBAL, Expect::Absent)
-                .check(&freeze_key, Expect::Absent)
-                .put(&key, to_json(&key, &state)?, None);
-            match self.store.txn(txn).await? {
+            let mut txn = Txn::new().check(&key, expect);
+            if unless_frozen {
+                txn = txn.check(keys::FREEZE_GLOBAL, Expect::Absent).check(&freeze_key, Expect::Absent);
+            }
+            match self.store.txn(txn.put(&key, to_json(&key, &state)?, None)).await? {
                 TxnOutcome::Done(_) => {
                     tracing::info!(%cluster, epoch = %state.epoch, primary = ?state.primary, reason, "epoch raised");
                     return Ok(state);
