@@ -1517,7 +1517,7 @@ async fn dns_writer_name_follows_the_primary_across_regions() {
 /// controller fails over on its own again.
 #[tokio::test(flavor = "multi_thread")]
 async fn frozen_cluster_gets_no_automatic_failover_but_an_operator_one_runs() {
-    let env = Env::start("freeze", Opts { failover_on_crash: true, ..Opts::default() }).await;
+    let mut env = Env::start("freeze", Opts { failover_on_crash: true, ..Opts::default() }).await;
     let config = env.sb.config.display().to_string();
     let before = env.cluster().await.expect("cluster");
     let old = before.primary.clone().expect("primary").to_string();
