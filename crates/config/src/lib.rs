@@ -541,12 +541,33 @@ pub enum DnsTarget {
 /// secret store of each region it writes them to.
 #[derive(Debug, Clone)]
 pub struct ClusterSecrets {
-    /// Cron expression (5 or 6 fields) of scheduled rotations.
-    pub schedule: Option<String>,
+    /// When the controller rotates on its own (`schedule` or `every`).
+    pub schedule: Option<RotationSchedule>,
+    /// Each cluster's scheduled rotation starts this cluster's share of
+    /// `spread` after the due time (a fixed offset from the cluster's
+    /// name), so clusters of one schedule do not all rotate at once.
+    pub spread: Duration,
     /// `pgdr secrets status` flags a stored secret older than this.
     pub max_age: Option<Duration>,
     pub roles: Vec<ManagedRole>,
     pub stores: Vec<SecretStoreConfig>,
+}
+
+/// `[clusters.secrets] schedule` (cron, 5 or 6 fields, checked by parsing
+/// it) or `every` (an interval since the last rotation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RotationSchedule {
+    Cron(String),
+    Every(Duration),
+}
+
+impl std::fmt::Display for RotationSchedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RotationSchedule::Cron(c) => write!(f, "cron {c:?}"),
+            RotationSchedule::Every(d) => write!(f, "every {}", pgdr_model::format_duration(*d)),
+        }
+    }
 }
 
 impl ClusterSecrets {

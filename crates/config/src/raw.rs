@@ -216,6 +216,11 @@ pub enum RawDnsTarget {
 pub struct RawSecrets {
     /// Cron expression for scheduled rotations.
     pub schedule: Option<String>,
+    /// Or an interval between scheduled rotations ("12h", "7d").
+    pub every: Option<String>,
+    /// How far each cluster's scheduled rotations are spread after the due
+    /// time, so clusters of one schedule do not all rotate at once.
+    pub spread: Option<String>,
     /// Oldest a stored secret may get before `pgdr secrets status` flags it.
     pub max_age: Option<String>,
     #[serde(default)]

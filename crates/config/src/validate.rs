@@ -1001,12 +1001,43 @@ fn cluster_secrets(
     region_ok: &dyn Fn(&str) -> bool,
 ) -> ClusterSecrets {
     let k = |f: &str| format!("clusters[{i}].secrets.{f}");
-    if let Some(s) = &raw.schedule {
-        let fields = s.split_whitespace().count();
-        if !(5..=6).contains(&fields) {
-            c.bad(k("schedule"), format!("expected a cron expression of 5 or 6 fields like \"0 3 * * 0\", got {s:?}"));
+    let schedule = match (&raw.schedule, &raw.every) {
+        (Some(_), Some(_)) => {
+            c.bad(k("every"), "expected either `schedule` (cron) or `every` (an interval), not both");
+            None
         }
-    }
+        (Some(s), None) => {
+            let fields = s.split_whitespace().count();
+            match s.parse::<croner::Cron>() {
+                Ok(_) if (5..=6).contains(&fields) => Some(RotationSchedule::Cron(s.clone())),
+                Ok(_) => {
+                    c.bad(
+                        k("schedule"),
+                        format!("expected a cron expression of 5 or 6 fields like \"0 3 * * 0\", got {s:?}"),
+                    );
+                    None
+                }
+                Err(e) => {
+                    c.bad(k("schedule"), format!("expected a cron expression like \"0 3 * * 0\", got {s:?}: {e}"));
+                    None
+                }
+            }
+        }
+        (None, Some(e)) => {
+            let d = c.duration(k("every"), Some(e), Duration::ZERO);
+            if parse_duration(e).is_err() {
+                None
+            } else if d < Duration::from_secs(60) {
+                c.bad(k("every"), format!("expected an interval of at least 1m like \"12h\" or \"7d\", got {e:?}"));
+                None
+            } else {
+                Some(RotationSchedule::Every(d))
+            }
+        }
+        (None, None) => None,
+    };
+    let spread =
+        raw.spread.as_deref().map_or(Duration::from_secs(600), |s| c.duration(k("spread"), Some(s), Duration::ZERO));
     let max_age = raw.max_age.as_deref().map(|a| c.duration(k("max_age"), Some(a), Duration::ZERO));
     if raw.roles.is_empty() {
         c.bad(k("roles"), "expected at least one [[clusters.secrets.roles]] with a `name`");
@@ -1133,5 +1164,5 @@ fn cluster_secrets(
         };
         stores.push(SecretStoreConfig { region: RegionName::new(&s.region), kind, key });
     }
-    ClusterSecrets { schedule: raw.schedule.clone(), max_age, roles, stores }
+    ClusterSecrets { schedule, spread, max_age, roles, stores }
 }

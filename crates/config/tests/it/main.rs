@@ -479,6 +479,21 @@ fn bad_secrets_config_names_the_key() {
             "not declared",
         ),
         ("schedule = \"0 3 * * *\"", "schedule = \"daily\"", "clusters[0].secrets.schedule", "cron expression"),
+        ("schedule = \"0 3 * * *\"", "schedule = \"0 25 * * *\"", "clusters[0].secrets.schedule", "cron expression"),
+        (
+            "schedule = \"0 3 * * *\"",
+            "schedule = \"0 3 * * *\"\nevery = \"7d\"",
+            "clusters[0].secrets.every",
+            "not both",
+        ),
+        ("schedule = \"0 3 * * *\"", "every = \"30s\"", "clusters[0].secrets.every", "at least 1m"),
+        ("schedule = \"0 3 * * *\"", "every = \"weekly\"", "clusters[0].secrets.every", "expected a duration"),
+        (
+            "schedule = \"0 3 * * *\"",
+            "schedule = \"0 3 * * *\"\nspread = \"soon\"",
+            "clusters[0].secrets.spread",
+            "expected a duration",
+        ),
         ("max_age = \"30d\"", "max_age = \"a month\"", "clusters[0].secrets.max_age", "expected a duration"),
         ("aws_region = \"us-west-2\"\n", "", "clusters[0].secrets.stores[1].aws_region", "needs `aws_region`"),
     ];
@@ -489,6 +504,12 @@ fn bad_secrets_config_names_the_key() {
         assert!(p.message.contains(words), "{key}: {:?} lacks {words:?}", p.message);
         assert!(err.to_string().starts_with("/etc/pgdr/pgdr.toml"), "{err}");
     }
+    // `every` instead of cron, with its spread.
+    let c = parse(&with_secrets(&SECRETS.replacen("schedule = \"0 3 * * *\"", "every = \"12h\"\nspread = \"1m\"", 1)))
+        .expect("every");
+    let s = c.clusters[0].secrets.as_ref().expect("secrets");
+    assert_eq!(s.schedule, Some(pgdr_config::RotationSchedule::Every(std::time::Duration::from_secs(12 * 3600))));
+    assert_eq!(s.spread, std::time::Duration::from_secs(60));
     // A region with nodes but no store.
     let text = with_secrets(&SECRETS.replacen("region = \"west\"\nkind = \"aws", "region = \"east\"\nkind = \"aws", 1));
     let err = parse(&text).expect_err("west has a node and no store");
