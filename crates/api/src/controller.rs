@@ -162,6 +162,37 @@ pub struct RoleChangeRequest {
     pub requested_by: Option<String>,
 }
 
+/// Body of `POST /v1/clusters/{name}/secrets/rotate`: a rotation of the
+/// cluster's managed roles as a controller workflow (`rotate-secrets`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotateRequest {
+    /// One managed role (default: every role of the cluster).
+    #[serde(default)]
+    pub role: Option<String>,
+    /// Plan only: the steps, the logins that would change, nothing changes.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Who asked (journalled; the API writes the token's holder).
+    #[serde(default)]
+    pub requested_by: Option<String>,
+}
+
+/// `GET /v1/clusters/{name}/secrets`: the rotation state the controller
+/// keeps (never a secret): the last rotation workflow, the next scheduled
+/// one, and a rotation waiting to run again after a failover preempted it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecretsView {
+    pub cluster: ClusterName,
+    /// The config's schedule, in words (`cron "0 3 * * *"`, `every 12h`).
+    pub schedule: Option<String>,
+    /// RFC 3339: when the controller starts the next scheduled rotation.
+    pub next_due: Option<String>,
+    /// The latest rotation workflow: id, state, created (RFC 3339), error.
+    pub last: Option<WorkflowView>,
+    /// A rotation preempted by a failover, run again once the cluster is free.
+    pub rerun: Option<String>,
+}
+
 /// What a role-change request did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkflowStarted {
@@ -304,6 +335,16 @@ impl ControllerClient {
 
     pub async fn unfreeze(&self, req: &FreezeRequest) -> Result<RulesView, ApiError> {
         self.post("/v1/rules/unfreeze", req).await
+    }
+
+    /// Starts (or plans, with `dry_run`) a rotation of the cluster's
+    /// managed roles as a controller workflow.
+    pub async fn rotate_secrets(&self, cluster: &str, req: &RotateRequest) -> Result<WorkflowStarted, ApiError> {
+        self.post(&format!("/v1/clusters/{cluster}/secrets/rotate"), req).await
+    }
+
+    pub async fn secrets(&self, cluster: &str) -> Result<SecretsView, ApiError> {
+        self.get(&format!("/v1/clusters/{cluster}/secrets")).await
     }
 
     pub async fn workflows(&self) -> Result<Vec<WorkflowView>, ApiError> {

@@ -100,7 +100,7 @@ fn rotation(out: &str, err: &str) -> Value {
 async fn rotate_writes_every_region_logs_in_everywhere_and_leaks_nothing() {
     let sb = SandboxGuard::start_temp(Sandbox::builder(), Path::new(PGDR)).await.expect("sandbox up");
     let cfg = Config::load(&sb.config).expect("the sandbox's config");
-    let (_run, api) = run_and_wait(&sb, &cfg, 2).await;
+    let (run, api) = run_and_wait(&sb, &cfg, 2).await;
     let mut passwords = Vec::new();
 
     // 1. The first rotation: no setup beyond `sandbox up`.
@@ -264,6 +264,9 @@ async fn rotate_writes_every_region_logs_in_everywhere_and_leaks_nothing() {
     let mut text = std::fs::read_to_string(&sb.config).expect("config");
     text.push_str("\n[[clusters.secrets.roles]]\nname = \"batch\"\nstrategy = \"single\"\n");
     std::fs::write(&sb.config, text).expect("config");
+    // The controller rotates the roles of its config: it starts again to learn the new one.
+    drop(run);
+    let (_run, _) = run_and_wait(&sb, &cfg, 2).await;
     let batch = |region: &str| -> SecretValue {
         let p = sb.dir.join("secret-stores").join(region).join("main.batch.json");
         serde_json::from_str(&std::fs::read_to_string(&p).expect("batch secret")).expect("json")
@@ -312,7 +315,12 @@ async fn run_and_wait(
     cfg: &Config,
     replicas: usize,
 ) -> (Run, pgdr_api::controller::ControllerClient) {
-    let log = std::fs::File::create(sb.dir.join("logs").join("run.log")).expect("run log");
+    // Appended to: a test that restarts `pgdr run` keeps both logs.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(sb.dir.join("logs").join("run.log"))
+        .expect("run log");
     let run = Run(Command::new(PGDR)
         .arg("run")
         .arg("--config")
@@ -652,4 +660,105 @@ async fn rotation_racing_a_failover_never_stores_a_refused_secret() {
     // Each region keeps a node of the set (east-2 or west-1 promoted, the
     // other one a standby): both stores are written and log in.
     assert_stores(&sb, &["east", "west"], version, (&node.host, node.port), "after the race").await;
+}
+
+/// The rotation is the controller's `rotate-secrets` workflow: a plan
+/// first (`--dry-run`: nothing changes), then a rotation started through
+/// the API; `pgdr run` (controller and proxies) is SIGKILLed while the
+/// workflow's `rotate_app` step runs and started again: the new controller
+/// resumes the workflow from its journal (the interrupted step runs again)
+/// and it ends with every region's stored secret logging in through its
+/// proxy and directly on every node. No password in the journal, the
+/// events, pgdr's output or any file of the sandbox (the state store
+/// included).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_controller_killed_mid_rotation_resumes_it_and_every_store_logs_in() {
+    let sb = SandboxGuard::start_temp(Sandbox::builder(), Path::new(PGDR)).await.expect("sandbox up");
+    let cfg = Config::load(&sb.config).expect("the sandbox's config");
+    let (run, api) = run_and_wait(&sb, &cfg, 2).await;
+    let mut passwords = Vec::new();
+
+    // Through the CLI: the workflow, followed to its end.
+    let first = rotate_now(&sb.config, "first").await;
+    assert_eq!(first["state"], "succeeded", "{first:#}");
+    let id = first["workflow"].as_str().expect("the workflow's id").to_owned();
+    let w = api.workflow(&id).await.expect("workflow");
+    assert_eq!(w.kind, "rotate-secrets");
+    let steps: Vec<(&str, &str)> = w.steps.iter().map(|s| (s.name.as_str(), s.state.as_str())).collect();
+    assert_eq!(steps, [("check", "succeeded"), ("rotate_app", "succeeded"), ("report", "succeeded")], "{w:#?}");
+    passwords.push(stored(&sb.dir, "east").password);
+
+    // A dry run plans and changes nothing.
+    let (code, plan, perr) = pgdr_async(&sb.config, &["secrets", "rotate", "--cluster", "main", "--dry-run"]).await;
+    assert_eq!(code, 0, "{plan}\n{perr}");
+    assert!(plan.contains("rotate_app") && plan.contains("live check: primary east-1"), "{plan}");
+    assert_eq!(stored(&sb.dir, "east").version, 1, "a dry run changed a store");
+
+    // Started through the API, then the controller killed mid-step.
+    let started = api
+        .rotate_secrets("main", &pgdr_api::controller::RotateRequest::default())
+        .await
+        .expect("rotate through the API");
+    let id = started.id.expect("id");
+    let t = Instant::now();
+    loop {
+        let w = api.workflow(&id).await.expect("workflow");
+        if w.steps.iter().any(|s| s.name == "rotate_app" && s.state == "started") {
+            break;
+        }
+        assert!(w.state == "running", "the rotation ended before the kill: {w:#?}");
+        assert!(t.elapsed() < Duration::from_secs(30), "rotate_app never started: {w:#?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut run = run;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(run.0.id() as i32), nix::sys::signal::Signal::SIGKILL)
+        .expect("SIGKILL pgdr run");
+    let _ = run.0.wait();
+    eprintln!("pgdr run SIGKILLed {} ms into the rotation", t.elapsed().as_millis());
+    let (_run, api) = run_and_wait(&sb, &cfg, 2).await;
+    let t = Instant::now();
+    let w = loop {
+        let w = api.workflow(&id).await.expect("workflow after the restart");
+        if matches!(w.state.as_str(), "succeeded" | "failed" | "cancelled") {
+            break w;
+        }
+        assert!(t.elapsed() < Duration::from_secs(90), "the resumed rotation did not end: {w:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(w.state, "succeeded", "{w:#?}");
+    let step = w.steps.iter().find(|s| s.name == "rotate_app").expect("rotate_app");
+    assert!(step.attempts >= 2, "the interrupted step ran again after the restart: {w:#?}");
+    let east = stored(&sb.dir, "east");
+    for region in ["east", "west"] {
+        let v = stored(&sb.dir, region);
+        assert_eq!((v.version, v.username.as_str()), (east.version, east.username.as_str()), "{region}");
+        assert!(v.version >= 2, "{region} holds version {}", v.version);
+        passwords.push(v.password.clone());
+        pgdr_secrets::rotate::login(&v, None, sb.pg_tls())
+            .await
+            .unwrap_or_else(|e| panic!("{region} through its proxy after the resume: {e}"));
+        for n in sb.nodes() {
+            let t = Instant::now();
+            // A standby reached directly may still be replaying.
+            while let Err(e) = pgdr_secrets::rotate::login(&v, Some((&n.host, n.port)), sb.pg_tls()).await {
+                assert!(t.elapsed() < Duration::from_secs(10), "{region}'s secret on {}: {e}", n.name);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    // Events per store, and the rotation in `secrets show`.
+    let events = serde_json::to_string(&api.events(None).await.expect("events")).expect("json");
+    assert!(events.contains("secret_store_verified"), "no per-store event");
+    let (code, show, serr) = pgdr_async(&sb.config, &["secrets", "show", "--cluster", "main"]).await;
+    assert_eq!(code, 0, "{show}\n{serr}");
+    assert!(show.contains(&format!("current login {}", east.username)) && show.contains(&id), "{show}");
+    let journal = serde_json::to_string(&w).expect("json");
+    let outputs = [plan, perr, show, serr, first.to_string(), journal].join("\n");
+    for p in &passwords {
+        assert!(!outputs.contains(p.as_str()), "a password in pgdr's output or the journal");
+        assert!(!events.contains(p.as_str()), "a password in the controller's events");
+    }
+    let mut found = Vec::new();
+    files_containing(&sb.dir, &passwords, &sb.dir.join("secret-stores"), &mut found);
+    assert!(found.is_empty(), "a password in {found:?}");
 }

@@ -15,7 +15,7 @@ use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
-use pgdr_api::controller::{FreezeRequest, LeaseReply, LeaseRequest, RoleChangeRequest, error_body};
+use pgdr_api::controller::{FreezeRequest, LeaseReply, LeaseRequest, RoleChangeRequest, RotateRequest, error_body};
 use pgdr_config::Access;
 use pgdr_config::auth::Caller;
 use pgdr_model::ClusterName;
@@ -75,6 +75,9 @@ pub const ROUTES: &[Route] = &[
     route(Method::POST, "/v1/clusters/{name}/lease", Need::Role(Access::Agent), || post(lease)),
     // switchover, failover, failback
     route(Method::POST, "/v1/clusters/{name}/{kind}", OPERATE, || post(role_change)),
+    // Secret rotation (issue 16): start or plan one; the rotation state.
+    route(Method::POST, "/v1/clusters/{name}/secrets/rotate", OPERATE, || post(rotate_secrets)),
+    route(Method::GET, "/v1/clusters/{name}/secrets", VIEW, || get(secrets)),
     route(Method::GET, "/v1/workflows", VIEW, || get(workflows)),
     route(Method::GET, "/v1/workflows/{id}", VIEW, || get(workflow)),
     route(Method::POST, "/v1/workflows/{id}/approve", OPERATE, || post(approve)),
@@ -180,6 +183,23 @@ async fn role_change(
         _ => caller.name,
     });
     Ok(axum::Json(ctl.role_change(&name, &kind, req).await?).into_response())
+}
+
+async fn rotate_secrets(
+    State(ctl): State<Controller>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    axum::Json(mut req): axum::Json<RotateRequest>,
+) -> Result<Response, ControllerError> {
+    req.requested_by = Some(match req.requested_by.take() {
+        Some(said) if said != caller.name => format!("{} ({said})", caller.name),
+        _ => caller.name,
+    });
+    Ok(axum::Json(crate::rotation::start(&ctl, &name, req).await?).into_response())
+}
+
+async fn secrets(State(ctl): State<Controller>, Path(name): Path<String>) -> Result<Response, ControllerError> {
+    Ok(axum::Json(crate::rotation::view(&ctl, &name).await?).into_response())
 }
 
 async fn lease(

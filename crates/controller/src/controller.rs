@@ -132,7 +132,7 @@ impl Controller {
         let engine = Engine::new(
             store,
             clock,
-            workflows::registry(&sh).register(crate::backups::def(&sh)),
+            workflows::registry(&sh).register(crate::backups::def(&sh)).register(crate::rotation::def(&sh)),
             EngineOptions { owner: owner.to_owned(), ..EngineOptions::default() },
         )
         .await?;
@@ -155,6 +155,7 @@ impl Controller {
         if self.sh.config.clusters.iter().any(|c| c.dns.is_some()) {
             tracker.spawn(crate::dns::run(self.clone(), cancel.clone()));
         }
+        tracker.spawn(crate::rotation::run(self.clone(), cancel.clone()));
         let every = self.sh.config.controller.readiness_interval;
         tracker.spawn(crate::readiness::run(self.clone(), every, cancel.clone()));
         // Engine events (every step) go to the webhooks too.
@@ -192,8 +193,15 @@ impl Controller {
         res.map_err(ControllerError::Serve)
     }
 
-    /// Whether a role-changing workflow holds the cluster's lock.
+    /// Whether a role-changing workflow holds the cluster's lock. A secret
+    /// rotation holds it too but does not count: detection goes on while it
+    /// runs, and a failover preempts it ([`crate::rotation::preempt`]).
     pub async fn busy(&self, cluster: &ClusterName) -> bool {
+        self.locked(cluster).await && !crate::rotation::is_rotation_lock(&self.sh, cluster.as_str()).await
+    }
+
+    /// Whether any workflow holds the cluster's lock (a rotation included).
+    pub async fn locked(&self, cluster: &ClusterName) -> bool {
         matches!(self.sh.store.get(&pgdr_store::keys::cluster_lock(cluster.as_str())).await, Ok(Some(_)))
     }
 
@@ -209,7 +217,7 @@ impl Controller {
         let cluster = params.cluster.clone();
         let value = serde_json::to_value(&params).map_err(|e| ControllerError::BadRequest(e.to_string()))?;
         if kind == workflows::REESTABLISH {
-            if self.busy(&cluster).await {
+            if self.locked(&cluster).await {
                 return Err(ControllerError::Conflict(format!("a role change is running on cluster {cluster}")));
             }
             if let Some(id) = self.reestablishing(&cluster).await?.first() {
@@ -218,6 +226,9 @@ impl Controller {
                     id.as_str()
                 )));
             }
+        }
+        if kind == workflows::FAILOVER {
+            crate::rotation::preempt(self, &cluster, &format!("failover: {}", params.reason)).await;
         }
         let handle = self.engine.start(kind, &cluster, value).await?;
         if kind != workflows::REESTABLISH {

@@ -25,6 +25,7 @@ pub mod page;
 pub mod probe;
 pub mod readiness;
 pub mod rules;
+pub mod rotation;
 pub mod runtime;
 pub mod sync;
 pub mod webhook;

@@ -57,7 +57,9 @@ pub fn regressions<'a>(before: &[Finding], after: &'a [Finding]) -> Vec<&'a Find
 /// nothing to regress from). Returns the regressions.
 pub async fn run_once(ctl: &Controller) -> Vec<Finding> {
     let sh = &ctl.sh;
-    let found = pgdr_drill::readiness::check(&sh.config, None).await.findings;
+    let mut found = pgdr_drill::readiness::check(&sh.config, None).await.findings;
+    // Per region: does the stored secret log in now (issue 16)?
+    found.extend(crate::rotation::findings(&sh.config, None).await);
     let before = sh.readiness.lock().ok().and_then(|r| r.as_ref().map(|r| r.findings.clone()));
     let regressed: Vec<Finding> = match &before {
         Some(b) => regressions(b, &found).into_iter().cloned().collect(),

@@ -56,6 +56,12 @@ pub trait ProxyControl: Send + Sync + std::fmt::Debug {
         self.publish(cluster, route);
         self.resume(cluster).await
     }
+
+    /// Makes every proxy of the cluster reload its user verifiers (after a
+    /// password change), by proxy; none by default.
+    async fn refresh_users(&self, _cluster: &ClusterName) -> Vec<(String, Result<(), String>)> {
+        Vec::new()
+    }
 }
 
 /// Proxies driven through their admin HTTP API (`POST /v1/clusters/{c}/pause`).
@@ -116,6 +122,24 @@ impl ProxyControl for HttpProxies {
     }
     async fn resume(&self, cluster: &ClusterName) -> Result<(), String> {
         self.call(cluster, "resume").await
+    }
+
+    async fn refresh_users(&self, cluster: &ClusterName) -> Vec<(String, Result<(), String>)> {
+        let mut out = Vec::new();
+        for (api, token) in self.apis.get(cluster).into_iter().flatten() {
+            let url = format!("{}://{api}/v1/clusters/{cluster}/users/refresh", self.scheme);
+            let mut req = self.http.post(&url).timeout(Duration::from_secs(10));
+            if let Some(t) = token {
+                req = req.bearer_auth(t.expose());
+            }
+            let res = match req.send().await {
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) => Err(format!("{url}: HTTP {}", r.status())),
+                Err(e) => Err(format!("{url}: {e}")),
+            };
+            out.push((api.clone(), res));
+        }
+        out
     }
     /// Sends the route to every proxy of the cluster (`POST
     /// /v1/clusters/{c}/route`) without waiting: a proxy refuses a route of

@@ -34,7 +34,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pgdr_config::{Cluster, Config, ManagedRole, RotationStrategy, SecretStoreConfig};
 use pgdr_node::local::{conn_quote, pg_detail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::store::{SecretStore, StoreError, open_store};
 use crate::{SecretKey, SecretValue, password};
@@ -98,7 +98,7 @@ impl RotateError {
 }
 
 /// What happened to one region's store.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StoreReport {
     pub region: String,
     pub store: String,
@@ -120,7 +120,7 @@ pub struct StoreReport {
 }
 
 /// One standby's replay of the change.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReplayReport {
     pub node: String,
     pub replayed: bool,
@@ -128,7 +128,7 @@ pub struct ReplayReport {
 }
 
 /// One proxy's reload of its user verifiers.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProxyReport {
     pub proxy: String,
     pub refreshed: bool,
@@ -136,7 +136,7 @@ pub struct ProxyReport {
 }
 
 /// One managed role.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RoleReport {
     pub role: String,
     pub strategy: String,

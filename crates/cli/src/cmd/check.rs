@@ -27,7 +27,7 @@ pub fn run(global: &Global, args: CheckArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Runtime::new()?;
     let mut r = rt.block_on(readiness::check(&cfg, args.cluster.as_deref()));
     r.findings.extend(rt.block_on(immutable_destinations(&cfg, args.cluster.as_deref())));
-    r.findings.extend(rt.block_on(stored_secrets(&cfg, args.cluster.as_deref())));
+    r.findings.extend(rt.block_on(pgdr_controller::rotation::findings(&cfg, args.cluster.as_deref())));
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
@@ -45,70 +45,6 @@ pub fn run(global: &Global, args: CheckArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(if r.has_errors() { ExitCode::from(1) } else { ExitCode::SUCCESS })
-}
-
-/// Managed roles: does each region's stored secret log in now, through the
-/// endpoint it names? (Never the password in a finding.)
-async fn stored_secrets(cfg: &pgdr_config::Config, only: Option<&str>) -> Vec<readiness::Finding> {
-    let mut out = Vec::new();
-    let clusters = cfg.clusters.iter().filter(|c| c.secrets.is_some() && only.is_none_or(|o| o == c.name.as_str()));
-    for c in clusters {
-        let report = match pgdr_secrets::rotate::status(cfg, c.name.as_str(), None, true).await {
-            Ok(r) => r,
-            Err(e) => {
-                out.push(readiness::Finding {
-                    severity: Severity::Error,
-                    cluster: c.name.to_string(),
-                    check: "secrets".into(),
-                    node: None,
-                    message: e.to_string(),
-                    fix: String::new(),
-                });
-                continue;
-            }
-        };
-        for r in &report.roles {
-            for s in &r.stores {
-                let what = format!("role {}'s secret in {}'s store", r.role, s.region);
-                let (severity, message, fix) = match (&s.error, s.version) {
-                    (Some(e), None) if e.contains("no secret stored yet") => (
-                        Severity::Warning,
-                        format!("{what}: none stored yet"),
-                        format!("`pgdr secrets rotate --cluster {}`", c.name),
-                    ),
-                    (Some(e), _) => (
-                        Severity::Error,
-                        format!("{what}: {e}"),
-                        format!("`pgdr secrets rotate --cluster {}` once the store and the endpoint answer", c.name),
-                    ),
-                    (None, _) if s.too_old => (
-                        Severity::Warning,
-                        format!("{what} (version {}) is older than max_age", s.version.unwrap_or(0)),
-                        format!("`pgdr secrets rotate --cluster {}`", c.name),
-                    ),
-                    (None, _) => (
-                        Severity::Ok,
-                        format!(
-                            "{what} (version {}, login {}) logs in through {}",
-                            s.version.unwrap_or(0),
-                            s.login.as_deref().unwrap_or("-"),
-                            s.via.as_deref().unwrap_or("-")
-                        ),
-                        String::new(),
-                    ),
-                };
-                out.push(readiness::Finding {
-                    severity,
-                    cluster: c.name.to_string(),
-                    check: "secrets".into(),
-                    node: None,
-                    message,
-                    fix,
-                });
-            }
-        }
-    }
-    out
 }
 
 /// Destinations marked immutable: does the store enforce it (S3 Object Lock

@@ -282,13 +282,13 @@ struct InProcess {
     /// In a sandbox with links between regions: each node as seen from each
     /// region, so a proxy reaches backends the way its region does.
     backends: Option<pgdr_sandbox::wan::Backends>,
-    handles: HashMap<ClusterName, Vec<ProxyHandle>>,
+    handles: HashMap<ClusterName, Vec<(String, ProxyHandle)>>,
 }
 
 #[async_trait]
 impl ProxyControl for InProcess {
     async fn pause(&self, cluster: &ClusterName, drain: Drain) -> Result<(), String> {
-        for h in self.handles.get(cluster).into_iter().flatten() {
+        for (_, h) in self.handles.get(cluster).into_iter().flatten() {
             let drain = match drain {
                 Drain::Running => None,
                 Drain::Nothing => Some(std::time::Duration::ZERO),
@@ -299,10 +299,18 @@ impl ProxyControl for InProcess {
     }
 
     async fn resume(&self, cluster: &ClusterName) -> Result<(), String> {
-        for h in self.handles.get(cluster).into_iter().flatten() {
+        for (_, h) in self.handles.get(cluster).into_iter().flatten() {
             h.resume(cluster.as_str()).map_err(|e| e.to_string())?;
         }
         Ok(())
+    }
+
+    async fn refresh_users(&self, cluster: &ClusterName) -> Vec<(String, Result<(), String>)> {
+        let mut out = Vec::new();
+        for (name, h) in self.handles.get(cluster).into_iter().flatten() {
+            out.push((name.clone(), h.refresh_users(cluster.as_str()).await.map(|_| ()).map_err(|e| e.to_string())));
+        }
+        out
     }
 
     fn publish(&self, cluster: &ClusterName, route: &RouteInfo) {
@@ -350,7 +358,7 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
             r => r?,
         });
         let mut routes: HashMap<ClusterName, Vec<(String, watch::Sender<Routing>)>> = HashMap::new();
-        let mut handles: HashMap<ClusterName, Vec<ProxyHandle>> = HashMap::new();
+        let mut handles: HashMap<ClusterName, Vec<(String, ProxyHandle)>> = HashMap::new();
         // With controllers in several regions each serves its own region's
         // proxies (another region's addresses are another host's).
         let serves = |p: &&pgdr_config::Proxy| {
@@ -407,7 +415,7 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
                 }
             });
             tracing::info!(proxy = p.name, writer = %p.writer, "proxy started");
-            handles.entry(p.cluster.clone()).or_default().push(handle);
+            handles.entry(p.cluster.clone()).or_default().push((p.name.clone(), handle));
         }
         let control = Arc::new(InProcess { routes, backends, handles });
         let name = owner(&cfg);

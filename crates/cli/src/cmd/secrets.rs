@@ -1,38 +1,47 @@
-//! `pgdr secrets rotate|status|verify`: managed database credentials
-//! (docs/secrets.md). The rotation runs here, in the CLI, against the
-//! controller's view of the cluster: it reads the epoch, the primary and the
-//! replica set from the controller's API (a viewer token), refuses to start
-//! while a role change holds the cluster's lock, and re-reads the epoch
-//! inside the database transaction that changes the password, so a
-//! failover that starts meanwhile sends the change to the new primary.
+//! `pgdr secrets rotate|status|verify|show`: managed database credentials
+//! (docs/secrets.md). `rotate` asks the controller to run the
+//! `rotate-secrets` workflow (an operator token) and follows it to its end:
+//! the controller holds the cluster's lock for it, journals every step,
+//! resumes it after a restart and lets a failover preempt it. There is no
+//! way around the controller: a rotation without the lock could race a
+//! switchover, so with the controller down `rotate` exits 1 and changes
+//! nothing.
 //!
-//! Exit codes: 0 every store written and logging in; 1 a store, a standby
-//! or the database failed (the report says which; a rerun repairs); 2 bad
-//! usage or config. No password is ever printed.
+//! Exit codes: 0 every store written and logging in; 1 a store, a standby,
+//! the database or the controller failed, or a failover preempted the
+//! rotation (the report says which; the controller reruns a preempted one);
+//! 2 bad usage or config. No password is ever printed.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use async_trait::async_trait;
 use clap::{Args, Subcommand};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use pgdr_api::controller::ControllerClient;
+use pgdr_api::controller::{ControllerClient, RotateRequest, WorkflowView};
 use pgdr_config::Config;
-use pgdr_model::Role;
-use pgdr_secrets::rotate::{Report, Topology, TopologySource};
+use pgdr_secrets::rotate::{Report, RoleReport};
 
 use super::Global;
 use crate::exit::Usage;
 
+/// The longest `rotate` follows a workflow (each standby's replay is
+/// bounded by 30 s, each store's writes by their retries).
+const FOLLOW_LIMIT: Duration = Duration::from_secs(600);
+/// How long `rotate` keeps following through a controller that does not
+/// answer (restarting: the workflow resumes from its journal).
+const UNREACHABLE_LIMIT: Duration = Duration::from_secs(90);
+
 #[derive(Debug, Subcommand)]
 pub enum SecretsCmd {
-    /// Rotate the managed roles' passwords on the primary and write every region's store.
-    Rotate(SecretsArgs),
+    /// Rotate the managed roles' passwords: the controller's rotate-secrets workflow, followed to its end.
+    Rotate(RotateArgs),
     /// What every region's store holds (version, login, age; never the password).
     Status(SecretsArgs),
     /// Log in with every region's stored secret through the endpoint it names; exit 1 if one fails.
     Verify(SecretsArgs),
+    /// Which login is current, when it was rotated, each region's store, the last and next rotation (never the password).
+    Show(SecretsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -46,110 +55,267 @@ pub struct SecretsArgs {
     pub json: bool,
 }
 
-fn topology(v: pgdr_api::controller::ClusterView) -> Result<Topology, String> {
-    let primary = v.primary.ok_or_else(|| format!("the controller names no primary for cluster {}", v.name))?;
-    let mut replicas = Vec::new();
-    let mut excluded = Vec::new();
-    let mut unknown = Vec::new();
-    for n in &v.nodes {
-        if n.name == primary {
-            continue;
-        }
-        if n.fenced {
-            excluded.push((n.name.to_string(), "fenced".to_owned()));
-        } else if n.role == Role::Replica && n.reachable {
-            replicas.push(n.name.to_string());
-        } else if !n.reachable || matches!(n.role, Role::Down | Role::Unknown) {
-            // The controller's last probe may predate a restart (a node
-            // rejoined a moment ago reads "down" until the next probe):
-            // its server is asked directly.
-            unknown.push(n.name.to_string());
-        } else {
-            excluded.push((n.name.to_string(), format!("role {}", n.role)));
-        }
-    }
-    Ok(Topology { epoch: v.epoch.0, primary: primary.to_string(), replicas, excluded, unknown, busy: v.workflow })
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    #[command(flatten)]
+    pub common: SecretsArgs,
+    /// Show the steps and what would change; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 pub fn run(global: &Global, cmd: SecretsCmd) -> anyhow::Result<ExitCode> {
     let cfg = global.load_config()?;
     let (args, what) = match &cmd {
-        SecretsCmd::Rotate(a) => (a, "rotate"),
+        SecretsCmd::Rotate(a) => (&a.common, "rotate"),
         SecretsCmd::Status(a) => (a, "status"),
         SecretsCmd::Verify(a) => (a, "verify"),
+        SecretsCmd::Show(a) => (a, "show"),
     };
     pgdr_secrets::rotate::managed(&cfg, &args.cluster, args.role.as_deref()).map_err(|e| Usage(e.to_string()))?;
     init_logs();
     let rt =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
-    let report = rt.block_on(async {
-        match what {
-            "rotate" => {
-                let client =
-                    super::ops::client_for(&cfg, pgdr_config::Access::Viewer)?.with_timeout(Duration::from_secs(5));
-                let mut proxies = Vec::new();
-                for p in cfg.proxies_of(&args.cluster) {
-                    if let Some(a) = p.api {
-                        proxies.push((
-                            p.name.clone(),
-                            a.to_string(),
-                            cfg.proxy_api_token(p).map_err(|e| Usage(e.to_string()))?,
-                        ));
-                    }
+    match &cmd {
+        SecretsCmd::Rotate(a) => rt.block_on(rotate(&cfg, a)),
+        SecretsCmd::Show(a) => rt.block_on(show(&cfg, a)),
+        _ => {
+            let report =
+                rt.block_on(pgdr_secrets::rotate::status(&cfg, &args.cluster, args.role.as_deref(), what == "verify"))?;
+            print(&cfg, &report, what, args.json)?;
+            Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+    }
+}
+
+async fn rotate(cfg: &Config, a: &RotateArgs) -> anyhow::Result<ExitCode> {
+    let args = &a.common;
+    let client = super::ops::client_for(cfg, pgdr_config::Access::Operator)?.with_timeout(Duration::from_secs(30));
+    let req = RotateRequest { role: args.role.clone(), dry_run: a.dry_run, requested_by: None };
+    let id = match client.rotate_secrets(&args.cluster, &req).await {
+        Ok(started) if started.dry_run => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&started)?);
+            } else {
+                println!("rotate-secrets on cluster {} (dry run, nothing changes):", args.cluster);
+                for l in &started.plan {
+                    println!("  {l}");
                 }
-                // The proxies' admin APIs serve HTTPS under [tls].
-                let tls = crate::tls::http(&cfg)?;
-                let http = tls.client(Duration::from_secs(10))?;
-                let source = Source { client, cluster: args.cluster.clone(), proxies, http, scheme: tls.scheme() };
-                Ok::<Report, anyhow::Error>(
-                    pgdr_secrets::rotate::rotate(&cfg, &args.cluster, args.role.as_deref(), &source).await?,
-                )
             }
-            _ => Ok(pgdr_secrets::rotate::status(&cfg, &args.cluster, args.role.as_deref(), what == "verify").await?),
+            return Ok(ExitCode::SUCCESS);
         }
-    })?;
-    print(&cfg, &report, what, args.json)?;
-    Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
-}
-
-struct Source {
-    client: ControllerClient,
-    cluster: String,
-    /// Each proxy of the cluster with an admin API: name, address, token.
-    proxies: Vec<(String, String, Option<pgdr_config::Redacted>)>,
-    http: reqwest::Client,
-    /// `https` under `[tls]`.
-    scheme: &'static str,
-}
-
-#[async_trait]
-impl TopologySource for Source {
-    async fn current(&self) -> Result<Topology, String> {
-        let v = self
-            .client
-            .cluster(&self.cluster)
-            .await
-            .map_err(|e| format!("the controller at {} did not answer: {e}", self.client.addr()))?;
-        topology(v)
-    }
-
-    async fn refresh_proxies(&self) -> Vec<(String, Result<(), String>)> {
-        let mut out = Vec::new();
-        for (name, addr, token) in &self.proxies {
-            let url = format!("{}://{addr}/v1/clusters/{}/users/refresh", self.scheme, self.cluster);
-            let mut req = self.http.post(&url).timeout(Duration::from_secs(10));
-            if let Some(t) = token {
-                req = req.bearer_auth(t.expose());
+        Ok(started) => started.id.context("the controller started no workflow")?,
+        Err(e) if e.is_unreachable() => {
+            eprintln!(
+                "error: the controller at {} did not answer ({e}): rotations run in the controller, which holds the cluster's lock for them; nothing changed",
+                client.addr()
+            );
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => match running_rotation(&client, &args.cluster).await {
+            // Already rotating (a schedule, a rerun, another operator): follow that one.
+            Some(id) => {
+                eprintln!("a rotation is already running on cluster {}: following workflow {id}", args.cluster);
+                id
             }
-            let res = match req.send().await {
-                Ok(r) if r.status().is_success() => Ok(()),
-                Ok(r) => Err(format!("{url}: HTTP {}: {}", r.status(), r.text().await.unwrap_or_default().trim())),
-                Err(e) => Err(format!("{url}: {e}")),
+            None => {
+                let msg = if e.to_string().contains("busy") {
+                    format!("a workflow is running on cluster {}: rotate once it ends ({e})", args.cluster)
+                } else {
+                    e.to_string()
+                };
+                if args.json {
+                    println!("{}", serde_json::json!({"error": msg}));
+                }
+                eprintln!("error: {msg}");
+                return Ok(ExitCode::from(1));
+            }
+        },
+    };
+    if !args.json {
+        eprintln!("rotate-secrets workflow {id} started on cluster {}", args.cluster);
+    }
+    let view = follow(&client, &id).await?;
+    let report = report_of(&args.cluster, &view);
+    if args.json {
+        // The report as `status` and earlier versions print it, with the workflow.
+        let mut v = serde_json::to_value(&report)?;
+        v["workflow"] = serde_json::json!(view.id);
+        v["state"] = serde_json::json!(view.state);
+        v["error"] = serde_json::json!(view.error);
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print(cfg, &report, "rotate", false)?;
+        match view.state.as_str() {
+            "succeeded" => {}
+            "cancelled" => eprintln!(
+                "error: workflow {} was cancelled (a failover preempts a rotation): every store keeps a login that logs in, and the controller rotates again once the cluster is free (pgdr secrets show)",
+                view.id
+            ),
+            s => eprintln!("error: workflow {} {s}: {}", view.id, view.error.clone().unwrap_or_default()),
+        }
+    }
+    Ok(if view.state == "succeeded" && report.ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+async fn running_rotation(client: &ControllerClient, cluster: &str) -> Option<String> {
+    let list = client.workflows().await.ok()?;
+    list.into_iter()
+        .filter(|w| w.kind == "rotate-secrets" && w.cluster.as_str() == cluster)
+        .filter(|w| !matches!(w.state.as_str(), "succeeded" | "failed" | "cancelled"))
+        .map(|w| w.id)
+        .max()
+}
+
+/// Polls the workflow until it ends, through a controller restart.
+async fn follow(client: &ControllerClient, id: &str) -> anyhow::Result<WorkflowView> {
+    let started = tokio::time::Instant::now();
+    let mut unreachable_since: Option<tokio::time::Instant> = None;
+    loop {
+        match client.workflow(id).await {
+            Ok(v) if matches!(v.state.as_str(), "succeeded" | "failed" | "cancelled") => return Ok(v),
+            Ok(_) => unreachable_since = None,
+            Err(e) => {
+                let since = *unreachable_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() > UNREACHABLE_LIMIT {
+                    anyhow::bail!(
+                        "the controller at {} stopped answering ({e}); workflow {id} resumes when it is back: pgdr secrets show",
+                        client.addr()
+                    );
+                }
+            }
+        }
+        if started.elapsed() > FOLLOW_LIMIT {
+            anyhow::bail!("workflow {id} still running after {}s: pgdr workflow show {id}", FOLLOW_LIMIT.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The rotation's report, from its journalled step outputs.
+fn report_of(cluster: &str, v: &WorkflowView) -> Report {
+    let roles: Vec<RoleReport> = v
+        .steps
+        .iter()
+        .filter(|s| s.name.starts_with("rotate_"))
+        .map(|s| {
+            s.output
+                .as_ref()
+                .and_then(|o| o.get("report"))
+                .and_then(|r| serde_json::from_value::<RoleReport>(r.clone()).ok())
+                .unwrap_or_else(|| RoleReport {
+                    role: s.name.trim_start_matches("rotate_").to_owned(),
+                    error: Some(match (&s.error, s.state.as_str()) {
+                        (Some(e), _) => e.clone(),
+                        (None, st) => format!("step {st}"),
+                    }),
+                    ..Default::default()
+                })
+        })
+        .collect();
+    let ok = v.state == "succeeded" && roles.iter().all(|r| r.ok);
+    Report { cluster: cluster.to_owned(), roles, ok }
+}
+
+async fn show(cfg: &Config, args: &SecretsArgs) -> anyhow::Result<ExitCode> {
+    let report = pgdr_secrets::rotate::status(cfg, &args.cluster, args.role.as_deref(), false).await?;
+    let client = super::ops::client_for(cfg, pgdr_config::Access::Viewer)?.with_timeout(Duration::from_secs(5));
+    let ctl = client.secrets(&args.cluster).await;
+    let now = chrono::Utc::now();
+    let at = |age: Option<u64>| {
+        age.map(|a| (now - chrono::Duration::seconds(a as i64)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+    };
+    if args.json {
+        let roles: Vec<serde_json::Value> = report
+            .roles
+            .iter()
+            .map(|r| {
+                let newest = r.stores.iter().filter(|s| s.version == r.version).find(|s| s.login.is_some());
+                serde_json::json!({
+                    "role": r.role,
+                    "strategy": r.strategy,
+                    "current_login": newest.and_then(|s| s.login.clone()),
+                    "version": r.version,
+                    "rotated_at": newest.and_then(|s| at(s.age_seconds)),
+                    "stores": r.stores.iter().map(|s| serde_json::json!({
+                        "region": s.region, "store": s.store, "version": s.version, "login": s.login,
+                        "endpoint": s.via, "rotated_at": at(s.age_seconds), "too_old": s.too_old,
+                        "behind": s.version.is_some() && s.version < r.version, "error": s.error, "skipped": s.skipped,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let c = match &ctl {
+            Ok(v) => serde_json::to_value(v)?,
+            Err(e) => serde_json::json!({"error": e.to_string()}),
+        };
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"cluster": args.cluster, "roles": roles, "controller": c})
+            )?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for r in &report.roles {
+        let newest = r.stores.iter().filter(|s| s.version == r.version).find(|s| s.login.is_some());
+        println!(
+            "cluster {}  role {} ({})  current login {}  version {}  rotated {}",
+            args.cluster,
+            r.role,
+            r.strategy,
+            newest.and_then(|s| s.login.clone()).unwrap_or_else(|| "-".into()),
+            r.version.map_or_else(|| "-".into(), |v| v.to_string()),
+            newest.and_then(|s| at(s.age_seconds)).unwrap_or_else(|| "never".into()),
+        );
+        let mut t = Table::new();
+        t.load_preset(UTF8_FULL_CONDENSED);
+        t.set_header(["region", "store", "version", "login", "rotated at", "state"]);
+        for s in &r.stores {
+            let state = if let Some(e) = &s.error {
+                e.clone()
+            } else if s.version < r.version {
+                "behind: brought up to date by the next rotation or rejoin".into()
+            } else if s.too_old {
+                "older than max_age".into()
+            } else {
+                "current".into()
             };
-            out.push((name.clone(), res));
+            let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+            t.add_row([
+                s.region.clone(),
+                s.store.clone(),
+                opt(s.version.map(|v| v.to_string())),
+                opt(s.login.clone()),
+                opt(at(s.age_seconds)),
+                state,
+            ]);
         }
-        out
+        println!("{t}");
     }
+    match ctl {
+        Ok(v) => {
+            println!("schedule: {}", v.schedule.unwrap_or_else(|| "none (rotate with pgdr secrets rotate)".into()));
+            if let Some(d) = v.next_due {
+                println!("next scheduled rotation: {d}");
+            }
+            match v.last {
+                Some(w) => println!(
+                    "last rotation: workflow {} {} (started {}){}",
+                    w.id,
+                    w.state,
+                    w.created_at.unwrap_or_default(),
+                    w.error.map(|e| format!(": {e}")).unwrap_or_default()
+                ),
+                None => println!("last rotation: none run by the controller"),
+            }
+            if let Some(r) = v.rerun {
+                println!("to run again (preempted by a failover): {r}");
+            }
+        }
+        Err(e) => println!("controller: did not answer ({e}); the stores above are read directly"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init_logs() {

@@ -112,6 +112,8 @@ async fn every_controller_route_needs_a_token_of_the_right_role() {
     assert_eq!(need("POST", "/v1/clusters/{name}/lease"), Need::Role(Access::Agent));
     assert_eq!(need("POST", "/v1/clusters/{name}/{kind}"), Need::Role(Access::Operator));
     assert_eq!(need("POST", "/v1/workflows/{id}/approve"), Need::Role(Access::Operator));
+    assert_eq!(need("POST", "/v1/clusters/{name}/secrets/rotate"), Need::Role(Access::Operator));
+    assert_eq!(need("GET", "/v1/clusters/{name}/secrets"), Need::Role(Access::Viewer));
     assert_eq!(need("GET", "/metrics"), Need::Role(Access::Viewer));
     assert_eq!(need("GET", "/v1/snapshot"), Need::Role(Access::Viewer));
     assert_eq!(need("GET", "/v1/rules"), Need::Role(Access::Viewer));

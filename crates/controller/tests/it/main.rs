@@ -6,6 +6,7 @@
 mod auth;
 mod readiness;
 mod reestablish;
+mod rotation;
 mod shutdown;
 
 use std::sync::Arc;
@@ -78,7 +79,12 @@ pub async fn closed_port() -> u16 {
 /// A one-cluster config: `a` (primary) in east, `b` in east, `d` in west;
 /// agents at the given addresses, PostgreSQL of `a` at `a_port`.
 pub fn config(agents: [std::net::SocketAddr; 3], a_port: u16, extra: &str) -> Config {
-    let text = format!(
+    Config::parse(std::path::Path::new("t.toml"), &config_text(agents, a_port, extra)).expect("config")
+}
+
+/// The text of [`config`], to add to.
+pub fn config_text(agents: [std::net::SocketAddr; 3], a_port: u16, extra: &str) -> String {
+    format!(
         r#"
 [[regions]]
 name = "east"
@@ -116,8 +122,7 @@ host = "127.0.0.1"
 port = 2
 "#,
         agents[0], agents[1], agents[2]
-    );
-    Config::parse(std::path::Path::new("t.toml"), &text).expect("config")
+    )
 }
 
 pub async fn controller(cfg: Config) -> Controller {
