@@ -7,6 +7,7 @@
 //!   changes anything (same epoch and primary, no workflow, proxies not
 //!   paused, no support withdrawn);
 //! - none of the sandbox's secrets (the PostgreSQL password, every token,
+//!   the passwords a rotation through the controller's workflow stored,
 //!   the backup key) shows in a log file, an event, a workflow's journal or
 //!   a process's command line;
 //! - the sandbox writes no `trust` line in pg_hba.conf, and its secrets,
@@ -237,8 +238,20 @@ async fn no_route_answers_without_the_right_token_and_no_secret_shows() {
         }
     }
 
+    // A rotation of the managed role through the controller's workflow:
+    // its journal, events and logs are searched below, for the passwords
+    // it stored as well.
+    let rotated = Command::new(PGDR)
+        .arg("--config")
+        .arg(&sb.config)
+        .args(["secrets", "rotate", "--cluster", "main", "--json"])
+        .output()
+        .expect("pgdr secrets rotate");
+    let rotate_output =
+        format!("{}{}", String::from_utf8_lossy(&rotated.stdout), String::from_utf8_lossy(&rotated.stderr));
+    assert!(rotated.status.success(), "rotate: {rotate_output}");
     // No secret anywhere it could be read: logs, events, journals, command lines.
-    let secrets: Vec<(String, String)> = std::fs::read_dir(sb.dir.join("secrets"))
+    let mut secrets: Vec<(String, String)> = std::fs::read_dir(sb.dir.join("secrets"))
         .expect("secrets")
         .filter_map(|e| e.ok())
         .map(|e| {
@@ -247,7 +260,15 @@ async fn no_route_answers_without_the_right_token_and_no_secret_shows() {
         })
         .collect();
     assert!(secrets.len() >= 6, "{secrets:?}");
-    let mut haystacks: Vec<(String, String)> = Vec::new();
+    for region in ["east", "west"] {
+        let path = sb.dir.join("secret-stores").join(region).join("main.app.json");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("stored secret")).expect("json");
+        let password = v["password"].as_str().expect("password").to_owned();
+        assert!(password.len() >= 32);
+        secrets.push((format!("the rotated password in {region}'s store"), password));
+    }
+    let mut haystacks: Vec<(String, String)> = vec![("pgdr secrets rotate's output".into(), rotate_output)];
     for e in std::fs::read_dir(sb.dir.join("logs")).expect("logs").filter_map(|e| e.ok()) {
         haystacks.push((e.path().display().to_string(), std::fs::read_to_string(e.path()).unwrap_or_default()));
     }
