@@ -31,6 +31,7 @@ fn params(kind: &str) -> Params {
         crash: false,
         node: None,
         keep_tail: true,
+        automatic: false,
     }
 }
 
