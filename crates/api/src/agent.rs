@@ -185,6 +185,11 @@ pub enum FenceMode {
 pub struct Endpoint {
     pub host: String,
     pub port: u16,
+    /// The node this is: when given, the agent connects to the address
+    /// its own config has for that node (which may differ from the
+    /// sender's, e.g. through another region's network), not `host:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeName>,
 }
 
 /// Body of `start` and `unfence`.
@@ -239,6 +244,10 @@ pub struct UpstreamRequest {
     pub epoch: Epoch,
     pub host: String,
     pub port: u16,
+    /// The node to follow: when given, the agent streams from the address
+    /// its own config has for it (see [`Endpoint::node`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeName>,
     /// Replication slot on the upstream; `pgdr_<node>` when absent.
     #[serde(default)]
     pub slot: Option<String>,

@@ -188,6 +188,20 @@ impl Env {
         })
         .await
     }
+
+    /// Waits until every node but `primary` streams from it (the primary's
+    /// `pg_stat_replication` lists each by name, streaming).
+    async fn all_follow(&self, primary: &str, nodes: usize) {
+        wait_for("every other node to stream from the primary", Duration::from_secs(90), || async {
+            let rows = self
+                .sb
+                .sql(primary, "select application_name from pg_stat_replication where state = 'streaming'")
+                .await
+                .ok()?;
+            (rows.len() == nodes - 1).then_some(())
+        })
+        .await
+    }
 }
 
 /// The report's one run, with the fields issue 6 requires, and the safety
@@ -315,6 +329,9 @@ async fn region_partition_under_wan_delay_leaves_one_writable_primary_and_counts
     // Healed and restored: exactly one node takes writes.
     let primary = env.one_primary().await;
     eprintln!("[region-partition] the one writable primary after the drill: {primary}");
+    // The partitioned region's nodes, cut off during the failover, follow
+    // the primary again once reachable (rejoined, not left on the old one).
+    env.all_follow(&primary, 4).await;
 }
 
 /// The fault was undone: the run says what it restored.

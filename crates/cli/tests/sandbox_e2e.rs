@@ -288,7 +288,7 @@ async fn promote_rewind_upstream_rebuild_through_agents() {
     let w1 = sb.agent("west-1").expect("agent");
     let epoch = Epoch(1);
     let east2 = sb.node("east-2").expect("east-2");
-    let from_e2 = Endpoint { host: east2.host.clone(), port: east2.port };
+    let from_e2 = Endpoint { host: east2.host.clone(), port: east2.port, node: None };
 
     sb.sql("east-1", "create table t (x text); insert into t values ('before')").await.expect("write");
     // Switchover: fence the old primary by a clean stop (its last WAL reaches
@@ -312,7 +312,7 @@ async fn promote_rewind_upstream_rebuild_through_agents() {
 
     // west-1 follows the new primary.
     let r = w1
-        .upstream(&UpstreamRequest { epoch, host: from_e2.host.clone(), port: from_e2.port, slot: None })
+        .upstream(&UpstreamRequest { epoch, host: from_e2.host.clone(), port: from_e2.port, node: None, slot: None })
         .await
         .expect("upstream");
     assert!(r.changed, "{r:?}");

@@ -727,13 +727,13 @@ async fn watch(ctl: Controller, cluster: Cluster, cancel: &CancellationToken, tr
         }
         for node in cluster.nodes.iter().filter(|n| n.name != primary) {
             let flagged =
-                sh.needs_rejoin.lock().map(|r| r.contains(&(cluster.name.clone(), node.name.clone()))).unwrap_or(false);
+                sh.needs_rejoin.lock().ok().and_then(|r| r.get(&(cluster.name.clone(), node.name.clone())).copied());
             // A deposed primary writable again, or one that came back under
             // the boot guard (read-only, standby mode, following no one).
             let stale_primary =
                 matches!(statuses.get(&node.name), Some(Ok(s)) if s.up && (s.role == Role::Primary || s.boot_guard));
             let answers = matches!(statuses.get(&node.name), Some(Ok(_)));
-            if answers && (flagged || stale_primary) {
+            if answers && (flagged.is_some() || stale_primary) {
                 let params = Params {
                     cluster: cluster.name.clone(),
                     reason: format!("{} answers again after a failover", node.name),
@@ -746,7 +746,9 @@ async fn watch(ctl: Controller, cluster: Cluster, cancel: &CancellationToken, tr
                     old_lsn: None,
                     crash: false,
                     node: Some(node.name.clone()),
-                    keep_tail: true,
+                    // A node that may have taken writes of its own keeps
+                    // them aside; a replica a role change missed rewinds.
+                    keep_tail: stale_primary || flagged.unwrap_or(true),
                     automatic: false,
                 };
                 match ctl.start_params(workflows::REESTABLISH, params).await {

@@ -430,8 +430,11 @@ pub struct Shared {
     pub proxies: Arc<dyn ProxyControl>,
     pub leases: LeaseBook,
     pub observed: Mutex<HashMap<ClusterName, Observed>>,
-    /// Old primaries to bring back as replicas once their host answers.
-    pub needs_rejoin: Mutex<HashSet<(ClusterName, NodeName)>>,
+    /// Nodes to bring back as replicas once their host answers: old
+    /// primaries (`true`: straight to a base backup that keeps the old
+    /// data directory aside, whose tail may hold lost commits), and nodes a
+    /// role change could not repoint (`false`: pg_rewind first).
+    pub needs_rejoin: Mutex<HashMap<(ClusterName, NodeName), bool>>,
     /// Clusters whose writer name in DNS may be stale ([`crate::dns`]).
     pub dns_pending: crate::dns::Pending,
     pub metrics: Metrics,
@@ -485,7 +488,7 @@ impl Shared {
     }
 
     pub fn endpoint(node: &Node) -> Endpoint {
-        Endpoint { host: node.host.clone(), port: node.port }
+        Endpoint { host: node.host.clone(), port: node.port, node: Some(node.name.clone()) }
     }
 
     /// Every node's agent status, asked concurrently, each within the

@@ -676,6 +676,7 @@ async fn catch_up(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepError>
         epoch: epoch_before_promotion(&c, &sc),
         host: source.host.clone(),
         port: source.port,
+        node: Some(source.name.clone()),
         slot: None,
     };
     let outcome: Result<Value, String> = async {
@@ -832,7 +833,7 @@ async fn repoint_replicas(c: Arc<Ctx>, sc: StepContext, skip_old: bool) -> Resul
     let rejoining: Vec<NodeName> =
         c.sh.needs_rejoin
             .lock()
-            .map(|r| r.iter().filter(|(cl, _)| *cl == cluster.name).map(|(_, n)| n.clone()).collect())
+            .map(|r| r.keys().filter(|(cl, _)| *cl == cluster.name).map(|(_, n)| n.clone()).collect())
             .unwrap_or_default();
     for n in rejoining.iter().filter(|n| **n != new.name) {
         done.insert(n.to_string(), json!({"skipped": "waiting to be re-established"}));
@@ -858,8 +859,10 @@ async fn repoint_replicas(c: Arc<Ctx>, sc: StepContext, skip_old: bool) -> Resul
         // Seen down a moment ago: a second chance, but a short one.
         let status_timeout =
             if unreachable.iter().any(|u| u == n.name.as_str()) { Duration::from_secs(1) } else { STEP_STATUS_TIMEOUT };
-        let (name, req) =
-            (n.name.clone(), UpstreamRequest { epoch, host: new.host.clone(), port: new.port, slot: None });
+        let (name, req) = (
+            n.name.clone(),
+            UpstreamRequest { epoch, host: new.host.clone(), port: new.port, node: Some(new.name.clone()), slot: None },
+        );
         set.spawn(async move {
             let res = match agent {
                 Ok(a) => match a.clone().with_timeout(status_timeout).status().await {
@@ -876,15 +879,27 @@ async fn repoint_replicas(c: Arc<Ctx>, sc: StepContext, skip_old: bool) -> Resul
             (name, res)
         });
     }
+    let mut missed = Vec::new();
     while let Some(r) = set.join_next().await {
         let Ok((name, res)) = r else { continue };
+        if res.is_err() {
+            missed.push(name.clone());
+        }
         done.insert(
             name.to_string(),
             match res {
                 Ok(m) => json!({"ok": m}),
-                Err(e) => json!({"error": e}),
+                Err(e) => json!({"error": e, "rejoins": "when its agent answers"}),
             },
         );
+    }
+    // A node left following the old primary (cut off, its agent down)
+    // would stay so: it is brought back (pg_rewind, else a base backup)
+    // once its agent answers, as an old primary is.
+    if let Ok(mut r) = c.sh.needs_rejoin.lock() {
+        for n in missed {
+            r.entry((cluster.name.clone(), n)).or_insert(false);
+        }
     }
     Ok(StepOutput::json(Value::Object(done)))
 }
@@ -932,7 +947,7 @@ async fn report(c: Arc<Ctx>, sc: StepContext) -> Result<StepOutput, StepError> {
         _ => None,
     };
     if let Ok(mut r) = c.sh.needs_rejoin.lock() {
-        r.insert((cluster.name.clone(), old.clone()));
+        r.insert((cluster.name.clone(), old.clone()), true);
     }
     let msg = format!(
         "failover done: {} promoted; old primary {old} last known at {}, promoted at {}: {} bytes possibly lost; {old} rejoins as a replica (its data directory is kept aside) when its host answers",
@@ -1143,7 +1158,7 @@ async fn reestablish(c: Arc<Ctx>, _sc: StepContext) -> Result<StepOutput, StepEr
     // started again afterwards, and the failover does not wait on this
     // node's agent (busy rebuilding) to repoint it.
     if let Ok(mut r) = c.sh.needs_rejoin.lock() {
-        r.insert((cluster.name.clone(), name.clone()));
+        r.insert((cluster.name.clone(), name.clone()), c.p.keep_tail);
     }
     let out = rejoin(&c.sh, node, c.node(&primary)?, state.epoch, c.p.keep_tail).await?;
     if let Ok(mut r) = c.sh.needs_rejoin.lock() {

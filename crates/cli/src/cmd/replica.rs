@@ -265,7 +265,7 @@ fn add(global: &Global, a: AddArgs) -> anyhow::Result<ExitCode> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         // 4. The build, with progress read on the primary.
-        let req = RebuildRequest { epoch, from: Endpoint { host: primary.host.clone(), port: primary.port }, slot: None };
+        let req = RebuildRequest { epoch, from: Endpoint { host: primary.host.clone(), port: primary.port, node: Some(primary.name.clone()) }, slot: None };
         let builder = agent.clone().with_action_timeout(a.timeout);
         let mut build = tokio::spawn(async move { builder.rebuild(&req).await });
         let started = Instant::now();

@@ -73,7 +73,7 @@ async fn failover_during_a_long_reestablish_cancels_it() {
     }
     // The node stays flagged for a rejoin (the next re-establish points it
     // at whichever primary the failover makes).
-    assert!(ctl.sh.needs_rejoin.lock().expect("lock").contains(&(c.clone(), NodeName::new("b"))));
+    assert!(ctl.sh.needs_rejoin.lock().expect("lock").contains_key(&(c.clone(), NodeName::new("b"))));
     // The failover holds the lock (its fence step waits for the lease):
     // a switchover is refused, and so is a new re-establish.
     assert!(!state_of(&ctl, &failover).await.is_terminal());

@@ -9,7 +9,7 @@ use pgdr_api::agent::{
     UpstreamRequest, slot_name,
 };
 use pgdr_api::controller::ControllerClient;
-use pgdr_model::Epoch;
+use pgdr_model::{Epoch, NodeName};
 use tokio_postgres::Client;
 
 use super::{AgentError, AgentState, parse_body};
@@ -364,8 +364,30 @@ async fn unfence(state: &AgentState) -> Result<Done, AgentError> {
     ))
 }
 
-fn plan(state: &AgentState, host: &str, port: u16, slot: Option<String>) -> Result<ReplicaPlan, AgentError> {
+/// What to copy or stream from: the address this agent's config has for
+/// `node` when the request names one (the sender may reach it at another
+/// address), else `host:port`, which must be a node of the config.
+fn plan(
+    state: &AgentState,
+    node: Option<&NodeName>,
+    host: &str,
+    port: u16,
+    slot: Option<String>,
+) -> Result<ReplicaPlan, AgentError> {
     let cfg = &state.cfg;
+    let (host, port) = match node {
+        Some(name) => {
+            let t = cfg.targets.iter().find(|t| !t.proxy && t.name == name.as_str()).ok_or_else(|| {
+                AgentError::BadRequest(format!(
+                    "node {name} is not a node of cluster {} in the config (nodes: {}): the agent connects only to those",
+                    cfg.cluster,
+                    known(cfg, false)
+                ))
+            })?;
+            (t.host.as_str(), t.port)
+        }
+        None => (host, port),
+    };
     if host.is_empty() || port == 0 {
         return Err(AgentError::BadRequest("the upstream needs a host and a port".to_owned()));
     }
@@ -424,21 +446,21 @@ async fn refuse_writable_primary(state: &AgentState, what: &str) -> Result<(), A
 }
 
 async fn rebuild(state: &AgentState, r: RebuildRequest) -> Result<Done, AgentError> {
-    let plan = plan(state, &r.from.host, r.from.port, r.slot)?;
+    let plan = plan(state, r.from.node.as_ref(), &r.from.host, r.from.port, r.slot)?;
     refuse_writable_primary(state, "rebuilding").await?;
     let steps = replica::rebuild(&state.cfg.pg, &plan).await?;
-    Ok(Done::new(true, format!("rebuilt as a replica of {}:{}", r.from.host, r.from.port), steps))
+    Ok(Done::new(true, format!("rebuilt as a replica of {}:{}", plan.upstream.host, plan.upstream.port), steps))
 }
 
 async fn rewind(state: &AgentState, r: RewindRequest) -> Result<Done, AgentError> {
-    let plan = plan(state, &r.from.host, r.from.port, r.slot)?;
+    let plan = plan(state, r.from.node.as_ref(), &r.from.host, r.from.port, r.slot)?;
     refuse_writable_primary(state, "rewinding").await?;
     let steps = replica::rewind(&state.cfg.pg, &plan).await?;
-    Ok(Done::new(true, format!("rewound to follow {}:{}", r.from.host, r.from.port), steps))
+    Ok(Done::new(true, format!("rewound to follow {}:{}", plan.upstream.host, plan.upstream.port), steps))
 }
 
 async fn upstream(state: &AgentState, r: UpstreamRequest) -> Result<Done, AgentError> {
-    let plan = plan(state, &r.host, r.port, r.slot)?;
+    let plan = plan(state, r.node.as_ref(), &r.host, r.port, r.slot)?;
     let client = connect(state).await?;
     let (in_recovery, _) = role(state, &client).await?;
     if !in_recovery {
@@ -454,19 +476,23 @@ async fn upstream(state: &AgentState, r: UpstreamRequest) -> Result<Done, AgentE
         steps.push(format!(
             "created replication slot {} on {}:{}",
             plan.upstream.slot.as_deref().unwrap_or(""),
-            r.host,
-            r.port
+            plan.upstream.host,
+            plan.upstream.port
         ));
     }
     pg.write_passfile(plan.login.password.as_deref())?;
     pg.write_standby_config(&plan.upstream, &plan.replication_user, &plan.application_name, plan.login.tls.as_ref())?;
     let after = pg.read_file(replica::UPSTREAM_CONF).unwrap_or_default();
     if before == after {
-        return Ok(Done::new(!steps.is_empty(), format!("already streaming from {}:{}", r.host, r.port), steps));
+        return Ok(Done::new(
+            !steps.is_empty(),
+            format!("already streaming from {}:{}", plan.upstream.host, plan.upstream.port),
+            steps,
+        ));
     }
     client.batch_execute("select pg_reload_conf()").await.map_err(query_err(state))?;
-    steps.push(format!("primary_conninfo → {}:{}; reloaded", r.host, r.port));
-    Ok(Done::new(true, format!("now streaming from {}:{}", r.host, r.port), steps))
+    steps.push(format!("primary_conninfo → {}:{}; reloaded", plan.upstream.host, plan.upstream.port));
+    Ok(Done::new(true, format!("now streaming from {}:{}", plan.upstream.host, plan.upstream.port), steps))
 }
 
 /// Polls `check` every 100 ms until it holds or `timeout` passes.
@@ -513,11 +539,11 @@ mod tests {
                 Request::Promote(t)
             )),
             (epoch, text, any::<u16>(), slot.clone()).prop_map(|(e, host, port, slot)| {
-                let r = RebuildRequest { epoch: Epoch(e), from: Endpoint { host, port }, slot };
+                let r = RebuildRequest { epoch: Epoch(e), from: Endpoint { host, port, node: None }, slot };
                 (Action::Rebuild, serde_json::to_value(&r).unwrap_or_default(), Request::Rebuild(r))
             }),
             (epoch, text, any::<u16>(), slot).prop_map(|(e, host, port, slot)| {
-                let r = UpstreamRequest { epoch: Epoch(e), host, port, slot };
+                let r = UpstreamRequest { epoch: Epoch(e), host, port, node: None, slot };
                 (Action::Upstream, serde_json::to_value(&r).unwrap_or_default(), Request::Upstream(r))
             }),
         ]

@@ -11,7 +11,7 @@ use pgdr_api::agent::{
     AgentClient, Endpoint, FenceMode, FenceRequest, PromoteRequest, RebuildRequest, RewindRequest, StopMode,
     StopRequest, UpstreamRequest,
 };
-use pgdr_model::{Epoch, Role};
+use pgdr_model::{Epoch, NodeName, Role};
 use pgdr_node::agent::{AgentConfig, AgentState, ControllerRef, Target, serve};
 use pgdr_node::local::Login;
 use pgdr_node::{LocalPg, PgBinaries, RunAs};
@@ -186,19 +186,42 @@ async fn agent_actions_on_one_server() {
 
     // A server outside the config is refused before any connection.
     for (host, port) in [("10.255.255.1".to_owned(), 5432), ("127.0.0.1".to_owned(), free_port())] {
-        let from = Endpoint { host: host.clone(), port };
+        let from = Endpoint { host: host.clone(), port, node: None };
         match c.rebuild(&RebuildRequest { epoch: Epoch(3), from, slot: None }).await {
             Err(ApiError::Failed { status: 400, message, .. }) => assert!(message.contains("not a node"), "{message}"),
             other => panic!("expected 400 for {host}:{port}, got {other:?}"),
         }
     }
-    let from = Endpoint { host: "127.0.0.1' host=evil".into(), port: 5432 };
+    // A named node is looked up in the agent's own config, whatever
+    // address the request carries: an unknown name is refused; a known
+    // one is taken with the agent's address for it (here the request goes
+    // on to the check that a writable primary is never rewound).
+    let from = Endpoint { host: "127.0.0.1".into(), port: 5432, node: Some(NodeName::new("nowhere")) };
+    match c.rebuild(&RebuildRequest { epoch: Epoch(3), from, slot: None }).await {
+        Err(ApiError::Failed { status: 400, message, .. }) => {
+            assert!(message.contains("node nowhere is not a node"), "{message}")
+        }
+        other => panic!("expected 400 for an unknown node name, got {other:?}"),
+    }
+    let from = Endpoint { host: "10.255.255.1".into(), port: 5432, node: Some(NodeName::new("n2")) };
+    match c.rewind(&RewindRequest { epoch: Epoch(3), from, slot: None }).await {
+        Err(e) => assert!(!e.to_string().contains("not a node"), "the name was not resolved: {e}"),
+        Ok(r) => panic!("a writable primary was rewound: {r:?}"),
+    }
+    let from = Endpoint { host: "127.0.0.1' host=evil".into(), port: 5432, node: None };
     assert!(matches!(
         c.rewind(&RewindRequest { epoch: Epoch(3), from, slot: None }).await,
         Err(ApiError::Failed { status: 400, .. })
     ));
     assert!(matches!(
-        c.upstream(&UpstreamRequest { epoch: Epoch(3), host: "10.255.255.1".into(), port: 5432, slot: None }).await,
+        c.upstream(&UpstreamRequest {
+            epoch: Epoch(3),
+            host: "10.255.255.1".into(),
+            port: 5432,
+            node: None,
+            slot: None
+        })
+        .await,
         Err(ApiError::Failed { status: 400, .. })
     ));
 
