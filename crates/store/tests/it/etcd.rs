@@ -227,6 +227,15 @@ async fn one_frozen_member_costs_reads_and_keep_alives_a_hedge_not_the_timeout()
     }
     c.record.freeze_member(2, false).expect("thaw");
     eprintln!("one member frozen: the slowest read + keep-alive took {worst:?}");
+    // Elections are not deterministic on a loaded machine: if the frozen
+    // member led after all, the others elect a leader and a request in
+    // flight then fails with "leader changed" (Unavailable, retried by
+    // callers). That is an election, not what this measures.
+    let (elections, errors): (Vec<String>, Vec<String>) =
+        errors.into_iter().partition(|e| e.contains("leader changed"));
+    if !elections.is_empty() {
+        eprintln!("the frozen member led: {elections:?}");
+    }
     assert!(errors.is_empty(), "{errors:?}");
     assert!(worst < Duration::from_millis(1500), "answered by the others, not at the 2 s timeout: {worst:?}");
 }
