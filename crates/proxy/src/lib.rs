@@ -47,6 +47,7 @@ pub mod routing;
 pub mod scram;
 pub mod server;
 mod session;
+pub mod sql;
 
 pub use auth::{AdminLogin, AuthConfig};
 pub use backend::TcpSettings;
@@ -199,7 +200,9 @@ impl ClusterState {
     }
 
     pub fn is_marked_read_only(&self, b: &Backend, epoch: pgdr_model::Epoch) -> bool {
-        self.read_only.lock().map(|m| m.get(&b.addr()) == Some(&epoch)).unwrap_or(false)
+        // Asked at every transaction's start: no address is formatted
+        // while nothing is marked (the usual case).
+        self.read_only.lock().map(|m| !m.is_empty() && m.get(&b.addr()) == Some(&epoch)).unwrap_or(false)
     }
 }
 

@@ -356,34 +356,10 @@ pub fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 /// Session state that cannot move to another backend, found by a cheap
-/// substring scan of a query the proxy already holds (not SQL parsing).
+/// look at a query the proxy already holds (one pass, not SQL parsing; see
+/// [`crate::sql`]).
 pub fn unmovable_state(sql: &[u8]) -> Option<&'static str> {
-    const PATTERNS: [(&[u8], &str); 7] = [
-        (b"create temp", "a temporary table"),
-        (b"create local temp", "a temporary table"),
-        (b"into temp", "a temporary table"),
-        (b"advisory_lock", "a session advisory lock"),
-        (b"with hold", "a WITH HOLD cursor"),
-        (b"listen ", "LISTEN"),
-        (b"listen\t", "LISTEN"),
-    ];
-    for (p, what) in PATTERNS {
-        if contains_ci(sql, p) {
-            if p.starts_with(b"listen") && contains_ci(sql, b"unlisten") && !listen_outside_unlisten(sql) {
-                continue;
-            }
-            return Some(what);
-        }
-    }
-    None
-}
-
-fn listen_outside_unlisten(sql: &[u8]) -> bool {
-    (0..sql.len()).any(|i| {
-        sql[i..].len() >= 6
-            && sql[i..i + 6].eq_ignore_ascii_case(b"listen")
-            && (i < 2 || !sql[i - 2..i].eq_ignore_ascii_case(b"un"))
-    })
+    crate::sql::scan(sql).unmovable()
 }
 
 /// A simple-query text that changes a session setting the proxy must

@@ -11,6 +11,7 @@ use super::{Flow, Session, state};
 use crate::backend::BUF_SIZE;
 use crate::protocol::{self, MAX_DECODED, MAX_MESSAGE};
 use crate::server::{ClientError, Endpoint};
+use crate::sql;
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(super) async fn relay(&mut self, token: CancellationToken) -> Result<(), ClientError> {
@@ -207,8 +208,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     self.pending += 1;
                     self.st.batch = self.syncs_sent;
                     self.syncs_sent += 1;
-                    self.st.on_query(body);
-                    if pooled && sql_may_drop_statements(body) {
+                    let hits = self.st.on_query(body);
+                    if pooled && hits & (sql::hit::DEALLOCATE | sql::hit::DISCARD) != 0 {
                         self.bst.statements.clear();
                         self.bst.unknown = true;
                     }
@@ -703,12 +704,6 @@ fn put_renamed_bind_prefix(out: &mut BytesMut, partial: &[u8], total: usize, nam
     out.extend_from_slice(&body[..portal + 1]);
     protocol::put_cstr(out, name);
     out.extend_from_slice(body.get(portal + 1 + old + 1..).unwrap_or(&[]));
-}
-
-/// A query that may drop prepared statements on its backend (`DEALLOCATE`,
-/// `DISCARD`), or prepare them in ways the proxy does not follow.
-fn sql_may_drop_statements(sql: &[u8]) -> bool {
-    protocol::contains_ci(sql, b"deallocate") || protocol::contains_ci(sql, b"discard")
 }
 
 #[cfg(test)]

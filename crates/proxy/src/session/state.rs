@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::protocol;
+use crate::{protocol, sql};
 
 /// Settings PostgreSQL reports with ParameterStatus that a client may have
 /// changed and that are restored where a session lands.
@@ -116,36 +116,46 @@ pub(super) struct Tracked {
 impl Tracked {
     /// A simple Query's text (with or without its NUL), or a Parse's; a
     /// query of several statements is followed statement by statement.
-    pub fn on_query(&mut self, sql: &[u8]) {
+    /// The text is scanned once ([`sql::scan`]); returns the phrases found.
+    pub fn on_query(&mut self, sql: &[u8]) -> u16 {
         let sql = sql.strip_suffix(&[0]).unwrap_or(sql);
-        self.note_pins(sql);
-        for stmt in split_statements(sql) {
+        let scan = sql::scan(sql);
+        self.note_pins(sql, &scan);
+        for stmt in scan.statements() {
             self.on_statement(stmt);
         }
+        scan.hits
     }
 
-    fn on_statement(&mut self, sql: &[u8]) {
-        if protocol::is_session_set(sql) {
+    fn on_statement(&mut self, stmt: &sql::Statement<'_>) {
+        use sql::{First, hit};
+        let text = stmt.text;
+        if matches!(stmt.first, First::Set | First::Reset) && protocol::is_session_set(text) {
             if self.sets.len() < MAX_TRACKED_SETS {
-                self.pending.push((self.batch, Change::Set(String::from_utf8_lossy(sql).trim().to_owned())));
+                self.pending.push((self.batch, Change::Set(String::from_utf8_lossy(text).trim().to_owned())));
             }
             return;
         }
-        match sql_change(sql) {
+        let change = match stmt.first {
+            First::Prepare | First::Deallocate | First::Listen | First::Unlisten | First::Discard | First::Unusual => {
+                sql_change(text)
+            }
+            _ => None,
+        };
+        match change {
             Some(c) => self.pending.push((self.batch, c)),
             None => {
                 // State changed where the text does not show it: the
                 // backend is asked once the batch is over.
-                if self.pins & PIN_LISTEN != 0 && protocol::unmovable_state(sql) == Some("LISTEN") {
+                if self.pins & PIN_LISTEN != 0 && sql::unmovable(stmt.hits) == Some("LISTEN") {
                     self.listen_unknown = true;
                 }
-                if contains_word(sql, b"prepare")
-                    || contains_word(sql, b"listen")
-                    || self.pins & PIN_UNTRACKED_PREPARE != 0 && contains_word(sql, b"deallocate")
+                if stmt.hits & (hit::W_PREPARE | hit::W_LISTEN) != 0
+                    || self.pins & PIN_UNTRACKED_PREPARE != 0 && stmt.hits & hit::W_DEALLOCATE != 0
                 {
                     self.sync = true;
                 }
-                if protocol::contains_ci(sql, b"set_config") || protocol::contains_ci(sql, b"session characteristics") {
+                if stmt.hits & (hit::SET_CONFIG | hit::SESSION_CHARACTERISTICS) != 0 {
                     self.sync = true;
                     self.sync_settings = true;
                 }
@@ -153,8 +163,8 @@ impl Tracked {
         }
     }
 
-    fn note_pins(&mut self, sql: &[u8]) {
-        if let Some(what) = protocol::unmovable_state(sql) {
+    fn note_pins(&mut self, sql: &[u8], scan: &sql::Scan<'_>) {
+        if let Some(what) = scan.unmovable() {
             self.pins |= PINS.iter().find(|p| p.2 == what).map(|p| p.0).unwrap_or(0);
         }
         if self.pins != 0 {
@@ -479,93 +489,6 @@ pub(super) fn backend_name(hash: u64) -> String {
     format!("pgdr_{hash:016x}")
 }
 
-/// Whether `word` occurs in `sql` as a whole word (ASCII case ignored).
-fn contains_word(sql: &[u8], word: &[u8]) -> bool {
-    let ident = |c: &u8| c.is_ascii_alphanumeric() || *c == b'_';
-    sql.windows(word.len()).enumerate().any(|(i, w)| {
-        w.eq_ignore_ascii_case(word) && (i == 0 || !ident(&sql[i - 1])) && !sql.get(i + word.len()).is_some_and(ident)
-    })
-}
-
-/// The statements of a simple query, split at semicolons outside quotes,
-/// dollar quotes and comments (empty statements left out).
-pub(super) fn split_statements(sql: &[u8]) -> Vec<&[u8]> {
-    let mut out = Vec::new();
-    let (mut start, mut i) = (0, 0);
-    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
-    while i < sql.len() {
-        match sql[i] {
-            b'\'' => {
-                // E'...' strings take backslash escapes.
-                let escapes = i > 0 && sql[i - 1].eq_ignore_ascii_case(&b'e') && (i < 2 || !ident(sql[i - 2]));
-                i += 1;
-                while i < sql.len() {
-                    match sql[i] {
-                        b'\\' if escapes => i += 1,
-                        b'\'' if sql.get(i + 1) == Some(&b'\'') => i += 1,
-                        b'\'' => break,
-                        _ => {}
-                    }
-                    i += 1;
-                }
-            }
-            b'"' => {
-                i += 1;
-                while i < sql.len() && sql[i] != b'"' {
-                    i += 1;
-                }
-            }
-            b'-' if sql.get(i + 1) == Some(&b'-') => {
-                while i < sql.len() && sql[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if sql.get(i + 1) == Some(&b'*') => {
-                let mut depth = 0;
-                while i < sql.len() {
-                    if sql[i..].starts_with(b"/*") {
-                        depth += 1;
-                        i += 1;
-                    } else if sql[i..].starts_with(b"*/") {
-                        depth -= 1;
-                        i += 1;
-                        if depth == 0 {
-                            break;
-                        }
-                    }
-                    i += 1;
-                }
-            }
-            b'$' if i == 0 || !ident(sql[i - 1]) => {
-                // $tag$ ... $tag$ ($1, a parameter, is not a tag).
-                let end = sql[i + 1..].iter().position(|&c| !ident(c)).map(|p| i + 1 + p);
-                if let Some(e) = end
-                    && sql[e] == b'$'
-                    && !sql.get(i + 1).is_some_and(u8::is_ascii_digit)
-                {
-                    let tag = &sql[i..=e];
-                    match sql[e + 1..].windows(tag.len()).position(|w| w == tag) {
-                        Some(p) => i = e + p + tag.len(),
-                        None => i = sql.len(),
-                    }
-                }
-            }
-            b';' => {
-                if sql[start..i].iter().any(|c| !c.is_ascii_whitespace()) {
-                    out.push(&sql[start..i]);
-                }
-                start = i + 1;
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    if sql.get(start..).is_some_and(|r| r.iter().any(|c| !c.is_ascii_whitespace())) {
-        out.push(&sql[start..]);
-    }
-    out
-}
-
 /// A SQL-level change the proxy follows: PREPARE, DEALLOCATE, LISTEN,
 /// UNLISTEN, DISCARD ALL (one statement).
 fn sql_change(sql: &[u8]) -> Option<Change> {
@@ -710,18 +633,6 @@ mod tests {
         t.on_ready(b'I', t.batch);
         t.batch += 1;
         assert_eq!(t.sql_prepared.len(), 1);
-    }
-
-    #[test]
-    fn splits_statements_outside_quotes_and_comments() {
-        let sql =
-            b"SELECT 'a;b', E'c\\';d', \"e;f\"; -- g;h\nPREPARE q AS SELECT $x$;$x$ /* i; /* j; */ k; */ ;; SET x = 1";
-        let got: Vec<_> =
-            split_statements(sql).into_iter().map(|s| String::from_utf8_lossy(s).trim().to_owned()).collect();
-        assert_eq!(got.len(), 3, "{got:?}");
-        assert!(got[1].ends_with("$x$;$x$ /* i; /* j; */ k; */"), "{got:?}");
-        assert_eq!(got[2], "SET x = 1");
-        assert_eq!(split_statements(b"SELECT $1; SELECT $2").len(), 2);
     }
 
     #[test]
