@@ -66,32 +66,41 @@ pub(crate) fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsA
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// A new client handed to a shard.
-struct Job {
+/// One listening endpoint, accepted on by every shard.
+struct Accept {
     inner: Arc<Inner>,
     state: Arc<ClusterState>,
     endpoint: Endpoint,
-    stream: std::net::TcpStream,
-    peer: std::net::SocketAddr,
+    listener: std::net::TcpListener,
 }
 
 /// Sessions run on single-threaded runtimes ("shards", half the cores), each
 /// on its own OS thread with its own IO driver: all cores are used, and a
 /// session's reads and writes never wake another thread (on a loaded
 /// 2-core machine a work-stealing runtime spent a large share of its time
-/// in cross-thread wakeups). New connections are spread round-robin.
+/// in cross-thread wakeups). Every shard accepts on every listener itself
+/// (its own descriptor of the same socket), so a new connection is not
+/// handed from thread to thread either: the shard that wakes first takes
+/// it, and a busy shard wakes later.
 struct Shards {
-    senders: Vec<tokio::sync::mpsc::UnboundedSender<Job>>,
     threads: Vec<std::thread::JoinHandle<()>>,
-    next: std::sync::atomic::AtomicUsize,
 }
 
 impl Shards {
-    fn start(n: usize, token: &CancellationToken) -> Result<Shards, ProxyError> {
-        let mut senders = Vec::new();
+    fn start(n: usize, accepts: &[Accept], token: &CancellationToken) -> Result<Shards, ProxyError> {
         let mut threads = Vec::new();
         for i in 0..n.max(1) {
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
+            let mine = accepts
+                .iter()
+                .map(|a| {
+                    Ok(Accept {
+                        inner: a.inner.clone(),
+                        state: a.state.clone(),
+                        endpoint: a.endpoint,
+                        listener: a.listener.try_clone().map_err(ProxyError::Api)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, ProxyError>>()?;
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(ProxyError::Api)?;
             let token = token.clone();
             let t = std::thread::Builder::new()
@@ -99,25 +108,22 @@ impl Shards {
                 .spawn(move || {
                     rt.block_on(async move {
                         let tracker = TaskTracker::new();
-                        loop {
-                            let job = tokio::select! {
-                                j = rx.recv() => j,
-                                _ = token.cancelled() => None,
-                            };
-                            let Some(job) = job else { break };
-                            let token = token.clone();
-                            tracker.spawn(async move {
-                                let Job { inner, state, endpoint, stream, peer } = job;
-                                let stream = match TcpStream::from_std(stream) {
-                                    Ok(s) => s,
-                                    Err(e) => return tracing::warn!(error = %e, "cannot adopt a client socket"),
-                                };
-                                if let Err(e) = handle_client(inner, state.clone(), endpoint, stream, token).await {
-                                    state.metrics.error(e.kind());
-                                    tracing::debug!(%peer, error = %e, "client session ended with an error");
+                        for a in mine {
+                            match TcpListener::from_std(a.listener) {
+                                Ok(l) => {
+                                    tracker.spawn(accept_loop(
+                                        a.inner,
+                                        a.state,
+                                        a.endpoint,
+                                        l,
+                                        token.clone(),
+                                        tracker.clone(),
+                                    ));
                                 }
-                            });
+                                Err(e) => tracing::error!(error = %e, "a proxy shard cannot listen"),
+                            }
                         }
+                        token.cancelled().await;
                         tracker.close();
                         if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
                             tracing::warn!(tasks = tracker.len(), "proxy sessions still running after 5 s of shutdown");
@@ -125,17 +131,9 @@ impl Shards {
                     })
                 })
                 .map_err(ProxyError::Api)?;
-            senders.push(tx);
             threads.push(t);
         }
-        Ok(Shards { senders, threads, next: std::sync::atomic::AtomicUsize::new(0) })
-    }
-
-    fn dispatch(&self, job: Job) {
-        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.senders.len();
-        if self.senders[i].send(job).is_err() {
-            tracing::debug!("proxy shard is shutting down; client dropped");
-        }
+        Ok(Shards { threads })
     }
 }
 
@@ -145,11 +143,7 @@ pub(crate) async fn serve(
     token: CancellationToken,
 ) -> Result<(), ProxyError> {
     let tracker = TaskTracker::new();
-    // Half the cores: the proxy's work per transaction is small next to
-    // PostgreSQL's and the clients' on the same host, and one thread serving
-    // many sessions per wakeup beat two on a 2-core machine (bench/RESULTS-proxy.md).
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let shards = Arc::new(Shards::start((cores / 2).max(1), &token)?);
+    let mut accepts = Vec::new();
     for cl in listeners.clusters {
         let state = handle
             .inner
@@ -161,12 +155,20 @@ pub(crate) async fn serve(
             tracker.spawn(crate::session::refresh_users(state.clone(), token.clone()));
         }
         let eps = [(Some(cl.writer), Endpoint::Writer), (cl.reader, Endpoint::Reader)];
-        for (l, ep) in eps {
+        for (l, endpoint) in eps {
             if let Some(l) = l {
-                tracker.spawn(accept_loop(handle.inner.clone(), state.clone(), ep, l, token.clone(), shards.clone()));
+                let listener = l.into_std().map_err(ProxyError::Api)?;
+                accepts.push(Accept { inner: handle.inner.clone(), state: state.clone(), endpoint, listener });
             }
         }
     }
+    // Half the cores: the proxy's work per transaction is small next to
+    // PostgreSQL's and the clients' on the same host, and one thread serving
+    // many sessions per wakeup beat two on a 2-core machine (bench/RESULTS-proxy.md).
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let shards = Shards::start((cores / 2).max(1), &accepts, &token)?;
+    // The shards hold their own descriptors of the listening sockets.
+    drop(accepts);
     if let Some(api) = listeners.api {
         tracker.spawn(crate::api::serve(handle.clone(), api, token.clone()));
     }
@@ -175,13 +177,8 @@ pub(crate) async fn serve(
     if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
         tracing::warn!(tasks = tracker.len(), "proxy tasks still running after 5 s of shutdown");
     }
-    // The accept loops are done: the shards see the token and drain.
-    let shards = match Arc::try_unwrap(shards) {
-        Ok(s) => s,
-        Err(_) => return Ok(()),
-    };
-    let Shards { senders, threads, .. } = shards;
-    drop(senders);
+    // The shards see the token: they stop accepting and drain.
+    let threads = shards.threads;
     let _ = tokio::task::spawn_blocking(move || {
         for t in threads {
             let _ = t.join();
@@ -191,13 +188,15 @@ pub(crate) async fn serve(
     Ok(())
 }
 
+/// Accepts on one listener in a shard; each client's session runs on this
+/// shard.
 async fn accept_loop(
     inner: Arc<Inner>,
     state: Arc<ClusterState>,
     endpoint: Endpoint,
     listener: TcpListener,
     token: CancellationToken,
-    shards: Arc<Shards>,
+    tracker: TaskTracker,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -205,12 +204,17 @@ async fn accept_loop(
             a = listener.accept() => a,
         };
         match accepted {
-            Ok((stream, peer)) => match stream.into_std() {
-                Ok(stream) => {
-                    shards.dispatch(Job { inner: inner.clone(), state: state.clone(), endpoint, stream, peer })
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot hand a client socket to a shard"),
-            },
+            Ok((stream, peer)) => {
+                let (inner, state, token) = (inner.clone(), state.clone(), token.clone());
+                tracker.spawn(async move {
+                    if let Err(e) = handle_client(inner, state.clone(), endpoint, stream, token).await {
+                        state.metrics.error(e.kind());
+                        tracing::debug!(%peer, error = %e, "client session ended with an error");
+                    }
+                });
+            }
+            // (Another shard taking a connection first is not an error:
+            // tokio waits again.)
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;

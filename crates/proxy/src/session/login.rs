@@ -132,14 +132,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         };
         self.key = key;
-        self.out.clear();
+        // The rest of the login goes to the client in one write (after the
+        // SASLFinal still pending, if any).
         if !relayed {
-            protocol::put_auth(&mut self.out, auth::OK, &[]);
+            protocol::put_auth(&mut self.cpend, auth::OK, &[]);
         }
         match conn {
             Some(mut conn) => {
                 for (k, v) in &conn.params {
-                    protocol::put_parameter_status(&mut self.out, k, v);
+                    protocol::put_parameter_status(&mut self.cpend, k, v);
                 }
                 self.st.params = std::mem::take(&mut conn.params);
                 conn.params.clone_from(&self.st.params);
@@ -148,18 +149,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             None => {
                 // Pooled: land on a pooled backend with the client's
                 // startup settings, tell it what they are, give it back.
-                self.client.write_all(&self.out).await?;
-                self.out.clear();
                 self.st.sets = startup_sets.unwrap_or_default();
                 self.move_backend().await?;
                 self.release().await?;
-                self.out.clear();
             }
         }
-        protocol::put_backend_key(&mut self.out, key.0, key.1);
-        protocol::put_ready(&mut self.out, b'I');
-        self.client.write_all(&self.out).await?;
-        Ok(())
+        protocol::put_backend_key(&mut self.cpend, key.0, key.1);
+        protocol::put_ready(&mut self.cpend, b'I');
+        self.flush_pending().await
     }
 
     /// Passthrough: the backend authenticates; the exchange is relayed.
@@ -317,9 +314,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         match server.finish(&fin) {
             Ok((key, server_final)) => {
-                self.out.clear();
-                protocol::put_auth(&mut self.out, auth::SASL_FINAL, server_final.as_bytes());
-                self.client.write_all(&self.out).await?;
+                // Sent with AuthenticationOk and the rest of the login.
+                protocol::put_auth(&mut self.cpend, auth::SASL_FINAL, server_final.as_bytes());
                 self.cred = Credential::Scram { key, server_key };
                 Ok(())
             }

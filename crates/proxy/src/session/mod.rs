@@ -99,6 +99,10 @@ struct Session<S> {
     client: S,
     cbuf: BytesMut,
     out: BytesMut,
+    /// Bytes for the client not yet written: they go with the next write
+    /// (a login's SASLFinal, AuthenticationOk, settings and ReadyForQuery
+    /// in one write, as PostgreSQL sends them).
+    cpend: BytesMut,
     be: Option<BackendConn>,
     startup: Startup,
     cred: Credential,
@@ -179,6 +183,7 @@ pub(crate) async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
         client,
         cbuf,
         out: BytesMut::with_capacity(1024),
+        cpend: BytesMut::new(),
         be: None,
         startup,
         cred: Credential::None,
@@ -249,6 +254,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Sends a FATAL error and returns the error that ends the session.
     async fn fatal(&mut self, code: &str, msg: String) -> ClientError {
         self.out.clear();
+        self.take_pending();
         protocol::put_error(&mut self.out, "FATAL", code, &msg);
         let _ = self.client.write_all(&self.out).await;
         let _ = self.client.flush().await;
@@ -260,12 +266,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         match e {
             BackendError::Refused { severity, code, message } => {
                 self.out.clear();
+                self.take_pending();
                 protocol::put_error(&mut self.out, &severity, &code, &message);
                 let _ = self.client.write_all(&self.out).await;
                 ClientError::Closed(message)
             }
             e => self.fatal("08006", format!("cannot connect to the database server: {e}")).await,
         }
+    }
+
+    /// Moves the bytes not yet written to the client to the front of `out`.
+    fn take_pending(&mut self) {
+        if !self.cpend.is_empty() {
+            self.out.extend_from_slice(&self.cpend);
+            self.cpend.clear();
+        }
+    }
+
+    /// Writes the bytes not yet written to the client.
+    async fn flush_pending(&mut self) -> Result<(), ClientError> {
+        if !self.cpend.is_empty() {
+            self.client.write_all(&self.cpend).await?;
+            self.cpend.clear();
+        }
+        Ok(())
     }
 
     /// Reads one whole message from the client (login phase).

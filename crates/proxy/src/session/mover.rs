@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use super::Session;
@@ -22,11 +22,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         loop {
             self.begin_tx_once().await?;
             if self.endpoint != Endpoint::Writer || self.busy {
-                return Ok(());
+                break;
             }
             // A held connect gave back the gate count: take it again, then
             // check the routing again.
         }
+        // What landing told the client (changed settings), before anything
+        // of the transaction.
+        self.flush_pending().await
     }
 
     async fn begin_tx_once(&mut self) -> Result<(), ClientError> {
@@ -172,14 +175,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let (target, epoch) = self.pick().await?;
             // A reader takes an idle backend on any routed replica (the
             // round robin is for new connections).
+            let replicas;
             let allowed = match self.endpoint {
                 Endpoint::Reader if self.routing.borrow().replicas.contains(&target) => {
-                    self.routing.borrow().replicas.clone()
+                    replicas = self.routing.borrow().replicas.clone();
+                    &replicas[..]
                 }
-                _ => vec![target.clone()],
+                _ => std::slice::from_ref(&target),
             };
             if let Some(pool) = &pool
-                && let Some(p) = pool.take_idle(&allowed, self.endpoint == Endpoint::Writer)
+                && let Some(p) = pool.take_idle(allowed, self.endpoint == Endpoint::Writer)
             {
                 break (p.conn, p.state, epoch, true);
             }
@@ -262,7 +267,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if n > 0 {
             r = replay(&mut conn, &self.out, n).await;
         }
-        if r.is_ok() {
+        // Most landings find the settings the client was told (checked
+        // in one comparison instead of one search per setting).
+        if r.is_ok() && conn.params != self.st.params {
             self.out.clear();
             let n = self.st.restore_queries(&conn.params, &mut self.out);
             if n > 0 {
@@ -282,18 +289,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         bst.sets.clone_from(&self.st.sets);
         bst.sql_prepared = self.st.sql_prepared.iter().cloned().collect();
-        self.out.clear();
-        self.st.adopt_reported(&conn.params, &mut self.out);
+        // Told to the client with its next write (see `cpend`).
+        if conn.params != self.st.params {
+            self.st.adopt_reported(&conn.params, &mut self.cpend);
+        }
         if fresh_listen {
             protocol::put_notice(
-                &mut self.out,
+                &mut self.cpend,
                 "WARNING",
                 "01000",
                 "the session moved to a new server: its LISTEN channels were listened to again there, but notifications sent meanwhile may have been missed",
             );
-        }
-        if !self.out.is_empty() {
-            self.client.write_all(&self.out).await?;
         }
         if self.pool.is_none() {
             self.st.unprepare_all();
