@@ -10,6 +10,14 @@
 //! Lease deadlines live in memory as `tokio::time::Instant`s (so paused-time
 //! tests control them); the tables also keep each lease's deadline as a
 //! wall-clock time so a store reopened after a restart knows what is left.
+//!
+//! Reads of single keys on a blocking backend (redb) are answered from a
+//! cache of the keys read before ([`ReadCache`]) while no lease is due: this
+//! process is the file's only writer, and every write drops the keys it
+//! changed from the cache before it returns, so a cached answer is what the
+//! file holds. A controller asks for each cluster's state and lock at every
+//! probe; without the cache each of those was a trip to the blocking pool
+//! (two thread wake-ups) for a value that changes at a role change.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +34,21 @@ use crate::{Clock, Expect, KeyValue, LeaseId, Op, Revision, StoreError, Txn, Txn
 
 /// How many changes a watch buffers before its reader counts as lagging.
 const WATCH_BUFFER: usize = 4096;
+
+/// At most this many keys are cached (then the cache starts over).
+const CACHE_KEYS: usize = 4096;
+
+/// The last value read of single keys (see the module docs).
+#[derive(Default)]
+struct ReadCache {
+    /// Raised by every write: a read that started before a write does not
+    /// fill the cache with what it read.
+    generation: u64,
+    /// The earliest lease deadline: at or past it, reads go to the tables
+    /// (which expire the lease first).
+    next_deadline: Option<Instant>,
+    values: HashMap<String, Option<Versioned>>,
+}
 
 /// A stored value: what [`Versioned`] is made of.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,6 +129,8 @@ pub(crate) struct Inner<B> {
     backend: B,
     clock: Arc<dyn Clock>,
     vol: Mutex<Volatile>,
+    /// Only used when the backend blocks.
+    cache: Mutex<ReadCache>,
     signals: Arc<ReaperSignals>,
     tracker: TaskTracker,
     reaper_started: AtomicBool,
@@ -188,11 +213,13 @@ impl<B: Backend> KvStore<B> {
             let left = Duration::from_millis(u64::try_from(left).unwrap_or(0));
             vol.deadlines.insert(*id, now + left);
         }
+        let cache = ReadCache { next_deadline: vol.deadlines.values().min().copied(), ..Default::default() };
         Self {
             inner: Arc::new(Inner {
                 backend,
                 clock,
                 vol: Mutex::new(vol),
+                cache: Mutex::new(cache),
                 signals: Arc::new(ReaperSignals { leases_changed: Notify::new(), cancel: CancellationToken::new() }),
                 tracker: TaskTracker::new(),
                 reaper_started: AtomicBool::new(false),
@@ -231,13 +258,36 @@ impl<B: Backend> KvStore<B> {
     }
 
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
-        let key = key.to_owned();
         let now = Instant::now();
-        self.run(move |i| {
-            i.expire_if_due(now)?;
-            i.backend.read(|t| Ok(t.get(&key)?.map(|r| r.versioned())))
-        })
-        .await
+        let generation = if B::BLOCKING {
+            let c = lock(&self.inner.cache);
+            if c.next_deadline.is_none_or(|d| now < d)
+                && let Some(v) = c.values.get(key)
+            {
+                return Ok(v.clone());
+            }
+            Some(c.generation)
+        } else {
+            None
+        };
+        let owned = key.to_owned();
+        let read = self
+            .run(move |i| {
+                i.expire_if_due(now)?;
+                i.backend.read(|t| Ok(t.get(&owned)?.map(|r| r.versioned())))
+            })
+            .await?;
+        if let Some(g) = generation {
+            let mut c = lock(&self.inner.cache);
+            // No write since the read started: it is still what the file holds.
+            if c.generation == g {
+                if c.values.len() >= CACHE_KEYS {
+                    c.values.clear();
+                }
+                c.values.insert(key.to_owned(), read.clone());
+            }
+        }
+        Ok(read)
     }
 
     pub(crate) async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, StoreError> {
@@ -390,6 +440,16 @@ impl<B: Backend> Inner<B> {
         }
         for (id, d) in ctx.set_deadlines {
             vol.deadlines.insert(id, d);
+        }
+        if B::BLOCKING {
+            // Before the write returns (and before watchers hear of it): no
+            // cached read outlives the change.
+            let mut c = lock(&self.cache);
+            c.generation += 1;
+            c.next_deadline = vol.deadlines.values().min().copied();
+            for ev in &ctx.events {
+                c.values.remove(ev.key());
+            }
         }
         if !ctx.events.is_empty() {
             notify(&mut vol.watchers, &ctx.events);

@@ -176,3 +176,47 @@ async fn racing_cas(s: Arc<dyn StateStore>, _t: Time) {
     assert_eq!(winners, 1, "exactly one updater of revision {base} wins");
 }
 both_threaded!(racing_cas_, racing_cas);
+
+/// A read that follows a write sees it, while other tasks read the same
+/// keys all along (the embedded store answers repeated reads from a cache
+/// that every write updates before it returns).
+async fn reads_follow_writes(s: Arc<dyn StateStore>, _t: Time) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        let (s, stop) = (s.clone(), stop.clone());
+        readers.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for k in 0..4u8 {
+                    s.get(&format!("/rf/{k}")).await.expect("get");
+                }
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    let mut writers = Vec::new();
+    for k in 0..4u8 {
+        let s = s.clone();
+        writers.push(tokio::spawn(async move {
+            let key = format!("/rf/{k}");
+            for i in 0..40u32 {
+                let v = i.to_le_bytes().to_vec();
+                let rev = s.put(&key, v.clone(), None).await.expect("put");
+                let got = s.get(&key).await.expect("get").expect("present");
+                assert_eq!((got.value, got.revision), (v, rev), "{key}: the read after write {i}");
+                if i % 10 == 9 {
+                    s.delete(&key, Expect::Any).await.expect("delete");
+                    assert_eq!(s.get(&key).await.expect("get"), None, "{key}: the read after delete {i}");
+                }
+            }
+        }));
+    }
+    for w in writers {
+        w.await.expect("writer");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        r.await.expect("reader");
+    }
+}
+both_threaded!(reads_follow_writes_, reads_follow_writes);
