@@ -197,7 +197,11 @@ impl Controller {
     /// rotation holds it too but does not count: detection goes on while it
     /// runs, and a failover preempts it ([`crate::rotation::preempt`]).
     pub async fn busy(&self, cluster: &ClusterName) -> bool {
-        self.locked(cluster).await && !crate::rotation::is_rotation_lock(&self.sh, cluster.as_str()).await
+        // One read of the lock (the monitor asks at every probe).
+        match self.sh.store.get(&pgdr_store::keys::cluster_lock(cluster.as_str())).await {
+            Ok(Some(v)) => !crate::rotation::is_rotation_lock_value(&v.value),
+            _ => false,
+        }
     }
 
     /// Whether any workflow holds the cluster's lock (a rotation included).

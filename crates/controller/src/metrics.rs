@@ -45,6 +45,10 @@ fn hist() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 14))
 }
 
+fn jitter_hist() -> Histogram {
+    Histogram::new(JITTER_BUCKETS)
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -56,9 +60,10 @@ pub struct Metrics {
     pub rpo_breaches: Family<NodeLabel, Counter>,
     pub epoch: Family<ClusterLabel, Gauge>,
     /// How far the time between two probes of a cluster by the controller
-    /// strays from `timing.probe_interval`, over every cluster: the probe
-    /// schedule's jitter (a loaded controller starts probes late).
-    pub probe_jitter_seconds: Histogram,
+    /// strays from `timing.probe_interval`, by cluster: the probe
+    /// schedule's jitter (a loaded controller starts probes late; a cluster
+    /// whose probes hang must not move the others').
+    pub probe_jitter_seconds: Family<ClusterLabel, Histogram, fn() -> Histogram>,
     /// `pgdr_backup_*` (see [`crate::backups`]).
     pub backup: crate::backups::BackupMetrics,
 }
@@ -74,7 +79,7 @@ impl Default for Metrics {
             lag_seconds: Family::default(),
             rpo_breaches: Family::default(),
             epoch: Family::default(),
-            probe_jitter_seconds: Histogram::new(JITTER_BUCKETS),
+            probe_jitter_seconds: Family::new_with_constructor(jitter_hist),
             backup: Default::default(),
             registry: Registry::default(),
         };

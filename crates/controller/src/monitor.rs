@@ -68,7 +68,7 @@ fn remote_vantages<'a>(
     cfg: &pgdr_config::Config,
     cluster: &'a Cluster,
     primary: &Node,
-    statuses: &std::collections::BTreeMap<NodeName, Result<Status, String>>,
+    answered: &[NodeName],
 ) -> Vec<(String, &'a Node, i32)> {
     let mut regions: Vec<&pgdr_model::RegionName> = Vec::new();
     for n in &cluster.nodes {
@@ -82,7 +82,7 @@ fn remote_vantages<'a>(
             let in_region: Vec<&Node> = cluster.nodes.iter().filter(|n| n.region == *r).collect();
             let node = in_region
                 .iter()
-                .find(|n| matches!(statuses.get(&n.name), Some(Ok(_))))
+                .find(|n| answered.contains(&n.name))
                 .or_else(|| in_region.first())
                 .copied()?;
             let row = 10 + cfg.regions.iter().position(|x| x.name == *r).unwrap_or(0) as i32;
@@ -304,6 +304,29 @@ async fn watch(ctl: Controller, cluster: Cluster, cancel: &CancellationToken, tr
     // The last handover record written (see crate::handover).
     let mut handed_over: Option<Instant> = None;
     let mut seeded = false;
+    // Metric handles, made once (no label strings built per probe).
+    let jitter = sh
+        .metrics
+        .probe_jitter_seconds
+        .get_or_create(&crate::metrics::ClusterLabel { cluster: cluster.name.to_string() })
+        .clone();
+    let mut probe_counters: HashMap<(&'static str, &'static str), prometheus_client::metrics::counter::Counter> =
+        HashMap::new();
+    let mut count_probe = |path: &'static str, outcome: &'static str| {
+        probe_counters
+            .entry((path, outcome))
+            .or_insert_with(|| {
+                sh.metrics
+                    .probes
+                    .get_or_create(&crate::metrics::ProbeLabel {
+                        cluster: cluster.name.to_string(),
+                        path: path.into(),
+                        outcome: outcome.into(),
+                    })
+                    .clone()
+            })
+            .inc();
+    };
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -367,9 +390,17 @@ async fn watch(ctl: Controller, cluster: Cluster, cancel: &CancellationToken, tr
         let prober = direct.get_or_insert_with(|| Prober::new(target.clone(), probe::ROW_DIRECT, "pgdr-controller"));
         prober.retarget(target.clone());
         // Vantage points in other regions (none while a workflow runs).
-        let prev_statuses =
-            sh.observed.lock().ok().and_then(|o| o.get(&cluster.name).map(|o| o.statuses.clone())).unwrap_or_default();
-        let remotes = remote_vantages(&sh.config, &cluster, pnode, &prev_statuses);
+        // Which agents answered last time (not a copy of their statuses).
+        let answered: Vec<NodeName> = sh
+            .observed
+            .lock()
+            .ok()
+            .and_then(|o| {
+                o.get(&cluster.name)
+                    .map(|o| o.statuses.iter().filter(|(_, s)| s.is_ok()).map(|(n, _)| n.clone()).collect())
+            })
+            .unwrap_or_default();
+        let remotes = remote_vantages(&sh.config, &cluster, pnode, &answered);
         let names: Vec<String> = remotes.iter().map(|(n, _, _)| n.clone()).collect();
         if names != remote_names {
             det = new_detector(&names);
@@ -409,7 +440,7 @@ async fn watch(ctl: Controller, cluster: Cluster, cancel: &CancellationToken, tr
         let t0 = Instant::now();
         if let Some(prev) = last_probe.replace(t0) {
             let gap = t0.duration_since(prev).as_secs_f64();
-            sh.metrics.probe_jitter_seconds.observe((gap - timing.probe_interval.as_secs_f64()).abs());
+            jitter.observe((gap - timing.probe_interval.as_secs_f64()).abs());
         }
         det.probe_started(VANTAGE_CONTROLLER, t0 + timing.probe_timeout);
         let (res, statuses, remote_seen) =
@@ -423,14 +454,7 @@ async fn watch(ctl: Controller, cluster: Cluster, cancel: &CancellationToken, tr
                 tracing::info!(cluster = %cluster.name, "the primary answers again; the proxies held writes for {:.2}s", held.as_secs_f64());
             }
         }
-        sh.metrics
-            .probes
-            .get_or_create(&crate::metrics::ProbeLabel {
-                cluster: cluster.name.to_string(),
-                path: "direct".into(),
-                outcome: res.outcome.kind().into(),
-            })
-            .inc();
+        count_probe("direct", res.outcome.kind());
         let agent_seen = agent_outcome(statuses.get(&primary));
         // Through the proxies (metrics only: a paused proxy is not an outage,
         // and a held one would only make this probe wait).
@@ -449,20 +473,19 @@ async fn watch(ctl: Controller, cluster: Cluster, cancel: &CancellationToken, tr
             }
             for pp in &mut via_proxy {
                 let r = pp.probe(timing.probe_timeout).await;
-                sh.metrics
-                    .probes
-                    .get_or_create(&crate::metrics::ProbeLabel {
-                        cluster: cluster.name.to_string(),
-                        path: "proxy".into(),
-                        outcome: r.outcome.kind().into(),
-                    })
-                    .inc();
+                count_probe("proxy", r.outcome.kind());
             }
         }
         // Lag from the replicated heartbeat.
         let mut lag = std::collections::BTreeMap::new();
-        let prev = sh.observed.lock().ok().and_then(|o| o.get(&cluster.name).cloned()).unwrap_or_default();
-        let primary_hb = res.heartbeat_at.or(prev.heartbeat_at);
+        // What was seen before, field by field (not a copy of the whole view).
+        let (prev_hb, prev_lsn) = sh
+            .observed
+            .lock()
+            .ok()
+            .and_then(|o| o.get(&cluster.name).map(|o| (o.heartbeat_at, o.primary_lsn)))
+            .unwrap_or_default();
+        let primary_hb = res.heartbeat_at.or(prev_hb);
         if res.outcome.is_ok()
             && let Some(hb) = primary_hb
         {
@@ -514,8 +537,8 @@ async fn watch(ctl: Controller, cluster: Cluster, cancel: &CancellationToken, tr
         // Record what we saw.
         {
             let primary_lsn = match statuses.get(&primary) {
-                Some(Ok(s)) if s.up => s.current_lsn.or(prev.primary_lsn),
-                _ => prev.primary_lsn,
+                Some(Ok(s)) if s.up => s.current_lsn.or(prev_lsn),
+                _ => prev_lsn,
             };
             // Fresh readings only (the primary answered, lags measured now)
             // are handed over: a re-stamped old reading would hide its age.
@@ -524,8 +547,6 @@ async fn watch(ctl: Controller, cluster: Cluster, cancel: &CancellationToken, tr
                 handed_over = Some(Instant::now());
                 hand_over(&sh, &cluster.name, &primary, primary_lsn, &lag).await;
             }
-            let mut merged_lag = prev.lag.clone();
-            merged_lag.extend(lag);
             if let Ok(mut o) = sh.observed.lock() {
                 let e = o.entry(cluster.name.clone()).or_default();
                 e.statuses = statuses
@@ -538,7 +559,9 @@ async fn watch(ctl: Controller, cluster: Cluster, cancel: &CancellationToken, tr
                         (k.clone(), v)
                     })
                     .collect();
-                e.lag = merged_lag.clone();
+                // The latest lag of each replica measured now; the others
+                // keep their last one.
+                e.lag.extend(lag);
                 e.primary_lsn = primary_lsn;
                 e.heartbeat_at = primary_hb;
                 e.vantages.retain(|k, _| remote_names.contains(k));

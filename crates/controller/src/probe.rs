@@ -29,9 +29,35 @@ pub const SCHEMA_SQL: &str = "CREATE SCHEMA IF NOT EXISTS pgdr; \
 pub const ROW_DIRECT: i32 = 1;
 pub const ROW_PROXY: i32 = 2;
 
-const UPSERT: &str = "INSERT INTO pgdr.heartbeat AS h (id, counter, at, written_by) VALUES ($1, 1, now(), $2) \
-     ON CONFLICT (id) DO UPDATE SET counter = h.counter + 1, at = now(), written_by = excluded.written_by \
-     RETURNING extract(epoch from at)::float8";
+/// The canary write of one path: the same upsert as ever, sent as one
+/// simple query (one round trip; with parameters it was two, a parse and
+/// then the execution, both planned by the server). The row and the writer
+/// are this program's own values, written in as literals: the writer's name
+/// keeps only letters, digits and `-_.:`, so it needs no escaping.
+pub fn upsert_sql(row: i32, written_by: &str) -> String {
+    let who: String = written_by.chars().filter(|c| c.is_ascii_alphanumeric() || "-_.:".contains(*c)).collect();
+    format!(
+        "INSERT INTO pgdr.heartbeat AS h (id, counter, at, written_by) VALUES ({row}, 1, now(), '{who}') \
+         ON CONFLICT (id) DO UPDATE SET counter = h.counter + 1, at = now(), written_by = excluded.written_by \
+         RETURNING extract(epoch from at)::float8"
+    )
+}
+
+/// The first column of the first row of a simple query's answer, as a
+/// float8's text (PostgreSQL prints the shortest text that reads back
+/// exactly); `None` when no row came back.
+pub async fn simple_f64(client: &tokio_postgres::Client, sql: &str) -> Result<Option<f64>, tokio_postgres::Error> {
+    for m in client.simple_query(sql).await? {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            return Ok(r.get(0).and_then(|v| v.parse::<f64>().ok()));
+        }
+    }
+    Ok(None)
+}
+
+fn missing_table(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|d| d.code().code() == "42P01" || d.code().code() == "3F000")
+}
 
 /// Where and as whom to connect. Its `Debug` never shows the password.
 #[derive(Clone)]
@@ -146,6 +172,8 @@ pub struct Prober {
     pub target: Target,
     pub row: i32,
     pub written_by: String,
+    /// [`upsert_sql`] of `row` and `written_by`, made once.
+    sql: String,
     conn: Kept,
 }
 
@@ -160,7 +188,9 @@ pub struct ProbeResult {
 
 impl Prober {
     pub fn new(target: Target, row: i32, written_by: impl Into<String>) -> Prober {
-        Prober { target, row, written_by: written_by.into(), conn: Kept::default() }
+        let written_by = written_by.into();
+        let sql = upsert_sql(row, &written_by);
+        Prober { target, row, written_by, sql, conn: Kept::default() }
     }
 
     /// Points the prober at another server (after a role change).
@@ -201,17 +231,17 @@ impl Prober {
 
     async fn write(&mut self) -> Result<f64, ProbeOutcome> {
         let client = self.conn.get(|| open_canary(&self.target), lost).await?;
-        let row = match client.query_one(UPSERT, &[&self.row, &self.written_by]).await {
-            Ok(r) => r,
-            Err(e) if e.as_db_error().is_some_and(|d| d.code().code() == "42P01" || d.code().code() == "3F000") => {
+        let at = match simple_f64(client, &self.sql).await {
+            Ok(at) => at,
+            Err(e) if missing_table(&e) => {
                 // The table is missing (a new primary built without it, or
                 // first contact): create it, then write.
                 client.batch_execute(SCHEMA_SQL).await.map_err(|e| classify(&e))?;
-                client.query_one(UPSERT, &[&self.row, &self.written_by]).await.map_err(|e| classify(&e))?
+                simple_f64(client, &self.sql).await.map_err(|e| classify(&e))?
             }
             Err(e) => return Err(classify(&e)),
         };
-        row.try_get::<_, f64>(0).map_err(|e| ProbeOutcome::Failed(e.to_string()))
+        at.ok_or_else(|| ProbeOutcome::Failed("the heartbeat write returned no time".into()))
     }
 }
 
@@ -262,19 +292,15 @@ pub async fn replicated_heartbeat(target: &Target, timeout: Duration) -> Result<
     tokio::time::timeout(timeout, fut).await.unwrap_or(Err(ProbeOutcome::TimedOut))
 }
 
+/// The replicated heartbeat read (one simple query: one round trip).
+const READ_HEARTBEAT: &str = "SELECT extract(epoch from at)::float8 FROM pgdr.heartbeat WHERE id = 1";
+const _: () = assert!(ROW_DIRECT == 1, "READ_HEARTBEAT reads the direct path's row");
+
 async fn read_heartbeat(client: &tokio_postgres::Client) -> Result<Option<f64>, ProbeOutcome> {
-    {
-        let row = client
-            .query_opt("SELECT extract(epoch from at)::float8 FROM pgdr.heartbeat WHERE id = $1", &[&ROW_DIRECT])
-            .await;
-        match row {
-            Ok(Some(r)) => r.try_get::<_, f64>(0).map(Some).map_err(|e| ProbeOutcome::Failed(e.to_string())),
-            Ok(None) => Ok(None),
-            Err(e) if e.as_db_error().is_some_and(|d| d.code().code() == "42P01" || d.code().code() == "3F000") => {
-                Ok(None)
-            }
-            Err(e) => Err(classify(&e)),
-        }
+    match simple_f64(client, READ_HEARTBEAT).await {
+        Ok(at) => Ok(at),
+        Err(e) if missing_table(&e) => Ok(None),
+        Err(e) => Err(classify(&e)),
     }
 }
 
@@ -282,6 +308,16 @@ async fn read_heartbeat(client: &tokio_postgres::Client) -> Result<Option<f64>, 
 /// replayed trails the last one the primary committed.
 pub fn heartbeat_lag(primary_at: f64, replica_at: f64) -> f64 {
     (primary_at - replica_at).max(0.0)
+}
+
+#[cfg(test)]
+mod sql_tests {
+    #[test]
+    fn the_writer_name_is_kept_to_safe_characters() {
+        let sql = super::upsert_sql(2, "pgdr-controller'; DROP TABLE x; --");
+        assert!(sql.contains("VALUES (2, 1, now(), 'pgdr-controllerDROPTABLEx--')"), "{sql}");
+        assert!(super::upsert_sql(1, "pgdr-agent-east-1").contains("'pgdr-agent-east-1'"));
+    }
 }
 
 #[cfg(test)]

@@ -473,6 +473,12 @@ pub async fn is_rotation_lock(sh: &Shared, cluster: &str) -> bool {
     lock_of(sh, cluster).await.is_some_and(|l| l.kind == ROTATE_SECRETS)
 }
 
+/// [`is_rotation_lock`] of a lock's stored value (a value that does not
+/// parse is not a rotation's).
+pub fn is_rotation_lock_value(value: &[u8]) -> bool {
+    serde_json::from_slice::<ClusterLock>(value).is_ok_and(|l| l.kind == ROTATE_SECRETS)
+}
+
 // ---------------------------------------------------------------- schedule
 
 /// The fixed offset of `cluster` within `spread`: FNV-1a of its name, so it

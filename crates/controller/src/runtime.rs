@@ -531,7 +531,21 @@ impl Shared {
     /// The routing for a cluster state: the named primary, and replicas
     /// whose agents report them up and in recovery.
     pub fn route(&self, cluster: &Cluster, state: &ClusterState) -> RouteInfo {
-        let observed = self.observed.lock().ok().and_then(|o| o.get(&cluster.name).cloned()).unwrap_or_default();
+        // Which nodes are up replicas, read in place (no copy of the view).
+        let up_replicas: Vec<NodeName> = self
+            .observed
+            .lock()
+            .ok()
+            .and_then(|o| {
+                o.get(&cluster.name).map(|o| {
+                    o.statuses
+                        .iter()
+                        .filter(|(_, s)| matches!(s, Ok(s) if s.up && s.role == Role::Replica))
+                        .map(|(n, _)| n.clone())
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
         let primary = state
             .primary
             .as_ref()
@@ -541,7 +555,7 @@ impl Shared {
             .nodes
             .iter()
             .filter(|n| Some(&n.name) != state.primary.as_ref())
-            .filter(|n| matches!(observed.statuses.get(&n.name), Some(Ok(s)) if s.up && s.role == Role::Replica))
+            .filter(|n| up_replicas.contains(&n.name))
             .map(|n| (n.name.clone(), n.host.clone(), n.port))
             .collect();
         RouteInfo { epoch: state.epoch, primary, replicas }
