@@ -80,11 +80,7 @@ fn remote_vantages<'a>(
         .into_iter()
         .filter_map(|r| {
             let in_region: Vec<&Node> = cluster.nodes.iter().filter(|n| n.region == *r).collect();
-            let node = in_region
-                .iter()
-                .find(|n| answered.contains(&n.name))
-                .or_else(|| in_region.first())
-                .copied()?;
+            let node = in_region.iter().find(|n| answered.contains(&n.name)).or_else(|| in_region.first()).copied()?;
             let row = 10 + cfg.regions.iter().position(|x| x.name == *r).unwrap_or(0) as i32;
             Some((remote_vantage(r.as_str()), node, row))
         })
