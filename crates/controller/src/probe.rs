@@ -66,6 +66,11 @@ pub struct Target {
     pub port: u16,
     pub user: String,
     pub password: Option<String>,
+    /// Where the password is kept (a file, a variable): read when a
+    /// connection is opened, so a rotated password is used by the next
+    /// connection without reading the secret at every probe. Used instead
+    /// of `password` when set.
+    pub secret: Option<pgdr_config::Secret>,
     pub database: String,
     /// TLS with the cluster's CA, or plain TCP.
     pub tls: Option<pgdr_tls::pg::PgTls>,
@@ -77,6 +82,7 @@ impl std::fmt::Debug for Target {
             .field("addr", &self.addr())
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("secret", &self.secret.as_ref().map(|_| "***"))
             .field("database", &self.database)
             .field("tls", &self.tls)
             .finish()
@@ -96,8 +102,17 @@ impl Target {
             .dbname(&self.database)
             .connect_timeout(timeout)
             .application_name(app);
-        if let Some(p) = &self.password {
-            c.password(p);
+        match &self.secret {
+            Some(s) => {
+                if let Ok(p) = s.resolve() {
+                    c.password(p);
+                }
+            }
+            None => {
+                if let Some(p) = &self.password {
+                    c.password(p);
+                }
+            }
         }
         c
     }
@@ -329,6 +344,7 @@ mod debug_tests {
             port: 5432,
             user: "pgdr".into(),
             password: Some("hunter2-pw".into()),
+            secret: Some(pgdr_config::Secret::Inline("hunter2-pw".into())),
             database: "postgres".into(),
             tls: None,
         };

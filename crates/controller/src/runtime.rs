@@ -481,7 +481,9 @@ impl Shared {
             host: node.host.clone(),
             port: node.port,
             user: cluster.user.clone(),
-            password: cluster.password.as_ref().and_then(|s| s.resolve().ok()),
+            // Read at each (re)connection, not at each probe.
+            password: None,
+            secret: cluster.password.clone(),
             database: cluster.database.clone(),
             tls: self.pg_tls.clone(),
         }
