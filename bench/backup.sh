@@ -2,7 +2,11 @@
 # Backup and restore throughput: pgdr against pgBackRest, in one run, on the
 # same pgbench database, both to a local repository with zstd level 3 and 2
 # parallel processes. Prints wall time, MB/s and repository size for both,
-# and the ratios. Cleans up everything it made (trap), also on failure.
+# and the ratios. Then a delta restore with each tool: a small change to the
+# database (a new table, updated rows of the two small pgbench tables), a
+# second full backup, and `restore --delta` of it into the directory the
+# first restore wrote (only the files that differ are rewritten).
+# Cleans up everything it made (trap), also on failure.
 #
 # Usage: bench/backup.sh [SCALE]      (default scale 50, about 750 MB)
 #        PGDR_BIN=/path/to/release/pgdr bench/backup.sh   (skip the build)
@@ -104,7 +108,6 @@ t0=$(now)
 "$PGDR" --config "$WORK/pgdr.toml" restore --cluster bench --from repo --to "$WORK/pgdr-restore" --workers 2 >&2
 t1=$(now)
 PGDR_RESTORE_S=$(elapsed "$t0" "$t1")
-rm -rf "$WORK/pgdr-restore"
 
 # --- pgBackRest ------------------------------------------------------------
 mkdir -p "$WORK/pgbr-repo" "$WORK/pgbr-log" "$WORK/pgbr-lock" && chown postgres: "$WORK/pgbr-repo" "$WORK/pgbr-log" "$WORK/pgbr-lock"
@@ -143,15 +146,39 @@ t0=$(now)
 t1=$(now)
 PGBR_RESTORE_S=$(elapsed "$t0" "$t1")
 
+# --- delta restore: a small change, a second backup, restore --delta -------
+echo "small change, second backups..." >&2
+psql -h 127.0.0.1 -p "$PORT" -U postgres -qAt postgres >/dev/null <<'SQL'
+create table bench_delta as select g as id, md5(g::text) as note from generate_series(1, 10000) g;
+update pgbench_branches set bbalance = bbalance + 1;
+update pgbench_tellers set tbalance = tbalance + 1 where tid % 2 = 0;
+checkpoint;
+SQL
+"$PGDR" --config "$WORK/pgdr.toml" backup run --cluster bench --workers 2 --no-copy >&2
+"${PGBR[@]}" --type=full backup >&2
+echo "pgdr delta restore..." >&2
+t0=$(now)
+"$PGDR" --config "$WORK/pgdr.toml" restore --cluster bench --from repo --to "$WORK/pgdr-restore" --workers 2 --delta >&2
+t1=$(now)
+PGDR_DELTA_S=$(elapsed "$t0" "$t1")
+echo "pgBackRest delta restore..." >&2
+t0=$(now)
+"${PGBR[@]}" --pg1-path="$WORK/pgbr-restore" --delta restore >&2
+t1=$(now)
+PGBR_DELTA_S=$(elapsed "$t0" "$t1")
+
 # --- report ----------------------------------------------------------------
-python3 - "$DBBYTES" "$PGDR_BACKUP_S" "$PGDR_RESTORE_S" "$PGDR_REPO" "$PGBR_BACKUP_S" "$PGBR_RESTORE_S" "$PGBR_REPO" "$SCALE" <<'EOF'
+python3 - "$DBBYTES" "$PGDR_BACKUP_S" "$PGDR_RESTORE_S" "$PGDR_REPO" "$PGBR_BACKUP_S" "$PGBR_RESTORE_S" "$PGBR_REPO" "$SCALE" \
+  "$PGDR_DELTA_S" "$PGBR_DELTA_S" <<'EOF'
 import sys
-db, pb, pr, prepo, bb, br, brepo, scale = sys.argv[1:]
-db = int(db); pb, pr, bb, br = map(float, (pb, pr, bb, br)); prepo, brepo = int(prepo), int(brepo)
+db, pb, pr, prepo, bb, br, brepo, scale, pd, bd = sys.argv[1:]
+db = int(db); pb, pr, bb, br, pd, bd = map(float, (pb, pr, bb, br, pd, bd)); prepo, brepo = int(prepo), int(brepo)
 mb = db / 1e6
 print(f"pgbench scale {scale}: databases {mb:.0f} MB; zstd level 3, 2 processes, local repository")
 print(f"{'tool':<12}{'backup s':>10}{'backup MB/s':>13}{'restore s':>11}{'restore MB/s':>14}{'repo MB':>10}")
 print(f"{'pgdr':<12}{pb:>10.2f}{mb/pb:>13.1f}{pr:>11.2f}{mb/pr:>14.1f}{prepo/1e6:>10.1f}")
 print(f"{'pgBackRest':<12}{bb:>10.2f}{mb/bb:>13.1f}{br:>11.2f}{mb/br:>14.1f}{brepo/1e6:>10.1f}")
 print(f"ratios pgdr/pgBackRest: backup throughput {bb/pb:.2f}x, restore throughput {br/pr:.2f}x, repository size {prepo/brepo:.2f}x")
+print(f"delta restore after a small change (database size / wall time): pgdr {pd:.2f} s ({mb/pd:.1f} MB/s), "
+      f"pgBackRest {bd:.2f} s ({mb/bd:.1f} MB/s), ratio {bd/pd:.2f}x")
 EOF

@@ -143,7 +143,7 @@ pub(crate) async fn store_part(
     dest: &Dest,
     key: String,
     name: String,
-    plain: Vec<u8>,
+    plain: Bytes,
     level: i32,
     cpu: &Semaphore,
 ) -> Result<Object> {
@@ -244,20 +244,35 @@ pub async fn run_backup(
         s
     });
 
+    // The file list for delta restores, built on its own thread from the
+    // same parts in stream order (blake3 of every file: kept off the reader).
+    let (index_tx, mut index_rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    let indexer = std::thread::spawn(move || {
+        let mut ix = crate::tarindex::Indexer::new();
+        while let Some(part) = index_rx.blocking_recv() {
+            ix.feed(&part);
+        }
+        ix.finish()
+    });
     let cpu = Arc::new(Semaphore::new(opts.workers.max(1)));
     let width = opts.workers.max(1) + dest.concurrency;
     let part_size = opts.part_size.max(64 * 1024);
-    let parts = futures::stream::try_unfold((stdout, 0usize, false), move |(mut stdout, i, done)| async move {
-        if done {
-            return Ok(None);
-        }
-        let buf = read_part(&mut stdout, part_size).await.map_err(BackupError::io("reading pg_basebackup's output"))?;
-        if buf.is_empty() && i > 0 {
-            return Ok(None);
-        }
-        let last = buf.len() < part_size;
-        Ok(Some(((i, buf), (stdout, i + 1, last))))
-    });
+    let parts =
+        futures::stream::try_unfold((stdout, 0usize, false, index_tx), move |(mut stdout, i, done, tx)| async move {
+            if done {
+                return Ok(None);
+            }
+            let buf =
+                read_part(&mut stdout, part_size).await.map_err(BackupError::io("reading pg_basebackup's output"))?;
+            if buf.is_empty() && i > 0 {
+                return Ok(None);
+            }
+            let last = buf.len() < part_size;
+            let buf = Bytes::from(buf);
+            // A closed channel only loses the file list (the indexer failed).
+            let _ = tx.send(buf.clone()).await;
+            Ok(Some(((i, buf), (stdout, i + 1, last, tx))))
+        });
     let upload = parts
         .map_ok(|(i, buf)| {
             let name = format!("data/{i:06}");
@@ -301,6 +316,21 @@ pub async fn run_backup(
         return Err(BackupError::Other(format!("cannot read start/stop LSN from pg_basebackup's report: {report}")));
     };
     objects.sort_by(|a, b| a.name.cmp(&b.name));
+    let files = match indexer.join() {
+        Ok(Ok(files)) if serde_json::to_vec(&files).map_or(0, |v| v.len() as u64) < manifest::MAX_MANIFEST / 2 => files,
+        Ok(Ok(files)) => {
+            tracing::warn!(cluster = cluster_name, %id, files = files.len(), "the file list is too large for the manifest: this backup restores in full only (no delta restore)");
+            Vec::new()
+        }
+        Ok(Err(why)) => {
+            tracing::warn!(cluster = cluster_name, %id, "cannot list the files of the backup ({why}): it restores in full only (no delta restore)");
+            Vec::new()
+        }
+        Err(_) => {
+            tracing::warn!(cluster = cluster_name, %id, "the file indexer failed: this backup restores in full only (no delta restore)");
+            Vec::new()
+        }
+    };
     // Chain to the newest backup there (and past the newest ever seen here;
     // after a rollback, to the vanished one, so the gap stays visible in the
     // authenticated chain).
@@ -333,6 +363,7 @@ pub async fn run_backup(
         objects,
         copied_from: None,
         mac: String::new(),
+        files,
     };
     let body = m.seal(dest.keys.current());
     dest.put_new(&manifest::manifest_key(cluster_name, &id), Bytes::from(body)).await?;
@@ -342,6 +373,7 @@ pub async fn run_backup(
         stored_bytes: m.stored_bytes,
         objects: m.objects.len() as u64,
         seconds: started.elapsed().as_secs_f64(),
+        files: None,
     };
     tracing::info!(cluster = cluster_name, %id, dest = %dest.name, mib_s = measured.mib_per_s(), "base backup done");
     Ok((m, measured))

@@ -9,11 +9,13 @@
 //! - [`lock`]: store-enforced immutability (S3 Object Lock) and its check.
 //! - [`base`]: a streamed base backup of a running cluster (from a replica when one is healthy).
 //! - [`wal`]: `wal-push` (archive_command, with parallel look-ahead) and `wal-fetch` (restore_command).
+//! - [`extract`]: writing a backup's files into a data directory, in full or as a delta.
 //! - [`restore`]: restore, PITR and restore-verification.
 //! - [`copy`]: copies to other destinations, resumable, and `pull` from a read-only source.
 //! - [`job`]: a tier's backup job (backup, then copies) and `run_due` for the scheduler.
 //! - [`retention`]: prune by count and age.
 //! - [`schedule`]: which clusters are due for a backup by their tier's cron schedule.
+//! - [`tarindex`]: the list of files in a backup's tar stream (for delta restores).
 //! - [`status`]: newest backup and WAL per cluster and destination (for metrics).
 //!
 //! This crate depends on config, model and node; never on the controller or proxy.
@@ -21,6 +23,7 @@
 pub mod base;
 pub mod copy;
 pub mod dest;
+pub mod extract;
 pub mod format;
 pub mod job;
 pub mod keys;
@@ -30,6 +33,7 @@ pub mod restore;
 pub mod retention;
 pub mod schedule;
 pub mod status;
+pub mod tarindex;
 pub mod wal;
 
 use std::path::{Path, PathBuf};
@@ -131,6 +135,23 @@ pub struct Measured {
     pub stored_bytes: u64,
     pub objects: u64,
     pub seconds: f64,
+    /// Set by a restore that wrote files itself (from the backup's file
+    /// list): what it kept, wrote and removed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<FileCounts>,
+}
+
+/// What a restore did to the files of a data directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FileCounts {
+    /// Files already there with the backup's size and blake3: not rewritten.
+    pub kept: u64,
+    pub kept_bytes: u64,
+    /// Files written (new or different).
+    pub written: u64,
+    pub written_bytes: u64,
+    /// Files, links and folders removed (not in the backup, or of another kind).
+    pub removed: u64,
 }
 
 impl Measured {

@@ -19,8 +19,11 @@
 //! hidden, an older one served as the latest) against the newest sequence
 //! they have seen, and a missing backup in the middle from the chain.
 //!
-//! Format 2; format 1 manifests (a plain checksum, no key) are reported as
-//! legacy and not used.
+//! Format 3 adds the list of files in the tar stream ([`FileEntry`]: path,
+//! kind, mode, size, where its bytes start in the stream and their blake3),
+//! which a delta restore compares a data directory against; format 2
+//! manifests (no file list) are still read and restore in full. Format 1
+//! manifests (a plain checksum, no key) are reported as legacy and not used.
 
 use pgdr_model::Lsn;
 use serde::{Deserialize, Serialize};
@@ -28,7 +31,9 @@ use serde::{Deserialize, Serialize};
 use crate::keys::{Key, Keyring};
 
 /// The manifest format this pgdr writes and reads.
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
+/// The oldest manifest format this pgdr reads (2: authenticated, no file list).
+pub const OLDEST_READ: u32 = 2;
 /// Largest manifest read (about 100 000 objects): a hostile object at a
 /// manifest's path cannot make a reader allocate more.
 pub const MAX_MANIFEST: u64 = 64 << 20;
@@ -76,6 +81,42 @@ pub struct Object {
     pub stored_blake3: String,
 }
 
+/// What a [`FileEntry`] is.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    File,
+    Dir,
+    Link,
+}
+
+/// One entry of the base backup's tar stream (format 3).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    /// Relative to the data directory, `/`-separated, no `.` or `..` parts.
+    pub path: String,
+    pub kind: FileKind,
+    /// Permission bits (`0o600`, `0o700`).
+    pub mode: u32,
+    /// Bytes (files only).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub size: u64,
+    /// Where the file's bytes start in the plaintext tar stream (files only).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub offset: u64,
+    /// blake3 of the file's bytes (files only).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub blake3: String,
+    /// A link's target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -116,6 +157,12 @@ pub struct Manifest {
     /// Keyed BLAKE3 (hex) of this manifest's JSON with this field empty,
     /// under the manifest key derived from key `key_id`.
     pub mac: String,
+    /// Every entry of the tar stream (format 3; empty in format 2 manifests
+    /// and when the stream could not be indexed): what a delta restore
+    /// compares against. Left out of the JSON when empty, so a format 2
+    /// manifest's authenticated bytes are unchanged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileEntry>,
 }
 
 /// What kind of trouble a stored thing is in: the words `verify` reports.
@@ -234,7 +281,7 @@ impl Manifest {
         }
         let v: Version =
             serde_json::from_slice(bytes).map_err(|source| ManifestError::Json { key: key.to_owned(), source })?;
-        if v.format < FORMAT {
+        if v.format < OLDEST_READ {
             return Err(ManifestError::Legacy { key: key.to_owned(), format: v.format });
         }
         if v.format > FORMAT {
@@ -297,7 +344,7 @@ pub fn new_id(now: chrono::DateTime<chrono::Utc>) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -335,6 +382,7 @@ mod tests {
             objects: vec![],
             copied_from: None,
             mac: String::new(),
+            files: vec![],
         }
     }
 
@@ -368,6 +416,36 @@ mod tests {
         assert!(matches!(Manifest::parse(&at, &big, &keys), Err(ManifestError::TooLarge { .. })));
         assert!(parse_manifest_key("c/backups/x/manifest.json") == Some(("c", "x")));
         assert!(parse_manifest_key("c/backups/x/y/manifest.json").is_none());
+    }
+
+    #[test]
+    fn format_2_manifests_still_read_and_file_lists_are_authenticated() {
+        let keys = Keyring::new("k1", [1; 32], vec![]);
+        let at = manifest_key("c", "x");
+        // A format 2 manifest as an older pgdr sealed it: no `files` in its JSON.
+        let mut old = sample("c", "x");
+        old.format = 2;
+        old.key_id = "k1".into();
+        old.mac = keys.current().mac(&old.body()).to_hex().to_string();
+        let bytes = serde_json::to_vec_pretty(&old).expect("json");
+        assert!(!String::from_utf8_lossy(&bytes).contains("files"));
+        let parsed = Manifest::parse(&at, &bytes, &keys).expect("format 2 reads");
+        assert!(parsed.files.is_empty() && parsed.format == 2);
+        // Format 3 with a file list: an edited entry fails authentication.
+        let mut m = sample("c", "x");
+        m.files = vec![FileEntry {
+            path: "base/1/1259".into(),
+            kind: FileKind::File,
+            mode: 0o600,
+            size: 8192,
+            offset: 1536,
+            blake3: "ab".repeat(32),
+            target: None,
+        }];
+        let bytes = m.seal(keys.current());
+        assert_eq!(Manifest::parse(&at, &bytes, &keys).expect("format 3").files, m.files);
+        let edited = String::from_utf8(bytes).expect("utf8").replace("8192", "8193");
+        assert!(matches!(Manifest::parse(&at, edited.as_bytes(), &keys), Err(ManifestError::Unauthentic { .. })));
     }
 
     mod props {

@@ -1,9 +1,14 @@
 //! Restore and point-in-time recovery.
 //!
-//! Objects are downloaded several at a time but written in order into `tar`
-//! (run as the server's user, so the files are owned right); each is checked
-//! against its stored checksum before decryption and its plaintext checksum
-//! after. The restored server gets `restore_command = pgdr wal-fetch …`,
+//! A backup with a file list (manifest format 3) is written by
+//! [`crate::extract`]: parts downloaded and decompressed several at a time,
+//! their slices written in place, files fsynced as they complete,
+//! `pg_control` last; with `delta`, into an existing data directory of a
+//! stopped server, rewriting only the files that differ from the backup. An
+//! older backup (format 2) is written in order into `tar` (run as the
+//! server's user, so the files are owned right). Either way each object is
+//! checked against its stored checksum before decryption and its plaintext
+//! checksum after. The restored server gets `restore_command = pgdr wal-fetch …`,
 //! the recovery target, `recovery.signal` and no archiving (it must not write
 //! into the archive it restores from), and can be started and waited for.
 
@@ -46,6 +51,10 @@ pub struct RestoreOptions {
     pub port: u16,
     pub run_as: RunAs,
     pub bin_dir: Option<PathBuf>,
+    /// Restore into an existing data directory (of a stopped server):
+    /// keep the files that match the backup, write the rest, remove what
+    /// the backup does not have. An empty or absent `to` restores in full.
+    pub delta: bool,
 }
 
 /// Picks the backup to restore: the named one, else the newest one that
@@ -125,15 +134,52 @@ pub async fn restore(
     let m = pick_backup(dest, cluster, opts.backup.as_deref(), &opts.target).await?;
     progress.total.store(m.plain_bytes, std::sync::atomic::Ordering::Relaxed);
     let started = Instant::now();
-    if opts.to.exists() && std::fs::read_dir(&opts.to).map(|mut d| d.next().is_some()).unwrap_or(true) {
+    let non_empty = match std::fs::symlink_metadata(&opts.to) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            return Err(BackupError::Config(format!(
+                "{} is a link: name the folder it points to (a restore does not follow links)",
+                opts.to.display()
+            )));
+        }
+        Ok(meta) if !meta.is_dir() => {
+            return Err(BackupError::Config(format!("{} exists and is not a folder", opts.to.display())));
+        }
+        Ok(_) => std::fs::read_dir(&opts.to).map(|mut d| d.next().is_some()).unwrap_or(true),
+        Err(_) => false,
+    };
+    if non_empty && !opts.delta {
         return Err(BackupError::Config(format!(
-            "{} exists and is not empty: restore into a new or empty folder",
+            "{} exists and is not empty: restore into a new or empty folder, or pass --delta to bring a stopped \
+             server's data directory to the backup (rewriting only the files that differ)",
             opts.to.display()
         )));
+    }
+    if non_empty {
+        check_delta_target(&opts.to)?;
+        if m.files.is_empty() {
+            return Err(BackupError::Config(format!(
+                "backup {} has no file list (it was taken by a pgdr before delta restores): a delta restore \
+                 needs one; restore it into a new or empty folder, or take a new backup",
+                m.id
+            )));
+        }
     }
     let bin = PgBinaries::find(opts.bin_dir.as_deref())?;
     let pg = LocalPg::new(bin, opts.to.clone(), "127.0.0.1", opts.port, opts.run_as.clone());
     pg.prepare_dirs()?;
+    if !m.files.is_empty() {
+        let counts =
+            crate::extract::extract(dest, &m, &opts.to, opts.workers, &opts.run_as, non_empty, progress).await?;
+        configure_recovery(&pg, opts)?;
+        let measured = Measured {
+            plain_bytes: progress.plain_bytes.load(std::sync::atomic::Ordering::Relaxed),
+            stored_bytes: progress.stored_bytes.load(std::sync::atomic::Ordering::Relaxed),
+            objects: progress.objects.load(std::sync::atomic::Ordering::Relaxed),
+            seconds: started.elapsed().as_secs_f64(),
+            files: Some(counts),
+        };
+        return Ok((m, measured));
+    }
 
     let mut tar = Command::new("tar");
     tar.args(["-x", "-f", "-", "-C"]).arg(&opts.to).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
@@ -201,8 +247,39 @@ pub async fn restore(
         stored_bytes: m.stored_bytes,
         objects: m.objects.len() as u64,
         seconds: started.elapsed().as_secs_f64(),
+        files: None,
     };
     Ok((m, measured))
+}
+
+/// Refuses a delta restore into something that is not a PostgreSQL data
+/// directory (its contents would be deleted) or where a server runs.
+fn check_delta_target(to: &Path) -> Result<()> {
+    if !std::fs::symlink_metadata(to.join("PG_VERSION")).is_ok_and(|m| m.is_file()) {
+        return Err(BackupError::Config(format!(
+            "{} is not empty and has no PG_VERSION: it does not look like a PostgreSQL data directory, and a \
+             delta restore would delete what it holds; name the data directory, or an empty folder",
+            to.display()
+        )));
+    }
+    let pidfile = to.join("postmaster.pid");
+    if let Ok(text) = std::fs::read_to_string(&pidfile)
+        && let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok()).filter(|p| *p > 0)
+    {
+        use nix::sys::signal::kill;
+        use nix::unistd::Pid;
+        // Alive, or alive under another user (EPERM): either way in use.
+        if matches!(kill(Pid::from_raw(pid), None), Ok(()) | Err(nix::errno::Errno::EPERM)) {
+            return Err(BackupError::Config(format!(
+                "a server is running in {}: postmaster.pid names process {pid}, which is alive; stop it \
+                 (pg_ctl stop -D {}) before a delta restore (if that process is not PostgreSQL, remove the \
+                 stale postmaster.pid)",
+                to.display(),
+                to.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The settings recovery refuses to run below the source's values ("recovery
@@ -261,8 +338,11 @@ fn configure_recovery(pg: &LocalPg, opts: &RestoreOptions) -> Result<()> {
                     && !k.starts_with("recovery_target")
             })
             .collect();
-        std::fs::write(&auto, kept.join("\n") + "\n")
-            .map_err(BackupError::io(format!("cannot write {}", auto.display())))?;
+        let new = kept.join("\n") + "\n";
+        // Rewritten only when something was dropped (a delta restore keeps it as it is otherwise).
+        if new != text {
+            std::fs::write(&auto, new).map_err(BackupError::io(format!("cannot write {}", auto.display())))?;
+        }
     }
     for f in ["standby.signal", "postmaster.pid", pgdr_node::guard::MARKER] {
         let _ = std::fs::remove_file(opts.to.join(f));
@@ -364,6 +444,7 @@ pub async fn verify_by_restore(
         port,
         run_as,
         bin_dir,
+        delta: false,
     };
     let login = &Login { tls: None, ..login.clone() };
     let outcome = async {

@@ -171,6 +171,7 @@ mod tests {
             objects: vec![],
             copied_from: None,
             mac: String::new(),
+            files: vec![],
         }
     }
 

@@ -314,6 +314,29 @@ async fn scheduled_backups_to_two_destinations_pitr_from_each_and_verify() {
         drop(restored);
     }
 
+    // The stopped restored server's directory: refused without --delta (exit 1,
+    // naming the flag), a usage error with --verify (exit 2), and brought back
+    // in place with --delta.
+    let old = root.join("restore-local");
+    let to = old.display().to_string();
+    let base = ["--config", config.as_str(), "restore", "--cluster", "main", "--from", "local"];
+    let (code, out, err) = pgdr(&[&base[..], &["--to", to.as_str()]].concat());
+    assert_eq!(code, 1, "a non-empty --to without --delta: {out} {err}");
+    assert!(err.contains("--delta"), "the error names --delta: {err}");
+    let (code, out, err) = pgdr(&[&base[..], &["--delta", "--verify"]].concat());
+    assert_eq!(code, 2, "--delta with --verify is a usage error: {out} {err}");
+    let port = free_port();
+    let port_s = port.to_string();
+    let delta =
+        ["--target-time", target.as_str(), "--to", to.as_str(), "--delta", "--start", "--port", port_s.as_str()];
+    let (code, out, err) = pgdr(&[&base[..], &delta[..]].concat());
+    let restored = Restored { dir: old.clone(), port };
+    assert_eq!(code, 0, "delta restore: {out} {err}");
+    assert!(out.contains("kept as they were"), "the delta restore says what it kept: {out}");
+    eprintln!("delta restore: {}", out.trim());
+    assert_eq!(psql(port, &password, "select string_agg(x::text, ',' order by x) from t"), "1");
+    drop(restored);
+
     // A corrupted object is caught by verify, with its name.
     let dir = sb.dir.join("backups").join("main").join("backups").join(&first);
     let part = first_part(&dir).unwrap_or_else(|| panic!("no part of backup {first} under {}", dir.display()));

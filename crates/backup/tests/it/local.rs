@@ -24,6 +24,7 @@ fn restore_opts(config_path: &Path, dest: &str, to: &Path, target: Target) -> Re
         port: free_port(),
         run_as: RunAs::for_node(None).expect("run as"),
         bin_dir: None,
+        delta: false,
     }
 }
 

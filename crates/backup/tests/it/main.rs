@@ -1,6 +1,7 @@
 //! Integration tests of backups against real PostgreSQL and a real
 //! S3-compatible server.
 
+mod delta;
 mod harness;
 mod local;
 mod lock;

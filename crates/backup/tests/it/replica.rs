@@ -78,6 +78,7 @@ async fn backup_from_replica_restores_to_primary_state() {
         port: free_port(),
         run_as: RunAs::for_node(None).expect("run as"),
         bin_dir: None,
+        delta: false,
     };
     restore::restore(&local, "c1", &opts, &Progress::default()).await.expect("restore");
     let restored =

@@ -106,6 +106,7 @@ async fn s3_wal_push_down_and_up_then_backup_restore() {
         port: free_port(),
         run_as: RunAs::for_node(None).expect("run as"),
         bin_dir: None,
+        delta: false,
     };
     restore::restore(&s3, "c1", &opts, &Progress::default()).await.expect("restore from s3");
     let restored =

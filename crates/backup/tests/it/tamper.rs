@@ -26,6 +26,7 @@ fn opts(config_path: &Path, to: &Path, backup: Option<&str>) -> RestoreOptions {
         port: free_port(),
         run_as: RunAs::for_node(None).expect("run as"),
         bin_dir: None,
+        delta: false,
     }
 }
 

@@ -198,9 +198,13 @@ pub struct RestoreArgs {
     /// Recover up to this LSN.
     #[arg(long)]
     pub target_lsn: Option<String>,
-    /// New data directory (must not exist or be empty).
+    /// Data directory to restore into: new or empty, or with --delta a stopped server's.
     #[arg(long, required_unless_present = "verify")]
     pub to: Option<PathBuf>,
+    /// Restore into the existing data directory of a stopped server: keep the files whose size and
+    /// checksum match the backup, fetch and write only the rest, remove what the backup does not have.
+    #[arg(long, conflicts_with = "verify")]
+    pub delta: bool,
     /// Start the restored server and wait for recovery to finish.
     #[arg(long)]
     pub start: bool,
@@ -785,6 +789,7 @@ pub fn restore(global: &Global, a: RestoreArgs) -> anyhow::Result<ExitCode> {
             port,
             run_as: pgdr_node::RunAs::for_node(None)?,
             bin_dir: None,
+            delta: a.delta,
         };
         let progress = Arc::new(Progress::default());
         let (m, measured) = with_progress(
@@ -803,8 +808,19 @@ pub fn restore(global: &Global, a: RestoreArgs) -> anyhow::Result<ExitCode> {
                 &serde_json::json!({"backup": m.id, "to": to, "port": port, "started": started, "measured": measured}),
             );
         } else {
+            let files = match &measured.files {
+                Some(f) if a.delta => format!(
+                    " ({} files kept as they were ({} MiB), {} written ({} MiB), {} removed)",
+                    f.kept,
+                    f.kept_bytes >> 20,
+                    f.written,
+                    f.written_bytes >> 20,
+                    f.removed
+                ),
+                _ => String::new(),
+            };
             println!(
-                "restored backup {} from {} into {}: {} MiB in {:.1}s ({:.0} MiB/s){}",
+                "restored backup {} from {} into {}: {} MiB fetched in {:.1}s ({:.0} MiB/s){files}{}",
                 m.id,
                 dest.name,
                 to.display(),
