@@ -4,8 +4,13 @@
 //! place), one `pgdr run --controller REGION` per region (each its region's
 //! controller and proxy), faults by real signals to recorded PIDs.
 //!
-//! One sandbox, two faults in a row:
+//! One sandbox. The west controller starts first and leads; once east's
+//! stands by, leadership moves to east, the primary's region, by itself
+//! (a leader in the other region would leave the primary without renewals
+//! if that region were lost). Then two faults in a row:
 //!
+//! 0. The witness place (its etcd member) goes dark for three lease TTLs:
+//!    nothing changes.
 //! 1. The west region goes dark (SIGSTOP to its agents, its PostgreSQL
 //!    servers and their children, its `pgdr run`, its etcd member: every
 //!    connection stays open and nothing answers) for three lease TTLs, then
@@ -182,36 +187,80 @@ async fn losing_either_region_leaves_one_writable_primary_and_fails_over_by_itse
     .with_timeout(Duration::from_secs(2));
     let cluster = || async { api.cluster("main").await.ok() };
 
-    // East first: it leads; west stands by.
-    let east = Run::start(&sb, "east");
+    // West first: it leads while the primary is in east, the case where
+    // losing west would leave east's primary without renewals. Once east's
+    // controller stands by, the leader hands leadership over to it.
+    let west = Run::start(&sb, "west");
     let healthy = |c: &ClusterView| c.primary.is_some() && c.epoch.0 > 0 && c.detection == "healthy";
-    let before = wait_for("the east controller to record a healthy cluster", Duration::from_secs(60), || async {
+    let before = wait_for("the west controller to record a healthy cluster", Duration::from_secs(60), || async {
         cluster().await.filter(|c| healthy(c))
     })
     .await;
     assert_eq!(before.primary.as_ref().map(|p| p.as_str()), Some("east-1"));
-    let west = Run::start(&sb, "west");
-    wait_for("the west controller to stand by", Duration::from_secs(30), || async {
+    let etcd = etcd_store(&cfg).await;
+    let (first, first_term) = leader(&etcd).await;
+    assert!(first.contains("region west"), "west leads first: {first}");
+    let checker = WritableProbe::start(cfg.cluster("main").expect("main"), cfg.tls.as_ref()).expect("overlap checker");
+    let origin = unix_ms();
+    // Let the checker open its connections first: their server processes
+    // are children of the postmasters, frozen with them below.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let handover_from = unix_ms();
+    let east = Run::start(&sb, "east");
+    let handed = Instant::now();
+    let (holder, term) = wait_for("leadership to move to the primary's region", Duration::from_secs(60), || async {
+        let (h, t) = leader(&etcd).await;
+        h.contains("region east").then_some((h, t))
+    })
+    .await;
+    assert!(term > first_term, "a new term: {term} after {first_term}");
+    eprintln!(
+        "[{name}] leadership handed from west to east {:.1}s after the east controller started",
+        handed.elapsed().as_secs_f64()
+    );
+    wait_for("the west controller to stand by again", Duration::from_secs(30), || async {
         west.log_has("standing by: another controller leads").then_some(())
     })
     .await;
-    let etcd = etcd_store(&cfg).await;
-    let (holder, term) = leader(&etcd).await;
-    assert!(holder.contains("region east"), "east leads: {holder}");
+    let handover = wait_for("the handover event", Duration::from_secs(30), || async {
+        api.events(None).await.ok()?.into_iter().find(|e| e["state"] == "leadership_handed_over")
+    })
+    .await;
+    eprintln!("[{name}] event: {}", handover["message"]);
+    let healthy_again =
+        wait_for("the east controller to record a healthy cluster", Duration::from_secs(60), || async {
+            cluster().await.filter(|c| healthy(c))
+        })
+        .await;
+    assert_eq!(
+        (healthy_again.epoch, healthy_again.primary.clone()),
+        (before.epoch, before.primary.clone()),
+        "no role change"
+    );
+    let handover_until = unix_ms();
     eprintln!(
         "[{name}] sandbox, two controllers ready in {:.1}s; leader {holder} (term {term})",
         t0.elapsed().as_secs_f64()
     );
 
-    let checker = WritableProbe::start(cfg.cluster("main").expect("main"), cfg.tls.as_ref()).expect("overlap checker");
-    let origin = unix_ms();
     let workflows_before = api.workflows().await.expect("workflows").len();
-    // Let the checker open its connections first: their server processes
-    // are children of the postmasters, frozen with them below.
+
+    let dark = cfg.timing.lease_ttl * 3;
+    // 0. The witness place (its etcd member alone) goes dark for three
+    // lease TTLs first (just before the loss of east it would slow etcd's
+    // next election, and with it the failover).
+    let m3 = sb.record.etcd.as_ref().and_then(|e| e.members[2].pid).expect("etcd m3 PID");
+    let witness_from = unix_ms();
+    let frozen = Frozen::stop(vec![m3]);
+    tokio::time::sleep(dark).await;
+    let during = cluster().await.expect("the controller answers while the witness is dark");
+    let witness_until = unix_ms();
+    drop(frozen);
+    eprintln!("[{name}] witness etcd member dark for {dark:?}, back");
+    assert_eq!((during.epoch, during.primary.clone()), (before.epoch, before.primary.clone()), "no role change");
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    // 1. West goes dark for four lease TTLs.
-    let dark = cfg.timing.lease_ttl * 3;
+    // 1. West goes dark as long.
     let (agents, postgres) = region_processes(&cfg, &hosts, "west");
     let m2 = sb.record.etcd.as_ref().and_then(|e| e.members[1].pid).expect("etcd m2 PID");
     let mut pids = agents.clone();
@@ -319,9 +368,19 @@ async fn losing_either_region_leaves_one_writable_primary_and_fails_over_by_itse
         assert!(dark, "{} did not answer while west was dark: {:?}", lane.node, lane.segments);
     }
     let east1 = timeline.lanes.iter().find(|l| l.node == "east-1").expect("east-1 lane");
-    let covered =
-        east1.segments.iter().any(|s| s.answer == Answer::Writable && s.from_ms <= from && s.until_ms >= until);
-    assert!(covered, "east-1 writable from {from:.0} to {until:.0} ms: {:?}", east1.segments);
+    let writable_through = |from: f64, until: f64| {
+        east1.segments.iter().any(|s| s.answer == Answer::Writable && s.from_ms <= from && s.until_ms >= until)
+    };
+    assert!(writable_through(from, until), "east-1 writable from {from:.0} to {until:.0} ms: {:?}", east1.segments);
+    let (wf, wu) = (witness_from - origin, witness_until - origin);
+    assert!(writable_through(wf, wu), "east-1 writable while the witness was dark: {:?}", east1.segments);
+    // The leadership handover did not interrupt the primary either.
+    let (hf, hu) = (handover_from - origin, handover_until - origin);
+    assert!(
+        writable_through(hf, hu),
+        "east-1 writable through the handover, {hf:.0} to {hu:.0} ms: {:?}",
+        east1.segments
+    );
     let first_west = timeline.first_writable(&new_primary, killed_ms - origin).expect("the new primary took writes");
     eprintln!(
         "[{name}] measured: the new primary {new_primary} first took a write {:.2}s after the east region was killed",

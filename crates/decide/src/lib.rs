@@ -15,12 +15,16 @@
 //! [`renewal::StoreView`] (epoch and primary), its volatile part the grants
 //! it remembers ([`fence::FenceGate`]'s `last_grant`).
 //!
+//! [`leadership`] decides when a leading controller hands leadership to the
+//! region of the primaries it keeps alive.
+//!
 //! [`rules`] holds the safety rules every role change and route is checked
 //! against (one writable primary, routes by epoch, RPO lag, freeze).
 //!
 //! Depends on `pgdr-model` only.
 
 pub mod fence;
+pub mod leadership;
 pub mod lease;
 pub mod renewal;
 pub mod rules;

@@ -11,6 +11,13 @@ pub const WORKFLOWS: &str = "/pgdr/workflows/";
 pub const CONTROLLER_LEADER: &str = "/pgdr/controller/leader";
 /// The last leader term (decimal), raised at every election.
 pub const CONTROLLER_TERM: &str = "/pgdr/controller/term";
+/// Controllers standing by, one key each (`<prefix><instance>`), attached
+/// to the standby's lease ([`crate::StandbyInfo`]).
+pub const CONTROLLER_STANDBY: &str = "/pgdr/controller/standby/";
+/// A leader handing leadership to one standby: the others wait while it
+/// exists (attached to a lease of one TTL, so it cannot outlive the
+/// handover). [`crate::Handoff`].
+pub const CONTROLLER_HANDOFF: &str = "/pgdr/controller/handoff";
 /// The global freeze switch ([`crate::Freeze`]): no automatic role change
 /// on any cluster while it exists.
 pub const FREEZE_GLOBAL: &str = "/pgdr/rules/freeze";

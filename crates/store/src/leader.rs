@@ -15,6 +15,14 @@
 //! is on the leader key's revision, which changes at every election, so it
 //! also covers a leader whose key was deleted and re-created by someone else.
 //!
+//! A campaigning controller announces itself under
+//! `/pgdr/controller/standby/<instance>` (its own lease), so the leader
+//! knows who stands by where. A leader may hand leadership to one of them
+//! ([`Leadership::hand_to`]): it writes `/pgdr/controller/handoff` naming
+//! the standby (fenced, on a lease of one TTL) and resigns; the other
+//! standbys leave the vacant key to that one for as long as the handoff
+//! key lives, then campaign as usual.
+//!
 //! While the store is unreachable the leader neither keeps nor loses its
 //! leadership: it cannot write anyway, and it must not stop what does not
 //! need the store (its proxies). It loses it when the store says so (the
@@ -41,12 +49,34 @@ pub struct LeaderInfo {
     pub term: u64,
 }
 
+/// What a standby's presence key holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StandbyInfo {
+    /// The controller instance (`[[controller.instances]]` name).
+    pub instance: String,
+    pub region: String,
+    /// As in [`LeaderInfo::holder`].
+    pub holder: String,
+}
+
+/// What the handoff key holds: the instance a resigning leader chose.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handoff {
+    pub to: String,
+    /// The resigning leader's holder name and term.
+    pub from: String,
+    pub term: u64,
+    pub reason: String,
+}
+
 /// Campaigns for the leader key of one store.
 #[derive(Clone, Debug)]
 pub struct Election {
     store: Arc<dyn StateStore>,
     name: String,
     ttl: Duration,
+    /// This controller's instance and region, announced while it stands by.
+    instance: Option<(String, String)>,
 }
 
 /// Won leadership. Dropping it does not give it up: call
@@ -59,6 +89,7 @@ pub struct Leadership {
     pub revision: Revision,
     pub lease: LeaseId,
     store: Arc<dyn StateStore>,
+    ttl: Duration,
     lost: CancellationToken,
     stop: CancellationToken,
     tracker: TaskTracker,
@@ -73,7 +104,23 @@ impl Election {
     /// `name` identifies this controller in the leader key; `ttl` is how
     /// long the others wait after it stops renewing.
     pub fn new(store: Arc<dyn StateStore>, name: impl Into<String>, ttl: Duration) -> Self {
-        Self { store, name: name.into(), ttl }
+        Self { store, name: name.into(), ttl, instance: None }
+    }
+
+    /// Announces this controller as `instance` in `region` while it stands
+    /// by (a leader may then hand leadership to it).
+    pub fn with_instance(mut self, instance: impl Into<String>, region: impl Into<String>) -> Self {
+        self.instance = Some((instance.into(), region.into()));
+        self
+    }
+
+    /// The controllers standing by now.
+    pub async fn standbys(store: &dyn StateStore) -> Result<Vec<StandbyInfo>, StoreError> {
+        let mut out = Vec::new();
+        for kv in store.list(keys::CONTROLLER_STANDBY).await? {
+            out.push(keys::from_json(&kv.key, &kv.value.value)?);
+        }
+        Ok(out)
     }
 
     /// The current leader, if any.
@@ -85,6 +132,24 @@ impl Election {
     /// errors are retried; `on_wait` is called with the holder each time
     /// the key is found held.
     pub async fn campaign(
+        &self,
+        cancel: &CancellationToken,
+        on_wait: impl FnMut(&LeaderInfo),
+    ) -> Result<Leadership, StoreError> {
+        let presence = CancellationToken::new();
+        let announcer = self.instance.clone().map(|(instance, region)| {
+            let info = StandbyInfo { instance, region, holder: self.name.clone() };
+            tokio::spawn(announce(self.store.clone(), info, self.ttl, presence.clone()))
+        });
+        let won = self.campaign_inner(cancel, on_wait).await;
+        presence.cancel();
+        if let Some(task) = announcer {
+            let _ = task.await;
+        }
+        won
+    }
+
+    async fn campaign_inner(
         &self,
         cancel: &CancellationToken,
         mut on_wait: impl FnMut(&LeaderInfo),
@@ -133,6 +198,20 @@ impl Election {
         if let Some(cur) = self.store.get(keys::CONTROLLER_LEADER).await? {
             return Ok(Err(Some(decode(&cur)?)));
         }
+        // A leader handed leadership to another standby: leave the vacant
+        // key to it while the handoff lives (one TTL at most).
+        let mine = self.instance.as_ref().map(|(i, _)| i.as_str());
+        let deadline = tokio::time::Instant::now() + self.ttl;
+        while let Some(h) = self.store.get(keys::CONTROLLER_HANDOFF).await? {
+            let h: Handoff = keys::from_json(keys::CONTROLLER_HANDOFF, &h.value)?;
+            if Some(h.to.as_str()) == mine || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            if let Some(cur) = self.store.get(keys::CONTROLLER_LEADER).await? {
+                return Ok(Err(Some(decode(&cur)?)));
+            }
+            tokio::time::sleep((self.ttl / 20).max(Duration::from_millis(20))).await;
+        }
         let term_kv = self.store.get(keys::CONTROLLER_TERM).await?;
         let last: u64 = match &term_kv {
             Some(v) => std::str::from_utf8(&v.value).ok().and_then(|s| s.trim().parse().ok()).ok_or_else(|| {
@@ -171,7 +250,7 @@ impl Leadership {
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         tracker.spawn(keep(store.clone(), lease, revision, ttl, lost.clone(), stop.clone()));
-        Self { info, revision, lease, store, lost, stop, tracker }
+        Self { info, revision, lease, store, ttl, lost, stop, tracker }
     }
 
     /// Cancelled once the store says this controller no longer leads (its
@@ -197,6 +276,74 @@ impl Leadership {
     pub async fn resign(self) -> Result<(), StoreError> {
         self.stop_renewing().await;
         self.store.revoke(self.lease).await
+    }
+
+    /// Hands leadership to the standby `to`: writes the handoff key naming
+    /// it (fenced: only while this controller still leads; on a lease of
+    /// one TTL), then resigns. The other standbys leave the key to `to`
+    /// while the handoff lives; if `to` does not take it, they campaign
+    /// once it expired.
+    pub async fn hand_to(self, to: &str, reason: &str) -> Result<(), StoreError> {
+        let handoff = Handoff {
+            to: to.to_owned(),
+            from: self.info.holder.clone(),
+            term: self.info.term,
+            reason: reason.to_owned(),
+        };
+        let lease = self.store.grant_lease(self.ttl).await?;
+        let txn =
+            Txn::new().put(keys::CONTROLLER_HANDOFF, keys::to_json(keys::CONTROLLER_HANDOFF, &handoff)?, Some(lease));
+        let written = self.fenced().txn(txn).await;
+        if !matches!(written, Ok(TxnOutcome::Done(_))) {
+            let _ = self.store.revoke(lease).await;
+        }
+        written?;
+        self.resign().await
+    }
+}
+
+/// Keeps `/pgdr/controller/standby/<instance>` alive on its own lease until
+/// `done`, then removes it (revokes the lease). Store errors are retried.
+async fn announce(store: Arc<dyn StateStore>, info: StandbyInfo, ttl: Duration, done: CancellationToken) {
+    let key = format!("{}{}", keys::CONTROLLER_STANDBY, info.instance);
+    let every = (ttl / 3).max(Duration::from_millis(50));
+    let mut lease = None::<LeaseId>;
+    loop {
+        let step = async {
+            match lease {
+                Some(l) => match store.keep_alive(l).await {
+                    Ok(()) => Ok(Some(l)),
+                    Err(StoreError::LeaseExpired(_)) => Ok(None),
+                    Err(e) => Err(e),
+                },
+                None => {
+                    let l = store.grant_lease(ttl).await?;
+                    let put = Txn::new().put(&key, keys::to_json(&key, &info)?, Some(l));
+                    match store.txn(put).await {
+                        Ok(_) => Ok(Some(l)),
+                        Err(e) => {
+                            let _ = store.revoke(l).await;
+                            Err(e)
+                        }
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            _ = done.cancelled() => break,
+            r = step => match r {
+                Ok(l) => lease = l,
+                Err(e) => tracing::debug!(error = %e, "cannot announce this controller as standing by; retrying"),
+            },
+        }
+        let wait = if lease.is_some() { every } else { every.min(Duration::from_millis(200)) };
+        tokio::select! {
+            _ = done.cancelled() => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    if let Some(l) = lease {
+        let _ = store.revoke(l).await;
     }
 }
 

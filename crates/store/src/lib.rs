@@ -53,6 +53,8 @@
 //! | `/pgdr/workflows/<id>/cancel` | who asked to cancel, when | `pgdr-workflow` |
 //! | `/pgdr/controller/leader` | [`LeaderInfo`]: the leading controller and its term, attached to its lease | [`Election`] (CAS, absent → held) |
 //! | `/pgdr/controller/term` | the last leader term (decimal) | [`Election`], in the same txn |
+//! | `/pgdr/controller/standby/<instance>` | [`StandbyInfo`]: a controller campaigning, attached to its own lease | [`Election::campaign`] |
+//! | `/pgdr/controller/handoff` | [`Handoff`]: the standby a resigning leader hands over to, attached to a lease of one TTL | [`Leadership::hand_to`] (fenced) |
 //! | `/pgdr/events/seq` | the last event sequence number (decimal) | [`EventLog::append`] |
 //! | `/pgdr/events/log/<seq:020>` | one [`Event`] | [`EventLog::append`] |
 //!
@@ -84,7 +86,7 @@ pub use error::StoreError;
 pub use etcd::{EtcdOptions, EtcdPassword, EtcdStore, EtcdTls};
 pub use events::{DEFAULT_EVENT_RETENTION, Event, EventLog};
 pub use kv::Watch;
-pub use leader::{Election, FencedStore, LeaderInfo, Leadership};
+pub use leader::{Election, FencedStore, Handoff, LeaderInfo, Leadership, StandbyInfo};
 pub use memory::MemoryStore;
 
 /// A store-wide, monotonically increasing change counter. Every committed

@@ -199,7 +199,11 @@ async fn lead(
     }
     let region = cfg.controller.region.as_ref().map(|r| r.to_string()).unwrap_or_else(|| "-".into());
     let name = format!("{} region {region} pid {}", owner(cfg), std::process::id());
-    let election = pgdr_store::Election::new(store, name.clone(), cfg.timing.lease_ttl);
+    let instance = cfg.controller.instances.iter().find(|i| i.listen == cfg.controller.listen).cloned();
+    let mut election = pgdr_store::Election::new(store.clone(), name.clone(), cfg.timing.lease_ttl);
+    if let Some(i) = &instance {
+        election = election.with_instance(i.name.clone(), i.region.to_string());
+    }
     let mut waited = None::<String>;
     let leadership = election
         .campaign(root, |holder| {
@@ -213,22 +217,140 @@ async fn lead(
     tracing::info!(term = leadership.info.term, "this controller leads ({name})");
     let fenced = leadership.fenced();
     let lost = leadership.lost();
-    let (r, c, l) = (root.clone(), ctl.clone(), lost.clone());
+    // Cancelled when this controller stops leading without stopping: lost,
+    // or handed over to the primaries' region.
+    let ended = CancellationToken::new();
+    let follow = (cfg.controller.instances.len() > 1).then(|| Follow::new(cfg, store));
+    let (r, c, l, e) = (root.clone(), ctl.clone(), lost.clone(), ended.clone());
+    let events = pgdr_store::EventLog::new(fenced.clone(), pgdr_store::DEFAULT_EVENT_RETENTION);
     tracker.spawn(async move {
-        tokio::select! {
-            _ = r.cancelled() => {
-                // Stopping: give leadership up so a standby takes over at once.
-                if let Err(e) = leadership.resign().await {
-                    tracing::warn!(error = %e, "cannot resign controller leadership; it expires by itself");
+        let mut follow = follow;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = r.cancelled() => {
+                    // Stopping: give leadership up so a standby takes over at once.
+                    if let Err(e) = leadership.resign().await {
+                        tracing::warn!(error = %e, "cannot resign controller leadership; it expires by itself");
+                    }
+                    return;
                 }
-            }
-            _ = l.cancelled() => {
-                tracing::error!("this controller no longer leads: stopping its controller part, standing by again");
-                c.cancel();
+                _ = l.cancelled() => {
+                    tracing::error!("this controller no longer leads: stopping its controller part, standing by again");
+                    c.cancel();
+                    e.cancel();
+                    return;
+                }
+                _ = tick.tick(), if follow.is_some() => {
+                    let Some(f) = follow.as_mut() else { continue };
+                    let Some((to, reason, clusters)) = f.decide().await else { continue };
+                    tracing::info!(to = %to, "handing controller leadership over: {reason}");
+                    let now = time::OffsetDateTime::now_utc();
+                    for cluster in clusters {
+                        let mut ev = pgdr_store::Event::new(cluster, "leadership_handed_over", now);
+                        ev.message = Some(format!("controller leadership handed to {to}: {reason}"));
+                        if let Err(err) = events.append(&ev).await {
+                            tracing::warn!(error = %err, "cannot record the leadership handover event");
+                        }
+                    }
+                    c.cancel();
+                    e.cancel();
+                    if let Err(err) = leadership.hand_to(&to, &reason).await {
+                        tracing::warn!(error = %err, "cannot hand controller leadership over; it expires by itself");
+                    }
+                    return;
+                }
             }
         }
     });
-    Ok((fenced, Some(lost)))
+    Ok((fenced, Some(ended)))
+}
+
+/// What the leader reads to decide whether to hand leadership to the
+/// primaries' region (`pgdr_decide::leadership`).
+struct Follow {
+    store: Arc<dyn pgdr_store::StateStore>,
+    clusters: pgdr_store::ClusterStore,
+    /// Each cluster with its nodes' regions.
+    topology: Vec<(ClusterName, HashMap<String, String>)>,
+    region: String,
+    origin: tokio::time::Instant,
+    leading_since: pgdr_decide::At,
+    /// When each standby instance was first seen standing by.
+    seen: HashMap<String, pgdr_decide::At>,
+    settle_ms: u64,
+    /// The last reason for staying, logged when it changes.
+    last: String,
+}
+
+impl Follow {
+    fn new(cfg: &Config, store: Arc<dyn pgdr_store::StateStore>) -> Self {
+        let topology = cfg
+            .clusters
+            .iter()
+            .map(|c| (c.name.clone(), c.nodes.iter().map(|n| (n.name.to_string(), n.region.to_string())).collect()))
+            .collect();
+        let clock: Arc<dyn pgdr_store::Clock> = Arc::new(pgdr_store::SystemClock);
+        Follow {
+            clusters: pgdr_store::ClusterStore::new(store.clone(), clock),
+            store,
+            topology,
+            region: cfg.controller.region.as_ref().map(|r| r.to_string()).unwrap_or_default(),
+            origin: tokio::time::Instant::now(),
+            leading_since: pgdr_decide::At(0),
+            seen: HashMap::new(),
+            // Two lease TTLs: the standby has renewed its presence several
+            // times, and a handover cannot follow a role change at once.
+            settle_ms: (cfg.timing.lease_ttl * 2).as_millis() as u64,
+            last: String::new(),
+        }
+    }
+
+    fn now(&self) -> pgdr_decide::At {
+        pgdr_decide::At(self.origin.elapsed().as_millis() as u64)
+    }
+
+    /// `Some((instance, reason, clusters))` when leadership should go to
+    /// `instance` now. A store error decides nothing.
+    async fn decide(&mut self) -> Option<(String, String, Vec<ClusterName>)> {
+        use pgdr_decide::leadership::{ClusterSeen, Decision, StandbySeen, View, follow_primaries};
+        let mut clusters = Vec::new();
+        for (name, regions) in &self.topology {
+            let state = self.clusters.state(name).await.ok()?;
+            let primary = state.and_then(|s| s.primary);
+            let leased = match (&primary, self.clusters.primary_lease(name).await.ok()?) {
+                (Some(p), Some((l, _))) => &l.holder == p,
+                _ => false,
+            };
+            let locked = self.store.get(&pgdr_store::keys::cluster_lock(name.as_str())).await.ok()?.is_some();
+            let primary_region = primary.and_then(|p| regions.get(p.as_str()).cloned());
+            clusters.push(ClusterSeen { primary_region, locked, leased });
+        }
+        let standbys = pgdr_store::Election::standbys(self.store.as_ref()).await.ok()?;
+        let now = self.now();
+        self.seen.retain(|i, _| standbys.iter().any(|s| &s.instance == i));
+        let standbys = standbys
+            .into_iter()
+            .map(|s| {
+                let since = *self.seen.entry(s.instance.clone()).or_insert(now);
+                StandbySeen { instance: s.instance, region: s.region, since }
+            })
+            .collect();
+        let view = View { now, region: self.region.clone(), leading_since: self.leading_since, clusters, standbys };
+        match follow_primaries(&view, self.settle_ms) {
+            Decision::HandTo { instance, reason } => {
+                Some((instance, reason, self.topology.iter().map(|(c, _)| c.clone()).collect()))
+            }
+            Decision::Stay(why) => {
+                if why != self.last {
+                    tracing::debug!("controller leadership stays here: {why}");
+                    self.last = why;
+                }
+                None
+            }
+        }
+    }
 }
 
 /// Whether the controller part stopped because leadership was lost (then
@@ -424,7 +546,14 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
                 Some(l) => l,
                 None => {
                     part = cancel.child_token();
-                    match lead(&cfg, shared.clone(), &cancel, &part, &tracker).await {
+                    // Standing by again (leadership lost or handed over):
+                    // this process's proxies keep serving, with the routes
+                    // the store names, until it leads again.
+                    let standing = cancel.child_token();
+                    tracker.spawn(follow_routes(cfg.clone(), shared.clone(), control.clone(), standing.clone()));
+                    let won = lead(&cfg, shared.clone(), &cancel, &part, &tracker).await;
+                    standing.cancel();
+                    match won {
                         Err(_) if cancel.is_cancelled() => break Ok(()),
                         r => r?,
                     }
@@ -446,6 +575,44 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
         res?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// While a `pgdr run` that led before stands by, its proxies follow the
+/// store: each cluster's epoch and primary as stored, the replicas its
+/// health records call healthy. Routes never go back an epoch, so a late
+/// publication cannot undo a newer one. The leader pauses and resumes only
+/// its own proxies; these see a failover as the store shows it (the fence
+/// epoch names no primary: clients are held) and a switchover's new
+/// primary once it is stored.
+async fn follow_routes(
+    cfg: Config,
+    store: Arc<dyn pgdr_store::StateStore>,
+    control: Arc<InProcess>,
+    stop: CancellationToken,
+) {
+    let clusters = pgdr_store::ClusterStore::new(store, Arc::new(pgdr_store::SystemClock));
+    let mut tick = tokio::time::interval(cfg.timing.lease_renew.max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for cluster in cfg.clusters.iter().filter(|c| control.routes.contains_key(&c.name)) {
+            let Ok(Some(state)) = clusters.state(&cluster.name).await else { continue };
+            let health = clusters.health(&cluster.name).await.unwrap_or_default();
+            let addr = |n: &pgdr_config::Node| (n.name.clone(), n.host.clone(), n.port);
+            let primary = state.primary.as_ref().and_then(|p| cluster.node(p.as_str())).map(addr);
+            let replicas = cluster
+                .nodes
+                .iter()
+                .filter(|n| Some(&n.name) != state.primary.as_ref())
+                .filter(|n| health.iter().any(|h| h.node == n.name && h.healthy && h.role == pgdr_model::Role::Replica))
+                .map(addr)
+                .collect();
+            control.publish(&cluster.name, &RouteInfo { epoch: state.epoch, primary, replicas });
+        }
+    }
 }
 
 /// A client of the controller with the token `need` calls for (see

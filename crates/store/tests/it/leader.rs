@@ -84,3 +84,53 @@ async fn deposed_leader_changes_nothing(s: Arc<dyn StateStore>, t: Time) {
     assert_eq!(c.leader().await.expect("leader"), None, "resigning frees the key at once");
 }
 both!(deposed_leader_changes_nothing_, deposed_leader_changes_nothing);
+
+/// A leader hands leadership to one named standby: the standbys announce
+/// themselves while they campaign, the chosen one leads next (a new term),
+/// the other keeps standing by, and a deposed leader cannot hand over.
+async fn leader_hands_over_to_the_named_standby(s: Arc<dyn StateStore>, t: Time) {
+    let _ = t;
+    let ttl = Duration::from_secs(3);
+    let cancel = CancellationToken::new();
+    let a = Election::new(s.clone(), "controller-a", ttl).with_instance("a", "west");
+    let la = a.campaign(&cancel, |_| {}).await.expect("a leads");
+    let spawn = |name: &'static str, region: &'static str| {
+        let e = Election::new(s.clone(), format!("controller-{name}"), ttl).with_instance(name, region);
+        let cancel = cancel.clone();
+        tokio::spawn(async move { e.campaign(&cancel, |_| {}).await })
+    };
+    let b = spawn("b", "south");
+    let c = spawn("c", "east");
+    // Both announce themselves while a leads.
+    let mut standbys = Vec::new();
+    for _ in 0..100 {
+        standbys = Election::standbys(s.as_ref()).await.expect("standbys");
+        if standbys.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut seen: Vec<(String, String)> = standbys.into_iter().map(|i| (i.instance, i.region)).collect();
+    seen.sort();
+    assert_eq!(seen, [("b".to_owned(), "south".to_owned()), ("c".to_owned(), "east".to_owned())]);
+
+    let fa = la.fenced();
+    la.hand_to("c", "east holds the primaries").await.expect("hand over");
+    let lc = tokio::time::timeout(ttl, c).await.expect("c leads in time").expect("join").expect("c leads");
+    assert_eq!((lc.info.holder.as_str(), lc.info.term), ("controller-c", 2));
+    // The leader no longer stands by; b does, and waits.
+    let left: Vec<String> =
+        Election::standbys(s.as_ref()).await.expect("standbys").into_iter().map(|i| i.instance).collect();
+    assert_eq!(left, ["b"]);
+    tokio::time::sleep(ttl * 2).await;
+    assert!(!b.is_finished(), "b stands by while c leads");
+    // a, deposed, can write nothing, not even a handoff.
+    assert!(matches!(fa.put("/pgdr/x", vec![], None).await, Err(StoreError::Fenced(_))));
+    // A handoff to a standby that never takes it: b campaigns once it expired.
+    lc.hand_to("nobody", "test").await.expect("hand over");
+    let lb = tokio::time::timeout(ttl * 3, b).await.expect("b leads in time").expect("join").expect("b leads");
+    assert_eq!(lb.info.term, 3);
+    lb.resign().await.expect("resign");
+    cancel.cancel();
+}
+both!(leader_hands_over_to_the_named_standby_, leader_hands_over_to_the_named_standby);
