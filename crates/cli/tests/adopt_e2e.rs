@@ -304,6 +304,15 @@ impl World {
             .spawn()
             .expect("start agent");
         self.agents.insert(node.to_owned(), child);
+        // Until it listens: the controller's view of the node comes from
+        // PostgreSQL, and stays "reachable" while the agent restarts.
+        let cfg = pgdr_config::Config::load(&self.config).expect("config");
+        let addr = cfg.cluster("main").and_then(|c| c.node(node)).map(|n| n.agent.clone()).expect("agent address");
+        let end = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < end, "the agent of {node} did not listen on {addr} within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     async fn sql(&self, port: u16, q: &str) -> Vec<Vec<Option<String>>> {
