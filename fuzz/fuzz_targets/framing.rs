@@ -20,7 +20,11 @@ fuzz_target!(|data: &[u8]| {
     frames(&mut buf);
     // SCRAM with whatever text the bytes make.
     let text = String::from_utf8_lossy(data);
-    let (first, last) = text.split_at(text.len() / 2);
+    let mut mid = text.len() / 2;
+    while !text.is_char_boundary(mid) {
+        mid -= 1;
+    }
+    let (first, last) = text.split_at(mid);
     let v = Verifier::from_password("pw", b"salt", 1);
     if let Ok((s, _)) = ScramServer::start(Some(v), &[0; 16], first) {
         let _ = s.finish(last);
