@@ -20,7 +20,7 @@ use clap::{Args, Subcommand};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use pgdr_api::controller::{ControllerClient, RotateRequest, WorkflowView};
 use pgdr_config::Config;
-use pgdr_secrets::rotate::{Report, RoleReport};
+use pgdr_secrets::rotate::{Report, RoleReport, StoreReport};
 
 use super::Global;
 use crate::exit::Usage;
@@ -268,11 +268,8 @@ async fn show(cfg: &Config, args: &SecretsArgs) -> anyhow::Result<ExitCode> {
             r.version.map_or_else(|| "-".into(), |v| v.to_string()),
             newest.and_then(|s| at(s.age_seconds)).unwrap_or_else(|| "never".into()),
         );
-        let mut t = Table::new();
-        t.load_preset(UTF8_FULL_CONDENSED);
-        t.set_header(["region", "store", "version", "login", "rotated at", "state"]);
-        for s in &r.stores {
-            let state = if let Some(e) = &s.error {
+        let t = stores_table(r, ("rotated at", &|s: &StoreReport| at(s.age_seconds)), |s| {
+            if let Some(e) = &s.error {
                 e.clone()
             } else if s.version < r.version {
                 "behind: brought up to date by the next rotation or rejoin".into()
@@ -280,17 +277,8 @@ async fn show(cfg: &Config, args: &SecretsArgs) -> anyhow::Result<ExitCode> {
                 "older than max_age".into()
             } else {
                 "current".into()
-            };
-            let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-            t.add_row([
-                s.region.clone(),
-                s.store.clone(),
-                opt(s.version.map(|v| v.to_string())),
-                opt(s.login.clone()),
-                opt(at(s.age_seconds)),
-                state,
-            ]);
-        }
+            }
+        });
         println!("{t}");
     }
     match ctl {
@@ -316,6 +304,35 @@ async fn show(cfg: &Config, args: &SecretsArgs) -> anyhow::Result<ExitCode> {
         Err(e) => println!("controller: did not answer ({e}); the stores above are read directly"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A store's time column (`rotated at`, `age`).
+type When<'a> = dyn Fn(&StoreReport) -> Option<String> + 'a;
+
+/// One role's stores, a row per region: what `rotate`, `status`, `verify`
+/// and `show` print, each with its own time column (`when`: its header and
+/// value) and state words.
+fn stores_table(
+    r: &RoleReport,
+    when: (&str, &When),
+    state: impl Fn(&StoreReport) -> String,
+) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(["region", "store", "version", "login", "endpoint", when.0, "state"]);
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    for s in &r.stores {
+        t.add_row([
+            s.region.clone(),
+            s.store.clone(),
+            opt(s.version.map(|v| v.to_string())),
+            opt(s.login.clone()),
+            opt(s.via.clone()),
+            opt((when.1)(s)),
+            state(s),
+        ]);
+    }
+    t
 }
 
 fn init_logs() {
@@ -358,11 +375,9 @@ fn print(_cfg: &Config, report: &Report, what: &str, json: bool) -> anyhow::Resu
                 if x.replayed { "replayed".to_owned() } else { x.error.clone().unwrap_or_default() }
             );
         }
-        let mut t = Table::new();
-        t.load_preset(UTF8_FULL_CONDENSED);
-        t.set_header(["region", "store", "version", "login", "endpoint", "age", "state"]);
-        for s in &r.stores {
-            let state = if let Some(e) = &s.error {
+        let age = |s: &StoreReport| s.age_seconds.map(|a| pgdr_model::format_duration(Duration::from_secs(a)));
+        let t = stores_table(r, ("age", &age), |s| {
+            if let Some(e) = &s.error {
                 format!("FAILED: {e}")
             } else if let Some(k) = &s.skipped {
                 format!("skipped: {k}")
@@ -374,18 +389,8 @@ fn print(_cfg: &Config, report: &Report, what: &str, json: bool) -> anyhow::Resu
                 "written".into()
             } else {
                 "ok".into()
-            };
-            let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-            t.add_row([
-                s.region.clone(),
-                s.store.clone(),
-                opt(s.version.map(|v| v.to_string())),
-                opt(s.login.clone()),
-                opt(s.via.clone()),
-                opt(s.age_seconds.map(|a| pgdr_model::format_duration(Duration::from_secs(a)))),
-                state,
-            ]);
-        }
+            }
+        });
         let _ = writeln!(out, "{t}");
         if let Some(e) = &r.error {
             let _ = writeln!(out, "  error: {e}");
