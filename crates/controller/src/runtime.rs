@@ -76,8 +76,18 @@ pub struct HttpProxies {
 impl HttpProxies {
     /// Over HTTPS, trusting the cluster's CA, under `[tls]`.
     pub fn from_config(config: &Config) -> Result<HttpProxies, pgdr_tls::TlsError> {
+        Self::from_config_where(config, |_| true)
+    }
+
+    /// [`HttpProxies::from_config`] for the config's proxies `keep` picks
+    /// (`pgdr run` with controllers in several regions: the proxies other
+    /// processes serve).
+    pub fn from_config_where(
+        config: &Config,
+        keep: impl Fn(&pgdr_config::Proxy) -> bool,
+    ) -> Result<HttpProxies, pgdr_tls::TlsError> {
         let mut apis: HashMap<ClusterName, Vec<(String, Option<pgdr_config::Redacted>)>> = HashMap::new();
-        for p in &config.proxies {
+        for p in config.proxies.iter().filter(|p| keep(p)) {
             if let Some(a) = p.api {
                 let token = config.proxy_api_token(p).unwrap_or_else(|e| {
                     tracing::error!("proxy {}: {e}; its admin API will refuse the controller", p.name);

@@ -554,6 +554,15 @@ async fn rotate_role(
     // store must never hand out a secret a promoted standby or a proxy
     // would refuse. A rerun rotates again. (`single` changed the only
     // login in place: the old secret is dead, so the stores get the new.)
+    // A proxy of a region with no node of the set (lost with its region:
+    // another region's `pgdr run` that does not answer) holds nothing back:
+    // that region's store is left as it is below.
+    let regions = set_regions(c, &t);
+    let proxy_region = |name: &str| {
+        cfg.proxies_of(c.name.as_str())
+            .find(|p| p.name == name || p.api.is_some_and(|a| a.to_string() == name))
+            .map(|p| p.region.to_string())
+    };
     let unready: Vec<String> = r
         .replicas
         .iter()
@@ -562,7 +571,7 @@ async fn rotate_role(
         .chain(
             r.proxies
                 .iter()
-                .filter(|x| !x.refreshed)
+                .filter(|x| !x.refreshed && proxy_region(&x.proxy).is_none_or(|region| regions.contains(&region)))
                 .map(|x| format!("proxy {} did not reload its verifiers", x.proxy)),
         )
         .collect();
@@ -571,7 +580,6 @@ async fn rotate_role(
         tracing::warn!(cluster = %c.name, role = %role.name, version, "secret stores not written: {}", unready.join("; "));
     }
     // 6. Every region's store of the set, 7. verified through its proxy.
-    let regions = set_regions(c, &t);
     let now = chrono::Utc::now();
     for (mut rep, store, _) in stores {
         if !regions.contains(&rep.region) {

@@ -405,6 +405,11 @@ struct InProcess {
     /// region, so a proxy reaches backends the way its region does.
     backends: Option<pgdr_sandbox::wan::Backends>,
     handles: HashMap<ClusterName, Vec<(String, ProxyHandle)>>,
+    /// With controllers in several regions: the proxies the other regions'
+    /// `pgdr run` serve, reached through their admin API. Only a rotation's
+    /// verifier reload goes to them (a role change pauses and resumes the
+    /// leader's own proxies; the others follow the store's routes).
+    others: Option<HttpProxies>,
 }
 
 #[async_trait]
@@ -431,6 +436,12 @@ impl ProxyControl for InProcess {
         let mut out = Vec::new();
         for (name, h) in self.handles.get(cluster).into_iter().flatten() {
             out.push((name.clone(), h.refresh_users(cluster.as_str()).await.map(|_| ()).map_err(|e| e.to_string())));
+        }
+        // Another region's proxy that kept the old verifier would refuse the
+        // new secret (until its own reload, every minute) once the stores
+        // hand it out.
+        if let Some(o) = &self.others {
+            out.extend(o.refresh_users(cluster).await);
         }
         out
     }
@@ -539,7 +550,12 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
             tracing::info!(proxy = p.name, writer = %p.writer, "proxy started");
             handles.entry(p.cluster.clone()).or_default().push((p.name.clone(), handle));
         }
-        let control = Arc::new(InProcess { routes, backends, handles });
+        let others = if cfg.controller.instances.len() < 2 {
+            None
+        } else {
+            Some(HttpProxies::from_config_where(&cfg, |p| !serves(&p)).context("[tls]")?)
+        };
+        let control = Arc::new(InProcess { routes, backends, handles, others });
         let name = owner(&cfg);
         let res = loop {
             let (store, lost) = match leading.take() {
