@@ -5,7 +5,9 @@
 //!
 //! The controller runs in-process on the sandbox's config and its embedded
 //! store, with the config's proxies left out (this test starts none; the
-//! proxy is tested on its own). Chromium and chromedriver are started here by
+//! proxy is tested on its own). Each region shows whether its stored
+//! secret logs in now, before and after a rotation run by the controller.
+//! Chromium and chromedriver are started here by
 //! PID, with a fresh profile and everything that reaches the internet turned
 //! off, and killed by PID when the test ends, passed or failed.
 
@@ -194,6 +196,8 @@ return {
   nodes: [...c.querySelectorAll('tr[data-node]')].map((r) => [r.dataset.node, r.dataset.role,
       r.closest('[data-region]').dataset.region]),
   workflows: [...c.querySelectorAll('details[data-key], [data-workflow]')].map((d) => d.textContent),
+  secrets: [...c.querySelectorAll('[data-secret-region]')].map((e) => [e.dataset.secretRegion, e.dataset.secretRole,
+      e.querySelector('dd').textContent, e.closest('[data-region]').dataset.region]),
   events: document.querySelectorAll('#events-body tr[data-seq]').length,
   live: document.getElementById('live').dataset.state,
   marker: window.__pgdrNoReload || null,
@@ -317,6 +321,59 @@ async fn the_page_shows_the_topology_and_a_switchover_live() {
         let r = r.as_str().unwrap_or_default();
         assert!(r.starts_with(&format!("{origin}/")), "the page loaded {r} from outside the controller ({origin})");
     }
+
+    // Each region shows whether its stored secret logs in now: none is
+    // stored before the first rotation; after a rotation through the
+    // controller (its stores name the primary, this test starting no
+    // proxies), every region's logs in.
+    let secrets_shown = |v: &Value, want: &str| {
+        v["secrets"].as_array().is_some_and(|a| {
+            ["east", "west"].iter().all(|r| {
+                a.iter().any(|s| {
+                    s[0] == *r && s[1] == "app" && s[3] == *r && s[2].as_str().is_some_and(|t| t.contains(want))
+                })
+            })
+        })
+    };
+    wait_page(&browser, "no secret stored yet in either region", |v| secrets_shown(v, "none stored yet")).await;
+    let rotation = pgdr_controller::rotation::start(&ctl, "main", pgdr_api::controller::RotateRequest::default())
+        .await
+        .expect("rotation started");
+    let rid = rotation.id.expect("a workflow id");
+    let t = Instant::now();
+    loop {
+        let w = ctl.workflow_view(&rid).await.expect("workflow");
+        if ["succeeded", "failed", "cancelled"].contains(&w.state.as_str()) {
+            assert_eq!(w.state, "succeeded", "rotation: {w:#?}");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "the rotation did not end: {w:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let shown = wait_page(&browser, "every region's stored secret logging in", |v| secrets_shown(v, "logs in")).await;
+    println!("after the rotation: {}", shown["secrets"]);
+    let snap: Value = http
+        .get(format!("{scheme}://{listen}/v1/snapshot"))
+        .bearer_auth(viewer.expose())
+        .send()
+        .await
+        .expect("GET the snapshot")
+        .json()
+        .await
+        .expect("snapshot");
+    let secrets = snap["clusters"][0]["secrets"].as_array().expect("the snapshot's secrets").clone();
+    assert_eq!(secrets.len(), 2, "one entry per region: {secrets:#?}");
+    for s in &secrets {
+        assert_eq!(
+            (s["logs_in"].clone(), s["version"].clone(), s["login"].clone()),
+            (json!(true), json!(1), json!("app")),
+            "{s:#}"
+        );
+    }
+    let store = sb.dir.join("secret-stores").join("east").join("main.app.json");
+    let stored: pgdr_secrets::SecretValue =
+        serde_json::from_str(&std::fs::read_to_string(&store).expect("east's store")).expect("a secret");
+    assert!(!snap.to_string().contains(&stored.password), "a password in the snapshot");
 
     // A switchover through the controller; the same document (no reload)
     // must show the new primary.

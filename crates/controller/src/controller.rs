@@ -127,6 +127,8 @@ impl Controller {
             https,
             webhooks,
             readiness: Default::default(),
+            stored_logins: Default::default(),
+            logins_due: Default::default(),
             config,
         });
         let engine = Engine::new(
@@ -156,6 +158,7 @@ impl Controller {
             tracker.spawn(crate::dns::run(self.clone(), cancel.clone()));
         }
         tracker.spawn(crate::rotation::run(self.clone(), cancel.clone()));
+        tracker.spawn(crate::rotation::watch_logins(self.clone(), cancel.clone()));
         let every = self.sh.config.controller.readiness_interval;
         tracker.spawn(crate::readiness::run(self.clone(), every, cancel.clone()));
         // Engine events (every step) go to the webhooks too.

@@ -336,6 +336,8 @@ async fn report(sh: &Arc<Shared>, p: &RotateParams, sc: &StepContext) -> Result<
         }
         problems.push(format!("role {}: {}", r.name, if why.is_empty() { "failed".into() } else { why.join("; ") }));
     }
+    // The status page's stored-login column, checked again now.
+    sh.logins_due.notify_one();
     if problems.is_empty() {
         Ok(StepOutput::json(json!({"rotated": done})))
     } else {
@@ -625,6 +627,89 @@ pub async fn view(ctl: &Controller, cluster: &str) -> Result<SecretsView, Contro
         last,
         rerun,
     })
+}
+
+// ---------------------------------------------------------------- stored logins
+
+/// How often the controller logs in with every region's stored secret for
+/// the status page; a rotation that ends asks for a check at once.
+const LOGIN_CHECK: Duration = Duration::from_secs(15);
+
+/// Whether one region's stored secret of one managed role logs in now,
+/// through the endpoint it names (the region's proxy writer). Never the
+/// password.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredLogin {
+    pub role: String,
+    pub region: String,
+    /// The store, as it describes itself (a path, an ARN).
+    pub store: String,
+    pub version: Option<u64>,
+    pub login: Option<String>,
+    /// `Some(false)`: the login was refused or failed; `None`: nothing was
+    /// tried (no secret stored yet, the store could not be read).
+    pub logs_in: Option<bool>,
+    /// The endpoint logged in through.
+    pub via: Option<String>,
+    pub error: Option<String>,
+    pub too_old: bool,
+    /// When this was checked (RFC 3339, UTC).
+    pub checked_at: String,
+}
+
+/// Logs in with every region's stored secret of `cluster` now.
+pub async fn check_logins(cfg: &pgdr_config::Config, cluster: &str) -> Result<Vec<StoredLogin>, String> {
+    let report = pgdr_secrets::rotate::status(cfg, cluster, None, true).await.map_err(|e| e.to_string())?;
+    let at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    Ok(report
+        .roles
+        .iter()
+        .flat_map(|r| {
+            r.stores.iter().map(|s| StoredLogin {
+                role: r.role.clone(),
+                region: s.region.clone(),
+                store: s.store.clone(),
+                version: s.version,
+                login: s.login.clone(),
+                logs_in: s.verified,
+                via: s.via.clone(),
+                error: s.error.clone(),
+                too_old: s.too_old,
+                checked_at: at.clone(),
+            })
+        })
+        .collect())
+}
+
+/// Keeps [`Shared::stored_logins`] fresh for the status page: every
+/// [`LOGIN_CHECK`], and at once when a rotation ends, until `cancel` fires.
+pub async fn watch_logins(ctl: Controller, cancel: CancellationToken) {
+    let clusters: Vec<ClusterName> =
+        ctl.sh.config.clusters.iter().filter(|c| c.secrets.is_some()).map(|c| c.name.clone()).collect();
+    if clusters.is_empty() {
+        return;
+    }
+    loop {
+        for c in &clusters {
+            let checked = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = check_logins(&ctl.sh.config, c.as_str()) => r,
+            };
+            match checked {
+                Ok(list) => {
+                    if let Ok(mut m) = ctl.sh.stored_logins.lock() {
+                        m.insert(c.clone(), list);
+                    }
+                }
+                Err(e) => tracing::warn!(cluster = %c, "cannot check the stored secrets: {e}"),
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(LOGIN_CHECK) => {}
+            _ = ctl.sh.logins_due.notified() => {}
+        }
+    }
 }
 
 // ---------------------------------------------------------------- readiness

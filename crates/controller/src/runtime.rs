@@ -467,6 +467,11 @@ pub struct Shared {
     pub webhooks: crate::webhook::Webhooks,
     /// The latest readiness findings (`None` until the first run ends).
     pub readiness: Mutex<Option<crate::readiness::ReadinessView>>,
+    /// Per cluster, whether each region's stored secret logged in at the
+    /// latest check ([`crate::rotation::watch_logins`]), for the status page.
+    pub stored_logins: Mutex<HashMap<ClusterName, Vec<crate::rotation::StoredLogin>>>,
+    /// Wakes [`crate::rotation::watch_logins`] (a rotation ended).
+    pub logins_due: tokio::sync::Notify,
 }
 
 impl Shared {

@@ -127,6 +127,25 @@
     return rows;
   }
 
+  // Per managed role: whether the region's stored secret logged in at the
+  // controller's latest check (never the password).
+  function storedSecrets(c, region) {
+    const list = (c.secrets || []).filter((s) => s.region === region);
+    if (!list.length) return null;
+    return h("dl", { class: "facts secrets" }, list.map((s) => {
+      let state;
+      if (s.logs_in === true) state = badge("logs in", "ok");
+      else if (s.logs_in === false) state = badge("does not log in", "bad");
+      else if (s.version === null || s.version === undefined) state = badge("none stored yet", "warn");
+      else state = badge("not checked", "warn");
+      const what = s.version === null || s.version === undefined ? "" : " v" + s.version + " (" + (s.login || "?") + ")";
+      const title = [s.store, s.via ? "through " + s.via : null, s.error, "checked " + fmtTime(s.checked_at)].filter(Boolean).join(" · ");
+      return h("div", { "data-secret-region": s.region, "data-secret-role": s.role, title: title },
+        h("dt", null, "secret " + s.role), h("dd", null, state, s.too_old ? badge("older than max_age", "warn") : null,
+          h("span", { class: "muted" }, what + " · " + fmtTime(s.checked_at))));
+    }));
+  }
+
   function topology(c) {
     return h("div", { class: "regions" }, c.regions.map((r) =>
       h("article", { class: "region" + (r.name === c.primary_region ? " primary-region" : ""), "data-region": r.name },
@@ -134,7 +153,8 @@
           h("small", { class: "muted" }, r.kind + (r.parent ? " in " + r.parent : "") + (r.name === c.primary_region ? " · primary region" : ""))),
         h("table", null,
           h("thead", null, h("tr", null, ["node", "role", "agent", "LSN", "lag (RPO " + fmtSeconds(c.cluster.rpo_seconds) + ")"].map((t) => h("th", { scope: "col" }, t)))),
-          h("tbody", null, r.nodes.map((n) => nodeRows(c, n)))))));
+          h("tbody", null, r.nodes.map((n) => nodeRows(c, n)))),
+        storedSecrets(c, r.name))));
   }
 
   function probes(c) {

@@ -59,6 +59,10 @@ pub struct ClusterPanel {
     pub workflow: Option<WorkflowView>,
     /// The newest workflows of the cluster, newest first, with their steps.
     pub recent: Vec<WorkflowView>,
+    /// Per managed role and region: whether the stored secret logged in at
+    /// the controller's latest check (every 15 s and after each rotation);
+    /// empty when the cluster manages no roles or before the first check.
+    pub secrets: Vec<crate::rotation::StoredLogin>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -251,6 +255,7 @@ pub async fn build(ctl: &Controller, book: &std::sync::Mutex<ProbeBook>) -> Snap
             probes,
             workflow,
             recent,
+            secrets: sh.stored_logins.lock().ok().and_then(|m| m.get(&c.name).cloned()).unwrap_or_default(),
             cluster: view,
         });
     }
