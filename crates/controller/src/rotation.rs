@@ -574,6 +574,9 @@ pub async fn run(ctl: Controller, cancel: CancellationToken) {
                 wait = wait.min((due - now).to_std().unwrap_or(TICK));
                 continue;
             }
+            // Due: look again soon once the cluster is free, and after this
+            // start (the next due time counts from the rotation it stores).
+            wait = wait.min(Duration::from_secs(2));
             if busy {
                 continue;
             }
