@@ -451,9 +451,27 @@ async fn five_states_of_a_failover_and_failback_keep_every_store_valid() {
     assert_stores(&sb, &["east", "west"], 1, (&h, p), "1").await;
     passwords.push(stored(&sb.dir, "east").password);
 
+    // From here on, applications write through every region's proxy with
+    // the secret their region's store holds.
+    {
+        let mut c = tokio_postgres::Config::new();
+        c.host(&h).port(p).user(&cluster.user).password(sb.password()).dbname(&cluster.database);
+        let admin = pgdr_tls::pg::connect(&c, sb.pg_tls()).await.expect("connect to east-1 as the admin");
+        admin
+            .batch_execute(
+                "CREATE TABLE walk_load (region text, client text, version bigint, at timestamptz DEFAULT now());
+                 GRANT INSERT, SELECT ON walk_load TO app",
+            )
+            .await
+            .expect("the load's table");
+    }
+    let load = Load::start(&sb.dir, sb.pg_tls());
+    load.wait_version(1).await;
+
     // 2. East's host is lost (agent and server killed): west is promoted
     // and the old primary is out of the set.
     let before = api.cluster("main").await.expect("cluster");
+    let killed_at = Instant::now();
     for pid in [hosts.agent_pid(&east1).expect("agent"), hosts.postmaster_pid(&east1).expect("postmaster")] {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill");
     }
@@ -461,6 +479,7 @@ async fn five_states_of_a_failover_and_failback_keep_every_store_valid() {
         c.primary.as_ref().is_some_and(|p| p.as_str() == "west-1") && c.epoch > before.epoch && c.workflow.is_none()
     })
     .await;
+    let failed_over_at = Instant::now();
     eprintln!("state 2: west-1 primary at epoch {}", c.epoch.0);
     let east_before = std::fs::read(sb.dir.join("secret-stores").join("east").join("main.app.json")).expect("east");
     eprintln!(
@@ -582,6 +601,76 @@ async fn five_states_of_a_failover_and_failback_keep_every_store_valid() {
     assert_eq!(r["roles"][0]["replicas"].as_array().map(Vec::len), Some(1), "{r:#}");
     assert_stores(&sb, &["east", "west"], 5, (&h, p), "5").await;
     passwords.push(stored(&sb.dir, "east").password);
+
+    // The load, through a failover, a rejoin, a failback and four
+    // rotations: no stored secret was ever refused, and no client saw an
+    // error outside the failover (from the kill until the controller had
+    // west-1 primary and its workflow done: a transaction on the lost
+    // host, or a login while the proxies still routed there, may fail).
+    load.wait_version(5).await;
+    let (attempts, sticky): (Vec<Attempt>, Vec<Attempt>) =
+        load.stop().await.into_iter().partition(|a| a.client != "sticky");
+    eprintln!(
+        "sticky sessions (kept until an error, whatever the store holds): {} transactions, errors: {:?}",
+        sticky.len(),
+        sticky
+            .iter()
+            .filter_map(|a| a.error.as_ref().map(|e| format!(
+                "{} v{} at {:.2}s: {e:?}",
+                a.region,
+                a.version,
+                a.started.duration_since(t0).as_secs_f64()
+            )))
+            .collect::<Vec<_>>()
+    );
+    let in_failover = |a: &Attempt| a.ended >= killed_at && a.started <= failed_over_at;
+    let refused: Vec<&Attempt> = attempts.iter().filter(|a| a.refused()).collect();
+    let errors: Vec<&Attempt> = attempts.iter().filter(|a| a.error.is_some() && !in_failover(a)).collect();
+    let failover: Vec<&Attempt> = attempts.iter().filter(|a| in_failover(a)).collect();
+    let mut kinds: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for a in failover.iter().filter(|a| a.error.is_some()) {
+        let (code, _) = a.error.as_ref().expect("an error");
+        *kinds.entry(code.clone().unwrap_or_else(|| "no SQLSTATE".into())).or_default() += 1;
+    }
+    let mut by_version: std::collections::BTreeMap<(&str, &str, u64), usize> = std::collections::BTreeMap::new();
+    for a in attempts.iter().filter(|a| a.error.is_none()) {
+        *by_version.entry((a.region, a.client, a.version)).or_default() += 1;
+    }
+    eprintln!(
+        "load: {} transactions, {} ok; outside the failover {} errors; during the failover ({:.1}s) {} attempts, {} errors by SQLSTATE {kinds:?}; logins refused {}; ok by (region, client, version): {by_version:?}",
+        attempts.len(),
+        attempts.iter().filter(|a| a.error.is_none()).count(),
+        errors.len(),
+        failed_over_at.duration_since(killed_at).as_secs_f64(),
+        failover.len(),
+        failover.iter().filter(|a| a.error.is_some()).count(),
+        refused.len(),
+    );
+    let show = |list: &[&Attempt]| -> Vec<String> {
+        list.iter()
+            .take(20)
+            .map(|a| {
+                format!(
+                    "{} {} v{} at {:.2}s: {:?}",
+                    a.region,
+                    a.client,
+                    a.version,
+                    a.started.duration_since(t0).as_secs_f64(),
+                    a.error
+                )
+            })
+            .collect()
+    };
+    assert!(refused.is_empty(), "a stored secret was refused: {:#?}", show(&refused));
+    assert!(errors.is_empty(), "client errors outside the failover: {:#?}", show(&errors));
+    for region in ["east", "west"] {
+        for client in ["per-transaction", "session"] {
+            assert!(
+                attempts.iter().any(|a| a.region == region && a.client == client && a.error.is_none()),
+                "the {region} {client} client never wrote"
+            );
+        }
+    }
 
     // No password in the controller's events or any file but the stores.
     let events = serde_json::to_string(&api.events(None).await.expect("events")).expect("json");
@@ -761,4 +850,231 @@ async fn a_controller_killed_mid_rotation_resumes_it_and_every_store_logs_in() {
     let mut found = Vec::new();
     files_containing(&sb.dir, &passwords, &sb.dir.join("secret-stores"), &mut found);
     assert!(found.is_empty(), "a password in {found:?}");
+}
+
+/// A scheduled rotation: the sandbox's `[clusters.secrets] schedule` set to
+/// a cron expression that fires every 10 seconds (6 fields, seconds first)
+/// with no spread, and `pgdr run` started; nothing else asks for a
+/// rotation. Every region's store advances by itself, twice, each time
+/// through a `rotate-secrets` workflow the schedule started (journalled
+/// with its reason, every step succeeded) whose per-store events are in the
+/// controller's log; the stored secrets log in; no password in the events.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_schedule_rotates_by_itself_and_journals_it() {
+    let sb =
+        SandboxGuard::start_temp(Sandbox::builder().replicas_per_region(0).standbys_per_region(1), Path::new(PGDR))
+            .await
+            .expect("sandbox up");
+    let text = std::fs::read_to_string(&sb.config).expect("config");
+    let daily = "schedule = \"0 3 * * *\"";
+    assert!(text.contains(daily), "the sandbox's schedule changed: update this test");
+    std::fs::write(&sb.config, text.replace(daily, "schedule = \"*/10 * * * * *\"\nspread = \"0s\"")).expect("config");
+    let (code, out, err) = pgdr_async(&sb.config, &["config", "check"]).await;
+    assert_eq!(code, 0, "config check: {out}\n{err}");
+    let cfg = Config::load(&sb.config).expect("the edited config");
+    let (run, api) = run_and_wait(&sb, &cfg, 1).await;
+    let view = api.secrets("main").await.expect("secrets view");
+    assert!(view.schedule.as_deref().is_some_and(|s| s.contains("*/10 * * * * *")), "{view:?}");
+    assert!(view.next_due.is_some(), "{view:?}");
+
+    let store = |region: &str| sb.dir.join("secret-stores").join(region).join("main.app.json");
+    let t = Instant::now();
+    while !["east", "west"].iter().all(|r| store(r).exists() && stored(&sb.dir, r).version >= 2) {
+        assert!(
+            t.elapsed() < Duration::from_secs(90),
+            "the schedule did not rotate twice: {:?}",
+            api.secrets("main").await
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut passwords = Vec::new();
+    for region in ["east", "west"] {
+        let v = stored(&sb.dir, region);
+        pgdr_secrets::rotate::login(&v, None, sb.pg_tls())
+            .await
+            .unwrap_or_else(|e| panic!("{region}'s scheduled secret through its proxy: {e}"));
+        passwords.push(v.password);
+    }
+    let flows: Vec<pgdr_api::controller::WorkflowView> = api
+        .workflows()
+        .await
+        .expect("workflows")
+        .into_iter()
+        .filter(|w| w.kind == "rotate-secrets" && w.state == "succeeded")
+        .collect();
+    assert!(flows.len() >= 2, "two scheduled rotations journalled: {flows:#?}");
+    let events = api.events(None).await.expect("events");
+    for w in &flows {
+        assert_eq!(w.params["requested_by"], "schedule", "{w:#?}");
+        assert!(w.params["reason"].as_str().is_some_and(|r| r.starts_with("scheduled")), "{w:#?}");
+        assert!(w.steps.iter().all(|s| s.state == "succeeded"), "{w:#?}");
+        let verified =
+            events.iter().filter(|e| e["workflow"] == w.id.as_str() && e["state"] == "secret_store_verified").count();
+        assert_eq!(verified, 2, "one secret_store_verified event per region for workflow {}", w.id);
+    }
+    eprintln!(
+        "scheduled rotations: {} in {:.1}s ({})",
+        flows.len(),
+        t.elapsed().as_secs_f64(),
+        flows
+            .iter()
+            .map(|w| format!("{} {}", w.id, w.created_at.clone().unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let events = serde_json::to_string(&events).expect("json");
+    assert!(passwords.iter().all(|p| !events.contains(p.as_str())), "a password in the controller's events");
+    drop(run);
+}
+
+// ------------------------------------------------------------------ load
+
+/// One attempt of a [`Load`] client: a write transaction through the
+/// region's proxy with the secret its store held when the client (re)opened
+/// its connection.
+#[derive(Debug, Clone)]
+struct Attempt {
+    region: &'static str,
+    /// `per-transaction` (log in for every transaction, like `pgbench -C`)
+    /// or `session` (one connection kept while its secret is the store's
+    /// current or previous one), or `sticky` (one connection kept until it
+    /// fails, whatever the store holds: reported, not asserted).
+    client: &'static str,
+    /// The stored version the connection logged in with.
+    version: u64,
+    started: Instant,
+    ended: Instant,
+    /// The SQLSTATE and message when it failed.
+    error: Option<(Option<String>, String)>,
+}
+
+impl Attempt {
+    /// A login refused (SQLSTATE class 28: invalid authorization, wrong
+    /// password) by the proxy or the server.
+    fn refused(&self) -> bool {
+        self.error.as_ref().is_some_and(|(code, _)| code.as_deref().is_some_and(|c| c.starts_with("28")))
+    }
+}
+
+/// Applications of the walk: per region, a client that logs in for every
+/// transaction and a client that keeps a session, both with the secret
+/// their region's store holds (read again at every login, as an
+/// application re-reads its secret), writing through the endpoint the
+/// secret names (the region's proxy writer).
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Per region (east, west): the newest version a per-transaction client
+    /// logged in and wrote with.
+    progress: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Attempt>>>,
+}
+
+impl Load {
+    fn start(dir: &Path, tls: Option<&pgdr_node::local::PgTls>) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let progress =
+            std::sync::Arc::new([std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicU64::new(0)]);
+        let mut tasks = Vec::new();
+        for (i, region) in ["east", "west"].into_iter().enumerate() {
+            for client in ["per-transaction", "session", "sticky"] {
+                let (dir, tls, stop, progress) = (dir.to_owned(), tls.cloned(), stop.clone(), progress.clone());
+                tasks.push(tokio::spawn(
+                    async move { load_client(&dir, region, client, tls, &stop, &progress[i]).await },
+                ));
+            }
+        }
+        Load { stop, progress, tasks }
+    }
+
+    /// Waits until a client of every region wrote with `version`.
+    async fn wait_version(&self, version: u64) {
+        let t = Instant::now();
+        while self.progress.iter().any(|p| p.load(std::sync::atomic::Ordering::Relaxed) < version) {
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "the load's clients did not write with version {version}: {:?}",
+                self.progress
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn stop(self) -> Vec<Attempt> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut all = Vec::new();
+        for t in self.tasks {
+            all.extend(t.await.expect("load client"));
+        }
+        all
+    }
+}
+
+async fn load_login(
+    v: &SecretValue,
+    tls: Option<&pgdr_node::local::PgTls>,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let mut c = tokio_postgres::Config::new();
+    c.host(&v.host)
+        .port(v.port)
+        .user(&v.username)
+        .password(&v.password)
+        .dbname(&v.dbname)
+        .application_name("walk-load")
+        .connect_timeout(Duration::from_secs(5));
+    pgdr_tls::pg::connect(&c, tls).await
+}
+
+fn sqlstate(e: &tokio_postgres::Error) -> (Option<String>, String) {
+    (e.code().map(|c| c.code().to_owned()), pgdr_node::local::pg_detail(e))
+}
+
+async fn load_client(
+    dir: &Path,
+    region: &'static str,
+    client: &'static str,
+    tls: Option<pgdr_node::local::PgTls>,
+    stop: &std::sync::atomic::AtomicBool,
+    progress: &std::sync::atomic::AtomicU64,
+) -> Vec<Attempt> {
+    let mut out = Vec::new();
+    let mut session: Option<(tokio_postgres::Client, u64)> = None;
+    let insert = "INSERT INTO walk_load (region, client, version) VALUES ($1, $2, $3)";
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let started = Instant::now();
+        // The store is written atomically (a rename): a read sees one version.
+        let v = stored(dir, region);
+        // A session is kept while its secret is current or previous: the
+        // alternating strategy's promise ("connections opened with the
+        // previous secret keep working until the next rotation").
+        // (`sticky` keeps its session until an error: reported, not asserted.)
+        if (client == "session" && session.as_ref().is_some_and(|(_, ver)| ver + 1 < v.version))
+            || client == "per-transaction"
+        {
+            session = None;
+        }
+        let result = tokio::time::timeout(Duration::from_secs(15), async {
+            if session.is_none() {
+                session = Some((load_login(&v, tls.as_ref()).await.map_err(|e| sqlstate(&e))?, v.version));
+            }
+            let (c, ver) = session.as_ref().expect("a session");
+            c.execute(insert, &[&region, &client, &(*ver as i64)]).await.map_err(|e| sqlstate(&e))?;
+            Ok::<u64, (Option<String>, String)>(*ver)
+        })
+        .await
+        .unwrap_or_else(|_| Err((None, "no answer within 15s".into())));
+        let (version, error) = match result {
+            Ok(ver) => (ver, None),
+            Err(e) => {
+                session = None;
+                (v.version, Some(e))
+            }
+        };
+        if error.is_none() && client == "per-transaction" {
+            progress.fetch_max(version, std::sync::atomic::Ordering::Relaxed);
+        }
+        out.push(Attempt { region, client, version, started, ended: Instant::now(), error });
+        tokio::time::sleep(Duration::from_millis(if out.last().is_some_and(|a| a.error.is_some()) { 100 } else { 20 }))
+            .await;
+    }
+    out
 }
