@@ -927,6 +927,82 @@ async fn the_schedule_rotates_by_itself_and_journals_it() {
     drop(run);
 }
 
+/// Controllers in two regions (`--store etcd --controller-per-region`; east-1
+/// primary, west-1 standby): one `pgdr run --controller REGION` per region,
+/// each serving its own region's proxy. West starts first (so its proxy is
+/// bound), then east, which takes the lead (the primary's region). Three
+/// rotations by the east leader: each reloads the verifiers of both
+/// regions' proxies (east's in-process, west's through its admin API)
+/// before the stores flip, so each exits 0 with west's store logging in
+/// through west's proxy at once. (Before, only the leader's own proxy was
+/// reloaded: the second rotation changes `app_b`, which west's proxy still
+/// knew with its old verifier, and its login there was refused.)
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_controller_per_region_every_regions_proxy_reloads() {
+    let builder =
+        Sandbox::builder().etcd(true).controller_per_region(true).replicas_per_region(0).standbys_per_region(1);
+    let sb = SandboxGuard::start_temp(builder, Path::new(PGDR)).await.expect("sandbox up");
+    let cfg = Config::load(&sb.config).expect("the sandbox's config");
+    let start = |region: &str| {
+        let log = std::fs::File::create(sb.dir.join("logs").join(format!("run-{region}.log"))).expect("log");
+        Run(Command::new(PGDR)
+            .args(["run", "--controller", region, "--config"])
+            .arg(&sb.config)
+            .current_dir(&sb.dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("pgdr run"))
+    };
+    let api = pgdr_api::controller::ControllerClient::new_multi(
+        &cfg.controller_addrs(),
+        cfg.controller_client_token(Access::Operator).expect("operator token"),
+        sb.http_tls(),
+    )
+    .expect("client")
+    .with_timeout(Duration::from_secs(2));
+    let _west = start("west");
+    wait_view(&api, "the west controller to record the cluster", Duration::from_secs(60), |c| {
+        c.primary.is_some() && c.epoch.0 > 0
+    })
+    .await;
+    let _east = start("east");
+    let west_log = sb.dir.join("logs").join("run-west.log");
+    let t = Instant::now();
+    while !std::fs::read_to_string(&west_log).is_ok_and(|l| l.contains("standing by: another controller leads")) {
+        assert!(t.elapsed() < Duration::from_secs(60), "leadership did not move to east");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_view(&api, "the east controller to record the cluster", Duration::from_secs(60), |c| {
+        c.primary.as_ref().is_some_and(|p| p.as_str() == "east-1") && c.workflow.is_none()
+    })
+    .await;
+    let west_api =
+        cfg.proxies.iter().find(|p| p.region.as_str() == "west").and_then(|p| p.api).expect("west's proxy API");
+    let mut passwords = Vec::new();
+    for version in 1..=3u64 {
+        let r = rotate_now(&sb.config, &format!("rotation {version}")).await;
+        let role = &r["roles"][0];
+        assert_eq!(role["version"], version, "{r:#}");
+        for region in ["east", "west"] {
+            let v = stored(&sb.dir, region);
+            assert_eq!(v.version, version, "{region}");
+            pgdr_secrets::rotate::login(&v, None, sb.pg_tls())
+                .await
+                .unwrap_or_else(|e| panic!("rotation {version}: {region}'s secret through its proxy: {e}"));
+            passwords.push(v.password);
+        }
+        let proxies = role["proxies"].as_array().cloned().unwrap_or_default();
+        assert_eq!(proxies.len(), 2, "both regions' proxies reloaded: {r:#}");
+        assert!(proxies.iter().all(|p| p["refreshed"] == true), "{r:#}");
+        assert!(proxies.iter().any(|p| p["proxy"] == west_api.to_string()), "west's proxy through its API: {r:#}");
+    }
+    let events = serde_json::to_string(&api.events(None).await.expect("events")).expect("json");
+    assert!(passwords.iter().all(|p| !events.contains(p.as_str())), "a password in the controller's events");
+}
+
 // ------------------------------------------------------------------ load
 
 /// One attempt of a [`Load`] client: a write transaction through the
