@@ -7,6 +7,10 @@
 //! Everything started is stopped by PID on drop (servers by
 //! `postmaster.pid`, agents and `pgdr run` by their child PIDs).
 
+mod common;
+
+use common::wait_for;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -668,21 +672,6 @@ impl World {
         for l in &lines[lines.len().saturating_sub(40)..] {
             eprintln!("{l}");
         }
-    }
-}
-
-async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "gave up waiting for {what} after {limit:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

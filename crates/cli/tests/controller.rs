@@ -11,6 +11,10 @@
 //! commit where the mode guarantees it, no client error where the product
 //! promises none. Never a time bound.
 
+mod common;
+
+use common::wait_for;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -111,21 +115,6 @@ impl Drop for Env {
 
 fn sig(pid: i32, s: Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), s).unwrap_or_else(|e| panic!("{s} to {pid}: {e}"));
-}
-
-async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "gave up waiting for {what} after {limit:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 impl Env {

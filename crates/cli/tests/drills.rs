@@ -23,6 +23,10 @@
 //! Asserts correctness only, never a timing: the measured numbers are
 //! printed.
 
+mod common;
+
+use common::wait_for;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -63,21 +67,6 @@ impl Drop for Env {
             let tail = &lines[lines.len().saturating_sub(60)..];
             eprintln!("[{}] pgdr run log (tail):\n{}", self.name, tail.join("\n"));
         }
-    }
-}
-
-async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "gave up waiting for {what} after {limit:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -26,6 +26,10 @@
 //! before the first fault to the end: never two writable servers at any
 //! instant. Timings are printed, not asserted.
 
+mod common;
+
+use common::{Frozen, unix_ms, wait_for};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -90,46 +94,6 @@ impl Drop for Run {
     }
 }
 
-/// Processes stopped with SIGSTOP, continued when dropped: a failing test
-/// leaves nothing frozen for the teardown to wait on.
-struct Frozen(Vec<i32>);
-
-impl Frozen {
-    fn stop(pids: Vec<i32>) -> Frozen {
-        for p in &pids {
-            let _ = kill(Pid::from_raw(*p), Signal::SIGSTOP);
-        }
-        Frozen(pids)
-    }
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            let _ = kill(Pid::from_raw(*p), Signal::SIGCONT);
-        }
-    }
-}
-
-async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "gave up waiting for {what} after {limit:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn unix_ms() -> f64 {
-    pgdr_drill::unix_ms(std::time::SystemTime::now())
-}
-
 /// A client of the sandbox's etcd as the controllers see it.
 async fn etcd_store(cfg: &Config) -> pgdr_store::EtcdStore {
     let pgdr_config::StoreKind::Etcd(e) = &cfg.controller.store else { panic!("not an etcd sandbox") };
@@ -142,14 +106,18 @@ async fn etcd_store(cfg: &Config) -> pgdr_store::EtcdStore {
     pgdr_store::EtcdStore::connect(o).await.expect("connect to the sandbox's etcd")
 }
 
-/// The controller leader key's holder and term.
-async fn leader(etcd: &pgdr_store::EtcdStore) -> (String, u64) {
-    let v = pgdr_store::StateStore::get(etcd, pgdr_store::keys::CONTROLLER_LEADER)
-        .await
-        .expect("read the leader key")
-        .expect("a leader");
+/// The controller leader key's holder and term; `None` while the key is
+/// vacant (between a resignation or a handoff and the next campaign).
+async fn leader_now(etcd: &pgdr_store::EtcdStore) -> Option<(String, u64)> {
+    let v =
+        pgdr_store::StateStore::get(etcd, pgdr_store::keys::CONTROLLER_LEADER).await.expect("read the leader key")?;
     let info: serde_json::Value = serde_json::from_slice(&v.value).expect("json");
-    (info["holder"].as_str().unwrap_or_default().to_owned(), info["term"].as_u64().unwrap_or_default())
+    Some((info["holder"].as_str().unwrap_or_default().to_owned(), info["term"].as_u64().unwrap_or_default()))
+}
+
+/// The controller leader key's holder and term, once the key is held.
+async fn leader(etcd: &pgdr_store::EtcdStore) -> (String, u64) {
+    wait_for("a controller to hold the leader key", Duration::from_secs(30), || leader_now(etcd)).await
 }
 
 /// Every agent, postmaster and PostgreSQL child process of `region`.
@@ -209,8 +177,7 @@ async fn losing_either_region_leaves_one_writable_primary_and_fails_over_by_itse
     let east = Run::start(&sb, "east");
     let handed = Instant::now();
     let (holder, term) = wait_for("leadership to move to the primary's region", Duration::from_secs(60), || async {
-        let (h, t) = leader(&etcd).await;
-        h.contains("region east").then_some((h, t))
+        leader_now(&etcd).await.filter(|(h, _)| h.contains("region east"))
     })
     .await;
     assert!(term > first_term, "a new term: {term} after {first_term}");
