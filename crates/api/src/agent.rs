@@ -228,6 +228,20 @@ pub struct RebuildRequest {
     /// Replication slot on the upstream; `pgdr_<node>` when absent.
     #[serde(default)]
     pub slot: Option<String>,
+    /// Copy the data from the cluster's latest backup (and its archived
+    /// WAL) instead of a base backup of the upstream, which is then only
+    /// streamed from; `None`: a base backup of the upstream.
+    #[serde(default)]
+    pub from_backup: Option<FromBackup>,
+}
+
+/// Where a rebuild from a backup takes it from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FromBackup {
+    /// A destination of the config; the cluster tier's backup destination
+    /// (where its WAL is archived) when absent.
+    #[serde(default)]
+    pub dest: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

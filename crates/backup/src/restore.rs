@@ -131,6 +131,23 @@ pub async fn restore(
     opts: &RestoreOptions,
     progress: &Progress,
 ) -> Result<(Manifest, Measured)> {
+    let (m, measured) = write(dest, cluster, opts, progress).await?;
+    let bin = PgBinaries::find(opts.bin_dir.as_deref())?;
+    let pg = LocalPg::new(bin, opts.to.clone(), "127.0.0.1", opts.port, opts.run_as.clone());
+    configure_recovery(&pg, opts)?;
+    Ok((m, measured))
+}
+
+/// Downloads and writes a backup's files into `opts.to`, nothing else: no
+/// recovery settings (`opts.restore_command` and `opts.port` are not used;
+/// `opts.target` only picks the backup). For a caller that configures the
+/// server its own way, as a standby built from a backup is.
+pub async fn write(
+    dest: &Dest,
+    cluster: &str,
+    opts: &RestoreOptions,
+    progress: &Progress,
+) -> Result<(Manifest, Measured)> {
     let m = pick_backup(dest, cluster, opts.backup.as_deref(), &opts.target).await?;
     progress.total.store(m.plain_bytes, std::sync::atomic::Ordering::Relaxed);
     let started = Instant::now();
@@ -170,7 +187,6 @@ pub async fn restore(
     if !m.files.is_empty() {
         let counts =
             crate::extract::extract(dest, &m, &opts.to, opts.workers, &opts.run_as, non_empty, progress).await?;
-        configure_recovery(&pg, opts)?;
         let measured = Measured {
             plain_bytes: progress.plain_bytes.load(std::sync::atomic::Ordering::Relaxed),
             stored_bytes: progress.stored_bytes.load(std::sync::atomic::Ordering::Relaxed),
@@ -241,7 +257,6 @@ pub async fn restore(
             output: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         });
     }
-    configure_recovery(&pg, opts)?;
     let measured = Measured {
         plain_bytes: m.plain_bytes,
         stored_bytes: m.stored_bytes,

@@ -356,3 +356,154 @@ async fn scheduled_backups_to_two_destinations_pitr_from_each_and_verify() {
     drop(moto);
     eprintln!("done in {:.1}s", t0.elapsed().as_secs_f64());
 }
+
+/// A standby that `pgdr replica add --from-backup` built from the latest
+/// backup on the S3-compatible destination (moto) and the WAL archived
+/// there since: rows written after the backup reach it, part through the
+/// archive (`restore_command`), the rest streamed from the primary through
+/// its slot, and the primary served no base backup.
+#[tokio::test(flavor = "multi_thread")]
+async fn replica_add_from_backup_restores_replays_the_archive_and_streams() {
+    let t0 = Instant::now();
+    let (moto, s3_port) = start_moto();
+    let sb = SandboxGuard::start_temp(
+        Sandbox::builder().regions(["east", "west"]).replicas_per_region(0).tls(false),
+        Path::new(PGDR),
+    )
+    .await
+    .expect("sandbox up");
+    let root = sb.temp_root().expect("temp root").to_path_buf();
+    let config = sb.config.display().to_string();
+    // The tier backs up to s3 and archives its WAL there (archive_command
+    // reads the config at every segment).
+    configure(&sb.config, s3_port);
+    let text = std::fs::read_to_string(&sb.config).expect("read pgdr.toml");
+    let text = text.replacen(
+        "schedule = \"*/10 * * * * *\"\ndestination = \"local\"\ncopies = [\"s3\"]\n",
+        "schedule = \"0 */6 * * *\"\ndestination = \"s3\"\n",
+        1,
+    );
+    std::fs::write(&sb.config, text).expect("write pgdr.toml");
+    pgdr_config::Config::load(&sb.config).expect("the edited config validates");
+    let primary = sb.primary().clone();
+    let password = sb.password().to_owned();
+    let p = primary.port;
+    psql(p, &password, "create table t(x int); insert into t values (1)");
+    psql(p, &password, "select pg_switch_wal()");
+
+    // `pgdr run` holds the cluster's state; it takes a backup at once (never backed up).
+    let log_path = sb.dir.join("logs").join("run-replica-from-backup.log");
+    let log = std::fs::File::create(&log_path).expect("run log");
+    let run = Killed(
+        Command::new(PGDR)
+            .args(["run", "--config", &config])
+            .current_dir(&sb.dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start pgdr run"),
+    );
+    let backup = wait_for("a backup on s3", Duration::from_secs(90), || {
+        let list = status(&config);
+        let s = dest_status(&list, "s3");
+        (s["backups"].as_u64() >= Some(1)).then(|| s["newest"].as_str().unwrap_or_default().to_owned())
+    })
+    .await;
+    eprintln!("[{:.1}s] backup {backup} on s3", t0.elapsed().as_secs_f64());
+
+    // After the backup: rows archived to s3 (a switched segment), then rows only the primary has.
+    psql(p, &password, "insert into t select g from generate_series(2, 1000) g");
+    let segment = psql(p, &password, "select pg_walfile_name(pg_current_wal_lsn())");
+    psql(p, &password, "select pg_switch_wal()");
+    wait_for(&format!("WAL {segment} at s3"), Duration::from_secs(60), || {
+        let list = status(&config);
+        let newest = dest_status(&list, "s3")["newest_wal"].as_str().unwrap_or_default().to_owned();
+        (newest.as_str() >= segment.as_str()).then_some(())
+    })
+    .await;
+    psql(p, &password, "insert into t select g from generate_series(1001, 2000) g");
+
+    let data = root.join("west-9").join("data");
+    std::fs::create_dir_all(data.parent().expect("parent")).expect("mkdir");
+    std::fs::set_permissions(data.parent().expect("parent"), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let port = free_port();
+    let agent = format!("127.0.0.1:{}", free_port());
+    let standby = Restored { dir: data.clone(), port };
+    let add = Command::new(PGDR)
+        .args(["--config", &config, "replica", "add", "--cluster", "main", "--node", "west-9", "--region", "west"])
+        .args(["--agent", &agent, "--host", "127.0.0.1", "--port", &port.to_string()])
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--setting", "fsync=off", "--from-backup", "--json", "--timeout", "180s"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run pgdr replica add");
+    let mut add = Killed(add);
+    // Its agent, as on the new host, once the config names the node.
+    wait_for("west-9 in the config", Duration::from_secs(60), || {
+        let cfg = pgdr_config::Config::load(&sb.config).ok()?;
+        cfg.cluster("main").and_then(|c| c.node("west-9")).map(|_| ())
+    })
+    .await;
+    let agent_log = std::fs::File::create(sb.dir.join("logs").join("agent-west-9.test.log")).expect("agent log");
+    let _agent = Killed(
+        Command::new(PGDR)
+            .args(["agent", "--config", &config, "--node", "west-9"])
+            .stdin(Stdio::null())
+            .stdout(agent_log.try_clone().expect("log"))
+            .stderr(agent_log)
+            .spawn()
+            .expect("start the agent of west-9"),
+    );
+    let (code, stdout, stderr) = {
+        let child = &mut add.0;
+        let (mut o, mut e) = (String::new(), String::new());
+        use std::io::Read;
+        child.stdout.take().expect("stdout").read_to_string(&mut o).expect("read stdout");
+        child.stderr.take().expect("stderr").read_to_string(&mut e).expect("read stderr");
+        (child.wait().expect("wait").code(), o, e)
+    };
+    eprintln!("$ pgdr replica add --from-backup\n[exit {code:?}]\n{stdout}{stderr}");
+    let v: Value = serde_json::from_str(&stdout).unwrap_or_default();
+    assert_eq!(code, Some(0), "replica add --from-backup: {stdout} {stderr}");
+    let steps: Vec<&str> = v["steps"].as_array().expect("steps").iter().filter_map(Value::as_str).collect();
+    assert!(
+        steps.iter().any(|s| s.starts_with(&format!("restored backup {backup} from s3"))),
+        "restored the latest backup from s3: {steps:?}"
+    );
+    assert!(!steps.iter().any(|s| s.contains("base backup")), "no base backup of the primary: {steps:?}");
+
+    // Streaming through its slot, every row there, the archived segment replayed from s3.
+    let rows = psql(p, &password, "select state from pg_stat_replication where application_name = 'west-9'");
+    assert_eq!(rows, "streaming");
+    let slot = psql(p, &password, "select active::text from pg_replication_slots where slot_name = 'pgdr_west_9'");
+    assert_eq!(slot, "true", "streams through its slot");
+    psql(p, &password, "insert into t values (2001)");
+    wait_for("every row on the standby", Duration::from_secs(30), || {
+        let n = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-d", "postgres", "-Atc"])
+            .arg("select count(*), max(x) from t")
+            .env("PGPASSWORD", &password)
+            .output()
+            .ok()?;
+        (String::from_utf8_lossy(&n.stdout).trim() == "2001|2001").then_some(())
+    })
+    .await;
+    assert_eq!(psql(port, &password, "select pg_is_in_recovery()::text"), "true");
+    let server_log = std::fs::read_to_string(root.join("west-9").join("data.log")).unwrap_or_default();
+    assert!(
+        server_log.contains(&format!("restored log file \"{segment}\" from archive")),
+        "the standby fetched {segment} through restore_command:\n{server_log}"
+    );
+    eprintln!("[{:.1}s] west-9 streams with every row", t0.elapsed().as_secs_f64());
+    drop(_agent);
+    drop(standby);
+    drop(run);
+    drop(moto);
+}

@@ -353,7 +353,10 @@ async fn promote_rewind_upstream_rebuild_through_agents() {
 
     // Rebuild west-1 from the new primary: a fresh copy, the old one kept aside.
     sb.sql("east-2", "insert into t values ('rebuilt')").await.expect("write");
-    let r = w1.rebuild(&RebuildRequest { epoch, from: from_e2.clone(), slot: None }).await.expect("rebuild");
+    let r = w1
+        .rebuild(&RebuildRequest { epoch, from: from_e2.clone(), slot: None, from_backup: None })
+        .await
+        .expect("rebuild");
     assert!(r.steps.iter().any(|s| s.starts_with("base backup")), "{r:?}");
     wait_streaming(&sb, "east-2", "west-1").await;
     wait_row(&sb, "west-1", "select count(*) from t", "3").await;
@@ -365,7 +368,7 @@ async fn promote_rewind_upstream_rebuild_through_agents() {
         .count();
     assert_eq!(asides, 1);
     // A second rebuild keeps only one aside.
-    w1.rebuild(&RebuildRequest { epoch, from: from_e2, slot: None }).await.expect("rebuild again");
+    w1.rebuild(&RebuildRequest { epoch, from: from_e2, slot: None, from_backup: None }).await.expect("rebuild again");
     let asides = std::fs::read_dir(&west_dir)
         .expect("read")
         .flatten()

@@ -1128,7 +1128,7 @@ pub async fn rejoin(
             Err(e) => notes.push(format!("pg_rewind failed ({e}); rebuilding from a base backup")),
         }
     }
-    let r = agent.rebuild(&RebuildRequest { epoch, from, slot: None }).await.map_err(retry)?;
+    let r = agent.rebuild(&RebuildRequest { epoch, from, slot: None, from_backup: None }).await.map_err(retry)?;
     let kept = r.steps.iter().find_map(|s| s.strip_prefix("moved the old data directory to ").map(str::to_owned));
     Ok(json!({"how": "base backup", "steps": r.steps, "old_data_kept_at": kept, "notes": notes}))
 }

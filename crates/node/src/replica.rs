@@ -277,6 +277,78 @@ pub async fn rebuild(pg: &LocalPg, plan: &ReplicaPlan) -> Result<Vec<String>, Pg
     Ok(steps)
 }
 
+/// What restoring a backup into a data directory did (the caller's
+/// restorer; this crate does not know the backup engine).
+#[derive(Debug, Clone)]
+pub struct Restored {
+    /// One line for the steps: which backup, from where, how much, how fast.
+    pub summary: String,
+    /// The `restore_command` fetching the cluster's archived WAL from where
+    /// the backup came from.
+    pub restore_command: String,
+}
+
+/// Rebuilds `pg` as a replica of `plan.upstream` from a backup instead of
+/// a base backup of the upstream, which then only streams to it: stop, move
+/// the old data aside, make sure the slot exists, `restore` (writes the
+/// backup's files into the data directory, nothing else), standby config
+/// with a `restore_command` for the WAL between the backup and the slot,
+/// node settings, start.
+///
+/// The slot is made before the restore: from then on the upstream keeps
+/// the WAL this node will stream, and what came before is in the archive
+/// (a primary keeps a segment until it is archived), so there is no gap.
+pub async fn rebuild_from_backup(
+    pg: &LocalPg,
+    plan: &ReplicaPlan,
+    restore: impl AsyncFnOnce(&LocalPg) -> Result<Restored, PgError>,
+) -> Result<Vec<String>, PgError> {
+    let mut steps = Vec::new();
+    if pg.is_running().await {
+        pg.stop(StopMode::Fast, plan.wait).await?;
+        steps.push("stopped PostgreSQL (fast)".to_owned());
+    }
+    if let Some(aside) = pg.move_aside()? {
+        steps.push(format!("moved the old data directory to {}", aside.display()));
+    }
+    if ensure_slot(&plan.upstream, &plan.login).await? {
+        steps.push(format!(
+            "created replication slot {} on {}:{}",
+            plan.upstream.slot.as_deref().unwrap_or_default(),
+            plan.upstream.host,
+            plan.upstream.port
+        ));
+    }
+    pg.write_passfile(plan.login.password.as_deref())?;
+    let restored = restore(pg).await?;
+    steps.push(restored.summary);
+    // A restore may leave its own recovery settings: this node is a standby.
+    for f in ["recovery.signal", "postmaster.pid"] {
+        let _ = std::fs::remove_file(pg.data_dir.join(f));
+    }
+    // A backup taken from a replica carries the upstream that replica had
+    // in postgresql.auto.conf, whose values override pgdr's files.
+    if let Ok(text) = pg.read_file("postgresql.auto.conf") {
+        let kept: String = text
+            .lines()
+            .filter(|l| {
+                let k = l.split('=').next().unwrap_or("").trim();
+                !["primary_conninfo", "primary_slot_name", "restore_command"].contains(&k)
+                    && !k.starts_with("recovery_target")
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        if kept != text {
+            pg.write_file("postgresql.auto.conf", kept.as_bytes())?;
+        }
+    }
+    let mut plan = plan.clone();
+    plan.settings.retain(|(k, _)| k != "restore_command");
+    plan.settings.push(("restore_command".into(), quote(&restored.restore_command)));
+    finish_as_replica(pg, &plan, &mut steps).await?;
+    Ok(steps)
+}
+
 /// Rewinds `pg` to follow `plan.upstream` (a new primary): stop, `pg_rewind`,
 /// slot, standby config, node settings, start.
 pub async fn rewind(pg: &LocalPg, plan: &ReplicaPlan) -> Result<Vec<String>, PgError> {

@@ -1,10 +1,18 @@
-//! `pgdr agent --node NAME`: runs one node's agent until SIGTERM or SIGINT.
+//! `pgdr agent --node NAME`: runs one node's agent until SIGTERM or SIGINT,
+//! with the backup engine plugged in for rebuilds from a backup.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use pgdr_node::agent::{AgentConfig, AgentError, AgentState};
+use pgdr_backup::Progress;
+use pgdr_backup::restore::{RestoreOptions, Target};
+use pgdr_node::LocalPg;
+use pgdr_node::agent::{AgentConfig, AgentError, AgentState, BackupRestorer};
+use pgdr_node::replica::Restored;
 use tokio_util::sync::CancellationToken;
 
 use super::Global;
@@ -39,7 +47,9 @@ pub fn run(global: &Global, args: AgentArgs) -> anyhow::Result<ExitCode> {
         ))
         .into());
     }
+    let cluster = acfg.cluster.to_string();
     let state = AgentState::new(acfg)?;
+    state.set_restorer(Arc::new(Restorer { config: cfg.clone(), config_path: global.config_path(), cluster }));
     let rt =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     rt.block_on(async move {
@@ -57,6 +67,55 @@ pub fn run(global: &Global, args: AgentArgs) -> anyhow::Result<ExitCode> {
         pgdr_node::lease::serve(listener, state, lease, cancel).await.context("agent server failed")?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The agent's way to the backup engine, for a rebuild from a backup
+/// (`pgdr replica add --from-backup`): the cluster's newest backup, written
+/// into the node's data directory, and a `restore_command` for the WAL
+/// archived since, both from the same destination.
+#[derive(Debug)]
+struct Restorer {
+    config: pgdr_config::Config,
+    config_path: std::path::PathBuf,
+    cluster: String,
+}
+
+impl BackupRestorer for Restorer {
+    fn restore<'a>(
+        &'a self,
+        dest: Option<&'a str>,
+        pg: &'a LocalPg,
+    ) -> Pin<Box<dyn Future<Output = Result<Restored, String>> + Send + 'a>> {
+        Box::pin(async move {
+            let d = pgdr_backup::dest_for(&self.config, &self.cluster, dest).map_err(|e| e.to_string())?;
+            let exe = std::env::current_exe().unwrap_or_else(|_| "pgdr".into());
+            let opts = RestoreOptions {
+                backup: None,
+                target: Target::Latest,
+                to: pg.data_dir.clone(),
+                restore_command: pgdr_backup::restore_command(&exe, &self.config_path, &self.cluster, &d.name),
+                workers: 2,
+                port: pg.port,
+                run_as: pg.run_as.clone(),
+                bin_dir: Some(pg.bin.dir.clone()),
+                delta: false,
+            };
+            let (m, measured) = pgdr_backup::restore::write(&d, &self.cluster, &opts, &Progress::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(Restored {
+                summary: format!(
+                    "restored backup {} from {} (the primary was not read): {} MiB in {:.1}s ({:.0} MiB/s)",
+                    m.id,
+                    d.name,
+                    measured.plain_bytes >> 20,
+                    measured.seconds,
+                    measured.mib_per_s()
+                ),
+                restore_command: opts.restore_command,
+            })
+        })
+    }
 }
 
 /// Whether `host:port` is on this machine's loopback interface.

@@ -2,7 +2,9 @@
 //! a cluster, built from its current primary by the new node's agent (the
 //! agent's `rebuild`: slot, base backup, standby config, start), with the
 //! progress read on the primary (bytes copied, throughput, time left) until
-//! the new node streams.
+//! the new node streams. With `--from-backup` the agent restores the
+//! cluster's latest backup instead and replays the WAL archived since, so
+//! the primary is not read for the copy; it only streams what comes after.
 //!
 //! Before anything is written it checks the primary can feed one more node
 //! (the same checks as `pgdr adopt`, for the new node's host), applying the
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use pgdr_api::agent::{AgentClient, Endpoint, RebuildRequest};
+use pgdr_api::agent::{AgentClient, Endpoint, FromBackup, RebuildRequest};
 use pgdr_config::Config;
 use pgdr_config::edit::q;
 use pgdr_model::{Epoch, NodeName};
@@ -28,7 +30,7 @@ use crate::exit::Usage;
 
 #[derive(Debug, Subcommand)]
 pub enum ReplicaCmd {
-    /// Build a new replica or standby from the current primary and wait until it streams.
+    /// Build a new replica or standby from the current primary (or the latest backup) and wait until it streams.
     Add(AddArgs),
 }
 
@@ -70,6 +72,11 @@ pub struct AddArgs {
     /// instead of waiting for one started on its host.
     #[arg(long)]
     pub start_agent: bool,
+    /// Build it from the cluster's latest backup and the WAL archived since (the primary is not read
+    /// for the copy), from DEST or, without a value, the tier's backup destination (where the WAL is
+    /// archived); then it streams from the primary through its slot.
+    #[arg(long, value_name = "DEST", num_args = 0..=1, default_missing_value = "")]
+    pub from_backup: Option<String>,
     /// Apply the reload-level fixes the primary needs (pg_hba.conf for the new host, ...).
     #[arg(long)]
     pub apply_reloadable: bool,
@@ -265,7 +272,16 @@ fn add(global: &Global, a: AddArgs) -> anyhow::Result<ExitCode> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         // 4. The build, with progress read on the primary.
-        let req = RebuildRequest { epoch, from: Endpoint { host: primary.host.clone(), port: primary.port, node: Some(primary.name.clone()) }, slot: None };
+        let from_backup = a.from_backup.as_ref().map(|d| FromBackup { dest: Some(d.clone()).filter(|d| !d.is_empty()) });
+        if let Some(b) = &from_backup {
+            say(format!(
+                "{} restores the latest backup from {} and the WAL archived since (the primary is not read for the copy)",
+                a.node,
+                b.dest.as_deref().unwrap_or("the tier's backup destination")
+            ));
+        }
+        let by_backup = from_backup.is_some();
+        let req = RebuildRequest { epoch, from: Endpoint { host: primary.host.clone(), port: primary.port, node: Some(primary.name.clone()) }, slot: None, from_backup };
         let builder = agent.clone().with_action_timeout(a.timeout);
         let mut build = tokio::spawn(async move { builder.rebuild(&req).await });
         let started = Instant::now();
@@ -278,6 +294,9 @@ fn add(global: &Global, a: AddArgs) -> anyhow::Result<ExitCode> {
             tokio::select! {
                 r = &mut build => break r,
                 _ = tick.tick() => {}
+            }
+            if by_backup {
+                continue;
             }
             let rows = client
                 .query(
@@ -322,9 +341,9 @@ fn add(global: &Global, a: AddArgs) -> anyhow::Result<ExitCode> {
         let built = started.elapsed();
         // From the progress view; when the copy was over between two
         // samples, the primary's databases are what was copied.
-        let mut source = "pg_stat_progress_basebackup";
+        let mut source = if by_backup { "the restore (see the steps)" } else { "pg_stat_progress_basebackup" };
         let mut copied = last.map(|(done, total)| done.max(total)).filter(|b| *b > 0);
-        if copied.is_none() {
+        if copied.is_none() && !by_backup {
             source = "the primary's database sizes";
             copied = client
                 .query_one("select sum(pg_database_size(oid))::bigint from pg_database", &[])
@@ -371,7 +390,7 @@ fn add(global: &Global, a: AddArgs) -> anyhow::Result<ExitCode> {
                 "{}",
                 serde_json::to_string_pretty(&json!({"ok": true, "node": a.node, "streaming_from": primary.name,
                     "replay_lag_bytes": lag, "build_seconds": built.as_secs_f64(), "copied_bytes": copied, "copied_bytes_by": source, "total_seconds": t0.elapsed().as_secs_f64(),
-                    "steps": steps, "agent_pid": agent_pid}))?
+                    "steps": steps, "agent_pid": agent_pid, "from_backup": a.from_backup.as_ref().map(|d| if d.is_empty() { "(the tier's destination)" } else { d.as_str() })}))?
             );
         } else {
             println!(

@@ -447,9 +447,34 @@ async fn refuse_writable_primary(state: &AgentState, what: &str) -> Result<(), A
 
 async fn rebuild(state: &AgentState, r: RebuildRequest) -> Result<Done, AgentError> {
     let plan = plan(state, r.from.node.as_ref(), &r.from.host, r.from.port, r.slot)?;
+    let Some(from) = r.from_backup else {
+        refuse_writable_primary(state, "rebuilding").await?;
+        let steps = replica::rebuild(&state.cfg.pg, &plan).await?;
+        return Ok(Done::new(
+            true,
+            format!("rebuilt as a replica of {}:{}", plan.upstream.host, plan.upstream.port),
+            steps,
+        ));
+    };
+    let Some(restorer) = state.restorer.get().cloned() else {
+        return Err(AgentError::BadRequest(format!(
+            "the agent of {} cannot restore backups (it runs without the backup engine): rebuild from the upstream instead",
+            state.cfg.node
+        )));
+    };
     refuse_writable_primary(state, "rebuilding").await?;
-    let steps = replica::rebuild(&state.cfg.pg, &plan).await?;
-    Ok(Done::new(true, format!("rebuilt as a replica of {}:{}", plan.upstream.host, plan.upstream.port), steps))
+    let restore = async |pg: &crate::local::LocalPg| {
+        restorer
+            .restore(from.dest.as_deref(), pg)
+            .await
+            .map_err(|e| PgError::Invalid(format!("cannot restore the latest backup: {e}")))
+    };
+    let steps = replica::rebuild_from_backup(&state.cfg.pg, &plan, restore).await?;
+    Ok(Done::new(
+        true,
+        format!("rebuilt from a backup as a replica of {}:{}", plan.upstream.host, plan.upstream.port),
+        steps,
+    ))
 }
 
 async fn rewind(state: &AgentState, r: RewindRequest) -> Result<Done, AgentError> {
@@ -539,7 +564,12 @@ mod tests {
                 Request::Promote(t)
             )),
             (epoch, text, any::<u16>(), slot.clone()).prop_map(|(e, host, port, slot)| {
-                let r = RebuildRequest { epoch: Epoch(e), from: Endpoint { host, port, node: None }, slot };
+                let r = RebuildRequest {
+                    epoch: Epoch(e),
+                    from: Endpoint { host, port, node: None },
+                    slot,
+                    from_backup: None,
+                };
                 (Action::Rebuild, serde_json::to_value(&r).unwrap_or_default(), Request::Rebuild(r))
             }),
             (epoch, text, any::<u16>(), slot).prop_map(|(e, host, port, slot)| {

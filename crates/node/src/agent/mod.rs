@@ -278,6 +278,24 @@ pub struct AgentState {
     local: tokio::sync::Mutex<KeptClient<String>>,
     /// `POST /v1/probe`'s connections, one per target (see `crate::probe`).
     pub(crate) probes: tokio::sync::Mutex<HashMap<(String, u16), crate::probe::Kept>>,
+    /// How a rebuild from a backup restores one (set by `pgdr agent`);
+    /// without it such a rebuild is refused.
+    restorer: std::sync::OnceLock<Arc<dyn BackupRestorer>>,
+}
+
+/// Restores the cluster's latest backup for a rebuild from a backup. The
+/// backup engine sits above this crate, so the binary that runs the agent
+/// plugs it in with [`AgentState::set_restorer`].
+pub trait BackupRestorer: Send + Sync + std::fmt::Debug {
+    /// Writes the newest backup of the agent's cluster from destination
+    /// `dest` (the tier's backup destination when `None`) into `pg`'s data
+    /// directory, which is absent or empty: the files only, no recovery
+    /// settings (the rebuild writes the standby's).
+    fn restore<'a>(
+        &'a self,
+        dest: Option<&'a str>,
+        pg: &'a LocalPg,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<crate::replica::Restored, String>> + Send + 'a>>;
 }
 
 impl AgentState {
@@ -295,7 +313,13 @@ impl AgentState {
             tokens,
             local: Default::default(),
             probes: Default::default(),
+            restorer: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Lets rebuilds restore backups (see [`BackupRestorer`]); once.
+    pub fn set_restorer(&self, restorer: Arc<dyn BackupRestorer>) {
+        let _ = self.restorer.set(restorer);
     }
 
     /// Runs `query` over the agent's kept connection to its own

@@ -187,7 +187,7 @@ async fn agent_actions_on_one_server() {
     // A server outside the config is refused before any connection.
     for (host, port) in [("10.255.255.1".to_owned(), 5432), ("127.0.0.1".to_owned(), free_port())] {
         let from = Endpoint { host: host.clone(), port, node: None };
-        match c.rebuild(&RebuildRequest { epoch: Epoch(3), from, slot: None }).await {
+        match c.rebuild(&RebuildRequest { epoch: Epoch(3), from, slot: None, from_backup: None }).await {
             Err(ApiError::Failed { status: 400, message, .. }) => assert!(message.contains("not a node"), "{message}"),
             other => panic!("expected 400 for {host}:{port}, got {other:?}"),
         }
@@ -197,7 +197,7 @@ async fn agent_actions_on_one_server() {
     // one is taken with the agent's address for it (here the request goes
     // on to the check that a writable primary is never rewound).
     let from = Endpoint { host: "127.0.0.1".into(), port: 5432, node: Some(NodeName::new("nowhere")) };
-    match c.rebuild(&RebuildRequest { epoch: Epoch(3), from, slot: None }).await {
+    match c.rebuild(&RebuildRequest { epoch: Epoch(3), from, slot: None, from_backup: None }).await {
         Err(ApiError::Failed { status: 400, message, .. }) => {
             assert!(message.contains("node nowhere is not a node"), "{message}")
         }
