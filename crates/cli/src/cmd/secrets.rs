@@ -312,11 +312,7 @@ type When<'a> = dyn Fn(&StoreReport) -> Option<String> + 'a;
 /// One role's stores, a row per region: what `rotate`, `status`, `verify`
 /// and `show` print, each with its own time column (`when`: its header and
 /// value) and state words.
-fn stores_table(
-    r: &RoleReport,
-    when: (&str, &When),
-    state: impl Fn(&StoreReport) -> String,
-) -> Table {
+fn stores_table(r: &RoleReport, when: (&str, &When), state: impl Fn(&StoreReport) -> String) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
     t.set_header(["region", "store", "version", "login", "endpoint", when.0, "state"]);
