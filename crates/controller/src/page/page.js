@@ -136,6 +136,7 @@
       let state;
       if (s.logs_in === true) state = badge("logs in", "ok");
       else if (s.logs_in === false) state = badge("does not log in", "bad");
+      else if ((s.version === null || s.version === undefined) && s.error && !/^no secret stored yet/.test(s.error)) state = badge("store unreadable", "bad");
       else if (s.version === null || s.version === undefined) state = badge("none stored yet", "warn");
       else state = badge("not checked", "warn");
       const what = s.version === null || s.version === undefined ? "" : " v" + s.version + " (" + (s.login || "?") + ")";
