@@ -120,6 +120,22 @@ async fn leader(etcd: &pgdr_store::EtcdStore) -> (String, u64) {
     wait_for("a controller to hold the leader key", Duration::from_secs(30), || leader_now(etcd)).await
 }
 
+/// Commits one write through `region`'s proxy writer endpoint.
+async fn write_through(cfg: &Config, sb: &Sandbox, region: &str) -> Option<()> {
+    let proxy = cfg.proxies.iter().find(|p| p.region.as_str() == region).expect("the region's proxy");
+    let writer = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres password={} connect_timeout=2{}",
+        proxy.writer.port(),
+        sb.password(),
+        sb.tls_params()
+    );
+    let what = format!("the {region} writer endpoint");
+    let c = pgdr_drill::observer::connect(&writer, &what, Duration::from_secs(2)).await.ok()?;
+    c.batch_execute("create table if not exists region_loss (at timestamptz); insert into region_loss values (now())")
+        .await
+        .ok()
+}
+
 /// Every agent, postmaster and PostgreSQL child process of `region`.
 fn region_processes(cfg: &Config, hosts: &LocalHosts, region: &str) -> (Vec<i32>, Vec<i32>) {
     let cluster = cfg.cluster("main").expect("cluster main");
@@ -176,6 +192,19 @@ async fn losing_either_region_leaves_one_writable_primary_and_fails_over_by_itse
     let handover_from = unix_ms();
     let east = Run::start(&sb, "east");
     let handed = Instant::now();
+    // East's proxy serves before its controller leads: on the routes the
+    // store names (the handover waits for two lease TTLs of quiet first).
+    wait_for("a write through the east proxy while west leads", Duration::from_secs(30), || async {
+        let ok = write_through(&cfg, &sb, "east").await;
+        let (holder, _) = leader(&etcd).await;
+        assert!(holder.contains("region west"), "east led ({holder}) before its proxy took a write");
+        ok
+    })
+    .await;
+    eprintln!(
+        "[{name}] a write committed through the east proxy {:.1}s after east's pgdr run started, west leading",
+        handed.elapsed().as_secs_f64()
+    );
     let (holder, term) = wait_for("leadership to move to the primary's region", Duration::from_secs(60), || async {
         leader_now(&etcd).await.filter(|(h, _)| h.contains("region east"))
     })
@@ -291,23 +320,7 @@ async fn losing_either_region_leaves_one_writable_primary_and_fails_over_by_itse
     eprintln!("[{name}] automatic failover {} {} in {:?} ms", failover.id, failover.state, failover.duration_ms);
 
     // Writes through the west proxy (served by the west controller now).
-    let proxy = cfg.proxies.iter().find(|p| p.region.as_str() == "west").expect("west proxy");
-    let writer = format!(
-        "host=127.0.0.1 port={} user=postgres dbname=postgres password={} connect_timeout=2{}",
-        proxy.writer.port(),
-        sb.password(),
-        sb.tls_params()
-    );
-    wait_for("a write through the west proxy", Duration::from_secs(60), || async {
-        let c =
-            pgdr_drill::observer::connect(&writer, "the west writer endpoint", Duration::from_secs(2)).await.ok()?;
-        c.batch_execute(
-            "create table if not exists region_loss (at timestamptz); insert into region_loss values (now())",
-        )
-        .await
-        .ok()
-    })
-    .await;
+    wait_for("a write through the west proxy", Duration::from_secs(60), || write_through(&cfg, &sb, "west")).await;
     eprintln!(
         "[{name}] a write committed through the west proxy {:.1}s after the loss",
         killed.elapsed().as_secs_f64()

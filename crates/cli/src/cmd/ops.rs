@@ -482,21 +482,27 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
         tokio::spawn(signal(cancel.clone()));
         let tracker = TaskTracker::new();
         let shared = open_store(&cfg).await?;
-        // A standby binds nothing (its proxies' and API's ports may be the
-        // leader's, on the same host) until it first leads. Later losses stop
-        // only the controller part: the proxies keep serving.
+        // With one controller instance, a standby `pgdr run` binds nothing
+        // (its proxies' and API's ports may be the leader's, on the same host)
+        // until it first leads. With controllers per region each serves its
+        // own region's proxies from the start, on the routes the store names
+        // while it stands by. Losing leadership stops only the controller
+        // part: the proxies keep serving.
+        let per_region = cfg.controller.instances.len() > 1;
         let mut part = cancel.child_token();
-        let mut leading = Some(match lead(&cfg, shared.clone(), &cancel, &part, &tracker).await {
-            Err(_) if cancel.is_cancelled() => return Ok(ExitCode::SUCCESS),
-            r => r?,
-        });
+        let mut leading = if per_region {
+            None
+        } else {
+            Some(match lead(&cfg, shared.clone(), &cancel, &part, &tracker).await {
+                Err(_) if cancel.is_cancelled() => return Ok(ExitCode::SUCCESS),
+                r => r?,
+            })
+        };
         let mut routes: HashMap<ClusterName, Vec<(String, watch::Sender<Routing>)>> = HashMap::new();
         let mut handles: HashMap<ClusterName, Vec<(String, ProxyHandle)>> = HashMap::new();
         // With controllers in several regions each serves its own region's
         // proxies (another region's addresses are another host's).
-        let serves = |p: &&pgdr_config::Proxy| {
-            cfg.controller.instances.len() < 2 || cfg.controller.region.as_ref() == Some(&p.region)
-        };
+        let serves = |p: &&pgdr_config::Proxy| !per_region || cfg.controller.region.as_ref() == Some(&p.region);
         for p in cfg.proxies.iter().filter(serves) {
             let cluster = cfg.cluster(p.cluster.as_str()).context("proxy of an unknown cluster")?;
             let (tx, routing) = watch::channel(Routing::default());
@@ -550,7 +556,7 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
             tracing::info!(proxy = p.name, writer = %p.writer, "proxy started");
             handles.entry(p.cluster.clone()).or_default().push((p.name.clone(), handle));
         }
-        let others = if cfg.controller.instances.len() < 2 {
+        let others = if !per_region {
             None
         } else {
             Some(HttpProxies::from_config_where(&cfg, |p| !serves(&p)).context("[tls]")?)
@@ -562,9 +568,9 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
                 Some(l) => l,
                 None => {
                     part = cancel.child_token();
-                    // Standing by again (leadership lost or handed over):
-                    // this process's proxies keep serving, with the routes
-                    // the store names, until it leads again.
+                    // Standing by (not yet leading, or leadership lost or
+                    // handed over): this process's proxies serve the routes
+                    // the store names until it leads.
                     let standing = cancel.child_token();
                     tracker.spawn(follow_routes(cfg.clone(), shared.clone(), control.clone(), standing.clone()));
                     let won = lead(&cfg, shared.clone(), &cancel, &part, &tracker).await;
@@ -593,8 +599,8 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// While a `pgdr run` that led before stands by, its proxies follow the
-/// store: each cluster's epoch and primary as stored, the replicas its
+/// While a `pgdr run` stands by (with controllers per region, from its
+/// start; with one instance, after it led), its proxies follow the store: each cluster's epoch and primary as stored, the replicas its
 /// health records call healthy. Routes never go back an epoch, so a late
 /// publication cannot undo a newer one. The leader pauses and resumes only
 /// its own proxies; these see a failover as the store shows it (the fence
