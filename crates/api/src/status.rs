@@ -8,6 +8,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
     pub clusters: Vec<ClusterStatus>,
+    /// Why the controller's view is missing (`controller` of each cluster
+    /// null): no controller answered, or no token to ask it with. `None`
+    /// when it answered.
+    #[serde(default)]
+    pub controller_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,6 +30,29 @@ pub struct ClusterStatus {
     /// Every proxy of the cluster.
     pub endpoints: Vec<EndpointStatus>,
     pub nodes: Vec<NodeStatus>,
+    /// What the controller holds for the cluster (its state store's epoch
+    /// and primary, its detection, a running workflow, a freeze); `None`
+    /// when no controller answered.
+    #[serde(default)]
+    pub controller: Option<ControllerSeen>,
+}
+
+/// The controller's view of one cluster, as `pgdr status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ControllerSeen {
+    /// The epoch in the state store.
+    pub epoch: u64,
+    /// The primary the state store names (none while a failover fences).
+    pub primary: Option<String>,
+    /// `healthy`, `suspect ...`, `outage`, `workflow running`.
+    pub detection: String,
+    /// The role-changing workflow running now (`kind id`).
+    pub workflow: Option<String>,
+    /// The freeze switch that applies: who, when and why (no automatic role
+    /// change while it is on).
+    pub frozen: Option<String>,
+    /// Set while the controller cannot read its state store.
+    pub control_plane: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

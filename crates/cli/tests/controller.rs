@@ -1166,7 +1166,7 @@ fn status_shape(config: &str) -> Value {
     fn strip(v: &mut Value) {
         match v {
             Value::Object(m) => {
-                for k in ["lsn", "lag_bytes", "lag_seconds"] {
+                for k in ["lsn", "lag_bytes", "lag_seconds", "detection"] {
                     m.remove(k);
                 }
                 m.values_mut().for_each(strip);
@@ -1526,6 +1526,21 @@ async fn frozen_cluster_gets_no_automatic_failover_but_an_operator_one_runs() {
     assert!(rules["global_freeze"].is_null(), "{rules}");
     let view = env.cluster().await.expect("cluster");
     assert_eq!(view.frozen.as_ref().map(|f| f.by.as_str()), Some("operator"));
+    // `pgdr status` shows it, beside the store's epoch.
+    let (code, out, err) = pgdr(&["status", "--config", &config]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(out.contains("FROZEN (no automatic failover): by operator") && out.contains("maintenance"), "{out}");
+    assert!(out.contains(&format!("epoch {}  primary {old}", view.epoch)), "{out}");
+    let (code, out, err) = pgdr(&["status", "--json", "--config", &config]);
+    assert_eq!(code, 0, "{out} {err}");
+    let status: Value = serde_json::from_str(&out).expect("status json");
+    let held = &status["clusters"][0]["controller"];
+    assert_eq!(
+        (held["epoch"].as_u64(), held["primary"].as_str()),
+        (Some(view.epoch.0), Some(old.as_str())),
+        "{status}"
+    );
+    assert!(held["frozen"].as_str().is_some_and(|f| f.contains("operator") && f.contains("maintenance")), "{status}");
 
     let killed = Instant::now();
     sig(env.postmaster_pid(&old), Signal::SIGKILL);
@@ -1578,6 +1593,9 @@ async fn frozen_cluster_gets_no_automatic_failover_but_an_operator_one_runs() {
     let (code, out, err) = pgdr(&["unfreeze", "--cluster", "main", "--config", &config]);
     assert_eq!(code, 0, "{out} {err}");
     assert!(env.cluster().await.expect("cluster").frozen.is_none());
+    let (_, out, _) = pgdr(&["status", "--json", "--config", &config]);
+    let status: Value = serde_json::from_str(&out).expect("status json");
+    assert!(status["clusters"][0]["controller"]["frozen"].is_null(), "{status}");
     let events = env.api.events(None).await.expect("events");
     for state in ["frozen", "unfrozen"] {
         assert!(events.iter().any(|e| e["state"] == state), "no {state} event");

@@ -24,7 +24,8 @@ use anyhow::Context;
 use clap::Args;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use pgdr_api::agent::{AgentClient, Status};
-use pgdr_api::status::{ClusterStatus, EndpointStatus, NodeStatus, StatusReport};
+use pgdr_api::controller::ClusterView;
+use pgdr_api::status::{ClusterStatus, ControllerSeen, EndpointStatus, NodeStatus, StatusReport};
 use pgdr_config::{Cluster, Config, Node};
 use pgdr_model::Role;
 
@@ -76,14 +77,43 @@ pub async fn collect(
             futures.push(async move { client.status().await.map_err(|e| e.to_string()) });
         }
     }
-    let mut answers = futures::future::join_all(futures).await.into_iter();
+    let (answers, seen) = tokio::join!(futures::future::join_all(futures), controller_view(cfg, timeout));
+    let mut answers = answers.into_iter();
+    let (mut seen, controller_error) = match seen {
+        Ok(v) => (v, None),
+        Err(e) => (Vec::new(), Some(e)),
+    };
     let mut clusters = Vec::new();
     for c in &cfg.clusters {
         let got: Vec<(&Node, Result<Status, String>)> =
             c.nodes.iter().map(|n| (n, answers.next().unwrap_or_else(|| Err("no answer".into())))).collect();
-        clusters.push(cluster_status(cfg, c, got));
+        let mut status = cluster_status(cfg, c, got);
+        status.controller = seen.iter().position(|v| v.name == c.name).map(|i| controller_seen(seen.swap_remove(i)));
+        clusters.push(status);
     }
-    Ok(StatusReport { clusters })
+    Ok(StatusReport { clusters, controller_error })
+}
+
+/// Every cluster as the controller holds it (the viewer token's read), or
+/// why it could not be asked.
+async fn controller_view(cfg: &Config, timeout: Duration) -> Result<Vec<ClusterView>, String> {
+    let client = super::ops::client_for(cfg, pgdr_config::Access::Viewer).map_err(|e| format!("{e:#}"))?;
+    client.with_timeout(timeout).clusters().await.map_err(|e| e.to_string())
+}
+
+fn controller_seen(v: ClusterView) -> ControllerSeen {
+    ControllerSeen {
+        epoch: v.epoch.0,
+        primary: v.primary.map(|p| p.to_string()),
+        detection: v.detection,
+        workflow: v.workflow,
+        frozen: v.frozen.map(|f| {
+            let scope = if f.global { "every cluster, " } else { "" };
+            let why = f.reason.map(|r| format!(": {r}")).unwrap_or_default();
+            format!("{scope}by {} at {}{why}", f.by, f.at)
+        }),
+        control_plane: v.control_plane,
+    }
 }
 
 fn cluster_status(cfg: &Config, c: &Cluster, got: Vec<(&Node, Result<Status, String>)>) -> ClusterStatus {
@@ -187,6 +217,7 @@ fn cluster_status(cfg: &Config, c: &Cluster, got: Vec<(&Node, Result<Status, Str
         reader: endpoints.first().and_then(|e| e.reader.clone()),
         endpoints,
         nodes,
+        controller: None,
     }
 }
 
@@ -195,11 +226,15 @@ fn print_tables(report: &StatusReport) {
         if i > 0 {
             outln!();
         }
+        // The store's epoch when the controller answered, else the agents'.
+        let epoch = match &c.controller {
+            Some(v) => v.epoch.to_string(),
+            None => format!("{} (agents)", c.epoch),
+        };
         outln!(
-            "cluster {} (tier {})  epoch {}  primary {}{}",
+            "cluster {} (tier {})  epoch {epoch}  primary {}{}",
             c.name,
             c.tier,
-            c.epoch,
             c.primary.as_deref().unwrap_or("none"),
             c.writer.as_deref().map(|w| format!("  writer {w}")).unwrap_or_default()
         );
@@ -218,6 +253,28 @@ fn print_tables(report: &StatusReport) {
                 opt(n.lag_seconds.map(|v| format!("{v:.1}"))),
                 n.health.clone(),
             ]);
+        }
+        match &c.controller {
+            Some(v) => {
+                let mut line = format!("  controller: {}", v.detection);
+                if v.primary != c.primary {
+                    line.push_str(&format!("  names {} primary", v.primary.as_deref().unwrap_or("no node")));
+                }
+                if let Some(w) = &v.workflow {
+                    line.push_str(&format!("  workflow {w}"));
+                }
+                outln!("{line}");
+                if let Some(f) = &v.frozen {
+                    outln!("  FROZEN (no automatic failover): {f}");
+                }
+                if let Some(cp) = &v.control_plane {
+                    outln!("  NO CONTROL PLANE: {cp}");
+                }
+            }
+            None => outln!(
+                "  controller: not asked ({})",
+                report.controller_error.as_deref().unwrap_or("it does not know this cluster")
+            ),
         }
         outln!("{t}");
         for n in c.nodes.iter().filter(|n| n.error.is_some()) {
