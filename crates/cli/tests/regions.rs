@@ -136,6 +136,22 @@ async fn write_through(cfg: &Config, sb: &Sandbox, region: &str) -> Option<()> {
         .ok()
 }
 
+/// Whether a read through `region`'s proxy reader endpoint landed on a
+/// replica (`None`: no answer).
+async fn read_through(cfg: &Config, sb: &Sandbox, region: &str) -> Option<bool> {
+    let proxy = cfg.proxies.iter().find(|p| p.region.as_str() == region).expect("the region's proxy");
+    let reader = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres password={} connect_timeout=2{}",
+        proxy.reader.expect("a reader endpoint").port(),
+        sb.password(),
+        sb.tls_params()
+    );
+    let what = format!("the {region} reader endpoint");
+    let c = pgdr_drill::observer::connect(&reader, &what, Duration::from_secs(2)).await.ok()?;
+    let row = c.query_one("select pg_is_in_recovery()", &[]).await.ok()?;
+    row.try_get::<_, bool>(0).ok()
+}
+
 /// Every agent, postmaster and PostgreSQL child process of `region`.
 fn region_processes(cfg: &Config, hosts: &LocalHosts, region: &str) -> (Vec<i32>, Vec<i32>) {
     let cluster = cfg.cluster("main").expect("cluster main");
@@ -194,11 +210,16 @@ async fn losing_either_region_leaves_one_writable_primary_and_fails_over_by_itse
     let handed = Instant::now();
     // East's proxy serves before its controller leads: on the routes the
     // store names (the handover waits for two lease TTLs of quiet first).
-    wait_for("a write through the east proxy while west leads", Duration::from_secs(30), || async {
-        let ok = write_through(&cfg, &sb, "east").await;
+    // Its reader endpoint lands on a replica the leader saw replaying.
+    wait_for("a write and a replica read through the east proxy while west leads", Duration::from_secs(30), || async {
+        let wrote = write_through(&cfg, &sb, "east").await;
+        let on_replica = read_through(&cfg, &sb, "east").await;
         let (holder, _) = leader(&etcd).await;
-        assert!(holder.contains("region west"), "east led ({holder}) before its proxy took a write");
-        ok
+        assert!(
+            holder.contains("region west"),
+            "east led ({holder}) before its proxy served: {wrote:?} {on_replica:?}"
+        );
+        (wrote.is_some() && on_replica == Some(true)).then_some(())
     })
     .await;
     eprintln!(

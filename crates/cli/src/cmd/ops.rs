@@ -600,11 +600,18 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// While a `pgdr run` stands by (with controllers per region, from its
-/// start; with one instance, after it led), its proxies follow the store: each cluster's epoch and primary as stored, the replicas its
-/// health records call healthy. Routes never go back an epoch, so a late
-/// publication cannot undo a newer one. The leader pauses and resumes only
-/// its own proxies; these see a failover as the store shows it (the fence
-/// epoch names no primary: clients are held) and a switchover's new
+/// start; with one instance, after it led), its proxies follow the store:
+/// each cluster's epoch and primary as stored, and as replicas the nodes
+/// the leader's latest observation record (`/pgdr/clusters/{c}/observed`,
+/// written about once a second while it sees the primary) measured
+/// replaying from that primary, as long as the record is about the stored
+/// primary and under a minute old. It follows a watch on the clusters' keys,
+/// so it works per change, not per tick: the watch starts first, then
+/// everything is read once, then each change is applied from the event
+/// itself; a broken watch starts over. Routes never go back an epoch, so a
+/// late publication cannot undo a newer one. The leader pauses and resumes
+/// only its own proxies; these see a failover as the store shows it (the
+/// fence epoch names no primary: clients are held) and a switchover's new
 /// primary once it is stored.
 async fn follow_routes(
     cfg: Config,
@@ -612,29 +619,96 @@ async fn follow_routes(
     control: Arc<InProcess>,
     stop: CancellationToken,
 ) {
-    let clusters = pgdr_store::ClusterStore::new(store, Arc::new(pgdr_store::SystemClock));
-    let mut tick = tokio::time::interval(cfg.timing.lease_renew.max(Duration::from_millis(100)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    use pgdr_controller::handover::{Handover, seed};
+    use pgdr_store::{WatchEvent, keys};
+    #[derive(Default)]
+    struct Known {
+        state: Option<pgdr_store::ClusterState>,
+        observed: Option<Handover>,
+    }
+    let followed: Vec<&pgdr_config::Cluster> =
+        cfg.clusters.iter().filter(|c| control.routes.contains_key(&c.name)).collect();
+    let publish = |cluster: &pgdr_config::Cluster, k: &Known| {
+        let Some(state) = &k.state else { return };
+        let addr = |n: &pgdr_config::Node| (n.name.clone(), n.host.clone(), n.port);
+        let primary = state.primary.as_ref().and_then(|p| cluster.node(p.as_str())).map(addr);
+        let measured = match (&k.observed, &state.primary) {
+            (Some(o), Some(p)) => seed(o, p, unix_ms_now()).map(|s| s.lag).unwrap_or_default(),
+            _ => Default::default(),
+        };
+        let replicas = cluster
+            .nodes
+            .iter()
+            .filter(|n| Some(&n.name) != state.primary.as_ref() && measured.contains_key(&n.name))
+            .map(addr)
+            .collect();
+        control.publish(&cluster.name, &RouteInfo { epoch: state.epoch, primary, replicas });
+    };
+    let decode = |key: &str, bytes: &[u8]| -> (Option<pgdr_store::ClusterState>, Option<Handover>) {
+        if key.ends_with("/state") {
+            (serde_json::from_slice(bytes).ok(), None)
+        } else {
+            (None, serde_json::from_slice(bytes).ok())
+        }
+    };
+    let retry = cfg.timing.lease_renew.max(Duration::from_millis(100));
+    let mut known: HashMap<ClusterName, Known> = HashMap::new();
     loop {
+        let watch = store.watch(keys::CLUSTERS).await;
+        for cluster in &followed {
+            let k = known.entry(cluster.name.clone()).or_default();
+            for key in [keys::cluster_state(cluster.name.as_str()), keys::cluster_observed(cluster.name.as_str())] {
+                if let Ok(v) = store.get(&key).await {
+                    let (state, observed) = v.map(|v| decode(&key, &v.value)).unwrap_or_default();
+                    if key.ends_with("/state") {
+                        k.state = state.or(k.state.take());
+                    } else {
+                        k.observed = observed;
+                    }
+                }
+            }
+            publish(cluster, k);
+        }
+        match watch {
+            Ok(mut w) => loop {
+                let ev = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    ev = w.next() => ev,
+                };
+                let Ok(Some(ev)) = ev else { break };
+                let Some((name, what)) = ev.key().strip_prefix(keys::CLUSTERS).and_then(|r| r.split_once('/')) else {
+                    continue;
+                };
+                if what != "state" && what != "observed" {
+                    continue;
+                }
+                let Some(cluster) = followed.iter().find(|c| c.name.as_str() == name) else { continue };
+                let k = known.entry(cluster.name.clone()).or_default();
+                match &ev {
+                    WatchEvent::Put { key, value } => {
+                        let (state, observed) = decode(key, &value.value);
+                        if what == "state" {
+                            k.state = state.or(k.state.take());
+                        } else {
+                            k.observed = observed;
+                        }
+                    }
+                    WatchEvent::Delete { .. } if what == "observed" => k.observed = None,
+                    WatchEvent::Delete { .. } => {}
+                }
+                publish(cluster, k);
+            },
+            Err(e) => tracing::debug!(error = %e, "cannot watch the clusters' keys; reading them again in {retry:?}"),
+        }
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        for cluster in cfg.clusters.iter().filter(|c| control.routes.contains_key(&c.name)) {
-            let Ok(Some(state)) = clusters.state(&cluster.name).await else { continue };
-            let health = clusters.health(&cluster.name).await.unwrap_or_default();
-            let addr = |n: &pgdr_config::Node| (n.name.clone(), n.host.clone(), n.port);
-            let primary = state.primary.as_ref().and_then(|p| cluster.node(p.as_str())).map(addr);
-            let replicas = cluster
-                .nodes
-                .iter()
-                .filter(|n| Some(&n.name) != state.primary.as_ref())
-                .filter(|n| health.iter().any(|h| h.node == n.name && h.healthy && h.role == pgdr_model::Role::Replica))
-                .map(addr)
-                .collect();
-            control.publish(&cluster.name, &RouteInfo { epoch: state.epoch, primary, replicas });
+            _ = tokio::time::sleep(retry) => {}
         }
     }
+}
+
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// A client of the controller with the token `need` calls for (see
