@@ -25,70 +25,31 @@
 
 mod common;
 
-use common::wait_for;
+use common::{PGDR, Run, wait_for};
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pgdr_api::controller::ControllerClient;
 use pgdr_sandbox::{Sandbox, SandboxBuilder, SandboxGuard};
 use serde_json::Value;
 
-const PGDR: &str = env!("CARGO_BIN_EXE_pgdr");
-
-/// `pgdr run` as a child process, killed (SIGKILL, by PID) and reaped on drop.
-struct Run(Child);
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A sandbox with `pgdr run` on it. Fields drop in order: the controller
 /// first (so it does not react to the teardown), then the sandbox.
+/// (On failure the `pgdr run` log's tail is printed by [`Run`].)
 struct Env {
     run: Run,
     sb: SandboxGuard,
-    log: PathBuf,
     name: &'static str,
-}
-
-impl Drop for Env {
-    /// On failure, the tail of the `pgdr run` log (the sandbox folder goes
-    /// with the guard).
-    fn drop(&mut self) {
-        if std::thread::panicking()
-            && let Ok(text) = std::fs::read_to_string(&self.log)
-        {
-            let lines: Vec<&str> = text.lines().filter(|l| !l.contains("DEBUG")).collect();
-            let tail = &lines[lines.len().saturating_sub(60)..];
-            eprintln!("[{}] pgdr run log (tail):\n{}", self.name, tail.join("\n"));
-        }
-    }
 }
 
 impl Env {
     async fn start(name: &'static str, builder: SandboxBuilder) -> Env {
         let t0 = Instant::now();
         let sb = SandboxGuard::start_temp(builder, Path::new(PGDR)).await.expect("sandbox up");
-        let log = sb.dir.join("logs").join("run.log");
-        let out = std::fs::File::create(&log).expect("run log");
-        let err = out.try_clone().expect("run log");
-        let child = Command::new(PGDR)
-            .arg("run")
-            .arg("--config")
-            .arg(&sb.config)
-            .current_dir(&sb.dir)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("start pgdr run");
-        let mut env = Env { run: Run(child), sb, log, name };
+        let run = Run::start(&sb.dir, &sb.config, &[], "run.log");
+        let mut env = Env { run, sb, name };
         let cfg = pgdr_config::Config::load(&env.sb.config).expect("sandbox config");
         let api = ControllerClient::new_with(
             &cfg.controller.listen.to_string(),
@@ -102,7 +63,7 @@ impl Env {
         let limit = Duration::from_secs(60);
         let deadline = Instant::now() + limit;
         loop {
-            if let Ok(Some(status)) = env.run.0.try_wait() {
+            if let Ok(Some(status)) = env.run.child.try_wait() {
                 panic!("pgdr run exited ({status}) before the controller recorded a healthy cluster");
             }
             let seen = api.cluster("main").await;
@@ -116,7 +77,11 @@ impl Env {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        eprintln!("[{name}] sandbox and pgdr run (PID {}) ready in {:.1}s", env.run.0.id(), t0.elapsed().as_secs_f64());
+        eprintln!(
+            "[{name}] sandbox and pgdr run (PID {}) ready in {:.1}s",
+            env.run.child.id(),
+            t0.elapsed().as_secs_f64()
+        );
         env
     }
 

@@ -28,10 +28,9 @@
 
 mod common;
 
-use common::{Frozen, unix_ms, wait_for};
+use common::{Frozen, PGDR, Run, unix_ms, wait_for};
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -43,55 +42,9 @@ use pgdr_drill::scenario::{Hosts, children_of};
 use pgdr_drill::writable::{Answer, WritableProbe};
 use pgdr_sandbox::{Sandbox, SandboxGuard};
 
-const PGDR: &str = env!("CARGO_BIN_EXE_pgdr");
-
-/// One region's `pgdr run`, killed (SIGKILL, by PID) and reaped on drop.
-struct Run {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Run {
-    fn start(sb: &Sandbox, controller: &str) -> Run {
-        let log = sb.dir.join("logs").join(format!("run-{controller}.log"));
-        let out = std::fs::File::create(&log).expect("run log");
-        let err = out.try_clone().expect("run log");
-        let child = Command::new(PGDR)
-            .args(["run", "--controller", controller, "--config"])
-            .arg(&sb.config)
-            .current_dir(&sb.dir)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("start pgdr run");
-        Run { child, log }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn log_has(&self, words: &str) -> bool {
-        std::fs::read_to_string(&self.log).is_ok_and(|t| t.contains(words))
-    }
-
-    fn tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().filter(|l| !l.contains("user verifiers")).collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("---- {} (tail)\n{}", self.log.display(), self.tail());
-        }
-    }
+/// One region's `pgdr run` (`--controller REGION`), its log `logs/run-REGION.log`.
+fn run_in(sb: &Sandbox, controller: &str) -> Run {
+    Run::start(&sb.dir, &sb.config, &["--controller", controller], &format!("run-{controller}.log"))
 }
 
 /// A client of the sandbox's etcd as the controllers see it.
@@ -190,7 +143,7 @@ async fn losing_either_region_leaves_one_writable_primary_and_fails_over_by_itse
     // West first: it leads while the primary is in east, the case where
     // losing west would leave east's primary without renewals. Once east's
     // controller stands by, the leader hands leadership over to it.
-    let west = Run::start(&sb, "west");
+    let west = run_in(&sb, "west");
     let healthy = |c: &ClusterView| c.primary.is_some() && c.epoch.0 > 0 && c.detection == "healthy";
     let before = wait_for("the west controller to record a healthy cluster", Duration::from_secs(60), || async {
         cluster().await.filter(|c| healthy(c))
@@ -206,7 +159,7 @@ async fn losing_either_region_leaves_one_writable_primary_and_fails_over_by_itse
     // are children of the postmasters, frozen with them below.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let handover_from = unix_ms();
-    let east = Run::start(&sb, "east");
+    let east = run_in(&sb, "east");
     let handed = Instant::now();
     // East's proxy serves before its controller leads: on the routes the
     // store names (the handover waits for two lease TTLs of quiet first).

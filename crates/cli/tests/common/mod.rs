@@ -74,6 +74,11 @@ impl Run {
         self.child.id() as i32
     }
 
+    /// Whether the log has `words` yet.
+    pub fn log_has(&self, words: &str) -> bool {
+        std::fs::read_to_string(&self.log).is_ok_and(|t| t.contains(words))
+    }
+
     /// Panics with the log's tail when the process has exited.
     pub fn assert_running(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
