@@ -6,6 +6,7 @@
 # database (a new table, updated rows of the two small pgbench tables), a
 # second full backup, and `restore --delta` of it into the directory the
 # first restore wrote (only the files that differ are rewritten).
+# Also says how much of each full restore is in the page cache (fincore).
 # Cleans up everything it made (trap), also on failure.
 #
 # Usage: bench/backup.sh [SCALE]      (default scale 50, about 750 MB)
@@ -49,6 +50,17 @@ cleanup() {
 trap cleanup EXIT
 
 now() { date +%s.%N; }
+# How much of a restored folder is in the page cache (util-linux fincore;
+# reading the residency does not change it). A delta restore right after a
+# full one compares from the cache or from the disk depending on this.
+cached() {
+  if command -v fincore >/dev/null; then
+    find "$1" -type f -print0 | xargs -0 fincore -b -n -o RES,SIZE \
+      | awk '{r+=$1; s+=$2} END {printf "%.0f of %.0f MiB", r/1048576, s/1048576}'
+  else
+    echo "unknown (no fincore)"
+  fi
+}
 elapsed() { python3 -c "print(f'{$2 - $1:.2f}')"; }
 
 # --- source database -------------------------------------------------------
@@ -108,6 +120,7 @@ t0=$(now)
 "$PGDR" --config "$WORK/pgdr.toml" restore --cluster bench --from repo --to "$WORK/pgdr-restore" --workers 2 >&2
 t1=$(now)
 PGDR_RESTORE_S=$(elapsed "$t0" "$t1")
+PGDR_CACHED=$(cached "$WORK/pgdr-restore")
 
 # --- pgBackRest ------------------------------------------------------------
 mkdir -p "$WORK/pgbr-repo" "$WORK/pgbr-log" "$WORK/pgbr-lock" && chown postgres: "$WORK/pgbr-repo" "$WORK/pgbr-log" "$WORK/pgbr-lock"
@@ -145,6 +158,7 @@ t0=$(now)
 "${PGBR[@]}" --pg1-path="$WORK/pgbr-restore" restore >&2
 t1=$(now)
 PGBR_RESTORE_S=$(elapsed "$t0" "$t1")
+PGBR_CACHED=$(cached "$WORK/pgbr-restore")
 
 # --- delta restore: a small change, a second backup, restore --delta -------
 echo "small change, second backups..." >&2
@@ -182,3 +196,4 @@ print(f"ratios pgdr/pgBackRest: backup throughput {bb/pb:.2f}x, restore throughp
 print(f"delta restore after a small change (database size / wall time): pgdr {pd:.2f} s ({mb/pd:.1f} MB/s), "
       f"pgBackRest {bd:.2f} s ({mb/bd:.1f} MB/s), ratio {bd/pd:.2f}x")
 EOF
+echo "in the page cache after the full restore: pgdr $PGDR_CACHED, pgBackRest $PGBR_CACHED"

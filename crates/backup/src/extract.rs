@@ -6,9 +6,9 @@
 //! are created (or truncated) first, then the parts holding bytes to write
 //! are downloaded, checked and decompressed `workers` at a time, in any
 //! order, and each part's slices are written at their offsets (`pwrite`);
-//! a file's writeback is started as soon as its last bytes are in, and
-//! after the last write every file is fsynced (several at once), then every
-//! folder. `global/pg_control` is written last, after
+//! a file is written back (`fdatasync` on a thread of its own, which keeps
+//! it in the page cache) as soon as its last bytes are in, and after the
+//! last write every file is fsynced (several at once), then every folder. `global/pg_control` is written last, after
 //! everything else is durable, so an interrupted restore leaves a directory
 //! PostgreSQL refuses to start rather than a mix that looks whole.
 //!
@@ -413,12 +413,16 @@ pub async fn extract(
     let needed: Vec<(usize, Vec<Seg>)> = per_part.into_iter().enumerate().filter(|(_, s)| !s.is_empty()).collect();
     progress.total.store(needed.iter().map(|(p, _)| m.objects[*p].plain_size).sum(), Ordering::Relaxed);
 
-    // Files as they complete: their writeback is started (not waited for)
-    // on a thread of its own, so the disk works while later parts are
-    // decompressed; the fsyncs come after the last write. (Fsyncing each
-    // file as it completed forced a journal commit per file while others
-    // were being written: writes waited on the commits, the restore took
-    // three times as long.)
+    // Files as they complete: written back on a thread of its own
+    // (fdatasync, one file at a time), so the disk works while later parts
+    // are decompressed and the writers never wait for it; the fsyncs of
+    // every file come after the last write and find little left to do.
+    // (Fsyncing each file in the writer that completed it made writes wait
+    // on journal commits: three times as long. Starting writeback with
+    // posix_fadvise(DONTNEED) instead also dropped the restored files from
+    // the page cache, so a delta restore after it read them all back from
+    // the disk: 146 of 786 MiB still cached after a full restore, against
+    // all of it with fdatasync; see bench/RESULTS-backup.md.)
     let (sync_tx, sync_rx) = std::sync::mpsc::channel::<PathBuf>();
     let writers = Arc::new(Writers {
         to: to.clone(),
@@ -428,11 +432,10 @@ pub async fn extract(
         sync: Mutex::new(sync_tx),
     });
     let kicker = std::thread::spawn(move || {
-        use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
         while let Ok(path) = sync_rx.recv() {
-            // DONTNEED starts writeback of the dirty pages (best effort).
+            // Best effort: the fsync after the last write reports failures.
             if let Ok(f) = open_nofollow(&path, false) {
-                let _ = posix_fadvise(&f, 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+                let _ = f.sync_data();
             }
         }
     });
