@@ -6,6 +6,10 @@
 //! writes the cluster into the config and its first state (epoch 1, this
 //! node primary) into the store. `--dry-run` changes nothing.
 //!
+//! Run on a terminal without `--node`, `--region`, `--conninfo` or
+//! `--data-dir`, it asks for the ones missing; with stdin not a terminal
+//! it names them and exits 2.
+//!
 //! Exit codes: 0 adopted (or, with `--dry-run`, adoptable as it stands),
 //! 1 gaps remain or the server could not be read or changed, 2 bad usage or
 //! config.
@@ -25,19 +29,19 @@ use crate::exit::Usage;
 
 #[derive(Debug, Args)]
 pub struct AdoptArgs {
-    /// The name the node gets in the config.
+    /// The name the node gets in the config (asked for on a terminal when absent).
     #[arg(long)]
-    pub node: String,
-    /// Its region (added to the config when it is not there).
+    pub node: Option<String>,
+    /// Its region, added to the config when it is not there (asked for on a terminal when absent).
     #[arg(long)]
-    pub region: String,
+    pub region: Option<String>,
     /// How to reach the server, as libpq URI or key=value string, without a
-    /// password (use --password-file): a superuser, over TCP.
+    /// password (use --password-file): a superuser, over TCP (asked for on a terminal when absent).
     #[arg(long, value_name = "URI")]
-    pub conninfo: String,
-    /// Its data directory on this host (where its agent will run).
+    pub conninfo: Option<String>,
+    /// Its data directory on this host, where its agent will run (asked for on a terminal when absent).
     #[arg(long, value_name = "DIR")]
-    pub data_dir: PathBuf,
+    pub data_dir: Option<PathBuf>,
     /// The new cluster's name.
     #[arg(long, default_value = "main")]
     pub cluster: String,
@@ -267,15 +271,82 @@ async fn restart(data_dir: &Path, bin: &pgdr_node::PgBinaries) -> anyhow::Result
     Ok(())
 }
 
-pub fn run(global: &Global, args: AdoptArgs) -> anyhow::Result<ExitCode> {
+/// What adopt cannot go without, and how to ask for it.
+const ASKED: [(&str, &str); 4] = [
+    ("--node", "node name (as it will appear in the config, e.g. db1)"),
+    ("--region", "region (e.g. east)"),
+    (
+        "--conninfo",
+        "how to reach the server as a superuser over TCP, without a password (e.g. postgresql://postgres@10.0.0.5:5432/postgres)",
+    ),
+    ("--data-dir", "its data directory on this host (e.g. /var/lib/postgresql/15/main)"),
+];
+
+/// Fills the flags of [`ASKED`] that are missing: asks for each on
+/// `output`, reading one line of `input` per answer (an empty answer asks
+/// again), when `interactive`; otherwise names them (exit code 2).
+fn ask_missing(
+    args: &mut AdoptArgs,
+    interactive: bool,
+    input: &mut impl std::io::BufRead,
+    output: &mut impl std::io::Write,
+) -> anyhow::Result<()> {
+    let have = [args.node.is_some(), args.region.is_some(), args.conninfo.is_some(), args.data_dir.is_some()];
+    let missing: Vec<usize> = (0..ASKED.len()).filter(|i| !have[*i]).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !interactive {
+        let names: Vec<&str> = missing.iter().map(|i| ASKED[*i].0).collect();
+        return Err(Usage(format!(
+            "missing {}: pass them as flags (stdin is not a terminal, so adopt cannot ask); see pgdr adopt --help",
+            names.join(", ")
+        ))
+        .into());
+    }
+    for i in missing {
+        let (flag, what) = ASKED[i];
+        let answer = loop {
+            write!(output, "{what}: ")?;
+            output.flush()?;
+            let mut line = String::new();
+            if input.read_line(&mut line)? == 0 {
+                return Err(Usage(format!("no answer for {flag}: input ended")).into());
+            }
+            let line = line.trim();
+            if !line.is_empty() {
+                break line.to_owned();
+            }
+        };
+        match flag {
+            "--node" => args.node = Some(answer),
+            "--region" => args.region = Some(answer),
+            "--conninfo" => args.conninfo = Some(answer),
+            _ => args.data_dir = Some(PathBuf::from(answer)),
+        }
+    }
+    Ok(())
+}
+
+pub fn run(global: &Global, mut args: AdoptArgs) -> anyhow::Result<ExitCode> {
     let cfg = global.load_config()?;
     let path = cfg.file.clone();
-    pgdr_model::check_name(&args.node).map_err(|e| Usage(format!("--node {:?}: expected {e}", args.node)))?;
-    pgdr_model::check_name(&args.region).map_err(|e| Usage(format!("--region {:?}: expected {e}", args.region)))?;
+    {
+        use std::io::IsTerminal;
+        let interactive = std::io::stdin().is_terminal();
+        ask_missing(&mut args, interactive, &mut std::io::stdin().lock(), &mut std::io::stderr())?;
+    }
+    let (Some(node), Some(region), Some(conninfo), Some(data_dir_arg)) =
+        (args.node.clone(), args.region.clone(), args.conninfo.clone(), args.data_dir.clone())
+    else {
+        return Err(Usage("--node, --region, --conninfo and --data-dir are needed".into()).into());
+    };
+    pgdr_model::check_name(&node).map_err(|e| Usage(format!("--node {:?}: expected {e}", node)))?;
+    pgdr_model::check_name(&region).map_err(|e| Usage(format!("--region {:?}: expected {e}", region)))?;
     pgdr_model::check_name(&args.cluster).map_err(|e| Usage(format!("--cluster {:?}: expected {e}", args.cluster)))?;
-    let target = Target::parse(&args.conninfo)?;
+    let target = Target::parse(&conninfo)?;
     let already = match cfg.cluster(&args.cluster) {
-        Some(c) => match c.node(&args.node) {
+        Some(c) => match c.node(&node) {
             Some(n) if n.host == target.host && n.port == target.port => true,
             _ => {
                 return Err(Usage(format!(
@@ -287,8 +358,8 @@ pub fn run(global: &Global, args: AdoptArgs) -> anyhow::Result<ExitCode> {
             }
         },
         None => {
-            if cfg.node(&args.node).is_some() {
-                return Err(Usage(format!("node {} is already in {}", args.node, path.display())).into());
+            if cfg.node(&node).is_some() {
+                return Err(Usage(format!("node {} is already in {}", node, path.display())).into());
             }
             false
         }
@@ -309,7 +380,7 @@ pub fn run(global: &Global, args: AdoptArgs) -> anyhow::Result<ExitCode> {
     }
     let password = read_password(args.password_file.as_deref())?;
     let data_dir =
-        args.data_dir.canonicalize().map_err(|e| Usage(format!("--data-dir {}: {e}", args.data_dir.display())))?;
+        data_dir_arg.canonicalize().map_err(|e| Usage(format!("--data-dir {}: {e}", data_dir_arg.display())))?;
     let bin = pgdr_node::PgBinaries::find(args.bin_dir.as_deref()).ok();
     let replication_user = args.replication_user.clone().unwrap_or_else(|| target.user.clone());
     super::ops::runtime()?.block_on(async move {
@@ -338,7 +409,7 @@ pub fn run(global: &Global, args: AdoptArgs) -> anyhow::Result<ExitCode> {
             replica_major: bin.as_ref().map(|b| b.major),
         };
         let found = gaps(&facts, &needs);
-        let mut report = json!({"node": args.node, "cluster": args.cluster, "server": target.addr(),
+        let mut report = json!({"node": node, "cluster": args.cluster, "server": target.addr(),
             "version": facts.version_num, "data_directory": facts.data_directory, "gaps": found});
         if !args.json {
             println!(
@@ -428,8 +499,8 @@ pub fn run(global: &Global, args: AdoptArgs) -> anyhow::Result<ExitCode> {
         if !already {
             let agent = args.agent.clone().unwrap_or_default();
             let mut text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            if cfg.region(&args.region).is_none() {
-                text = pgdr_config::edit::append(&text, &format!("[[regions]]\nname = {}", q(&args.region)));
+            if cfg.region(&region).is_none() {
+                text = pgdr_config::edit::append(&text, &format!("[[regions]]\nname = {}", q(&region)));
             }
             let mut block = format!(
                 "# Adopted by `pgdr adopt` ({}): {} as the primary of a new cluster.\n[[clusters]]\nname = {}\ntier = {}\nuser = {}\ndatabase = {}\nreplication_user = {}\n",
@@ -445,8 +516,8 @@ pub fn run(global: &Global, args: AdoptArgs) -> anyhow::Result<ExitCode> {
                 block.push_str(&format!("password = {{ file = {} }}\n", q(&abs(f)?)));
             }
 block.push_str(&node_block(
-                &args.node,
-                &args.region,
+                &node,
+                &region,
                 &agent,
                 &target.host,
                 target.port,
@@ -455,15 +526,15 @@ block.push_str(&node_block(
                 &kept_settings(&facts),
             ));
             text = pgdr_config::edit::append(&text, &block);
-            let (cluster, node) = (args.cluster.clone(), args.node.clone());
+            let (cluster, node) = (args.cluster.clone(), node.clone());
             pgdr_config::edit::write_checked(&path, &text, |c| match c.cluster(&cluster).and_then(|c| c.node(&node)) {
                 Some(_) => Ok(()),
                 None => Err(format!("cluster {cluster} with node {node} is not in the result")),
             })?;
-            notes.push(format!("wrote cluster {} with node {} (primary) into {}", args.cluster, args.node, path.display()));
+            notes.push(format!("wrote cluster {} with node {} (primary) into {}", args.cluster, node, path.display()));
         }
         let cfg = Config::load(&path)?;
-        notes.push(record_state(&cfg, &args.cluster, &args.node).await);
+        notes.push(record_state(&cfg, &args.cluster, &node).await);
         if args.json {
             report["adopted"] = json!(true);
             report["notes"] = json!(notes);
@@ -472,10 +543,10 @@ block.push_str(&node_block(
             for n in &notes {
                 println!("{n}");
             }
-            println!("adopted: {} is the primary of cluster {}", args.node, args.cluster);
+            println!("adopted: {} is the primary of cluster {}", node, args.cluster);
             println!("next:");
             println!("  1. restart the controller (pgdr run / pgdr controller) so it watches cluster {}", args.cluster);
-            println!("  2. on this host: pgdr agent --config {} --node {}", path.display(), args.node);
+            println!("  2. on this host: pgdr agent --config {} --node {}", path.display(), node);
             println!("     (while it runs, its agent keeps a boot-guard standby.signal in the data directory: a start without the agent comes up read-only)");
             println!(
                 "  3. pgdr replica add --cluster {} --node NAME --region REGION --agent ADDR --host HOST --port PORT --data-dir DIR",
@@ -583,5 +654,56 @@ pub async fn record_state(cfg: &Config, cluster: &str, node: &str) -> String {
         Err(e) => format!(
             "store not written ({e}; a running controller holds it): the controller records the cluster's first state when it starts watching it"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        adopt: AdoptArgs,
+    }
+
+    fn args(flags: &[&str]) -> AdoptArgs {
+        let mut argv = vec!["pgdr-adopt"];
+        argv.extend_from_slice(flags);
+        Cli::try_parse_from(argv).expect("flags parse").adopt
+    }
+
+    #[test]
+    fn asks_only_for_what_is_missing_on_a_terminal() {
+        let mut a = args(&["--node", "db1", "--data-dir", "/srv/pg"]);
+        let mut input = std::io::Cursor::new("\n east \npostgresql://postgres@10.0.0.5:5432/postgres\n");
+        let mut output = Vec::new();
+        ask_missing(&mut a, true, &mut input, &mut output).expect("answers");
+        assert_eq!(a.node.as_deref(), Some("db1"));
+        assert_eq!(a.region.as_deref(), Some("east"), "an empty answer asks again; spaces are trimmed");
+        assert_eq!(a.conninfo.as_deref(), Some("postgresql://postgres@10.0.0.5:5432/postgres"));
+        assert_eq!(a.data_dir.as_deref(), Some(Path::new("/srv/pg")));
+        let asked = String::from_utf8(output).expect("utf-8");
+        assert_eq!(asked.matches("region").count(), 2, "{asked}");
+        assert!(asked.contains("superuser") && !asked.contains("node name"), "{asked}");
+    }
+
+    #[test]
+    fn off_a_terminal_names_the_missing_flags() {
+        let mut a = args(&["--region", "east"]);
+        let err = ask_missing(&mut a, false, &mut std::io::Cursor::new(""), &mut Vec::new()).expect_err("refused");
+        let usage = err.downcast_ref::<Usage>().expect("a usage error (exit 2)");
+        assert!(usage.0.contains("--node, --conninfo, --data-dir"), "{}", usage.0);
+        assert!(usage.0.contains("not a terminal"), "{}", usage.0);
+        // Input that ends before every answer: a usage error too, not a loop.
+        let mut a = args(&[]);
+        let err = ask_missing(&mut a, true, &mut std::io::Cursor::new("db1\n"), &mut Vec::new()).expect_err("ended");
+        assert!(err.downcast_ref::<Usage>().is_some_and(|u| u.0.contains("--region")), "{err}");
+        // Nothing missing: nothing asked.
+        let mut a = args(&["--node", "n", "--region", "r", "--conninfo", "c", "--data-dir", "d"]);
+        let mut out = Vec::new();
+        ask_missing(&mut a, false, &mut std::io::Cursor::new(""), &mut out).expect("complete");
+        assert!(out.is_empty());
     }
 }
