@@ -13,6 +13,10 @@
 //! Each cluster has the drills' overlap checker (every node asked directly
 //! every 50 ms to accept a write): never two writable servers at any
 //! instant. Timings are printed, not asserted.
+//!
+//! And the clusters' first scheduled backups, all due at once when
+//! `pgdr run` starts, take turns: with `max_concurrent_backups = 1` no two
+//! backup workflows' lifetimes overlap, by the journal's own times.
 
 mod common;
 
@@ -206,4 +210,66 @@ async fn a_hanging_cluster_does_not_hold_up_another_clusters_failover_or_probes(
         );
     }
     drop(run);
+}
+
+/// A backup workflow's lifetime from the journal: start and end, in ms
+/// since the Unix epoch.
+fn lifetime(w: &pgdr_api::controller::WorkflowView) -> (i128, i128) {
+    let at = w.created_at.as_deref().expect("created_at");
+    let start = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+        .expect("RFC 3339")
+        .unix_timestamp_nanos()
+        / 1_000_000;
+    (start, start + i128::from(w.duration_ms.expect("an ended workflow's duration")))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn first_scheduled_backups_of_many_clusters_take_turns() {
+    let builder = Sandbox::builder().clusters(3).replicas_per_region(0).standbys_per_region(1);
+    let sb = SandboxGuard::start_temp(builder, Path::new(PGDR)).await.expect("sandbox up");
+    let text = std::fs::read_to_string(&sb.config).expect("pgdr.toml");
+    let anchor = "state_dir = \"state\"\n";
+    assert!(text.contains(anchor), "unexpected sandbox config:\n{text}");
+    let text = text.replacen(anchor, &format!("{anchor}max_concurrent_backups = 1\n"), 1);
+    std::fs::write(&sb.config, text).expect("write pgdr.toml");
+    let cfg = Config::load(&sb.config).expect("the edited config validates");
+    assert_eq!(cfg.controller.max_concurrent_backups, 1);
+    let mut run = Run::start(&sb.dir, &sb.config, &[], "run.log");
+    let api = ControllerClient::new_with(
+        &cfg.controller.listen.to_string(),
+        cfg.controller_client_token(Access::Operator).expect("operator token"),
+        sb.http_tls(),
+    )
+    .expect("controller client")
+    .with_timeout(Duration::from_secs(5));
+    let t0 = Instant::now();
+    let done = wait_for("a scheduled backup of each cluster", Duration::from_secs(240), || {
+        run.assert_running();
+        let api = &api;
+        async move {
+            let all = api.workflows().await.ok()?;
+            let backups: Vec<_> = all.into_iter().filter(|w| w.kind == "backup").collect();
+            for w in &backups {
+                assert!(matches!(w.state.as_str(), "running" | "succeeded"), "a backup workflow {}: {w:?}", w.state);
+            }
+            let ended: Vec<_> = backups.iter().filter(|w| w.state == "succeeded").cloned().collect();
+            let mut clusters: Vec<String> = ended.iter().map(|w| w.cluster.to_string()).collect();
+            clusters.sort();
+            clusters.dedup();
+            (clusters == ["c01", "c02", "c03"]).then_some(ended)
+        }
+    })
+    .await;
+    let mut spans: Vec<(i128, i128, String)> =
+        done.iter().map(|w| (lifetime(w).0, lifetime(w).1, format!("{} {}", w.cluster, w.id))).collect();
+    spans.sort();
+    for (a, b) in spans.iter().zip(spans.iter().skip(1)) {
+        eprintln!("[backups] {} ran {} ms; {} started {} ms after it ended", a.2, a.1 - a.0, b.2, b.0 - a.1);
+        assert!(a.1 <= b.0, "two scheduled backups ran at once: {} until {}, {} from {}", a.2, a.1, b.2, b.0);
+    }
+    assert!(
+        run.log_has("scheduled backups wait for a slot"),
+        "the cap never held a backup back (were they not due together?)"
+    );
+    eprintln!("[backups] three first backups, one at a time, in {:.1}s", t0.elapsed().as_secs_f64());
 }

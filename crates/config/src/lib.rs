@@ -298,7 +298,15 @@ pub struct Controller {
     /// on a loopback address).
     pub tokens: Vec<ApiToken>,
     pub readiness_interval: Duration,
+    /// How many scheduled backups (each of another cluster) run at once;
+    /// the others wait their turn, longest due first. Bounds the load a
+    /// controller of many clusters puts on its hosts and on the storage
+    /// API when their schedules fire together.
+    pub max_concurrent_backups: u32,
 }
+
+/// `controller.max_concurrent_backups` when the config does not say.
+pub const DEFAULT_MAX_CONCURRENT_BACKUPS: u32 = 2;
 
 /// One controller of a deployment in several regions.
 #[derive(Debug, Clone, PartialEq, Eq)]

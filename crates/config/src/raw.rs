@@ -83,6 +83,8 @@ pub struct RawController {
     #[serde(default)]
     pub tokens: Vec<RawToken>,
     pub readiness_interval: Option<String>,
+    /// How many scheduled backups (of different clusters) may run at once.
+    pub max_concurrent_backups: Option<u32>,
     /// Controllers in several regions (`[[controller.instances]]`), each
     /// with its own API address; replaces `listen` and `region`.
     #[serde(default)]

@@ -624,6 +624,14 @@ fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
             rc.readiness_interval.as_deref(),
             Duration::from_secs(30 * 60),
         ),
+        max_concurrent_backups: match rc.max_concurrent_backups {
+            Some(0) => {
+                c.bad("controller.max_concurrent_backups", "expected at least 1");
+                1
+            }
+            Some(n) => n,
+            None => DEFAULT_MAX_CONCURRENT_BACKUPS,
+        },
     };
     let agents = Agents { token: c.secret("agents.token".into(), &raw.agents.token) };
     if agents.token.is_none() {

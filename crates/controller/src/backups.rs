@@ -381,7 +381,9 @@ fn next_wake(config: &pgdr_config::Config, now: DateTime<Utc>) -> Duration {
 
 /// The scheduler: until `cancel` fires, starts a `backup` workflow for every
 /// cluster whose tier's schedule says one is due (at most one at a time per
-/// cluster), and keeps the status metrics fresh.
+/// cluster, and at most `controller.max_concurrent_backups` in all: the
+/// others wait for a slot, never backed up first, then the longest due), and
+/// keeps the status metrics fresh.
 pub async fn run(ctl: Controller, cancel: CancellationToken) {
     let sh = ctl.sh.clone();
     if !has_backups(&sh.config) {
@@ -389,6 +391,9 @@ pub async fn run(ctl: Controller, cancel: CancellationToken) {
     }
     let tracker = TaskTracker::new();
     let running: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let slots = sh.config.controller.max_concurrent_backups.max(1) as usize;
+    // Woken when a backup ends, so a waiting one takes its slot at once.
+    let ended = Arc::new(tokio::sync::Notify::new());
     // When each cluster's last workflow started: a failed backup waits for
     // the next scheduled time instead of being retried on every pass (the
     // engine already retried it).
@@ -404,10 +409,20 @@ pub async fn run(ctl: Controller, cancel: CancellationToken) {
                     *e = (*e).max(*at);
                 }
                 match pgdr_backup::schedule::due(&sh.config, &last, now, &sel) {
-                    Ok(due) => {
+                    Ok(mut due) => {
+                        // Never backed up (None) first, then the longest due.
+                        due.sort_by_key(|d| d.scheduled);
+                        let mut waiting = 0;
                         for d in due {
-                            let busy = running.lock().map(|r| r.contains(&d.cluster)).unwrap_or(true);
+                            let (busy, full) = running
+                                .lock()
+                                .map(|r| (r.contains(&d.cluster), r.len() >= slots))
+                                .unwrap_or((true, true));
                             if busy {
+                                continue;
+                            }
+                            if full {
+                                waiting += 1;
                                 continue;
                             }
                             attempted.insert(d.cluster.clone(), now);
@@ -417,12 +432,25 @@ pub async fn run(ctl: Controller, cancel: CancellationToken) {
                                         r.insert(d.cluster.clone());
                                     }
                                     tracing::info!(cluster = %d.cluster, workflow = %handle.id, "scheduled backup started");
-                                    tracker.spawn(finish(ctl.clone(), d.cluster.clone(), handle, running.clone()));
+                                    tracker.spawn(finish(
+                                        ctl.clone(),
+                                        d.cluster.clone(),
+                                        handle,
+                                        running.clone(),
+                                        ended.clone(),
+                                    ));
                                 }
                                 Err(e) => {
                                     tracing::error!(cluster = %d.cluster, error = %e, "cannot start a scheduled backup")
                                 }
                             }
+                        }
+                        if waiting > 0 {
+                            tracing::info!(
+                                waiting,
+                                slots,
+                                "scheduled backups wait for a slot (controller.max_concurrent_backups)"
+                            );
                         }
                     }
                     Err(e) => tracing::error!(error = %e, "backup schedules"),
@@ -434,6 +462,7 @@ pub async fn run(ctl: Controller, cancel: CancellationToken) {
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep(wait) => {}
+            _ = ended.notified() => {}
         }
     }
     tracker.close();
@@ -447,12 +476,14 @@ async fn finish(
     cluster: String,
     handle: pgdr_workflow::WorkflowHandle,
     running: Arc<Mutex<HashSet<String>>>,
+    ended: Arc<tokio::sync::Notify>,
 ) {
     let id = handle.id.clone();
     let result = handle.wait().await;
     if let Ok(mut r) = running.lock() {
         r.remove(&cluster);
     }
+    ended.notify_one();
     let name = ClusterName::new(cluster.as_str());
     let (state, message) = match result {
         Ok(rec) if rec.state == WorkflowState::Succeeded => {

@@ -93,6 +93,14 @@ fn etcd_store_loads() {
 /// (what to change in GOOD, into what, the key the error must name, text on
 /// the line the error must point at, words the message must contain)
 const BAD: &[(&str, &str, &str, &str, &str)] = &[
+    // no backup could ever run
+    (
+        "region = \"west\"\n\n[timing]",
+        "region = \"west\"\nmax_concurrent_backups = 0\n\n[timing]",
+        "controller.max_concurrent_backups",
+        "max_concurrent_backups = 0",
+        "expected at least 1",
+    ),
     // unknown key
     (
         "name = \"main\"\ntier = \"gold\"",
