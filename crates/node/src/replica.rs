@@ -250,11 +250,9 @@ pub async fn ensure_slot(upstream: &Upstream, login: &Login) -> Result<bool, PgE
     Ok(!rows.is_empty())
 }
 
-/// Rebuilds `pg` as a replica of `plan.upstream`: stop, move the old data
-/// aside, make sure the slot exists, base backup, standby config, node
-/// settings, start. Returns the steps taken, for the caller to report.
-pub async fn rebuild(pg: &LocalPg, plan: &ReplicaPlan) -> Result<Vec<String>, PgError> {
-    let mut steps = Vec::new();
+/// What every rebuild does first: stop PostgreSQL, move the old data aside,
+/// make sure the upstream keeps a slot for this node, write the passfile.
+async fn prepare(pg: &LocalPg, plan: &ReplicaPlan, steps: &mut Vec<String>) -> Result<(), PgError> {
     if pg.is_running().await {
         pg.stop(StopMode::Fast, plan.wait).await?;
         steps.push("stopped PostgreSQL (fast)".to_owned());
@@ -271,6 +269,15 @@ pub async fn rebuild(pg: &LocalPg, plan: &ReplicaPlan) -> Result<Vec<String>, Pg
         ));
     }
     pg.write_passfile(plan.login.password.as_deref())?;
+    Ok(())
+}
+
+/// Rebuilds `pg` as a replica of `plan.upstream`: stop, move the old data
+/// aside, make sure the slot exists, base backup, standby config, node
+/// settings, start. Returns the steps taken, for the caller to report.
+pub async fn rebuild(pg: &LocalPg, plan: &ReplicaPlan) -> Result<Vec<String>, PgError> {
+    let mut steps = Vec::new();
+    prepare(pg, plan, &mut steps).await?;
     pg.base_backup(plan).await?;
     steps.push(format!("base backup from {}:{}", plan.upstream.host, plan.upstream.port));
     finish_as_replica(pg, plan, &mut steps).await?;
@@ -304,22 +311,7 @@ pub async fn rebuild_from_backup(
     restore: impl AsyncFnOnce(&LocalPg) -> Result<Restored, PgError>,
 ) -> Result<Vec<String>, PgError> {
     let mut steps = Vec::new();
-    if pg.is_running().await {
-        pg.stop(StopMode::Fast, plan.wait).await?;
-        steps.push("stopped PostgreSQL (fast)".to_owned());
-    }
-    if let Some(aside) = pg.move_aside()? {
-        steps.push(format!("moved the old data directory to {}", aside.display()));
-    }
-    if ensure_slot(&plan.upstream, &plan.login).await? {
-        steps.push(format!(
-            "created replication slot {} on {}:{}",
-            plan.upstream.slot.as_deref().unwrap_or_default(),
-            plan.upstream.host,
-            plan.upstream.port
-        ));
-    }
-    pg.write_passfile(plan.login.password.as_deref())?;
+    prepare(pg, plan, &mut steps).await?;
     let restored = restore(pg).await?;
     steps.push(restored.summary);
     // A restore may leave its own recovery settings: this node is a standby.
