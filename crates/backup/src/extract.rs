@@ -38,6 +38,14 @@ use crate::{BackupError, FileCounts, Progress, Result};
 pub const PG_CONTROL: &str = "global/pg_control";
 /// Files fsynced at once.
 const SYNC_THREADS: usize = 8;
+/// Bytes per `pwrite`. A part's slice of a file (up to 16 MiB) written in
+/// one call made the kernel's copy into the page cache cost 2-4 times the
+/// system time on the benchmark machine (a Linux 6.18 VM), and the full
+/// restore took 4.2-8.5 s against 1.5-1.7 s with 256 KiB writes in the same
+/// runs (bench/RESULTS-backup.md, run 7). Why is not established: the
+/// kernel sizes page-cache folios by the write's length, and large folios
+/// may come from memory the host must fault back in.
+const WRITE_CHUNK: usize = 256 << 10;
 
 fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> BackupError {
     BackupError::io(format!("{what} {}", path.display()))
@@ -326,7 +334,10 @@ impl Writers {
             }
             let path = self.to.join(&f.path);
             let file = open_nofollow(&path, true).map_err(io("cannot open", &path))?;
-            file.write_all_at(bytes, s.file_pos).map_err(io("cannot write", &path))?;
+            for (k, chunk) in bytes.chunks(WRITE_CHUNK).enumerate() {
+                let at = s.file_pos + (k * WRITE_CHUNK) as u64;
+                file.write_all_at(chunk, at).map_err(io("cannot write", &path))?;
+            }
             if self.left[s.file].fetch_sub(s.len as u64, Ordering::AcqRel) == s.len as u64 {
                 let _ = self.sync.lock().unwrap_or_else(|e| e.into_inner()).send(path);
             }
