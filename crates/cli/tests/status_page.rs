@@ -106,6 +106,11 @@ impl Browser {
         ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg("about:blank");
+        // Chromium's own temporary folders (org.chromium.Chromium.*) go
+        // inside the profile, removed with it, not left in /tmp.
+        let tmp = profile.path().join("tmp");
+        std::fs::create_dir(&tmp).expect("chromium's TMPDIR");
+        cmd.env("TMPDIR", &tmp);
         let chromium = Proc::spawn(cmd, "chromium");
         // Chromium writes the DevTools port it picked into the profile.
         let port_file = profile.path().join("DevToolsActivePort");
