@@ -55,6 +55,17 @@ async fn ok_probes(http: &reqwest::Client, cfg: &Config, cluster: &str) -> f64 {
         .sum()
 }
 
+/// The sandbox controller's API with the operator token.
+fn operator_api(cfg: &Config, sb: &Sandbox) -> ControllerClient {
+    ControllerClient::new_with(
+        &cfg.controller.listen.to_string(),
+        cfg.controller_client_token(Access::Operator).expect("operator token"),
+        sb.http_tls(),
+    )
+    .expect("controller client")
+    .with_timeout(Duration::from_secs(5))
+}
+
 /// Nodes of `cluster` that commit a write when asked directly.
 async fn writable(sb: &Sandbox, cfg: &Config, cluster: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -80,13 +91,7 @@ async fn a_hanging_cluster_does_not_hold_up_another_clusters_failover_or_probes(
     let cfg = Config::load(&sb.config).expect("sandbox config");
     let hosts = LocalHosts::new(&cfg, PathBuf::from(PGDR));
     let mut run = Run::start(&sb.dir, &sb.config, &[], "run.log");
-    let api = ControllerClient::new_with(
-        &cfg.controller.listen.to_string(),
-        cfg.controller_client_token(Access::Operator).expect("operator token"),
-        sb.http_tls(),
-    )
-    .expect("controller client")
-    .with_timeout(Duration::from_secs(5));
+    let api = operator_api(&cfg, &sb);
     let http = sb.http_tls().client(Duration::from_secs(5)).expect("http client");
     let clusters = ["c01", "c02", "c03"];
 
@@ -235,13 +240,7 @@ async fn first_scheduled_backups_of_many_clusters_take_turns() {
     let cfg = Config::load(&sb.config).expect("the edited config validates");
     assert_eq!(cfg.controller.max_concurrent_backups, 1);
     let mut run = Run::start(&sb.dir, &sb.config, &[], "run.log");
-    let api = ControllerClient::new_with(
-        &cfg.controller.listen.to_string(),
-        cfg.controller_client_token(Access::Operator).expect("operator token"),
-        sb.http_tls(),
-    )
-    .expect("controller client")
-    .with_timeout(Duration::from_secs(5));
+    let api = operator_api(&cfg, &sb);
     let t0 = Instant::now();
     let done = wait_for("a scheduled backup of each cluster", Duration::from_secs(240), || {
         run.assert_running();
