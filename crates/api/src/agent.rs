@@ -307,6 +307,10 @@ pub struct ProbeRequest {
     /// contend on a row); the agent's default when absent.
     #[serde(default)]
     pub row: Option<i32>,
+    /// Also answer with the agent's own status (see [`ProbeReply::status`]),
+    /// so a vantage point's probe and its status are one request.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub with_status: bool,
 }
 
 /// What a probe saw.
@@ -350,6 +354,10 @@ pub struct ProbeReply {
     /// target's clock).
     #[serde(default)]
     pub heartbeat_at: Option<f64>,
+    /// The agent's own status, read while the probe ran, when the request
+    /// asked for it (`with_status`); absent from agents that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Box<Status>>,
 }
 
 /// A typed client of one agent. Cheap to clone.

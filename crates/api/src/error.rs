@@ -43,7 +43,7 @@ pub struct ErrorBody {
     pub seen_epoch: Option<Epoch>,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     #[error("{addr} unreachable: {reason}")]
     Unreachable { addr: String, reason: Unreachable },

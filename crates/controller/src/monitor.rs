@@ -402,34 +402,29 @@ async fn watch(ctl: Controller, cluster: Cluster, cancel: &CancellationToken, tr
             det = new_detector(&names);
             remote_names = names;
         }
+        // Each remote vantage point answers its probe with its own status:
+        // one request per agent and probe, not two.
+        let asked: Vec<NodeName> =
+            if busy { Vec::new() } else { remotes.iter().map(|(_, n, _)| n.name.clone()).collect() };
         let remote_fut = async {
-            let mut set = tokio::task::JoinSet::new();
-            if !busy {
-                for (name, node, row) in &remotes {
-                    let client =
-                        sh.agent(node).map(|c| c.with_timeout(timing.probe_interval.max(timing.probe_timeout)));
-                    let req = ProbeRequest {
-                        host: pnode.host.clone(),
-                        port: pnode.port,
-                        timeout_ms: timing.probe_timeout.as_millis().max(1) as u64,
-                        row: Some(*row),
+            let asks = remotes.iter().filter(|_| !busy).map(|(name, node, row)| {
+                let client = sh.agent(node).map(|c| c.with_timeout(timing.probe_interval.max(timing.probe_timeout)));
+                let req = ProbeRequest {
+                    host: pnode.host.clone(),
+                    port: pnode.port,
+                    timeout_ms: timing.probe_timeout.as_millis().max(1) as u64,
+                    row: Some(*row),
+                    with_status: true,
+                };
+                async move {
+                    let r = match client {
+                        Ok(c) => c.probe(&req).await,
+                        Err(e) => Err(e),
                     };
-                    let (name, node, region) = (name.clone(), node.name.to_string(), node.region.to_string());
-                    set.spawn(async move {
-                        let r = match client {
-                            Ok(c) => c.probe(&req).await,
-                            Err(e) => Err(e),
-                        };
-                        (name, node, region, r)
-                    });
+                    (name.clone(), node.name.to_string(), node.region.to_string(), r)
                 }
-            }
-            let mut out = Vec::new();
-            while let Some(r) = set.join_next().await {
-                if let Ok(r) = r {
-                    out.push(r);
-                }
-            }
+            });
+            let mut out = futures::future::join_all(asks).await;
             out.sort_by(|a, b| a.0.cmp(&b.0));
             out
         };
@@ -439,8 +434,33 @@ async fn watch(ctl: Controller, cluster: Cluster, cancel: &CancellationToken, tr
             jitter.observe((gap - timing.probe_interval.as_secs_f64()).abs());
         }
         det.probe_started(VANTAGE_CONTROLLER, t0 + timing.probe_timeout);
-        let (res, statuses, remote_seen) =
-            tokio::join!(prober.probe(timing.probe_timeout), sh.observe(&cluster), remote_fut);
+        let (res, mut statuses, mut remote_seen) =
+            tokio::join!(prober.probe(timing.probe_timeout), sh.observe_nodes(&cluster, None, &asked), remote_fut);
+        // The statuses the probes brought back; an agent that predates
+        // `with_status`, or refused the probe, is asked for it separately.
+        let mut older = Vec::new();
+        for (_, node, _, r) in &mut remote_seen {
+            let Some(node) = cluster.node(node) else { continue };
+            match r {
+                Ok(reply) => match reply.status.take() {
+                    Some(s) => {
+                        statuses.insert(node.name.clone(), Ok(*s));
+                    }
+                    None => older.push(node.name.clone()),
+                },
+                // Not reached: its status would not come either.
+                Err(e) if e.is_unreachable() => {
+                    statuses.insert(node.name.clone(), Err(e.clone()));
+                }
+                // It answered, refusing the probe: its status may still come.
+                Err(_) => older.push(node.name.clone()),
+            }
+        }
+        if !older.is_empty() {
+            let skip: Vec<NodeName> =
+                cluster.nodes.iter().filter(|n| !older.contains(&n.name)).map(|n| n.name.clone()).collect();
+            statuses.extend(sh.observe_nodes(&cluster, None, &skip).await);
+        }
         let now = Instant::now();
         // Hold writes at the first failed probe; let them go when it passes.
         if !busy {

@@ -511,7 +511,7 @@ impl Shared {
     /// Every node's agent status, asked concurrently, each within the
     /// probe timeout (the watch loop's pace).
     pub async fn observe(&self, cluster: &Cluster) -> BTreeMap<NodeName, Result<Status, ApiError>> {
-        self.observe_within(cluster, None).await
+        self.observe_nodes(cluster, None, &[]).await
     }
 
     /// [`Shared::observe`] with a longer timeout per agent: for workflow
@@ -521,28 +521,31 @@ impl Shared {
         cluster: &Cluster,
         timeout: Option<Duration>,
     ) -> BTreeMap<NodeName, Result<Status, ApiError>> {
-        let mut set = tokio::task::JoinSet::new();
-        for node in &cluster.nodes {
-            let name = node.name.clone();
+        self.observe_nodes(cluster, timeout, &[]).await
+    }
+
+    /// Asks every agent of the cluster but those in `skip` for its status,
+    /// all at once, in the calling task (no task spawned per agent).
+    pub async fn observe_nodes(
+        &self,
+        cluster: &Cluster,
+        timeout: Option<Duration>,
+        skip: &[NodeName],
+    ) -> BTreeMap<NodeName, Result<Status, ApiError>> {
+        let asks = cluster.nodes.iter().filter(|n| !skip.contains(&n.name)).map(|node| {
             let client = match timeout {
                 Some(t) => self.agent(node).map(|c| c.with_timeout(t)),
                 None => self.agent(node),
             };
-            set.spawn(async move {
+            async move {
                 let r = match client {
                     Ok(c) => c.status().await,
                     Err(e) => Err(e),
                 };
-                (name, r)
-            });
-        }
-        let mut out = BTreeMap::new();
-        while let Some(r) = set.join_next().await {
-            if let Ok((name, status)) = r {
-                out.insert(name, status);
+                (node.name.clone(), r)
             }
-        }
-        out
+        });
+        futures::future::join_all(asks).await.into_iter().collect()
     }
 
     /// The routing for a cluster state: the named primary, and replicas

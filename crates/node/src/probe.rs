@@ -86,8 +86,19 @@ pub async fn handle(State(state): State<Arc<AgentState>>, body: Bytes) -> Result
     let timeout = Duration::from_millis(req.timeout_ms).min(MAX_TIMEOUT);
     let written_by = format!("pgdr-agent-{}", state.cfg.node);
     let started = tokio::time::Instant::now();
-    let res = tokio::time::timeout(timeout, write(&state, &req, &written_by)).await;
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let probe = async {
+        let res = tokio::time::timeout(timeout, write(&state, &req, &written_by)).await;
+        (res, started.elapsed().as_secs_f64() * 1000.0)
+    };
+    // The agent's own status, read alongside when asked (the controller's
+    // vantage point then makes one request per probe instead of two).
+    let status = async {
+        match req.with_status {
+            true => Some(Box::new(crate::agent::status::collect(&state).await)),
+            false => None,
+        }
+    };
+    let ((res, latency_ms), status) = tokio::join!(probe, status);
     let (outcome, error, heartbeat_at) = match res {
         Err(_) => (ProbeKind::Timeout, Some(format!("no answer within {} ms", timeout.as_millis())), None),
         Ok(Ok(at)) => (ProbeKind::Ok, None, Some(at)),
@@ -101,6 +112,7 @@ pub async fn handle(State(state): State<Arc<AgentState>>, body: Bytes) -> Result
         latency_ms,
         error,
         heartbeat_at,
+        status,
     }))
 }
 

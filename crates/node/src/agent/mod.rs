@@ -39,7 +39,7 @@ use pgdr_tls::pg::KeptClient;
 
 mod actions;
 pub mod epoch;
-mod status;
+pub(crate) mod status;
 
 pub use epoch::{EpochError, EpochStore};
 

@@ -30,7 +30,7 @@ impl Drop for PgGuard {
 }
 
 fn req(port: u16, timeout_ms: u64) -> ProbeRequest {
-    ProbeRequest { host: "127.0.0.1".into(), port, timeout_ms, row: Some(42) }
+    ProbeRequest { host: "127.0.0.1".into(), port, timeout_ms, row: Some(42), with_status: false }
 }
 
 #[tokio::test]
@@ -92,6 +92,20 @@ async fn probe_outcomes_from_the_agent() {
         assert_eq!(row.get::<_, String>(1), "pgdr-agent-w1");
     }
 
+    // Asked for, the agent's own status comes with the probe (one request
+    // per vantage point and probe); not asked for, none.
+    assert!(c.probe(&req(pg.port, 2000)).await.expect("probe").status.is_none());
+    let r = c.probe(&ProbeRequest { with_status: true, ..req(pg.port, 2000) }).await.expect("probe");
+    assert_eq!(r.outcome, ProbeKind::Ok, "{r:?}");
+    let s = r.status.expect("the agent's status with the probe");
+    assert!(s.up && s.role == pgdr_model::Role::Primary && s.node.as_str() == "w1", "{s:?}");
+    let g = c.status().await.expect("status");
+    assert_eq!(
+        (&s.cluster, s.role, s.timeline, s.fenced),
+        (&g.cluster, g.role, g.timeline, g.fenced),
+        "as GET /v1/status"
+    );
+
     // Nothing listens: refused at once.
     let r = c.probe(&req(refused_port, 2000)).await.expect("probe");
     assert_eq!(r.outcome, ProbeKind::Refused, "{r:?}");
@@ -114,13 +128,19 @@ async fn probe_outcomes_from_the_agent() {
 
     // A host or port outside the config is refused before any connection.
     for (host, port) in [("10.255.255.1", pg.port), ("127.0.0.1", free_port()), ("db.example.com", 5432)] {
-        match c.probe(&ProbeRequest { host: host.into(), port, timeout_ms: 100, row: None }).await {
+        match c.probe(&ProbeRequest { host: host.into(), port, timeout_ms: 100, row: None, with_status: false }).await {
             Err(ApiError::Failed { status: 400, message, .. }) => assert!(message.contains("not a node"), "{message}"),
             other => panic!("expected 400 for {host}:{port}, got {other:?}"),
         }
     }
     match c
-        .probe(&ProbeRequest { host: "127.0.0.1 sslmode=disable".into(), port: pg.port, timeout_ms: 100, row: None })
+        .probe(&ProbeRequest {
+            host: "127.0.0.1 sslmode=disable".into(),
+            port: pg.port,
+            timeout_ms: 100,
+            row: None,
+            with_status: false,
+        })
         .await
     {
         Err(ApiError::Failed { status: 400, .. }) => {}
