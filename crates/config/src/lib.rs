@@ -303,10 +303,19 @@ pub struct Controller {
     /// controller of many clusters puts on its hosts and on the storage
     /// API when their schedules fire together.
     pub max_concurrent_backups: u32,
+    /// Threads of `pgdr run`'s async runtime (the controller, the API and
+    /// the proxies' control; the proxies' sessions have threads of their
+    /// own). The controller waits on the network almost all the time: one
+    /// thread spends less CPU per cluster than several handing wake-ups to
+    /// each other (bench/RESULTS-scale.md).
+    pub worker_threads: usize,
 }
 
 /// `controller.max_concurrent_backups` when the config does not say.
 pub const DEFAULT_MAX_CONCURRENT_BACKUPS: u32 = 2;
+
+/// `controller.worker_threads` when the config does not say.
+pub const DEFAULT_WORKER_THREADS: usize = 1;
 
 /// One controller of a deployment in several regions.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -85,6 +85,8 @@ pub struct RawController {
     pub readiness_interval: Option<String>,
     /// How many scheduled backups (of different clusters) may run at once.
     pub max_concurrent_backups: Option<u32>,
+    /// Threads of `pgdr run`'s async runtime.
+    pub worker_threads: Option<usize>,
     /// Controllers in several regions (`[[controller.instances]]`), each
     /// with its own API address; replaces `listen` and `region`.
     #[serde(default)]

@@ -632,6 +632,14 @@ fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
             Some(n) => n,
             None => DEFAULT_MAX_CONCURRENT_BACKUPS,
         },
+        worker_threads: match rc.worker_threads {
+            Some(n) if !(1..=256).contains(&n) => {
+                c.bad("controller.worker_threads", "expected 1 to 256");
+                DEFAULT_WORKER_THREADS
+            }
+            Some(n) => n,
+            None => DEFAULT_WORKER_THREADS,
+        },
     };
     let agents = Agents { token: c.secret("agents.token".into(), &raw.agents.token) };
     if agents.token.is_none() {

@@ -98,6 +98,16 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
 }
 
+/// The runtime of a controller (`pgdr controller`, `pgdr run`), with
+/// `controller.worker_threads` threads.
+fn controller_runtime(cfg: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.controller.worker_threads)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 async fn signal(cancel: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     if let Ok(mut term) = signal(SignalKind::terminate()) {
@@ -366,7 +376,7 @@ pub fn controller(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> 
     let cfg = pgdr_sandbox::wan::view_for_controller(load_for(global, &args)?);
     let listen = args.listen.unwrap_or_else(|| cfg.controller.listen.to_string());
     refuse_open_listen(&cfg, &listen)?;
-    runtime()?.block_on(async move {
+    controller_runtime(&cfg)?.block_on(async move {
         let cancel = CancellationToken::new();
         tokio::spawn(signal(cancel.clone()));
         let tracker = TaskTracker::new();
@@ -477,7 +487,7 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let cfg = pgdr_sandbox::wan::view_for_controller(written);
     let listen = args.listen.unwrap_or_else(|| cfg.controller.listen.to_string());
     refuse_open_listen(&cfg, &listen)?;
-    runtime()?.block_on(async move {
+    controller_runtime(&cfg)?.block_on(async move {
         let cancel = CancellationToken::new();
         tokio::spawn(signal(cancel.clone()));
         let tracker = TaskTracker::new();

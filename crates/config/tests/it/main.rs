@@ -101,6 +101,14 @@ const BAD: &[(&str, &str, &str, &str, &str)] = &[
         "max_concurrent_backups = 0",
         "expected at least 1",
     ),
+    // a runtime without threads
+    (
+        "region = \"west\"\n\n[timing]",
+        "region = \"west\"\nworker_threads = 0\n\n[timing]",
+        "controller.worker_threads",
+        "worker_threads = 0",
+        "expected 1 to 256",
+    ),
     // unknown key
     (
         "name = \"main\"\ntier = \"gold\"",
