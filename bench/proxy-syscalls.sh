@@ -9,7 +9,9 @@
 #        (defaults 10, 16, -S)   e.g. bench/proxy-syscalls.sh 10 16 -S -C
 # PGDR_BIN=path uses that pgdr binary (default target/release/pgdr).
 # PROFILE=file also records a perf profile of pgdr (call graphs) to
-# file.txt (`perf report --no-children`, top symbols).
+# file.txt (`perf report --no-children`, top symbols) and keeps the raw
+# profile as file.data (for `perf report -i file.data`); CALLGRAPH=dwarf
+# records user-space call chains too (pgdr has no frame pointers).
 # Needs: root, perf with tracepoints, PostgreSQL server binaries, pgbench,
 # psql, pgbouncer. Cleans up everything it started (trap).
 set -euo pipefail
@@ -131,7 +133,7 @@ for target in pgdr pgbouncer; do
   perf_pid=$!
   rec_pid=""
   if [ -n "${PROFILE:-}" ] && [ "$target" = pgdr ]; then
-    perf record -q -F 999 -g -p "$pid" -o "$WORK/perf.data" >/dev/null 2>&1 &
+    perf record -q -F 999 --call-graph "${CALLGRAPH:-fp}" -p "$pid" -o "$WORK/perf.data" >/dev/null 2>&1 &
     rec_pid=$!
   fi
   sleep 0.3
@@ -141,6 +143,7 @@ for target in pgdr pgbouncer; do
     kill -INT "$rec_pid"; wait "$rec_pid" 2>/dev/null || true
     perf report -i "$WORK/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null | grep -v '^$' | grep '^ ' | grep '%' | head -60 > "$PROFILE.txt" || true
     perf report -i "$WORK/perf.data" --no-children --sort dso --stdio 2>/dev/null | grep '%' | head -10 >> "$PROFILE.txt" || true
+    cp "$WORK/perf.data" "$PROFILE.data"
   fi
   n="$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')"
   tps="$(echo "$out" | sed -n 's/^tps = \([0-9.]*\) .*/\1/p' | head -1)"

@@ -32,7 +32,16 @@ pub enum Seen {
     Down,
 }
 
-async fn probe(b: &Backend, login: &AdminLogin, timeout: Duration) -> Seen {
+/// A node's connection, kept between polls.
+type Kept = pgdr_tls::pg::KeptClient<()>;
+
+/// Asks one node whether it is in recovery, on the connection kept from
+/// the last poll (a login with SCRAM costs PBKDF2 on every poll
+/// otherwise, twice a second per node, which `bench/proxy-syscalls.sh`
+/// showed in the proxy's CPU); a kept connection that fails is replaced at
+/// once, one that does not answer in time is dropped (the next poll opens
+/// another).
+async fn probe(b: &Backend, login: &AdminLogin, timeout: Duration, kept: &mut Kept) -> Seen {
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(&b.host)
         .port(b.port)
@@ -43,11 +52,30 @@ async fn probe(b: &Backend, login: &AdminLogin, timeout: Duration) -> Seen {
     if let Some(p) = &login.password {
         cfg.password(p);
     }
+    let tls = login.tls.clone();
+    // The attempt may outlive this poll (see `KeptClient`): it has its own
+    // deadline.
+    let open = move || async move {
+        match tokio::time::timeout(timeout, pgdr_tls::pg::connect(&cfg, tls.as_ref())).await {
+            Ok(Ok(c)) => Ok(c),
+            _ => Err(()),
+        }
+    };
     let fut = async {
-        let client = pgdr_tls::pg::connect(&cfg, login.tls.as_ref()).await.ok()?;
-        let row = client.query_one("SELECT pg_is_in_recovery()", &[]).await.ok();
-        drop(client);
-        row?.try_get::<_, bool>(0).ok()
+        // A kept connection that fails (its server ended the session, e.g.
+        // a demotion terminating every client) is not the node's answer:
+        // one more try on a new connection.
+        for _ in 0..2 {
+            let client = kept.get(open.clone(), |_| ()).await.ok()?;
+            match client.query_one("SELECT pg_is_in_recovery()", &[]).await {
+                Ok(row) => {
+                    kept.release();
+                    return row.try_get::<_, bool>(0).ok();
+                }
+                Err(_) => kept.close(),
+            }
+        }
+        None
     };
     match tokio::time::timeout(timeout, fut).await {
         Ok(Some(false)) => Seen::Primary,
@@ -90,11 +118,16 @@ pub async fn run(
 ) {
     let timeout = interval.max(Duration::from_millis(400));
     let mut seen: Vec<(Backend, Seen)> = Vec::new();
+    let mut kept: Vec<Kept> = nodes.iter().map(|_| Kept::default()).collect();
     let mut poll_due = true;
     let mut gone = false;
     loop {
         if poll_due {
-            let polls = nodes.iter().map(|b| async { (b.clone(), probe(b, &login, timeout).await) });
+            let login = &login;
+            let polls = nodes
+                .iter()
+                .zip(kept.iter_mut())
+                .map(|(b, k)| async move { (b.clone(), probe(b, login, timeout, k).await) });
             seen = tokio::select! {
                 _ = token.cancelled() => return,
                 s = futures_join_all(polls) => s,
