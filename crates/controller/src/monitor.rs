@@ -434,8 +434,11 @@ async fn watch(ctl: Controller, cluster: Cluster, cancel: &CancellationToken, tr
             jitter.observe((gap - timing.probe_interval.as_secs_f64()).abs());
         }
         det.probe_started(VANTAGE_CONTROLLER, t0 + timing.probe_timeout);
-        let (res, mut statuses, mut remote_seen) =
-            tokio::join!(prober.probe(timing.probe_timeout), sh.observe_nodes(&cluster, None, &asked), remote_fut);
+        let (res, mut statuses, mut remote_seen) = tokio::join!(
+            prober.probe(timing.probe_timeout),
+            sh.observe_nodes(&cluster, None, |n| !asked.contains(n)),
+            remote_fut
+        );
         // The statuses the probes brought back; an agent that predates
         // `with_status`, or refused the probe, is asked for it separately.
         let mut older = Vec::new();
@@ -457,9 +460,7 @@ async fn watch(ctl: Controller, cluster: Cluster, cancel: &CancellationToken, tr
             }
         }
         if !older.is_empty() {
-            let skip: Vec<NodeName> =
-                cluster.nodes.iter().filter(|n| !older.contains(&n.name)).map(|n| n.name.clone()).collect();
-            statuses.extend(sh.observe_nodes(&cluster, None, &skip).await);
+            statuses.extend(sh.observe_nodes(&cluster, None, |n| older.contains(n)).await);
         }
         let now = Instant::now();
         // Hold writes at the first failed probe; let them go when it passes.

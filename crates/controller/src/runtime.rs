@@ -511,7 +511,7 @@ impl Shared {
     /// Every node's agent status, asked concurrently, each within the
     /// probe timeout (the watch loop's pace).
     pub async fn observe(&self, cluster: &Cluster) -> BTreeMap<NodeName, Result<Status, ApiError>> {
-        self.observe_nodes(cluster, None, &[]).await
+        self.observe_nodes(cluster, None, |_| true).await
     }
 
     /// [`Shared::observe`] with a longer timeout per agent: for workflow
@@ -521,18 +521,18 @@ impl Shared {
         cluster: &Cluster,
         timeout: Option<Duration>,
     ) -> BTreeMap<NodeName, Result<Status, ApiError>> {
-        self.observe_nodes(cluster, timeout, &[]).await
+        self.observe_nodes(cluster, timeout, |_| true).await
     }
 
-    /// Asks every agent of the cluster but those in `skip` for its status,
-    /// all at once, in the calling task (no task spawned per agent).
+    /// Asks the agents of the cluster's nodes that `ask` picks for their
+    /// status, all at once, in the calling task (no task spawned per agent).
     pub async fn observe_nodes(
         &self,
         cluster: &Cluster,
         timeout: Option<Duration>,
-        skip: &[NodeName],
+        ask: impl Fn(&NodeName) -> bool,
     ) -> BTreeMap<NodeName, Result<Status, ApiError>> {
-        let asks = cluster.nodes.iter().filter(|n| !skip.contains(&n.name)).map(|node| {
+        let asks = cluster.nodes.iter().filter(|n| ask(&n.name)).map(|node| {
             let client = match timeout {
                 Some(t) => self.agent(node).map(|c| c.with_timeout(t)),
                 None => self.agent(node),

@@ -92,12 +92,8 @@ pub async fn handle(State(state): State<Arc<AgentState>>, body: Bytes) -> Result
     };
     // The agent's own status, read alongside when asked (the controller's
     // vantage point then makes one request per probe instead of two).
-    let status = async {
-        match req.with_status {
-            true => Some(Box::new(crate::agent::status::collect(&state).await)),
-            false => None,
-        }
-    };
+    let status =
+        async { if req.with_status { Some(Box::new(crate::agent::status::collect(&state).await)) } else { None } };
     let ((res, latency_ms), status) = tokio::join!(probe, status);
     let (outcome, error, heartbeat_at) = match res {
         Err(_) => (ProbeKind::Timeout, Some(format!("no answer within {} ms", timeout.as_millis())), None),
