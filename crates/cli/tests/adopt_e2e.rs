@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::wait_for;
+use common::{free_port, wait_for};
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -19,10 +19,6 @@ use std::time::{Duration, Instant};
 use pgdr_node::{PgBinaries, RunAs};
 
 const PGDR: &str = env!("CARGO_BIN_EXE_pgdr");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
 
 fn mode(p: &Path, m: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).expect("chmod");

@@ -8,7 +8,10 @@
 //! The S3 server is moto (`moto_server`, PyPI `moto[server]`) on loopback:
 //! it stands in for a cloud's S3 API, which cannot be reached here.
 
-use std::net::TcpListener;
+mod common;
+
+use common::free_port;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,10 +21,6 @@ use serde_json::Value;
 
 const PGDR: &str = env!("CARGO_BIN_EXE_pgdr");
 const S3_KEY: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
-}
 
 fn pgdr(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(PGDR).args(args).output().expect("run pgdr");

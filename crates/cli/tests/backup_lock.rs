@@ -5,17 +5,16 @@
 //! The S3 server is moto (`moto_server`, PyPI `moto[server]`) on loopback:
 //! it stands in for a cloud's S3 API, which cannot be reached here.
 
-use std::net::TcpListener;
+mod common;
+
+use common::free_port;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 const PGDR: &str = env!("CARGO_BIN_EXE_pgdr");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
-}
 
 /// moto's S3 server, killed (SIGKILL, by PID) and reaped on drop.
 struct Moto(Child);

@@ -11,6 +11,10 @@
 //! PID, with a fresh profile and everything that reaches the internet turned
 //! off, and killed by PID when the test ends, passed or failed.
 
+mod common;
+
+use common::free_port;
+
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -29,10 +33,6 @@ use tokio_util::task::TaskTracker;
 const PGDR: &str = env!("CARGO_BIN_EXE_pgdr");
 /// How long the page may take to show a change.
 const PAGE_WAIT: Duration = Duration::from_secs(30);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
 
 fn which(program: &str) -> Option<std::path::PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(program)).find(|p| p.is_file())

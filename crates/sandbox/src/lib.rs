@@ -23,6 +23,7 @@ pub mod wan;
 
 pub use down::{DownReport, down};
 pub use guard::SandboxGuard;
+pub use ports::reserve as reserve_ports;
 pub use record::{MAIN_CLUSTER, NodeRecord, Record, SandboxRole, cluster_names};
 pub use up::{Sandbox, SandboxBuilder, uri_encode};
 

@@ -25,8 +25,10 @@ static HELD: Mutex<Vec<UnixListener>> = Mutex::new(Vec::new());
 /// Lowest port handed out; the top is the ephemeral range's start.
 const LOW: u16 = 15000;
 
-/// `count` distinct free loopback ports, reserved for this process.
-pub(crate) fn reserve(count: usize) -> Result<Vec<u16>, SandboxError> {
+/// `count` distinct free loopback ports, reserved for this process (until
+/// it exits): for the sandbox, and for tests and tools that start servers
+/// of their own beside sandboxes.
+pub fn reserve(count: usize) -> Result<Vec<u16>, SandboxError> {
     let high = ephemeral_start();
     if high <= LOW || usize::from(high - LOW) < count * 8 {
         return kernel_ports(count);

@@ -29,6 +29,14 @@ where
     }
 }
 
+/// A free loopback port, reserved for this test process as the sandboxes
+/// reserve theirs: below the kernel's ephemeral range, so neither an
+/// outgoing connection nor another test's `bind(0)` takes it before the
+/// server it is meant for binds it.
+pub fn free_port() -> u16 {
+    pgdr_sandbox::reserve_ports(1).expect("a free loopback port")[0]
+}
+
 /// Milliseconds since the Unix epoch, as the drills' timelines count.
 pub fn unix_ms() -> f64 {
     pgdr_drill::unix_ms(std::time::SystemTime::now())
