@@ -197,12 +197,15 @@ async fn start_tls(
 pub struct BackendConn {
     pub stream: BackendStream,
     pub buf: BytesMut,
-    pub backend: Backend,
+    /// Shared: a landing session and the cancel map take a pointer, not
+    /// a copy of the names.
+    pub backend: Arc<Backend>,
     pub epoch: Epoch,
     /// The backend's own cancel key.
     pub key: (i32, i32),
-    /// ParameterStatus values reported at login.
-    pub params: Vec<(String, String)>,
+    /// ParameterStatus values reported (at login and since), shared with
+    /// sessions that have the same (see [`same_shared`]).
+    pub params: Arc<Vec<(String, String)>>,
     /// Reported `in_hot_standby=on` or `default_transaction_read_only=on`.
     pub read_only: bool,
     /// The login needed a password (relevant in passthrough mode).
@@ -225,10 +228,10 @@ impl BackendConn {
         BackendConn {
             stream,
             buf: BytesMut::with_capacity(BUF_SIZE),
-            backend,
+            backend: Arc::new(backend),
             epoch,
             key: (0, 0),
-            params: Vec::new(),
+            params: Arc::default(),
             read_only: false,
             used_password: false,
         }
@@ -258,11 +261,7 @@ impl BackendConn {
         if read_only_parameter(name, value) {
             self.read_only = true;
         }
-        let (n, v) = (String::from_utf8_lossy(name).into_owned(), String::from_utf8_lossy(value).into_owned());
-        match self.params.iter_mut().find(|(k, _)| *k == n) {
-            Some(p) => p.1 = v,
-            None => self.params.push((n, v)),
-        }
+        set_param(&mut self.params, name, value);
     }
 
     /// After AuthenticationOk: reads ParameterStatus, BackendKeyData and
@@ -288,6 +287,36 @@ impl BackendConn {
             }
         }
     }
+}
+
+/// Sets a reported value in a ParameterStatus list (copied first when the
+/// list is shared and the value changes).
+pub fn set_param(params: &mut Arc<Vec<(String, String)>>, k: &[u8], v: &[u8]) {
+    let (k, v) = (String::from_utf8_lossy(k), String::from_utf8_lossy(v));
+    match params.iter().position(|(ck, _)| *ck == k) {
+        Some(i) if params[i].1 == v => {}
+        Some(i) => Arc::make_mut(params)[i].1 = v.into_owned(),
+        None => Arc::make_mut(params).push((k.into_owned(), v.into_owned())),
+    }
+}
+
+/// Whether two shared values are equal, compared by pointer first. Equal
+/// values found apart become one: both keep the copy at the lower
+/// address, so sessions and backends with the same values end up sharing
+/// one copy and landing compares one pointer instead of every string.
+pub fn same_shared<T: PartialEq>(a: &mut Arc<T>, b: &mut Arc<T>) -> bool {
+    if Arc::ptr_eq(a, b) {
+        return true;
+    }
+    if **a != **b {
+        return false;
+    }
+    if Arc::as_ptr(a) < Arc::as_ptr(b) {
+        *b = Arc::clone(a);
+    } else {
+        *a = Arc::clone(b);
+    }
+    true
 }
 
 /// `in_hot_standby=on` or `default_transaction_read_only=on`.

@@ -210,7 +210,7 @@ impl ClusterState {
 #[derive(Debug, Clone)]
 pub(crate) struct CancelTarget {
     pub secret: i32,
-    pub backend: Option<(Backend, (i32, i32))>,
+    pub backend: Option<(Arc<Backend>, (i32, i32))>,
 }
 
 pub(crate) struct Inner {

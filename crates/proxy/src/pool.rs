@@ -34,8 +34,8 @@ pub(crate) struct PoolKey {
 #[derive(Debug, Default)]
 pub(crate) struct BackendState {
     /// The tracked SETs of the last session that used it (on top of its
-    /// login defaults).
-    pub sets: Vec<String>,
+    /// login defaults), shared with that session.
+    pub sets: Arc<Vec<String>>,
     /// Protocol-level statements prepared here (proxy-side names, by the
     /// hash of their Parse).
     pub statements: HashSet<u64>,
@@ -108,16 +108,18 @@ impl Pool {
         format!("{} pool of {}@{}", self.key.endpoint, self.key.user, self.key.database)
     }
 
-    /// Waits (first come, first served) for the right to use a backend.
-    pub async fn acquire(&self, timeout: Duration) -> Option<OwnedSemaphorePermit> {
+    /// Waits (first come, first served) for the right to use a backend;
+    /// returns it with how long it waited (no clock read when it did not).
+    pub async fn acquire(&self, timeout: Duration) -> Option<(OwnedSemaphorePermit, Duration)> {
         if let Ok(p) = self.permits.clone().try_acquire_owned() {
-            return Some(p);
+            return Some((p, Duration::ZERO));
         }
+        let t0 = Instant::now();
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let r = tokio::time::timeout(timeout, self.permits.clone().acquire_owned()).await;
         self.waiting.fetch_sub(1, Ordering::Relaxed);
         match r {
-            Ok(Ok(p)) => Some(p),
+            Ok(Ok(p)) => Some((p, t0.elapsed())),
             _ => None,
         }
     }
@@ -149,24 +151,31 @@ impl Pool {
     }
 
     /// An idle backend on one of `allowed` (the primary, or the routed
-    /// replicas; most recently used first); idle backends elsewhere (an old
-    /// primary), read-only on the writer endpoint or closed by their server
-    /// are closed.
+    /// replicas; most recently used first), checked alone (one
+    /// non-blocking read) so a take costs the same with one idle backend
+    /// or many. When the one on top is on a backend no longer allowed (the
+    /// routing changed: an old primary) or read-only on the writer
+    /// endpoint, every idle backend in that case is closed at once; idle
+    /// backends closed by their server are dropped when reached.
     pub fn take_idle(&self, allowed: &[Backend], writer: bool) -> Option<Pooled> {
+        let usable = |p: &Pooled| allowed.contains(&*p.conn.backend) && !(writer && p.conn.read_only);
         let mut stale = 0;
         let found = {
             let Ok(mut idle) = self.idle.lock() else { return None };
-            idle.retain_mut(|p| {
-                let keep = allowed.contains(&p.conn.backend) && !(writer && p.conn.read_only);
-                if !keep {
-                    let _ = p.conn.stream.try_write(&[b'X', 0, 0, 0, 4]);
-                    stale += 1;
-                }
-                keep
-            });
-            // Only the one handed out is checked (one non-blocking read).
             loop {
                 match idle.pop() {
+                    Some(p) if !usable(&p) => {
+                        let _ = p.conn.stream.try_write(&[b'X', 0, 0, 0, 4]);
+                        stale += 1;
+                        idle.retain(|p| {
+                            let keep = usable(p);
+                            if !keep {
+                                let _ = p.conn.stream.try_write(&[b'X', 0, 0, 0, 4]);
+                                stale += 1;
+                            }
+                            keep
+                        });
+                    }
                     Some(p) if p.conn.idle_alive() => break Some(p),
                     Some(_) => stale += 1,
                     None => break None,

@@ -138,18 +138,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             protocol::put_auth(&mut self.cpend, auth::OK, &[]);
         }
         match conn {
-            Some(mut conn) => {
-                for (k, v) in &conn.params {
+            Some(conn) => {
+                for (k, v) in conn.params.iter() {
                     protocol::put_parameter_status(&mut self.cpend, k, v);
                 }
-                self.st.params = std::mem::take(&mut conn.params);
-                conn.params.clone_from(&self.st.params);
+                self.st.params = Arc::clone(&conn.params);
                 self.be = Some(conn);
             }
             None => {
                 // Pooled: land on a pooled backend with the client's
                 // startup settings, tell it what they are, give it back.
-                self.st.sets = startup_sets.unwrap_or_default();
+                self.st.sets = Arc::new(startup_sets.unwrap_or_default());
                 self.move_backend().await?;
                 self.release().await?;
             }

@@ -2,15 +2,15 @@
 //! check) and landing a session on a new backend: same startup parameters
 //! and credential, tracked state replayed (see `state`).
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::Instant;
 
 use super::Session;
 use super::state::{PIN_CHECK, PINS, STATE_CHECK};
-use crate::backend::{self, BackendConn, BackendError};
+use crate::backend::{self, BackendConn, BackendError, same_shared};
 use crate::pool::BackendState;
 use crate::protocol::{self, Startup};
 use crate::server::{ClientError, Endpoint};
@@ -46,7 +46,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         }
         if self.endpoint == Endpoint::Reader && self.state.gate.is_paused() {
-            let on_primary = self.be.as_ref().is_some_and(|be| !self.routing.borrow().replicas.contains(&be.backend));
+            let on_primary = self.be.as_ref().is_some_and(|be| !self.routing.borrow().replicas.contains(&*be.backend));
             if on_primary {
                 self.wait_reader_fallback().await?;
             }
@@ -58,7 +58,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     let r = self.routing.borrow_and_update();
                     match self.endpoint {
                         Endpoint::Writer => {
-                            if r.primary.as_ref() == Some(&be.backend) && !be.read_only {
+                            if r.primary.as_ref() == Some(&*be.backend) && !be.read_only {
                                 be.epoch = r.epoch;
                                 false
                             } else {
@@ -66,8 +66,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                             }
                         }
                         Endpoint::Reader => {
-                            !(r.replicas.contains(&be.backend)
-                                || r.primary.as_ref() == Some(&be.backend) && r.replicas.is_empty())
+                            !(r.replicas.contains(&*be.backend)
+                                || r.primary.as_ref() == Some(&*be.backend) && r.replicas.is_empty())
                         }
                     }
                 } else {
@@ -152,10 +152,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if let Some(pool) = &pool
             && self.permit.is_none()
         {
-            let t0 = Instant::now();
             let timeout = self.state.settings.pool_timeout;
             match pool.acquire(timeout).await {
-                Some(p) => self.permit = Some(p),
+                Some((p, waited)) => {
+                    self.permit = Some(p);
+                    self.state.metrics.pool_wait.observe(waited.as_secs_f64());
+                }
                 None => {
                     self.state.metrics.error("pool_timeout");
                     let msg = format!(
@@ -168,10 +170,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     return Err(self.fatal("53300", msg).await);
                 }
             }
-            self.state.metrics.pool_wait.observe(t0.elapsed().as_secs_f64());
         }
         let mut hold = None;
         let (conn, bst, epoch, reused) = loop {
+            // The usual case first: an idle pooled backend on the primary,
+            // taken without copying the routing (see `pick` for the rest).
+            if let Some(pool) = &pool
+                && self.endpoint == Endpoint::Writer
+            {
+                let r = self.routing.borrow_and_update();
+                if let Some(primary) = r.primary.as_ref()
+                    && !self.state.is_marked_read_only(primary, r.epoch)
+                    && let Some(p) = pool.take_idle(std::slice::from_ref(primary), true)
+                {
+                    break (p.conn, p.state, r.epoch, true);
+                }
+            }
             let (target, epoch) = self.pick().await?;
             // A reader takes an idle backend on any routed replica (the
             // round robin is for new connections).
@@ -257,7 +271,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             bst.sql_prepared.clear();
             n += 1;
         }
-        n += self.st.set_queries(&bst.sets, &mut self.out);
+        n += self.st.set_queries(&mut bst.sets, &mut self.out);
         n += self.st.prepare_queries(&bst.sql_prepared, &mut self.out);
         let fresh_listen = !self.st.listening.is_empty();
         if fresh_listen {
@@ -267,9 +281,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if n > 0 {
             r = replay(&mut conn, &self.out, n).await;
         }
-        // Most landings find the settings the client was told (checked
-        // in one comparison instead of one search per setting).
-        if r.is_ok() && conn.params != self.st.params {
+        // Most landings find the settings the client was told (most often
+        // the same shared copy: one pointer comparison).
+        if r.is_ok() && !same_shared(&mut conn.params, &mut self.st.params) {
             self.out.clear();
             let n = self.st.restore_queries(&conn.params, &mut self.out);
             if n > 0 {
@@ -287,10 +301,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 .fatal("08006", format!("terminating connection: cannot restore session state on the server: {e}"))
                 .await);
         }
-        bst.sets.clone_from(&self.st.sets);
-        bst.sql_prepared = self.st.sql_prepared.iter().cloned().collect();
+        bst.sets = Arc::clone(&self.st.sets);
+        self.st.left_sql_prepared(&mut bst.sql_prepared);
         // Told to the client with its next write (see `cpend`).
-        if conn.params != self.st.params {
+        if !same_shared(&mut conn.params, &mut self.st.params) {
             self.st.adopt_reported(&conn.params, &mut self.cpend);
         }
         if fresh_listen {
@@ -343,16 +357,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             t.backend = None;
         }
         let mut bst = std::mem::take(&mut self.bst);
-        bst.sets.clone_from(&self.st.sets);
-        if bst.sql_prepared.len() != self.st.sql_prepared.len()
-            || self.st.sql_prepared.iter().any(|(n, t)| bst.sql_prepared.get(n) != Some(t))
-        {
-            bst.sql_prepared = self.st.sql_prepared.iter().cloned().collect();
-        }
-        let (target, epoch) = (conn.backend.clone(), conn.epoch);
+        bst.sets = Arc::clone(&self.st.sets);
+        self.st.left_sql_prepared(&mut bst.sql_prepared);
+        let warm = (pool.min_idle > 0).then(|| (Arc::clone(&conn.backend), conn.epoch));
         pool.put(conn, bst);
         self.permit = None;
-        self.warm(&pool, &target, epoch).await;
+        if let Some((target, epoch)) = warm {
+            self.warm(&pool, &target, epoch).await;
+        }
         Ok(())
     }
 

@@ -517,7 +517,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         if k == b"in_hot_standby" && v == b"on" {
                             be.read_only = true;
                         }
-                        state::set_param(&mut be.params, k, v);
+                        crate::backend::set_param(&mut be.params, k, v);
                         self.st.on_parameter_status(k, v);
                     }
                 }

@@ -5,6 +5,7 @@
 //! it what to replay where the session lands.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
@@ -80,10 +81,12 @@ pub(super) struct Statement {
 
 #[derive(Debug, Default)]
 pub(super) struct Tracked {
-    /// Session-level SET/RESET statements, in the order first run.
-    pub sets: Vec<String>,
-    /// ParameterStatus values the client has been told.
-    pub params: Vec<(String, String)>,
+    /// Session-level SET/RESET statements, in the order first run (shared
+    /// with the backend the session left them on).
+    pub sets: Arc<Vec<String>>,
+    /// ParameterStatus values the client has been told (shared with
+    /// backends reporting the same, see `backend::same_shared`).
+    pub params: Arc<Vec<(String, String)>>,
     /// Named statements: client name → statement.
     pub prepared: HashMap<Bytes, Statement>,
     /// Named statements not yet prepared on the current backend (session
@@ -238,8 +241,9 @@ impl Tracked {
         match c {
             Change::Set(sql) => {
                 // The last run counts: an earlier equal SET moves to the end.
-                self.sets.retain(|s| *s != sql);
-                self.sets.push(sql);
+                let sets = Arc::make_mut(&mut self.sets);
+                sets.retain(|s| *s != sql);
+                sets.push(sql);
             }
             Change::Prepare(name, text) => {
                 self.sql_prepared.retain(|(n, _)| *n != name);
@@ -263,7 +267,7 @@ impl Tracked {
                 self.listen_unknown = false;
             }
             Change::DiscardAll => {
-                self.sets.clear();
+                self.sets = Arc::default();
                 self.sql_prepared.clear();
                 self.prepared.clear();
                 self.unprepared.clear();
@@ -276,7 +280,7 @@ impl Tracked {
 
     /// A ParameterStatus relayed to the client.
     pub fn on_parameter_status(&mut self, k: &[u8], v: &[u8]) {
-        set_param(&mut self.params, k, v);
+        crate::backend::set_param(&mut self.params, k, v);
     }
 
     /// If `name` (from a Bind or Describe) is not prepared on this backend
@@ -332,8 +336,9 @@ impl Tracked {
                 );
                 if !self.sets.contains(&sql) && self.sets.len() < MAX_TRACKED_SETS {
                     let prefix = format!("SELECT set_config('{}',", name.replace('\'', "''"));
-                    self.sets.retain(|s| !s.starts_with(&prefix));
-                    self.sets.push(sql);
+                    let sets = Arc::make_mut(&mut self.sets);
+                    sets.retain(|s| !s.starts_with(&prefix));
+                    sets.push(sql);
                 }
             }
         }
@@ -350,8 +355,8 @@ impl Tracked {
     /// Writes the SET queries (and `RESET ALL` first when the backend
     /// carries another session's SETs) for a backend whose last session
     /// left `backend_sets`; returns how many queries were written.
-    pub fn set_queries(&self, backend_sets: &[String], out: &mut BytesMut) -> usize {
-        if backend_sets == self.sets.as_slice() {
+    pub fn set_queries(&mut self, backend_sets: &mut Arc<Vec<String>>, out: &mut BytesMut) -> usize {
+        if crate::backend::same_shared(backend_sets, &mut self.sets) {
             return 0;
         }
         let mut n = 0;
@@ -359,7 +364,7 @@ impl Tracked {
             protocol::put_query(out, "RESET ALL");
             n += 1;
         }
-        for s in &self.sets {
+        for s in self.sets.iter() {
             protocol::put_query(out, s);
             n += 1;
         }
@@ -389,7 +394,7 @@ impl Tracked {
     /// that differ on a backend reporting `backend`.
     pub fn restore_queries(&self, backend: &[(String, String)], out: &mut BytesMut) -> usize {
         let mut n = 0;
-        for (k, v) in &self.params {
+        for (k, v) in self.params.iter() {
             if RESTORABLE.contains(&k.as_str()) && backend.iter().find(|(ck, _)| ck == k).map(|(_, cv)| cv) != Some(v) {
                 let sql = format!("SET {} = '{}'", quote_ident(k), v.replace('\'', "''"));
                 protocol::put_query(out, &sql);
@@ -397,6 +402,16 @@ impl Tracked {
             }
         }
         n
+    }
+
+    /// Records on `backend` (the SQL prepared statements of a backend the
+    /// session leaves or lands on) the session's; nothing is copied when
+    /// they are already the same.
+    pub fn left_sql_prepared(&self, backend: &mut HashMap<String, String>) {
+        if backend.len() != self.sql_prepared.len() || self.sql_prepared.iter().any(|(n, t)| backend.get(n) != Some(t))
+        {
+            *backend = self.sql_prepared.iter().cloned().collect();
+        }
     }
 
     /// Writes the LISTENs to replay; returns how many.
@@ -410,15 +425,16 @@ impl Tracked {
     /// After landing on a backend reporting `backend`: the client is told
     /// (ParameterStatus into `out`) about values that now differ.
     pub fn adopt_reported(&mut self, backend: &[(String, String)], out: &mut BytesMut) {
+        let params = Arc::make_mut(&mut self.params);
         for (k, v) in backend {
-            match self.params.iter_mut().find(|(ck, _)| ck == k) {
+            match params.iter_mut().find(|(ck, _)| ck == k) {
                 Some(p) if p.1 == *v => {}
                 Some(p) => {
                     p.1 = v.clone();
                     protocol::put_parameter_status(out, k, v);
                 }
                 None => {
-                    self.params.push((k.clone(), v.clone()));
+                    params.push((k.clone(), v.clone()));
                     protocol::put_parameter_status(out, k, v);
                 }
             }
@@ -466,15 +482,6 @@ impl Tracked {
     }
 }
 
-/// Sets a reported value in a ParameterStatus list.
-pub(super) fn set_param(params: &mut Vec<(String, String)>, k: &[u8], v: &[u8]) {
-    let (k, v) = (String::from_utf8_lossy(k), String::from_utf8_lossy(v));
-    match params.iter_mut().find(|(ck, _)| *ck == k) {
-        Some(p) => p.1 = v.into_owned(),
-        None => params.push((k.into_owned(), v.into_owned())),
-    }
-}
-
 /// Hash of a Parse body after the statement name (query and parameter
 /// types): equal statements get equal proxy-side names.
 pub(super) fn statement_hash(rest: &[u8]) -> u64 {
@@ -484,9 +491,27 @@ pub(super) fn statement_hash(rest: &[u8]) -> u64 {
     h.finish()
 }
 
-/// The proxy-side name of a pooled statement.
-pub(super) fn backend_name(hash: u64) -> String {
-    format!("pgdr_{hash:016x}")
+/// The proxy-side name of a pooled statement: `pgdr_` and the hash in 16
+/// hex digits, made on the stack (it is written at every Bind).
+pub(super) fn backend_name(hash: u64) -> BackendName {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut name = *b"pgdr_0000000000000000";
+    for (i, b) in name[5..].iter_mut().enumerate() {
+        *b = HEX[(hash >> (60 - 4 * i)) as usize & 0xf];
+    }
+    BackendName(name)
+}
+
+/// See [`backend_name`].
+pub(super) struct BackendName([u8; 21]);
+
+impl std::ops::Deref for BackendName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        // ASCII only.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }
 
 /// A SQL-level change the proxy follows: PREPARE, DEALLOCATE, LISTEN,
@@ -593,7 +618,7 @@ mod tests {
         t.on_command_complete(b"ROLLBACK");
         t.on_ready(b'I', t.batch);
         t.batch += 1;
-        assert_eq!(t.sets, vec!["SET search_path = a".to_owned()]);
+        assert_eq!(*t.sets, vec!["SET search_path = a".to_owned()]);
         assert_eq!(t.pins, 0);
     }
 
@@ -641,7 +666,7 @@ mod tests {
         t.on_query(b"SELECT 1; PREPARE q AS SELECT ';'; SET a.b = 1; SET a.b = 2; SET a.b = 1; LISTEN ch\0");
         t.on_ready(b'I', t.batch);
         assert_eq!(t.sql_prepared, vec![("q".to_owned(), "PREPARE q AS SELECT ';'".to_owned())]);
-        assert_eq!(t.sets, vec!["SET a.b = 2".to_owned(), "SET a.b = 1".to_owned()], "the last SET wins");
+        assert_eq!(*t.sets, vec!["SET a.b = 2".to_owned(), "SET a.b = 1".to_owned()], "the last SET wins");
         assert_eq!(t.listening, vec!["ch".to_owned()]);
         assert!(!t.sync);
         t.on_query(b"LISTEN \"Other \"\"Ch\"; PREPARE \"My Q\"(int) AS SELECT $1; DEALLOCATE PREPARE q\0");
@@ -666,7 +691,7 @@ mod tests {
         t.on_query(b"SELECT set_config('work_mem', '1MB', false)\0");
         assert!(t.sync && t.sync_settings);
         t.on_state_check(&[(b's', "work_mem".into(), Some("1024".into()))]);
-        assert_eq!(t.sets, vec!["SELECT set_config('work_mem', '1024', false)".to_owned()]);
+        assert_eq!(*t.sets, vec!["SELECT set_config('work_mem', '1024', false)".to_owned()]);
         assert_eq!(t.pins, 0);
     }
 
@@ -679,6 +704,13 @@ mod tests {
         assert_eq!(t.restore_queries(&[("TimeZone".into(), "UTC".into())], &mut out), 0);
         assert_eq!(t.restore_queries(&[("TimeZone".into(), "Europe/Paris".into())], &mut out), 1);
         assert!(protocol::contains_ci(&out, b"set \"timezone\" = 'utc'"));
+    }
+
+    #[test]
+    fn backend_names_are_the_hash_in_hex() {
+        for h in [0, 1, 0xdead_beef, u64::MAX, 0x0123_4567_89ab_cdef] {
+            assert_eq!(&*backend_name(h), format!("pgdr_{h:016x}"));
+        }
     }
 
     #[test]
