@@ -172,6 +172,20 @@ pub fn scan(sql: &[u8]) -> Scan<'_> {
     loop {
         let c = sql.get(i).copied();
         match (c, run) {
+            (Some(c), None) if word_byte(c) && skip == 0 => {
+                // A whole word at once: none of its bytes changes the mode
+                // (quotes, comments and separators are not word bytes).
+                let e = sql[i..].iter().position(|&c| !word_byte(c)).map_or(sql.len(), |p| i + p);
+                if cur.blank {
+                    cur.blank = false;
+                    cur.first_at = Some(i);
+                }
+                on_word(sql, i, e, prev, prev2, &mut cur);
+                prev2 = prev;
+                prev = (i, e);
+                i = e;
+                continue;
+            }
             (Some(c), None) if word_byte(c) => run = Some(i),
             (Some(c), Some(_)) if word_byte(c) => {}
             (_, Some(s)) => {
