@@ -366,6 +366,9 @@ async fn tls_required<S: AsyncWrite + Unpin>(state: &ClusterState, s: &mut S) ->
     Err(ClientError::Closed(msg))
 }
 
+/// A client connection's first read buffer.
+const CLIENT_BUF_START: usize = 8 * 1024;
+
 async fn handle_client(
     inner: Arc<Inner>,
     state: Arc<ClusterState>,
@@ -378,7 +381,10 @@ async fn handle_client(
     // after its startup packet.
     let slot = ClientSlot::take(&state);
     let limit = state.settings.handshake_timeout;
-    let mut buf = BytesMut::with_capacity(crate::backend::BUF_SIZE);
+    // Small at first (a login and short queries fit): the relay grows it
+    // to `BUF_SIZE` when a client sends more. A connection that lives for
+    // one transaction then neither allocates nor frees 64 KiB.
+    let mut buf = BytesMut::with_capacity(CLIENT_BUF_START);
     let first = tokio::time::timeout(limit, negotiate(&inner, &mut stream, &mut buf, true))
         .await
         .map_err(|_| ClientError::StartupTimeout)??;
@@ -386,7 +392,9 @@ async fn handle_client(
         Next::Done => Ok(()),
         Next::Startup(_) if inner.require_tls => tls_required(&state, &mut stream).await,
         Next::Startup(_) if slot.is_none() => too_many(&state, &mut stream).await,
-        Next::Startup(st) => crate::session::run(inner, state, endpoint, stream, buf, st, token).await,
+        // Boxed: the session's future is large, and the task would copy it
+        // whole when spawned.
+        Next::Startup(st) => Box::pin(crate::session::run(inner, state, endpoint, stream, buf, st, token)).await,
         Next::Tls => {
             let Some(acceptor) = inner.tls.clone() else { return Ok(()) };
             let mut tls = tokio::time::timeout(limit, acceptor.accept(stream))
@@ -398,7 +406,7 @@ async fn handle_client(
                 .map_err(|_| ClientError::StartupTimeout)??;
             match next {
                 Next::Startup(_) if slot.is_none() => too_many(&state, &mut tls).await,
-                Next::Startup(st) => crate::session::run(inner, state, endpoint, tls, buf, st, token).await,
+                Next::Startup(st) => Box::pin(crate::session::run(inner, state, endpoint, tls, buf, st, token)).await,
                 _ => Ok(()),
             }
         }
