@@ -8,6 +8,7 @@
 # Usage: bench/proxy-syscalls.sh [SECONDS] [CLIENTS] [PGBENCH_FLAGS...]
 #        (defaults 10, 16, -S)   e.g. bench/proxy-syscalls.sh 10 16 -S -C
 # PGDR_BIN=path uses that pgdr binary (default target/release/pgdr).
+# Also prints each proxy's user and system time per transaction (/proc).
 # PROFILE=file also records a perf profile of pgdr (call graphs) to
 # file.txt (`perf report --no-children`, top symbols) and keeps the raw
 # profile as file.data (for `perf report -i file.data`); CALLGRAPH=dwarf
@@ -137,7 +138,9 @@ for target in pgdr pgbouncer; do
     rec_pid=$!
   fi
   sleep 0.3
+  read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
   out="$(pgbench -h 127.0.0.1 -p "$port" -U postgres -c "$CLIENTS" -j 2 -T "$DURATION" -M simple "${FLAGS[@]}" postgres 2>&1)"
+  read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
   kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
   if [ -n "$rec_pid" ]; then
     kill -INT "$rec_pid"; wait "$rec_pid" 2>/dev/null || true
@@ -148,6 +151,9 @@ for target in pgdr pgbouncer; do
   n="$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')"
   tps="$(echo "$out" | sed -n 's/^tps = \([0-9.]*\) .*/\1/p' | head -1)"
   echo "$target: $n transactions, $tps tps"
+  # User and system time from /proc (all threads; clock ticks), per transaction.
+  awk -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v n="$n" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { printf "  user %.1f us, system %.1f us per tx (/proc)\n", u / hz * 1e6 / n, s / hz * 1e6 / n }'
   awk -F, -v n="$n" '/^[0-9]/ { printf "  %-34s %12s  %8.3f per tx\n", $3, $1, $1 / n }' "$WORK/perf.$target"
 done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
