@@ -27,7 +27,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -178,6 +178,9 @@ pub(crate) struct ClusterState {
     /// epoch at which they did: writer sessions avoid them until the epoch
     /// changes.
     pub read_only: Mutex<HashMap<String, pgdr_model::Epoch>>,
+    /// Whether `read_only` ever held an entry: the check at every
+    /// transaction's start takes no lock until one is marked.
+    pub any_read_only: AtomicBool,
     pub sessions: AtomicUsize,
     pub reader_rr: AtomicUsize,
     /// Sessions waiting now for an unreachable primary (writer endpoint):
@@ -196,12 +199,16 @@ impl ClusterState {
     pub fn mark_read_only(&self, b: &Backend, epoch: pgdr_model::Epoch) {
         if let Ok(mut m) = self.read_only.lock() {
             m.insert(b.addr(), epoch);
+            self.any_read_only.store(true, Ordering::Release);
         }
     }
 
     pub fn is_marked_read_only(&self, b: &Backend, epoch: pgdr_model::Epoch) -> bool {
-        // Asked at every transaction's start: no address is formatted
-        // while nothing is marked (the usual case).
+        // Asked at every transaction's start: no lock is taken and no
+        // address formatted while nothing was ever marked (the usual case).
+        if !self.any_read_only.load(Ordering::Acquire) {
+            return false;
+        }
         self.read_only.lock().map(|m| !m.is_empty() && m.get(&b.addr()) == Some(&epoch)).unwrap_or(false)
     }
 }
@@ -210,8 +217,15 @@ impl ClusterState {
 #[derive(Debug, Clone)]
 pub(crate) struct CancelTarget {
     pub secret: i32,
-    pub backend: Option<(Arc<Backend>, (i32, i32))>,
+    /// Shared with the session, which updates it where it lands and
+    /// clears it when it gives its backend back, without taking the map's
+    /// lock or hashing its key at every transaction.
+    pub backend: CancelSlot,
 }
+
+/// A session's current backend and that backend's own cancel key (none
+/// between pooled transactions).
+pub(crate) type CancelSlot = Arc<Mutex<Option<(Arc<Backend>, (i32, i32))>>>;
 
 pub(crate) struct Inner {
     pub clusters: HashMap<String, Arc<ClusterState>>,
@@ -285,6 +299,7 @@ impl ProxyHandle {
                 auth: c.auth,
                 users,
                 read_only: Mutex::new(HashMap::new()),
+                any_read_only: AtomicBool::new(false),
                 sessions: AtomicUsize::new(0),
                 reader_rr: AtomicUsize::new(0),
                 held: AtomicUsize::new(0),

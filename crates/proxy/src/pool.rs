@@ -46,6 +46,18 @@ pub(crate) struct BackendState {
     pub unknown: bool,
 }
 
+impl BackendState {
+    /// Nothing known but `sets` (shared, so nothing is allocated).
+    pub fn sharing(sets: &Arc<Vec<String>>) -> BackendState {
+        BackendState {
+            sets: Arc::clone(sets),
+            statements: HashSet::new(),
+            sql_prepared: HashMap::new(),
+            unknown: false,
+        }
+    }
+}
+
 /// An idle backend with its state.
 #[derive(Debug)]
 pub(crate) struct Pooled {

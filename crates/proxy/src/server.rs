@@ -304,7 +304,8 @@ async fn cancel(inner: &Inner, pid: i32, secret: i32) {
     let target = inner.cancel.lock().ok().and_then(|m| m.get(&pid).cloned());
     match target {
         Some(t) if t.secret == secret => {
-            if let Some((b, key)) = t.backend
+            let backend = t.backend.lock().ok().and_then(|b| b.clone());
+            if let Some((b, key)) = backend
                 && let Err(e) = crate::backend::send_cancel(&b, key, inner.tcp).await
             {
                 tracing::debug!(error = %e, "cancel request not delivered");

@@ -126,8 +126,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let secret = rand::random::<i32>();
             let Ok(mut m) = self.inner.cancel.lock() else { break (pid.max(1), secret) };
             if pid != 0 && !m.contains_key(&pid) {
-                let backend = conn.as_ref().map(|c| (c.backend.clone(), c.key));
-                m.insert(pid, CancelTarget { secret, backend });
+                if let (Some(c), Ok(mut t)) = (conn.as_ref(), self.cancel_to.lock()) {
+                    *t = Some((c.backend.clone(), c.key));
+                }
+                m.insert(pid, CancelTarget { secret, backend: self.cancel_to.clone() });
                 break (pid, secret);
             }
         };

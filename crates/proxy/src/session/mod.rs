@@ -143,6 +143,8 @@ struct Session<S> {
     /// Client messages rewritten for the backend (pooled statement names).
     bout: BytesMut,
     key: (i32, i32),
+    /// Where a cancel request with `key` goes (shared with the cancel map).
+    cancel_to: crate::CancelSlot,
     /// A routing change was seen by the relay (an idle listener): the
     /// next transaction start checks the backend against it.
     route_seen: bool,
@@ -206,6 +208,7 @@ pub(crate) async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
         pinned_metric: 0,
         bout: BytesMut::new(),
         key: (0, 0),
+        cancel_to: Default::default(),
         route_seen: false,
         cskip: 0,
         bskip: 0,

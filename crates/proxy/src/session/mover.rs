@@ -318,10 +318,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.pool.is_none() {
             self.st.unprepare_all();
         }
-        if let Ok(mut m) = self.inner.cancel.lock()
-            && let Some(t) = m.get_mut(&self.key.0)
-        {
-            t.backend = Some((conn.backend.clone(), conn.key));
+        if let Ok(mut t) = self.cancel_to.lock() {
+            *t = Some((conn.backend.clone(), conn.key));
         }
         if moved || (self.pool.is_none() && self.st.carries_state()) {
             self.state.metrics.moves.inc();
@@ -351,12 +349,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Ok(());
         }
         let Some(conn) = self.be.take() else { return Ok(()) };
-        if let Ok(mut m) = self.inner.cancel.lock()
-            && let Some(t) = m.get_mut(&self.key.0)
-        {
-            t.backend = None;
+        if let Ok(mut t) = self.cancel_to.lock() {
+            *t = None;
         }
-        let mut bst = std::mem::take(&mut self.bst);
+        // What the session left on the backend goes with it; the session
+        // keeps an empty state, whose `sets` shares the session's instead
+        // of allocating an empty `Arc` at every transaction.
+        let mut bst = std::mem::replace(&mut self.bst, BackendState::sharing(&self.st.sets));
         bst.sets = Arc::clone(&self.st.sets);
         self.st.left_sql_prepared(&mut bst.sql_prepared);
         let warm = (pool.min_idle > 0).then(|| (Arc::clone(&conn.backend), conn.epoch));

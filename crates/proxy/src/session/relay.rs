@@ -595,10 +595,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             // A pooled session holds no backend between transactions.
             self.permit = None;
         }
-        if let Ok(mut m) = self.inner.cancel.lock()
-            && let Some(t) = m.get_mut(&self.key.0)
-        {
-            t.backend = None;
+        if let Ok(mut t) = self.cancel_to.lock() {
+            *t = None;
         }
         if self.is_idle() {
             // Nothing in flight: reconnect at the next transaction.
