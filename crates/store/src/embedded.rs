@@ -11,10 +11,12 @@
 //! lease id).
 //!
 //! **Leases across a restart.** While the store is open, lease deadlines are
-//! `tokio::time::Instant`s (monotonic). Each grant and keep-alive also stores
-//! the deadline as wall-clock time; when the file is reopened, a lease keeps
-//! what was left of its TTL by the wall clock, and a lease whose deadline
-//! passed while nobody had the file open expires at once. We chose this over
+//! `tokio::time::Instant`s (monotonic). The file also holds each lease's
+//! deadline as wall-clock time, written one TTL ahead of the in-memory one
+//! (so most keep-alives need no transaction; see [`crate::kv`]); when the
+//! file is reopened, a lease keeps what was left of its TTL by the wall
+//! clock, and at most one TTL more, and a lease whose stored deadline passed
+//! while nobody had the file open expires at once. We chose this over
 //! etcd's "refresh every lease to its full TTL on leader change" because an
 //! agent that lost contact fences itself after its TTL by its own clock: the
 //! store must not believe a lease is still held long after its holder gave

@@ -10,6 +10,14 @@
 //! Lease deadlines live in memory as `tokio::time::Instant`s (so paused-time
 //! tests control them); the tables also keep each lease's deadline as a
 //! wall-clock time so a store reopened after a restart knows what is left.
+//! That stored deadline is written one TTL ahead ([`PERSIST_AHEAD`] TTLs
+//! past the grant or renewal), and a keep-alive whose new deadline is still
+//! covered by it only moves the in-memory deadline: no transaction, no trip
+//! to the blocking pool. The stored deadline is therefore never earlier than
+//! the one in memory (a reopened store never ends a lease before its holder
+//! was told it would), and at most one TTL later. A controller renews every
+//! primary's lease each `lease_renew`: on redb that was a write transaction
+//! per cluster and renewal, now about one per cluster and TTL.
 //!
 //! Reads of single keys on a blocking backend (redb) are answered from a
 //! cache of the keys read before ([`ReadCache`]) while no lease is due: this
@@ -69,9 +77,27 @@ impl Record {
 pub(crate) struct LeaseRec {
     pub ttl_ms: u64,
     /// Wall-clock deadline (Unix milliseconds), used only when a store is
-    /// reopened; while running, the in-memory `Instant` decides.
+    /// reopened; while running, the in-memory `Instant` decides. Never
+    /// earlier than the in-memory deadline, at most one TTL later.
     pub deadline_unix_ms: i64,
     pub keys: BTreeSet<String>,
+}
+
+/// How far past a grant or a renewal the stored deadline is written, in
+/// TTLs beyond the first (see the module docs).
+const PERSIST_AHEAD: u64 = 1;
+
+/// A lease's stored wall-clock deadline, as last committed.
+#[derive(Clone, Copy, Debug)]
+struct Persisted {
+    ttl_ms: u64,
+    deadline_unix_ms: i64,
+}
+
+/// The deadline to store for a lease granted or renewed at `now_unix_ms`.
+fn stored_deadline(now_unix_ms: i64, ttl_ms: u64) -> i64 {
+    let ahead = ttl_ms.saturating_mul(1 + PERSIST_AHEAD);
+    now_unix_ms.saturating_add(i64::try_from(ahead).unwrap_or(i64::MAX))
 }
 
 /// Meta counters kept in the tables.
@@ -116,6 +142,8 @@ struct Watcher {
 #[derive(Default)]
 struct Volatile {
     deadlines: HashMap<u64, Instant>,
+    /// What the tables hold of each live lease's deadline.
+    persisted: HashMap<u64, Persisted>,
     watchers: Vec<Watcher>,
 }
 
@@ -163,6 +191,7 @@ struct WriteCtx {
     bumped: bool,
     events: Vec<WatchEvent>,
     set_deadlines: Vec<(u64, Instant)>,
+    set_persisted: Vec<(u64, Persisted)>,
     drop_deadlines: Vec<u64>,
 }
 
@@ -212,6 +241,7 @@ impl<B: Backend> KvStore<B> {
             let left = rec.deadline_unix_ms.saturating_sub(now_unix_ms).max(0);
             let left = Duration::from_millis(u64::try_from(left).unwrap_or(0));
             vol.deadlines.insert(*id, now + left);
+            vol.persisted.insert(*id, Persisted { ttl_ms: rec.ttl_ms, deadline_unix_ms: rec.deadline_unix_ms });
         }
         let cache = ReadCache { next_deadline: vol.deadlines.values().min().copied(), ..Default::default() };
         Self {
@@ -336,13 +366,15 @@ impl<B: Backend> KvStore<B> {
                 i.write(now, |t, ctx| {
                     let id = t.meta(META_LAST_LEASE)? + 1;
                     t.set_meta(META_LAST_LEASE, id)?;
+                    let ttl_ms = duration_ms(ttl);
                     let rec = LeaseRec {
-                        ttl_ms: duration_ms(ttl),
-                        deadline_unix_ms: ctx.now_unix_ms.saturating_add(duration_ms(ttl) as i64),
+                        ttl_ms,
+                        deadline_unix_ms: stored_deadline(ctx.now_unix_ms, ttl_ms),
                         keys: BTreeSet::new(),
                     };
                     t.put_lease(id, &rec)?;
                     ctx.set_deadlines.push((id, ctx.now + ttl));
+                    ctx.set_persisted.push((id, Persisted { ttl_ms, deadline_unix_ms: rec.deadline_unix_ms }));
                     Ok(LeaseId(id))
                 })
             })
@@ -353,15 +385,20 @@ impl<B: Backend> KvStore<B> {
 
     pub(crate) async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
         let now = Instant::now();
+        if self.inner.renew_in_memory(lease.0, now) {
+            return Ok(());
+        }
         self.run(move |i| {
             i.write(now, |t, ctx| {
                 let Some(mut rec) = t.lease(lease.0)? else {
                     return Ok(Err(StoreError::LeaseExpired(lease)));
                 };
                 let ttl = Duration::from_millis(rec.ttl_ms);
-                rec.deadline_unix_ms = ctx.now_unix_ms.saturating_add(rec.ttl_ms as i64);
+                rec.deadline_unix_ms = stored_deadline(ctx.now_unix_ms, rec.ttl_ms);
                 t.put_lease(lease.0, &rec)?;
                 ctx.set_deadlines.push((lease.0, ctx.now + ttl));
+                ctx.set_persisted
+                    .push((lease.0, Persisted { ttl_ms: rec.ttl_ms, deadline_unix_ms: rec.deadline_unix_ms }));
                 Ok(Ok(()))
             })
         })
@@ -424,6 +461,7 @@ impl<B: Backend> Inner<B> {
             bumped: false,
             events: Vec::new(),
             set_deadlines: Vec::new(),
+            set_persisted: Vec::new(),
             drop_deadlines: Vec::new(),
         };
         let r = self.backend.write(|t| {
@@ -437,9 +475,13 @@ impl<B: Backend> Inner<B> {
         })?;
         for id in ctx.drop_deadlines {
             vol.deadlines.remove(&id);
+            vol.persisted.remove(&id);
         }
         for (id, d) in ctx.set_deadlines {
             vol.deadlines.insert(id, d);
+        }
+        for (id, p) in ctx.set_persisted {
+            vol.persisted.insert(id, p);
         }
         if B::BLOCKING {
             // Before the write returns (and before watchers hear of it): no
@@ -455,6 +497,28 @@ impl<B: Backend> Inner<B> {
             notify(&mut vol.watchers, &ctx.events);
         }
         Ok(r)
+    }
+
+    /// A keep-alive that needs no transaction: the lease is live and the
+    /// deadline stored for it already covers a full TTL from now, so only the
+    /// in-memory deadline moves. `false` sends the caller to a write: the
+    /// lease is due or unknown here, its stored deadline would fall short,
+    /// or a write is under way (its mutex is not waited for on an async
+    /// thread).
+    fn renew_in_memory(&self, id: u64, now: Instant) -> bool {
+        let Ok(mut vol) = self.vol.try_lock() else { return false };
+        let (Some(deadline), Some(p)) = (vol.deadlines.get(&id), vol.persisted.get(&id)) else { return false };
+        let ttl_ms = i64::try_from(p.ttl_ms).unwrap_or(i64::MAX);
+        if *deadline <= now || p.deadline_unix_ms < unix_ms(self.clock.as_ref()).saturating_add(ttl_ms) {
+            return false;
+        }
+        let ttl = Duration::from_millis(p.ttl_ms);
+        vol.deadlines.insert(id, now + ttl);
+        if B::BLOCKING {
+            let mut c = lock(&self.cache);
+            c.next_deadline = vol.deadlines.values().min().copied();
+        }
+        true
     }
 
     /// Expires leases whose deadline has passed, if any.
