@@ -370,6 +370,10 @@ pub struct Agents {
 pub struct Timing {
     pub probe_interval: Duration,
     pub probe_timeout: Duration,
+    /// How often the controller's canary also goes through each proxy's
+    /// writer endpoint (for the per-path metrics; it decides nothing). At
+    /// most once per `probe_interval`.
+    pub proxy_probe_interval: Duration,
     /// Consecutive failed probes before a vantage point reports an outage.
     pub failure_threshold: u32,
     /// Vantage points that must agree; 0 means a majority of those configured.
@@ -391,6 +395,7 @@ impl Default for Timing {
         Timing {
             probe_interval: Duration::from_secs(1),
             probe_timeout: Duration::from_millis(800),
+            proxy_probe_interval: Duration::from_secs(5),
             failure_threshold: 3,
             probe_quorum: 0,
             lease_ttl: Duration::from_secs(6),

@@ -122,6 +122,7 @@ pub struct RawAgents {
 pub struct RawTiming {
     pub probe_interval: Option<String>,
     pub probe_timeout: Option<String>,
+    pub proxy_probe_interval: Option<String>,
     pub failure_threshold: Option<u32>,
     pub probe_quorum: Option<u32>,
     pub lease_ttl: Option<String>,

@@ -659,6 +659,11 @@ fn build(c: &mut Checker, raw: RawConfig, path: &Path) -> Config {
     let timing = Timing {
         probe_interval: c.duration("timing.probe_interval".into(), rt.probe_interval.as_deref(), d.probe_interval),
         probe_timeout: c.duration("timing.probe_timeout".into(), rt.probe_timeout.as_deref(), d.probe_timeout),
+        proxy_probe_interval: c.duration(
+            "timing.proxy_probe_interval".into(),
+            rt.proxy_probe_interval.as_deref(),
+            d.proxy_probe_interval,
+        ),
         failure_threshold: rt.failure_threshold.unwrap_or(d.failure_threshold),
         probe_quorum: rt.probe_quorum.unwrap_or(d.probe_quorum),
         lease_ttl: c.duration("timing.lease_ttl".into(), rt.lease_ttl.as_deref(), d.lease_ttl),

@@ -1,6 +1,7 @@
 //! The per-cluster watch loop: every `timing.probe_interval` it probes the
-//! primary (a heartbeat write directly, and through each proxy writer
-//! endpoint for the metrics), asks every agent for its status, reads the
+//! primary (a heartbeat write directly; every `timing.proxy_probe_interval`
+//! also through each proxy writer endpoint, for the metrics), asks every
+//! agent for its status, reads the
 //! replicated heartbeat on replicas (lag against the tier's RPO), publishes
 //! the routing, keeps synchronous mode's standby list, declares outages and
 //! starts failovers, and starts re-establish for old primaries that answer
@@ -300,6 +301,8 @@ async fn watch(ctl: Controller, cluster: Cluster, cancel: &CancellationToken, tr
     // The last handover record written (see crate::handover).
     let mut handed_over: Option<Instant> = None;
     let mut seeded = false;
+    // When the canary last went through the proxies.
+    let mut via_proxy_at: Option<Instant> = None;
     // Metric handles, made once (no label strings built per probe).
     let jitter = sh
         .metrics
@@ -475,7 +478,11 @@ async fn watch(ctl: Controller, cluster: Cluster, cancel: &CancellationToken, tr
         let agent_seen = agent_outcome(statuses.get(&primary));
         // Through the proxies (metrics only: a paused proxy is not an outage,
         // and a held one would only make this probe wait).
-        if !busy && hold.since.is_none() {
+        if !busy
+            && hold.since.is_none()
+            && via_proxy_at.is_none_or(|t| t0 + timing.probe_interval / 2 >= t + timing.proxy_probe_interval)
+        {
+            via_proxy_at = Some(t0);
             if via_proxy.is_empty() {
                 for p in sh.config.proxies_of(cluster.name.as_str()) {
                     let mut t = target.clone();
