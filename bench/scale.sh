@@ -117,12 +117,16 @@ def samples(text, name):
             out.append((key, float(val)))
     return out
 
-def ready(sb, n):
+def ready(sb, n, why=False):
     """Every cluster probed ok directly and its first backup done (or failed)."""
     t = metrics(sb)
     ok = {k.split('cluster="')[1].split('"')[0] for k, v in samples(t, "pgdr_probes_total")
           if 'path="direct"' in k and 'outcome="ok"' in k and v > 0}
     backups = {k.split('cluster="')[1].split('"')[0] for k, v in samples(t, "pgdr_backup_runs_total") if v > 0}
+    if why:
+        names = sorted({n.get("cluster", "main") for n in sandbox(sb).get("nodes", [])})
+        print("  never probed ok directly:", sorted(set(names) - ok) or "-")
+        print("  first backup not done:", sorted(set(names) - backups) or "-")
     return len(ok) >= n and len(backups) >= n
 
 def children(pid):
@@ -268,9 +272,12 @@ def settled(sb, cluster):
 
 cmd = sys.argv[1]
 if cmd == "ready":
+    why = "--why" in sys.argv[4:]
     try:
-        sys.exit(0 if ready(sys.argv[2], int(sys.argv[3])) else 1)
-    except Exception:
+        sys.exit(0 if ready(sys.argv[2], int(sys.argv[3]), why) else 1)
+    except Exception as e:
+        if why:
+            print("  the controller's /metrics cannot be read:", e)
         sys.exit(1)
 elif cmd == "snapshot":
     json.dump(snapshot(sys.argv[2], int(sys.argv[3])), open(sys.argv[4], "w"))
@@ -419,6 +426,10 @@ for N in "${LIST[@]}"; do
   fi
   if [ -z "$READY" ]; then
     STOPPED="N=$N: the controller did not probe every cluster and finish the first backups in time (see the run log)"
+    # The work directory goes with the run: show why here.
+    { echo "N=$N: not ready; what is missing:"; timeout 10 python3 "$WORK/probe.py" ready "$SB" "$N" --why || true
+      kill -0 "$RUN_PID" 2>/dev/null || echo "pgdr run (pid $RUN_PID) has exited"
+      echo "last lines of the run log:"; tail -n 30 "$WORK/run-$N.log"; } >&2
     cleanup
     break
   fi
