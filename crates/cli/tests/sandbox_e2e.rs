@@ -165,6 +165,34 @@ async fn up_status_down_through_the_binary() {
     assert!(w["error"].as_str().is_some_and(|e| e.contains("refused")), "{w}");
     assert_eq!(v["clusters"][0]["primary"], "east-1");
 
+    // A backend busy in a loop outlives its postmaster's SIGKILL (it would
+    // notice only at its next wait): down stops it too.
+    let busy = {
+        let sb = Sandbox::open(&sb_dir).expect("open").expect("a sandbox");
+        tokio::spawn(async move { sb.sql("east-1", "DO $$BEGIN LOOP END LOOP; END$$").await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let backend: i32 = loop {
+        let rows = sb
+            .sql("east-1", "SELECT pid FROM pg_stat_activity WHERE query LIKE 'DO $$BEGIN LOOP%'")
+            .await
+            .expect("pg_stat_activity");
+        if let Some(pid) = rows.first().and_then(|r| r[0].as_deref()).and_then(|p| p.parse().ok()) {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the busy backend did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let pid_file = sb.node("east-1").expect("east-1").data_dir.join("postmaster.pid");
+    let postmaster: i32 = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|t| t.lines().next()?.trim().parse().ok())
+        .expect("postmaster.pid");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(postmaster), nix::sys::signal::Signal::SIGKILL)
+        .expect("kill the postmaster");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(alive(i64::from(backend)), "the backend {backend} outlives its postmaster (what down must clean up)");
+
     // down: no recorded process alive, no recorded port listening.
     let record: Value =
         serde_json::from_str(&std::fs::read_to_string(sb_dir.join("sandbox.json")).expect("record")).expect("json");
@@ -180,6 +208,9 @@ async fn up_status_down_through_the_binary() {
             assert!(!listening(port), "port {port} still listening");
         }
     }
+    assert!(!alive(i64::from(backend)), "the orphaned backend {backend} is still alive after down");
+    assert!(out.contains("left behind by a killed postmaster"), "{out}");
+    busy.abort();
     // down twice: a no-op success; status now reaches nobody (exit 1).
     let (code, out, _) = pgdr(&["sandbox", "down", "--dir", &d]);
     assert_eq!(code, 0);

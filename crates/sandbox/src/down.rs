@@ -1,8 +1,9 @@
 //! Tearing a sandbox down, synchronously (so a guard's `Drop` can do it):
 //! agents by recorded PID (SIGTERM, then SIGKILL of their process group
 //! after a grace period), PostgreSQL with `pg_ctl stop -m fast`, then
-//! immediate, then SIGKILL of the postmaster; then a check that no recorded
-//! PID is alive and no recorded port listens.
+//! immediate, then SIGKILL of the postmaster; then the server processes a
+//! postmaster left behind (see [`stop_orphans`]); then a check that no
+//! recorded PID is alive and no recorded port listens.
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -26,6 +27,8 @@ pub struct DownReport {
     pub servers_stopped: usize,
     /// etcd members stopped (`--store etcd`).
     pub etcd_stopped: usize,
+    /// PostgreSQL processes whose postmaster was gone (see [`stop_orphans`]).
+    pub orphans_stopped: usize,
     pub purged: bool,
 }
 
@@ -123,6 +126,11 @@ pub(crate) fn stop_record(record: &Record, report: &mut DownReport) -> Result<()
         postmasters.extend(pids);
     }
 
+    let postgres = record.bin_dir.join("postgres");
+    let dir = std::fs::canonicalize(&record.dir).unwrap_or_else(|_| record.dir.clone());
+    let orphans = stop_orphans(&dir, &std::fs::canonicalize(&postgres).unwrap_or(postgres));
+    report.orphans_stopped = orphans.len();
+
     // The relays last (nothing needs them once the servers are down).
     let relay = record
         .wan
@@ -154,6 +162,7 @@ pub(crate) fn stop_record(record: &Record, report: &mut DownReport) -> Result<()
     let mut all: Vec<i32> = agents.clone();
     all.extend(relay);
     all.extend(postmasters);
+    all.extend(orphans);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let alive_pids: Vec<i32> = all.iter().copied().filter(|p| alive(*p)).collect();
@@ -166,6 +175,44 @@ pub(crate) fn stop_record(record: &Record, report: &mut DownReport) -> Result<()
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Stops the PostgreSQL processes working in the sandbox's folder whose
+/// postmaster is gone. A postmaster killed with SIGKILL (a drill, a test)
+/// leaves its backends running: each exits at its next wait for a client
+/// or a lock, but one busy in a loop, or waiting on a lock whose holder
+/// died with the postmaster, runs on with nobody to stop it, its working
+/// folder a data directory (or one moved aside as `data.old-*`) of this
+/// sandbox. They are found by their program (`postgres` of the sandbox's
+/// `bin_dir`) and their working folder (inside `dir`), and get SIGCONT (a
+/// drill may have frozen them) and SIGKILL. A postmaster is never among
+/// them: every postmaster of the sandbox was stopped just before.
+fn stop_orphans(dir: &Path, postgres: &Path) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let me = std::process::id();
+    let mut stopped = Vec::new();
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        if pid == me {
+            continue;
+        }
+        let Ok(exe) = std::fs::read_link(e.path().join("exe")) else { continue };
+        if exe != postgres {
+            continue;
+        }
+        let Ok(cwd) = std::fs::read_link(e.path().join("cwd")) else { continue };
+        // A removed folder reads as "<path> (deleted)": still under `dir`.
+        if !cwd.starts_with(dir) {
+            continue;
+        }
+        let Ok(pid) = i32::try_from(pid) else { continue };
+        tracing::warn!(pid, cwd = %cwd.display(), "a PostgreSQL process outlived its postmaster; sending SIGKILL");
+        let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
+        if kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
+            stopped.push(pid);
+        }
+    }
+    stopped
 }
 
 /// Alive and not a zombie; reaps our own exited children on the way.

@@ -257,15 +257,21 @@ fn down(dir: PathBuf, purge: bool, json: bool) -> anyhow::Result<ExitCode> {
             "agents_stopped": report.agents_stopped,
             "servers_stopped": report.servers_stopped,
             "etcd_stopped": report.etcd_stopped,
+            "orphans_stopped": report.orphans_stopped,
             "purged": report.purged,
         });
         outln!("{out}");
     } else if report.was_up {
         outln!(
-            "sandbox in {} stopped ({} agents, {} PostgreSQL servers{}){}",
+            "sandbox in {} stopped ({} agents, {} PostgreSQL servers{}{}){}",
             dir.display(),
             report.agents_stopped,
             report.servers_stopped,
+            if report.orphans_stopped > 0 {
+                format!(", {} server processes left behind by a killed postmaster", report.orphans_stopped)
+            } else {
+                String::new()
+            },
             if report.etcd_stopped > 0 { format!(", {} etcd members", report.etcd_stopped) } else { String::new() },
             if report.purged { "; folder removed" } else { "; folder kept (remove it with --purge)" }
         );
