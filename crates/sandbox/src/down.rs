@@ -189,13 +189,9 @@ pub(crate) fn stop_record(record: &Record, report: &mut DownReport) -> Result<()
 /// them: every postmaster of the sandbox was stopped just before.
 fn stop_orphans(dir: &Path, postgres: &Path) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    let me = std::process::id();
     let mut stopped = Vec::new();
     for e in entries.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        if pid == me {
-            continue;
-        }
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
         let Ok(exe) = std::fs::read_link(e.path().join("exe")) else { continue };
         if exe != postgres {
             continue;
@@ -205,7 +201,6 @@ fn stop_orphans(dir: &Path, postgres: &Path) -> Vec<i32> {
         if !cwd.starts_with(dir) {
             continue;
         }
-        let Ok(pid) = i32::try_from(pid) else { continue };
         tracing::warn!(pid, cwd = %cwd.display(), "a PostgreSQL process outlived its postmaster; sending SIGKILL");
         let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
         if kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
