@@ -2,7 +2,8 @@
 //!
 //! [`bin`] finds the server binaries, [`os`] runs them as an unprivileged user
 //! when pgdr runs as root, [`local`] drives one local server (initdb, start,
-//! stop, queries), [`replica`] makes a node a replica (slots, base backup,
+//! stop, queries), [`leftover`] stops what a killed postmaster left
+//! running, [`replica`] makes a node a replica (slots, base backup,
 //! `pg_rewind`, standby config), [`agent`] is the HTTP agent on top and
 //! [`probe`] its canary-write endpoint (the agent as a vantage point). This
 //! crate must not depend on the controller or the proxy.
@@ -13,6 +14,7 @@ pub mod bin;
 pub mod files;
 pub mod guard;
 pub mod lease;
+pub mod leftover;
 pub mod local;
 pub mod os;
 pub mod probe;

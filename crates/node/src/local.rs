@@ -277,6 +277,9 @@ impl LocalPg {
         if self.postmaster_pid().is_some() && self.is_running().await {
             return Ok(());
         }
+        // Backends of a killed postmaster keep its shared memory: the new
+        // one would refuse to start.
+        self.stop_leftovers().await;
         let data = self.data_dir.display().to_string();
         let log = self.log_file().display().to_string();
         let log_file = self.log_file();
@@ -357,8 +360,32 @@ impl LocalPg {
 
     /// The postmaster's PID from `postmaster.pid`, if the file is there.
     pub fn postmaster_pid(&self) -> Option<i32> {
-        let text = files::read_limited(&self.data_dir.join("postmaster.pid"), 4096).ok()?;
-        text.lines().next()?.trim().parse().ok()
+        postmaster_pid(&self.data_dir)
+    }
+
+    /// Stops the server processes a dead postmaster of this data directory
+    /// left behind ([`crate::leftover`]): those whose working folder is the
+    /// data directory, or the data directory removed. Nothing while a
+    /// postmaster named by `postmaster.pid` is alive. Returns their PIDs
+    /// once they are gone (or after 5 s, when the start that follows will
+    /// say what still holds the data directory).
+    pub async fn stop_leftovers(&self) -> Vec<i32> {
+        if self.is_running().await {
+            return Vec::new();
+        }
+        let postgres = crate::leftover::resolved(&self.bin.path("postgres"));
+        let data = crate::leftover::resolved(&self.data_dir);
+        let removed = crate::replica::sibling(&data, " (deleted)");
+        let stopped = tokio::task::spawn_blocking(move || {
+            crate::leftover::stop(&postgres, |cwd| cwd == data.as_path() || cwd == removed.as_path())
+        })
+        .await
+        .unwrap_or_default();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while stopped.iter().any(|p| pid_alive(*p)) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stopped
     }
 
     /// Whether a postmaster is alive for this data directory.
@@ -389,6 +416,13 @@ impl LocalPg {
     pub async fn connect(&self, login: &Login) -> Result<tokio_postgres::Client, PgError> {
         connect(&self.conninfo(login), &format!("{}:{}", self.host, self.port), login.tls.as_ref()).await
     }
+}
+
+/// The postmaster's PID from `postmaster.pid` in `data_dir`, if the file
+/// is there (bounded, not through a link).
+pub fn postmaster_pid(data_dir: &Path) -> Option<i32> {
+    let text = files::read_limited(&data_dir.join("postmaster.pid"), 4096).ok()?;
+    text.lines().next()?.trim().parse().ok()
 }
 
 /// Connects to `conninfo` (a tokio-postgres connection string), over TLS

@@ -250,13 +250,15 @@ pub async fn ensure_slot(upstream: &Upstream, login: &Login) -> Result<bool, PgE
     Ok(!rows.is_empty())
 }
 
-/// What every rebuild does first: stop PostgreSQL, move the old data aside,
-/// make sure the upstream keeps a slot for this node, write the passfile.
+/// What every rebuild does first: stop PostgreSQL and what a dead
+/// postmaster left running there, move the old data aside, make sure the
+/// upstream keeps a slot for this node, write the passfile.
 async fn prepare(pg: &LocalPg, plan: &ReplicaPlan, steps: &mut Vec<String>) -> Result<(), PgError> {
     if pg.is_running().await {
         pg.stop(StopMode::Fast, plan.wait).await?;
         steps.push("stopped PostgreSQL (fast)".to_owned());
     }
+    stop_leftovers(pg, steps).await;
     if let Some(aside) = pg.move_aside()? {
         steps.push(format!("moved the old data directory to {}", aside.display()));
     }
@@ -352,6 +354,9 @@ pub async fn rewind(pg: &LocalPg, plan: &ReplicaPlan) -> Result<Vec<String>, PgE
         pg.stop(StopMode::Fast, plan.wait).await?;
         steps.push("stopped PostgreSQL (fast)".to_owned());
     }
+    // Recovering a crashed target (below, or pg_rewind's single-user run)
+    // is refused while a leftover backend holds the old shared memory.
+    stop_leftovers(pg, &mut steps).await;
     // After a crash pg_rewind runs the target's crash recovery in
     // single-user mode, which refuses standby mode: the boot guard's
     // standby.signal. Lifting the guard would let a start meanwhile (a
@@ -384,6 +389,18 @@ pub async fn rewind(pg: &LocalPg, plan: &ReplicaPlan) -> Result<Vec<String>, PgE
     let _ = std::fs::remove_file(pg.data_dir.join("postmaster.pid"));
     finish_as_replica(pg, plan, &mut steps).await?;
     Ok(steps)
+}
+
+/// Stops the processes a dead postmaster left in the data directory (see
+/// [`LocalPg::stop_leftovers`]), with a step when there were any.
+async fn stop_leftovers(pg: &LocalPg, steps: &mut Vec<String>) {
+    let stopped = pg.stop_leftovers().await;
+    if !stopped.is_empty() {
+        steps.push(format!(
+            "killed {} PostgreSQL process(es) a dead postmaster left in the data directory (pids {stopped:?})",
+            stopped.len()
+        ));
+    }
 }
 
 async fn finish_as_replica(pg: &LocalPg, plan: &ReplicaPlan, steps: &mut Vec<String>) -> Result<(), PgError> {

@@ -14,6 +14,8 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
 use pgdr_node::RunAs;
+use pgdr_node::leftover::{parent, resolved};
+use pgdr_node::local::postmaster_pid;
 
 use crate::SandboxError;
 use crate::record::{Record, RecordState};
@@ -122,13 +124,18 @@ pub(crate) fn stop_record(record: &Record, report: &mut DownReport) -> Result<()
                     let _ = kill(Pid::from_raw(*p), Signal::SIGKILL);
                 }
             }
+            // Until it is gone its children are a live postmaster's, which
+            // `stop_orphans` leaves alone.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
         postmasters.extend(pids);
     }
 
-    let postgres = record.bin_dir.join("postgres");
-    let dir = std::fs::canonicalize(&record.dir).unwrap_or_else(|_| record.dir.clone());
-    let orphans = stop_orphans(&dir, &std::fs::canonicalize(&postgres).unwrap_or(postgres));
+    let postgres = resolved(&record.bin_dir.join("postgres"));
+    let orphans = stop_orphans(&resolved(&record.dir), &postgres);
     report.orphans_stopped = orphans.len();
 
     // The relays last (nothing needs them once the servers are down).
@@ -178,36 +185,12 @@ pub(crate) fn stop_record(record: &Record, report: &mut DownReport) -> Result<()
 }
 
 /// Stops the PostgreSQL processes working in the sandbox's folder whose
-/// postmaster is gone. A postmaster killed with SIGKILL (a drill, a test)
-/// leaves its backends running: each exits at its next wait for a client
-/// or a lock, but one busy in a loop, or waiting on a lock whose holder
-/// died with the postmaster, runs on with nobody to stop it, its working
-/// folder a data directory (or one moved aside as `data.old-*`) of this
-/// sandbox. They are found by their program (`postgres` of the sandbox's
-/// `bin_dir`) and their working folder (inside `dir`), and get SIGCONT (a
-/// drill may have frozen them) and SIGKILL. A postmaster is never among
-/// them: every postmaster of the sandbox was stopped just before.
+/// postmaster is gone ([`pgdr_node::leftover`]): their program is
+/// `postgres` of the sandbox's `bin_dir` and their working folder is inside
+/// `dir` (a data directory, or one moved aside as `data.old-*`, removed or
+/// not). Every postmaster of the sandbox was stopped just before.
 fn stop_orphans(dir: &Path, postgres: &Path) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    let mut stopped = Vec::new();
-    for e in entries.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        let Ok(exe) = std::fs::read_link(e.path().join("exe")) else { continue };
-        if exe != postgres {
-            continue;
-        }
-        let Ok(cwd) = std::fs::read_link(e.path().join("cwd")) else { continue };
-        // A removed folder reads as "<path> (deleted)": still under `dir`.
-        if !cwd.starts_with(dir) {
-            continue;
-        }
-        tracing::warn!(pid, cwd = %cwd.display(), "a PostgreSQL process outlived its postmaster; sending SIGKILL");
-        let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
-        if kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
-            stopped.push(pid);
-        }
-    }
-    stopped
+    pgdr_node::leftover::stop(postgres, |cwd| cwd.starts_with(dir))
 }
 
 /// Alive and not a zombie; reaps our own exited children on the way.
@@ -236,11 +219,6 @@ fn is_ours(pid: i32, needles: &[&str]) -> bool {
     }
 }
 
-fn postmaster_pid(data_dir: &Path) -> Option<i32> {
-    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
-    text.lines().next()?.trim().parse().ok()
-}
-
 pub(crate) fn listening(port: u16) -> bool {
     TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_ok()
 }
@@ -256,10 +234,7 @@ fn thaw(pid: i32) {
     let Ok(entries) = std::fs::read_dir("/proc") else { return };
     for e in entries.flatten() {
         let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
-        // Fields after the parenthesised command: state, then the parent's PID.
-        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok());
-        if ppid == Some(pid) {
+        if parent(child) == Some(pid) {
             let _ = kill(Pid::from_raw(child), Signal::SIGCONT);
         }
     }

@@ -7,18 +7,21 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
 }
 
-#[tokio::test]
-async fn initdb_start_query_stop() {
+/// A server's folder in /tmp, open to the server's user, and the server,
+/// initdb'd with the superuser `postgres` (password `secret`).
+async fn initdb() -> (tempfile::TempDir, LocalPg) {
     let bin = PgBinaries::find(None).expect("PostgreSQL binaries");
     let dir = tempfile::Builder::new().prefix("pgdr-node-").tempdir_in("/tmp").expect("tempdir");
+    std::process::Command::new("chmod").arg("755").arg(dir.path()).status().expect("chmod");
     let run_as = RunAs::for_node(None).expect("run as");
-    if let Some(user) = run_as.name() {
-        // The temp dir is ours; let the server's user in.
-        std::process::Command::new("chmod").arg("755").arg(dir.path()).status().expect("chmod");
-        let _ = user;
-    }
     let pg = LocalPg::new(bin, dir.path().join("data"), "127.0.0.1", free_port(), run_as);
     pg.initdb("postgres", "secret").await.expect("initdb");
+    (dir, pg)
+}
+
+#[tokio::test]
+async fn initdb_start_query_stop() {
+    let (_dir, pg) = initdb().await;
     pg.configure(&[("fsync".into(), "off".into())]).expect("configure");
     pg.start(Duration::from_secs(30)).await.expect("start");
     pg.start(Duration::from_secs(30)).await.expect("start again is a no-op");
@@ -51,13 +54,8 @@ impl Drop for PgGuard {
 #[tokio::test]
 async fn planted_links_and_hostile_setting_values() {
     use std::os::unix::fs::symlink;
-    let bin = PgBinaries::find(None).expect("PostgreSQL binaries");
-    let dir = tempfile::Builder::new().prefix("pgdr-node-").tempdir_in("/tmp").expect("tempdir");
-    std::process::Command::new("chmod").arg("755").arg(dir.path()).status().expect("chmod");
-    let run_as = RunAs::for_node(None).expect("run as");
-    let pg = LocalPg::new(bin, dir.path().join("data"), "127.0.0.1", free_port(), run_as);
+    let (dir, pg) = initdb().await;
     let _guard = PgGuard(pg.clone());
-    pg.initdb("postgres", "secret").await.expect("initdb");
 
     // A file outside the data directory the links point at.
     let victim = dir.path().join("victim");
@@ -105,4 +103,77 @@ async fn planted_links_and_hostile_setting_values() {
     let err = pg.configure(&settings).expect_err("a linked postgresql.conf is refused");
     assert!(err.to_string().contains("symbolic link"), "{err}");
     assert_eq!(std::fs::read_to_string(&victim).expect("read"), "precious\n");
+}
+
+/// Kills the listed processes when the test ends, passed or failed.
+struct KillOnDrop(Vec<i32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// A postmaster killed alone (the kill-primary drill) leaves a backend
+/// busy in a loop running, holding the old shared memory: `start` stops
+/// it and the server comes up. While the postmaster lives, its backends
+/// are never touched.
+#[tokio::test]
+async fn start_stops_what_a_killed_postmaster_left_behind() {
+    use pgdr_node::local::pid_alive;
+    let (_dir, pg) = initdb().await;
+    let _guard = PgGuard(pg.clone());
+    pg.configure(&[("fsync".into(), "off".into())]).expect("configure");
+    pg.start(Duration::from_secs(30)).await.expect("start");
+    let login =
+        Login { user: "postgres".into(), password: Some("secret".into()), database: "postgres".into(), tls: None };
+
+    // A backend busy in a loop: it checks for its postmaster's death only
+    // when it waits, and it never waits.
+    let busy_client = pg.connect(&login).await.expect("connect");
+    let busy = tokio::spawn(async move { busy_client.batch_execute("DO $$BEGIN LOOP END LOOP; END$$").await });
+    let client = pg.connect(&login).await.expect("connect");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let backend: i32 = loop {
+        let rows = client
+            .query("select pid from pg_stat_activity where query like 'DO $$BEGIN LOOP%'", &[])
+            .await
+            .expect("pg_stat_activity");
+        if let Some(r) = rows.first() {
+            break r.get(0);
+        }
+        assert!(std::time::Instant::now() < deadline, "the busy backend did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut kill = KillOnDrop(vec![backend]);
+    drop(client);
+
+    // A live postmaster's backends are not leftovers.
+    assert_eq!(pg.stop_leftovers().await, Vec::<i32>::new());
+    assert!(pid_alive(backend), "a live postmaster's backend was stopped");
+
+    let postmaster = pg.postmaster_pid().expect("postmaster.pid");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(postmaster), nix::sys::signal::Signal::SIGKILL)
+        .expect("kill the postmaster");
+    // Gone, not only dead: the new postmaster refuses a lock file naming a
+    // PID that still exists, and a zombie does until its parent (PID 1)
+    // reaps it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while nix::sys::signal::kill(nix::unistd::Pid::from_raw(postmaster), None).is_ok() {
+        assert!(std::time::Instant::now() < deadline, "the postmaster was not reaped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(pid_alive(backend), "the busy backend {backend} outlives its postmaster (what start must clean up)");
+
+    pg.start(Duration::from_secs(30)).await.expect("start after the postmaster was killed");
+    assert!(!pid_alive(backend), "the leftover backend {backend} is still alive after start");
+    kill.0.clear();
+    assert_ne!(pg.postmaster_pid(), Some(postmaster));
+    let client = pg.connect(&login).await.expect("connect to the new server");
+    let row = client.query_one("select 40 + 2", &[]).await.expect("query");
+    assert_eq!(row.get::<_, i32>(0), 42);
+    busy.abort();
+    pg.stop(StopMode::Fast, Duration::from_secs(30)).await.expect("stop");
 }
