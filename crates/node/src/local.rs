@@ -31,6 +31,14 @@ pub enum PgError {
     /// `wal_log_hints`): rebuild from a base backup instead.
     #[error("pg_rewind cannot rewind this node (rebuild it from a base backup instead): {0}")]
     RewindImpossible(String),
+    /// Another server answers on the configured address: this data
+    /// directory's may be down, or listening on its Unix socket only (a
+    /// server whose TCP port is taken still starts).
+    #[error(
+        "the server at {addr} is not this node's: it serves the data directory {served}, not {} (another server took the port?)",
+        data_dir.display()
+    )]
+    NotOurs { addr: String, served: String, data_dir: PathBuf },
     #[error("timed out after {secs}s waiting for {what}")]
     Timeout { what: String, secs: u64 },
     #[error("{0}")]
@@ -414,7 +422,46 @@ impl LocalPg {
 
     /// Connects with tokio-postgres over TCP; the connection task is spawned.
     pub async fn connect(&self, login: &Login) -> Result<tokio_postgres::Client, PgError> {
-        connect(&self.conninfo(login), &format!("{}:{}", self.host, self.port), login.tls.as_ref()).await
+        connect(&self.conninfo(login), &self.addr(), login.tls.as_ref()).await
+    }
+
+    /// [`LocalPg::connect`], then [`LocalPg::check_served`]: a connection
+    /// to this data directory's server, never to another one that answers
+    /// on its address.
+    pub async fn connect_own(&self, login: &Login) -> Result<tokio_postgres::Client, PgError> {
+        let client = self.connect(login).await?;
+        self.check_served(&client).await?;
+        Ok(client)
+    }
+
+    /// Whether the server `client` talks to serves this data directory:
+    /// [`PgError::NotOurs`] when it serves another. It is this one's when
+    /// its `data_directory` is the same folder (the same path, or the same
+    /// inode: links resolved) and not when our folder is not there at all.
+    /// When that cannot be told (a login without `pg_read_all_settings`
+    /// does not see `data_directory`; a path this process cannot look at)
+    /// the check is skipped, at DEBUG.
+    pub async fn check_served(&self, client: &tokio_postgres::Client) -> Result<(), PgError> {
+        let row = client
+            .query_one("select (select setting from pg_settings where name = 'data_directory')", &[])
+            .await
+            .map_err(|source| PgError::Query { addr: self.addr(), source })?;
+        let Some(served) = row.get::<_, Option<String>>(0) else {
+            tracing::debug!(addr = %self.addr(), "cannot tell which data directory the server serves: data_directory is not visible to this login");
+            return Ok(());
+        };
+        match same_dir(Path::new(&served), &self.data_dir) {
+            Some(true) => Ok(()),
+            Some(false) => Err(PgError::NotOurs { addr: self.addr(), served, data_dir: self.data_dir.clone() }),
+            None => {
+                tracing::debug!(addr = %self.addr(), served, data_dir = %self.data_dir.display(), "cannot tell whether the server serves this data directory");
+                Ok(())
+            }
+        }
+    }
+
+    fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
     }
 }
 
@@ -423,6 +470,21 @@ impl LocalPg {
 pub fn postmaster_pid(data_dir: &Path) -> Option<i32> {
     let text = files::read_limited(&data_dir.join("postmaster.pid"), 4096).ok()?;
     text.lines().next()?.trim().parse().ok()
+}
+
+/// Whether `served` (a server's `data_directory`) is the folder `ours`:
+/// the same path or the same inode; not when `ours` is not there; `None`
+/// when that cannot be told.
+fn same_dir(served: &Path, ours: &Path) -> Option<bool> {
+    use std::os::unix::fs::MetadataExt;
+    if served == ours {
+        return Some(true);
+    }
+    match (std::fs::metadata(served), std::fs::metadata(ours)) {
+        (Ok(a), Ok(b)) => Some(a.dev() == b.dev() && a.ino() == b.ino()),
+        (_, Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Some(false),
+        _ => None,
+    }
 }
 
 /// Connects to `conninfo` (a tokio-postgres connection string), over TLS
@@ -680,6 +742,22 @@ mod tests {
                 prop_assert!(h.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':')));
             }
         }
+    }
+
+    #[test]
+    fn same_dir_by_path_or_inode() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        std::fs::create_dir(&a).expect("mkdir");
+        std::fs::create_dir(&b).expect("mkdir");
+        std::os::unix::fs::symlink(&a, tmp.path().join("link")).expect("symlink");
+        assert_eq!(same_dir(&a, &a), Some(true));
+        assert_eq!(same_dir(&tmp.path().join("link"), &a), Some(true));
+        assert_eq!(same_dir(&b, &a), Some(false));
+        // Nothing serves a folder that is not there.
+        assert_eq!(same_dir(&b, &tmp.path().join("gone")), Some(false));
+        // A folder this host does not have (a server elsewhere): cannot tell.
+        assert_eq!(same_dir(&tmp.path().join("elsewhere"), &a), None);
     }
 
     #[test]

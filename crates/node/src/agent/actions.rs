@@ -134,7 +134,9 @@ async fn connect(state: &AgentState) -> Result<Client, AgentError> {
     if !cfg.pg.is_running().await {
         return Err(AgentError::Down { node: cfg.node.to_string(), detail: "no postmaster is running".to_owned() });
     }
-    match tokio::time::timeout(Duration::from_secs(5), cfg.pg.connect(&cfg.login)).await {
+    // Never another server that answers on our address: the action is not
+    // for it.
+    match tokio::time::timeout(Duration::from_secs(5), cfg.pg.connect_own(&cfg.login)).await {
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => Err(AgentError::Down { node: cfg.node.to_string(), detail: e.to_string() }),
         Err(_) => Err(AgentError::Down { node: cfg.node.to_string(), detail: "no answer within 5s".to_owned() }),

@@ -323,7 +323,9 @@ impl AgentState {
     }
 
     /// Runs `query` over the agent's kept connection to its own
-    /// PostgreSQL, opening one when there is none; an error closes it so
+    /// PostgreSQL, opening one when there is none (and refusing a server
+    /// that does not serve the node's data directory:
+    /// [`LocalPg::connect_own`]); an error closes it so
     /// the next call starts afresh. Settings changed by a reload are seen
     /// as on a new connection: a backend applies a reload before its next
     /// command.
@@ -333,7 +335,7 @@ impl AgentState {
     ) -> Result<T, String> {
         let mut kept = self.local.lock().await;
         let (pg, login) = (self.cfg.pg.clone(), self.cfg.login.clone());
-        let open = move || async move { pg.connect(&login).await.map_err(|e| e.to_string()) };
+        let open = move || async move { pg.connect_own(&login).await.map_err(|e| e.to_string()) };
         let client = kept.get(open, |e| format!("connecting: {e}")).await?;
         let res = query(client).await.map_err(|e| crate::local::pg_detail(&e));
         match res {

@@ -1,5 +1,7 @@
 //! `GET /v1/status`: role, timeline, LSNs, lag and replication connections,
-//! read from PostgreSQL; `role: down` when it does not answer.
+//! read from PostgreSQL; `role: down` when it does not answer, or when the
+//! server answering on its address serves another data directory (another
+//! server took the port: see [`crate::local::LocalPg::check_served`]).
 
 use std::time::Duration;
 

@@ -75,28 +75,36 @@ async fn stub_controller(epoch: u64) -> (String, CancellationToken) {
     (addr, cancel)
 }
 
-#[tokio::test]
-async fn agent_actions_on_one_server() {
+const SETTINGS: [(&str, &str); 1] = [("fsync", "off")];
+
+fn login() -> Login {
+    Login { user: "postgres".into(), password: Some("secret".into()), database: "postgres".into(), tls: None }
+}
+
+/// A running server in a new folder in /tmp (open to the server's user),
+/// with the superuser of [`login`].
+async fn server() -> (tempfile::TempDir, LocalPg) {
     let bin = PgBinaries::find(None).expect("PostgreSQL binaries");
     let dir = tempfile::Builder::new().prefix("pgdr-agent-").tempdir_in("/tmp").expect("tempdir");
     std::process::Command::new("chmod").arg("755").arg(dir.path()).status().expect("chmod");
     let run_as = RunAs::for_node(None).expect("run as");
     let pg = LocalPg::new(bin, dir.path().join("data"), "127.0.0.1", free_port(), run_as);
-    let _guard = PgGuard(pg.clone());
     pg.initdb("postgres", "secret").await.expect("initdb");
-    let settings = vec![("fsync".to_owned(), "off".to_owned())];
-    pg.configure(&settings).expect("configure");
+    pg.configure(&SETTINGS.map(|(k, v)| (k.to_owned(), v.to_owned()))).expect("configure");
     pg.start(Duration::from_secs(30)).await.expect("start");
-    let login =
-        Login { user: "postgres".into(), password: Some("secret".into()), database: "postgres".into(), tls: None };
-    let cfg = AgentConfig {
+    (dir, pg)
+}
+
+/// The agent of node n1 on `pg`, with the token `tok`.
+fn config(pg: &LocalPg) -> AgentConfig {
+    AgentConfig {
         node: "n1".into(),
         cluster: "main".into(),
         region: "east".into(),
         pg: pg.clone(),
-        login: login.clone(),
+        login: login(),
         replication_user: "postgres".into(),
-        settings,
+        settings: SETTINGS.map(|(k, v)| (k.to_owned(), v.to_owned())).to_vec(),
         token: Some("tok".into()),
         promote_timeout: Duration::from_secs(30),
         pg_wait: Duration::from_secs(30),
@@ -105,7 +113,15 @@ async fn agent_actions_on_one_server() {
         controller: None,
         https: None,
         http_tls: Default::default(),
-    };
+    }
+}
+
+#[tokio::test]
+async fn agent_actions_on_one_server() {
+    let (_dir, pg) = server().await;
+    let _guard = PgGuard(pg.clone());
+    let login = login();
+    let cfg = config(&pg);
     let agent = Agent::start(cfg.clone()).await;
     let c = &agent.client;
 
@@ -257,4 +273,49 @@ async fn agent_actions_on_one_server() {
     agent.stop().await;
     ctl_stop.cancel();
     pg.stop(pgdr_node::local::StopMode::Fast, Duration::from_secs(30)).await.expect("stop");
+}
+
+/// Another server answers on the node's port (two sandboxes side by side:
+/// a server whose TCP port is taken still starts, on its Unix socket). The
+/// agent reports its node down with the reason, never the other server's
+/// role, and does not act on that server.
+#[tokio::test]
+async fn another_server_on_the_port_is_not_ours() {
+    let (_dir_a, a) = server().await;
+    let _guard_a = PgGuard(a.clone());
+    let (_dir_b, b) = server().await;
+    let _guard_b = PgGuard(b.clone());
+    let mut crossed = a.clone();
+    crossed.port = b.port;
+    let agent = Agent::start(config(&crossed)).await;
+
+    let s = agent.client.status().await.expect("status");
+    assert_eq!(s.role, Role::Down, "{s:?}");
+    assert!(!s.up && s.running, "{s:?}");
+    assert!(s.timeline.is_none() && s.current_lsn.is_none(), "{s:?}");
+    let error = s.error.expect("a reason");
+    assert!(error.contains("not this node's") && error.contains(&b.data_dir.display().to_string()), "{error}");
+
+    // No action reaches the other server: a fence is refused, and B still
+    // takes writes.
+    match agent.client.fence(&FenceRequest { epoch: Epoch(1), mode: FenceMode::ReadOnly }).await {
+        Err(ApiError::Failed { kind, message, .. }) => {
+            assert_eq!(kind, "postgres_down");
+            assert!(message.contains("not this node's"), "{message}");
+        }
+        other => panic!("expected postgres_down, got {other:?}"),
+    }
+    let on_b = b.connect(&login()).await.expect("connect to B");
+    on_b.batch_execute("create table t (x int); insert into t values (1)").await.expect("B still takes writes");
+    agent.stop().await;
+
+    // On its own port, the same agent reports its own server.
+    let agent = Agent::start(config(&a)).await;
+    let s = agent.client.status().await.expect("status");
+    assert_eq!(s.role, Role::Primary, "{s:?}");
+    assert!(s.up && s.error.is_none(), "{s:?}");
+    agent.stop().await;
+    for pg in [&a, &b] {
+        pg.stop(pgdr_node::local::StopMode::Fast, Duration::from_secs(30)).await.expect("stop");
+    }
 }
