@@ -1,5 +1,5 @@
 //! The proxy's admin HTTP API: `POST /v1/clusters/{cluster}/pause`
-//! (`?drain_ms=N`), `POST /v1/clusters/{cluster}/resume`, `POST
+//! (`?drain_ms=N&hold_ms=M`), `POST /v1/clusters/{cluster}/resume`, `POST
 //! /v1/clusters/{cluster}/users/refresh`, `POST
 //! /v1/clusters/{cluster}/route` (a controller's route, never of an older
 //! epoch: 409), `GET /v1/status`, `GET /metrics`.
@@ -73,10 +73,12 @@ fn error(e: ProxyError) -> Response {
 }
 
 /// `?drain_ms=N`: wait at most N ms for running transactions (at most the
-/// configured drain timeout).
+/// configured drain timeout). `&hold_ms=M`: the pause ends by itself M ms
+/// later unless resumed or paused again first.
 #[derive(Debug, serde::Deserialize)]
 struct PauseQuery {
     drain_ms: Option<u64>,
+    hold_ms: Option<u64>,
 }
 
 async fn pause(
@@ -84,7 +86,8 @@ async fn pause(
     Path(cluster): Path<String>,
     axum::extract::Query(q): axum::extract::Query<PauseQuery>,
 ) -> Response {
-    match h.pause_with(&cluster, q.drain_ms.map(std::time::Duration::from_millis)).await {
+    let ms = std::time::Duration::from_millis;
+    match h.pause_held(&cluster, q.drain_ms.map(ms), q.hold_ms.map(ms)).await {
         Ok(o) => axum::Json(o).into_response(),
         Err(e) => error(e),
     }

@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, oneshot};
@@ -35,6 +35,9 @@ struct State {
 #[derive(Debug, Default)]
 pub struct Gate {
     paused: AtomicBool,
+    /// Counts pauses and resumes: a pause that ends by itself (a hold)
+    /// ends only if nothing paused or resumed since.
+    generation: AtomicU64,
     active: AtomicUsize,
     drained: Notify,
     state: Mutex<State>,
@@ -48,6 +51,9 @@ pub struct PauseOutcome {
     /// Transactions still running when `pause` returned.
     pub active: usize,
     pub waited_ms: u64,
+    /// The gate's generation this pause set (see [`Gate::resume_if`]).
+    #[serde(skip)]
+    pub generation: u64,
 }
 
 impl Gate {
@@ -138,10 +144,15 @@ impl Gate {
     /// finish. Pausing a paused gate only waits for the drain again.
     pub async fn pause(&self, drain_timeout: Duration) -> PauseOutcome {
         let started = Instant::now();
-        if let Ok(mut s) = self.state.lock() {
-            s.paused_at.get_or_insert(started);
-        }
-        self.paused.store(true, Ordering::SeqCst);
+        // Under the lock, with the flag: [`Gate::resume_if`] sees both or neither.
+        let generation = {
+            let mut s = self.state.lock();
+            if let Ok(s) = s.as_mut() {
+                s.paused_at.get_or_insert(started);
+            }
+            self.paused.store(true, Ordering::SeqCst);
+            self.generation.fetch_add(1, Ordering::SeqCst) + 1
+        };
         let deadline = tokio::time::Instant::now() + drain_timeout;
         loop {
             let notified = self.drained.notified();
@@ -153,13 +164,28 @@ impl Gate {
             }
         }
         let active = self.active.load(Ordering::SeqCst);
-        PauseOutcome { drained: active == 0, active, waited_ms: started.elapsed().as_millis() as u64 }
+        PauseOutcome { drained: active == 0, active, waited_ms: started.elapsed().as_millis() as u64, generation }
+    }
+
+    /// [`Gate::resume`], only if the gate is still paused by the pause of
+    /// `generation` (nothing paused or resumed since).
+    pub fn resume_if(&self, generation: u64) -> Option<(Option<Duration>, usize)> {
+        let Ok(mut s) = self.state.lock() else { return None };
+        if !self.paused.load(Ordering::SeqCst) || self.generation.load(Ordering::SeqCst) != generation {
+            return None;
+        }
+        Some(self.resume_locked(&mut s))
     }
 
     /// Resumes: releases every queued waiter in arrival order. Returns how
     /// long the gate was paused and how many waiters were released.
     pub fn resume(&self) -> (Option<Duration>, usize) {
         let Ok(mut s) = self.state.lock() else { return (None, 0) };
+        self.resume_locked(&mut s)
+    }
+
+    fn resume_locked(&self, s: &mut State) -> (Option<Duration>, usize) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
         self.paused.store(false, Ordering::SeqCst);
         let paused_for = s.paused_at.take().map(|t| t.elapsed());
         let mut n = 0;
@@ -214,6 +240,22 @@ mod tests {
         assert_eq!(g.begin(Duration::from_millis(500), 10).await, Err(GateError::Timeout));
         assert_eq!(g.queued(), 0);
         assert_eq!(g.active(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resume_if_ends_only_its_own_pause() {
+        let g = Gate::default();
+        let first = g.pause(Duration::ZERO).await.generation;
+        let second = g.pause(Duration::ZERO).await.generation;
+        assert_eq!(g.resume_if(first), None, "paused again since: the later pause governs");
+        assert!(g.is_paused());
+        assert!(g.resume_if(second).is_some());
+        assert!(!g.is_paused());
+        let third = g.pause(Duration::ZERO).await.generation;
+        g.resume();
+        let _fourth = g.pause(Duration::ZERO).await;
+        assert_eq!(g.resume_if(third), None, "resumed and paused again since");
+        assert!(g.is_paused());
     }
 
     #[tokio::test(start_paused = true)]

@@ -349,6 +349,19 @@ impl ProxyHandle {
     /// drain timeout when `None`) for running transactions; zero when what
     /// runs on the primary cannot finish (a failover).
     pub async fn pause_with(&self, cluster: &str, drain: Option<Duration>) -> Result<PauseOutcome, ProxyError> {
+        self.pause_held(cluster, drain, None).await
+    }
+
+    /// [`ProxyHandle::pause_with`] that ends by itself after `hold` unless
+    /// it was resumed or paused again first: for a controller that may not
+    /// be there to resume (one in another region, across a link that can
+    /// fail), and whose pause may arrive late, after its resume.
+    pub async fn pause_held(
+        &self,
+        cluster: &str,
+        drain: Option<Duration>,
+        hold: Option<Duration>,
+    ) -> Result<PauseOutcome, ProxyError> {
         let c = self.cluster(cluster)?;
         let out = c.gate.pause(drain.unwrap_or(c.settings.drain_timeout).min(c.settings.drain_timeout)).await;
         tracing::info!(
@@ -356,8 +369,26 @@ impl ProxyHandle {
             drained = out.drained,
             active = out.active,
             waited_ms = out.waited_ms,
+            hold_ms = hold.map(|h| h.as_millis() as u64),
             "writer endpoint paused"
         );
+        if let Some(hold) = hold {
+            let (c, cluster, generation) = (Arc::clone(c), cluster.to_owned(), out.generation);
+            tokio::spawn(async move {
+                tokio::time::sleep(hold).await;
+                if let Some((paused_for, released)) = c.gate.resume_if(generation) {
+                    if let Some(d) = paused_for {
+                        c.metrics.pause_duration.observe(d.as_secs_f64());
+                    }
+                    tracing::warn!(
+                        cluster,
+                        released,
+                        hold_ms = hold.as_millis() as u64,
+                        "writer endpoint resumed by itself: its pause was not resumed within the hold"
+                    );
+                }
+            });
+        }
         Ok(out)
     }
 

@@ -128,3 +128,33 @@ async fn reader_fallback_to_the_primary_waits_out_a_pause() {
     let n: i64 = direct.query_one("SELECT count(*) FROM log", &[]).await.expect("count").get(0);
     assert_eq!(n, 2);
 }
+
+/// A held pause (a controller in another region, which may not be there to
+/// resume, or whose pause may arrive after its resume) ends by itself after
+/// its hold, and queued transactions then run; a hold never ends a pause
+/// that came after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_pause_ends_by_itself_but_never_a_later_one() {
+    let servers = Servers::start(false).await;
+    let proxy = Proxy::start(servers.routing(), auto_auth(), Settings::default()).await;
+    let idle = proxy.connect().await;
+    let hold = Duration::from_millis(600);
+    proxy.handle.pause_held("main", None, Some(hold)).await.expect("pause");
+    let started = std::time::Instant::now();
+    idle.simple_query("SELECT 1").await.expect("the queued transaction runs once the hold ends");
+    assert!(started.elapsed() >= Duration::from_millis(400), "it waited for the hold: {:?}", started.elapsed());
+    assert!(!proxy.handle.status().clusters[0].paused);
+
+    // Resumed and paused again (no hold) before the first hold ends: that
+    // pause stays until it is resumed.
+    proxy.handle.pause_held("main", None, Some(hold)).await.expect("held pause");
+    proxy.handle.resume("main").expect("resume");
+    proxy.handle.pause("main").await.expect("pause");
+    tokio::time::sleep(hold * 2).await;
+    assert!(proxy.handle.status().clusters[0].paused, "an old hold ended a later pause");
+    let queued = tokio::spawn(async move { idle.simple_query("SELECT 1").await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!queued.is_finished(), "nothing runs while paused");
+    proxy.handle.resume("main").expect("resume");
+    queued.await.expect("task").expect("runs after the resume");
+}
