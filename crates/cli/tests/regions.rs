@@ -7,7 +7,7 @@
 //! One sandbox. The west controller starts first and leads; once east's
 //! stands by, leadership moves to east, the primary's region, by itself
 //! (a leader in the other region would leave the primary without renewals
-//! if that region were lost). Then two faults in a row:
+//! if that region were lost). Then, in a row:
 //!
 //! 0. The witness place (its etcd member) goes dark for three lease TTLs:
 //!    nothing changes.
@@ -16,7 +16,11 @@
 //!    connection stays open and nothing answers) for three lease TTLs, then
 //!    comes back. Nothing may change: the east controller keeps leading,
 //!    the same primary takes writes throughout, no workflow starts.
-//! 2. The east region is lost (SIGKILL to the same parts of east, the
+//! 2. A switchover inside east (east-1 to east-2) while a client writes
+//!    through the west proxy, which the standing-by west `pgdr run`
+//!    serves: the leader pauses and resumes that proxy with its own, so
+//!    the client waits through the change and sees no error.
+//! 3. The east region is lost (SIGKILL to the same parts of east, the
 //!    leading controller and the primary among them). The west controller
 //!    takes leadership and fails over to a west node by itself; writes
 //!    work through the west proxy.
@@ -103,6 +107,84 @@ async fn read_through(cfg: &Config, sb: &Sandbox, region: &str) -> Option<bool> 
     let c = pgdr_drill::observer::connect(&reader, &what, Duration::from_secs(2)).await.ok()?;
     let row = c.query_one("select pg_is_in_recovery()", &[]).await.ok()?;
     row.try_get::<_, bool>(0).ok()
+}
+
+/// Writes through `region`'s proxy writer endpoint, one at a time on one
+/// session (a new one after a lost connection, the loss counted as an
+/// error), until stopped.
+struct WriteLoad {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Load>,
+}
+
+#[derive(Debug, Default)]
+struct Load {
+    commits: u64,
+    longest_ms: u128,
+    errors: Vec<String>,
+}
+
+impl WriteLoad {
+    async fn start(cfg: &Config, sb: &Sandbox, region: &str) -> WriteLoad {
+        let proxy = cfg.proxies.iter().find(|p| p.region.as_str() == region).expect("the region's proxy");
+        let writer = format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres password={} connect_timeout=10{}",
+            proxy.writer.port(),
+            sb.password(),
+            sb.tls_params()
+        );
+        let what = format!("the {region} writer endpoint");
+        let first = pgdr_drill::observer::connect(&writer, &what, Duration::from_secs(10)).await.expect("connect");
+        first.batch_execute("create table if not exists region_switch (at timestamptz)").await.expect("create");
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut load = Load::default();
+            let mut client = Some(first);
+            let t0 = Instant::now();
+            while !*stopped.borrow() {
+                let c = match client.take() {
+                    Some(c) => c,
+                    None => match pgdr_drill::observer::connect(&writer, &what, Duration::from_secs(10)).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            load.errors.push(format!("connect: {e} ({} ms after the start)", t0.elapsed().as_millis()));
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            continue;
+                        }
+                    },
+                };
+                let t = Instant::now();
+                match c.execute("insert into region_switch values (now())", &[]).await {
+                    Ok(_) => {
+                        load.commits += 1;
+                        load.longest_ms = load.longest_ms.max(t.elapsed().as_millis());
+                        client = Some(c);
+                    }
+                    Err(e) => {
+                        let what = match e.as_db_error() {
+                            Some(d) => format!("{}: {}", d.code().code(), d.message()),
+                            None => e.to_string(),
+                        };
+                        load.errors.push(format!("{what} ({} ms after the start)", t0.elapsed().as_millis()));
+                        if !c.is_closed() {
+                            client = Some(c);
+                        }
+                    }
+                }
+                tokio::select! {
+                    _ = stopped.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+            }
+            load
+        });
+        WriteLoad { stop, task }
+    }
+
+    async fn stop(self) -> Load {
+        let _ = self.stop.send(true);
+        self.task.await.expect("the write load's task")
+    }
 }
 
 /// Every agent, postmaster and PostgreSQL child process of `region`.
@@ -261,7 +343,43 @@ async fn losing_either_region_leaves_one_writable_primary_and_fails_over_by_itse
         eprintln!("[{name}] NOTE: leadership moved while west was dark: {} (term {}), was {holder}", now.0, now.1);
     }
 
-    // 2. East is lost: its agents, PostgreSQL, controller and proxy (pgdr
+    // 2. A switchover inside east (east-1 to east-2) while a client writes
+    // through the *west* proxy, which the standing-by west `pgdr run`
+    // serves: the leader pauses it with its own, so that client waits
+    // through the change and sees no error.
+    let writes = WriteLoad::start(&cfg, &sb, "west").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let switch_from = unix_ms();
+    let req = pgdr_api::controller::RoleChangeRequest {
+        to: Some("east-2".into()),
+        requested_by: Some("regions test".into()),
+        ..Default::default()
+    };
+    let started = api.role_change("main", "switchover", &req).await.expect("start the switchover");
+    let id = started.id.expect("a workflow id");
+    let switched = wait_for("the switchover to finish", Duration::from_secs(60), || async {
+        api.workflows().await.ok()?.into_iter().find(|w| w.id == id && w.state != "running")
+    })
+    .await;
+    assert_eq!(switched.state, "succeeded", "{switched:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let load = writes.stop().await;
+    let switch_until = unix_ms();
+    eprintln!(
+        "[{name}] switchover east-1 -> east-2 in {:?} ms; through the west proxy: {} commits, longest wait {} ms, errors {:?}",
+        switched.duration_ms, load.commits, load.longest_ms, load.errors
+    );
+    assert!(load.commits > 0, "the west client wrote");
+    assert_eq!(load.errors, Vec::<String>::new(), "the west proxy's client saw errors through the switchover");
+    assert!(west.log_has("writer endpoint paused"), "the leader paused the west proxy");
+    let before = wait_for("the cluster healthy on east-2", Duration::from_secs(60), || async {
+        cluster().await.filter(|c| {
+            healthy(c) && c.primary.as_ref().map(|p| p.as_str()) == Some("east-2") && c.epoch > before.epoch
+        })
+    })
+    .await;
+
+    // 3. East is lost: its agents, PostgreSQL, controller and proxy (pgdr
     // run), and etcd member, all at once.
     let (agents, postgres) = region_processes(&cfg, &hosts, "east");
     let m1 = sb.record.etcd.as_ref().and_then(|e| e.members[0].pid).expect("etcd m1 PID");
@@ -321,19 +439,35 @@ async fn losing_either_region_leaves_one_writable_primary_and_fails_over_by_itse
             lane.segments.iter().any(|s| s.answer == Answer::Unreachable && s.from_ms < until && s.until_ms > from);
         assert!(dark, "{} did not answer while west was dark: {:?}", lane.node, lane.segments);
     }
-    let east1 = timeline.lanes.iter().find(|l| l.node == "east-1").expect("east-1 lane");
-    let writable_through = |from: f64, until: f64| {
-        east1.segments.iter().any(|s| s.answer == Answer::Writable && s.from_ms <= from && s.until_ms >= until)
+    let lane = |node: &str| timeline.lanes.iter().find(|l| l.node == node).expect("the node's lane");
+    let writable_through = |node: &str, from: f64, until: f64| {
+        lane(node).segments.iter().any(|s| s.answer == Answer::Writable && s.from_ms <= from && s.until_ms >= until)
     };
-    assert!(writable_through(from, until), "east-1 writable from {from:.0} to {until:.0} ms: {:?}", east1.segments);
+    assert!(
+        writable_through("east-1", from, until),
+        "east-1 writable from {from:.0} to {until:.0} ms: {:?}",
+        lane("east-1").segments
+    );
     let (wf, wu) = (witness_from - origin, witness_until - origin);
-    assert!(writable_through(wf, wu), "east-1 writable while the witness was dark: {:?}", east1.segments);
+    assert!(
+        writable_through("east-1", wf, wu),
+        "east-1 writable while the witness was dark: {:?}",
+        lane("east-1").segments
+    );
     // The leadership handover did not interrupt the primary either.
     let (hf, hu) = (handover_from - origin, handover_until - origin);
     assert!(
-        writable_through(hf, hu),
+        writable_through("east-1", hf, hu),
         "east-1 writable through the handover, {hf:.0} to {hu:.0} ms: {:?}",
-        east1.segments
+        lane("east-1").segments
+    );
+    // The switchover: east-1 until it, east-2 after it until east was lost.
+    let (sf, su) = (switch_from - origin, switch_until - origin);
+    assert!(writable_through("east-1", hf, sf), "east-1 writable until the switchover: {:?}", lane("east-1").segments);
+    assert!(
+        writable_through("east-2", su, killed_ms - origin - 50.0),
+        "east-2 writable after the switchover: {:?}",
+        lane("east-2").segments
     );
     let first_west = timeline.first_writable(&new_primary, killed_ms - origin).expect("the new primary took writes");
     eprintln!(

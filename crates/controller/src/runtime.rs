@@ -104,21 +104,51 @@ impl HttpProxies {
         Ok(HttpProxies { http, scheme: tls.scheme(), apis })
     }
 
+    /// `POST /v1/clusters/{cluster}/{what}` to every proxy of the cluster
+    /// at once (one unreachable proxy does not hold up the others).
     async fn call(&self, cluster: &ClusterName, what: &str) -> Result<(), String> {
-        let mut errors = Vec::new();
+        let mut calls = tokio::task::JoinSet::new();
         for (api, token) in self.apis.get(cluster).into_iter().flatten() {
             let url = format!("{}://{api}/v1/clusters/{cluster}/{what}", self.scheme);
             let mut req = self.http.post(&url).timeout(Duration::from_secs(60));
             if let Some(t) = token {
                 req = req.bearer_auth(t.expose());
             }
-            match req.send().await {
-                Ok(r) if r.status().is_success() => {}
-                Ok(r) => errors.push(format!("{api}: HTTP {}", r.status())),
-                Err(e) => errors.push(format!("{api}: {e}")),
+            let api = api.clone();
+            calls.spawn(async move {
+                match req.send().await {
+                    Ok(r) if r.status().is_success() => Ok(()),
+                    Ok(r) => Err(format!("{api}: HTTP {}", r.status())),
+                    Err(e) => Err(format!("{api}: {e}")),
+                }
+            });
+        }
+        let mut errors = Vec::new();
+        while let Some(r) = calls.join_next().await {
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => errors.push(e),
+                Err(e) => errors.push(format!("the call's task failed: {e}")),
             }
         }
         if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+    }
+
+    /// [`ProxyControl::pause`] that each proxy ends by itself after `hold`
+    /// unless resumed (or paused again) first: for proxies another process
+    /// serves, which a lost controller would leave paused, and whose pause
+    /// may arrive after its resume across a slow link.
+    pub async fn pause_held(&self, cluster: &ClusterName, drain: Drain, hold: Duration) -> Result<(), String> {
+        let hold_ms = hold.as_millis();
+        match drain {
+            Drain::Running => self.call(cluster, &format!("pause?hold_ms={hold_ms}")).await,
+            Drain::Nothing => self.call(cluster, &format!("pause?drain_ms=0&hold_ms={hold_ms}")).await,
+        }
+    }
+
+    /// Whether the cluster has proxies here.
+    pub fn serves(&self, cluster: &ClusterName) -> bool {
+        self.apis.get(cluster).is_some_and(|a| !a.is_empty())
     }
 }
 

@@ -416,30 +416,160 @@ struct InProcess {
     backends: Option<pgdr_sandbox::wan::Backends>,
     handles: HashMap<ClusterName, Vec<(String, ProxyHandle)>>,
     /// With controllers in several regions: the proxies the other regions'
-    /// `pgdr run` serve, reached through their admin API. Only a rotation's
-    /// verifier reload goes to them (a role change pauses and resumes the
-    /// leader's own proxies; the others follow the store's routes).
-    others: Option<HttpProxies>,
+    /// `pgdr run` serve, reached through their admin API (they also follow
+    /// the store's routes by themselves).
+    others: Option<Others>,
+}
+
+/// The other regions' proxies, as the leader drives them through a role
+/// change: paused and resumed with its own, so their clients wait instead
+/// of failing too, but never held up by a region that does not answer.
+#[derive(Debug)]
+struct Others {
+    http: HttpProxies,
+    /// Each of their pauses ends by itself after this (their longest
+    /// `max_pause`: by then every queued client gave up anyway) unless
+    /// resumed first: a leader lost mid-change, or a pause that crossed a
+    /// slow link and arrived after its resume, does not leave them paused.
+    hold: Duration,
+    /// How long a pause that lets running transactions finish waits for
+    /// their answer: their longest `drain_timeout`, and a second.
+    drain_wait: Duration,
+    /// A pause on its way, per cluster: a resume stops it first.
+    in_flight: std::sync::Mutex<HashMap<ClusterName, tokio::task::AbortHandle>>,
+}
+
+/// How long a resume waits for the other regions' proxies to answer.
+const OTHERS_WAIT: Duration = Duration::from_millis(1500);
+
+impl Others {
+    fn new(cfg: &pgdr_config::Config, keep: impl Fn(&pgdr_config::Proxy) -> bool) -> anyhow::Result<Others> {
+        let theirs = || cfg.proxies.iter().filter(|p| keep(p));
+        Ok(Others {
+            http: HttpProxies::from_config_where(cfg, &keep).context("[tls]")?,
+            hold: theirs().map(|p| p.max_pause).max().unwrap_or(Duration::from_secs(30)),
+            drain_wait: theirs().map(|p| p.drain_timeout).max().unwrap_or_default() + Duration::from_secs(1),
+            in_flight: std::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    async fn pause(&self, cluster: &ClusterName, drain: Drain) -> Result<(), String> {
+        if !self.http.serves(cluster) {
+            return Ok(());
+        }
+        let (http, c, hold) = (self.http.clone(), cluster.clone(), self.hold);
+        let task = tokio::spawn(async move {
+            let r = http.pause_held(&c, drain, hold).await;
+            if let Err(e) = &r {
+                tracing::warn!(cluster = %c, "cannot pause other regions' proxies: {e}");
+            }
+            r
+        });
+        if let Ok(mut m) = self.in_flight.lock() {
+            m.insert(cluster.clone(), task.abort_handle());
+        }
+        // Nothing to drain (a failover, a suspicion): what runs on the old
+        // primary cannot finish in a way that counts, so the change does
+        // not wait on a region that may not answer; the answer is logged.
+        if drain == Drain::Nothing {
+            return Ok(());
+        }
+        let wait = self.drain_wait;
+        match tokio::time::timeout(wait, task).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(format!("other regions' proxies: {e}")),
+            Ok(Err(e)) => Err(format!("other regions' proxies: the pause's task failed: {e}")),
+            Err(_) => Err(format!(
+                "other regions' proxies did not answer the pause within {} ms (each ends it by itself after {} s)",
+                wait.as_millis(),
+                self.hold.as_secs()
+            )),
+        }
+    }
+
+    /// Resumes them, with the route first when there is one.
+    async fn resume(&self, cluster: &ClusterName, route: Option<&RouteInfo>) -> Result<(), String> {
+        if !self.http.serves(cluster) {
+            return Ok(());
+        }
+        if let Some(p) = self.in_flight.lock().ok().and_then(|mut m| m.remove(cluster)) {
+            p.abort();
+        }
+        let resume = async {
+            match route {
+                Some(r) => self.http.publish_and_resume(cluster, r).await,
+                None => self.http.resume(cluster).await,
+            }
+        };
+        match tokio::time::timeout(OTHERS_WAIT, resume).await {
+            Ok(r) => r.map_err(|e| format!("other regions' proxies: {e}")),
+            Err(_) => Err(format!(
+                "other regions' proxies did not answer the resume within {} ms (a pause ends by itself after {} s)",
+                OTHERS_WAIT.as_millis(),
+                self.hold.as_secs()
+            )),
+        }
+    }
+}
+
+impl InProcess {
+    fn resume_own(&self, cluster: &ClusterName) -> Result<(), String> {
+        for (_, h) in self.handles.get(cluster).into_iter().flatten() {
+            h.resume(cluster.as_str()).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// Both results: the first error, with the other's.
+fn both(a: Result<(), String>, b: Result<(), String>) -> Result<(), String> {
+    match (a, b) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+        (Err(a), Err(b)) => Err(format!("{a}; {b}")),
+    }
 }
 
 #[async_trait]
 impl ProxyControl for InProcess {
     async fn pause(&self, cluster: &ClusterName, drain: Drain) -> Result<(), String> {
-        for (_, h) in self.handles.get(cluster).into_iter().flatten() {
-            let drain = match drain {
-                Drain::Running => None,
-                Drain::Nothing => Some(std::time::Duration::ZERO),
-            };
-            h.pause_with(cluster.as_str(), drain).await.map_err(|e| e.to_string())?;
-        }
-        Ok(())
+        let own = async {
+            for (_, h) in self.handles.get(cluster).into_iter().flatten() {
+                let drain = match drain {
+                    Drain::Running => None,
+                    Drain::Nothing => Some(Duration::ZERO),
+                };
+                h.pause_with(cluster.as_str(), drain).await.map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        };
+        let others = async {
+            match &self.others {
+                Some(o) => o.pause(cluster, drain).await,
+                None => Ok(()),
+            }
+        };
+        let (own, others) = tokio::join!(own, others);
+        both(own, others)
     }
 
     async fn resume(&self, cluster: &ClusterName) -> Result<(), String> {
-        for (_, h) in self.handles.get(cluster).into_iter().flatten() {
-            h.resume(cluster.as_str()).map_err(|e| e.to_string())?;
-        }
-        Ok(())
+        let own = self.resume_own(cluster);
+        let others = match &self.others {
+            Some(o) => o.resume(cluster, None).await,
+            None => Ok(()),
+        };
+        both(own, others)
+    }
+
+    async fn publish_and_resume(&self, cluster: &ClusterName, route: &RouteInfo) -> Result<(), String> {
+        self.publish(cluster, route);
+        let own = self.resume_own(cluster);
+        let others = match &self.others {
+            Some(o) => o.resume(cluster, Some(route)).await,
+            None => Ok(()),
+        };
+        both(own, others)
     }
 
     async fn refresh_users(&self, cluster: &ClusterName) -> Vec<(String, Result<(), String>)> {
@@ -451,7 +581,7 @@ impl ProxyControl for InProcess {
         // new secret (until its own reload, every minute) once the stores
         // hand it out.
         if let Some(o) = &self.others {
-            out.extend(o.refresh_users(cluster).await);
+            out.extend(o.http.refresh_users(cluster).await);
         }
         out
     }
@@ -566,11 +696,7 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
             tracing::info!(proxy = p.name, writer = %p.writer, "proxy started");
             handles.entry(p.cluster.clone()).or_default().push((p.name.clone(), handle));
         }
-        let others = if !per_region {
-            None
-        } else {
-            Some(HttpProxies::from_config_where(&cfg, |p| !serves(&p)).context("[tls]")?)
-        };
+        let others = if !per_region { None } else { Some(Others::new(&cfg, |p| !serves(&p))?) };
         let control = Arc::new(InProcess { routes, backends, handles, others });
         let name = owner(&cfg);
         let res = loop {
