@@ -7,6 +7,25 @@ use pgdr_store::{EmbeddedStore, StateStore, TokioClock};
 use time::macros::datetime;
 use tokio::time::advance;
 
+/// Opens the store at `path` again once the one before let go of the file:
+/// a dropped store's lease reaper may still be finishing a write on the
+/// blocking pool, holding the database until it returns (a restarted
+/// process has no such leftover; only a reopen in one process does).
+async fn reopen(path: &std::path::Path, clock: &Arc<TokioClock>) -> EmbeddedStore {
+    for _ in 0..300 {
+        match EmbeddedStore::open_with_clock(path, clock.clone()).await {
+            Ok(s) => return s,
+            Err(e) if e.to_string().contains("already open") => {
+                // A real pause, off the runtime's thread, so the reaper's
+                // task can end; paused tokio time does not move meanwhile.
+                tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(10))).await.expect("sleep");
+            }
+            Err(e) => panic!("reopen: {e}"),
+        }
+    }
+    panic!("{} stayed locked for 3 s after its store was dropped", path.display());
+}
+
 #[tokio::test(start_paused = true)]
 async fn values_and_revisions_survive_reopen() {
     let dir = crate::tempdir();
@@ -49,7 +68,7 @@ async fn leases_keep_their_remaining_ttl_across_reopen() {
     };
     // 20 s pass with nobody holding the file.
     advance(Duration::from_secs(20)).await;
-    let s = EmbeddedStore::open_with_clock(&path, clock.clone()).await.expect("reopen");
+    let s = reopen(&path, &clock).await;
     assert_eq!(s.get("/l/short").await.expect("get"), None, "expired while the store was closed");
     assert_eq!(s.lease_remaining(short).await.expect("remaining"), None);
     // What was left (40 s), and at most one TTL more: the file keeps the
@@ -87,7 +106,7 @@ async fn a_lease_renewed_without_a_write_still_outlives_a_reopen() {
     };
     // The store stops right after the last renewal; 9 s later it is back.
     advance(Duration::from_secs(9)).await;
-    let s = EmbeddedStore::open_with_clock(&path, clock.clone()).await.expect("reopen");
+    let s = reopen(&path, &clock).await;
     let left = s.lease_remaining(lease).await.expect("remaining");
     assert!(left.is_some_and(|l| l >= Duration::from_secs(1)), "the holder was promised 1 s more: {left:?}");
     assert!(s.get("/l/held").await.expect("get").is_some());
