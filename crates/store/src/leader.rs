@@ -170,21 +170,27 @@ impl Election {
                 }
                 Err(e) => return Err(e),
             }
-            // Wait for the key to go (a watch), at most one TTL (a poll, in
-            // case the watch broke).
+            // Wait for the key to go (a watch), at most one TTL (then a
+            // fresh attempt, in case the watch missed it). A watch that
+            // broke is started again at once: its etcd member may be the
+            // one lost with the leader's region, and waiting out the TTL
+            // would add a TTL to the takeover (and age the lags handed
+            // over by as much).
             let wait = async {
-                if let Ok(mut w) = self.store.watch(keys::CONTROLLER_LEADER).await {
-                    // Re-check after the watch started: it may have gone meanwhile.
-                    if matches!(self.store.get(keys::CONTROLLER_LEADER).await, Ok(None)) {
-                        return;
-                    }
-                    while let Ok(Some(ev)) = w.next().await {
-                        if matches!(ev, WatchEvent::Delete { .. }) {
+                loop {
+                    if let Ok(mut w) = self.store.watch(keys::CONTROLLER_LEADER).await {
+                        // Re-check after the watch started: it may have gone meanwhile.
+                        if matches!(self.store.get(keys::CONTROLLER_LEADER).await, Ok(None)) {
                             return;
                         }
+                        while let Ok(Some(ev)) = w.next().await {
+                            if matches!(ev, WatchEvent::Delete { .. }) {
+                                return;
+                            }
+                        }
                     }
+                    tokio::time::sleep((self.ttl / 20).max(Duration::from_millis(20))).await;
                 }
-                tokio::time::sleep(self.ttl).await;
             };
             tokio::select! {
                 _ = cancel.cancelled() => return Err(StoreError::Closed),
