@@ -282,6 +282,10 @@ impl LocalPg {
 
     /// Starts the server and waits until it accepts connections.
     pub async fn start(&self, wait: Duration) -> Result<(), PgError> {
+        // A postmaster killed a moment ago still answers kill(pid, 0) until
+        // its parent reaps it, and the new one would refuse the lock file
+        // that names it ("lock file postmaster.pid already exists").
+        self.wait_dead_postmaster(DEAD_POSTMASTER_WAIT).await;
         if self.postmaster_pid().is_some() && self.is_running().await {
             return Ok(());
         }
@@ -309,6 +313,52 @@ impl LocalPg {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Waits, at most `limit`, while a PID one of the server's lock files
+    /// names (`postmaster.pid`, and the socket's `.s.PGSQL.<port>.lock`,
+    /// which outlives a data directory moved aside) is a postmaster that
+    /// is dying or dead but not yet reaped: a zombie (`Z`), being reaped
+    /// (`X`), or with a SIGKILL pending ([`proc_fate`]). A new postmaster
+    /// refuses a lock file whose PID still exists. Only a process that
+    /// runs `postgres` (its command name, which a zombie keeps) counts. A
+    /// live postmaster is never waited on, nor signalled; nor is anything
+    /// reaped here: that is its parent's job (init, or a subreaper). After
+    /// `limit` it logs which parent has not reaped it and returns, for
+    /// pg_ctl to report.
+    async fn wait_dead_postmaster(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut waited = false;
+        loop {
+            let dying = [self.postmaster_pid(), postmaster_pid_in(&self.socket_lock_file())]
+                .into_iter()
+                .flatten()
+                .find_map(|pid| match proc_fate(pid) {
+                    Some(ProcFate::Dying { comm, parent }) if comm == "postgres" => Some((pid, parent)),
+                    _ => None,
+                });
+            let Some((pid, parent)) = dying else { break };
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    pid,
+                    parent,
+                    data_dir = %self.data_dir.display(),
+                    "a killed postmaster is still not reaped after {}s (its parent, PID {parent}, has not waited for it); going on",
+                    limit.as_secs()
+                );
+                return;
+            }
+            waited = true;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if waited {
+            tracing::info!(data_dir = %self.data_dir.display(), "waited for a killed postmaster to be reaped");
+        }
+    }
+
+    /// The lock file of the server's Unix socket, naming its postmaster.
+    fn socket_lock_file(&self) -> PathBuf {
+        self.socket_dir().join(format!(".s.PGSQL.{}.lock", self.port))
     }
 
     /// The last `n` lines of the server log.
@@ -378,6 +428,9 @@ impl LocalPg {
     /// once they are gone (or after 5 s, when the start that follows will
     /// say what still holds the data directory).
     pub async fn stop_leftovers(&self) -> Vec<i32> {
+        // A postmaster killed a moment ago and still exiting is no
+        // running server.
+        self.wait_dead_postmaster(DEAD_POSTMASTER_WAIT).await;
         if self.is_running().await {
             return Vec::new();
         }
@@ -468,7 +521,13 @@ impl LocalPg {
 /// The postmaster's PID from `postmaster.pid` in `data_dir`, if the file
 /// is there (bounded, not through a link).
 pub fn postmaster_pid(data_dir: &Path) -> Option<i32> {
-    let text = files::read_limited(&data_dir.join("postmaster.pid"), 4096).ok()?;
+    postmaster_pid_in(&data_dir.join("postmaster.pid"))
+}
+
+/// The PID on the first line of a PostgreSQL lock file (bounded, not
+/// through a link).
+fn postmaster_pid_in(lock_file: &Path) -> Option<i32> {
+    let text = files::read_limited(lock_file, 4096).ok()?;
     text.lines().next()?.trim().parse().ok()
 }
 
@@ -618,6 +677,60 @@ pub fn conn_quote(v: &str) -> String {
     format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
+/// How long `start` waits for a killed postmaster to be reaped (a zombie
+/// of PID 1 lingers for a second or two on some hosts).
+const DEAD_POSTMASTER_WAIT: Duration = Duration::from_secs(5);
+
+/// What `/proc` tells of a process that exists ([`proc_fate`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProcFate {
+    /// Running, sleeping or stopped, with no SIGKILL pending.
+    Live,
+    /// A zombie (`Z`), being reaped (`X`), or with a SIGKILL pending: it is
+    /// gone as soon as it exits and its parent reaps it.
+    Dying {
+        /// Its command name (`/proc/<pid>/comm`), which a zombie keeps.
+        comm: String,
+        /// Its parent's PID, the process that must reap it.
+        parent: i32,
+    },
+}
+
+/// The fate of process `pid`, read from `/proc/<pid>/stat` and
+/// `/proc/<pid>/status`; `None` when there is no such process.
+pub fn proc_fate(pid: i32) -> Option<ProcFate> {
+    if pid <= 0 {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (comm, state, parent) = parse_stat(&stat)?;
+    let dying = matches!(state, "Z" | "X")
+        || std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| sigkill_pending(&s));
+    Some(if dying { ProcFate::Dying { comm: comm.to_owned(), parent } } else { ProcFate::Live })
+}
+
+/// The command name, state and parent's PID of a `/proc/<pid>/stat` line.
+/// The command is parenthesised and may itself hold spaces or parentheses.
+fn parse_stat(stat: &str) -> Option<(&str, &str, i32)> {
+    let (head, rest) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?;
+    let parent = fields.next()?.parse().ok()?;
+    Some((comm, state, parent))
+}
+
+/// Whether `/proc/<pid>/status` shows SIGKILL pending for the thread
+/// (`SigPnd`) or the process (`ShdPnd`): it cannot be blocked or caught,
+/// so the process is exiting.
+fn sigkill_pending(status: &str) -> bool {
+    const SIGKILL_BIT: u64 = 1 << (9 - 1);
+    status.lines().any(|l| {
+        let Some((name, mask)) = l.split_once(':') else { return false };
+        matches!(name, "SigPnd" | "ShdPnd") && u64::from_str_radix(mask.trim(), 16).is_ok_and(|m| m & SIGKILL_BIT != 0)
+    })
+}
+
 /// Whether a process is alive: it exists and is not a zombie. A postmaster
 /// killed with SIGKILL is reparented to PID 1 and may stay a zombie for a
 /// moment; treating it as alive would make `start` a no-op.
@@ -742,6 +855,22 @@ mod tests {
                 prop_assert!(h.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':')));
             }
         }
+    }
+
+    #[test]
+    fn stat_and_status_of_a_dying_process() {
+        let stat = "4242 (postgres) Z 1 4242 4242 0 -1 4194316 0 0 0 0";
+        assert_eq!(parse_stat(stat), Some(("postgres", "Z", 1)));
+        // A command name with a space and a parenthesis of its own.
+        assert_eq!(parse_stat("7 (a) b) S 3 7 7"), Some(("a) b", "S", 3)));
+        assert_eq!(parse_stat("garbage"), None);
+        let status = "Name:\tpostgres\nState:\tR (running)\nSigPnd:\t0000000000000000\nShdPnd:\t0000000000000100\n";
+        assert!(sigkill_pending(status));
+        assert!(!sigkill_pending(&status.replace("0000000000000100", "0000000000004000")));
+        // This process is alive; a PID that cannot exist is no process.
+        assert_eq!(proc_fate(std::process::id() as i32), Some(ProcFate::Live));
+        assert_eq!(proc_fate(-1), None);
+        assert_eq!(proc_fate(i32::MAX), None);
     }
 
     #[test]
