@@ -39,6 +39,14 @@ pub enum PgError {
         data_dir.display()
     )]
     NotOurs { addr: String, served: String, data_dir: PathBuf },
+    /// Something that cannot be told apart answers on the node's address
+    /// while the node's own server is down (see
+    /// [`LocalPg::check_port_free`]): ours could not listen there.
+    #[error(
+        "another server answers at {addr}, where this node's server (data directory {}) must listen, and {detail}: stop it or give one of them another port",
+        data_dir.display()
+    )]
+    PortTaken { addr: String, detail: String, data_dir: PathBuf },
     #[error("timed out after {secs}s waiting for {what}")]
     Timeout { what: String, secs: u64 },
     #[error("{0}")]
@@ -495,11 +503,7 @@ impl LocalPg {
     /// does not see `data_directory`; a path this process cannot look at)
     /// the check is skipped, at DEBUG.
     pub async fn check_served(&self, client: &tokio_postgres::Client) -> Result<(), PgError> {
-        let row = client
-            .query_one("select (select setting from pg_settings where name = 'data_directory')", &[])
-            .await
-            .map_err(|source| PgError::Query { addr: self.addr(), source })?;
-        let Some(served) = row.get::<_, Option<String>>(0) else {
+        let Some(served) = self.served(client).await? else {
             tracing::debug!(addr = %self.addr(), "cannot tell which data directory the server serves: data_directory is not visible to this login");
             return Ok(());
         };
@@ -511,6 +515,58 @@ impl LocalPg {
                 Ok(())
             }
         }
+    }
+
+    /// Before starting this node's server: whether another one already
+    /// answers on its address (another sandbox's, one started by hand).
+    /// PostgreSQL then either fails to listen ("could not create any
+    /// TCP/IP sockets") or, when the host name has several addresses,
+    /// comes up on one the clients do not reach, and a start that waits for
+    /// it to answer only times out. [`PgError::NotOurs`] naming the data
+    /// directory the other server serves when `login` can read it,
+    /// [`PgError::PortTaken`] when not; nothing to check while this data
+    /// directory's postmaster runs, or when nothing accepts a connection.
+    pub async fn check_port_free(&self, login: &Login) -> Result<(), PgError> {
+        if self.is_running().await {
+            return Ok(());
+        }
+        let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port));
+        match tokio::time::timeout(PORT_CHECK_TIMEOUT, tcp).await {
+            Ok(Ok(_)) => {}
+            // Refused, unreachable, or no answer: nothing listens there.
+            Ok(Err(_)) | Err(_) => return Ok(()),
+        }
+        let taken = |detail: String| PgError::PortTaken { addr: self.addr(), detail, data_dir: self.data_dir.clone() };
+        let client = match tokio::time::timeout(PORT_CHECK_TIMEOUT, self.connect(login)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(taken(format!("does not let pgdr's login in to tell which it is ({e})"))),
+            Err(_) => {
+                return Err(taken(format!(
+                    "accepts connections but did not complete a login within {}s",
+                    PORT_CHECK_TIMEOUT.as_secs()
+                )));
+            }
+        };
+        let Some(served) = self.served(&client).await? else {
+            return Err(taken("does not show this login which data directory it serves".to_owned()));
+        };
+        // Ours is not running, so whatever answers is another server,
+        // unless it serves this very folder (its postmaster.pid says
+        // otherwise: another PID namespace?), which pg_ctl will sort out.
+        match same_dir(Path::new(&served), &self.data_dir) {
+            Some(true) => Ok(()),
+            _ => Err(PgError::NotOurs { addr: self.addr(), served, data_dir: self.data_dir.clone() }),
+        }
+    }
+
+    /// The `data_directory` of the server `client` talks to; `None` when
+    /// the login may not see it (it needs `pg_read_all_settings`).
+    async fn served(&self, client: &tokio_postgres::Client) -> Result<Option<String>, PgError> {
+        let row = client
+            .query_one("select (select setting from pg_settings where name = 'data_directory')", &[])
+            .await
+            .map_err(|source| PgError::Query { addr: self.addr(), source })?;
+        Ok(row.get(0))
     }
 
     fn addr(&self) -> String {
@@ -676,6 +732,10 @@ pub fn loopback_hba() -> String {
 pub fn conn_quote(v: &str) -> String {
     format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
 }
+
+/// How long [`LocalPg::check_port_free`] waits for a TCP connection, then
+/// for a login.
+const PORT_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How long `start` waits for a killed postmaster to be reaped (a zombie
 /// of PID 1 lingers for a second or two on some hosts).

@@ -1,7 +1,8 @@
 //! The agent in-process against a real PostgreSQL: auth, status, idempotent
 //! actions, fencing, an action on a stopped server, epoch refusal that
 //! survives an agent restart, epoch jumps only as far as the controller's
-//! store, servers outside the config refused, a huge timeout clamped.
+//! store, servers outside the config refused, a huge timeout clamped; a
+//! start beside another server on the port.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -314,6 +315,58 @@ async fn another_server_on_the_port_is_not_ours() {
     let s = agent.client.status().await.expect("status");
     assert_eq!(s.role, Role::Primary, "{s:?}");
     assert!(s.up && s.error.is_none(), "{s:?}");
+    agent.stop().await;
+    for pg in [&a, &b] {
+        pg.stop(pgdr_node::local::StopMode::Fast, Duration::from_secs(30)).await.expect("stop");
+    }
+}
+
+/// The node's server is down and another one holds its port: the agent's
+/// start fails at once, naming the address, the data directory the other
+/// server serves and the node's own, instead of timing out; nothing is
+/// started (and the other server still takes writes).
+#[tokio::test]
+async fn start_beside_another_server_on_the_port_names_it() {
+    let (_dir_a, a) = server().await;
+    let _guard_a = PgGuard(a.clone());
+    let (_dir_b, b) = server().await;
+    let _guard_b = PgGuard(b.clone());
+    a.stop(pgdr_node::local::StopMode::Fast, Duration::from_secs(30)).await.expect("stop A");
+    // A configured for B's port, as two sandboxes that picked the same one.
+    let mut crossed = a.clone();
+    crossed.port = b.port;
+    crossed.configure(&SETTINGS.map(|(k, v)| (k.to_owned(), v.to_owned()))).expect("configure");
+    let mut cfg = config(&crossed);
+    // Long enough that a start waiting on the port would be told apart.
+    cfg.pg_wait = Duration::from_secs(30);
+    let agent = Agent::start(cfg).await;
+
+    let asked = std::time::Instant::now();
+    match agent.client.start(Epoch(1)).await {
+        Err(ApiError::Failed { status: 422, kind, message, .. }) => {
+            assert_eq!(kind, "port_taken", "{message}");
+            for part in
+                [format!("127.0.0.1:{}", b.port), b.data_dir.display().to_string(), a.data_dir.display().to_string()]
+            {
+                assert!(message.contains(&part), "{part} missing from: {message}");
+            }
+        }
+        other => panic!("expected a port_taken refusal, got {other:?}"),
+    }
+    assert!(asked.elapsed() < Duration::from_secs(10), "the refusal took {:?}", asked.elapsed());
+    assert!(!a.is_running().await, "A was started on a taken port");
+    let s = agent.client.status().await.expect("status");
+    assert_eq!(s.role, Role::Down, "{s:?}");
+    assert!(s.error.is_some_and(|e| e.contains("not this node's")), "status must say why");
+    let on_b = b.connect(&login()).await.expect("connect to B");
+    on_b.batch_execute("create table t (x int); insert into t values (1)").await.expect("B still takes writes");
+    agent.stop().await;
+
+    // Back on its own port, the same start brings A up.
+    a.configure(&SETTINGS.map(|(k, v)| (k.to_owned(), v.to_owned()))).expect("configure");
+    let agent = Agent::start(config(&a)).await;
+    assert!(agent.client.start(Epoch(1)).await.expect("start A on its port").changed);
+    assert_eq!(agent.client.status().await.expect("status").role, Role::Primary);
     agent.stop().await;
     for pg in [&a, &b] {
         pg.stop(pgdr_node::local::StopMode::Fast, Duration::from_secs(30)).await.expect("stop");
