@@ -39,6 +39,14 @@ pub enum PgError {
         data_dir.display()
     )]
     NotOurs { addr: String, served: String, data_dir: PathBuf },
+    /// Something that cannot be told apart answers on the node's address
+    /// while the node's own server is down (see
+    /// [`LocalPg::check_port_free`]): ours could not listen there.
+    #[error(
+        "another server answers at {addr}, where this node's server (data directory {}) must listen, and {detail}: stop it or give one of them another port",
+        data_dir.display()
+    )]
+    PortTaken { addr: String, detail: String, data_dir: PathBuf },
     #[error("timed out after {secs}s waiting for {what}")]
     Timeout { what: String, secs: u64 },
     #[error("{0}")]
@@ -282,6 +290,10 @@ impl LocalPg {
 
     /// Starts the server and waits until it accepts connections.
     pub async fn start(&self, wait: Duration) -> Result<(), PgError> {
+        // A postmaster killed a moment ago still answers kill(pid, 0) until
+        // its parent reaps it, and the new one would refuse the lock file
+        // that names it ("lock file postmaster.pid already exists").
+        self.wait_dead_postmaster(DEAD_POSTMASTER_WAIT).await;
         if self.postmaster_pid().is_some() && self.is_running().await {
             return Ok(());
         }
@@ -309,6 +321,52 @@ impl LocalPg {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Waits, at most `limit`, while a PID one of the server's lock files
+    /// names (`postmaster.pid`, and the socket's `.s.PGSQL.<port>.lock`,
+    /// which outlives a data directory moved aside) is a postmaster that
+    /// is dying or dead but not yet reaped: a zombie (`Z`), being reaped
+    /// (`X`), or with a SIGKILL pending ([`proc_fate`]). A new postmaster
+    /// refuses a lock file whose PID still exists. Only a process that
+    /// runs `postgres` (its command name, which a zombie keeps) counts. A
+    /// live postmaster is never waited on, nor signalled; nor is anything
+    /// reaped here: that is its parent's job (init, or a subreaper). After
+    /// `limit` it logs which parent has not reaped it and returns, for
+    /// pg_ctl to report.
+    async fn wait_dead_postmaster(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut waited = false;
+        loop {
+            let dying = [self.postmaster_pid(), postmaster_pid_in(&self.socket_lock_file())]
+                .into_iter()
+                .flatten()
+                .find_map(|pid| match proc_fate(pid) {
+                    Some(ProcFate::Dying { comm, parent }) if comm == "postgres" => Some((pid, parent)),
+                    _ => None,
+                });
+            let Some((pid, parent)) = dying else { break };
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    pid,
+                    parent,
+                    data_dir = %self.data_dir.display(),
+                    "a killed postmaster is still not reaped after {}s (its parent, PID {parent}, has not waited for it); going on",
+                    limit.as_secs()
+                );
+                return;
+            }
+            waited = true;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if waited {
+            tracing::info!(data_dir = %self.data_dir.display(), "waited for a killed postmaster to be reaped");
+        }
+    }
+
+    /// The lock file of the server's Unix socket, naming its postmaster.
+    fn socket_lock_file(&self) -> PathBuf {
+        self.socket_dir().join(format!(".s.PGSQL.{}.lock", self.port))
     }
 
     /// The last `n` lines of the server log.
@@ -378,6 +436,9 @@ impl LocalPg {
     /// once they are gone (or after 5 s, when the start that follows will
     /// say what still holds the data directory).
     pub async fn stop_leftovers(&self) -> Vec<i32> {
+        // A postmaster killed a moment ago and still exiting is no
+        // running server.
+        self.wait_dead_postmaster(DEAD_POSTMASTER_WAIT).await;
         if self.is_running().await {
             return Vec::new();
         }
@@ -442,11 +503,7 @@ impl LocalPg {
     /// does not see `data_directory`; a path this process cannot look at)
     /// the check is skipped, at DEBUG.
     pub async fn check_served(&self, client: &tokio_postgres::Client) -> Result<(), PgError> {
-        let row = client
-            .query_one("select (select setting from pg_settings where name = 'data_directory')", &[])
-            .await
-            .map_err(|source| PgError::Query { addr: self.addr(), source })?;
-        let Some(served) = row.get::<_, Option<String>>(0) else {
+        let Some(served) = self.served(client).await? else {
             tracing::debug!(addr = %self.addr(), "cannot tell which data directory the server serves: data_directory is not visible to this login");
             return Ok(());
         };
@@ -460,6 +517,58 @@ impl LocalPg {
         }
     }
 
+    /// Before starting this node's server: whether another one already
+    /// answers on its address (another sandbox's, one started by hand).
+    /// PostgreSQL then either fails to listen ("could not create any
+    /// TCP/IP sockets") or, when the host name has several addresses,
+    /// comes up on one the clients do not reach, and a start that waits for
+    /// it to answer only times out. [`PgError::NotOurs`] naming the data
+    /// directory the other server serves when `login` can read it,
+    /// [`PgError::PortTaken`] when not; nothing to check while this data
+    /// directory's postmaster runs, or when nothing accepts a connection.
+    pub async fn check_port_free(&self, login: &Login) -> Result<(), PgError> {
+        if self.is_running().await {
+            return Ok(());
+        }
+        let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port));
+        match tokio::time::timeout(PORT_CHECK_TIMEOUT, tcp).await {
+            Ok(Ok(_)) => {}
+            // Refused, unreachable, or no answer: nothing listens there.
+            Ok(Err(_)) | Err(_) => return Ok(()),
+        }
+        let taken = |detail: String| PgError::PortTaken { addr: self.addr(), detail, data_dir: self.data_dir.clone() };
+        let client = match tokio::time::timeout(PORT_CHECK_TIMEOUT, self.connect(login)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(taken(format!("does not let pgdr's login in to tell which it is ({e})"))),
+            Err(_) => {
+                return Err(taken(format!(
+                    "accepts connections but did not complete a login within {}s",
+                    PORT_CHECK_TIMEOUT.as_secs()
+                )));
+            }
+        };
+        let Some(served) = self.served(&client).await? else {
+            return Err(taken("does not show this login which data directory it serves".to_owned()));
+        };
+        // Ours is not running, so whatever answers is another server,
+        // unless it serves this very folder (its postmaster.pid says
+        // otherwise: another PID namespace?), which pg_ctl will sort out.
+        match same_dir(Path::new(&served), &self.data_dir) {
+            Some(true) => Ok(()),
+            _ => Err(PgError::NotOurs { addr: self.addr(), served, data_dir: self.data_dir.clone() }),
+        }
+    }
+
+    /// The `data_directory` of the server `client` talks to; `None` when
+    /// the login may not see it (it needs `pg_read_all_settings`).
+    async fn served(&self, client: &tokio_postgres::Client) -> Result<Option<String>, PgError> {
+        let row = client
+            .query_one("select (select setting from pg_settings where name = 'data_directory')", &[])
+            .await
+            .map_err(|source| PgError::Query { addr: self.addr(), source })?;
+        Ok(row.get(0))
+    }
+
     fn addr(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }
@@ -468,7 +577,13 @@ impl LocalPg {
 /// The postmaster's PID from `postmaster.pid` in `data_dir`, if the file
 /// is there (bounded, not through a link).
 pub fn postmaster_pid(data_dir: &Path) -> Option<i32> {
-    let text = files::read_limited(&data_dir.join("postmaster.pid"), 4096).ok()?;
+    postmaster_pid_in(&data_dir.join("postmaster.pid"))
+}
+
+/// The PID on the first line of a PostgreSQL lock file (bounded, not
+/// through a link).
+fn postmaster_pid_in(lock_file: &Path) -> Option<i32> {
+    let text = files::read_limited(lock_file, 4096).ok()?;
     text.lines().next()?.trim().parse().ok()
 }
 
@@ -618,6 +733,64 @@ pub fn conn_quote(v: &str) -> String {
     format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
+/// How long [`LocalPg::check_port_free`] waits for a TCP connection, then
+/// for a login.
+const PORT_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long `start` waits for a killed postmaster to be reaped (a zombie
+/// of PID 1 lingers for a second or two on some hosts).
+const DEAD_POSTMASTER_WAIT: Duration = Duration::from_secs(5);
+
+/// What `/proc` tells of a process that exists ([`proc_fate`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProcFate {
+    /// Running, sleeping or stopped, with no SIGKILL pending.
+    Live,
+    /// A zombie (`Z`), being reaped (`X`), or with a SIGKILL pending: it is
+    /// gone as soon as it exits and its parent reaps it.
+    Dying {
+        /// Its command name (`/proc/<pid>/comm`), which a zombie keeps.
+        comm: String,
+        /// Its parent's PID, the process that must reap it.
+        parent: i32,
+    },
+}
+
+/// The fate of process `pid`, read from `/proc/<pid>/stat` and
+/// `/proc/<pid>/status`; `None` when there is no such process.
+pub fn proc_fate(pid: i32) -> Option<ProcFate> {
+    if pid <= 0 {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (comm, state, parent) = parse_stat(&stat)?;
+    let dying = matches!(state, "Z" | "X")
+        || std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| sigkill_pending(&s));
+    Some(if dying { ProcFate::Dying { comm: comm.to_owned(), parent } } else { ProcFate::Live })
+}
+
+/// The command name, state and parent's PID of a `/proc/<pid>/stat` line.
+/// The command is parenthesised and may itself hold spaces or parentheses.
+fn parse_stat(stat: &str) -> Option<(&str, &str, i32)> {
+    let (head, rest) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?;
+    let parent = fields.next()?.parse().ok()?;
+    Some((comm, state, parent))
+}
+
+/// Whether `/proc/<pid>/status` shows SIGKILL pending for the thread
+/// (`SigPnd`) or the process (`ShdPnd`): it cannot be blocked or caught,
+/// so the process is exiting.
+fn sigkill_pending(status: &str) -> bool {
+    const SIGKILL_BIT: u64 = 1 << (9 - 1);
+    status.lines().any(|l| {
+        let Some((name, mask)) = l.split_once(':') else { return false };
+        matches!(name, "SigPnd" | "ShdPnd") && u64::from_str_radix(mask.trim(), 16).is_ok_and(|m| m & SIGKILL_BIT != 0)
+    })
+}
+
 /// Whether a process is alive: it exists and is not a zombie. A postmaster
 /// killed with SIGKILL is reparented to PID 1 and may stay a zombie for a
 /// moment; treating it as alive would make `start` a no-op.
@@ -742,6 +915,22 @@ mod tests {
                 prop_assert!(h.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':')));
             }
         }
+    }
+
+    #[test]
+    fn stat_and_status_of_a_dying_process() {
+        let stat = "4242 (postgres) Z 1 4242 4242 0 -1 4194316 0 0 0 0";
+        assert_eq!(parse_stat(stat), Some(("postgres", "Z", 1)));
+        // A command name with a space and a parenthesis of its own.
+        assert_eq!(parse_stat("7 (a) b) S 3 7 7"), Some(("a) b", "S", 3)));
+        assert_eq!(parse_stat("garbage"), None);
+        let status = "Name:\tpostgres\nState:\tR (running)\nSigPnd:\t0000000000000000\nShdPnd:\t0000000000000100\n";
+        assert!(sigkill_pending(status));
+        assert!(!sigkill_pending(&status.replace("0000000000000100", "0000000000004000")));
+        // This process is alive; a PID that cannot exist is no process.
+        assert_eq!(proc_fate(std::process::id() as i32), Some(ProcFate::Live));
+        assert_eq!(proc_fate(-1), None);
+        assert_eq!(proc_fate(i32::MAX), None);
     }
 
     #[test]

@@ -251,7 +251,8 @@ pub async fn ensure_slot(upstream: &Upstream, login: &Login) -> Result<bool, PgE
 }
 
 /// What every rebuild does first: stop PostgreSQL and what a dead
-/// postmaster left running there, move the old data aside, make sure the
+/// postmaster left running there, check that no other server holds its
+/// address, move the old data aside, make sure the
 /// upstream keeps a slot for this node, write the passfile.
 async fn prepare(pg: &LocalPg, plan: &ReplicaPlan, steps: &mut Vec<String>) -> Result<(), PgError> {
     if pg.is_running().await {
@@ -259,6 +260,9 @@ async fn prepare(pg: &LocalPg, plan: &ReplicaPlan, steps: &mut Vec<String>) -> R
         steps.push("stopped PostgreSQL (fast)".to_owned());
     }
     stop_leftovers(pg, steps).await;
+    // Refused before the old data is moved aside: the rebuilt server could
+    // not listen on its address.
+    pg.check_port_free(&plan.login).await?;
     if let Some(aside) = pg.move_aside()? {
         steps.push(format!("moved the old data directory to {}", aside.display()));
     }
@@ -357,6 +361,7 @@ pub async fn rewind(pg: &LocalPg, plan: &ReplicaPlan) -> Result<Vec<String>, PgE
     // Recovering a crashed target (below, or pg_rewind's single-user run)
     // is refused while a leftover backend holds the old shared memory.
     stop_leftovers(pg, &mut steps).await;
+    pg.check_port_free(&plan.login).await?;
     // After a crash pg_rewind runs the target's crash recovery in
     // single-user mode, which refuses standby mode: the boot guard's
     // standby.signal. Lifting the guard would let a start meanwhile (a

@@ -177,12 +177,17 @@ async fn start(state: &AgentState) -> Result<Done, AgentError> {
         }
     }
     let was_running = pg.is_running().await;
+    // Another server on our address: ours could not listen there, and
+    // waiting for it to answer would only time out. Said before the guard
+    // is lifted, so a refused start changes nothing.
+    if !was_running {
+        pg.check_port_free(&state.cfg.login).await?;
+    }
     if !was_running && crate::guard::lift(&pg.data_dir)? {
         steps.push("lifted the boot guard (standby.signal written by pgdr)".to_owned());
     }
     pg.start(state.cfg.pg_wait).await?;
-    wait_until(state.cfg.pg_wait, "PostgreSQL to accept connections", || async { connect(state).await.is_ok() })
-        .await?;
+    wait_own(state, state.cfg.pg_wait).await?;
     if was_running {
         Ok(Done::new(false, "PostgreSQL was already running", steps))
     } else {
@@ -522,7 +527,32 @@ async fn upstream(state: &AgentState, r: UpstreamRequest) -> Result<Done, AgentE
     Ok(Done::new(true, format!("now streaming from {}:{}", plan.upstream.host, plan.upstream.port), steps))
 }
 
-/// Polls `check` every 100 ms until it holds or `timeout` passes.
+/// Waits until this node's own server accepts connections. Another
+/// server answering on its address ends the wait at once
+/// ([`PgError::NotOurs`]: one took the port between the check and the
+/// start, or ours listens on another address of the same name); a timeout
+/// says what the last attempt met.
+async fn wait_own(state: &AgentState, timeout: Duration) -> Result<(), AgentError> {
+    let cfg = &state.cfg;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match tokio::time::timeout(Duration::from_secs(5), cfg.pg.connect_own(&cfg.login)).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e @ PgError::NotOurs { .. })) => return Err(e.into()),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer within 5s".to_owned(),
+        };
+        if Instant::now() >= deadline {
+            return Err(AgentError::Pg(PgError::Timeout {
+                what: format!("PostgreSQL to accept connections (last attempt: {last})"),
+                secs: timeout.as_secs(),
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `check` every 20 ms until it holds or `timeout` passes.
 async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<(), AgentError>
 where
     F: FnMut() -> Fut,

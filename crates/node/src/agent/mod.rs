@@ -80,6 +80,7 @@ impl AgentError {
             AgentError::Down { .. } => "postgres_down",
             AgentError::Pg(PgError::RewindImpossible(_)) => "rewind_impossible",
             AgentError::Pg(PgError::Timeout { .. }) => "timeout",
+            AgentError::Pg(PgError::NotOurs { .. } | PgError::PortTaken { .. }) => "port_taken",
             _ => "failed",
         }
     }
@@ -91,7 +92,12 @@ impl AgentError {
             AgentError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AgentError::Down { .. }
             | AgentError::EpochUnconfirmed { .. }
-            | AgentError::Pg(PgError::RewindImpossible(_) | PgError::Invalid(_)) => StatusCode::UNPROCESSABLE_ENTITY,
+            | AgentError::Pg(
+                PgError::RewindImpossible(_)
+                | PgError::Invalid(_)
+                | PgError::NotOurs { .. }
+                | PgError::PortTaken { .. },
+            ) => StatusCode::UNPROCESSABLE_ENTITY,
             AgentError::Pg(PgError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }

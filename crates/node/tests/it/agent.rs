@@ -1,7 +1,9 @@
 //! The agent in-process against a real PostgreSQL: auth, status, idempotent
 //! actions, fencing, an action on a stopped server, epoch refusal that
 //! survives an agent restart, epoch jumps only as far as the controller's
-//! store, servers outside the config refused, a huge timeout clamped.
+//! store, servers outside the config refused, a huge timeout clamped; a
+//! start beside another server on the port, a rebuild after the primary's
+//! postmaster was killed mid-query.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -315,6 +317,216 @@ async fn another_server_on_the_port_is_not_ours() {
     assert_eq!(s.role, Role::Primary, "{s:?}");
     assert!(s.up && s.error.is_none(), "{s:?}");
     agent.stop().await;
+    for pg in [&a, &b] {
+        pg.stop(pgdr_node::local::StopMode::Fast, Duration::from_secs(30)).await.expect("stop");
+    }
+}
+
+/// The node's server is down and another one holds its port: the agent's
+/// start fails at once, naming the address, the data directory the other
+/// server serves and the node's own, instead of timing out; nothing is
+/// started (and the other server still takes writes).
+#[tokio::test]
+async fn start_beside_another_server_on_the_port_names_it() {
+    let (_dir_a, a) = server().await;
+    let _guard_a = PgGuard(a.clone());
+    let (_dir_b, b) = server().await;
+    let _guard_b = PgGuard(b.clone());
+    a.stop(pgdr_node::local::StopMode::Fast, Duration::from_secs(30)).await.expect("stop A");
+    // A configured for B's port, as two sandboxes that picked the same one.
+    let mut crossed = a.clone();
+    crossed.port = b.port;
+    crossed.configure(&SETTINGS.map(|(k, v)| (k.to_owned(), v.to_owned()))).expect("configure");
+    let mut cfg = config(&crossed);
+    // Long enough that a start waiting on the port would be told apart.
+    cfg.pg_wait = Duration::from_secs(30);
+    let agent = Agent::start(cfg).await;
+
+    let asked = std::time::Instant::now();
+    match agent.client.start(Epoch(1)).await {
+        Err(ApiError::Failed { status: 422, kind, message, .. }) => {
+            assert_eq!(kind, "port_taken", "{message}");
+            for part in
+                [format!("127.0.0.1:{}", b.port), b.data_dir.display().to_string(), a.data_dir.display().to_string()]
+            {
+                assert!(message.contains(&part), "{part} missing from: {message}");
+            }
+        }
+        other => panic!("expected a port_taken refusal, got {other:?}"),
+    }
+    assert!(asked.elapsed() < Duration::from_secs(10), "the refusal took {:?}", asked.elapsed());
+    assert!(!a.is_running().await, "A was started on a taken port");
+    let s = agent.client.status().await.expect("status");
+    assert_eq!(s.role, Role::Down, "{s:?}");
+    assert!(s.error.is_some_and(|e| e.contains("not this node's")), "status must say why");
+    let on_b = b.connect(&login()).await.expect("connect to B");
+    on_b.batch_execute("create table t (x int); insert into t values (1)").await.expect("B still takes writes");
+    agent.stop().await;
+
+    // Back on its own port, the same start brings A up.
+    a.configure(&SETTINGS.map(|(k, v)| (k.to_owned(), v.to_owned()))).expect("configure");
+    let agent = Agent::start(config(&a)).await;
+    assert!(agent.client.start(Epoch(1)).await.expect("start A on its port").changed);
+    assert_eq!(agent.client.status().await.expect("status").role, Role::Primary);
+    agent.stop().await;
+    for pg in [&a, &b] {
+        pg.stop(pgdr_node::local::StopMode::Fast, Duration::from_secs(30)).await.expect("stop");
+    }
+}
+
+/// The processes running `postgres` whose working folder is `data` or a
+/// folder beside it named after it (`data.old-*`), with that folder.
+fn processes_of(pg: &LocalPg) -> Vec<(i32, std::path::PathBuf)> {
+    use pgdr_node::leftover::resolved;
+    let postgres = resolved(&pg.bin.path("postgres"));
+    let data = resolved(&pg.data_dir);
+    let name = data.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        if std::fs::read_link(e.path().join("exe")).ok().as_deref() != Some(postgres.as_path()) {
+            continue;
+        }
+        let Ok(cwd) = std::fs::read_link(e.path().join("cwd")) else { continue };
+        let shown = cwd.to_string_lossy();
+        if cwd.parent() == data.parent() && shown.rsplit('/').next().is_some_and(|n| n.starts_with(&name)) {
+            found.push((pid, cwd));
+        }
+    }
+    found
+}
+
+/// The primary's postmaster is killed (SIGKILL, alone) while one of its
+/// backends is busy in a loop, which outlives it; then the node is rebuilt
+/// as a standby of another server. The rebuild stops the leftover backend
+/// (and says so in its steps) before moving the old data aside, so no
+/// process of the old data directory remains, there or in `data.old-*`;
+/// the rebuilt standby streams from the new primary.
+#[tokio::test]
+async fn rebuild_after_the_primary_postmaster_was_killed_mid_query() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    use pgdr_node::local::pid_alive;
+    let (dir_a, a) = server().await;
+    let _guard_a = PgGuard(a.clone());
+    let (_dir_b, b) = server().await;
+    let _guard_b = PgGuard(b.clone());
+    let login = login();
+
+    // A backend of A busy in a loop: it never waits, so it never notices
+    // its postmaster's death.
+    let busy_client = a.connect(&login).await.expect("connect to A");
+    let busy = tokio::spawn(async move { busy_client.batch_execute("DO $$BEGIN LOOP END LOOP; END$$").await });
+    let on_a = a.connect(&login).await.expect("connect to A");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let backend: i32 = loop {
+        let rows = on_a
+            .query("select pid from pg_stat_activity where query like 'DO $$BEGIN LOOP%'", &[])
+            .await
+            .expect("pg_stat_activity");
+        if let Some(r) = rows.first() {
+            break r.get(0);
+        }
+        assert!(std::time::Instant::now() < deadline, "the busy backend did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    drop(on_a);
+    // Should the test fail, the backend is stopped all the same (not once
+    // it is gone: its PID may be another process's by then).
+    struct KillOnDrop(Option<i32>);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            if let Some(pid) = self.0 {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+    let mut backend_guard = KillOnDrop(Some(backend));
+
+    let postmaster = a.postmaster_pid().expect("postmaster.pid");
+    kill(Pid::from_raw(postmaster), Signal::SIGKILL).expect("kill A's postmaster");
+
+    // The agent of A, with B as the node n2 it may copy from.
+    let mut cfg = config(&a);
+    cfg.targets = vec![Target { name: "n2".into(), host: "127.0.0.1".into(), port: b.port, proxy: false }];
+    let agent = Agent::start(cfg).await;
+    let from = Endpoint { host: "127.0.0.1".into(), port: b.port, node: Some(NodeName::new("n2")) };
+    let r = agent
+        .client
+        .rebuild(&RebuildRequest { epoch: Epoch(1), from, slot: None, from_backup: None })
+        .await
+        .expect("rebuild A as a standby of B");
+    assert!(r.changed, "{r:?}");
+    let killed = format!("pids [{backend}]");
+    assert!(
+        r.steps.iter().any(|s| s.contains("a dead postmaster left") && s.contains(&killed)),
+        "no step says the leftover backend {backend} was stopped: {:?}",
+        r.steps
+    );
+    assert!(r.steps.iter().any(|s| s.contains("moved the old data directory")), "{:?}", r.steps);
+
+    // The leftover and the killed postmaster are gone; what runs in the
+    // data directory is the new standby's, and nothing runs in the old
+    // data moved aside.
+    assert!(!pid_alive(backend), "the leftover backend {backend} survived the rebuild");
+    backend_guard.0 = None;
+    assert!(!pid_alive(postmaster), "the killed postmaster {postmaster} is back?");
+    let aside: Vec<_> = std::fs::read_dir(dir_a.path())
+        .expect("read dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("data.old-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "the old data directory was moved aside once");
+    let standby = a.postmaster_pid().expect("the rebuilt standby's postmaster.pid");
+    assert_ne!(standby, postmaster);
+    let data = pgdr_node::leftover::resolved(&a.data_dir);
+    for (pid, cwd) in processes_of(&a) {
+        assert_eq!(cwd, data, "process {pid} runs in {}, not in the rebuilt data directory", cwd.display());
+        assert!(
+            pid == standby || pgdr_node::leftover::parent(pid) == Some(standby),
+            "process {pid} in the data directory is not the rebuilt standby's (postmaster {standby})"
+        );
+    }
+
+    // The rebuilt standby streams from B: B's writes reach it.
+    let on_b = b.connect(&login).await.expect("connect to B");
+    on_b.batch_execute("create table after_rebuild (x int); insert into after_rebuild values (7)")
+        .await
+        .expect("write");
+    let on_a = a.connect(&login).await.expect("connect to the rebuilt A");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let row = on_a
+            .query_one(
+                "select pg_is_in_recovery(), (select status from pg_stat_wal_receiver), \
+                 (select sender_port from pg_stat_wal_receiver), to_regclass('after_rebuild') is not null",
+                &[],
+            )
+            .await
+            .expect("query the standby");
+        let (recovering, status, port, seen): (bool, Option<String>, Option<i32>, bool) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        assert!(recovering, "the rebuilt node is not a standby");
+        if status.as_deref() == Some("streaming") && port == Some(i32::from(b.port)) && seen {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the standby does not stream B's writes (receiver {status:?} from port {port:?}, table seen: {seen})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let x: i32 = on_a.query_one("select x from after_rebuild", &[]).await.expect("read on the standby").get(0);
+    assert_eq!(x, 7);
+    let rows = on_b
+        .query("select 1 from pg_stat_replication where application_name = 'n1' and state = 'streaming'", &[])
+        .await
+        .expect("pg_stat_replication");
+    assert_eq!(rows.len(), 1, "B does not list n1 as a streaming standby");
+
+    busy.abort();
+    agent.stop().await;
+    drop((on_a, on_b));
     for pg in [&a, &b] {
         pg.stop(pgdr_node::local::StopMode::Fast, Duration::from_secs(30)).await.expect("stop");
     }

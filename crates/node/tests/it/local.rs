@@ -177,3 +177,91 @@ async fn start_stops_what_a_killed_postmaster_left_behind() {
     busy.abort();
     pg.stop(StopMode::Fast, Duration::from_secs(30)).await.expect("stop");
 }
+
+/// `start` called right after the postmaster was killed with SIGKILL,
+/// while it is still exiting or a zombie its parent has not reaped: the
+/// old `start` took an exiting postmaster for a running server (and did
+/// nothing), and a new postmaster refuses a lock file naming a zombie's
+/// PID ("lock file postmaster.pid already exists"). `start` waits for the
+/// reap first.
+///
+/// Realistic parenthood: pg_ctl exits once the server is up, so the
+/// postmaster is an orphan, reaped by init (on this host a process that
+/// does so every second or two) or by a subreaper. This test makes itself
+/// that subreaper (each test runs in its own process under nextest) and
+/// reaps the killed postmaster only after a delay, as a slow init does;
+/// the process that calls `start` is never its parent.
+#[tokio::test]
+async fn start_right_after_the_postmaster_is_killed() {
+    nix::sys::prctl::set_child_subreaper(true).expect("become a subreaper");
+    let (_dir, pg) = initdb().await;
+    let _guard = PgGuard(pg.clone());
+    pg.configure(&[("fsync".into(), "off".into())]).expect("configure");
+    pg.start(Duration::from_secs(30)).await.expect("start");
+    let login =
+        Login { user: "postgres".into(), password: Some("secret".into()), database: "postgres".into(), tls: None };
+    let client = pg.connect(&login).await.expect("connect");
+    client.batch_execute("create table t (x int); insert into t values (1)").await.expect("write");
+    drop(client);
+    // At once, while the postmaster is still exiting; once it is a
+    // zombie; once it is a zombie and postmaster.pid is gone (as after
+    // pg_rewind or a restore), when the socket's lock file still names it.
+    for (zombie, remove_pid_file) in [(false, false), (true, false), (true, true)] {
+        kill_and_start(&pg, zombie, remove_pid_file).await;
+        let client = pg.connect(&login).await.expect("connect to the new server");
+        let row = client.query_one("select count(*) from t", &[]).await.expect("query");
+        assert_eq!(row.get::<_, i64>(0), 1);
+    }
+    pg.stop(StopMode::Fast, Duration::from_secs(30)).await.expect("stop");
+}
+
+/// SIGKILLs `pg`'s postmaster, reaped by this process (its subreaper) 1.5 s
+/// later, and starts `pg` at once, or once the postmaster is a zombie
+/// (and its postmaster.pid removed).
+async fn kill_and_start(pg: &LocalPg, zombie: bool, remove_pid_file: bool) {
+    use nix::sys::signal::{Signal, kill};
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    use nix::unistd::Pid;
+    let postmaster = pg.postmaster_pid().expect("postmaster.pid");
+    assert_eq!(
+        pgdr_node::leftover::parent(postmaster),
+        Some(std::process::id() as i32),
+        "the postmaster is an orphan of pg_ctl, adopted by this subreaper"
+    );
+    // The slow init: reaps the killed postmaster 1.5 s after the kill, and
+    // says when.
+    let reaper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            match waitpid(Pid::from_raw(postmaster), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(10)),
+                Ok(_) => return Some(std::time::Instant::now()),
+                Err(_) => return None,
+            }
+        }
+        None
+    });
+    kill(Pid::from_raw(postmaster), Signal::SIGKILL).expect("kill the postmaster");
+    if zombie {
+        let stat = format!("/proc/{postmaster}/stat");
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while !std::fs::read_to_string(&stat)
+            .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, r)| r.starts_with(" Z")))
+        {
+            assert!(std::time::Instant::now() < deadline, "the killed postmaster did not become a zombie");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    if remove_pid_file {
+        std::fs::remove_file(pg.data_dir.join("postmaster.pid")).expect("remove postmaster.pid");
+    }
+    // Still there: the window `start` must get through.
+    assert!(kill(Pid::from_raw(postmaster), None).is_ok(), "the killed postmaster is already gone");
+    pg.start(Duration::from_secs(30)).await.expect("start right after the postmaster was killed");
+    let started = std::time::Instant::now();
+    // A new server, not the dying one taken for running.
+    assert_ne!(pg.postmaster_pid(), Some(postmaster), "start took the killed postmaster for a running server");
+    let reaped = reaper.join().expect("reaper").expect("the killed postmaster was reaped");
+    assert!(reaped <= started, "start returned before the old postmaster was reaped");
+}
