@@ -376,6 +376,11 @@ async fn losing_either_region_leaves_one_writable_primary_and_fails_over_by_itse
     assert!(load.commits > 0, "the west client wrote");
     assert_eq!(load.errors, Vec::<String>::new(), "the west proxy's client saw errors through the switchover");
     assert!(west.log_has("writer endpoint paused"), "the leader paused the west proxy");
+    // Both regions' proxies answered the pause and the resume.
+    let steps = api.workflow(&id).await.expect("the switchover's steps").steps;
+    let output = |step: &str| steps.iter().find(|s| s.name == step).and_then(|s| s.output.clone()).unwrap_or_default();
+    assert_eq!(output("pause_proxy")["paused"], true, "{}", output("pause_proxy"));
+    assert_eq!(output("resume_proxy")["resumed"], true, "{}", output("resume_proxy"));
     // Settled before the next fault, as before the first: every node
     // reachable, every replica's lag measured and small, and the leader's
     // handover record (written at most once a second) about east-2. A

@@ -487,21 +487,17 @@ impl Others {
         }
     }
 
-    /// Resumes them, with the route first when there is one.
-    async fn resume(&self, cluster: &ClusterName, route: Option<&RouteInfo>) -> Result<(), String> {
+    /// Resumes them. They take routes from the store, not over their API
+    /// (which refuses them), and a role change stores its epoch steps
+    /// before it resumes: what they hold goes to the new primary.
+    async fn resume(&self, cluster: &ClusterName) -> Result<(), String> {
         if !self.http.serves(cluster) {
             return Ok(());
         }
         if let Some(p) = self.in_flight.lock().ok().and_then(|mut m| m.remove(cluster)) {
             p.abort();
         }
-        let resume = async {
-            match route {
-                Some(r) => self.http.publish_and_resume(cluster, r).await,
-                None => self.http.resume(cluster).await,
-            }
-        };
-        match tokio::time::timeout(OTHERS_WAIT, resume).await {
+        match tokio::time::timeout(OTHERS_WAIT, self.http.resume(cluster)).await {
             Ok(r) => r.map_err(|e| format!("other regions' proxies: {e}")),
             Err(_) => Err(format!(
                 "other regions' proxies did not answer the resume within {} ms (a pause ends by itself after {} s)",
@@ -556,17 +552,7 @@ impl ProxyControl for InProcess {
     async fn resume(&self, cluster: &ClusterName) -> Result<(), String> {
         let own = self.resume_own(cluster);
         let others = match &self.others {
-            Some(o) => o.resume(cluster, None).await,
-            None => Ok(()),
-        };
-        both(own, others)
-    }
-
-    async fn publish_and_resume(&self, cluster: &ClusterName, route: &RouteInfo) -> Result<(), String> {
-        self.publish(cluster, route);
-        let own = self.resume_own(cluster);
-        let others = match &self.others {
-            Some(o) => o.resume(cluster, Some(route)).await,
+            Some(o) => o.resume(cluster).await,
             None => Ok(()),
         };
         both(own, others)
@@ -746,9 +732,9 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
 /// everything is read once, then each change is applied from the event
 /// itself; a broken watch starts over. Routes never go back an epoch, so a
 /// late publication cannot undo a newer one. The leader pauses and resumes
-/// only its own proxies; these see a failover as the store shows it (the
-/// fence epoch names no primary: clients are held) and a switchover's new
-/// primary once it is stored.
+/// these with its own (through their admin API); they see a failover as
+/// the store shows it (the fence epoch names no primary: clients are held)
+/// and a switchover's new primary once it is stored.
 async fn follow_routes(
     cfg: Config,
     store: Arc<dyn pgdr_store::StateStore>,
