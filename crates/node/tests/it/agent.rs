@@ -413,35 +413,9 @@ async fn rebuild_after_the_primary_postmaster_was_killed_mid_query() {
     let _guard_b = PgGuard(b.clone());
     let login = login();
 
-    // A backend of A busy in a loop: it never waits, so it never notices
-    // its postmaster's death.
-    let busy_client = a.connect(&login).await.expect("connect to A");
-    let busy = tokio::spawn(async move { busy_client.batch_execute("DO $$BEGIN LOOP END LOOP; END$$").await });
-    let on_a = a.connect(&login).await.expect("connect to A");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let backend: i32 = loop {
-        let rows = on_a
-            .query("select pid from pg_stat_activity where query like 'DO $$BEGIN LOOP%'", &[])
-            .await
-            .expect("pg_stat_activity");
-        if let Some(r) = rows.first() {
-            break r.get(0);
-        }
-        assert!(std::time::Instant::now() < deadline, "the busy backend did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    drop(on_a);
-    // Should the test fail, the backend is stopped all the same (not once
-    // it is gone: its PID may be another process's by then).
-    struct KillOnDrop(Option<i32>);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            if let Some(pid) = self.0 {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-        }
-    }
-    let mut backend_guard = KillOnDrop(Some(backend));
+    // A backend of A busy in a loop: it never notices its postmaster's death.
+    let (busy, backend) = crate::busy::busy_backend(&a, &login).await;
+    let mut backend_guard = crate::busy::KillOnDrop(vec![backend]);
 
     let postmaster = a.postmaster_pid().expect("postmaster.pid");
     kill(Pid::from_raw(postmaster), Signal::SIGKILL).expect("kill A's postmaster");
@@ -469,7 +443,7 @@ async fn rebuild_after_the_primary_postmaster_was_killed_mid_query() {
     // data directory is the new standby's, and nothing runs in the old
     // data moved aside.
     assert!(!pid_alive(backend), "the leftover backend {backend} survived the rebuild");
-    backend_guard.0 = None;
+    backend_guard.0.clear();
     assert!(!pid_alive(postmaster), "the killed postmaster {postmaster} is back?");
     let aside: Vec<_> = std::fs::read_dir(dir_a.path())
         .expect("read dir")

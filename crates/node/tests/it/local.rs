@@ -3,6 +3,8 @@ use std::time::Duration;
 use pgdr_node::local::{Login, StopMode};
 use pgdr_node::{LocalPg, PgBinaries, RunAs};
 
+use crate::busy::{KillOnDrop, busy_backend};
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
 }
@@ -105,17 +107,6 @@ async fn planted_links_and_hostile_setting_values() {
     assert_eq!(std::fs::read_to_string(&victim).expect("read"), "precious\n");
 }
 
-/// Kills the listed processes when the test ends, passed or failed.
-struct KillOnDrop(Vec<i32>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        for pid in &self.0 {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGKILL);
-        }
-    }
-}
-
 /// A postmaster killed alone (the kill-primary drill) leaves a backend
 /// busy in a loop running, holding the old shared memory: `start` stops
 /// it and the server comes up. While the postmaster lives, its backends
@@ -130,25 +121,8 @@ async fn start_stops_what_a_killed_postmaster_left_behind() {
     let login =
         Login { user: "postgres".into(), password: Some("secret".into()), database: "postgres".into(), tls: None };
 
-    // A backend busy in a loop: it checks for its postmaster's death only
-    // when it waits, and it never waits.
-    let busy_client = pg.connect(&login).await.expect("connect");
-    let busy = tokio::spawn(async move { busy_client.batch_execute("DO $$BEGIN LOOP END LOOP; END$$").await });
-    let client = pg.connect(&login).await.expect("connect");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let backend: i32 = loop {
-        let rows = client
-            .query("select pid from pg_stat_activity where query like 'DO $$BEGIN LOOP%'", &[])
-            .await
-            .expect("pg_stat_activity");
-        if let Some(r) = rows.first() {
-            break r.get(0);
-        }
-        assert!(std::time::Instant::now() < deadline, "the busy backend did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (busy, backend) = busy_backend(&pg, &login).await;
     let mut kill = KillOnDrop(vec![backend]);
-    drop(client);
 
     // A live postmaster's backends are not leftovers.
     assert_eq!(pg.stop_leftovers().await, Vec::<i32>::new());

@@ -2,5 +2,6 @@
 
 mod agent;
 mod auth;
+mod busy;
 mod local;
 mod probe;
