@@ -488,8 +488,8 @@ impl Others {
     }
 
     /// Resumes them. They take routes from the store, not over their API
-    /// (which refuses them), and a role change stores its epoch steps
-    /// before it resumes: what they hold goes to the new primary.
+    /// (which refuses them), and a role change stores the new epoch steps
+    /// before it resumes: what they held goes to the new primary.
     async fn resume(&self, cluster: &ClusterName) -> Result<(), String> {
         if !self.http.serves(cluster) {
             return Ok(());
