@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::{PgGuard, login};
 use pgdr_api::ApiError;
 use pgdr_api::agent::{
     AgentClient, Endpoint, FenceMode, FenceRequest, PromoteRequest, RebuildRequest, RewindRequest, StopMode,
@@ -15,24 +16,11 @@ use pgdr_api::agent::{
 };
 use pgdr_model::{Epoch, NodeName, Role};
 use pgdr_node::agent::{AgentConfig, AgentState, ControllerRef, Target, serve};
-use pgdr_node::local::Login;
 use pgdr_node::{LocalPg, PgBinaries, RunAs};
 use tokio_util::sync::CancellationToken;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
-}
-
-/// Stops the server by PID when the test ends, passed or failed.
-struct PgGuard(LocalPg);
-
-impl Drop for PgGuard {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0.postmaster_pid() {
-            // SIGQUIT: immediate shutdown.
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGQUIT);
-        }
-    }
 }
 
 struct Agent {
@@ -78,10 +66,6 @@ async fn stub_controller(epoch: u64) -> (String, CancellationToken) {
 }
 
 const SETTINGS: [(&str, &str); 1] = [("fsync", "off")];
-
-fn login() -> Login {
-    Login { user: "postgres".into(), password: Some("secret".into()), database: "postgres".into(), tls: None }
-}
 
 /// A running server in a new folder in /tmp (open to the server's user),
 /// with the superuser of [`login`].
@@ -414,8 +398,8 @@ async fn rebuild_after_the_primary_postmaster_was_killed_mid_query() {
     let login = login();
 
     // A backend of A busy in a loop: it never notices its postmaster's death.
-    let (busy, backend) = crate::busy::busy_backend(&a, &login).await;
-    let mut backend_guard = crate::busy::KillOnDrop(vec![backend]);
+    let (busy, backend) = crate::common::busy_backend(&a, &login).await;
+    let mut backend_guard = crate::common::KillOnDrop(vec![backend]);
 
     let postmaster = a.postmaster_pid().expect("postmaster.pid");
     kill(Pid::from_raw(postmaster), Signal::SIGKILL).expect("kill A's postmaster");

@@ -3,7 +3,7 @@ use std::time::Duration;
 use pgdr_node::local::{Login, StopMode};
 use pgdr_node::{LocalPg, PgBinaries, RunAs};
 
-use crate::busy::{KillOnDrop, busy_backend};
+use crate::common::{KillOnDrop, PgGuard, busy_backend, login};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
@@ -21,14 +21,22 @@ async fn initdb() -> (tempfile::TempDir, LocalPg) {
     (dir, pg)
 }
 
+/// [`initdb`], started (fsync off), stopped by PID when the test ends.
+async fn started() -> (tempfile::TempDir, LocalPg, PgGuard) {
+    let (dir, pg) = initdb().await;
+    let guard = PgGuard(pg.clone());
+    pg.configure(&[("fsync".into(), "off".into())]).expect("configure");
+    pg.start(Duration::from_secs(30)).await.expect("start");
+    (dir, pg, guard)
+}
+
 #[tokio::test]
 async fn initdb_start_query_stop() {
     let (_dir, pg) = initdb().await;
     pg.configure(&[("fsync".into(), "off".into())]).expect("configure");
     pg.start(Duration::from_secs(30)).await.expect("start");
     pg.start(Duration::from_secs(30)).await.expect("start again is a no-op");
-    let login =
-        Login { user: "postgres".into(), password: Some("secret".into()), database: "postgres".into(), tls: None };
+    let login = login();
     let client = pg.connect(&login).await.expect("connect");
     let row = client.query_one("select 40 + 2", &[]).await.expect("query");
     assert_eq!(row.get::<_, i32>(0), 42);
@@ -37,17 +45,6 @@ async fn initdb_start_query_stop() {
     pg.stop(StopMode::Fast, Duration::from_secs(30)).await.expect("stop");
     assert!(!pg.is_running().await);
     pg.stop(StopMode::Fast, Duration::from_secs(30)).await.expect("stop again is a no-op");
-}
-
-/// Stops the server by PID when the test ends, passed or failed.
-struct PgGuard(LocalPg);
-
-impl Drop for PgGuard {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0.postmaster_pid() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGQUIT);
-        }
-    }
 }
 
 /// The agent (often root) writes into a data directory the server's user
@@ -89,8 +86,7 @@ async fn planted_links_and_hostile_setting_values() {
     pg.configure(&settings).expect("configure");
 
     pg.start(Duration::from_secs(30)).await.expect("start");
-    let login =
-        Login { user: "postgres".into(), password: Some("secret".into()), database: "postgres".into(), tls: None };
+    let login = login();
     let client = pg.connect(&login).await.expect("connect");
     let got: String = client.query_one("show pgdr.probe", &[]).await.expect("show").get(0);
     assert_eq!(got, hostile, "the server reads back exactly the value written");
@@ -114,12 +110,8 @@ async fn planted_links_and_hostile_setting_values() {
 #[tokio::test]
 async fn start_stops_what_a_killed_postmaster_left_behind() {
     use pgdr_node::local::pid_alive;
-    let (_dir, pg) = initdb().await;
-    let _guard = PgGuard(pg.clone());
-    pg.configure(&[("fsync".into(), "off".into())]).expect("configure");
-    pg.start(Duration::from_secs(30)).await.expect("start");
-    let login =
-        Login { user: "postgres".into(), password: Some("secret".into()), database: "postgres".into(), tls: None };
+    let (_dir, pg, _guard) = started().await;
+    let login = login();
 
     let (busy, backend) = busy_backend(&pg, &login).await;
     let mut kill = KillOnDrop(vec![backend]);
@@ -168,12 +160,8 @@ async fn start_stops_what_a_killed_postmaster_left_behind() {
 #[tokio::test]
 async fn start_right_after_the_postmaster_is_killed() {
     nix::sys::prctl::set_child_subreaper(true).expect("become a subreaper");
-    let (_dir, pg) = initdb().await;
-    let _guard = PgGuard(pg.clone());
-    pg.configure(&[("fsync".into(), "off".into())]).expect("configure");
-    pg.start(Duration::from_secs(30)).await.expect("start");
-    let login =
-        Login { user: "postgres".into(), password: Some("secret".into()), database: "postgres".into(), tls: None };
+    let (_dir, pg, _guard) = started().await;
+    let login = login();
     let client = pg.connect(&login).await.expect("connect");
     client.batch_execute("create table t (x int); insert into t values (1)").await.expect("write");
     drop(client);

@@ -2,6 +2,6 @@
 
 mod agent;
 mod auth;
-mod busy;
+mod common;
 mod local;
 mod probe;

@@ -10,23 +10,13 @@ use pgdr_api::ApiError;
 use pgdr_api::agent::{AgentClient, FenceMode, FenceRequest, ProbeKind, ProbeRequest};
 use pgdr_model::Epoch;
 use pgdr_node::agent::{AgentConfig, AgentState, Target, serve};
-use pgdr_node::local::Login;
 use pgdr_node::{LocalPg, PgBinaries, RunAs};
 use tokio_util::sync::CancellationToken;
 
+use crate::common::PgGuard;
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
-}
-
-/// Stops the server by PID when the test ends, passed or failed.
-struct PgGuard(LocalPg);
-
-impl Drop for PgGuard {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0.postmaster_pid() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGQUIT);
-        }
-    }
 }
 
 fn req(port: u16, timeout_ms: u64) -> ProbeRequest {
@@ -45,8 +35,7 @@ async fn probe_outcomes_from_the_agent() {
     let settings = vec![("fsync".to_owned(), "off".to_owned())];
     pg.configure(&settings).expect("configure");
     pg.start(Duration::from_secs(30)).await.expect("start");
-    let login =
-        Login { user: "postgres".into(), password: Some("secret".into()), database: "postgres".into(), tls: None };
+    let login = crate::common::login();
     // The agent probes only nodes and proxies of its config: these three
     // stand for them (a server, a port where nothing listens, a silent host).
     let refused_port = free_port();

@@ -1,10 +1,28 @@
-//! A backend that outlives its postmaster, for the tests of what a killed
-//! postmaster leaves behind.
+//! What the host-layer and agent tests share: the superuser login, guards
+//! that stop what a test started, and a backend that outlives its
+//! postmaster (for the tests of what a killed postmaster leaves behind).
 
 use std::time::Duration;
 
 use pgdr_node::LocalPg;
 use pgdr_node::local::Login;
+
+/// The superuser every test server is initdb'd with.
+pub fn login() -> Login {
+    Login { user: "postgres".into(), password: Some("secret".into()), database: "postgres".into(), tls: None }
+}
+
+/// Stops the server by PID when the test ends, passed or failed.
+pub struct PgGuard(pub LocalPg);
+
+impl Drop for PgGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.postmaster_pid() {
+            // SIGQUIT: immediate shutdown.
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGQUIT);
+        }
+    }
+}
 
 /// Kills the listed processes when the test ends, passed or failed (empty
 /// it once they are gone: a PID may be another process's by then).
